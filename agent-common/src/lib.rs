@@ -1,0 +1,109 @@
+//! Types shared by the eBPF programs (agent-ebpf) and the agent's userspace.
+//!
+//! Every type here is `#[repr(C)]`, plain old data, and used as a key or value of one of the
+//! maps named in [`maps`]. Byte orders are spelled out per field because the kernel mixes them.
+#![no_std]
+
+/// Names of the eBPF maps, as the agent looks them up in the loaded object.
+pub mod maps {
+    /// netns cookie (u64) -> [`crate::Enrollment`]: pods whose outbound TCP goes to the proxy.
+    pub const ENROLLED_NETNS: &str = "ENROLLED_NETNS";
+    /// socket cookie (u64) -> [`crate::OrigDst`]: written at connect, read by getpeername.
+    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
+    /// [`crate::PeerKey`] -> [`crate::OrigDst`]: what the proxy reads for an accepted socket.
+    pub const ORIG_DST_BY_PEER: &str = "ORIG_DST_BY_PEER";
+    /// LPM trie of IPv4 prefixes (network order) never redirected.
+    pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
+    /// Destination ports (host order u16) never redirected.
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    /// Single-entry array holding the [`crate::RedirectConfig`].
+    pub const REDIRECT_CONFIG: &str = "REDIRECT_CONFIG";
+    /// Per-CPU array of u64, indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Capacity of the maps that hold one entry per live redirected connection.
+pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
+/// Capacity of the enrollment map (pods per node).
+pub const MAX_ENROLLED_NETNS: u32 = 4_096;
+/// Capacity of each exclusion map.
+pub const MAX_EXCLUSIONS: u32 = 1_024;
+
+/// An enrolled pod network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Agent-assigned workload id, for counters and logs.
+    pub workload_id: u32,
+}
+
+/// The destination an application asked for before the connect was rewritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// IPv4 address, network byte order (as in `bpf_sock_addr.user_ip4`).
+    pub ip4: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// The client end of a redirected connection as the proxy sees it on accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// Client IPv4 address, network byte order.
+    pub ip4: u32,
+    /// Client port, host byte order (as in `bpf_sock_ops.local_port`).
+    pub port: u32,
+}
+
+/// Where redirected connections go and which sockets are the proxy's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// Proxy listen IPv4 address, network byte order. 0 = redirect disabled.
+    pub proxy_ip4: u32,
+    /// Proxy listen port, network byte order.
+    pub proxy_port: u16,
+    pub _pad: u16,
+    /// SO_MARK carried by the proxy's upstream sockets; they are never redirected.
+    pub proxy_mark: u32,
+}
+
+/// Indexes into the [`maps::COUNTERS`] per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP connects from enrolled pods rewritten to the proxy.
+    Redirected = 0,
+    /// Connects from enrolled pods left alone because the destination is excluded.
+    Excluded = 1,
+    /// Connects from namespaces that are not enrolled.
+    NotEnrolled = 2,
+    /// Connects by the proxy's own (marked) sockets.
+    ProxyOwn = 3,
+    /// Redirects whose original destination could not be recorded (map full).
+    RecordFailed = 4,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 5] = [
+        Counter::Redirected,
+        Counter::Excluded,
+        Counter::NotEnrolled,
+        Counter::ProxyOwn,
+        Counter::RecordFailed,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] integers with explicit padding fields, so every bit
+    // pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::Enrollment {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::RedirectConfig {}
+}

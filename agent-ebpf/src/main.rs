@@ -1,0 +1,186 @@
+//! mesh-agent's eBPF programs: transparent redirect of enrolled pods' TCP connects into the
+//! node proxy.
+//!
+//! * `connect4` (cgroup/connect4): an enrolled pod's connect to a non-excluded IPv4
+//!   destination is rewritten to the proxy; the original destination is kept by socket cookie.
+//! * `track_orig_dst` (sock_ops): once that connection is established, the original destination is
+//!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept —
+//!   and a state callback removes both entries when the socket closes.
+//! * `getpeername4` (cgroup/getpeername4): the application still sees its original peer.
+#![no_std]
+#![no_main]
+
+use agent_common::{
+    Counter, Enrollment, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS, MAX_TRACKED_CONNECTIONS, OrigDst,
+    PeerKey, RedirectConfig,
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock_addr,
+    },
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use aya_log_ebpf::warn;
+
+const AF_INET: u32 = 2;
+const SOCK_STREAM: u32 = 1;
+/// cgroup/connect4 and getpeername4 return 1 to let the call proceed.
+const ALLOW: i32 = 1;
+
+#[map]
+static ENROLLED_NETNS: HashMap<u64, Enrollment> =
+    HashMap::with_max_entries(MAX_ENROLLED_NETNS, 0);
+
+// LRU so that entries of connections that never reached the close callback (connect failed,
+// agent restarted) age out instead of filling the map.
+#[map]
+static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+
+#[map]
+static ORIG_DST_BY_PEER: LruHashMap<PeerKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+
+#[map]
+static EXCLUDED_CIDRS: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_EXCLUSIONS, 0);
+
+#[map]
+static EXCLUDED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_EXCLUSIONS, 0);
+
+#[map]
+static REDIRECT_CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer can race this increment.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn redirect_config() -> Option<&'static RedirectConfig> {
+    REDIRECT_CONFIG.get(0).filter(|cfg| cfg.proxy_port != 0)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    redirect_connect(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn redirect_connect(ctx: &SockAddrContext) {
+    let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    if addr.type_ != SOCK_STREAM {
+        return;
+    }
+    let Some(cfg) = redirect_config() else {
+        return;
+    };
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    if unsafe { ENROLLED_NETNS.get(netns) }.is_none() {
+        count(Counter::NotEnrolled);
+        return;
+    }
+    let sk = unsafe { addr.__bindgen_anon_1.sk };
+    if !sk.is_null() && unsafe { (*sk).mark } == cfg.proxy_mark {
+        count(Counter::ProxyOwn);
+        return;
+    }
+    let dst_ip4 = addr.user_ip4;
+    let dst_port = addr.user_port as u16; // network order in the low 16 bits
+    if dst_ip4 == cfg.proxy_ip4 && dst_port == cfg.proxy_port {
+        return;
+    }
+    if unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
+        || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some()
+    {
+        count(Counter::Excluded);
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let orig = OrigDst {
+        ip4: dst_ip4,
+        port: dst_port,
+        _pad: 0,
+    };
+    if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
+        // Without a record the proxy could not forward: leave this connect alone.
+        count(Counter::RecordFailed);
+        warn!(ctx, "mesh-agent: cannot record original destination, not redirecting");
+        return;
+    }
+    addr.user_ip4 = cfg.proxy_ip4;
+    addr.user_port = u32::from(cfg.proxy_port);
+    count(Counter::Redirected);
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if let Some(orig) = unsafe { ORIG_DST_BY_COOKIE.get(cookie) } {
+        addr.user_ip4 = orig.ip4;
+        addr.user_port = u32::from(orig.port);
+    }
+    ALLOW
+}
+
+#[sock_ops]
+pub fn track_orig_dst(ctx: SockOpsContext) -> u32 {
+    if ctx.family() != AF_INET {
+        return 1;
+    }
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn peer_key(ctx: &SockOpsContext) -> PeerKey {
+    PeerKey {
+        ip4: ctx.local_ip4(),
+        port: ctx.local_port(),
+    }
+}
+
+#[inline(always)]
+fn on_established(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(cookie) }) else {
+        return;
+    };
+    let orig = *orig;
+    if ORIG_DST_BY_PEER.insert(peer_key(ctx), orig, 0).is_ok() {
+        // Ask for state callbacks so both records go when this socket closes.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+#[inline(always)]
+fn on_close(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let _ = ORIG_DST_BY_COOKIE.remove(cookie);
+    let _ = ORIG_DST_BY_PEER.remove(peer_key(ctx));
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

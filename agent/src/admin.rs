@@ -1,0 +1,142 @@
+//! The admin endpoint: health, readiness, metrics, and enrollment at runtime.
+//!
+//! * `GET /healthz` — 200 while the process runs.
+//! * `GET /readyz` — 200 once programs are attached and the proxy listens; 503 while draining.
+//! * `GET /metrics` — Prometheus / OpenMetrics text.
+//! * `GET /enrollment` — enrolled namespaces, one per line.
+//! * `POST /enrollment?netns=NAME|PATH`, `DELETE /enrollment?netns=NAME|PATH` — enroll or
+//!   unenroll a pod namespace now (until the next config reload).
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{config::NetnsRef, metrics::Metrics, redirect::Enrollments};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub enrollments: Arc<Mutex<Enrollments>>,
+    pub netns_dir: PathBuf,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "admin accept failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&request, &state)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let method = request.method();
+    match request.uri().path() {
+        "/healthz" if method == Method::GET => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if method == Method::GET => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            }
+        }
+        "/metrics" if method == Method::GET => match state.metrics.encode() {
+            Ok(body) => {
+                let mut response = text(StatusCode::OK, body);
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(OPENMETRICS));
+                response
+            }
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+        },
+        "/enrollment" => enrollment(method, request.uri().query(), state),
+        "/healthz" | "/readyz" | "/metrics" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed\n"))
+        }
+        path => text(StatusCode::NOT_FOUND, format!("no such endpoint {path}\n")),
+    }
+}
+
+fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Response<Full<Bytes>> {
+    let Ok(mut enrollments) = state.enrollments.lock() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "enrollment table poisoned\n".into());
+    };
+    if method == Method::GET {
+        let mut body = String::new();
+        for (spec, ns) in enrollments.list() {
+            let _ = writeln!(
+                body,
+                "{spec} path={} cookie={} workload_id={}",
+                ns.path.display(),
+                ns.cookie,
+                ns.workload_id
+            );
+        }
+        return text(StatusCode::OK, body);
+    }
+    let spec = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "netns")
+        .map(|(_, value)| value.into_owned());
+    let Some(spec) = spec else {
+        return text(StatusCode::BAD_REQUEST, "missing query parameter netns\n".into());
+    };
+    let result = match *method {
+        Method::POST => NetnsRef::parse(&spec, &state.netns_dir)
+            .map_err(|reason| format!("netns {reason}"))
+            .and_then(|ns| enrollments.enroll(&ns).map_err(|e| e.to_string()))
+            .map(|ns| format!("enrolled {spec} cookie={}\n", ns.cookie)),
+        Method::DELETE => enrollments
+            .unenroll(&spec)
+            .map(|_| format!("unenrolled {spec}\n"))
+            .map_err(|e| e.to_string()),
+        _ => return text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed\n")),
+    };
+    match result {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(error) => {
+            warn!(netns = %spec, %error, "admin enrollment request failed");
+            text(StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n"))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,162 @@
+//! `mesh-agent run`: start-up in an order that fails early and cleanly, the signal loop
+//! (SIGHUP reloads, SIGTERM/SIGINT stop), and the shutdown sequence.
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    admin::{self, AdminState},
+    config::Config,
+    metrics::Metrics,
+    proxy::{Outbound, OutboundSettings, bind_listener},
+    redirect::{Enrollments, RedirectTarget, Redirector, cgroup, preflight},
+};
+
+/// Between turning the redirect off and closing the listener: connects rewritten just before
+/// the switch still reach an open listener.
+const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
+
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let mut config = Config::load(config_path)?;
+    preflight::check()?;
+    let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
+    // Listeners before programs: a port in use fails start-up before the kernel is touched.
+    let proxy_listener = bind_listener("proxy.outbound_addr", config.proxy.outbound_addr.into())?;
+    let admin_listener = bind_listener("admin.addr", config.admin.addr)?;
+
+    let mut redirector = Redirector::load(
+        &cgroup,
+        RedirectTarget {
+            proxy: config.proxy.outbound_addr,
+            mark: config.proxy.mark,
+        },
+    )?;
+    redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
+    let enrollments = redirector
+        .take_enrollments()
+        .context("enrollment map already taken")?;
+    let metrics = Arc::new(Metrics::new(enrollments.gauge(), Some(redirector.counters())));
+    let enrollments = Arc::new(Mutex::new(enrollments));
+    sync_enrollment(&enrollments, &config);
+
+    let stop_proxy = CancellationToken::new();
+    let outbound = Outbound::new(
+        proxy_listener,
+        redirector.orig_dst(),
+        metrics.proxy.clone(),
+        OutboundSettings {
+            mark: Some(config.proxy.mark),
+            connect_timeout: config.proxy.connect_timeout,
+        },
+    );
+    let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
+    redirector.start()?;
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(AdminState {
+            metrics,
+            ready: Arc::clone(&ready),
+            enrollments: Arc::clone(&enrollments),
+            netns_dir: config.enrollment.netns_dir.clone(),
+        }),
+        stop_admin.clone(),
+    ));
+    info!(
+        cgroup = %cgroup.display(),
+        proxy = %config.proxy.outbound_addr,
+        admin = %config.admin.addr,
+        "mesh-agent running"
+    );
+
+    wait_for_stop(config_path, &mut config, &mut redirector, &enrollments).await?;
+
+    info!("stopping: redirect off, draining connections");
+    ready.store(false, Ordering::Relaxed);
+    redirector.stop()?;
+    tokio::time::sleep(REDIRECT_SETTLE).await;
+    stop_proxy.cancel();
+    let report = proxy_task.await.context("outbound proxy task")?;
+    drop(redirector);
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    info!(connections_cut = report.cut, "mesh-agent stopped; programs detached");
+    Ok(())
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the config file.
+async fn wait_for_stop(
+    config_path: &Path,
+    config: &mut Config,
+    redirector: &mut Redirector,
+    enrollments: &Mutex<Enrollments>,
+) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => reload(config_path, config, redirector, enrollments),
+        }
+    }
+}
+
+/// Applies what can change without a restart (exclusions, enrollment); a bad file keeps the
+/// running configuration.
+fn reload(
+    config_path: &Path,
+    config: &mut Config,
+    redirector: &mut Redirector,
+    enrollments: &Mutex<Enrollments>,
+) {
+    let new = match Config::load(config_path) {
+        Ok(new) => new,
+        Err(error) => {
+            error!(%error, "config reload rejected; keeping the running configuration");
+            return;
+        }
+    };
+    for (changed, key) in [
+        (new.proxy != config.proxy, "proxy"),
+        (new.admin != config.admin, "admin"),
+        (new.cgroup_path != config.cgroup_path, "cgroup_path"),
+    ] {
+        if changed {
+            warn!(key, "changed in the config file; takes effect after a restart");
+        }
+    }
+    if let Err(error) =
+        redirector.set_exclusions(&new.excluded_cidrs(), &new.redirect.exclude_ports)
+    {
+        error!(%error, "applying exclusions failed; keeping the running configuration");
+        return;
+    }
+    config.redirect = new.redirect;
+    config.enrollment = new.enrollment;
+    sync_enrollment(enrollments, config);
+    info!(path = %config_path.display(), "config reloaded");
+}
+
+fn sync_enrollment(enrollments: &Mutex<Enrollments>, config: &Config) {
+    let Ok(mut enrollments) = enrollments.lock() else {
+        error!("enrollment table poisoned; enrollment unchanged");
+        return;
+    };
+    for error in enrollments.sync(&config.netns_refs()) {
+        error!(%error, "enrollment");
+    }
+}

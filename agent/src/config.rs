@@ -1,0 +1,371 @@
+//! The agent's configuration file (YAML). Every key is documented in docs/config.md; unknown
+//! keys are rejected with their name and position.
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("config file {path}: `{field}` {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// cgroup v2 directory the redirect programs attach to. Absent: the host's cgroup v2 mount,
+    /// found in /proc/self/mountinfo (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+    #[serde(default)]
+    pub cgroup_path: Option<PathBuf>,
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub redirect: RedirectConfig,
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where redirected connections arrive: an address of this node that enrolled pods reach.
+    pub outbound_addr: SocketAddrV4,
+    /// SO_MARK on the proxy's upstream sockets, so they are never redirected themselves.
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// How long an upstream connect may take before the client is reset.
+    #[serde(default = "default_connect_timeout", deserialize_with = "connect_timeout")]
+    pub connect_timeout: Duration,
+    /// How long live connections may finish after SIGTERM before they are cut.
+    #[serde(default = "default_drain_timeout", deserialize_with = "drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Health (/healthz, /readyz), metrics (/metrics) and enrollment endpoints.
+    #[serde(default = "default_admin_addr")]
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Destination IPv4 prefixes never redirected (loopback always is excluded).
+    #[serde(default)]
+    pub exclude_cidrs: Vec<Ipv4Net>,
+    /// Destination ports never redirected.
+    #[serde(default)]
+    pub exclude_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// Directory of named network namespaces (`ip netns add` puts them in /run/netns).
+    #[serde(default = "default_netns_dir")]
+    pub netns_dir: PathBuf,
+    /// Pod network namespaces to enroll: a name under `netns_dir`, or an absolute path such
+    /// as /proc/PID/ns/net.
+    #[serde(default)]
+    pub netns: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: default_admin_addr(),
+        }
+    }
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            netns_dir: default_netns_dir(),
+            netns: Vec::new(),
+        }
+    }
+}
+
+/// Loopback never leaves a pod: redirecting it would send a pod's own local traffic away.
+pub const ALWAYS_EXCLUDED: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8) {
+    Ok(net) => net,
+    Err(_) => panic!("127.0.0.0/8 is a valid prefix"),
+};
+
+fn default_mark() -> u32 {
+    0x4d41_0001
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15020))
+}
+fn default_netns_dir() -> PathBuf {
+    PathBuf::from("/run/netns")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate().map_err(|(field, reason)| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let outbound = self.proxy.outbound_addr;
+        if outbound.ip().is_unspecified() || outbound.ip().is_broadcast() {
+            return Err((
+                "proxy.outbound_addr",
+                format!("is {outbound}: connects are rewritten to it, so it must be one address of this node"),
+            ));
+        }
+        if outbound.port() == 0 {
+            return Err(("proxy.outbound_addr", "needs a port other than 0".into()));
+        }
+        if self.proxy.mark == 0 {
+            return Err(("proxy.mark", "must not be 0: unmarked sockets carry mark 0".into()));
+        }
+        if self.proxy.connect_timeout.is_zero() {
+            return Err(("proxy.connect_timeout", "must be greater than 0".into()));
+        }
+        if self.admin.addr == SocketAddr::V4(outbound) {
+            return Err(("admin.addr", format!("is the same as proxy.outbound_addr ({outbound})")));
+        }
+        if let Some(port) = self.redirect.exclude_ports.iter().find(|p| **p == 0) {
+            return Err(("redirect.exclude_ports", format!("contains {port}, not a port")));
+        }
+        for spec in &self.enrollment.netns {
+            NetnsRef::parse(spec, &self.enrollment.netns_dir)
+                .map_err(|reason| ("enrollment.netns", reason))?;
+        }
+        if let Some(path) = &self.cgroup_path
+            && !path.is_absolute()
+        {
+            return Err(("cgroup_path", format!("{} is not an absolute path", path.display())));
+        }
+        Ok(())
+    }
+
+    /// Enrolled namespaces, resolved to paths.
+    pub fn netns_refs(&self) -> Vec<NetnsRef> {
+        self.enrollment
+            .netns
+            .iter()
+            .filter_map(|spec| NetnsRef::parse(spec, &self.enrollment.netns_dir).ok())
+            .collect()
+    }
+
+    /// Destination prefixes never redirected: the configured ones plus loopback.
+    pub fn excluded_cidrs(&self) -> Vec<Ipv4Net> {
+        let mut cidrs = vec![ALWAYS_EXCLUDED];
+        cidrs.extend(self.redirect.exclude_cidrs.iter().map(Ipv4Net::trunc));
+        cidrs.sort();
+        cidrs.dedup();
+        cidrs
+    }
+}
+
+/// A pod network namespace as configured: `name` (under the netns directory) or a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsRef {
+    /// What the user wrote; the key for enroll/unenroll.
+    pub spec: String,
+    pub path: PathBuf,
+}
+
+impl NetnsRef {
+    pub fn parse(spec: &str, netns_dir: &Path) -> Result<Self, String> {
+        if spec.is_empty() {
+            return Err("contains an empty name".into());
+        }
+        let path = if spec.starts_with('/') {
+            PathBuf::from(spec)
+        } else if spec.contains('/') || spec == "." || spec == ".." {
+            return Err(format!(
+                "contains {spec:?}: give a namespace name under {} or an absolute path",
+                netns_dir.display()
+            ));
+        } else {
+            netns_dir.join(spec)
+        };
+        Ok(Self {
+            spec: spec.to_owned(),
+            path,
+        })
+    }
+}
+
+impl fmt::Display for NetnsRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spec)
+    }
+}
+
+// serde_yaml locates errors raised inside a value at the enclosing mapping, so each duration
+// field names itself in its error.
+fn connect_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    duration(deserializer, "connect_timeout")
+}
+
+fn drain_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    duration(deserializer, "drain_timeout")
+}
+
+/// Accepts `250ms`, `5s`, `2m`.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D, field: &str) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(|reason| serde::de::Error::custom(format!("{field}: {reason}")))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} needs a unit: ms, s or m"))?;
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        _ => Err(format!("duration {text:?} has unit {unit:?}; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "proxy:\n  outbound_addr: 10.0.0.1:15001\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.admin.addr, "127.0.0.1:15020".parse().unwrap());
+        assert_eq!(config.proxy.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.enrollment.netns_dir, PathBuf::from("/run/netns"));
+        assert_eq!(config.excluded_cidrs(), vec![ALWAYS_EXCLUDED]);
+        assert!(config.cgroup_path.is_none());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = "cgroup_path: /sys/fs/cgroup/node\nproxy:\n  outbound_addr: 10.0.0.1:15001\n  mark: 7\n  connect_timeout: 250ms\n  drain_timeout: 1m\nadmin:\n  addr: 0.0.0.0:9000\nredirect:\n  exclude_cidrs: [10.9.0.0/16, 10.9.3.4/16]\n  exclude_ports: [22]\nenrollment:\n  netns_dir: /var/run/netns\n  netns: [pod-a, /proc/1/ns/net]\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.proxy.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.proxy.drain_timeout, Duration::from_secs(60));
+        assert_eq!(
+            config.excluded_cidrs(),
+            vec!["10.9.0.0/16".parse().unwrap(), ALWAYS_EXCLUDED]
+        );
+        let refs = config.netns_refs();
+        assert_eq!(refs[0].path, PathBuf::from("/var/run/netns/pod-a"));
+        assert_eq!(refs[1].path, PathBuf::from("/proc/1/ns/net"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("proxy:\n  outbound_addr: 10.0.0.1:15001\n  outbond: 1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown field `outbond`"), "{text}");
+        assert!(text.contains("proxy"), "{text}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let err = parse(&format!("{MINIMAL}enrolment: {{}}\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `enrolment`"), "{err}");
+    }
+
+    #[test]
+    fn missing_proxy_section_is_named() {
+        let err = parse("admin:\n  addr: 127.0.0.1:1\n").unwrap_err();
+        assert!(err.to_string().contains("missing field `proxy`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            ("proxy:\n  outbound_addr: 0.0.0.0:15001\n", "proxy.outbound_addr"),
+            ("proxy:\n  outbound_addr: 10.0.0.1:0\n", "proxy.outbound_addr"),
+            (&format!("{MINIMAL}  mark: 0\n"), "proxy.mark"),
+            (&format!("{MINIMAL}  connect_timeout: 0s\n"), "proxy.connect_timeout"),
+            (&format!("{MINIMAL}admin:\n  addr: 10.0.0.1:15001\n"), "admin.addr"),
+            (&format!("{MINIMAL}redirect:\n  exclude_ports: [0]\n"), "redirect.exclude_ports"),
+            (&format!("{MINIMAL}enrollment:\n  netns: [a/b]\n"), "enrollment.netns"),
+            (&format!("{MINIMAL}cgroup_path: relative\n"), "cgroup_path"),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_syntax_names_the_field() {
+        let err = parse(&format!("{MINIMAL}redirect:\n  exclude_cidrs: [10.0.0.0/33]\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("exclude_cidrs"), "{err}");
+        let err = parse(&format!("{MINIMAL}  connect_timeout: 5 seconds\n")).unwrap_err();
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15ms"), Ok(Duration::from_millis(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

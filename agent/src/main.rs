@@ -1,0 +1,86 @@
+//! mesh-agent: a sidecarless, eBPF-accelerated service mesh node agent.
+mod admin;
+mod app;
+mod config;
+mod metrics;
+mod proxy;
+mod redirect;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "Sidecarless service mesh node agent: eBPF redirect of pod traffic into a node proxy",
+    long_about = "mesh-agent runs once per node. It attaches eBPF programs to the node's cgroup v2 \
+        hierarchy that move the outbound TCP connections of enrolled pod network namespaces \
+        into its node proxy, which relays them to the destination the application asked for.\n\n\
+        Logging is controlled by RUST_LOG (default: info), e.g. RUST_LOG=mesh_agent=debug."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: attach the redirect, serve the node proxy and the admin endpoint.
+    ///
+    /// Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN), cgroup v2 and a kernel with BTF.
+    /// SIGHUP reloads the config file (exclusions and enrollment); SIGTERM or SIGINT turn the
+    /// redirect off, drain live connections for proxy.drain_timeout, detach every program and
+    /// exit 0.
+    Run {
+        /// The agent's YAML configuration file (see docs/config.md).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
+    CheckConfig {
+        /// The agent's YAML configuration file (see docs/config.md).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::CheckConfig { config } => config::Config::load(&config)
+            .map(|c| {
+                println!(
+                    "{}: valid ({} namespaces to enroll, proxy on {})",
+                    config.display(),
+                    c.enrollment.netns.len(),
+                    c.proxy.outbound_addr
+                );
+            })
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(app::run(config))
+}

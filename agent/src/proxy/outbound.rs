@@ -1,0 +1,381 @@
+//! Outbound: connections the redirect moved into the proxy, relayed to their original
+//! destination.
+use std::{
+    io,
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use super::{OrigDstSource, relay};
+use crate::metrics::{FailureReason, ProxyMetrics};
+
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// SO_MARK for upstream sockets, so the redirect leaves them alone.
+    pub mark: Option<u32>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("{what} {addr} is already in use by another process")]
+    InUse { what: &'static str, addr: SocketAddr },
+    #[error("{what} {addr} is not an address of this node")]
+    NotLocal { what: &'static str, addr: SocketAddr },
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Other {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Binds a listener, turning the common failures into errors that name the setting.
+pub fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => ListenError::InUse { what, addr },
+        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal { what, addr },
+        _ => ListenError::Other { what, addr, source },
+    })
+}
+
+pub struct Outbound {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    orig_dst: Arc<dyn OrigDstSource>,
+    metrics: ProxyMetrics,
+    settings: OutboundSettings,
+    /// Fired when the drain period ends: live relays reset both sides.
+    cut: CancellationToken,
+}
+
+/// How the drain went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections still open at the end of the drain period, reset.
+    pub cut: usize,
+}
+
+impl Outbound {
+    pub fn new(
+        listener: TcpListener,
+        orig_dst: Arc<dyn OrigDstSource>,
+        metrics: ProxyMetrics,
+        settings: OutboundSettings,
+    ) -> Self {
+        Self {
+            listener,
+            shared: Arc::new(Shared {
+                orig_dst,
+                metrics,
+                settings,
+                cut: CancellationToken::new(),
+            }),
+        }
+    }
+
+
+    /// Accepts until `stop` fires, then takes what is already queued, then waits up to
+    /// `drain_timeout` for live connections before cutting them.
+    pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) -> DrainReport {
+        let tracker = TaskTracker::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => self.spawn(&tracker, accepted),
+                () = stop.cancelled() => break,
+            }
+        }
+        // Connections redirected before the redirect stopped may still sit in the accept
+        // queue; a zero timeout polls accept once before giving up.
+        while let Ok(accepted) =
+            tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
+        {
+            self.spawn(&tracker, accepted);
+        }
+        drop(self.listener);
+        tracker.close();
+        info!(live = tracker.len(), ?drain_timeout, "outbound proxy draining");
+        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_ok() {
+            return DrainReport { cut: 0 };
+        }
+        let cut = tracker.len();
+        warn!(connections = cut, "drain period over, resetting remaining connections");
+        self.shared.cut.cancel();
+        tracker.wait().await;
+        DrainReport { cut }
+    }
+
+    fn spawn(&self, tracker: &TaskTracker, accepted: io::Result<(TcpStream, SocketAddr)>) {
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(handle(stream, peer, Arc::clone(&self.shared)));
+            }
+            // EMFILE and friends: log and keep accepting; the kernel keeps the queue.
+            Err(error) => warn!(%error, "accept failed"),
+        }
+    }
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let SocketAddr::V4(peer) = peer else {
+        warn!(%peer, "IPv6 client on the outbound proxy; closing");
+        return reset(client);
+    };
+    let destination = match shared.orig_dst.original_destination(peer) {
+        Ok(Some(destination)) => destination,
+        Ok(None) => {
+            shared
+                .metrics
+                .failed("unknown", FailureReason::no_original_destination);
+            warn!(client = %peer, "connection was not redirected (no original destination); resetting");
+            return reset(client);
+        }
+        Err(error) => {
+            shared.metrics.failed("unknown", FailureReason::other);
+            warn!(client = %peer, %error, "original destination lookup failed; resetting");
+            return reset(client);
+        }
+    };
+    let label = destination.to_string();
+    let mut upstream = match connect_upstream(destination, &shared.settings).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let reason = failure_reason(&error);
+            shared.metrics.failed(&label, reason);
+            warn!(client = %peer, %destination, ?reason, %error, "cannot connect to destination; resetting client");
+            return reset(client);
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let metrics = shared.metrics.opened(&label);
+    debug!(client = %peer, %destination, "relaying");
+    if let Err(error) = relay::relay(&mut client, &mut upstream, &metrics, &shared.cut).await {
+        debug!(client = %peer, %destination, %error, "connection ended with an error; resetting both sides");
+        reset(client);
+        reset(upstream);
+    }
+}
+
+async fn connect_upstream(
+    destination: SocketAddrV4,
+    settings: &OutboundSettings,
+) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(mark) = settings.mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    tokio::time::timeout(settings.connect_timeout, socket.connect(destination.into()))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+fn failure_reason(error: &io::Error) -> FailureReason {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => FailureReason::refused,
+        io::ErrorKind::TimedOut => FailureReason::timeout,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            FailureReason::unreachable
+        }
+        _ => FailureReason::other,
+    }
+}
+
+/// Closes with RST rather than FIN, so the client learns at once that the connection failed.
+fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    //! In-process tests: real sockets on loopback, a fixed original-destination table instead
+    //! of the eBPF map, no privileges.
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// Every client was "redirected" from `destination` (or from nowhere, when `None`).
+    struct FixedOrigDst(Option<SocketAddrV4>);
+
+    impl OrigDstSource for FixedOrigDst {
+        fn original_destination(
+            &self,
+            _peer: SocketAddrV4,
+        ) -> Result<Option<SocketAddrV4>, aya::maps::MapError> {
+            Ok(self.0)
+        }
+    }
+
+    struct Harness {
+        proxy: SocketAddr,
+        metrics: Metrics,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<DrainReport>,
+    }
+
+    async fn start(destination: Option<SocketAddrV4>, drain: Duration) -> Harness {
+        let listener = bind_listener("test", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let metrics = Metrics::new(Default::default(), None);
+        let outbound = Outbound::new(
+            listener,
+            Arc::new(FixedOrigDst(destination)),
+            metrics.proxy.clone(),
+            OutboundSettings {
+                mark: None,
+                connect_timeout: Duration::from_secs(2),
+            },
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(outbound.run(stop.clone(), drain));
+        Harness {
+            proxy,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    fn v4(addr: SocketAddr) -> SocketAddrV4 {
+        match addr {
+            SocketAddr::V4(v4) => v4,
+            SocketAddr::V6(_) => panic!("expected IPv4"),
+        }
+    }
+
+    /// Reads until EOF, then answers with the byte count and a 1 MiB reply, then closes.
+    async fn counting_server() -> SocketAddrV4 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = v4(listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut received = Vec::new();
+                    stream.read_to_end(&mut received).await.unwrap();
+                    let header = format!("{}\n", received.len());
+                    stream.write_all(header.as_bytes()).await.unwrap();
+                    stream.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close() {
+        let server = counting_server().await;
+        let harness = start(Some(server), Duration::from_secs(1)).await;
+        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
+        client.write_all(&vec![1u8; 3 << 20]).await.unwrap();
+        // Half-close: the server only answers after it has seen our FIN through the proxy.
+        client.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        let header = format!("{}\n", 3 << 20);
+        assert!(reply.starts_with(header.as_bytes()));
+        assert_eq!(reply.len(), header.len() + (1 << 20));
+        drop(client);
+
+        harness.stop.cancel();
+        assert_eq!(harness.task.await.unwrap(), DrainReport { cut: 0 });
+        let text = harness.metrics.encode().unwrap();
+        let dest = server.to_string();
+        for line in [
+            format!("mesh_agent_proxy_connections_opened_total{{destination=\"{dest}\"}} 1"),
+            format!("mesh_agent_proxy_connections_closed_total{{destination=\"{dest}\"}} 1"),
+            format!("mesh_agent_proxy_bytes_total{{destination=\"{dest}\",direction=\"sent\"}} {}", 3 << 20),
+            format!(
+                "mesh_agent_proxy_bytes_total{{destination=\"{dest}\",direction=\"received\"}} {}",
+                header.len() + (1 << 20)
+            ),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_destination_resets_client_quickly() {
+        // A port nobody listens on: bind, note the port, close.
+        let closed = v4(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+        let harness = start(Some(closed), Duration::from_secs(1)).await;
+        let started = Instant::now();
+        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
+        let mut buf = [0u8; 16];
+        let err = client.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        let text = harness.metrics.encode().unwrap();
+        assert!(
+            text.contains(&format!(
+                "mesh_agent_proxy_connections_failed_total{{destination=\"{closed}\",reason=\"refused\"}} 1"
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_without_original_destination_is_reset() {
+        let harness = start(None, Duration::from_secs(1)).await;
+        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
+        let err = client.read(&mut [0u8; 4]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        let text = harness.metrics.encode().unwrap();
+        assert!(text.contains("reason=\"no_original_destination\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn destination_reset_reaches_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = v4(listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            reset(stream);
+        });
+        let harness = start(Some(server), Duration::from_secs(1)).await;
+        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
+        let err = client.read(&mut [0u8; 4]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_live_connections_then_cuts_them() {
+        let server = counting_server().await;
+        let harness = start(Some(server), Duration::from_millis(300)).await;
+        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
+        client.write_all(b"still talking").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        harness.stop.cancel();
+        // New connections are refused once the listener is closed...
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(harness.proxy).await.is_err());
+        // ...and the live one is cut when the drain period ends.
+        assert_eq!(harness.task.await.unwrap(), DrainReport { cut: 1 });
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let err = client.read(&mut [0u8; 4]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+}

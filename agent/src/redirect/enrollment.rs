@@ -1,0 +1,152 @@
+//! Which pod network namespaces are enrolled: the agent's table and the eBPF map it mirrors.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+};
+
+use agent_common::Enrollment;
+use aya::maps::{HashMap, MapData, MapError};
+use tracing::info;
+
+use super::netns;
+use crate::config::NetnsRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollmentError {
+    #[error("cannot enroll network namespace {spec} ({path}): {source}")]
+    Namespace {
+        spec: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("network namespace {spec} is the same namespace as the already enrolled {existing}")]
+    Duplicate { spec: String, existing: String },
+    #[error("network namespace {0} is not enrolled")]
+    NotEnrolled(String),
+    #[error("eBPF map ENROLLED_NETNS: {0}")]
+    Map(#[from] MapError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledNetns {
+    pub path: PathBuf,
+    pub cookie: u64,
+    pub workload_id: u32,
+}
+
+pub struct Enrollments {
+    map: HashMap<MapData, u64, Enrollment>,
+    by_spec: BTreeMap<String, EnrolledNetns>,
+    next_workload_id: u32,
+    /// The number of enrolled namespaces, for the metrics endpoint.
+    gauge: Arc<AtomicI64>,
+}
+
+impl Enrollments {
+    pub(super) fn new(map: HashMap<MapData, u64, Enrollment>) -> Self {
+        Self {
+            map,
+            by_spec: BTreeMap::new(),
+            next_workload_id: 1,
+            gauge: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    pub fn gauge(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.gauge)
+    }
+
+    fn update_gauge(&self) {
+        self.gauge.store(self.by_spec.len() as i64, Ordering::Relaxed);
+    }
+
+    pub fn enroll(&mut self, ns: &NetnsRef) -> Result<EnrolledNetns, EnrollmentError> {
+        let cookie = netns::cookie_of(&ns.path).map_err(|source| EnrollmentError::Namespace {
+            spec: ns.spec.clone(),
+            path: ns.path.clone(),
+            source,
+        })?;
+        if let Some((existing, _)) = self
+            .by_spec
+            .iter()
+            .find(|(spec, e)| e.cookie == cookie && **spec != ns.spec)
+        {
+            return Err(EnrollmentError::Duplicate {
+                spec: ns.spec.clone(),
+                existing: existing.clone(),
+            });
+        }
+        let workload_id = match self.by_spec.get(&ns.spec) {
+            Some(existing) => existing.workload_id,
+            None => {
+                self.next_workload_id += 1;
+                self.next_workload_id - 1
+            }
+        };
+        self.map.insert(cookie, Enrollment { workload_id }, 0)?;
+        // A namespace re-created under the same name has a new cookie: drop the old one.
+        if let Some(old) = self.by_spec.get(&ns.spec)
+            && old.cookie != cookie
+        {
+            let _ = self.map.remove(&old.cookie);
+        }
+        info!(netns = %ns.spec, path = %ns.path.display(), cookie, workload_id, "enrolled");
+        let entry = EnrolledNetns {
+            path: ns.path.clone(),
+            cookie,
+            workload_id,
+        };
+        self.by_spec.insert(ns.spec.clone(), entry.clone());
+        self.update_gauge();
+        Ok(entry)
+    }
+
+    pub fn unenroll(&mut self, spec: &str) -> Result<EnrolledNetns, EnrollmentError> {
+        let entry = self
+            .by_spec
+            .remove(spec)
+            .ok_or_else(|| EnrollmentError::NotEnrolled(spec.to_owned()))?;
+        match self.map.remove(&entry.cookie) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => {
+                self.by_spec.insert(spec.to_owned(), entry);
+                return Err(error.into());
+            }
+        }
+        self.update_gauge();
+        info!(netns = spec, cookie = entry.cookie, "unenrolled");
+        Ok(entry)
+    }
+
+    /// Makes the enrolled set equal to `desired`; returns one error per namespace that could
+    /// not be enrolled (the others are applied regardless).
+    pub fn sync(&mut self, desired: &[NetnsRef]) -> Vec<EnrollmentError> {
+        let mut errors = Vec::new();
+        let stale: Vec<String> = self
+            .by_spec
+            .keys()
+            .filter(|spec| !desired.iter().any(|ns| &ns.spec == *spec))
+            .cloned()
+            .collect();
+        for spec in stale {
+            if let Err(error) = self.unenroll(&spec) {
+                errors.push(error);
+            }
+        }
+        for ns in desired {
+            if let Err(error) = self.enroll(ns) {
+                errors.push(error);
+            }
+        }
+        errors
+    }
+
+    pub fn list(&self) -> impl Iterator<Item = (&str, &EnrolledNetns)> {
+        self.by_spec.iter().map(|(spec, e)| (spec.as_str(), e))
+    }
+
+}

@@ -1,0 +1,323 @@
+//! The transparent redirect: loading the eBPF programs, attaching them to the node's cgroup,
+//! and the maps through which the agent steers them (enrollment, exclusions) and reads them
+//! (original destinations, counters).
+//!
+//! Dropping the [`Redirector`] detaches every program: aya holds each attachment as a
+//! bpf_link owned by this process, so nothing stays attached after the agent exits, even if
+//! it is killed.
+pub mod cgroup;
+mod enrollment;
+pub mod netns;
+pub mod preflight;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsFd,
+    path::Path,
+    sync::Arc,
+};
+
+use agent_common::{Counter, OrigDst, PeerKey, RedirectConfig, maps};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps},
+};
+use ipnet::Ipv4Net;
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+pub use enrollment::Enrollments;
+
+use crate::proxy::OrigDstSource;
+
+/// The eBPF object built from agent-ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// The programs, in attach order; connect4 goes last so nothing is redirected before the
+/// programs that track and hide the redirect are in place.
+const SOCKOPS: &str = "track_orig_dst";
+const GETPEERNAME4: &str = "getpeername4";
+const CONNECT4: &str = "connect4";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error(
+        "the kernel refused eBPF program {program}: {source}; mesh-agent needs Linux 5.7+ with \
+         cgroup sock_addr (connect4/getpeername4) and sock_ops programs"
+    )]
+    Load {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("cannot attach eBPF program {program} to cgroup {cgroup}: {source}")]
+    Attach {
+        program: &'static str,
+        cgroup: String,
+        source: ProgramError,
+    },
+    #[error("cannot open cgroup {cgroup}: {source}")]
+    OpenCgroup {
+        cgroup: String,
+        source: std::io::Error,
+    },
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: MapError,
+    },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> RedirectError {
+    move |source| RedirectError::Map { map, source }
+}
+
+/// Where redirected connections go and which sockets to leave alone.
+#[derive(Debug, Clone, Copy)]
+pub struct RedirectTarget {
+    pub proxy: SocketAddrV4,
+    pub mark: u32,
+}
+
+/// The loaded and attached programs and the maps the agent uses.
+pub struct Redirector {
+    /// Owns the programs and their links; dropping it detaches them.
+    ebpf: Ebpf,
+    config: Array<MapData, RedirectConfig>,
+    excluded_cidrs: LpmTrie<MapData, u32, u8>,
+    excluded_ports: HashMap<MapData, u16, u8>,
+    orig_dst: Arc<OrigDstMap>,
+    counters: Arc<RedirectCounters>,
+    enrolled: Option<HashMap<MapData, u64, agent_common::Enrollment>>,
+    target: RedirectTarget,
+}
+
+impl Redirector {
+    /// Loads the programs and attaches them to `cgroup`. Redirecting starts with
+    /// [`Redirector::start`], once the proxy is listening.
+    pub fn load(cgroup: &Path, target: RedirectTarget) -> Result<Self, RedirectError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        start_ebpf_logger(&mut ebpf);
+        let mut redirector = Self {
+            config: take_map(&mut ebpf, maps::REDIRECT_CONFIG)?,
+            excluded_cidrs: take_map(&mut ebpf, maps::EXCLUDED_CIDRS)?,
+            excluded_ports: take_map(&mut ebpf, maps::EXCLUDED_PORTS)?,
+            orig_dst: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?)),
+            counters: Arc::new(RedirectCounters(take_map(&mut ebpf, maps::COUNTERS)?)),
+            enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
+            ebpf,
+            target,
+        };
+        redirector.attach(cgroup)?;
+        Ok(redirector)
+    }
+
+    fn attach(&mut self, cgroup: &Path) -> Result<(), RedirectError> {
+        let cgroup_name = cgroup.display().to_string();
+        let cgroup_dir = std::fs::File::open(cgroup).map_err(|source| RedirectError::OpenCgroup {
+            cgroup: cgroup_name.clone(),
+            source,
+        })?;
+        let attach_err = |program| {
+            let cgroup = cgroup_name.clone();
+            move |source| RedirectError::Attach {
+                program,
+                cgroup,
+                source,
+            }
+        };
+        // AllowMultiple: coexist with other programs on the same cgroup (systemd, CNIs).
+        let mode = CgroupAttachMode::AllowMultiple;
+
+        let sockops: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?;
+        sockops.load().map_err(load_err(SOCKOPS))?;
+        sockops
+            .attach(cgroup_dir.as_fd(), mode)
+            .map_err(attach_err(SOCKOPS))?;
+        for name in [GETPEERNAME4, CONNECT4] {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            prog.load().map_err(load_err(name))?;
+            prog.attach(cgroup_dir.as_fd(), mode).map_err(attach_err(name))?;
+        }
+        info!(cgroup = %cgroup_name, programs = ?[SOCKOPS, GETPEERNAME4, CONNECT4], "eBPF programs attached");
+        Ok(())
+    }
+
+    /// Turns redirection on: connects from enrolled pods now go to the proxy.
+    pub fn start(&mut self) -> Result<(), RedirectError> {
+        let value = RedirectConfig {
+            proxy_ip4: u32::from_ne_bytes(self.target.proxy.ip().octets()),
+            proxy_port: self.target.proxy.port().to_be(),
+            _pad: 0,
+            proxy_mark: self.target.mark,
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(map_err(maps::REDIRECT_CONFIG))
+    }
+
+    /// Turns redirection off without detaching: new connects go direct, while connections
+    /// already in the proxy keep their original-destination records (getpeername still works).
+    pub fn stop(&mut self) -> Result<(), RedirectError> {
+        let off = RedirectConfig {
+            proxy_ip4: 0,
+            proxy_port: 0,
+            _pad: 0,
+            proxy_mark: 0,
+        };
+        self.config.set(0, off, 0).map_err(map_err(maps::REDIRECT_CONFIG))
+    }
+
+    /// Replaces the exclusion lists.
+    pub fn set_exclusions(&mut self, cidrs: &[Ipv4Net], ports: &[u16]) -> Result<(), RedirectError> {
+        let stale: Vec<Key<u32>> = self.excluded_cidrs.keys().filter_map(Result::ok).collect();
+        for key in stale {
+            self.excluded_cidrs
+                .remove(&key)
+                .map_err(map_err(maps::EXCLUDED_CIDRS))?;
+        }
+        for cidr in cidrs {
+            let key = Key::new(u32::from(cidr.prefix_len()), u32::from_ne_bytes(cidr.network().octets()));
+            self.excluded_cidrs
+                .insert(&key, 1, 0)
+                .map_err(map_err(maps::EXCLUDED_CIDRS))?;
+        }
+        let stale: Vec<u16> = self.excluded_ports.keys().filter_map(Result::ok).collect();
+        for port in stale {
+            self.excluded_ports
+                .remove(&port)
+                .map_err(map_err(maps::EXCLUDED_PORTS))?;
+        }
+        for port in ports {
+            self.excluded_ports
+                .insert(port, 1, 0)
+                .map_err(map_err(maps::EXCLUDED_PORTS))?;
+        }
+        Ok(())
+    }
+
+    /// The enrollment table, which from now on owns the enrollment map.
+    pub fn take_enrollments(&mut self) -> Option<Enrollments> {
+        self.enrolled.take().map(Enrollments::new)
+    }
+
+    pub fn orig_dst(&self) -> Arc<OrigDstMap> {
+        Arc::clone(&self.orig_dst)
+    }
+
+    pub fn counters(&self) -> Arc<RedirectCounters> {
+        Arc::clone(&self.counters)
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        info!("detaching eBPF programs");
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, RedirectError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(RedirectError::MissingMap(name))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, RedirectError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(RedirectError::MissingProgram(name))?;
+    prog.try_into().map_err(load_err(name))
+}
+
+fn load_err(program: &'static str) -> impl FnOnce(ProgramError) -> RedirectError {
+    move |source| RedirectError::Load { program, source }
+}
+
+/// Forwards aya-log records from the programs to the agent's log.
+fn start_ebpf_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(error) => {
+            warn!(%error, "eBPF log records will not be shown");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd for as long as it lives, and the AsyncFd owns
+    // the logger, so the registered fd stays open and the same for the AsyncFd's lifetime.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut logger = match registered {
+        Ok(fd) => fd,
+        Err(error) => {
+            warn!(%error, "eBPF log records will not be shown");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// Original destinations of redirected connections, keyed by the client's address as the
+/// proxy sees it on accept (written by the sock_ops program when the client's connect
+/// completes, removed when the client socket closes).
+pub struct OrigDstMap(HashMap<MapData, PeerKey, OrigDst>);
+
+impl OrigDstSource for OrigDstMap {
+    fn original_destination(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, MapError> {
+        let key = PeerKey {
+            ip4: u32::from_ne_bytes(peer.ip().octets()),
+            port: u32::from(peer.port()),
+        };
+        match self.0.get(&key, 0) {
+            Ok(orig) => Ok(Some(SocketAddrV4::new(
+                Ipv4Addr::from(orig.ip4.to_ne_bytes()),
+                u16::from_be(orig.port),
+            ))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The programs' per-CPU counters, summed.
+pub struct RedirectCounters(PerCpuArray<MapData, u64>);
+
+impl RedirectCounters {
+    pub fn read(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|counter| {
+                let total = self
+                    .0
+                    .get(&(*counter as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*counter, total)
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for RedirectCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedirectCounters")
+    }
+}

@@ -1,0 +1,77 @@
+//! Network namespace cookies: the kernel's stable id of a namespace, which the connect hook
+//! compares against (`bpf_get_netns_cookie`).
+use std::{fs::File, io, os::fd::AsRawFd, path::Path};
+
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Socket, Type};
+
+/// Not yet in the libc crate.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the network namespace at `path` (/run/netns/NAME, /proc/PID/ns/net).
+pub fn cookie_of(path: &Path) -> io::Result<u64> {
+    let ns = File::open(path)?;
+    // setns changes only the calling thread's namespace: do it on a short-lived thread so no
+    // runtime thread ever leaves the agent's own namespace.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|errno| match errno {
+                    nix::Error::EINVAL => {
+                        io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace")
+                    }
+                    other => io::Error::from(other),
+                })?;
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                socket_netns_cookie(&socket)
+            })
+            .join()
+            .map_err(|_| io::Error::other("netns cookie thread panicked"))?
+    })
+}
+
+/// The cookie of the namespace a socket belongs to.
+pub fn socket_netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for writes of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_cookie_matches_socket_cookie() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let own = socket_netns_cookie(&socket).unwrap();
+        assert_ne!(own, 0);
+        // Reading our own namespace through its path needs setns, which needs CAP_SYS_ADMIN.
+        if let Ok(cookie) = cookie_of(Path::new("/proc/self/ns/net")) {
+            assert_eq!(cookie, own);
+        }
+    }
+
+    #[test]
+    fn regular_file_is_not_a_namespace() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = cookie_of(file.path()).unwrap_err();
+        assert!(
+            err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::PermissionDenied,
+            "{err}"
+        );
+    }
+}

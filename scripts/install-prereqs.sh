@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs everything mesh-agent's build, sandbox, tests and benchmarks need.
+# Idempotent: each step checks first and says what it does; a second run installs nothing.
+set -euo pipefail
+
+step() { printf '==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+NIGHTLY="${MESH_NIGHTLY:-nightly}"
+LLVM_PREFIX_DIR=/usr/lib/llvm-22
+
+# Debian packages: LLVM 22 for bpf-linker (nightly's LLVM), and the real tools the
+# sandbox, tests and benchmarks drive.
+apt_pkgs=()
+dpkg -s llvm-22-dev >/dev/null 2>&1 || apt_pkgs+=(llvm-22-dev)
+for tool in bpftool:bpftool iperf3:iperf3 wrk:wrk ip:iproute2 curl:curl nsenter:util-linux; do
+  bin=${tool%%:*}; pkg=${tool##*:}
+  have "$bin" || apt_pkgs+=("$pkg")
+done
+if ((${#apt_pkgs[@]})); then
+  step "installing Debian packages: ${apt_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+else
+  step "Debian packages present"
+fi
+
+if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  step "rust-src for $NIGHTLY present"
+else
+  step "adding rust-src to the $NIGHTLY toolchain"
+  rustup component add rust-src --toolchain "$NIGHTLY"
+fi
+
+for comp in rustfmt clippy; do
+  if rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
+    step "$comp present"
+  else
+    step "adding $comp to the stable toolchain"
+    rustup component add "$comp"
+  fi
+done
+
+# bpf-linker must link with LLVM 22; a bpf-linker built against another LLVM fails to link.
+if have bpf-linker && bpf-linker --version 2>/dev/null | grep -q 'LLVM 22'; then
+  step "bpf-linker (LLVM 22) present"
+else
+  step "building bpf-linker against LLVM 22 (1-3 minutes)"
+  LLVM_PREFIX="$LLVM_PREFIX_DIR" cargo install --locked bpf-linker --force \
+    --no-default-features --features llvm-22
+fi
