@@ -132,8 +132,10 @@ impl Redirector {
                 source,
             }
         };
-        // AllowMultiple: coexist with other programs on the same cgroup (systemd, CNIs).
-        let mode = CgroupAttachMode::AllowMultiple;
+        // bpf_link attachments (Linux 5.7+, which aya uses) always coexist with other programs
+        // on the cgroup and the kernel rejects any attach flag on them: mode must be the
+        // default, flag-less one.
+        let mode = CgroupAttachMode::default();
 
         let sockops: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?;
         sockops.load().map_err(load_err(SOCKOPS))?;

@@ -1,0 +1,352 @@
+//! End-to-end tests: the real agent, real eBPF, real processes in pod namespaces of a test
+//! node (its own network namespace, bridge and cgroup). Root only; they fail, not skip, when
+//! they cannot run.
+use std::{
+    net::SocketAddr,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use mesh_testbed::{
+    Agent, Node, Proc,
+    agent::{agent_binary, config_for, metric_value},
+    node::NODE_IP,
+    pattern::{CLIENT_SEED, SERVER_SEED, sha256_of},
+};
+
+const MEGABYTES_10: usize = 10 * 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn meshtb() -> &'static str {
+    env!("CARGO_BIN_EXE_meshtb")
+}
+
+/// A node with pods `client` (enrolled), `server`, `outsider` (not enrolled); sinks on the
+/// server at 9000 (proxied) and 9001 (excluded port).
+struct Setup {
+    agent: Agent,
+    _sinks: Vec<Proc>,
+    node: Node,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(label: &str) -> Self {
+        Self::with_extra(label, "redirect:\n  exclude_ports: [9001]\n")
+    }
+
+    fn with_extra(label: &str, extra: &str) -> Self {
+        let mut node = Node::create(label).expect("test node");
+        for pod in ["client", "server", "outsider"] {
+            node.add_pod(pod).expect("pod");
+        }
+        let mut sinks = Vec::new();
+        for port in ["9000", "9001"] {
+            sinks.push(
+                node.spawn_in_pod(
+                    "server",
+                    meshtb(),
+                    &["sink", "--port", port, "--reply-bytes", &MEGABYTES_10.to_string()],
+                )
+                .expect("sink"),
+            );
+        }
+        let server_ip = node.pod("server").unwrap().ip;
+        for port in [9000, 9001] {
+            node.wait_for_listener(SocketAddr::from((server_ip, port)), TIMEOUT)
+                .expect("sink listening");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(&node, &["client"], extra).unwrap();
+        let agent = Agent::start(&node, &config, dir.path()).expect("agent starts");
+        Self {
+            agent,
+            _sinks: sinks,
+            node,
+            dir,
+        }
+    }
+
+    fn server(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.node.pod("server").unwrap().ip, port))
+    }
+
+    fn ip_of(&self, pod: &str) -> String {
+        self.node.pod(pod).unwrap().ip.to_string()
+    }
+
+    /// `meshtb send` from `pod` to `to` with 10 MB each way; returns its key=value output.
+    fn send(&self, pod: &str, to: SocketAddr) -> Sent {
+        let output = self
+            .node
+            .run_in_pod(pod, meshtb(), &["send", "--to", &to.to_string(), "--bytes", &MEGABYTES_10.to_string()], TIMEOUT)
+            .expect("send runs");
+        Sent::parse(&output, &self.agent)
+    }
+
+    fn metrics(&self) -> String {
+        self.agent.metrics(&self.node).expect("metrics")
+    }
+
+    fn opened_to(&self, to: SocketAddr) -> f64 {
+        metric_value(
+            &self.metrics(),
+            &format!("mesh_agent_proxy_connections_opened_total{{destination=\"{to}\"}}"),
+        )
+    }
+}
+
+struct Sent {
+    peer: String,
+    server_line: String,
+    received_bytes: usize,
+    received_sha256: String,
+}
+
+impl Sent {
+    fn parse(output: &Output, agent: &Agent) -> Self {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "send failed: {}\nstdout: {stdout}\nagent log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            agent.log()
+        );
+        let get = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+                .to_owned()
+        };
+        Self {
+            peer: get("peer"),
+            server_line: get("server"),
+            received_bytes: get("received_bytes").parse().unwrap(),
+            received_sha256: get("received_sha256"),
+        }
+    }
+
+    /// Both directions arrived intact.
+    fn assert_intact(&self) {
+        let sent_hash = sha256_of(CLIENT_SEED, MEGABYTES_10);
+        assert!(
+            self.server_line
+                .starts_with(&format!("sha256={sent_hash} bytes={MEGABYTES_10} ")),
+            "server saw something else: {}",
+            self.server_line
+        );
+        assert_eq!(self.received_bytes, MEGABYTES_10);
+        assert_eq!(self.received_sha256, sha256_of(SERVER_SEED, MEGABYTES_10));
+    }
+
+    /// The client address the server saw.
+    fn seen_from(&self) -> &str {
+        let peer = self.server_line.rsplit("peer=").next().unwrap_or_default();
+        peer.split(':').next().unwrap_or_default()
+    }
+}
+
+#[test]
+fn enrolled_pod_goes_through_proxy_intact_and_keeps_its_peer() {
+    let setup = Setup::new("through");
+    let to = setup.server(9000);
+    let sent = setup.send("client", to);
+    sent.assert_intact();
+    // getpeername shows the original destination, not the proxy.
+    assert_eq!(sent.peer, to.to_string());
+    // The server saw the node proxy as the client: the connection went through it.
+    assert_eq!(sent.seen_from(), NODE_IP.to_string());
+    let metrics = setup.metrics();
+    let dest = format!("destination=\"{to}\"");
+    assert_eq!(metric_value(&metrics, &format!("mesh_agent_proxy_connections_opened_total{{{dest}}}")), 1.0);
+    assert!(
+        metric_value(&metrics, &format!("mesh_agent_proxy_bytes_total{{{dest},direction=\"sent\"}}"))
+            >= MEGABYTES_10 as f64,
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, &format!("mesh_agent_proxy_bytes_total{{{dest},direction=\"received\"}}"))
+            >= MEGABYTES_10 as f64,
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"redirected\"}") >= 1.0);
+    assert_eq!(metric_value(&metrics, "mesh_agent_enrolled_netns"), 1.0);
+}
+
+#[test]
+fn non_enrolled_pod_and_excluded_port_go_direct() {
+    let setup = Setup::new("direct");
+    let outsider = setup.send("outsider", setup.server(9000));
+    outsider.assert_intact();
+    assert_eq!(outsider.seen_from(), setup.ip_of("outsider"));
+
+    let excluded = setup.send("client", setup.server(9001));
+    excluded.assert_intact();
+    assert_eq!(excluded.seen_from(), setup.ip_of("client"));
+
+    let metrics = setup.metrics();
+    assert_eq!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"redirected\"}"), 0.0);
+    assert!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"excluded\"}") >= 1.0);
+    assert!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"not_enrolled\"}") >= 1.0);
+    assert_eq!(setup.opened_to(setup.server(9000)), 0.0);
+}
+
+#[test]
+fn refused_destination_is_reported_to_the_client_fast() {
+    let setup = Setup::new("refused");
+    let to = setup.server(9999);
+    let output = setup
+        .node
+        .run_in_pod("client", meshtb(), &["probe", "--to", &to.to_string()], TIMEOUT)
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The connect itself reached the proxy; the refusal arrives as a reset.
+    assert!(stdout.contains("read=ConnectionReset"), "{stdout}");
+    let elapsed: u64 = stdout
+        .rsplit("elapsed_ms=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(elapsed < 500, "refusal took {elapsed} ms");
+    let metrics = setup.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!("mesh_agent_proxy_connections_failed_total{{destination=\"{to}\",reason=\"refused\"}}")
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(setup.agent.log().contains("cannot connect to destination"));
+}
+
+#[test]
+fn sigterm_detaches_everything_and_pods_connect_directly_again() {
+    let mut setup = Setup::new("sigterm");
+    assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
+    setup.agent.signal(libc::SIGTERM).unwrap();
+    let status = setup.agent.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", setup.agent.log());
+    let attached = bpftool_cgroup_show(&setup.node);
+    assert!(attached.trim().is_empty(), "still attached:\n{attached}");
+    let sent = setup.send("client", setup.server(9000));
+    sent.assert_intact();
+    assert_eq!(sent.seen_from(), setup.ip_of("client"));
+}
+
+#[test]
+fn enrollment_changes_at_runtime_via_admin_and_reload() {
+    let mut setup = Setup::new("runtime");
+    let to = setup.server(9000);
+    let outsider_ns = setup.node.pod("outsider").unwrap().netns_name().to_owned();
+
+    let (status, body) = setup
+        .node
+        .http("POST", Agent::admin_addr(), &format!("/enrollment?netns={outsider_ns}"))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
+
+    let (status, body) = setup
+        .node
+        .http("DELETE", Agent::admin_addr(), &format!("/enrollment?netns={outsider_ns}"))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(setup.send("outsider", to).seen_from(), setup.ip_of("outsider"));
+
+    let (status, body) = setup
+        .node
+        .http("POST", Agent::admin_addr(), "/enrollment?netns=no-such-pod")
+        .unwrap();
+    assert_eq!(status, 422);
+    assert!(body.contains("no-such-pod"), "{body}");
+
+    // Reload: enroll the outsider instead of the client.
+    let config = config_for(&setup.node, &["outsider"], "").unwrap();
+    std::fs::write(&setup.agent.config_path, config).unwrap();
+    setup.agent.signal(libc::SIGHUP).unwrap();
+    wait_until(|| setup.agent.log().contains("config reloaded"));
+    assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
+    assert_eq!(setup.send("client", to).seen_from(), setup.ip_of("client"));
+
+    // A broken file on reload keeps the running configuration.
+    std::fs::write(&setup.agent.config_path, "proxy: [").unwrap();
+    setup.agent.signal(libc::SIGHUP).unwrap();
+    wait_until(|| setup.agent.log().contains("config reload rejected"));
+    assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
+    let _ = &setup.dir;
+}
+
+#[test]
+fn bad_configs_and_environments_give_named_errors() {
+    let node = Node::create("badcfg").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_for(&node, &[], "").unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (good.replace("proxy:", "proxy:\n  outbond: 1"), "unknown field `outbond`"),
+        (format!("{good}enrolment: {{}}\n"), "unknown field `enrolment`"),
+        (good.replace("drain_timeout: 2s", "drain_timeout: 2 hours"), "drain_timeout"),
+        (
+            good.replace(&format!("cgroup_path: {}", node.cgroup_path().display()), "cgroup_path: /tmp"),
+            "cgroup_path /tmp is not on a cgroup v2 filesystem",
+        ),
+        (
+            good.replace(&format!("cgroup_path: {}", node.cgroup_path().display()), "cgroup_path: /nonexistent"),
+            "cgroup_path /nonexistent does not exist",
+        ),
+        (good.replace("10.77.0.1:15001", "10.99.0.1:15001"), "proxy.outbound_addr 10.99.0.1:15001 is not an address of this node"),
+    ];
+    for (config, expected) in cases {
+        let stderr = run_agent_expecting_failure(&node, &dir, &config, &[]);
+        assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+    }
+
+    // Port in use: hold the proxy port in the node namespace.
+    let _holder = node
+        .netns()
+        .run_in(|| std::net::TcpListener::bind((NODE_IP, 15001)))
+        .unwrap()
+        .unwrap();
+    let stderr = run_agent_expecting_failure(&node, &dir, &good, &[]);
+    assert!(stderr.contains("proxy.outbound_addr 10.77.0.1:15001 is already in use"), "{stderr}");
+
+    // Not root: no capabilities at all.
+    let stderr = run_agent_expecting_failure(&node, &dir, &good, &["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
+    assert!(stderr.contains("missing: CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"), "{stderr}");
+}
+
+fn run_agent_expecting_failure(node: &Node, dir: &tempfile::TempDir, config: &str, setpriv: &[&str]) -> String {
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, config).unwrap();
+    let agent = agent_binary().unwrap();
+    let mut command = if setpriv.is_empty() {
+        node.node_command(agent.to_str().unwrap()).unwrap()
+    } else {
+        let mut c = node.node_command("setpriv").unwrap();
+        c.args(setpriv).arg(&agent);
+        c
+    };
+    command.arg("run").arg("--config").arg(&path);
+    let output = mesh_testbed::process::output_within(command, TIMEOUT).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "expected failure, got {:?}: {stderr}", output.status);
+    stderr
+}
+
+fn bpftool_cgroup_show(node: &Node) -> String {
+    let output = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(node.cgroup_path())
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met in {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

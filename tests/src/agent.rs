@@ -1,0 +1,131 @@
+//! The real mesh-agent binary, run on a test node.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    node::{NODE_IP, Node},
+    process::Proc,
+};
+
+pub const PROXY_PORT: u16 = 15001;
+pub const ADMIN_PORT: u16 = 15020;
+
+/// The mesh-agent binary: MESH_AGENT_BIN, or `mesh-agent` next to the running executable's
+/// profile directory (target/<profile>/mesh-agent).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("MESH_AGENT_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("mesh-agent");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("mesh-agent binary not found near {}; build it or set MESH_AGENT_BIN", exe.display())
+}
+
+/// A config for an agent on `node` enrolling `pods`; `extra` is appended verbatim (YAML).
+pub fn config_for(node: &Node, pods: &[&str], extra: &str) -> anyhow::Result<String> {
+    let mut netns = Vec::new();
+    for pod in pods {
+        netns.push(node.pod(pod)?.netns_name().to_owned());
+    }
+    Ok(format!(
+        "cgroup_path: {cgroup}\nproxy:\n  outbound_addr: {NODE_IP}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\nenrollment:\n  netns: [{netns}]\n{extra}",
+        cgroup = node.cgroup_path().display(),
+        netns = netns.join(", "),
+    ))
+}
+
+pub struct Agent {
+    proc: Proc,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Agent {
+    pub fn admin_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT))
+    }
+
+    /// Starts the agent on the node's namespace with `config` and waits until /readyz is 200.
+    pub fn start(node: &Node, config: &str, workdir: &Path) -> anyhow::Result<Self> {
+        let config_path = workdir.join("agent.yaml");
+        std::fs::write(&config_path, config)?;
+        let log_path = workdir.join("agent.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = node.node_command(agent_binary()?.to_str().context("path")?)?;
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log);
+        let proc = Proc::spawn("mesh-agent", command)?;
+        let mut agent = Self {
+            proc,
+            config_path,
+            log_path,
+        };
+        agent.wait_ready(node, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self, node: &Node, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.proc.is_running() {
+                bail!("mesh-agent exited during start-up:\n{}", self.log());
+            }
+            if let Ok((200, _)) = node.http("GET", Self::admin_addr(), "/readyz") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("mesh-agent not ready after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn signal(&mut self, signal: i32) -> anyhow::Result<()> {
+        self.proc.signal(signal)
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        self.proc.wait_timeout(timeout)
+    }
+
+    /// The /metrics text.
+    pub fn metrics(&self, node: &Node) -> anyhow::Result<String> {
+        let (status, body) = node.http("GET", Self::admin_addr(), "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+/// The value of the sample `name{labels}` in a metrics text (0 when absent).
+pub fn metric_value(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

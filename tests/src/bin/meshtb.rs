@@ -1,0 +1,182 @@
+//! meshtb: the small real programs the sandbox, end-to-end tests and benchmarks run in pods.
+use std::{
+    convert::Infallible,
+    io::{BufRead as _, BufReader, ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming};
+use hyper_util::rt::TokioIo;
+use mesh_testbed::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(about = "Test programs for mesh-agent's sandbox, tests and benchmarks")]
+enum Cli {
+    /// HTTP/1.1 server (hyper, keep-alive) answering every request with a short text.
+    HttpServer {
+        #[arg(long)]
+        port: u16,
+        /// Named in each response, so clients see which pod answered.
+        #[arg(long, default_value = "meshtb")]
+        name: String,
+    },
+    /// TCP server: hashes everything a client sends until EOF, answers with one line
+    /// (`sha256=… bytes=… peer=…`) followed by `--reply-bytes` of the pattern, then closes.
+    Sink {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 0)]
+        reply_bytes: usize,
+    },
+    /// TCP client for `sink`: sends `--bytes` of the pattern, half-closes, reads the answer,
+    /// prints what it saw as key=value lines.
+    Send {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: usize,
+    },
+    /// Connects and waits for the first byte or the end, printing how and when it ended.
+    Probe {
+        #[arg(long)]
+        to: SocketAddr,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse() {
+        Cli::HttpServer { port, name } => http_server(port, name),
+        Cli::Sink { port, reply_bytes } => sink(port, reply_bytes),
+        Cli::Send { to, bytes } => send(to, bytes),
+        Cli::Probe { to } => probe(to),
+    }
+}
+
+fn http_server(port: u16, name: String) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+        let body = Bytes::from(format!("hello from {name}\n"));
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let body = body.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn sink(port: u16, reply_bytes: usize) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        std::thread::spawn(move || {
+            // Readiness probes connect and hang up without reading: not worth a line.
+            match sink_one(stream, reply_bytes) {
+                Err(error) if matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
+                Err(error) => eprintln!("sink: {error}"),
+                Ok(()) => {}
+            }
+        });
+    }
+    Ok(())
+}
+
+fn sink_one(mut stream: TcpStream, reply_bytes: usize) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    writeln!(stream, "sha256={} bytes={total} peer={peer}", hex(&hasher.finalize()))?;
+    write_pattern(&mut stream, SERVER_SEED, reply_bytes)?;
+    Ok(())
+}
+
+fn write_pattern(stream: &mut TcpStream, seed: u64, len: usize) -> std::io::Result<()> {
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        pattern.fill(&mut buf[..n]);
+        stream.write_all(&buf[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn send(to: SocketAddr, bytes: usize) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(to).with_context(|| format!("connect {to}"))?;
+    // getpeername: with the redirect in place this must still be `to`.
+    println!("peer={}", stream.peer_addr()?);
+    println!("local={}", stream.local_addr()?);
+    let mut writer = stream.try_clone()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        write_pattern(&mut writer, CLIENT_SEED, bytes)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0usize;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        received += n;
+    }
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    println!("server={}", line.trim());
+    println!("received_bytes={received}");
+    println!("received_sha256={}", hex(&hasher.finalize()));
+    Ok(())
+}
+
+fn probe(to: SocketAddr) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(stream) => stream,
+        Err(error) => {
+            println!("connect={:?} elapsed_ms={}", error.kind(), started.elapsed().as_millis());
+            return Ok(());
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let outcome = match stream.read(&mut [0u8; 1]) {
+        Ok(0) => "eof".to_owned(),
+        Ok(_) => "data".to_owned(),
+        Err(error) => format!("{:?}", error.kind()),
+    };
+    println!("connect=ok read={outcome} elapsed_ms={}", started.elapsed().as_millis());
+    Ok(())
+}

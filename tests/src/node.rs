@@ -1,0 +1,216 @@
+//! A test node: a node network namespace with a bridge, pods on veth pairs, one cgroup.
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cgroup::{self, TestCgroup},
+    netns::{self, NETNS_DIR, NetNs},
+    process::{Placement, Proc, output_within},
+};
+
+/// Every test node's resources carry this prefix and the pid of the process that made them,
+/// so a later run can tell leftovers (dead pid) from a concurrent run's (live pid).
+const PREFIX: &str = "meshtb";
+/// The bridge subnet inside every node namespace (nodes are isolated from one another).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    netns: NetNs,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> PathBuf {
+        self.netns.path()
+    }
+
+    pub fn netns_name(&self) -> &str {
+        self.netns.name()
+    }
+}
+
+pub struct Node {
+    tag: String,
+    // Field order is drop order: pods before the node namespace, the cgroup last.
+    pods: Vec<Pod>,
+    netns: NetNs,
+    cgroup: TestCgroup,
+}
+
+impl Node {
+    /// Creates an empty node; `label` tells nodes of one run apart.
+    pub fn create(label: &str) -> anyhow::Result<Self> {
+        remove_leftovers();
+        let tag = format!("{PREFIX}{}-{label}", std::process::id());
+        let netns = NetNs::create(&format!("{tag}-node"))?;
+        let cgroup = TestCgroup::create(&tag)?;
+        netns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        netns.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
+        netns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Self {
+            tag,
+            pods: Vec::new(),
+            netns,
+            cgroup,
+        })
+    }
+
+    /// Adds a pod at 10.77.0.(10 + index) wired to the node's bridge.
+    pub fn add_pod(&mut self, name: &str) -> anyhow::Result<&Pod> {
+        let index = self.pods.len();
+        if index >= 200 {
+            bail!("too many pods");
+        }
+        let ip = Ipv4Addr::new(10, 77, 0, 10 + index as u8);
+        let pod_ns = NetNs::create(&format!("{}-{name}", self.tag))?;
+        let host_if = format!("veth{index}");
+        self.netns.ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            pod_ns.name(),
+        ])?;
+        self.netns.ip(&["link", "set", &host_if, "master", "br0", "up"])?;
+        pod_ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        pod_ns.ip(&["link", "set", "eth0", "up"])?;
+        pod_ns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ip,
+            netns: pod_ns,
+        });
+        self.pod(name)
+    }
+
+    pub fn pod(&self, name: &str) -> anyhow::Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))
+    }
+
+    pub fn cgroup_path(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
+    }
+
+    /// A command that will run in pod `pod` (its namespace, the node's cgroup).
+    pub fn pod_command(&self, pod: &str, program: &str) -> anyhow::Result<Command> {
+        let pod = self.pod(pod)?;
+        let mut command = Command::new(program);
+        let procs = self.cgroup.procs_file();
+        Placement {
+            netns: &pod.netns_path(),
+            cgroup_procs: Some(&procs),
+        }
+        .apply(&mut command)?;
+        Ok(command)
+    }
+
+    /// A command that will run on the node (its namespace, outside the pods' cgroup).
+    pub fn node_command(&self, program: &str) -> anyhow::Result<Command> {
+        let mut command = Command::new(program);
+        Placement {
+            netns: &self.netns.path(),
+            cgroup_procs: None,
+        }
+        .apply(&mut command)?;
+        Ok(command)
+    }
+
+    pub fn spawn_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut command = self.pod_command(pod, program)?;
+        command.args(args);
+        Proc::spawn(&format!("{program} in {pod}"), command)
+    }
+
+    /// Runs a short command in a pod and returns its output.
+    pub fn run_in_pod(
+        &self,
+        pod: &str,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let mut command = self.pod_command(pod, program)?;
+        command.args(args);
+        output_within(command, timeout)
+    }
+
+    /// Waits until something listens on `addr` (reachable from the node namespace).
+    pub fn wait_for_listener(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let up = self
+                .netns
+                .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+            if up {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("nothing listening on {addr} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A plain HTTP/1.0 request from the node namespace (for the agent's admin endpoint).
+    pub fn http(&self, method: &str, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut stream = self
+            .netns
+            .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad HTTP response from {addr}{path}: {head}"))?;
+        Ok((status, body.to_owned()))
+    }
+}
+
+/// Removes namespaces and cgroups of test nodes whose creating process is gone.
+pub fn remove_leftovers() {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            return false;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        match pid.parse::<u32>() {
+            Ok(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+            Err(_) => false,
+        }
+    };
+    if let Ok(entries) = fs::read_dir(NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if dead(&name) {
+                let _ = netns::run("ip", &["netns", "del", &name]);
+            }
+        }
+    }
+    if let Ok(root) = cgroup::cgroup2_root()
+        && let Ok(entries) = fs::read_dir(&root)
+    {
+        for entry in entries.flatten() {
+            if dead(&entry.file_name().to_string_lossy()) {
+                cgroup::remove(&entry.path());
+            }
+        }
+    }
+}
