@@ -43,7 +43,7 @@ for comp in rustfmt clippy; do
 done
 
 # bpf-linker must link with LLVM 22; a bpf-linker built against another LLVM fails to link.
-if have bpf-linker && bpf-linker --version 2>/dev/null | grep -q 'LLVM 22'; then
+if have bpf-linker && ldd "$(command -v bpf-linker)" 2>/dev/null | grep -q 'libLLVM.so.22'; then
   step "bpf-linker (LLVM 22) present"
 else
   step "building bpf-linker against LLVM 22 (1-3 minutes)"

@@ -1,1 +1,47 @@
-fn main() {}
+//! Project tasks: `cargo xtask build | test | sandbox | bench`.
+mod bench;
+mod build;
+mod sandbox;
+mod test;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "mesh-agent project tasks")]
+enum Task {
+    /// Install missing prerequisites (nightly rust-src, LLVM 22, bpf-linker, test tools), then
+    /// build the eBPF object and the agent.
+    Build {
+        /// Optimised build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Everything CI checks: formatting, clippy (warnings denied), unit tests, and the
+    /// end-to-end tests with real eBPF (root). Fails if any end-to-end test did not run.
+    Test,
+    /// Run a throwaway mesh node on this machine: pods in network namespaces, real servers,
+    /// the agent redirecting their traffic; show what went through the proxy; clean up.
+    Sandbox {
+        /// Keep the node running until Ctrl-C, to poke at it by hand.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Benchmark direct vs redirected-through-the-proxy connections and print ratios.
+    Bench {
+        /// Rounds per measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per load-generator run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Task::parse() {
+        Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
+        Task::Test => test::run(),
+        Task::Sandbox { keep } => sandbox::run(keep),
+        Task::Bench { rounds, seconds } => bench::run(rounds, seconds),
+    }
+}

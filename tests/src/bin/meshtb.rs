@@ -64,11 +64,12 @@ fn http_server(port: u16, name: String) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
-        let body = Bytes::from(format!("hello from {name}\n"));
         loop {
-            let (stream, _) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            let body = body.clone();
+            // The client address as this server sees it: the proxy's when traffic went
+            // through the mesh, the pod's own when it went direct.
+            let body = Bytes::from(format!("hello from {name} (client {peer})\n"));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
                     let body = body.clone();
