@@ -46,7 +46,13 @@ impl Setup {
                 node.spawn_in_pod(
                     "server",
                     meshtb(),
-                    &["sink", "--port", port, "--reply-bytes", &MEGABYTES_10.to_string()],
+                    &[
+                        "sink",
+                        "--port",
+                        port,
+                        "--reply-bytes",
+                        &MEGABYTES_10.to_string(),
+                    ],
                 )
                 .expect("sink"),
             );
@@ -79,7 +85,18 @@ impl Setup {
     fn send(&self, pod: &str, to: SocketAddr) -> Sent {
         let output = self
             .node
-            .run_in_pod(pod, meshtb(), &["send", "--to", &to.to_string(), "--bytes", &MEGABYTES_10.to_string()], TIMEOUT)
+            .run_in_pod(
+                pod,
+                meshtb(),
+                &[
+                    "send",
+                    "--to",
+                    &to.to_string(),
+                    "--bytes",
+                    &MEGABYTES_10.to_string(),
+                ],
+                TIMEOUT,
+            )
             .expect("send runs");
         Sent::parse(&output, &self.agent)
     }
@@ -159,18 +176,33 @@ fn enrolled_pod_goes_through_proxy_intact_and_keeps_its_peer() {
     assert_eq!(sent.seen_from(), NODE_IP.to_string());
     let metrics = setup.metrics();
     let dest = format!("destination=\"{to}\"");
-    assert_eq!(metric_value(&metrics, &format!("mesh_agent_proxy_connections_opened_total{{{dest}}}")), 1.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!("mesh_agent_proxy_connections_opened_total{{{dest}}}")
+        ),
+        1.0
+    );
     assert!(
-        metric_value(&metrics, &format!("mesh_agent_proxy_bytes_total{{{dest},direction=\"sent\"}}"))
-            >= MEGABYTES_10 as f64,
+        metric_value(
+            &metrics,
+            &format!("mesh_agent_proxy_bytes_total{{{dest},direction=\"sent\"}}")
+        ) >= MEGABYTES_10 as f64,
         "{metrics}"
     );
     assert!(
-        metric_value(&metrics, &format!("mesh_agent_proxy_bytes_total{{{dest},direction=\"received\"}}"))
-            >= MEGABYTES_10 as f64,
+        metric_value(
+            &metrics,
+            &format!("mesh_agent_proxy_bytes_total{{{dest},direction=\"received\"}}")
+        ) >= MEGABYTES_10 as f64,
         "{metrics}"
     );
-    assert!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"redirected\"}") >= 1.0);
+    assert!(
+        metric_value(
+            &metrics,
+            "mesh_agent_redirect_connects_total{result=\"redirected\"}"
+        ) >= 1.0
+    );
     assert_eq!(metric_value(&metrics, "mesh_agent_enrolled_netns"), 1.0);
 }
 
@@ -186,9 +218,25 @@ fn non_enrolled_pod_and_excluded_port_go_direct() {
     assert_eq!(excluded.seen_from(), setup.ip_of("client"));
 
     let metrics = setup.metrics();
-    assert_eq!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"redirected\"}"), 0.0);
-    assert!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"excluded\"}") >= 1.0);
-    assert!(metric_value(&metrics, "mesh_agent_redirect_connects_total{result=\"not_enrolled\"}") >= 1.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "mesh_agent_redirect_connects_total{result=\"redirected\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "mesh_agent_redirect_connects_total{result=\"excluded\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "mesh_agent_redirect_connects_total{result=\"not_enrolled\"}"
+        ) >= 1.0
+    );
     assert_eq!(setup.opened_to(setup.server(9000)), 0.0);
 }
 
@@ -198,7 +246,12 @@ fn refused_destination_is_reported_to_the_client_fast() {
     let to = setup.server(9999);
     let output = setup
         .node
-        .run_in_pod("client", meshtb(), &["probe", "--to", &to.to_string()], TIMEOUT)
+        .run_in_pod(
+            "client",
+            meshtb(),
+            &["probe", "--to", &to.to_string()],
+            TIMEOUT,
+        )
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     // The connect itself reached the proxy; the refusal arrives as a reset.
@@ -213,7 +266,9 @@ fn refused_destination_is_reported_to_the_client_fast() {
     assert_eq!(
         metric_value(
             &metrics,
-            &format!("mesh_agent_proxy_connections_failed_total{{destination=\"{to}\",reason=\"refused\"}}")
+            &format!(
+                "mesh_agent_proxy_connections_failed_total{{destination=\"{to}\",reason=\"refused\"}}"
+            )
         ),
         1.0,
         "{metrics}"
@@ -227,7 +282,12 @@ fn sigterm_detaches_everything_and_pods_connect_directly_again() {
     assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
     setup.agent.signal(libc::SIGTERM).unwrap();
     let status = setup.agent.wait_exit(Duration::from_secs(10)).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", setup.agent.log());
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        setup.agent.log()
+    );
     let attached = bpftool_cgroup_show(&setup.node);
     assert!(attached.trim().is_empty(), "still attached:\n{attached}");
     let sent = setup.send("client", setup.server(9000));
@@ -243,17 +303,28 @@ fn enrollment_changes_at_runtime_via_admin_and_reload() {
 
     let (status, body) = setup
         .node
-        .http("POST", Agent::admin_addr(), &format!("/enrollment?netns={outsider_ns}"))
+        .http(
+            "POST",
+            Agent::admin_addr(),
+            &format!("/enrollment?netns={outsider_ns}"),
+        )
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
 
     let (status, body) = setup
         .node
-        .http("DELETE", Agent::admin_addr(), &format!("/enrollment?netns={outsider_ns}"))
+        .http(
+            "DELETE",
+            Agent::admin_addr(),
+            &format!("/enrollment?netns={outsider_ns}"),
+        )
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(setup.send("outsider", to).seen_from(), setup.ip_of("outsider"));
+    assert_eq!(
+        setup.send("outsider", to).seen_from(),
+        setup.ip_of("outsider")
+    );
 
     let (status, body) = setup
         .node
@@ -284,22 +355,43 @@ fn bad_configs_and_environments_give_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = config_for(&node, &[], "").unwrap();
     let cases: Vec<(String, &str)> = vec![
-        (good.replace("proxy:", "proxy:\n  outbond: 1"), "unknown field `outbond`"),
-        (format!("{good}enrolment: {{}}\n"), "unknown field `enrolment`"),
-        (good.replace("drain_timeout: 2s", "drain_timeout: 2 hours"), "drain_timeout"),
         (
-            good.replace(&format!("cgroup_path: {}", node.cgroup_path().display()), "cgroup_path: /tmp"),
+            good.replace("proxy:", "proxy:\n  outbond: 1"),
+            "unknown field `outbond`",
+        ),
+        (
+            format!("{good}enrolment: {{}}\n"),
+            "unknown field `enrolment`",
+        ),
+        (
+            good.replace("drain_timeout: 2s", "drain_timeout: 2 hours"),
+            "drain_timeout",
+        ),
+        (
+            good.replace(
+                &format!("cgroup_path: {}", node.cgroup_path().display()),
+                "cgroup_path: /tmp",
+            ),
             "cgroup_path /tmp is not on a cgroup v2 filesystem",
         ),
         (
-            good.replace(&format!("cgroup_path: {}", node.cgroup_path().display()), "cgroup_path: /nonexistent"),
+            good.replace(
+                &format!("cgroup_path: {}", node.cgroup_path().display()),
+                "cgroup_path: /nonexistent",
+            ),
             "cgroup_path /nonexistent does not exist",
         ),
-        (good.replace("10.77.0.1:15001", "10.99.0.1:15001"), "proxy.outbound_addr 10.99.0.1:15001 is not an address of this node"),
+        (
+            good.replace("10.77.0.1:15001", "10.99.0.1:15001"),
+            "proxy.outbound_addr 10.99.0.1:15001 is not an address of this node",
+        ),
     ];
     for (config, expected) in cases {
         let stderr = run_agent_expecting_failure(&node, &dir, &config, &[]);
-        assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
     }
 
     // Port in use: hold the proxy port in the node namespace.
@@ -309,14 +401,35 @@ fn bad_configs_and_environments_give_named_errors() {
         .unwrap()
         .unwrap();
     let stderr = run_agent_expecting_failure(&node, &dir, &good, &[]);
-    assert!(stderr.contains("proxy.outbound_addr 10.77.0.1:15001 is already in use"), "{stderr}");
+    assert!(
+        stderr.contains("proxy.outbound_addr 10.77.0.1:15001 is already in use"),
+        "{stderr}"
+    );
 
     // Not root: no capabilities at all.
-    let stderr = run_agent_expecting_failure(&node, &dir, &good, &["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
-    assert!(stderr.contains("missing: CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"), "{stderr}");
+    let stderr = run_agent_expecting_failure(
+        &node,
+        &dir,
+        &good,
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+    );
+    assert!(
+        stderr.contains("missing: CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"),
+        "{stderr}"
+    );
 }
 
-fn run_agent_expecting_failure(node: &Node, dir: &tempfile::TempDir, config: &str, setpriv: &[&str]) -> String {
+fn run_agent_expecting_failure(
+    node: &Node,
+    dir: &tempfile::TempDir,
+    config: &str,
+    setpriv: &[&str],
+) -> String {
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, config).unwrap();
     let agent = agent_binary().unwrap();
@@ -330,7 +443,12 @@ fn run_agent_expecting_failure(node: &Node, dir: &tempfile::TempDir, config: &st
     command.arg("run").arg("--config").arg(&path);
     let output = mesh_testbed::process::output_within(command, TIMEOUT).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(1), "expected failure, got {:?}: {stderr}", output.status);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "expected failure, got {:?}: {stderr}",
+        output.status
+    );
     stderr
 }
 
@@ -346,7 +464,10 @@ fn bpftool_cgroup_show(node: &Node) -> String {
 fn wait_until(mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !condition() {
-        assert!(Instant::now() < deadline, "condition not met in {TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met in {TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

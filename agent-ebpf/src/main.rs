@@ -32,8 +32,7 @@ const SOCK_STREAM: u32 = 1;
 const ALLOW: i32 = 1;
 
 #[map]
-static ENROLLED_NETNS: HashMap<u64, Enrollment> =
-    HashMap::with_max_entries(MAX_ENROLLED_NETNS, 0);
+static ENROLLED_NETNS: HashMap<u64, Enrollment> = HashMap::with_max_entries(MAX_ENROLLED_NETNS, 0);
 
 // LRU so that entries of connections that never reached the close callback (connect failed,
 // agent restarted) age out instead of filling the map.
@@ -115,7 +114,10 @@ fn redirect_connect(ctx: &SockAddrContext) {
     if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
         // Without a record the proxy could not forward: leave this connect alone.
         count(Counter::RecordFailed);
-        warn!(ctx, "mesh-agent: cannot record original destination, not redirecting");
+        warn!(
+            ctx,
+            "mesh-agent: cannot record original destination, not redirecting"
+        );
         return;
     }
     addr.user_ip4 = cfg.proxy_ip4;

@@ -5,10 +5,13 @@
 //! * `GET /metrics` — Prometheus / OpenMetrics text.
 //! * `GET /enrollment` — enrolled namespaces, one per line.
 //! * `POST /enrollment?netns=NAME|PATH`, `DELETE /enrollment?netns=NAME|PATH` — enroll or
-//!   unenroll a pod namespace now (until the next config reload).
+//!   unenroll a pod namespace now (until the next config reload). Only from loopback: the
+//!   endpoint may listen on the node's address for scraping, and changing what is redirected
+//!   must not be open to the network.
 use std::{
     convert::Infallible,
     fmt::Write as _,
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -51,7 +54,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&request, &state)) }
+                async move { Ok::<_, Infallible>(route(&request, peer, &state)) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -63,7 +66,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     }
 }
 
-fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+fn route(
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    state: &AdminState,
+) -> Response<Full<Bytes>> {
     let method = request.method();
     match request.uri().path() {
         "/healthz" if method == Method::GET => text(StatusCode::OK, "ok\n".into()),
@@ -77,24 +84,33 @@ fn route(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes
         "/metrics" if method == Method::GET => match state.metrics.encode() {
             Ok(body) => {
                 let mut response = text(StatusCode::OK, body);
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(OPENMETRICS));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(OPENMETRICS),
+                );
                 response
             }
             Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
         },
+        "/enrollment" if method != Method::GET && !peer.ip().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            format!("enrollment changes are accepted from loopback only, not from {peer}\n"),
+        ),
         "/enrollment" => enrollment(method, request.uri().query(), state),
-        "/healthz" | "/readyz" | "/metrics" => {
-            text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed\n"))
-        }
+        "/healthz" | "/readyz" | "/metrics" => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed\n"),
+        ),
         path => text(StatusCode::NOT_FOUND, format!("no such endpoint {path}\n")),
     }
 }
 
 fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Response<Full<Bytes>> {
     let Ok(mut enrollments) = state.enrollments.lock() else {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "enrollment table poisoned\n".into());
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "enrollment table poisoned\n".into(),
+        );
     };
     if method == Method::GET {
         let mut body = String::new();
@@ -113,7 +129,10 @@ fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Respo
         .find(|(key, _)| key == "netns")
         .map(|(_, value)| value.into_owned());
     let Some(spec) = spec else {
-        return text(StatusCode::BAD_REQUEST, "missing query parameter netns\n".into());
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter netns\n".into(),
+        );
     };
     let result = match *method {
         Method::POST => NetnsRef::parse(&spec, &state.netns_dir)
@@ -124,7 +143,12 @@ fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Respo
             .unenroll(&spec)
             .map(|_| format!("unenrolled {spec}\n"))
             .map_err(|e| e.to_string()),
-        _ => return text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed\n")),
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} not allowed\n"),
+            );
+        }
     };
     match result {
         Ok(body) => text(StatusCode::OK, body),

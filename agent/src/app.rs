@@ -45,7 +45,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let enrollments = redirector
         .take_enrollments()
         .context("enrollment map already taken")?;
-    let metrics = Arc::new(Metrics::new(enrollments.gauge(), Some(redirector.counters())));
+    let metrics = Arc::new(Metrics::new(
+        enrollments.gauge(),
+        Some(redirector.counters()),
+    ));
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
 
@@ -92,7 +95,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     drop(redirector);
     stop_admin.cancel();
     let _ = admin_task.await;
-    info!(connections_cut = report.cut, "mesh-agent stopped; programs detached");
+    info!(
+        connections_cut = report.cut,
+        "mesh-agent stopped; programs detached"
+    );
     Ok(())
 }
 
@@ -136,7 +142,10 @@ fn reload(
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
     ] {
         if changed {
-            warn!(key, "changed in the config file; takes effect after a restart");
+            warn!(
+                key,
+                "changed in the config file; takes effect after a restart"
+            );
         }
     }
     if let Err(error) =

@@ -22,6 +22,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_yaml::Error,
     },
+    #[error("config file {path}: environment variable {name} (used as ${{{name}}}) is not set")]
+    UnsetVariable { path: PathBuf, name: String },
     #[error("config file {path}: `{field}` {reason}")]
     Invalid {
         path: PathBuf,
@@ -56,7 +58,10 @@ pub struct ProxyConfig {
     #[serde(default = "default_mark")]
     pub mark: u32,
     /// How long an upstream connect may take before the client is reset.
-    #[serde(default = "default_connect_timeout", deserialize_with = "connect_timeout")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "connect_timeout"
+    )]
     pub connect_timeout: Duration,
     /// How long live connections may finish after SIGTERM before they are cut.
     #[serde(default = "default_drain_timeout", deserialize_with = "drain_timeout")]
@@ -142,17 +147,26 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates `text`; `path` only names the source in errors.
+    /// Expands `${VAR}` from the environment, then parses and validates `text`; `path` only
+    /// names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let text = expand_env(text, |name| std::env::var(name).ok()).map_err(|name| {
+            ConfigError::UnsetVariable {
+                path: path.to_owned(),
+                name,
+            }
+        })?;
+        let config: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
-        config.validate().map_err(|(field, reason)| ConfigError::Invalid {
-            path: path.to_owned(),
-            field,
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|(field, reason)| ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                reason,
+            })?;
         Ok(config)
     }
 
@@ -161,23 +175,34 @@ impl Config {
         if outbound.ip().is_unspecified() || outbound.ip().is_broadcast() {
             return Err((
                 "proxy.outbound_addr",
-                format!("is {outbound}: connects are rewritten to it, so it must be one address of this node"),
+                format!(
+                    "is {outbound}: connects are rewritten to it, so it must be one address of this node"
+                ),
             ));
         }
         if outbound.port() == 0 {
             return Err(("proxy.outbound_addr", "needs a port other than 0".into()));
         }
         if self.proxy.mark == 0 {
-            return Err(("proxy.mark", "must not be 0: unmarked sockets carry mark 0".into()));
+            return Err((
+                "proxy.mark",
+                "must not be 0: unmarked sockets carry mark 0".into(),
+            ));
         }
         if self.proxy.connect_timeout.is_zero() {
             return Err(("proxy.connect_timeout", "must be greater than 0".into()));
         }
         if self.admin.addr == SocketAddr::V4(outbound) {
-            return Err(("admin.addr", format!("is the same as proxy.outbound_addr ({outbound})")));
+            return Err((
+                "admin.addr",
+                format!("is the same as proxy.outbound_addr ({outbound})"),
+            ));
         }
         if let Some(port) = self.redirect.exclude_ports.iter().find(|p| **p == 0) {
-            return Err(("redirect.exclude_ports", format!("contains {port}, not a port")));
+            return Err((
+                "redirect.exclude_ports",
+                format!("contains {port}, not a port"),
+            ));
         }
         for spec in &self.enrollment.netns {
             NetnsRef::parse(spec, &self.enrollment.netns_dir)
@@ -186,7 +211,10 @@ impl Config {
         if let Some(path) = &self.cgroup_path
             && !path.is_absolute()
         {
-            return Err(("cgroup_path", format!("{} is not an absolute path", path.display())));
+            return Err((
+                "cgroup_path",
+                format!("{} is not an absolute path", path.display()),
+            ));
         }
         Ok(())
     }
@@ -246,6 +274,26 @@ impl fmt::Display for NetnsRef {
     }
 }
 
+/// Replaces each `${NAME}` with `lookup(NAME)` (a DaemonSet passes the node's address as
+/// `${NODE_IP}`); `Err(NAME)` for the first unset one. `$` not followed by `{` stays as is.
+fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&lookup(name).ok_or_else(|| name.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 // serde_yaml locates errors raised inside a value at the enclosing mapping, so each duration
 // field names itself in its error.
 fn connect_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -274,7 +322,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!("duration {text:?} has unit {unit:?}; use ms, s or m")),
+        _ => Err(format!(
+            "duration {text:?} has unit {unit:?}; use ms, s or m"
+        )),
     }
 }
 
@@ -324,7 +374,10 @@ mod tests {
     #[test]
     fn unknown_top_level_key_is_named() {
         let err = parse(&format!("{MINIMAL}enrolment: {{}}\n")).unwrap_err();
-        assert!(err.to_string().contains("unknown field `enrolment`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `enrolment`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -336,13 +389,31 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let cases = [
-            ("proxy:\n  outbound_addr: 0.0.0.0:15001\n", "proxy.outbound_addr"),
-            ("proxy:\n  outbound_addr: 10.0.0.1:0\n", "proxy.outbound_addr"),
+            (
+                "proxy:\n  outbound_addr: 0.0.0.0:15001\n",
+                "proxy.outbound_addr",
+            ),
+            (
+                "proxy:\n  outbound_addr: 10.0.0.1:0\n",
+                "proxy.outbound_addr",
+            ),
             (&format!("{MINIMAL}  mark: 0\n"), "proxy.mark"),
-            (&format!("{MINIMAL}  connect_timeout: 0s\n"), "proxy.connect_timeout"),
-            (&format!("{MINIMAL}admin:\n  addr: 10.0.0.1:15001\n"), "admin.addr"),
-            (&format!("{MINIMAL}redirect:\n  exclude_ports: [0]\n"), "redirect.exclude_ports"),
-            (&format!("{MINIMAL}enrollment:\n  netns: [a/b]\n"), "enrollment.netns"),
+            (
+                &format!("{MINIMAL}  connect_timeout: 0s\n"),
+                "proxy.connect_timeout",
+            ),
+            (
+                &format!("{MINIMAL}admin:\n  addr: 10.0.0.1:15001\n"),
+                "admin.addr",
+            ),
+            (
+                &format!("{MINIMAL}redirect:\n  exclude_ports: [0]\n"),
+                "redirect.exclude_ports",
+            ),
+            (
+                &format!("{MINIMAL}enrollment:\n  netns: [a/b]\n"),
+                "enrollment.netns",
+            ),
             (&format!("{MINIMAL}cgroup_path: relative\n"), "cgroup_path"),
         ];
         for (text, field) in cases {
@@ -353,11 +424,29 @@ mod tests {
 
     #[test]
     fn bad_syntax_names_the_field() {
-        let err = parse(&format!("{MINIMAL}redirect:\n  exclude_cidrs: [10.0.0.0/33]\n"))
-            .unwrap_err();
+        let err = parse(&format!(
+            "{MINIMAL}redirect:\n  exclude_cidrs: [10.0.0.0/33]\n"
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("exclude_cidrs"), "{err}");
         let err = parse(&format!("{MINIMAL}  connect_timeout: 5 seconds\n")).unwrap_err();
         assert!(err.to_string().contains("connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn expands_environment_placeholders() {
+        let lookup = |name: &str| (name == "NODE_IP").then(|| "10.1.2.3".to_owned());
+        assert_eq!(
+            expand_env("a: ${NODE_IP}:15001 $HOME ${", lookup),
+            Ok("a: 10.1.2.3:15001 $HOME ${".to_owned())
+        );
+        assert_eq!(expand_env("${MISSING}", lookup), Err("MISSING".to_owned()));
+        let err =
+            parse("proxy:\n  outbound_addr: ${MESH_AGENT_TEST_SURELY_UNSET}:1\n").unwrap_err();
+        assert!(
+            err.to_string().contains("MESH_AGENT_TEST_SURELY_UNSET"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -226,7 +226,10 @@ mod tests {
             conn.sent.inc_by(100);
             conn.received.inc_by(7);
             let text = metrics.encode().unwrap();
-            assert!(text.contains("mesh_agent_proxy_active_connections 1"), "{text}");
+            assert!(
+                text.contains("mesh_agent_proxy_active_connections 1"),
+                "{text}"
+            );
         }
         metrics.proxy.failed("10.0.0.3:81", FailureReason::refused);
         let text = metrics.encode().unwrap();

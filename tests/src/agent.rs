@@ -29,7 +29,10 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("mesh-agent binary not found near {}; build it or set MESH_AGENT_BIN", exe.display())
+    bail!(
+        "mesh-agent binary not found near {}; build it or set MESH_AGENT_BIN",
+        exe.display()
+    )
 }
 
 /// A config for an agent on `node` enrolling `pods`; `extra` is appended verbatim (YAML).
@@ -67,7 +70,10 @@ impl Agent {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         let proc = Proc::spawn("mesh-agent", command)?;

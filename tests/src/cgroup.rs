@@ -59,7 +59,10 @@ impl Drop for TestCgroup {
 pub fn remove(path: &Path) {
     for _ in 0..50 {
         let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         if pids.is_empty() {
             break;
         }

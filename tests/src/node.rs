@@ -74,10 +74,19 @@ impl Node {
         let pod_ns = NetNs::create(&format!("{}-{name}", self.tag))?;
         let host_if = format!("veth{index}");
         self.netns.ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             pod_ns.name(),
         ])?;
-        self.netns.ip(&["link", "set", &host_if, "master", "br0", "up"])?;
+        self.netns
+            .ip(&["link", "set", &host_if, "master", "br0", "up"])?;
         pod_ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         pod_ns.ip(&["link", "set", "eth0", "up"])?;
         pod_ns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
@@ -165,7 +174,12 @@ impl Node {
     }
 
     /// A plain HTTP/1.0 request from the node namespace (for the agent's admin endpoint).
-    pub fn http(&self, method: &str, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    pub fn http(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
         let mut stream = self
             .netns
             .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?

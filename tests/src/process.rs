@@ -104,9 +104,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        if self.signal(libc::SIGTERM).is_ok()
-            && matches!(self.wait_timeout(grace), Ok(None))
-        {
+        if self.signal(libc::SIGTERM).is_ok() && matches!(self.wait_timeout(grace), Ok(None)) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
@@ -124,7 +122,9 @@ pub fn output_within(mut command: Command, timeout: Duration) -> anyhow::Result<
     command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().with_context(|| format!("starting {command:?}"))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
     let deadline = Instant::now() + timeout;
     while child.try_wait()?.is_none() {
         if Instant::now() >= deadline {

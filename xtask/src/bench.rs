@@ -1,4 +1,394 @@
-//! `cargo xtask bench`: placeholder replaced below.
-pub fn run(_rounds: usize, _seconds: u32) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+//! `cargo xtask bench`: direct vs redirected-through-the-proxy, in one run, on a test node.
+//!
+//! The client pod is toggled between not enrolled (direct) and enrolled (through the proxy)
+//! through the agent's admin endpoint, so both paths share the same node, servers and agent
+//! process. Each round measures direct first, then proxied; medians over rounds are reported
+//! with ratios against direct. Load generators are closed-loop (wrk), so latency figures are
+//! what a client in such a loop sees, not open-loop latency at a fixed rate.
+use std::{net::SocketAddr, process::Output, time::Duration};
+
+use anyhow::{Context as _, bail};
+use mesh_testbed::{Agent, Node, Proc, agent::config_for};
+
+use crate::build::{self, Profile, step};
+
+struct Mode {
+    name: &'static str,
+    enrolled: bool,
+}
+
+const MODES: [Mode; 2] = [
+    Mode {
+        name: "direct",
+        enrolled: false,
+    },
+    Mode {
+        name: "proxied",
+        enrolled: true,
+    },
+];
+
+/// Named values of one run, e.g. `("requests/s", 8000.0)`.
+type Measurement = Vec<(&'static str, f64)>;
+
+/// One load scenario and how to read its result.
+struct Scenario {
+    name: &'static str,
+    run: fn(&Bench, Run) -> anyhow::Result<Measurement>,
+}
+
+/// One load-generator run.
+#[derive(Clone, Copy)]
+struct Run {
+    seconds: u32,
+    /// Each run talks to its own server port: new-connection runs leave thousands of
+    /// TIME_WAIT sockets behind, and the next run reusing the same 4-tuples would stall on
+    /// them (SYN retransmits) — a cost of the test order, not of the path measured.
+    http_port: u16,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "iperf3 single stream",
+        run: Bench::iperf3,
+    },
+    Scenario {
+        name: "wrk 1 connection, keep-alive",
+        run: |b, s| b.wrk(s, 1, 1, false),
+    },
+    Scenario {
+        name: "wrk 64 connections, keep-alive",
+        run: |b, s| b.wrk(s, 2, 64, false),
+    },
+    Scenario {
+        name: "wrk new connection per request, 8 concurrent",
+        run: |b, s| b.wrk(s, 2, 8, true),
+    },
+];
+
+const FIRST_HTTP_PORT: u16 = 8100;
+
+struct Bench {
+    node: Node,
+    agent: Agent,
+    server: std::net::Ipv4Addr,
+    client_netns: String,
+}
+
+pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+    build::require_root("the benchmark")?;
+    let binaries = build::build(Profile::Release)?;
+    // SAFETY: set before any thread that reads the environment exists.
+    unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
+    let meshtb = binaries.meshtb.to_str().context("meshtb path")?;
+
+    step("setting up the benchmark node");
+    let mut node = Node::create("bench")?;
+    node.add_pod("client")?;
+    let server = node.add_pod("server")?.ip;
+    let _iperf = quiet(&node, "server", "iperf3", &["-s", "-p", "5201"])?;
+    let http_ports: Vec<u16> = (0..SCENARIOS.len() * MODES.len() * rounds)
+        .map(|i| FIRST_HTTP_PORT + i as u16)
+        .collect();
+    let mut http_args = vec![
+        "http-server".to_owned(),
+        "--name".to_owned(),
+        "server".to_owned(),
+    ];
+    for port in &http_ports {
+        http_args.extend(["--port".to_owned(), port.to_string()]);
+    }
+    let http_args: Vec<&str> = http_args.iter().map(String::as_str).collect();
+    let _http = quiet(&node, "server", meshtb, &http_args)?;
+    node.wait_for_listener(SocketAddr::from((server, 5201)), Duration::from_secs(10))?;
+    for port in &http_ports {
+        node.wait_for_listener(SocketAddr::from((server, *port)), Duration::from_secs(10))?;
+    }
+    let workdir = std::env::temp_dir().join(format!("mesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir)?;
+    let config = config_for(&node, &[], "")?;
+    let agent = Agent::start(&node, &config, &workdir)?;
+    let client_netns = node.pod("client")?.netns_name().to_owned();
+    let bench = Bench {
+        node,
+        agent,
+        server,
+        client_netns,
+    };
+
+    println!(
+        "  {rounds} rounds x {seconds}s per run; release build; everything shares the machine's {} cores, nothing pinned",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let mut table = Vec::new();
+    let mut ports = http_ports.into_iter();
+    for scenario in &SCENARIOS {
+        step(scenario.name);
+        // results[mode][metric] = samples
+        let mut samples: Vec<Vec<(&'static str, Vec<f64>)>> = vec![Vec::new(), Vec::new()];
+        let mut proxy_cpu = 0.0;
+        for round in 0..rounds {
+            for (index, mode) in MODES.iter().enumerate() {
+                bench.enroll(mode.enrolled)?;
+                let cpu_before = cpu_seconds(bench.agent.pid())?;
+                let run = Run {
+                    seconds,
+                    http_port: ports.next().context("out of server ports")?,
+                };
+                let result = (scenario.run)(&bench, run)?;
+                if mode.enrolled {
+                    proxy_cpu += cpu_seconds(bench.agent.pid())? - cpu_before;
+                }
+                println!(
+                    "  round {} {:<8} {}",
+                    round + 1,
+                    mode.name,
+                    format_result(&result)
+                );
+                for (metric, value) in result {
+                    match samples[index].iter_mut().find(|(m, _)| *m == metric) {
+                        Some((_, values)) => values.push(value),
+                        None => samples[index].push((metric, vec![value])),
+                    }
+                }
+            }
+        }
+        for ((metric, direct), (_, proxied)) in samples[0].iter().zip(&samples[1]) {
+            table.push((scenario.name, *metric, median(direct), median(proxied)));
+        }
+        table.push((
+            scenario.name,
+            "proxy CPU s per run",
+            0.0,
+            proxy_cpu / rounds as f64,
+        ));
+    }
+    bench.enroll(false)?;
+
+    step("results (medians; ratio = proxied / direct)");
+    println!(
+        "  {:<46} {:<22} {:>12} {:>12} {:>8}",
+        "scenario", "metric", "direct", "proxied", "ratio"
+    );
+    for (scenario, metric, direct, proxied) in &table {
+        let ratio = if *direct > 0.0 {
+            format!("{:.2}x", proxied / direct)
+        } else {
+            "-".into()
+        };
+        println!("  {scenario:<46} {metric:<22} {direct:>12.1} {proxied:>12.1} {ratio:>8}");
+    }
+    println!(
+        "  proxy peak RSS: {} KiB",
+        peak_rss_kib(bench.agent.pid()).unwrap_or(0)
+    );
+    let _ = std::fs::remove_dir_all(&workdir);
+    Ok(())
+}
+
+impl Bench {
+    fn enroll(&self, enrolled: bool) -> anyhow::Result<()> {
+        let (method, expect) = if enrolled {
+            ("POST", 200)
+        } else {
+            ("DELETE", 0)
+        };
+        let (status, body) = self.node.http(
+            method,
+            Agent::admin_addr(),
+            &format!("/enrollment?netns={}", self.client_netns),
+        )?;
+        // Unenrolling a pod that is not enrolled is fine here.
+        if expect != 0 && status != expect {
+            bail!("enrollment change failed: {status} {body}");
+        }
+        Ok(())
+    }
+
+    fn client(&self, program: &str, args: &[&str], seconds: u32) -> anyhow::Result<Output> {
+        let output = self.node.run_in_pod(
+            "client",
+            program,
+            args,
+            Duration::from_secs(u64::from(seconds) + 30),
+        )?;
+        if !output.status.success() {
+            bail!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
+    }
+
+    fn iperf3(&self, run: Run) -> anyhow::Result<Measurement> {
+        let seconds = run.seconds;
+        let output = self.client(
+            "iperf3",
+            &[
+                "-c",
+                &self.server.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                &seconds.to_string(),
+                "-J",
+            ],
+            seconds,
+        )?;
+        let json = String::from_utf8_lossy(&output.stdout);
+        let received = json
+            .split("\"sum_received\"")
+            .nth(1)
+            .and_then(|rest| rest.split("\"bits_per_second\":").nth(1))
+            .and_then(|rest| rest.split([',', '\n', '}']).next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("no sum_received.bits_per_second in iperf3 output")?;
+        Ok(vec![("Gbit/s", received / 1e9)])
+    }
+
+    fn wrk(
+        &self,
+        run: Run,
+        threads: u32,
+        connections: u32,
+        close: bool,
+    ) -> anyhow::Result<Measurement> {
+        let seconds = run.seconds;
+        let url = format!("http://{}:{}/", self.server, run.http_port);
+        let (threads, connections, duration) = (
+            threads.to_string(),
+            connections.to_string(),
+            format!("{seconds}s"),
+        );
+        let mut args = vec![
+            "-t",
+            &threads,
+            "-c",
+            &connections,
+            "-d",
+            &duration,
+            "--latency",
+        ];
+        if close {
+            args.extend(["-H", "Connection: close"]);
+        }
+        args.push(&url);
+        let output = self.client("wrk", &args, seconds)?;
+        parse_wrk(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+fn quiet(node: &Node, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    let mut command = node.pod_command(pod, program)?;
+    command
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Proc::spawn(&format!("{program} in {pod}"), command)
+}
+
+/// Requests/s and the p50/p99 latencies (µs) of a `wrk --latency` report.
+fn parse_wrk(text: &str) -> anyhow::Result<Measurement> {
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .and_then(|v| parse_duration_us(v.trim()))
+            .with_context(|| format!("no {p} latency in wrk output:\n{text}"))
+    };
+    Ok(vec![
+        ("requests/s", rps),
+        ("p50 latency us", percentile("50%")?),
+        ("p99 latency us", percentile("99%")?),
+    ])
+}
+
+fn parse_duration_us(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    match unit {
+        "us" => Some(value),
+        "ms" => Some(value * 1e3),
+        "s" => Some(value * 1e6),
+        _ => None,
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn format_result(result: &[(&str, f64)]) -> String {
+    result
+        .iter()
+        .map(|(metric, value)| format!("{metric}={value:.1}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// User + system CPU seconds of a process, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("bad stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("short stat")?
+        .iter()
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_report() {
+        let text = "  Latency Distribution\n     50%   52.00us\n     75%   60.00us\n     90%    1.20ms\n     99%    2.50ms\n  1000 requests in 1.00s, 100.00KB read\nRequests/sec:  12345.67\nTransfer/sec:    100.00KB\n";
+        let parsed = parse_wrk(text).unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                ("requests/s", 12345.67),
+                ("p50 latency us", 52.0),
+                ("p99 latency us", 2500.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
 }

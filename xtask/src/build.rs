@@ -47,14 +47,23 @@ fn target_dir() -> PathBuf {
 /// Installs what is missing (idempotent, says what it does).
 pub fn install_prerequisites() -> anyhow::Result<()> {
     step("checking prerequisites");
-    run(&mut Command::new(workspace_root().join("scripts/install-prereqs.sh")))
+    run(&mut Command::new(
+        workspace_root().join("scripts/install-prereqs.sh"),
+    ))
 }
 
 pub fn build(profile: Profile) -> anyhow::Result<Binaries> {
     install_prerequisites()?;
     step("building the eBPF object, mesh-agent and test programs");
     let mut command = cargo();
-    command.args(["build", "--package", "mesh-agent", "--package", "mesh-testbed", "--bins"]);
+    command.args([
+        "build",
+        "--package",
+        "mesh-agent",
+        "--package",
+        "mesh-testbed",
+        "--bins",
+    ]);
     if profile == Profile::Release {
         command.arg("--release");
     }

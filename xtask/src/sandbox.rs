@@ -34,7 +34,10 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     let mut node = Node::create("sandbox")?;
     for pod in ["frontend", "backend", "legacy"] {
         let ip = node.add_pod(pod)?.ip;
-        println!("  pod {pod:<9} {ip:<12} netns {}", node.pod(pod)?.netns_name());
+        println!(
+            "  pod {pod:<9} {ip:<12} netns {}",
+            node.pod(pod)?.netns_name()
+        );
     }
     println!("  cgroup        {}", node.cgroup_path().display());
     let frontend = SocketAddr::from((node.pod("frontend")?.ip, 8000));
@@ -47,12 +50,23 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     step("starting servers: python3 http.server in frontend, meshtb http-server in backend");
     let mut python = node.pod_command("frontend", "python3")?;
     python
-        .args(["-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", "/usr/share/doc"])
+        .args([
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            "/usr/share/doc",
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&access_log)?);
     let _frontend_server = Proc::spawn("python3 http.server in frontend", python)?;
-    let _backend_server =
-        node.spawn_in_pod("backend", &meshtb, &["http-server", "--port", "8080", "--name", "backend"])?;
+    let _backend_server = node.spawn_in_pod(
+        "backend",
+        &meshtb,
+        &["http-server", "--port", "8080", "--name", "backend"],
+    )?;
     node.wait_for_listener(frontend, SHORT)?;
     node.wait_for_listener(backend, SHORT)?;
 
@@ -60,21 +74,50 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     let config = config_for(&node, &["frontend", "backend"], "")?;
     println!("{}", indent(&config));
     let mut agent = Agent::start(&node, &config, &workdir)?;
-    println!("  agent pid {} ready; log {}", agent.pid(), agent.log_path.display());
+    println!(
+        "  agent pid {} ready; log {}",
+        agent.pid(),
+        agent.log_path.display()
+    );
     check(&interrupted)?;
 
     step("traffic between pods (curl's remote address comes from getpeername)");
     let flows: [(&str, String, &str); 4] = [
-        ("frontend", format!("http://{backend}/"), "through the proxy"),
-        ("backend", format!("http://{frontend}/"), "through the proxy"),
-        ("legacy", format!("http://{backend}/"), "direct: legacy is not enrolled"),
-        ("frontend", format!("http://{}:9999/", backend.ip()), "refused: reset by the proxy"),
+        (
+            "frontend",
+            format!("http://{backend}/"),
+            "through the proxy",
+        ),
+        (
+            "backend",
+            format!("http://{frontend}/"),
+            "through the proxy",
+        ),
+        (
+            "legacy",
+            format!("http://{backend}/"),
+            "direct: legacy is not enrolled",
+        ),
+        (
+            "frontend",
+            format!("http://{}:9999/", backend.ip()),
+            "refused: reset by the proxy",
+        ),
     ];
     for (pod, url, expect) in &flows {
         let output = node.run_in_pod(
             pod,
             "curl",
-            &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code} from %{remote_ip}:%{remote_port} in %{time_total}s", url],
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} from %{remote_ip}:%{remote_port} in %{time_total}s",
+                url,
+            ],
             SHORT,
         )?;
         let body = node.run_in_pod(pod, "curl", &["-sS", "--max-time", "5", url], SHORT)?;
@@ -92,10 +135,17 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     println!("{}", indent(log.trim_end()));
 
     step("what went through the proxy (GET /metrics on the agent's admin port)");
-    for line in agent.metrics(&node)?.lines().filter(|l| l.starts_with("mesh_agent_")) {
+    for line in agent
+        .metrics(&node)?
+        .lines()
+        .filter(|l| l.starts_with("mesh_agent_"))
+    {
         println!("  {line}");
     }
-    step(&format!("programs attached to {}", node.cgroup_path().display()));
+    step(&format!(
+        "programs attached to {}",
+        node.cgroup_path().display()
+    ));
     print_attached(&node);
 
     if keep {
@@ -147,7 +197,10 @@ fn print_attached(node: &Node) {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn first_line(text: &str) -> &str {

@@ -15,8 +15,17 @@ pub fn run() -> anyhow::Result<()> {
     run_command(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     step("unit tests");
     run_command(cargo().args([
-        "test", "--package", "mesh-agent", "--package", "agent-common", "--package", "xtask",
-        "--package", "mesh-testbed", "--lib", "--bins",
+        "test",
+        "--package",
+        "mesh-agent",
+        "--package",
+        "agent-common",
+        "--package",
+        "xtask",
+        "--package",
+        "mesh-testbed",
+        "--lib",
+        "--bins",
     ]))?;
     step("end-to-end tests (real eBPF, network namespaces)");
     let expected = count_e2e_tests()?;
@@ -74,8 +83,12 @@ mod tests {
 
     #[test]
     fn reads_passed_count() {
-        let out = "running 6 tests\ntest a ... ok\n\ntest result: ok. 6 passed; 0 failed; 0 ignored";
+        let out =
+            "running 6 tests\ntest a ... ok\n\ntest result: ok. 6 passed; 0 failed; 0 ignored";
         assert_eq!(passed_count(out), Some(6));
-        assert_eq!(passed_count("test result: FAILED. 5 passed; 1 failed"), None);
+        assert_eq!(
+            passed_count("test result: FAILED. 5 passed; 1 failed"),
+            None
+        );
     }
 }

@@ -25,9 +25,15 @@ pub struct OutboundSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("{what} {addr} is already in use by another process")]
-    InUse { what: &'static str, addr: SocketAddr },
+    InUse {
+        what: &'static str,
+        addr: SocketAddr,
+    },
     #[error("{what} {addr} is not an address of this node")]
-    NotLocal { what: &'static str, addr: SocketAddr },
+    NotLocal {
+        what: &'static str,
+        addr: SocketAddr,
+    },
     #[error("cannot listen on {what} {addr}: {source}")]
     Other {
         what: &'static str,
@@ -91,7 +97,6 @@ impl Outbound {
         }
     }
 
-
     /// Accepts until `stop` fires, then takes what is already queued, then waits up to
     /// `drain_timeout` for live connections before cutting them.
     pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) -> DrainReport {
@@ -104,19 +109,28 @@ impl Outbound {
         }
         // Connections redirected before the redirect stopped may still sit in the accept
         // queue; a zero timeout polls accept once before giving up.
-        while let Ok(accepted) =
-            tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
+        while let Ok(accepted) = tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
         {
             self.spawn(&tracker, accepted);
         }
         drop(self.listener);
         tracker.close();
-        info!(live = tracker.len(), ?drain_timeout, "outbound proxy draining");
-        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_ok() {
+        info!(
+            live = tracker.len(),
+            ?drain_timeout,
+            "outbound proxy draining"
+        );
+        if tokio::time::timeout(drain_timeout, tracker.wait())
+            .await
+            .is_ok()
+        {
             return DrainReport { cut: 0 };
         }
         let cut = tracker.len();
-        warn!(connections = cut, "drain period over, resetting remaining connections");
+        warn!(
+            connections = cut,
+            "drain period over, resetting remaining connections"
+        );
         self.shared.cut.cancel();
         tracker.wait().await;
         DrainReport { cut }
@@ -306,7 +320,10 @@ mod tests {
         for line in [
             format!("mesh_agent_proxy_connections_opened_total{{destination=\"{dest}\"}} 1"),
             format!("mesh_agent_proxy_connections_closed_total{{destination=\"{dest}\"}} 1"),
-            format!("mesh_agent_proxy_bytes_total{{destination=\"{dest}\",direction=\"sent\"}} {}", 3 << 20),
+            format!(
+                "mesh_agent_proxy_bytes_total{{destination=\"{dest}\",direction=\"sent\"}} {}",
+                3 << 20
+            ),
             format!(
                 "mesh_agent_proxy_bytes_total{{destination=\"{dest}\",direction=\"received\"}} {}",
                 header.len() + (1 << 20)
@@ -319,14 +336,21 @@ mod tests {
     #[tokio::test]
     async fn refused_destination_resets_client_quickly() {
         // A port nobody listens on: bind, note the port, close.
-        let closed = v4(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+        let closed = v4(std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap());
         let harness = start(Some(closed), Duration::from_secs(1)).await;
         let started = Instant::now();
         let mut client = TcpStream::connect(harness.proxy).await.unwrap();
         let mut buf = [0u8; 16];
         let err = client.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
-        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
         let text = harness.metrics.encode().unwrap();
         assert!(
             text.contains(&format!(
@@ -343,7 +367,10 @@ mod tests {
         let err = client.read(&mut [0u8; 4]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         let text = harness.metrics.encode().unwrap();
-        assert!(text.contains("reason=\"no_original_destination\"} 1"), "{text}");
+        assert!(
+            text.contains("reason=\"no_original_destination\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -3,13 +3,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup v2 filesystem is mounted (looked in /proc/self/mountinfo); set `cgroup_path`")]
+    #[error(
+        "no cgroup v2 filesystem is mounted (looked in /proc/self/mountinfo); set `cgroup_path`"
+    )]
     NoMount,
     #[error("cgroup_path {path} does not exist: {source}")]
-    Missing {
-        path: PathBuf,
-        source: nix::Error,
-    },
+    Missing { path: PathBuf, source: nix::Error },
     #[error(
         "cgroup_path {path} is not on a cgroup v2 filesystem (filesystem magic {magic:#x}); \
          point it at the cgroup2 mount, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified"
@@ -81,12 +80,18 @@ mod tests {
 
     #[test]
     fn finds_hybrid_unified_mount() {
-        assert_eq!(cgroup2_mount(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
     fn prefers_sys_fs_cgroup() {
-        assert_eq!(cgroup2_mount(UNIFIED), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount(UNIFIED),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
     }
 
     #[test]
@@ -105,6 +110,10 @@ mod tests {
     #[test]
     fn rejects_missing_directory() {
         let err = resolve(Some(Path::new("/nonexistent/cgroup"))).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/cgroup does not exist"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/cgroup does not exist"),
+            "{err}"
+        );
     }
 }

@@ -61,7 +61,8 @@ impl Enrollments {
     }
 
     fn update_gauge(&self) {
-        self.gauge.store(self.by_spec.len() as i64, Ordering::Relaxed);
+        self.gauge
+            .store(self.by_spec.len() as i64, Ordering::Relaxed);
     }
 
     pub fn enroll(&mut self, ns: &NetnsRef) -> Result<EnrolledNetns, EnrollmentError> {
@@ -148,5 +149,4 @@ impl Enrollments {
     pub fn list(&self) -> impl Iterator<Item = (&str, &EnrolledNetns)> {
         self.by_spec.iter().map(|(spec, e)| (spec.as_str(), e))
     }
-
 }

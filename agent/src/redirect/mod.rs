@@ -68,10 +68,7 @@ pub enum RedirectError {
         source: std::io::Error,
     },
     #[error("eBPF map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: MapError,
-    },
+    Map { map: &'static str, source: MapError },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> RedirectError {
@@ -120,10 +117,11 @@ impl Redirector {
 
     fn attach(&mut self, cgroup: &Path) -> Result<(), RedirectError> {
         let cgroup_name = cgroup.display().to_string();
-        let cgroup_dir = std::fs::File::open(cgroup).map_err(|source| RedirectError::OpenCgroup {
-            cgroup: cgroup_name.clone(),
-            source,
-        })?;
+        let cgroup_dir =
+            std::fs::File::open(cgroup).map_err(|source| RedirectError::OpenCgroup {
+                cgroup: cgroup_name.clone(),
+                source,
+            })?;
         let attach_err = |program| {
             let cgroup = cgroup_name.clone();
             move |source| RedirectError::Attach {
@@ -145,7 +143,8 @@ impl Redirector {
         for name in [GETPEERNAME4, CONNECT4] {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             prog.load().map_err(load_err(name))?;
-            prog.attach(cgroup_dir.as_fd(), mode).map_err(attach_err(name))?;
+            prog.attach(cgroup_dir.as_fd(), mode)
+                .map_err(attach_err(name))?;
         }
         info!(cgroup = %cgroup_name, programs = ?[SOCKOPS, GETPEERNAME4, CONNECT4], "eBPF programs attached");
         Ok(())
@@ -173,11 +172,17 @@ impl Redirector {
             _pad: 0,
             proxy_mark: 0,
         };
-        self.config.set(0, off, 0).map_err(map_err(maps::REDIRECT_CONFIG))
+        self.config
+            .set(0, off, 0)
+            .map_err(map_err(maps::REDIRECT_CONFIG))
     }
 
     /// Replaces the exclusion lists.
-    pub fn set_exclusions(&mut self, cidrs: &[Ipv4Net], ports: &[u16]) -> Result<(), RedirectError> {
+    pub fn set_exclusions(
+        &mut self,
+        cidrs: &[Ipv4Net],
+        ports: &[u16],
+    ) -> Result<(), RedirectError> {
         let stale: Vec<Key<u32>> = self.excluded_cidrs.keys().filter_map(Result::ok).collect();
         for key in stale {
             self.excluded_cidrs
@@ -185,7 +190,10 @@ impl Redirector {
                 .map_err(map_err(maps::EXCLUDED_CIDRS))?;
         }
         for cidr in cidrs {
-            let key = Key::new(u32::from(cidr.prefix_len()), u32::from_ne_bytes(cidr.network().octets()));
+            let key = Key::new(
+                u32::from(cidr.prefix_len()),
+                u32::from_ne_bytes(cidr.network().octets()),
+            );
             self.excluded_cidrs
                 .insert(&key, 1, 0)
                 .map_err(map_err(maps::EXCLUDED_CIDRS))?;

@@ -70,7 +70,8 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let err = cookie_of(file.path()).unwrap_err();
         assert!(
-            err.kind() == io::ErrorKind::InvalidInput || err.kind() == io::ErrorKind::PermissionDenied,
+            err.kind() == io::ErrorKind::InvalidInput
+                || err.kind() == io::ErrorKind::PermissionDenied,
             "{err}"
         );
     }

@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 enum Cli {
     /// HTTP/1.1 server (hyper, keep-alive) answering every request with a short text.
     HttpServer {
-        #[arg(long)]
-        port: u16,
+        /// Port to listen on; repeat to listen on several.
+        #[arg(long = "port", required = true)]
+        ports: Vec<u16>,
         /// Named in each response, so clients see which pod answered.
         #[arg(long, default_value = "meshtb")]
         name: String,
@@ -51,36 +52,47 @@ enum Cli {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse() {
-        Cli::HttpServer { port, name } => http_server(port, name),
+        Cli::HttpServer { ports, name } => http_server(&ports, name),
         Cli::Sink { port, reply_bytes } => sink(port, reply_bytes),
         Cli::Send { to, bytes } => send(to, bytes),
         Cli::Probe { to } => probe(to),
     }
 }
 
-fn http_server(port: u16, name: String) -> anyhow::Result<()> {
+fn http_server(ports: &[u16], name: String) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
-        loop {
-            let (stream, peer) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            // The client address as this server sees it: the proxy's when traffic went
-            // through the mesh, the pod's own when it went direct.
-            let body = Bytes::from(format!("hello from {name} (client {peer})\n"));
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let body = body.clone();
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+        let mut servers = tokio::task::JoinSet::new();
+        for port in ports {
+            let listener = tokio::net::TcpListener::bind(("0.0.0.0", *port)).await?;
+            servers.spawn(serve_http(listener, name.clone()));
+        }
+        match servers.join_next().await {
+            Some(result) => result?,
+            None => Ok(()),
         }
     })
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, name: String) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        // The client address as this server sees it: the proxy's when traffic went through
+        // the mesh, the pod's own when it went direct.
+        let body = Bytes::from(format!("hello from {name} (client {peer})\n"));
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let body = body.clone();
+                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 fn sink(port: u16, reply_bytes: usize) -> anyhow::Result<()> {
@@ -90,7 +102,11 @@ fn sink(port: u16, reply_bytes: usize) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             // Readiness probes connect and hang up without reading: not worth a line.
             match sink_one(stream, reply_bytes) {
-                Err(error) if matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+                    ) => {}
                 Err(error) => eprintln!("sink: {error}"),
                 Ok(()) => {}
             }
@@ -112,7 +128,11 @@ fn sink_one(mut stream: TcpStream, reply_bytes: usize) -> std::io::Result<()> {
         hasher.update(&buf[..n]);
         total += n;
     }
-    writeln!(stream, "sha256={} bytes={total} peer={peer}", hex(&hasher.finalize()))?;
+    writeln!(
+        stream,
+        "sha256={} bytes={total} peer={peer}",
+        hex(&hasher.finalize())
+    )?;
     write_pattern(&mut stream, SERVER_SEED, reply_bytes)?;
     Ok(())
 }
@@ -168,7 +188,11 @@ fn probe(to: SocketAddr) -> anyhow::Result<()> {
     let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
         Ok(stream) => stream,
         Err(error) => {
-            println!("connect={:?} elapsed_ms={}", error.kind(), started.elapsed().as_millis());
+            println!(
+                "connect={:?} elapsed_ms={}",
+                error.kind(),
+                started.elapsed().as_millis()
+            );
             return Ok(());
         }
     };
@@ -178,6 +202,9 @@ fn probe(to: SocketAddr) -> anyhow::Result<()> {
         Ok(_) => "data".to_owned(),
         Err(error) => format!("{:?}", error.kind()),
     };
-    println!("connect=ok read={outcome} elapsed_ms={}", started.elapsed().as_millis());
+    println!(
+        "connect=ok read={outcome} elapsed_ms={}",
+        started.elapsed().as_millis()
+    );
     Ok(())
 }
