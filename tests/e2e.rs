@@ -207,6 +207,42 @@ fn enrolled_pod_goes_through_proxy_intact_and_keeps_its_peer() {
 }
 
 #[test]
+fn ipv6_socket_to_ipv4_mapped_address_is_redirected_too() {
+    // Dual-stack runtimes (Java, ...) reach IPv4 peers through AF_INET6 sockets.
+    let setup = Setup::new("mapped");
+    let to = setup.server(9000);
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
+         s.connect(('::ffff:{ip}', {port}))\n\
+         print('peer', s.getpeername()[0], s.getpeername()[1])\n\
+         s.sendall(b'hello'); s.shutdown(socket.SHUT_WR)\n\
+         print('server', s.makefile().readline().strip())\n",
+        ip = to.ip(),
+        port = to.port()
+    );
+    let output = setup
+        .node
+        .run_in_pod("client", "python3", &["-c", &script], TIMEOUT)
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("peer ::ffff:{} {}", to.ip(), to.port())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("bytes=5 peer={NODE_IP}:")),
+        "{stdout}"
+    );
+    assert_eq!(setup.opened_to(to), 1.0);
+}
+
+#[test]
 fn non_enrolled_pod_and_excluded_port_go_direct() {
     let setup = Setup::new("direct");
     let outsider = setup.send("outsider", setup.server(9000));

@@ -3,10 +3,13 @@
 //!
 //! * `connect4` (cgroup/connect4): an enrolled pod's connect to a non-excluded IPv4
 //!   destination is rewritten to the proxy; the original destination is kept by socket cookie.
+//! * `connect6` (cgroup/connect6): the same for IPv6 sockets connecting to IPv4-mapped
+//!   addresses (`::ffff:a.b.c.d`, what Java and other dual-stack runtimes do for IPv4 peers).
+//!   Native IPv6 destinations are left alone: the proxy listens on IPv4.
 //! * `track_orig_dst` (sock_ops): once that connection is established, the original destination is
 //!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept —
 //!   and a state callback removes both entries when the socket closes.
-//! * `getpeername4` (cgroup/getpeername4): the application still sees its original peer.
+//! * `getpeername4` / `getpeername6`: the application still sees its original peer.
 #![no_std]
 #![no_main]
 
@@ -26,7 +29,6 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 
-const AF_INET: u32 = 2;
 const SOCK_STREAM: u32 = 1;
 /// cgroup/connect4 and getpeername4 return 1 to let the call proceed.
 const ALLOW: i32 = 1;
@@ -71,39 +73,64 @@ fn redirect_config() -> Option<&'static RedirectConfig> {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    redirect_connect(&ctx);
+    let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    if let Some(proxy) = redirect_target(&ctx, addr.user_ip4, addr.user_port as u16) {
+        addr.user_ip4 = proxy.proxy_ip4;
+        addr.user_port = u32::from(proxy.proxy_port);
+    }
     ALLOW
 }
 
-#[inline(always)]
-fn redirect_connect(ctx: &SockAddrContext) {
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
     let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if addr.type_ != SOCK_STREAM {
-        return;
+    let ip6 = addr.user_ip6;
+    if is_v4_mapped(ip6)
+        && let Some(proxy) = redirect_target(&ctx, ip6[3], addr.user_port as u16)
+    {
+        addr.user_ip6[3] = proxy.proxy_ip4;
+        addr.user_port = u32::from(proxy.proxy_port);
     }
-    let Some(cfg) = redirect_config() else {
-        return;
-    };
+    ALLOW
+}
+
+/// `::ffff:a.b.c.d`, words in network order as the kernel stores them.
+#[inline(always)]
+fn is_v4_mapped(ip6: [u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffff_u32.to_be()
+}
+
+/// Decides whether a TCP connect to `dst_ip4:dst_port` (both network order) is redirected;
+/// if so, records the original destination and returns where to send it instead.
+#[inline(always)]
+fn redirect_target(
+    ctx: &SockAddrContext,
+    dst_ip4: u32,
+    dst_port: u16,
+) -> Option<&'static RedirectConfig> {
+    let addr: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    if addr.type_ != SOCK_STREAM {
+        return None;
+    }
+    let cfg = redirect_config()?;
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     if unsafe { ENROLLED_NETNS.get(netns) }.is_none() {
         count(Counter::NotEnrolled);
-        return;
+        return None;
     }
     let sk = unsafe { addr.__bindgen_anon_1.sk };
     if !sk.is_null() && unsafe { (*sk).mark } == cfg.proxy_mark {
         count(Counter::ProxyOwn);
-        return;
+        return None;
     }
-    let dst_ip4 = addr.user_ip4;
-    let dst_port = addr.user_port as u16; // network order in the low 16 bits
     if dst_ip4 == cfg.proxy_ip4 && dst_port == cfg.proxy_port {
-        return;
+        return None;
     }
     if unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
         || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some()
     {
         count(Counter::Excluded);
-        return;
+        return None;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let orig = OrigDst {
@@ -118,29 +145,41 @@ fn redirect_connect(ctx: &SockAddrContext) {
             ctx,
             "mesh-agent: cannot record original destination, not redirecting"
         );
-        return;
+        return None;
     }
-    addr.user_ip4 = cfg.proxy_ip4;
-    addr.user_port = u32::from(cfg.proxy_port);
     count(Counter::Redirected);
+    Some(cfg)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if let Some(orig) = unsafe { ORIG_DST_BY_COOKIE.get(cookie) } {
+    if let Some(orig) = redirected_from(&ctx) {
+        let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
         addr.user_ip4 = orig.ip4;
         addr.user_port = u32::from(orig.port);
     }
     ALLOW
 }
 
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    // Only sockets connect6 redirected have a record, and it redirects v4-mapped peers only.
+    if let Some(orig) = redirected_from(&ctx) {
+        let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+        addr.user_ip6[3] = orig.ip4;
+        addr.user_port = u32::from(orig.port);
+    }
+    ALLOW
+}
+
+#[inline(always)]
+fn redirected_from(ctx: &SockAddrContext) -> Option<OrigDst> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    unsafe { ORIG_DST_BY_COOKIE.get(cookie) }.copied()
+}
+
 #[sock_ops]
 pub fn track_orig_dst(ctx: SockOpsContext) -> u32 {
-    if ctx.family() != AF_INET {
-        return 1;
-    }
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
@@ -149,6 +188,8 @@ pub fn track_orig_dst(ctx: SockOpsContext) -> u32 {
     1
 }
 
+/// The client's address as the proxy sees it on accept. `local_ip4` reads the socket's IPv4
+/// receive address, which v4-mapped IPv6 sockets (connect6 redirects) carry as well.
 #[inline(always)]
 fn peer_key(ctx: &SockOpsContext) -> PeerKey {
     PeerKey {

@@ -29,6 +29,7 @@ const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut config = Config::load(config_path)?;
     preflight::check()?;
+    raise_fd_limit();
     let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
     // Listeners before programs: a port in use fails start-up before the kernel is touched.
     let proxy_listener = bind_listener("proxy.outbound_addr", config.proxy.outbound_addr.into())?;
@@ -158,6 +159,21 @@ fn reload(
     config.enrollment = new.enrollment;
     sync_enrollment(enrollments, config);
     info!(path = %config_path.display(), "config reloaded");
+}
+
+/// Each relayed connection holds six descriptors (two sockets, two splice pipes): lift the
+/// soft limit to the hard one so the default 1024 does not cap the proxy at ~170 connections.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(%error, soft, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => warn!(%error, "cannot read the open-file limit"),
+    }
 }
 
 fn sync_enrollment(enrollments: &Mutex<Enrollments>, config: &Config) {

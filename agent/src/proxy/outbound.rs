@@ -147,7 +147,7 @@ impl Outbound {
     }
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let SocketAddr::V4(peer) = peer else {
         warn!(%peer, "IPv6 client on the outbound proxy; closing");
         return reset(client);
@@ -168,7 +168,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     let label = destination.to_string();
-    let mut upstream = match connect_upstream(destination, &shared.settings).await {
+    let upstream = match connect_upstream(destination, &shared.settings).await {
         Ok(upstream) => upstream,
         Err(error) => {
             let reason = failure_reason(&error);
@@ -180,7 +180,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
     let metrics = shared.metrics.opened(&label);
     debug!(client = %peer, %destination, "relaying");
-    if let Err(error) = relay::relay(&mut client, &mut upstream, &metrics, &shared.cut).await {
+    if let Err(error) = relay::relay(&client, &upstream, &metrics, &shared.cut).await {
         debug!(client = %peer, %destination, %error, "connection ended with an error; resetting both sides");
         reset(client);
         reset(upstream);

@@ -34,11 +34,10 @@ use crate::proxy::OrigDstSource;
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// The programs, in attach order; connect4 goes last so nothing is redirected before the
-/// programs that track and hide the redirect are in place.
+/// The programs, in attach order: the connect programs go last so nothing is redirected
+/// before the programs that track and hide the redirect are in place.
 const SOCKOPS: &str = "track_orig_dst";
-const GETPEERNAME4: &str = "getpeername4";
-const CONNECT4: &str = "connect4";
+const SOCK_ADDR_PROGRAMS: [&str; 4] = ["getpeername4", "getpeername6", "connect4", "connect6"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -140,13 +139,13 @@ impl Redirector {
         sockops
             .attach(cgroup_dir.as_fd(), mode)
             .map_err(attach_err(SOCKOPS))?;
-        for name in [GETPEERNAME4, CONNECT4] {
+        for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             prog.load().map_err(load_err(name))?;
             prog.attach(cgroup_dir.as_fd(), mode)
                 .map_err(attach_err(name))?;
         }
-        info!(cgroup = %cgroup_name, programs = ?[SOCKOPS, GETPEERNAME4, CONNECT4], "eBPF programs attached");
+        info!(cgroup = %cgroup_name, sockops = SOCKOPS, programs = ?SOCK_ADDR_PROGRAMS, "eBPF programs attached");
         Ok(())
     }
 
