@@ -26,8 +26,8 @@ use crate::{
 /// the switch still reach an open listener.
 const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
 
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let mut config = Config::load(config_path)?;
+/// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP).
+pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     preflight::check()?;
     raise_fd_limit();
     let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
@@ -43,6 +43,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         },
     )?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
+    // Loading parses the kernel's BTF (megabytes, freed again); hand that memory back to the
+    // system instead of keeping it as the agent's resident floor.
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
     let enrollments = redirector
         .take_enrollments()
         .context("enrollment map already taken")?;

@@ -66,6 +66,10 @@ pub struct ProxyConfig {
     /// How long live connections may finish after SIGTERM before they are cut.
     #[serde(default = "default_drain_timeout", deserialize_with = "drain_timeout")]
     pub drain_timeout: Duration,
+    /// Proxy worker threads. One thread relays tens of thousands of connections; on a small
+    /// node more threads cost more CPU in hand-offs than they gain (docs/config.md).
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -131,6 +135,9 @@ fn default_connect_timeout() -> Duration {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_worker_threads() -> usize {
+    1
+}
 fn default_admin_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15020))
 }
@@ -188,6 +195,9 @@ impl Config {
                 "proxy.mark",
                 "must not be 0: unmarked sockets carry mark 0".into(),
             ));
+        }
+        if !(1..=64).contains(&self.proxy.worker_threads) {
+            return Err(("proxy.worker_threads", "must be between 1 and 64".into()));
         }
         if self.proxy.connect_timeout.is_zero() {
             return Err(("proxy.connect_timeout", "must be greater than 0".into()));
@@ -398,6 +408,10 @@ mod tests {
                 "proxy.outbound_addr",
             ),
             (&format!("{MINIMAL}  mark: 0\n"), "proxy.mark"),
+            (
+                &format!("{MINIMAL}  worker_threads: 0\n"),
+                "proxy.worker_threads",
+            ),
             (
                 &format!("{MINIMAL}  connect_timeout: 0s\n"),
                 "proxy.connect_timeout",

@@ -77,10 +77,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &std::path::Path) -> anyhow::Result<()> {
+fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::Config::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.proxy.worker_threads)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(app::run(config))
+    runtime.block_on(app::run(config_path, config))
 }

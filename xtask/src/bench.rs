@@ -75,7 +75,7 @@ struct Bench {
     client_netns: String,
 }
 
-pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
     build::require_root("the benchmark")?;
     let binaries = build::build(Profile::Release)?;
     // SAFETY: set before any thread that reads the environment exists.
@@ -109,6 +109,7 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     let config = config_for(&node, &[], "")?;
     let agent = Agent::start(&node, &config, &workdir)?;
     let client_netns = node.pod("client")?.netns_name().to_owned();
+    let idle_rss = status_kib(agent.pid(), "VmRSS:").unwrap_or(0);
     let bench = Bench {
         node,
         agent,
@@ -124,7 +125,10 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     );
     let mut table = Vec::new();
     let mut ports = http_ports.into_iter();
-    for scenario in &SCENARIOS {
+    for scenario in SCENARIOS
+        .iter()
+        .filter(|s| only.is_none_or(|only| s.name.contains(only)))
+    {
         step(scenario.name);
         // results[mode][metric] = samples
         let mut samples: Vec<Vec<(&'static str, Vec<f64>)>> = vec![Vec::new(), Vec::new()];
@@ -360,11 +364,12 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A `kB` field of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

@@ -34,6 +34,9 @@ enum Task {
         /// Seconds per load-generator run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Only scenarios whose name contains this text (e.g. `iperf3`, `1 connection`).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -42,6 +45,10 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Task::Test => test::run(),
         Task::Sandbox { keep } => sandbox::run(keep),
-        Task::Bench { rounds, seconds } => bench::run(rounds, seconds),
+        Task::Bench {
+            rounds,
+            seconds,
+            only,
+        } => bench::run(rounds, seconds, only.as_deref()),
     }
 }
