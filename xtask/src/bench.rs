@@ -184,9 +184,11 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
         };
         println!("  {scenario:<46} {metric:<22} {direct:>12.1} {proxied:>12.1} {ratio:>8}");
     }
+    let pid = bench.agent.pid();
     println!(
-        "  proxy peak RSS: {} KiB",
-        peak_rss_kib(bench.agent.pid()).unwrap_or(0)
+        "  proxy RSS: idle {idle_rss} KiB, after the runs {} KiB, peak {} KiB (the peak is start-up: parsing the kernel's BTF)",
+        status_kib(pid, "VmRSS:").unwrap_or(0),
+        status_kib(pid, "VmHWM:").unwrap_or(0)
     );
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
