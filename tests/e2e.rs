@@ -217,7 +217,7 @@ fn ipv6_socket_to_ipv4_mapped_address_is_redirected_too() {
          s.connect(('::ffff:{ip}', {port}))\n\
          print('peer', s.getpeername()[0], s.getpeername()[1])\n\
          s.sendall(b'hello'); s.shutdown(socket.SHUT_WR)\n\
-         print('server', s.makefile().readline().strip())\n",
+         print('server', s.makefile('rb').readline().decode().strip())\n",
         ip = to.ip(),
         port = to.port()
     );
@@ -329,6 +329,25 @@ fn sigterm_detaches_everything_and_pods_connect_directly_again() {
     let sent = setup.send("client", setup.server(9000));
     sent.assert_intact();
     assert_eq!(sent.seen_from(), setup.ip_of("client"));
+}
+
+#[test]
+fn a_killed_agent_leaves_nothing_attached() {
+    // bpf_links die with the process that holds them: no cleanup code needs to run.
+    let mut setup = Setup::new("sigkill");
+    setup.agent.signal(libc::SIGKILL).unwrap();
+    assert!(
+        setup
+            .agent
+            .wait_exit(Duration::from_secs(10))
+            .unwrap()
+            .is_some()
+    );
+    wait_until(|| bpftool_cgroup_show(&setup.node).trim().is_empty());
+    assert_eq!(
+        setup.send("client", setup.server(9000)).seen_from(),
+        setup.ip_of("client")
+    );
 }
 
 #[test]

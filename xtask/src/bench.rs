@@ -190,6 +190,17 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
         status_kib(pid, "VmRSS:").unwrap_or(0),
         status_kib(pid, "VmHWM:").unwrap_or(0)
     );
+    let metrics = bench.agent.metrics(&bench.node)?;
+    let failures: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("mesh_agent_proxy_connections_failed_total"))
+        .collect();
+    if !failures.is_empty() {
+        println!(
+            "  proxy connection failures during the runs:\n    {}",
+            failures.join("\n    ")
+        );
+    }
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
 }
