@@ -5,6 +5,7 @@ mod config;
 mod metrics;
 mod proxy;
 mod redirect;
+mod validate_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Validate App Mesh definitions against the App Mesh API model and its rules; print
+    /// every problem with file, resource and field path. Exit 0 if valid, 1 if not.
+    Validate(validate_cmd::ValidateArgs),
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
     CheckConfig {
         /// The agent's YAML configuration file (see docs/config.md).
@@ -56,6 +60,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Validate(args) => {
+            return if validate_cmd::run(args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {

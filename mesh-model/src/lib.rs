@@ -1,0 +1,44 @@
+//! The AWS App Mesh resource model.
+//!
+//! * [`schema`]: the official API model (botocore's service-2.json, vendored) and a validator
+//!   that checks a resource against it field by field, collecting every violation.
+//! * [`resource`]: the seven kinds and a resource in the API's own JSON form, whatever
+//!   format it was read from.
+//! * [`source`]: reading App Mesh API JSON files (and `$VAR` placeholders).
+//! * [`validate`]: the API model's checks plus the rules App Mesh and its Kubernetes
+//!   controller enforce beyond it (references, duplicates, exactly-one-of, regexes).
+pub mod report;
+pub mod resource;
+pub mod schema;
+pub mod source;
+pub mod validate;
+
+use std::fmt;
+
+/// A field path such as `spec.listeners[0].portMapping.port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Path(String);
+
+impl Path {
+    pub fn root(name: &str) -> Self {
+        Self(name.to_owned())
+    }
+
+    pub fn field(&self, name: &str) -> Self {
+        if self.0.is_empty() {
+            Self(name.to_owned())
+        } else {
+            Self(format!("{}.{name}", self.0))
+        }
+    }
+
+    pub fn index(&self, index: usize) -> Self {
+        Self(format!("{}[{index}]", self.0))
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

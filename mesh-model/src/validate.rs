@@ -1,0 +1,424 @@
+//! Validation of a set of resources: the API model's constraints on every field, then the
+//! rules App Mesh enforces beyond its model (one route type per route, regexes that compile,
+//! ranges, weights, unique names and ports, references to resources that exist).
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::{
+    Path,
+    report::Diagnostic,
+    resource::{Kind, Resource},
+    schema,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Check that referenced meshes, nodes, services, routers and gateways are in the set.
+    /// Off for partial inputs (an update file applied to a mesh defined elsewhere).
+    pub check_references: bool,
+}
+
+pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for resource in resources {
+        let body = Value::Object(resource.body.clone());
+        for violation in
+            schema::model().validate(&resource.kind.create_shape(), &body, &Path::root(""))
+        {
+            out.push(
+                Diagnostic::error(violation.message)
+                    .on(resource)
+                    .path(violation.path),
+            );
+        }
+        if let Some(spec) = resource.spec() {
+            spec_rules(resource, spec, &mut out);
+        }
+    }
+    duplicates(resources, &mut out);
+    if options.check_references {
+        references(resources, &mut out);
+    }
+    out
+}
+
+fn get<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+const ROUTE_TYPES: [&str; 4] = ["httpRoute", "http2Route", "grpcRoute", "tcpRoute"];
+const GATEWAY_ROUTE_TYPES: [&str; 3] = ["httpRoute", "http2Route", "grpcRoute"];
+
+fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
+    let spec_path = Path::root("spec");
+    let mut error = |path: &Path, message: String| {
+        out.push(
+            Diagnostic::error(message)
+                .on(resource)
+                .path(path.to_string()),
+        )
+    };
+    match resource.kind {
+        Kind::Route => exactly_one_route_type(spec, &ROUTE_TYPES, &spec_path, &mut error),
+        Kind::GatewayRoute => {
+            exactly_one_route_type(spec, &GATEWAY_ROUTE_TYPES, &spec_path, &mut error)
+        }
+        Kind::VirtualNode
+            if get(spec, &["listeners"])
+                .and_then(Value::as_array)
+                .is_some_and(|l| !l.is_empty())
+                && get(spec, &["serviceDiscovery"]).is_none() =>
+        {
+            error(
+                &spec_path.field("serviceDiscovery"),
+                "is required when the virtual node has listeners".into(),
+            );
+        }
+        _ => {}
+    }
+    if let Some(listeners) = get(spec, &["listeners"]).and_then(Value::as_array) {
+        unique_listener_ports(listeners, &spec_path.field("listeners"), &mut error);
+    }
+    if matches!(resource.kind, Kind::Route | Kind::GatewayRoute) {
+        walk_route(spec, &spec_path, &mut error);
+        for route_type in ["httpRoute", "http2Route"] {
+            if let Some(prefix) =
+                get(spec, &[route_type, "match", "prefix"]).and_then(Value::as_str)
+                && !prefix.starts_with('/')
+            {
+                error(
+                    &spec_path.field(route_type).field("match").field("prefix"),
+                    format!("\"{prefix}\" must start with /"),
+                );
+            }
+        }
+    }
+    if resource.kind == Kind::Route {
+        for route_type in ROUTE_TYPES {
+            if let Some(targets) =
+                get(spec, &[route_type, "action", "weightedTargets"]).and_then(Value::as_array)
+                && !targets.is_empty()
+                && targets
+                    .iter()
+                    .all(|t| t.get("weight").and_then(Value::as_i64) == Some(0))
+            {
+                error(
+                    &spec_path
+                        .field(route_type)
+                        .field("action")
+                        .field("weightedTargets"),
+                    "every weight is 0: the route would send traffic nowhere".into(),
+                );
+            }
+        }
+    }
+}
+
+fn exactly_one_route_type(
+    spec: &Value,
+    types: &[&str],
+    path: &Path,
+    error: &mut impl FnMut(&Path, String),
+) {
+    let set: Vec<&str> = types
+        .iter()
+        .copied()
+        .filter(|t| spec.get(t).is_some())
+        .collect();
+    if set.len() != 1 {
+        error(
+            path,
+            match set.as_slice() {
+                [] => format!("must set exactly one of: {}", types.join(", ")),
+                many => format!(
+                    "sets {}; exactly one route type is allowed",
+                    many.join(" and ")
+                ),
+            },
+        );
+    }
+}
+
+fn unique_listener_ports(listeners: &[Value], path: &Path, error: &mut impl FnMut(&Path, String)) {
+    let mut seen = HashMap::new();
+    for (index, listener) in listeners.iter().enumerate() {
+        if let Some(port) = get(listener, &["portMapping", "port"]).and_then(Value::as_i64)
+            && let Some(first) = seen.insert(port, index)
+        {
+            error(
+                &path.index(index).field("portMapping").field("port"),
+                format!("port {port} is already used by listeners[{first}]"),
+            );
+        }
+    }
+}
+
+/// Route-wide checks found by key anywhere in a route spec: regexes compile (Envoy uses RE2;
+/// Rust's regex crate accepts the same syntax), ranges are non-empty.
+fn walk_route(value: &Value, path: &Path, error: &mut impl FnMut(&Path, String)) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object {
+                let child_path = path.field(key);
+                match (key.as_str(), child) {
+                    ("regex", Value::String(pattern)) => {
+                        if let Err(problem) = regex::Regex::new(pattern) {
+                            error(
+                                &child_path,
+                                format!(
+                                    "regex does not compile: {}",
+                                    first_line(&problem.to_string())
+                                ),
+                            );
+                        }
+                    }
+                    ("range", Value::Object(range)) => {
+                        let (start, end) = (
+                            range.get("start").and_then(Value::as_i64),
+                            range.get("end").and_then(Value::as_i64),
+                        );
+                        if let (Some(start), Some(end)) = (start, end)
+                            && end <= start
+                        {
+                            error(
+                                &child_path,
+                                format!("end ({end}) must be greater than start ({start})"),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                walk_route(child, &child_path, error);
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                walk_route(item, &path.index(index), error);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().last().unwrap_or(text).trim().to_owned()
+}
+
+/// (kind, mesh, parent, name) — what must be unique.
+type Identity<'a> = (Kind, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+fn duplicates(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<Identity, &Resource> = HashMap::new();
+    for resource in resources {
+        if resource.name().is_none() {
+            continue;
+        }
+        let identity = (
+            resource.kind,
+            resource.mesh(),
+            resource.parent(),
+            resource.name(),
+        );
+        if let Some(first) = seen.insert(identity, resource) {
+            out.push(
+                Diagnostic::error(format!("defined twice; first at {}", first.origin))
+                    .on(resource)
+                    .path(resource.kind.name_field()),
+            );
+        }
+    }
+}
+
+/// Every name a resource refers to must exist in its mesh.
+fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    let names: HashSet<(Kind, Option<&str>, &str)> = resources
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.kind,
+                if r.kind == Kind::Mesh { None } else { r.mesh() },
+                r.name()?,
+            ))
+        })
+        .collect();
+    let by_name: HashMap<(Kind, Option<&str>, &str), &Resource> = resources
+        .iter()
+        .filter_map(|r| Some(((r.kind, r.mesh(), r.name()?), r)))
+        .collect();
+    for resource in resources {
+        let mesh = resource.mesh();
+        let mut require = |kind: Kind, name: Option<&str>, path: String| {
+            let Some(name) = name else { return };
+            let scope = if kind == Kind::Mesh { None } else { mesh };
+            if !names.contains(&(kind, scope, name)) {
+                let within = match (kind, mesh) {
+                    (Kind::Mesh, _) | (_, None) => String::new(),
+                    (_, Some(mesh)) => format!(" in mesh {mesh}"),
+                };
+                out.push(
+                    Diagnostic::error(format!(
+                        "refers to {kind} {name}, which is not defined{within}"
+                    ))
+                    .on(resource)
+                    .path(path),
+                );
+            }
+        };
+        if resource.kind != Kind::Mesh {
+            require(Kind::Mesh, mesh, "meshName".into());
+        }
+        if let Some(parent) = resource.kind.parent() {
+            require(parent, resource.parent(), parent.name_field().into());
+        }
+        let Some(spec) = resource.spec() else {
+            continue;
+        };
+        let text = |path: &[&str]| get(spec, path).and_then(Value::as_str);
+        match resource.kind {
+            Kind::VirtualService => {
+                require(
+                    Kind::VirtualNode,
+                    text(&["provider", "virtualNode", "virtualNodeName"]),
+                    "spec.provider.virtualNode.virtualNodeName".into(),
+                );
+                require(
+                    Kind::VirtualRouter,
+                    text(&["provider", "virtualRouter", "virtualRouterName"]),
+                    "spec.provider.virtualRouter.virtualRouterName".into(),
+                );
+            }
+            Kind::VirtualNode => {
+                for (index, backend) in get(spec, &["backends"])
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    require(
+                        Kind::VirtualService,
+                        get(backend, &["virtualService", "virtualServiceName"])
+                            .and_then(Value::as_str),
+                        format!("spec.backends[{index}].virtualService.virtualServiceName"),
+                    );
+                }
+            }
+            Kind::Route => {
+                for route_type in ROUTE_TYPES {
+                    for (index, target) in get(spec, &[route_type, "action", "weightedTargets"])
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        let path = format!("spec.{route_type}.action.weightedTargets[{index}]");
+                        let node = target.get("virtualNode").and_then(Value::as_str);
+                        require(Kind::VirtualNode, node, format!("{path}.virtualNode"));
+                    }
+                }
+            }
+            Kind::GatewayRoute => {
+                for route_type in GATEWAY_ROUTE_TYPES {
+                    require(
+                        Kind::VirtualService,
+                        text(&[
+                            route_type,
+                            "action",
+                            "target",
+                            "virtualService",
+                            "virtualServiceName",
+                        ]),
+                        format!(
+                            "spec.{route_type}.action.target.virtualService.virtualServiceName"
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for resource in resources.iter().filter(|r| r.kind == Kind::Route) {
+        route_against_router_and_targets(resource, &by_name, out);
+    }
+}
+
+/// A route's type must match a listener protocol of its router, and a weighted target's port
+/// must name a listener of its virtual node (required when the node has several).
+fn route_against_router_and_targets(
+    route: &Resource,
+    by_name: &HashMap<(Kind, Option<&str>, &str), &Resource>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let Some(spec) = route.spec() else { return };
+    let mesh = route.mesh();
+    let listener_ports = |resource: &Resource| -> Vec<(i64, String)> {
+        resource
+            .spec()
+            .and_then(|s| s.get("listeners"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|l| {
+                let port = get(l, &["portMapping", "port"])?.as_i64()?;
+                let protocol = get(l, &["portMapping", "protocol"])?.as_str()?.to_owned();
+                Some((port, protocol))
+            })
+            .collect()
+    };
+    let router = route
+        .parent()
+        .and_then(|r| by_name.get(&(Kind::VirtualRouter, mesh, r)));
+    for route_type in ROUTE_TYPES {
+        let Some(body) = spec.get(route_type) else {
+            continue;
+        };
+        let protocol = route_type.trim_end_matches("Route");
+        if let Some(router) = router {
+            let protocols = listener_ports(router);
+            if !protocols.is_empty() && !protocols.iter().any(|(_, p)| p == protocol) {
+                out.push(
+                    Diagnostic::error(format!(
+                        "{route_type} needs a {protocol} listener on {}, which listens on {}",
+                        router.label(),
+                        protocols
+                            .iter()
+                            .map(|(port, p)| format!("{port}/{p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .on(route)
+                    .path(format!("spec.{route_type}")),
+                );
+            }
+        }
+        let targets = get(body, &["action", "weightedTargets"]).and_then(Value::as_array);
+        for (index, target) in targets.into_iter().flatten().enumerate() {
+            let Some(node) = target
+                .get("virtualNode")
+                .and_then(Value::as_str)
+                .and_then(|n| by_name.get(&(Kind::VirtualNode, mesh, n)))
+            else {
+                continue;
+            };
+            let ports = listener_ports(node);
+            let path = format!("spec.{route_type}.action.weightedTargets[{index}].port");
+            match target.get("port").and_then(Value::as_i64) {
+                Some(port) if !ports.iter().any(|(p, _)| *p == port) => out.push(
+                    Diagnostic::error(format!("{} has no listener on port {port}", node.label()))
+                        .on(route)
+                        .path(path),
+                ),
+                None if ports.len() > 1 => out.push(
+                    Diagnostic::error(format!(
+                        "is required: {} has {} listeners",
+                        node.label(),
+                        ports.len()
+                    ))
+                    .on(route)
+                    .path(path),
+                ),
+                _ => {}
+            }
+        }
+    }
+}

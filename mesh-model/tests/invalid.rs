@@ -1,0 +1,333 @@
+//! One invalid input per validation rule, each asserting the exact field path of its error,
+//! against a small valid mesh that exercises every kind.
+use std::path::Path;
+
+use mesh_model::{
+    report::Diagnostic,
+    resource::Resource,
+    source::{LoadOptions, api_resource},
+    validate::{Options, validate},
+};
+use serde_json::{Value, json};
+
+fn mesh() -> Vec<Value> {
+    vec![
+        json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
+        json!({"meshName": "demo", "virtualNodeName": "web", "spec": {
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": "web.demo.local"}},
+            "backends": [{"virtualService": {"virtualServiceName": "api.demo.local"}}]}}),
+        json!({"meshName": "demo", "virtualNodeName": "api-v1", "spec": {
+            "listeners": [{"portMapping": {"port": 9090, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": "api-v1.demo.local"}}}}),
+        json!({"meshName": "demo", "virtualNodeName": "api-v2", "spec": {
+            "listeners": [{"portMapping": {"port": 9090, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": "api-v2.demo.local"}}}}),
+        json!({"meshName": "demo", "virtualRouterName": "api-router", "spec": {
+            "listeners": [{"portMapping": {"port": 9090, "protocol": "http"}}]}}),
+        json!({"meshName": "demo", "virtualRouterName": "api-router", "routeName": "api-route", "spec": {
+            "httpRoute": {
+                "match": {"prefix": "/", "headers": [{"name": "x-canary", "match": {"exact": "1"}}]},
+                "action": {"weightedTargets": [{"virtualNode": "api-v1", "weight": 90}, {"virtualNode": "api-v2", "weight": 10}]},
+                "retryPolicy": {"maxRetries": 2, "perRetryTimeout": {"unit": "ms", "value": 500}, "httpRetryEvents": ["server-error"]}}}}),
+        json!({"meshName": "demo", "virtualServiceName": "api.demo.local", "spec": {
+            "provider": {"virtualRouter": {"virtualRouterName": "api-router"}}}}),
+        json!({"meshName": "demo", "virtualGatewayName": "ingress", "spec": {
+            "listeners": [{"portMapping": {"port": 8088, "protocol": "http"}}]}}),
+        json!({"meshName": "demo", "virtualGatewayName": "ingress", "gatewayRouteName": "to-api", "spec": {
+            "httpRoute": {"match": {"prefix": "/api"}, "action": {"target": {"virtualService": {"virtualServiceName": "api.demo.local"}}}}}}),
+    ]
+}
+
+fn check(documents: Vec<Value>) -> Vec<Diagnostic> {
+    let resources: Vec<Resource> = documents
+        .into_iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            api_resource(
+                doc,
+                Path::new(&format!("doc{i}.json")),
+                &LoadOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    validate(
+        &resources,
+        Options {
+            check_references: true,
+        },
+    )
+}
+
+/// `mesh()` with the last document whose member `field` is `name` changed by `change`.
+fn mutated(field: &str, name: &str, change: impl Fn(&mut Value)) -> Vec<Value> {
+    let mut docs = mesh();
+    let doc = docs
+        .iter_mut()
+        .rev()
+        .find(|d| d.get(field).and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no {field} {name}"));
+    change(doc);
+    docs
+}
+
+#[test]
+fn the_base_mesh_is_valid() {
+    let found = check(mesh());
+    assert!(found.is_empty(), "{:#?}", found);
+}
+
+#[test]
+fn each_rule_names_its_field() {
+    let web = |change: fn(&mut Value)| mutated("virtualNodeName", "web", change);
+    let route = |change: fn(&mut Value)| mutated("routeName", "api-route", change);
+    let cases: Vec<(&str, Vec<Value>, &str, &str)> = vec![
+        (
+            "port range",
+            web(|d| d["spec"]["listeners"][0]["portMapping"]["port"] = json!(70000)),
+            "spec.listeners[0].portMapping.port",
+            "out of range 1..65535",
+        ),
+        (
+            "enum",
+            web(|d| d["spec"]["listeners"][0]["portMapping"]["protocol"] = json!("htp")),
+            "spec.listeners[0].portMapping.protocol",
+            "is not one of: http, tcp, http2, grpc",
+        ),
+        (
+            "unknown field",
+            web(|d| d["spec"]["listenrs"] = json!([])),
+            "spec.listenrs",
+            "unknown field",
+        ),
+        (
+            "union",
+            web(|d| {
+                d["spec"]["serviceDiscovery"]["awsCloudMap"] =
+                    json!({"namespaceName": "n", "serviceName": "s"})
+            }),
+            "spec.serviceDiscovery",
+            "sets awsCloudMap and dns",
+        ),
+        (
+            "listener needs discovery",
+            web(|d| {
+                d["spec"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("serviceDiscovery");
+            }),
+            "spec.serviceDiscovery",
+            "is required when the virtual node has listeners",
+        ),
+        (
+            "duplicate listener port",
+            web(|d| {
+                let l = d["spec"]["listeners"][0].clone();
+                d["spec"]["listeners"].as_array_mut().unwrap().push(l);
+            }),
+            "spec.listeners[1].portMapping.port",
+            "port 8080 is already used by listeners[0]",
+        ),
+        (
+            "backend reference",
+            web(|d| {
+                d["spec"]["backends"][0]["virtualService"]["virtualServiceName"] =
+                    json!("nope.local")
+            }),
+            "spec.backends[0].virtualService.virtualServiceName",
+            "refers to VirtualService nope.local, which is not defined in mesh demo",
+        ),
+        (
+            "name length",
+            web(|d| d["virtualNodeName"] = json!("x".repeat(256))),
+            "virtualNodeName",
+            "has 256 characters; allowed 1..255",
+        ),
+        (
+            "one route type",
+            route(|d| {
+                d["spec"]["tcpRoute"] =
+                    json!({"action": {"weightedTargets": [{"virtualNode": "api-v1", "weight": 1}]}})
+            }),
+            "spec",
+            "sets httpRoute and tcpRoute; exactly one route type is allowed",
+        ),
+        (
+            "weight range",
+            route(|d| {
+                d["spec"]["httpRoute"]["action"]["weightedTargets"][0]["weight"] = json!(101)
+            }),
+            "spec.httpRoute.action.weightedTargets[0].weight",
+            "out of range 0..100",
+        ),
+        (
+            "zero weights",
+            route(|d| {
+                for t in d["spec"]["httpRoute"]["action"]["weightedTargets"]
+                    .as_array_mut()
+                    .unwrap()
+                {
+                    t["weight"] = json!(0);
+                }
+            }),
+            "spec.httpRoute.action.weightedTargets",
+            "every weight is 0",
+        ),
+        (
+            "target reference",
+            route(|d| {
+                d["spec"]["httpRoute"]["action"]["weightedTargets"][0]["virtualNode"] =
+                    json!("api-v9")
+            }),
+            "spec.httpRoute.action.weightedTargets[0].virtualNode",
+            "refers to VirtualNode api-v9, which is not defined",
+        ),
+        (
+            "prefix",
+            route(|d| d["spec"]["httpRoute"]["match"]["prefix"] = json!("api")),
+            "spec.httpRoute.match.prefix",
+            "\"api\" must start with /",
+        ),
+        (
+            "regex",
+            route(|d| {
+                d["spec"]["httpRoute"]["match"]["headers"][0]["match"] =
+                    json!({"regex": "(unclosed"})
+            }),
+            "spec.httpRoute.match.headers[0].match.regex",
+            "regex does not compile",
+        ),
+        (
+            "range",
+            route(|d| {
+                d["spec"]["httpRoute"]["match"]["headers"][0]["match"] =
+                    json!({"range": {"start": 10, "end": 5}})
+            }),
+            "spec.httpRoute.match.headers[0].match.range",
+            "end (5) must be greater than start (10)",
+        ),
+        (
+            "route type vs listener",
+            route(|d| {
+                let action = d["spec"]["httpRoute"]["action"].clone();
+                d["spec"] = json!({"tcpRoute": {"action": action}});
+            }),
+            "spec.tcpRoute",
+            "tcpRoute needs a tcp listener on VirtualRouter api-router, which listens on 9090/http",
+        ),
+        (
+            "target port",
+            route(|d| d["spec"]["httpRoute"]["action"]["weightedTargets"][0]["port"] = json!(1234)),
+            "spec.httpRoute.action.weightedTargets[0].port",
+            "VirtualNode api-v1 has no listener on port 1234",
+        ),
+        (
+            "required member",
+            route(|d| {
+                d["spec"]["httpRoute"]["retryPolicy"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("maxRetries");
+            }),
+            "spec.httpRoute.retryPolicy.maxRetries",
+            "is required",
+        ),
+        (
+            "parent reference",
+            route(|d| d["virtualRouterName"] = json!("no-router")),
+            "virtualRouterName",
+            "refers to VirtualRouter no-router, which is not defined in mesh demo",
+        ),
+        (
+            "provider reference",
+            mutated("virtualServiceName", "api.demo.local", |d| {
+                d["spec"]["provider"] = json!({"virtualNode": {"virtualNodeName": "ghost"}})
+            }),
+            "spec.provider.virtualNode.virtualNodeName",
+            "refers to VirtualNode ghost, which is not defined in mesh demo",
+        ),
+        (
+            "mesh reference",
+            mutated("virtualNodeName", "api-v2", |d| {
+                d["meshName"] = json!("other")
+            }),
+            "meshName",
+            "refers to Mesh other, which is not defined",
+        ),
+        (
+            "duplicate name",
+            {
+                let mut docs = mesh();
+                docs.push(docs[2].clone());
+                docs
+            },
+            "virtualNodeName",
+            "defined twice; first at doc2.json",
+        ),
+        (
+            "gateway listeners",
+            {
+                let mut docs = mesh();
+                docs[7]["spec"].as_object_mut().unwrap().remove("listeners");
+                docs
+            },
+            "spec.listeners",
+            "is required",
+        ),
+        (
+            "gateway route target",
+            mutated("gatewayRouteName", "to-api", |d| {
+                d["spec"]["httpRoute"]["action"]["target"]["virtualService"]["virtualServiceName"] =
+                    json!("none.local")
+            }),
+            "spec.httpRoute.action.target.virtualService.virtualServiceName",
+            "refers to VirtualService none.local, which is not defined",
+        ),
+        (
+            "mesh enum",
+            {
+                let mut docs = mesh();
+                docs[0]["spec"]["egressFilter"]["type"] = json!("DENY");
+                docs
+            },
+            "spec.egressFilter.type",
+            "\"DENY\" is not one of: ALLOW_ALL, DROP_ALL",
+        ),
+    ];
+    for (rule, documents, path, message) in cases {
+        let found = check(documents);
+        assert!(
+            found
+                .iter()
+                .any(|d| d.path.as_deref() == Some(path) && d.message.contains(message)),
+            "rule {rule}: expected {path}: {message}, got:\n{}",
+            found
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            found.iter().all(|d| d.resource.is_some()),
+            "rule {rule}: error without its resource"
+        );
+    }
+}
+
+#[test]
+fn all_errors_in_one_run() {
+    let mut docs = mutated("virtualNodeName", "web", |d| {
+        d["spec"]["listeners"][0]["portMapping"]["port"] = json!(0)
+    });
+    docs[5]["spec"]["httpRoute"]["match"]["prefix"] = json!("nope");
+    let found = check(docs);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(text[0].starts_with("doc1.json: error: VirtualNode web: spec.listeners[0].portMapping.port: 0 is out of range"), "{text:?}");
+    assert!(
+        text[1].starts_with("doc5.json: error: Route api-route: spec.httpRoute.match.prefix"),
+        "{text:?}"
+    );
+}
