@@ -12,7 +12,9 @@ use mesh_model::{
 #[derive(Args)]
 pub struct ValidateArgs {
     /// Files or directories (walked recursively) of App Mesh definitions: App Mesh API JSON
-    /// as `aws appmesh create-*/update-* --cli-input-json` takes it or `describe-*` prints it.
+    /// as `aws appmesh create-*/update-* --cli-input-json` takes it or `describe-*` prints it
+    /// (*.json), Kubernetes appmesh.k8s.aws/v1beta2 manifests and CloudFormation templates
+    /// (*.yaml, *.yml; envsubst templates *.template too).
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// Substitute `$VAR` / `${VAR}` placeholders from the environment, as envsubst would;
@@ -31,10 +33,18 @@ pub struct ValidateArgs {
     /// Router or gateway of route files that leave it to the command line.
     #[arg(long, value_name = "NAME")]
     parent: Option<String>,
+    /// A CloudFormation parameter or pseudo parameter, `Name=value` (e.g.
+    /// `AWS::StackName=shop`); overrides the template's Default. Repeatable.
+    #[arg(long = "parameter", value_name = "NAME=VALUE", value_parser = parse_parameter)]
+    parameters: Vec<(String, String)>,
     /// The input is part of a mesh defined elsewhere: do not require referenced meshes,
     /// nodes, services, routers and gateways to be among the inputs.
     #[arg(long)]
     partial: bool,
+    /// Report unknown fields in Kubernetes resources as notes instead of errors (the CRDs
+    /// accept and ignore them).
+    #[arg(long)]
+    lenient: bool,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
@@ -43,6 +53,12 @@ pub struct ValidateArgs {
 enum Output {
     Text,
     Json,
+}
+
+fn parse_parameter(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not Name=value"))
 }
 
 fn parse_kind(text: &str) -> Result<Kind, String> {
@@ -64,6 +80,7 @@ pub fn run(args: ValidateArgs) -> bool {
         mesh_name: args.mesh_name,
         name: args.name,
         parent: args.parent,
+        parameters: args.parameters,
     };
     let loaded = source::load(&args.paths, &options);
     let mut diagnostics = loaded.diagnostics;
@@ -71,6 +88,7 @@ pub fn run(args: ValidateArgs) -> bool {
         &loaded.resources,
         Options {
             check_references: !args.partial,
+            lenient: args.lenient,
         },
     ));
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();

@@ -4,9 +4,12 @@
 //!   that checks a resource against it field by field, collecting every violation.
 //! * [`resource`]: the seven kinds and a resource in the API's own JSON form, whatever
 //!   format it was read from.
-//! * [`source`]: reading App Mesh API JSON files (and `$VAR` placeholders).
+//! * [`source`]: reading files — App Mesh API JSON, Kubernetes manifests ([`kubernetes`]),
+//!   CloudFormation templates — and `$VAR` placeholders.
 //! * [`validate`]: the API model's checks plus the rules App Mesh and its Kubernetes
 //!   controller enforce beyond it (references, duplicates, exactly-one-of, regexes).
+pub mod cloudformation;
+pub mod kubernetes;
 pub mod report;
 pub mod resource;
 pub mod schema;

@@ -50,6 +50,12 @@ impl Diagnostic {
         self
     }
 
+    /// Names the resource when there is no [`Resource`] yet (a document being converted).
+    pub fn resource(mut self, label: impl Into<String>) -> Self {
+        self.resource = Some(label.into());
+        self
+    }
+
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = Some(path.into());
         self

@@ -52,6 +52,19 @@ impl Kind {
         }
     }
 
+    /// The CloudFormation attribute naming a resource: `VirtualNodeName`.
+    pub fn name_field_pascal(self) -> &'static str {
+        match self {
+            Kind::Mesh => "MeshName",
+            Kind::VirtualNode => "VirtualNodeName",
+            Kind::VirtualService => "VirtualServiceName",
+            Kind::VirtualRouter => "VirtualRouterName",
+            Kind::Route => "RouteName",
+            Kind::VirtualGateway => "VirtualGatewayName",
+            Kind::GatewayRoute => "GatewayRouteName",
+        }
+    }
+
     /// The key `describe-*` wraps a resource in: `{"virtualNode": {...}}`.
     pub fn describe_key(self) -> &'static str {
         match self {
@@ -108,6 +121,17 @@ impl fmt::Display for Kind {
     }
 }
 
+/// The format a resource was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// App Mesh API JSON (`--cli-input-json`, `describe-*`).
+    ApiJson,
+    /// Kubernetes `appmesh.k8s.aws/v1beta2` custom resources.
+    Kubernetes,
+    /// CloudFormation `AWS::AppMesh::*` resources.
+    CloudFormation,
+}
+
 /// Where a resource came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -132,6 +156,7 @@ pub struct Resource {
     pub kind: Kind,
     pub body: serde_json::Map<String, Value>,
     pub origin: Origin,
+    pub format: Format,
 }
 
 impl Resource {

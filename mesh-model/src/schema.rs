@@ -47,6 +47,9 @@ pub struct Model {
     patterns: HashMap<String, Regex>,
 }
 
+/// How an unknown-field violation's message starts.
+pub const UNKNOWN_FIELD: &str = "unknown field";
+
 /// One violation of the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -151,7 +154,7 @@ impl Model {
                 None => out.push(Violation {
                     path: path.field(key).to_string(),
                     message: format!(
-                        "unknown field; expected one of: {}",
+                        "{UNKNOWN_FIELD}; expected one of: {}",
                         shape.members.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 }),

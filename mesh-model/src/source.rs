@@ -1,5 +1,6 @@
 //! Reading App Mesh resources from files: the App Mesh API's JSON, as
-//! `aws appmesh create-* --cli-input-json` takes it and `describe-*` prints it.
+//! `aws appmesh create-* --cli-input-json` takes it and `describe-*` prints it, and YAML:
+//! Kubernetes manifests (multi-document) and CloudFormation templates.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -8,8 +9,9 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    cloudformation, kubernetes,
     report::Diagnostic,
-    resource::{Kind, Origin, Resource},
+    resource::{Format, Kind, Origin, Resource},
     schema,
 };
 
@@ -46,6 +48,9 @@ pub struct LoadOptions {
     pub mesh_name: Option<String>,
     pub name: Option<String>,
     pub parent: Option<String>,
+    /// CloudFormation parameter values (`--parameter Name=value`), pseudo parameters such as
+    /// `AWS::StackName` included; they override a parameter's Default.
+    pub parameters: Vec<(String, String)>,
 }
 
 /// Everything read from `paths` (files, or directories walked recursively).
@@ -57,11 +62,21 @@ pub struct Loaded {
 
 pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
     let mut loaded = Loaded::default();
+    // Kubernetes objects refer to each other across files (a Mesh here, its nodes there):
+    // they are converted together once everything is read.
+    let mut manifests = Vec::new();
     for path in paths {
         for file in files_under(path, &mut loaded.diagnostics) {
-            load_file(&file, options, &mut loaded);
+            load_file(&file, options, &mut loaded, &mut manifests);
         }
     }
+    let converted = kubernetes::convert(
+        &manifests,
+        options.mesh_name.as_deref(),
+        options.parent.as_deref(),
+        &mut loaded.diagnostics,
+    );
+    loaded.resources.extend(converted);
     loaded
 }
 
@@ -96,11 +111,34 @@ fn files_under(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
         .collect()
 }
 
+/// JSON and YAML files, and their envsubst templates (`manifest.yaml.template`).
 fn is_mesh_file(path: &Path) -> bool {
-    path.extension().is_some_and(|ext| ext == "json")
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".template").unwrap_or(&name);
+    [".json", ".yaml", ".yml"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
 }
 
-fn load_file(file: &Path, options: &LoadOptions, loaded: &mut Loaded) {
+fn is_json(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.strip_suffix(".template")
+        .unwrap_or(&name)
+        .ends_with(".json")
+}
+
+fn load_file(
+    file: &Path,
+    options: &LoadOptions,
+    loaded: &mut Loaded,
+    manifests: &mut Vec<kubernetes::Document>,
+) {
     let origin = Origin {
         file: file.to_owned(),
         line: None,
@@ -114,8 +152,20 @@ fn load_file(file: &Path, options: &LoadOptions, loaded: &mut Loaded) {
             return;
         }
     };
-    let substitute = !matches!(options.placeholders, Placeholders::Report);
-    let text = match substitute_with(&text, substitute, |name| options.placeholders.lookup(name)) {
+    // CloudFormation's own ${Name} (in !Sub) is not an envsubst placeholder: templates are
+    // recognised before placeholders are looked for.
+    if !is_json(file)
+        && let Some(template) = cloudformation_template(&text)
+    {
+        let converted =
+            cloudformation::convert(&template, &origin, &text, options, &mut loaded.diagnostics);
+        loaded.resources.extend(converted);
+        return;
+    }
+    if !is_json(file) {
+        return load_manifest(&text, file, options, loaded, manifests);
+    }
+    let text = match placeholders(&text, 1, options) {
         Ok(text) => text,
         Err(found) => {
             loaded
@@ -141,6 +191,102 @@ fn load_file(file: &Path, options: &LoadOptions, loaded: &mut Loaded) {
         Ok(resource) => loaded.resources.push(resource),
         Err(diagnostic) => loaded.diagnostics.push(diagnostic.at(&origin)),
     }
+}
+
+fn cloudformation_template(text: &str) -> Option<serde_yaml::Value> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    cloudformation::is_template(&value).then_some(value)
+}
+
+/// Substitutes or reports the placeholders of `text`, which starts at line `first_line`.
+fn placeholders(
+    text: &str,
+    first_line: usize,
+    options: &LoadOptions,
+) -> Result<String, Vec<Diagnostic>> {
+    let substitute = !matches!(options.placeholders, Placeholders::Report);
+    substitute_with(text, first_line, substitute, |name| {
+        options.placeholders.lookup(name)
+    })
+}
+
+/// Kubernetes objects: documents separated by `---` lines, each remembered with the line it
+/// starts on. Placeholders matter only in App Mesh documents: other objects are skipped, and
+/// text such as a CRD's descriptions may hold `$name` that is not a placeholder.
+fn load_manifest(
+    text: &str,
+    file: &Path,
+    options: &LoadOptions,
+    loaded: &mut Loaded,
+    manifests: &mut Vec<kubernetes::Document>,
+) {
+    for (line, raw) in yaml_documents(text) {
+        let origin = Origin {
+            file: file.to_owned(),
+            line: Some(line),
+        };
+        let substituted = match placeholders(raw, line, options) {
+            Ok(text) => text,
+            Err(found) if is_app_mesh_document(raw) => {
+                loaded
+                    .diagnostics
+                    .extend(found.into_iter().map(|d| d.at(&origin)));
+                continue;
+            }
+            Err(_) => raw.to_owned(),
+        };
+        let chunk = substituted.as_str();
+        let value: serde_yaml::Value = match serde_yaml::from_str(chunk) {
+            Ok(value) => value,
+            Err(error) => {
+                let at = Origin {
+                    line: error.location().map(|l| line + l.line() - 1).or(Some(line)),
+                    ..origin
+                };
+                loaded
+                    .diagnostics
+                    .push(Diagnostic::error(format!("not valid YAML: {error}")).at(&at));
+                continue;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        match serde_json::to_value(&value) {
+            Ok(value) => manifests.push(kubernetes::Document { value, origin }),
+            Err(error) => loaded
+                .diagnostics
+                .push(Diagnostic::error(format!("cannot read this document: {error}")).at(&origin)),
+        }
+    }
+}
+
+fn is_app_mesh_document(raw: &str) -> bool {
+    raw.lines().any(|line| {
+        line.strip_prefix("apiVersion:")
+            .map(|v| v.trim().trim_matches(['"', '\'']))
+            .is_some_and(|v| v.starts_with(kubernetes::API_GROUP))
+    })
+}
+
+/// The documents of a YAML stream with the 1-based line each starts on.
+fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            documents.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = index + 2;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents.retain(|(_, chunk)| !chunk.trim().is_empty());
+    documents
 }
 
 /// One API JSON document as a resource: a create/update request body, or a `describe-*`
@@ -194,6 +340,7 @@ pub fn api_resource(
             file: file.to_owned(),
             line: None,
         },
+        format: Format::ApiJson,
     })
 }
 
@@ -280,6 +427,7 @@ fn file_name_hints(kind: &Kind) -> &'static [&'static str] {
 /// when `substitute`, otherwise each reported with its line and column.
 fn substitute_with(
     text: &str,
+    first_line: usize,
     substitute: bool,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<Diagnostic>> {
@@ -310,6 +458,7 @@ fn substitute_with(
             out.push('$');
         } else {
             let (line, column) = line_column(text, consumed + dollar);
+            let line = line + first_line - 1;
             match (substitute, lookup(name)) {
                 (true, Some(value)) => out.push_str(&value),
                 (true, None) => problems.push(Diagnostic::error(format!(
@@ -353,10 +502,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn yaml_documents_and_their_lines() {
+        let text = "---\na: 1\n---\n\n---\nb: 2\nc: 3\n";
+        assert_eq!(
+            yaml_documents(text),
+            vec![(2, "a: 1\n"), (6, "b: 2\nc: 3\n")]
+        );
+        assert_eq!(yaml_documents("a: 1\n"), vec![(1, "a: 1\n")]);
+    }
+
+    #[test]
     fn placeholders_are_reported_with_position() {
-        let errors = substitute_with("{\n  \"a\": $HOST,\n  \"b\": \"${PORT}\"\n}", false, |_| {
-            None
-        })
+        let errors = substitute_with(
+            "{\n  \"a\": $HOST,\n  \"b\": \"${PORT}\"\n}",
+            1,
+            false,
+            |_| None,
+        )
         .unwrap_err();
         let text: Vec<String> = errors.iter().map(|d| d.message.clone()).collect();
         assert!(
@@ -373,10 +535,10 @@ mod tests {
     fn placeholders_are_substituted() {
         let lookup = |name: &str| (name == "HOST").then(|| "\"h\"".to_owned());
         assert_eq!(
-            substitute_with("x $HOST ${HOST} $5 $ end$", true, lookup).unwrap(),
+            substitute_with("x $HOST ${HOST} $5 $ end$", 1, true, lookup).unwrap(),
             "x \"h\" \"h\" $5 $ end$"
         );
-        let err = substitute_with("${NOPE}", true, lookup).unwrap_err();
+        let err = substitute_with("${NOPE}", 1, true, lookup).unwrap_err();
         assert!(err[0].message.contains("NOPE is not set"));
     }
 

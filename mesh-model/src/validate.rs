@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{
     Path,
     report::Diagnostic,
-    resource::{Kind, Resource},
+    resource::{Format, Kind, Resource},
     schema,
 };
 
@@ -17,6 +17,9 @@ pub struct Options {
     /// Check that referenced meshes, nodes, services, routers and gateways are in the set.
     /// Off for partial inputs (an update file applied to a mesh defined elsewhere).
     pub check_references: bool,
+    /// Unknown fields in Kubernetes resources are notes, not errors: the CRDs preserve
+    /// unknown fields and the controller ignores them.
+    pub lenient: bool,
 }
 
 pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
@@ -26,11 +29,18 @@ pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
         for violation in
             schema::model().validate(&resource.kind.create_shape(), &body, &Path::root(""))
         {
-            out.push(
+            let ignored = options.lenient
+                && resource.format == Format::Kubernetes
+                && violation.message.starts_with(schema::UNKNOWN_FIELD);
+            let diagnostic = if ignored {
+                Diagnostic::note(format!(
+                    "{} (ignored, as the controller does)",
+                    violation.message
+                ))
+            } else {
                 Diagnostic::error(violation.message)
-                    .on(resource)
-                    .path(violation.path),
-            );
+            };
+            out.push(diagnostic.on(resource).path(violation.path));
         }
         if let Some(spec) = resource.spec() {
             spec_rules(resource, spec, &mut out);
@@ -94,6 +104,9 @@ fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    if resource.format == Format::Kubernetes {
+        controller_rules(resource, spec, &spec_path, &mut error);
+    }
     if resource.kind == Kind::Route {
         for route_type in ROUTE_TYPES {
             if let Some(targets) =
@@ -111,6 +124,46 @@ fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
                     "every weight is 0: the route would send traffic nowhere".into(),
                 );
             }
+        }
+    }
+}
+
+/// What the App Mesh controller's webhooks reject beyond the API (API.md §11.5), for
+/// resources that came in as Kubernetes objects.
+fn controller_rules(
+    resource: &Resource,
+    spec: &Value,
+    spec_path: &Path,
+    error: &mut impl FnMut(&Path, String),
+) {
+    for route_type in ["httpRoute", "http2Route"] {
+        let Some(matching) = get(spec, &[route_type, "match"]) else {
+            continue;
+        };
+        let path = spec_path.field(route_type).field("match");
+        let has = |key: &str| matching.get(key).is_some();
+        match resource.kind {
+            Kind::Route if has("prefix") == has("path") => error(
+                &path,
+                "must set exactly one of prefix, path (the App Mesh controller requires it)".into(),
+            ),
+            Kind::GatewayRoute if has("prefix") && has("path") => error(
+                &path,
+                "sets both prefix and path; the App Mesh controller allows one".into(),
+            ),
+            Kind::GatewayRoute if !(has("prefix") || has("path") || has("hostname")) => error(
+                &path,
+                "must set prefix, path or hostname (the App Mesh controller requires it)".into(),
+            ),
+            _ => {}
+        }
+        if let Some(path_match) = matching.get("path")
+            && path_match.get("exact").is_some() == path_match.get("regex").is_some()
+        {
+            error(
+                &path.field("path"),
+                "must set exactly one of exact, regex (the App Mesh controller requires it)".into(),
+            );
         }
     }
 }

@@ -56,6 +56,7 @@ fn check(documents: Vec<Value>) -> Vec<Diagnostic> {
         &resources,
         Options {
             check_references: true,
+            lenient: false,
         },
     )
 }
@@ -330,4 +331,38 @@ fn all_errors_in_one_run() {
         text[1].starts_with("doc5.json: error: Route api-route: spec.httpRoute.match.prefix"),
         "{text:?}"
     );
+}
+
+/// Rules of the App Mesh controller's webhooks, applied to Kubernetes inputs only.
+#[test]
+fn controller_rules_apply_to_kubernetes_routes() {
+    let dir = std::env::temp_dir().join(format!("mesh-model-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("router.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualRouter\nmetadata: {name: r, namespace: ns}\nspec:\n  listeners: [{portMapping: {port: 80, protocol: http}}]\n  routes:\n    - name: port-only\n      httpRoute:\n        match: {port: 80}\n        action: {weightedTargets: [{virtualNodeRef: {name: n}, weight: 1}]}\n",
+    )
+    .unwrap();
+    let options = mesh_model::source::LoadOptions {
+        mesh_name: Some("m".into()),
+        ..Default::default()
+    };
+    let loaded = mesh_model::source::load(&[manifest], &options);
+    let found = validate(
+        &loaded.resources,
+        Options {
+            check_references: false,
+            lenient: false,
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].path.as_deref(), Some("spec.httpRoute.match"));
+    assert!(
+        found[0]
+            .message
+            .contains("must set exactly one of prefix, path")
+    );
+    assert_eq!(found[0].origin.as_ref().and_then(|o| o.line), Some(1));
 }

@@ -1,0 +1,496 @@
+//! CloudFormation templates: `AWS::AppMesh::*` resources converted to the API's form.
+//! Keys are matched to the API's members case-insensitively, guided by the API model (so
+//! `AWSCloudMap`, `DNS`, `TLS`, `HTTP2` and `HttpRoute` all find their member); `!Ref` and
+//! `!GetAtt` to App Mesh resources of the same template, `!Sub` over them, and parameters
+//! (their defaults, or values given with `--parameter`) are resolved; anything else — `!If`,
+//! `!ImportValue`, attributes only known after deployment — is reported as unresolvable.
+use std::collections::HashMap;
+
+use serde_json::{Map, Number, Value as Json};
+use serde_yaml::Value as Yaml;
+
+use crate::{
+    Path,
+    report::Diagnostic,
+    resource::{Format, Kind, Origin, Resource},
+    schema,
+    source::LoadOptions,
+};
+
+const MAX_DEPTH: usize = 16;
+
+pub fn is_template(value: &Yaml) -> bool {
+    value.get("Resources").is_some_and(Yaml::is_mapping)
+        && (value.get("AWSTemplateFormatVersion").is_some()
+            || value["Resources"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .any(|(_, r)| {
+                    r.get("Type")
+                        .and_then(Yaml::as_str)
+                        .is_some_and(|t| t.starts_with("AWS::"))
+                }))
+}
+
+fn kind_of(resource_type: &str) -> Option<Kind> {
+    let name = resource_type.strip_prefix("AWS::AppMesh::")?;
+    Kind::ALL.into_iter().find(|k| k.name() == name)
+}
+
+pub fn convert(
+    template: &Yaml,
+    origin: &Origin,
+    text: &str,
+    options: &LoadOptions,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Resource> {
+    let resolver = Resolver::new(template, options);
+    let mut resources = Vec::new();
+    for (id, resource) in template["Resources"].as_mapping().into_iter().flatten() {
+        let id = id.as_str().unwrap_or_default();
+        let resource_type = resource
+            .get("Type")
+            .and_then(Yaml::as_str)
+            .unwrap_or_default();
+        let Some(kind) = kind_of(resource_type) else {
+            continue;
+        };
+        let origin = Origin {
+            file: origin.file.clone(),
+            line: line_of(text, id)
+                .map(|l| l + origin.line.unwrap_or(1) - 1)
+                .or(origin.line),
+        };
+        let label = format!("{kind} {id}");
+        let properties = resource.get("Properties").cloned().unwrap_or(Yaml::Null);
+        let resolved = match resolver.resolve(&properties, &Path::root(""), 0) {
+            Ok(value) => value,
+            Err((path, message)) => {
+                diagnostics.push(
+                    Diagnostic::error(message)
+                        .at(&origin)
+                        .resource(label)
+                        .path(path.to_string()),
+                );
+                continue;
+            }
+        };
+        let Json::Object(body) = api_keys(resolved, &kind.create_shape()) else {
+            diagnostics.push(
+                Diagnostic::error("Properties must be a mapping")
+                    .at(&origin)
+                    .resource(label),
+            );
+            continue;
+        };
+        resources.push(Resource {
+            kind,
+            body,
+            origin,
+            format: Format::CloudFormation,
+        });
+    }
+    resources
+}
+
+/// The line of `  LogicalId:` within the template text (1-based).
+fn line_of(text: &str, id: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let trimmed = line.trim_start();
+            line.len() > trimmed.len()
+                && trimmed
+                    .strip_prefix(id)
+                    .is_some_and(|rest| rest.trim() == ":")
+        })
+        .map(|index| index + 1)
+}
+
+/// Renames keys to the API's members of `shape` (case-insensitively), recursively, and turns
+/// numeric and boolean strings into numbers and booleans where the API wants them.
+fn api_keys(value: Json, shape_name: &str) -> Json {
+    let model = schema::model();
+    let Some(shape) = model.shape(shape_name) else {
+        return value;
+    };
+    match (shape.kind.as_str(), value) {
+        ("structure", Json::Object(object)) => Json::Object(
+            object
+                .into_iter()
+                .map(|(key, child)| {
+                    match shape
+                        .members
+                        .iter()
+                        .find(|(m, _)| m.eq_ignore_ascii_case(&key))
+                    {
+                        Some((member, def)) => (member.clone(), api_keys(child, &def.shape)),
+                        None => (key, child),
+                    }
+                })
+                .collect(),
+        ),
+        ("list", Json::Array(items)) => match &shape.member {
+            Some(member) => Json::Array(
+                items
+                    .into_iter()
+                    .map(|i| api_keys(i, &member.shape))
+                    .collect(),
+            ),
+            None => Json::Array(items),
+        },
+        ("integer" | "long", Json::String(text)) => match text.parse::<i64>() {
+            Ok(number) => Json::Number(number.into()),
+            Err(_) => Json::String(text),
+        },
+        ("boolean", Json::String(text)) => match text.as_str() {
+            "true" => Json::Bool(true),
+            "false" => Json::Bool(false),
+            _ => Json::String(text),
+        },
+        (_, value) => value,
+    }
+}
+
+type Failure = (Path, String);
+
+struct Resolver<'a> {
+    template: &'a Yaml,
+    parameters: HashMap<String, Json>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(template: &'a Yaml, options: &LoadOptions) -> Self {
+        let mut parameters: HashMap<String, Json> = template
+            .get("Parameters")
+            .and_then(Yaml::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, definition)| {
+                let default = definition.get("Default")?;
+                Some((
+                    name.as_str()?.to_owned(),
+                    serde_json::to_value(default).ok()?,
+                ))
+            })
+            .collect();
+        for (name, value) in &options.parameters {
+            parameters.insert(name.clone(), Json::String(value.clone()));
+        }
+        Self {
+            template,
+            parameters,
+        }
+    }
+
+    fn resolve(&self, value: &Yaml, path: &Path, depth: usize) -> Result<Json, Failure> {
+        if depth > MAX_DEPTH {
+            return Err((path.clone(), "references nest too deeply (a cycle?)".into()));
+        }
+        match value {
+            Yaml::Tagged(tagged) => {
+                let tag = tagged.tag.to_string();
+                self.intrinsic(tag.trim_start_matches('!'), &tagged.value, path, depth)
+            }
+            Yaml::Mapping(mapping) => {
+                if mapping.len() == 1
+                    && let Some((Yaml::String(key), argument)) = mapping.iter().next()
+                    && (key == "Ref" || key.starts_with("Fn::"))
+                {
+                    return self.intrinsic(key.trim_start_matches("Fn::"), argument, path, depth);
+                }
+                let mut object = Map::new();
+                for (key, child) in mapping {
+                    let key = match key {
+                        Yaml::String(key) => key.clone(),
+                        other => serde_yaml::to_string(other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                    };
+                    let child = self.resolve(child, &path.field(&key), depth)?;
+                    object.insert(key, child);
+                }
+                Ok(Json::Object(object))
+            }
+            Yaml::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.resolve(item, &path.index(i), depth))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Json::Array),
+            Yaml::Null => Ok(Json::Null),
+            Yaml::Bool(b) => Ok(Json::Bool(*b)),
+            Yaml::Number(n) => Ok(n
+                .as_i64()
+                .map(Number::from)
+                .or_else(|| n.as_f64().and_then(Number::from_f64))
+                .map_or(Json::Null, Json::Number)),
+            Yaml::String(s) => Ok(Json::String(s.clone())),
+        }
+    }
+
+    fn intrinsic(
+        &self,
+        function: &str,
+        argument: &Yaml,
+        path: &Path,
+        depth: usize,
+    ) -> Result<Json, Failure> {
+        let fail = |message: String| Err((path.clone(), message));
+        match function {
+            "Ref" => {
+                let Some(name) = argument.as_str() else {
+                    return fail("!Ref takes a name".into());
+                };
+                self.reference(name, path)
+            }
+            "GetAtt" => {
+                let (id, attribute) = match argument {
+                    Yaml::String(text) => match text.split_once('.') {
+                        Some(parts) => parts,
+                        None => {
+                            return fail(format!("!GetAtt {text}: expected Resource.Attribute"));
+                        }
+                    },
+                    Yaml::Sequence(items) if items.len() == 2 => {
+                        match (items[0].as_str(), items[1].as_str()) {
+                            (Some(id), Some(attribute)) => (id, attribute),
+                            _ => return fail("!GetAtt takes [Resource, Attribute]".into()),
+                        }
+                    }
+                    _ => return fail("!GetAtt takes Resource.Attribute".into()),
+                };
+                self.attribute(id, attribute, path, depth).map(Json::String)
+            }
+            "Sub" => {
+                let (text, variables) = match argument {
+                    Yaml::String(text) => (text.as_str(), None),
+                    Yaml::Sequence(items) if items.len() == 2 => match items[0].as_str() {
+                        Some(text) => (text, items[1].as_mapping()),
+                        None => return fail("!Sub takes a string".into()),
+                    },
+                    _ => return fail("!Sub takes a string".into()),
+                };
+                self.substitute(text, variables, path, depth)
+                    .map(Json::String)
+            }
+            other => fail(format!(
+                "!{other} cannot be resolved without deploying the template; only !Ref, !GetAtt and !Sub over this template's App Mesh resources and parameters are"
+            )),
+        }
+    }
+
+    fn reference(&self, name: &str, path: &Path) -> Result<Json, Failure> {
+        if let Some(value) = self.parameters.get(name) {
+            return Ok(value.clone());
+        }
+        if let Some(resource_type) = self.resource_type(name) {
+            return Err((
+                path.clone(),
+                format!(
+                    "!Ref {name} gives the ARN of the {resource_type}, not its name; use !GetAtt {name}.{}",
+                    kind_of(resource_type).map_or("Name", |k| k.name_field_pascal())
+                ),
+            ));
+        }
+        Err((
+            path.clone(),
+            format!(
+                "!Ref {name} cannot be resolved: not a parameter with a Default, a --parameter, or a resource of this template"
+            ),
+        ))
+    }
+
+    fn resource_type(&self, id: &str) -> Option<&str> {
+        self.template
+            .get("Resources")?
+            .get(id)?
+            .get("Type")?
+            .as_str()
+    }
+
+    /// `!GetAtt Id.VirtualNodeName` and the like: the name property of an App Mesh resource.
+    fn attribute(
+        &self,
+        id: &str,
+        attribute: &str,
+        path: &Path,
+        depth: usize,
+    ) -> Result<String, Failure> {
+        let fail = |message: String| Err((path.clone(), message));
+        let Some(resource_type) = self.resource_type(id) else {
+            return fail(format!(
+                "!GetAtt {id}.{attribute}: no resource {id} in this template"
+            ));
+        };
+        if kind_of(resource_type).is_none() {
+            return fail(format!(
+                "!GetAtt {id}.{attribute}: {id} is a {resource_type}, not an App Mesh resource"
+            ));
+        }
+        let property = self.template["Resources"][id]
+            .get("Properties")
+            .and_then(|p| p.get(attribute));
+        match property {
+            Some(value) => match self.resolve(value, path, depth + 1)? {
+                Json::String(text) => Ok(text),
+                other => fail(format!(
+                    "!GetAtt {id}.{attribute} is {}, not a name",
+                    schema::describe(&other)
+                )),
+            },
+            None => fail(format!(
+                "!GetAtt {id}.{attribute} is only known after deployment (names are: MeshName, VirtualNodeName, ...)"
+            )),
+        }
+    }
+
+    fn substitute(
+        &self,
+        text: &str,
+        variables: Option<&serde_yaml::Mapping>,
+        path: &Path,
+        depth: usize,
+    ) -> Result<String, Failure> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                return Err((path.clone(), format!("!Sub {text:?}: unclosed ${{")));
+            };
+            let name = &after[..end];
+            if let Some(literal) = name.strip_prefix('!') {
+                out.push_str("${");
+                out.push_str(literal);
+                out.push('}');
+            } else if let Some(value) = variables.and_then(|v| v.get(name)) {
+                match self.resolve(value, path, depth + 1)? {
+                    Json::String(s) => out.push_str(&s),
+                    other => out.push_str(&other.to_string()),
+                }
+            } else if let Some((id, attribute)) = name.split_once('.') {
+                out.push_str(&self.attribute(id, attribute, path, depth + 1)?);
+            } else {
+                match self.reference(name, path)? {
+                    Json::String(s) => out.push_str(&s),
+                    other => out.push_str(&other.to_string()),
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert_text(text: &str, parameters: &[(&str, &str)]) -> (Vec<Resource>, Vec<String>) {
+        let template: Yaml = serde_yaml::from_str(text).unwrap();
+        let options = LoadOptions {
+            parameters: parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut diagnostics = Vec::new();
+        let origin = Origin {
+            file: "t.yaml".into(),
+            line: Some(1),
+        };
+        let resources = convert(&template, &origin, text, &options, &mut diagnostics);
+        (
+            resources,
+            diagnostics.iter().map(ToString::to_string).collect(),
+        )
+    }
+
+    const TEMPLATE: &str = r#"
+Parameters:
+  Domain:
+    Type: String
+    Default: demo.local
+Resources:
+  Mesh:
+    Type: AWS::AppMesh::Mesh
+    Properties:
+      MeshName: !Ref AWS::StackName
+  Node:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: !GetAtt Mesh.MeshName
+      VirtualNodeName: node
+      Spec:
+        Listeners:
+          - PortMapping: {Port: "8080", Protocol: http}
+            TLS: {Mode: STRICT, Certificate: {ACM: {CertificateArn: arn:x}}}
+        ServiceDiscovery:
+          DNS:
+            Hostname: !Sub "node.${Domain}"
+  Service:
+    Type: AWS::AppMesh::VirtualService
+    Properties:
+      MeshName: {"Fn::GetAtt": [Mesh, MeshName]}
+      VirtualServiceName: !Sub "${Node.VirtualNodeName}.${Domain}"
+      Spec:
+        Provider:
+          VirtualNode:
+            VirtualNodeName: !GetAtt Node.VirtualNodeName
+"#;
+
+    #[test]
+    fn resolves_and_maps_keys() {
+        let (resources, errors) = convert_text(TEMPLATE, &[("AWS::StackName", "shop")]);
+        assert_eq!(errors, Vec::<String>::new());
+        let node = &resources[1];
+        assert_eq!(
+            (node.kind, node.mesh(), node.name()),
+            (Kind::VirtualNode, Some("shop"), Some("node"))
+        );
+        assert_eq!(
+            node.spec().unwrap(),
+            &serde_json::json!({
+                "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                               "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:x"}}}}],
+                "serviceDiscovery": {"dns": {"hostname": "node.demo.local"}}
+            })
+        );
+        assert_eq!(resources[2].name(), Some("node.demo.local"));
+        assert_eq!(
+            resources[2].spec().unwrap()["provider"]["virtualNode"]["virtualNodeName"],
+            "node"
+        );
+        assert_eq!(resources[1].origin.line, Some(11));
+    }
+
+    #[test]
+    fn unresolvable_intrinsics_are_named() {
+        let (resources, errors) = convert_text(TEMPLATE, &[]);
+        assert_eq!(resources.len(), 0, "{errors:?}");
+        assert!(
+            errors[0].contains("Mesh Mesh: MeshName: !Ref AWS::StackName cannot be resolved"),
+            "{errors:?}"
+        );
+        let text = TEMPLATE
+            .replace("!GetAtt Node.VirtualNodeName", "!Ref Node")
+            .replace("!Ref AWS::StackName", "m");
+        let (_, errors) = convert_text(&text, &[]);
+        assert!(errors.iter().any(|e| e.contains("!Ref Node gives the ARN of the AWS::AppMesh::VirtualNode, not its name; use !GetAtt Node.VirtualNodeName")), "{errors:?}");
+        let text = TEMPLATE
+            .replace("VirtualNodeName: node", "VirtualNodeName: !If [c, a, b]")
+            .replace("!Ref AWS::StackName", "m");
+        let (_, errors) = convert_text(&text, &[]);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("VirtualNode Node: VirtualNodeName: !If cannot be resolved")),
+            "{errors:?}"
+        );
+    }
+}

@@ -1,0 +1,612 @@
+//! Kubernetes `appmesh.k8s.aws/v1beta2` manifests, converted to the API's form the way the
+//! App Mesh controller does (API.md §11): names from `spec.awsName` or the controller's
+//! defaults, references by object resolved to App Mesh names, routes embedded in a
+//! VirtualRouter split into Route resources, the CRD's spellings (`certificateARN`,
+//! `meshServiceDiscovery`) mapped to the API's, controller-only fields dropped.
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::{
+    report::Diagnostic,
+    resource::{Format, Kind, Origin, Resource},
+};
+
+pub const API_GROUP: &str = "appmesh.k8s.aws";
+const API_VERSION: &str = "appmesh.k8s.aws/v1beta2";
+
+/// One document of a manifest.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub value: Value,
+    pub origin: Origin,
+}
+
+impl Document {
+    fn text(&self, path: &[&str]) -> Option<&str> {
+        path.iter()
+            .try_fold(&self.value, |v, key| v.get(key))
+            .and_then(Value::as_str)
+    }
+
+    fn kind(&self) -> &str {
+        self.text(&["kind"]).unwrap_or("")
+    }
+
+    fn name(&self) -> &str {
+        self.text(&["metadata", "name"]).unwrap_or("")
+    }
+
+    /// Namespaced objects applied without one land in `default`.
+    fn namespace(&self) -> &str {
+        self.text(&["metadata", "namespace"]).unwrap_or("default")
+    }
+
+    fn labels(&self) -> Option<&Map<String, Value>> {
+        self.value.get("metadata")?.get("labels")?.as_object()
+    }
+
+    fn spec(&self) -> Option<&Map<String, Value>> {
+        self.value.get("spec")?.as_object()
+    }
+}
+
+fn kind_of(name: &str) -> Option<Kind> {
+    match name {
+        "Mesh" => Some(Kind::Mesh),
+        "VirtualNode" => Some(Kind::VirtualNode),
+        "VirtualService" => Some(Kind::VirtualService),
+        "VirtualRouter" => Some(Kind::VirtualRouter),
+        "VirtualGateway" => Some(Kind::VirtualGateway),
+        "GatewayRoute" => Some(Kind::GatewayRoute),
+        _ => None,
+    }
+}
+
+/// The App Mesh name of a custom resource: `spec.awsName`, else the controller's default.
+fn aws_name(kind: Kind, name: &str, namespace: &str, spec: Option<&Map<String, Value>>) -> String {
+    if let Some(aws) = spec.and_then(|s| s.get("awsName")).and_then(Value::as_str) {
+        return aws.to_owned();
+    }
+    match kind {
+        Kind::Mesh => name.to_owned(),
+        Kind::VirtualService => format!("{name}.{namespace}"),
+        _ => format!("{name}_{namespace}"),
+    }
+}
+
+/// Converts every App Mesh custom resource among `documents`; other objects get a note.
+/// `mesh` and `gateway` stand in for a Mesh and VirtualGateway defined outside the input
+/// (`--mesh-name`, `--parent`), as the controller would find them in the cluster.
+pub fn convert(
+    documents: &[Document],
+    mesh: Option<&str>,
+    gateway: Option<&str>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Resource> {
+    let mut context = Context::new(documents);
+    context.outside_mesh = mesh.map(str::to_owned);
+    context.outside_gateway = gateway.map(str::to_owned);
+    let mut resources = Vec::new();
+    for document in documents {
+        let api_version = document.text(&["apiVersion"]).unwrap_or("");
+        let group = api_version.split('/').next().unwrap_or("");
+        if group != API_GROUP {
+            if document.kind() == "Namespace" {
+                continue; // read for mesh membership
+            }
+            diagnostics.push(
+                Diagnostic::note(format!(
+                    "skipped {} {} ({}): not an App Mesh resource",
+                    if document.kind().is_empty() {
+                        "document"
+                    } else {
+                        document.kind()
+                    },
+                    document.name(),
+                    if api_version.is_empty() {
+                        "no apiVersion"
+                    } else {
+                        api_version
+                    }
+                ))
+                .at(&document.origin),
+            );
+            continue;
+        }
+        let resource = |message: String| {
+            Diagnostic::error(message)
+                .at(&document.origin)
+                .resource(format!("{} {}", document.kind(), document.name()))
+        };
+        if api_version != API_VERSION {
+            diagnostics.push(resource(format!(
+                "{api_version} is not supported: only {API_VERSION} (the controller serves no other version)"
+            )));
+            continue;
+        }
+        let Some(kind) = kind_of(document.kind()) else {
+            diagnostics.push(
+                Diagnostic::note(format!(
+                    "skipped {} {}: not an App Mesh API resource (controller-only)",
+                    document.kind(),
+                    document.name()
+                ))
+                .at(&document.origin),
+            );
+            continue;
+        };
+        match context.convert(kind, document) {
+            Ok(mut converted) => resources.append(&mut converted),
+            Err(message) => diagnostics.push(resource(message)),
+        }
+    }
+    resources
+}
+
+struct Context<'a> {
+    meshes: Vec<&'a Document>,
+    gateways: Vec<&'a Document>,
+    namespace_labels: HashMap<&'a str, &'a Map<String, Value>>,
+    /// (kind, namespace, metadata.name) -> App Mesh name, for references.
+    names: HashMap<(Kind, &'a str, &'a str), String>,
+    outside_mesh: Option<String>,
+    outside_gateway: Option<String>,
+}
+
+impl<'a> Context<'a> {
+    fn new(documents: &'a [Document]) -> Self {
+        let mut context = Self {
+            meshes: Vec::new(),
+            gateways: Vec::new(),
+            namespace_labels: HashMap::new(),
+            names: HashMap::new(),
+            outside_mesh: None,
+            outside_gateway: None,
+        };
+        for document in documents {
+            if document.kind() == "Namespace" {
+                if let Some(labels) = document.labels() {
+                    context.namespace_labels.insert(document.name(), labels);
+                }
+                continue;
+            }
+            let Some(kind) = kind_of(document.kind()) else {
+                continue;
+            };
+            if document.text(&["apiVersion"]) != Some(API_VERSION) {
+                continue;
+            }
+            match kind {
+                Kind::Mesh => context.meshes.push(document),
+                Kind::VirtualGateway => context.gateways.push(document),
+                _ => {}
+            }
+            let name = aws_name(kind, document.name(), document.namespace(), document.spec());
+            context
+                .names
+                .insert((kind, document.namespace(), document.name()), name);
+        }
+        context
+    }
+
+    fn convert(&self, kind: Kind, document: &Document) -> Result<Vec<Resource>, String> {
+        let namespace = document.namespace();
+        let mut spec = document.spec().cloned().unwrap_or_default();
+        let name = aws_name(kind, document.name(), namespace, Some(&spec));
+        let mesh = match kind {
+            Kind::Mesh => name.clone(),
+            _ => self.mesh_of(document)?,
+        };
+        for controller_only in [
+            "awsName",
+            "meshRef",
+            "podSelector",
+            "namespaceSelector",
+            "gatewayRouteSelector",
+            "virtualGatewayRef",
+            "meshOwner",
+        ] {
+            spec.remove(controller_only);
+        }
+        if let Some(groups) = spec.remove("backendGroups")
+            && groups.as_array().is_some_and(|g| !g.is_empty())
+        {
+            return Err(
+                "spec.backendGroups is not supported (an experimental controller feature): \
+                 list the backends instead"
+                    .into(),
+            );
+        }
+        if kind == Kind::Mesh
+            && let Some(discovery) = spec.remove("meshServiceDiscovery")
+        {
+            spec.insert("serviceDiscovery".into(), discovery);
+        }
+        let routes = if kind == Kind::VirtualRouter {
+            spec.remove("routes")
+        } else {
+            None
+        };
+        let mut spec = Value::Object(spec);
+        self.to_api_spelling(&mut spec, namespace, false);
+        let mut body = Map::new();
+        body.insert("meshName".into(), Value::String(mesh.clone()));
+        body.insert(kind.name_field().into(), Value::String(name.clone()));
+        if kind == Kind::GatewayRoute {
+            body.insert(
+                "virtualGatewayName".into(),
+                Value::String(self.gateway_of(document)?),
+            );
+        }
+        body.insert("spec".into(), spec);
+        let resource = |kind, body| Resource {
+            kind,
+            body,
+            origin: document.origin.clone(),
+            format: Format::Kubernetes,
+        };
+        let mut resources = vec![resource(kind, body)];
+        for route in routes
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let mut route = route.clone();
+            self.to_api_spelling(&mut route, namespace, false);
+            let Value::Object(mut route) = route else {
+                return Err("spec.routes: each route must be an object".into());
+            };
+            let route_name = route.remove("name").unwrap_or(Value::Null);
+            let mut body = Map::new();
+            body.insert("meshName".into(), Value::String(mesh.clone()));
+            body.insert("virtualRouterName".into(), Value::String(name.clone()));
+            body.insert("routeName".into(), route_name);
+            body.insert("spec".into(), Value::Object(route));
+            resources.push(resource(Kind::Route, body));
+        }
+        Ok(resources)
+    }
+
+    /// The controller sets `meshRef` from the Mesh whose namespaceSelector matches the
+    /// object's namespace; with a single Mesh in the input that is the one.
+    fn mesh_of(&self, document: &Document) -> Result<String, String> {
+        if let Some(mesh) = document.text(&["spec", "meshRef", "name"]) {
+            return Ok(self
+                .meshes
+                .iter()
+                .find(|m| m.name() == mesh)
+                .map(|m| aws_name(Kind::Mesh, m.name(), "", m.spec()))
+                .unwrap_or_else(|| mesh.to_owned()));
+        }
+        let candidates: Vec<&&Document> = match self.meshes.as_slice() {
+            [single] => vec![single],
+            meshes => meshes
+                .iter()
+                .filter(|m| self.selects(m, "namespaceSelector", document.namespace()))
+                .collect(),
+        };
+        match candidates.as_slice() {
+            [mesh] => Ok(aws_name(Kind::Mesh, mesh.name(), "", mesh.spec())),
+            [] if self.outside_mesh.is_some() => Ok(self.outside_mesh.clone().unwrap_or_default()),
+            [] => Err(format!(
+                "no Mesh in the input selects namespace {} (spec.namespaceSelector); set spec.meshRef, include the Mesh or give --mesh-name",
+                document.namespace()
+            )),
+            _ => Err(format!(
+                "several Meshes select namespace {}; set spec.meshRef",
+                document.namespace()
+            )),
+        }
+    }
+
+    /// The gateway of a GatewayRoute: `virtualGatewayRef`, or the single VirtualGateway whose
+    /// namespaceSelector (and gatewayRouteSelector) matches, as the controller chooses it.
+    fn gateway_of(&self, document: &Document) -> Result<String, String> {
+        if let Some(name) = document.text(&["spec", "virtualGatewayRef", "name"]) {
+            let namespace = document
+                .text(&["spec", "virtualGatewayRef", "namespace"])
+                .unwrap_or(document.namespace());
+            return Ok(self.reference(Kind::VirtualGateway, namespace, name));
+        }
+        let matching: Vec<&&Document> = self
+            .gateways
+            .iter()
+            .filter(|g| {
+                (self.gateways.len() == 1
+                    || self.selects(g, "namespaceSelector", document.namespace()))
+                    && label_selector_matches(
+                        g.spec().and_then(|s| s.get("gatewayRouteSelector")),
+                        document.labels(),
+                    )
+            })
+            .collect();
+        match matching.as_slice() {
+            [gateway] => Ok(aws_name(
+                Kind::VirtualGateway,
+                gateway.name(),
+                gateway.namespace(),
+                gateway.spec(),
+            )),
+            [] => self.outside_gateway.clone().ok_or_else(|| {
+                "no VirtualGateway in the input selects this GatewayRoute (namespaceSelector, \
+                 gatewayRouteSelector); include it or give --parent"
+                    .to_owned()
+            }),
+            _ => Err(
+                "several VirtualGateways select this GatewayRoute; the controller rejects that"
+                    .into(),
+            ),
+        }
+    }
+
+    fn selects(&self, owner: &Document, selector: &str, namespace: &str) -> bool {
+        let selector = owner.spec().and_then(|s| s.get(selector));
+        selector.is_some()
+            && label_selector_matches(selector, self.namespace_labels.get(namespace).copied())
+    }
+
+    fn reference(&self, kind: Kind, namespace: &str, name: &str) -> String {
+        self.names
+            .get(&(kind, namespace, name))
+            .cloned()
+            .unwrap_or_else(|| aws_name(kind, name, namespace, None))
+    }
+
+    /// Renames the CRD's spellings to the API's and resolves references in place.
+    fn to_api_spelling(&self, value: &mut Value, namespace: &str, in_weighted_target: bool) {
+        match value {
+            Value::Object(object) => {
+                let keys: Vec<String> = object.keys().cloned().collect();
+                for key in keys {
+                    let Some(mut child) = object.remove(&key) else {
+                        continue;
+                    };
+                    let (new_key, resolved) =
+                        self.rename(&key, &child, namespace, in_weighted_target);
+                    match resolved {
+                        Some(name) => child = Value::String(name),
+                        None => {
+                            self.to_api_spelling(&mut child, namespace, key == "weightedTargets")
+                        }
+                    }
+                    object.insert(new_key, child);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.to_api_spelling(item, namespace, in_weighted_target);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The API key for a CRD key, and the resolved name when the key is a reference.
+    fn rename(
+        &self,
+        key: &str,
+        value: &Value,
+        namespace: &str,
+        in_weighted_target: bool,
+    ) -> (String, Option<String>) {
+        let reference = |kind: Kind| -> Option<String> {
+            let name = value.get("name")?.as_str()?;
+            let ns = value
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(namespace);
+            Some(self.reference(kind, ns, name))
+        };
+        let from_arn = || {
+            value
+                .as_str()
+                .and_then(|arn| arn.rsplit('/').next())
+                .map(str::to_owned)
+        };
+        match key {
+            "certificateARN" => ("certificateArn".into(), None),
+            "certificateAuthorityARNs" => ("certificateAuthorityArns".into(), None),
+            "virtualServiceRef" => ("virtualServiceName".into(), reference(Kind::VirtualService)),
+            "virtualServiceARN" => ("virtualServiceName".into(), from_arn()),
+            "virtualRouterRef" => ("virtualRouterName".into(), reference(Kind::VirtualRouter)),
+            "virtualRouterARN" => ("virtualRouterName".into(), from_arn()),
+            "virtualNodeRef" | "virtualNodeARN" => {
+                // A weighted target names its node `virtualNode`; providers `virtualNodeName`.
+                let api = if in_weighted_target {
+                    "virtualNode"
+                } else {
+                    "virtualNodeName"
+                };
+                let resolved = if key == "virtualNodeRef" {
+                    reference(Kind::VirtualNode)
+                } else {
+                    from_arn()
+                };
+                (api.into(), resolved)
+            }
+            _ => (key.to_owned(), None),
+        }
+    }
+}
+
+/// A Kubernetes label selector (`matchLabels`, `matchExpressions` with In/NotIn/Exists/
+/// DoesNotExist) against a label set; an absent selector matches everything.
+fn label_selector_matches(selector: Option<&Value>, labels: Option<&Map<String, Value>>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
+    let match_labels = selector.get("matchLabels").and_then(Value::as_object);
+    let labels_ok = match_labels
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| label(key) == value.as_str());
+    let expressions_ok = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .all(|expression| {
+            let key = expression.get("key").and_then(Value::as_str).unwrap_or("");
+            let values: Vec<&str> = expression
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match expression.get("operator").and_then(Value::as_str) {
+                Some("In") => label(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn doc(value: Value) -> Document {
+        Document {
+            value,
+            origin: Origin {
+                file: "m.yaml".into(),
+                line: Some(1),
+            },
+        }
+    }
+
+    fn convert_all(values: Vec<Value>) -> (Vec<Resource>, Vec<Diagnostic>) {
+        let documents: Vec<Document> = values.into_iter().map(doc).collect();
+        let mut diagnostics = Vec::new();
+        (
+            convert(&documents, None, None, &mut diagnostics),
+            diagnostics,
+        )
+    }
+
+    #[test]
+    fn converts_names_references_and_embedded_routes() {
+        let (resources, diagnostics) = convert_all(vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"mesh": "m"}}}),
+            json!({"apiVersion": API_VERSION, "kind": "Mesh", "metadata": {"name": "m"}, "spec": {"namespaceSelector": {"matchLabels": {"mesh": "m"}}}}),
+            json!({"apiVersion": API_VERSION, "kind": "VirtualRouter", "metadata": {"name": "r", "namespace": "shop"}, "spec": {
+                "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}],
+                "routes": [{"name": "main", "httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [{"virtualNodeRef": {"name": "n"}, "weight": 1}]}}}]}}),
+            json!({"apiVersion": API_VERSION, "kind": "VirtualService", "metadata": {"name": "s", "namespace": "shop"}, "spec": {
+                "awsName": "s.shop.svc.cluster.local", "provider": {"virtualRouter": {"virtualRouterRef": {"name": "r"}}}}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}),
+        ]);
+        let notes: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            notes,
+            vec!["m.yaml:1: note: skipped Deployment web (apps/v1): not an App Mesh resource"]
+        );
+        let names: Vec<(Kind, Option<&str>, Option<&str>)> = resources
+            .iter()
+            .map(|r| (r.kind, r.mesh(), r.name()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (Kind::Mesh, Some("m"), Some("m")),
+                (Kind::VirtualRouter, Some("m"), Some("r_shop")),
+                (Kind::Route, Some("m"), Some("main")),
+                (
+                    Kind::VirtualService,
+                    Some("m"),
+                    Some("s.shop.svc.cluster.local")
+                ),
+            ]
+        );
+        assert_eq!(resources[2].parent(), Some("r_shop"));
+        assert_eq!(
+            resources[2].spec().unwrap()["httpRoute"]["action"]["weightedTargets"][0],
+            json!({"virtualNode": "n_shop", "weight": 1})
+        );
+        assert_eq!(
+            resources[3].spec().unwrap(),
+            &json!({"provider": {"virtualRouter": {"virtualRouterName": "r_shop"}}})
+        );
+        assert!(
+            resources[0]
+                .spec()
+                .unwrap()
+                .get("namespaceSelector")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn arn_spellings_and_arn_references() {
+        let (resources, _) = convert_all(vec![
+            json!({"apiVersion": API_VERSION, "kind": "Mesh", "metadata": {"name": "m"}, "spec": {"meshServiceDiscovery": {"ipPreference": "IPv4_ONLY"}}}),
+            json!({"apiVersion": API_VERSION, "kind": "VirtualNode", "metadata": {"name": "n", "namespace": "x"}, "spec": {
+                "listeners": [{"portMapping": {"port": 80, "protocol": "http"}, "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateARN": "arn:c"}}}}],
+                "backends": [{"virtualService": {"virtualServiceARN": "arn:aws:appmesh:r:1:mesh/m/virtualService/other.local"}}]}}),
+        ]);
+        assert_eq!(
+            resources[0].spec().unwrap(),
+            &json!({"serviceDiscovery": {"ipPreference": "IPv4_ONLY"}})
+        );
+        let node = resources[1].spec().unwrap();
+        assert_eq!(
+            node["listeners"][0]["tls"]["certificate"]["acm"],
+            json!({"certificateArn": "arn:c"})
+        );
+        assert_eq!(
+            node["backends"][0]["virtualService"],
+            json!({"virtualServiceName": "other.local"})
+        );
+    }
+
+    #[test]
+    fn old_versions_and_unowned_objects_are_errors() {
+        let (_, diagnostics) = convert_all(vec![
+            json!({"apiVersion": "appmesh.k8s.aws/v1beta1", "kind": "VirtualNode", "metadata": {"name": "n"}}),
+            json!({"apiVersion": API_VERSION, "kind": "VirtualNode", "metadata": {"name": "lost"}, "spec": {}}),
+        ]);
+        let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            text[0].contains("VirtualNode n: appmesh.k8s.aws/v1beta1 is not supported"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("VirtualNode lost: no Mesh in the input selects namespace default"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn selectors() {
+        let labels = json!({"a": "1", "b": "2"});
+        let labels = labels.as_object();
+        assert!(label_selector_matches(
+            Some(&json!({"matchLabels": {"a": "1"}})),
+            labels
+        ));
+        assert!(!label_selector_matches(
+            Some(&json!({"matchLabels": {"a": "2"}})),
+            labels
+        ));
+        assert!(label_selector_matches(
+            Some(
+                &json!({"matchExpressions": [{"key": "b", "operator": "In", "values": ["2", "3"]}]})
+            ),
+            labels
+        ));
+        assert!(!label_selector_matches(
+            Some(&json!({"matchExpressions": [{"key": "c", "operator": "Exists"}]})),
+            labels
+        ));
+        assert!(label_selector_matches(None, None));
+    }
+}
