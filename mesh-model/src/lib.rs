@@ -14,6 +14,7 @@ pub mod report;
 pub mod resource;
 pub mod schema;
 pub mod source;
+pub mod types;
 pub mod validate;
 
 use std::fmt;

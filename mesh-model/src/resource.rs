@@ -3,6 +3,35 @@ use std::{fmt, path::PathBuf};
 
 use serde_json::Value;
 
+use crate::types;
+
+/// A resource as the typed create request of its kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Typed {
+    Mesh(types::CreateMeshInput),
+    VirtualNode(types::CreateVirtualNodeInput),
+    VirtualService(types::CreateVirtualServiceInput),
+    VirtualRouter(types::CreateVirtualRouterInput),
+    Route(types::CreateRouteInput),
+    VirtualGateway(types::CreateVirtualGatewayInput),
+    GatewayRoute(types::CreateGatewayRouteInput),
+}
+
+impl Typed {
+    /// Back to the API's JSON form.
+    pub fn to_json(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Typed::Mesh(r) => serde_json::to_value(r),
+            Typed::VirtualNode(r) => serde_json::to_value(r),
+            Typed::VirtualService(r) => serde_json::to_value(r),
+            Typed::VirtualRouter(r) => serde_json::to_value(r),
+            Typed::Route(r) => serde_json::to_value(r),
+            Typed::VirtualGateway(r) => serde_json::to_value(r),
+            Typed::GatewayRoute(r) => serde_json::to_value(r),
+        }
+    }
+}
+
 /// The seven App Mesh resource kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -179,6 +208,21 @@ impl Resource {
 
     pub fn spec(&self) -> Option<&Value> {
         self.body.get("spec")
+    }
+
+    /// The resource as its typed create request. Call it on validated resources: it stops at
+    /// the first problem, where validation reports them all.
+    pub fn typed(&self) -> Result<Typed, serde_json::Error> {
+        let body = Value::Object(self.body.clone());
+        Ok(match self.kind {
+            Kind::Mesh => Typed::Mesh(serde_json::from_value(body)?),
+            Kind::VirtualNode => Typed::VirtualNode(serde_json::from_value(body)?),
+            Kind::VirtualService => Typed::VirtualService(serde_json::from_value(body)?),
+            Kind::VirtualRouter => Typed::VirtualRouter(serde_json::from_value(body)?),
+            Kind::Route => Typed::Route(serde_json::from_value(body)?),
+            Kind::VirtualGateway => Typed::VirtualGateway(serde_json::from_value(body)?),
+            Kind::GatewayRoute => Typed::GatewayRoute(serde_json::from_value(body)?),
+        })
     }
 
     /// `VirtualNode colorteller` for messages.
