@@ -2,10 +2,10 @@
 mod admin;
 mod app;
 mod config;
+mod mesh_cmd;
 mod metrics;
 mod proxy;
 mod redirect;
-mod validate_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -42,7 +42,10 @@ enum Command {
     },
     /// Validate App Mesh definitions against the App Mesh API model and its rules; print
     /// every problem with file, resource and field path. Exit 0 if valid, 1 if not.
-    Validate(validate_cmd::ValidateArgs),
+    Validate(mesh_cmd::ValidateArgs),
+    /// Convert valid App Mesh definitions to another format: Kubernetes appmesh.k8s.aws/v1beta2
+    /// manifests or App Mesh API JSON request files.
+    Convert(mesh_cmd::ConvertArgs),
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
     CheckConfig {
         /// The agent's YAML configuration file (see docs/config.md).
@@ -61,12 +64,13 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Validate(args) => {
-            return if validate_cmd::run(args) {
+            return if mesh_cmd::validate(args) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             };
         }
+        Command::Convert(args) => mesh_cmd::convert(args),
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {

@@ -9,6 +9,7 @@
 //! * [`validate`]: the API model's checks plus the rules App Mesh and its Kubernetes
 //!   controller enforce beyond it (references, duplicates, exactly-one-of, regexes).
 pub mod cloudformation;
+pub mod convert;
 pub mod kubernetes;
 pub mod report;
 pub mod resource;

@@ -1,16 +1,20 @@
-//! `mesh-agent validate`: check App Mesh definitions and print every problem found.
+//! `mesh-agent validate` and `mesh-agent convert`: App Mesh definitions read, checked and
+//! reported (every problem found), or converted between formats.
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use mesh_model::{
+    convert,
     report::Diagnostic,
-    resource::Kind,
+    resource::{Kind, Resource},
     source::{self, LoadOptions, Placeholders},
     validate::{self, Options},
 };
 
+/// Which files to read and how.
 #[derive(Args)]
-pub struct ValidateArgs {
+pub struct InputArgs {
     /// Files or directories (walked recursively) of App Mesh definitions: App Mesh API JSON
     /// as `aws appmesh create-*/update-* --cli-input-json` takes it or `describe-*` prints it
     /// (*.json), Kubernetes appmesh.k8s.aws/v1beta2 manifests and CloudFormation templates
@@ -45,8 +49,38 @@ pub struct ValidateArgs {
     /// accept and ignore them).
     #[arg(long)]
     lenient: bool,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    input: InputArgs,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    to: Target,
+    /// Kubernetes namespace of the converted objects.
+    #[arg(long, default_value = "default", value_name = "NAMESPACE")]
+    namespace: String,
+    /// For api-json: write one request file per resource into this directory (otherwise a
+    /// JSON list of the requests goes to standard output).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    /// appmesh.k8s.aws/v1beta2 manifest (YAML, multi-document).
+    Kubernetes,
+    /// App Mesh API JSON, as `aws appmesh create-* --cli-input-json` takes it.
+    ApiJson,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,8 +102,8 @@ fn parse_kind(text: &str) -> Result<Kind, String> {
     })
 }
 
-/// Prints the report; Ok(true) when there is no error.
-pub fn run(args: ValidateArgs) -> bool {
+/// Reads and validates the inputs: the resources and everything found about them.
+fn load(args: InputArgs) -> (Vec<Resource>, Vec<Diagnostic>) {
     let options = LoadOptions {
         placeholders: if args.env {
             Placeholders::FromEnv
@@ -91,12 +125,61 @@ pub fn run(args: ValidateArgs) -> bool {
             lenient: args.lenient,
         },
     ));
+    (loaded.resources, diagnostics)
+}
+
+/// Prints the report; true when there is no error.
+pub fn validate(args: ValidateArgs) -> bool {
+    let (resources, diagnostics) = load(args.input);
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     match args.output {
-        Output::Text => print_text(&loaded.resources, &diagnostics, errors),
-        Output::Json => print_json(&loaded.resources, &diagnostics, errors),
+        Output::Text => print_text(&resources, &diagnostics, errors),
+        Output::Json => print_json(&resources, &diagnostics, errors),
     }
     errors == 0
+}
+
+/// Converts valid inputs; invalid ones are reported as by `validate` and nothing is written.
+pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let (resources, diagnostics) = load(args.input);
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    if errors > 0 {
+        for diagnostic in &diagnostics {
+            eprintln!("{diagnostic}");
+        }
+        anyhow::bail!("{errors} error(s): nothing converted");
+    }
+    match args.to {
+        Target::Kubernetes => {
+            print!(
+                "{}",
+                convert::to_kubernetes(&resources, &args.namespace).map_err(anyhow::Error::msg)?
+            );
+        }
+        Target::ApiJson => {
+            let files = convert::to_api_json(&resources);
+            match args.out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    for (name, text) in files {
+                        let path = dir.join(name);
+                        std::fs::write(&path, text)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        println!("{}", path.display());
+                    }
+                }
+                None => {
+                    let bodies: Vec<serde_json::Value> = resources
+                        .iter()
+                        .map(|r| serde_json::Value::Object(r.body.clone()))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&bodies)?);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_text(

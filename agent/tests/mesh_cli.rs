@@ -78,3 +78,42 @@ fn placeholders_need_env() {
         "{out}"
     );
 }
+
+#[test]
+fn convert_writes_a_manifest_that_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [MESH, SERVICE, NODE] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["convert", "--to", "kubernetes", "--namespace", "shop"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest = String::from_utf8_lossy(&output.stdout);
+    assert!(manifest.contains("kind: VirtualService"), "{manifest}");
+    assert!(manifest.contains("virtualNodeRef:"), "{manifest}");
+    let (code, out) = validate(&[], &[("mesh.yaml", &manifest)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 resources, 0 errors"), "{out}");
+
+    // Invalid input converts to nothing.
+    std::fs::write(
+        dir.path().join("node.json"),
+        r#"{"meshName": "demo", "virtualNodeName": "a", "spec": {"listenrs": []}}"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["convert", "--to", "api-json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("spec.listenrs: unknown field"));
+}

@@ -1,0 +1,194 @@
+//! Converting resources between formats: to Kubernetes `appmesh.k8s.aws/v1beta2` manifests
+//! (the reverse of [`crate::kubernetes`]) and to App Mesh API JSON request files.
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    kubernetes::API_GROUP,
+    resource::{Kind, Resource},
+};
+
+/// The label that puts a namespace in a mesh and a gateway route under its gateway.
+const MESH_LABEL: &str = "appmesh.k8s.aws/mesh";
+const GATEWAY_LABEL: &str = "appmesh.k8s.aws/gateway";
+
+/// A Kubernetes object name (RFC 1123: lower-case alphanumerics, `-` and `.`) for an App Mesh
+/// name; `spec.awsName` keeps the exact App Mesh name.
+pub fn object_name(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '.' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    let trimmed = mapped.trim_matches(|c| c == '-' || c == '.');
+    if trimmed.is_empty() {
+        "unnamed".into()
+    } else {
+        trimmed.chars().take(253).collect()
+    }
+}
+
+/// The resources as one multi-document manifest in `namespace`: a Namespace labelled into
+/// each mesh, Mesh objects selecting it, routes embedded in their VirtualRouter, references by
+/// object, gateway routes selected by their gateway's label.
+pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, String> {
+    let mut documents = Vec::new();
+    let meshes: Vec<&Resource> = resources.iter().filter(|r| r.kind == Kind::Mesh).collect();
+    if meshes.len() > 1 {
+        return Err(
+            "a Kubernetes namespace belongs to one mesh: convert one mesh at a time".into(),
+        );
+    }
+    let mesh_name = meshes
+        .first()
+        .and_then(|m| m.name())
+        .or_else(|| resources.iter().find_map(Resource::mesh))
+        .unwrap_or("mesh");
+    documents.push(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {MESH_LABEL: object_name(mesh_name)}}
+    }));
+    let mut routes: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for route in resources.iter().filter(|r| r.kind == Kind::Route) {
+        let mut spec = api_spec(route);
+        spec.insert("name".into(), json!(route.name().unwrap_or_default()));
+        routes
+            .entry(route.parent().unwrap_or_default())
+            .or_default()
+            .push(Value::Object(spec));
+    }
+    for resource in resources.iter().filter(|r| r.kind != Kind::Route) {
+        let name = resource.name().unwrap_or_default();
+        let mut spec = api_spec(resource);
+        let mut metadata = json!({"name": object_name(name)});
+        match resource.kind {
+            Kind::Mesh => {
+                if let Some(discovery) = spec.remove("serviceDiscovery") {
+                    spec.insert("meshServiceDiscovery".into(), discovery);
+                }
+                spec.insert(
+                    "namespaceSelector".into(),
+                    json!({"matchLabels": {MESH_LABEL: object_name(mesh_name)}}),
+                );
+            }
+            Kind::VirtualRouter => {
+                if let Some(embedded) = routes.remove(name) {
+                    spec.insert("routes".into(), Value::Array(embedded));
+                }
+                metadata["namespace"] = json!(namespace);
+            }
+            Kind::VirtualGateway => {
+                spec.insert(
+                    "namespaceSelector".into(),
+                    json!({"matchLabels": {MESH_LABEL: object_name(mesh_name)}}),
+                );
+                spec.insert(
+                    "gatewayRouteSelector".into(),
+                    json!({"matchLabels": {GATEWAY_LABEL: object_name(name)}}),
+                );
+                metadata["namespace"] = json!(namespace);
+            }
+            Kind::GatewayRoute => {
+                metadata["namespace"] = json!(namespace);
+                metadata["labels"] =
+                    json!({GATEWAY_LABEL: object_name(resource.parent().unwrap_or_default())});
+            }
+            _ => metadata["namespace"] = json!(namespace),
+        }
+        spec.insert("awsName".into(), json!(name));
+        let mut spec = Value::Object(spec);
+        to_crd_spelling(&mut spec, false);
+        documents.push(json!({
+            "apiVersion": format!("{API_GROUP}/v1beta2"),
+            "kind": resource.kind.name(),
+            "metadata": metadata,
+            "spec": spec,
+        }));
+    }
+    if let Some(router) = routes.keys().next() {
+        return Err(format!(
+            "routes refer to VirtualRouter {router}, which is not among the inputs"
+        ));
+    }
+    let mut manifest = String::new();
+    for document in documents {
+        manifest.push_str("---\n");
+        manifest.push_str(&serde_yaml::to_string(&document).map_err(|e| e.to_string())?);
+    }
+    Ok(manifest)
+}
+
+fn api_spec(resource: &Resource) -> Map<String, Value> {
+    resource
+        .spec()
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// API names to CRD references (`virtualServiceName: x` → `virtualServiceRef: {name: x'}`)
+/// and ARN spellings, in place.
+fn to_crd_spelling(value: &mut Value, in_weighted_target: bool) {
+    match value {
+        Value::Object(object) => {
+            let keys: Vec<String> = object.keys().cloned().collect();
+            for key in keys {
+                let Some(mut child) = object.remove(&key) else {
+                    continue;
+                };
+                let reference = |child: &Value| json!({"name": object_name(child.as_str().unwrap_or_default())});
+                let (new_key, new_child) = match key.as_str() {
+                    "certificateArn" => ("certificateARN".to_owned(), child),
+                    "certificateAuthorityArns" => ("certificateAuthorityARNs".to_owned(), child),
+                    "virtualServiceName" => ("virtualServiceRef".to_owned(), reference(&child)),
+                    "virtualRouterName" => ("virtualRouterRef".to_owned(), reference(&child)),
+                    "virtualNodeName" => ("virtualNodeRef".to_owned(), reference(&child)),
+                    "virtualNode" if in_weighted_target => {
+                        ("virtualNodeRef".to_owned(), reference(&child))
+                    }
+                    _ => {
+                        to_crd_spelling(&mut child, key == "weightedTargets");
+                        (key, child)
+                    }
+                };
+                object.insert(new_key, new_child);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                to_crd_spelling(item, in_weighted_target);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The resources as App Mesh API request files: (file name, JSON), one per resource, as
+/// `aws appmesh create-<kind> --cli-input-json file://<name>` takes them.
+pub fn to_api_json(resources: &[Resource]) -> Vec<(String, String)> {
+    resources
+        .iter()
+        .map(|resource| {
+            let mut name = format!(
+                "{}-{}",
+                resource.kind.cli_name(),
+                object_name(resource.name().unwrap_or_default())
+            );
+            if let Some(parent) = resource.parent() {
+                name = format!(
+                    "{}-{}-{}",
+                    resource.kind.cli_name(),
+                    object_name(parent),
+                    object_name(resource.name().unwrap_or_default())
+                );
+            }
+            let text = serde_json::to_string_pretty(&Value::Object(resource.body.clone()))
+                .unwrap_or_default();
+            (format!("{name}.json"), text + "\n")
+        })
+        .collect()
+}
