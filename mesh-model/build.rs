@@ -126,6 +126,16 @@ fn field_name(member: &str) -> String {
     }
 }
 
+/// `awsCloudMap` -> `AwsCloudMap`.
+fn pascal(member: &str) -> String {
+    let mut chars = member.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// `IPv6_PREFERRED` -> `Ipv6Preferred`, `server-error` -> `ServerError`.
 fn variant_name(value: &str) -> String {
     value
         .split(|c: char| !c.is_ascii_alphanumeric())
@@ -186,7 +196,7 @@ fn union(out: &mut String, name: &str, shape: &Value, shapes: &serde_json::Map<S
         let _ = writeln!(
             out,
             "    #[serde(rename = \"{member}\")]\n    {}({ty}),",
-            variant_name(member)
+            pascal(member)
         );
     }
     let _ = writeln!(out, "}}\n");

@@ -1,0 +1,462 @@
+//! An ADS client (state of the world) for the node agent, usable against any conforming xDS
+//! server: it subscribes to Clusters and Listeners (wildcard), then to the Endpoints and
+//! Routes they name; decodes and checks every resource; ACKs a response it accepts and NACKs
+//! one it does not (naming each bad resource), keeping the last good state; publishes each
+//! accepted state atomically; reconnects with jittered exponential backoff.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::{
+                Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType, cluster::LbPolicy,
+            },
+            core::v3::Node,
+            endpoint::v3::ClusterLoadAssignment,
+            listener::v3::{Listener, filter::ConfigType},
+            route::v3::{
+                RouteConfiguration, header_matcher::HeaderMatchSpecifier,
+                route_match::PathSpecifier,
+            },
+        },
+        extensions::filters::network::{
+            http_connection_manager::v3::{
+                HttpConnectionManager, http_connection_manager::RouteSpecifier,
+            },
+            tcp_proxy::v3::TcpProxy,
+        },
+        service::discovery::v3::{
+            DiscoveryRequest, DiscoveryResponse,
+            aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        },
+    },
+    google::{protobuf::Any, rpc},
+};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
+
+/// The accepted configuration: resources by type and the version of each type.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct XdsState {
+    pub versions: BTreeMap<String, String>,
+    pub resources: ResourceSet,
+}
+
+impl XdsState {
+    /// Every subscribed type has been accepted at least once.
+    pub fn is_synced(&self) -> bool {
+        let needs = |t: &str| match t {
+            ROUTE => !route_names(&self.resources).is_empty(),
+            ENDPOINT => !endpoint_names(&self.resources).is_empty(),
+            _ => true,
+        };
+        [CLUSTER, LISTENER, ROUTE, ENDPOINT]
+            .iter()
+            .all(|t| !needs(t) || self.versions.contains_key(*t))
+    }
+}
+
+pub struct Settings {
+    /// `http://host:port` of the ADS server.
+    pub endpoint: String,
+    pub node: Node,
+}
+
+/// Runs until `stop`; each accepted state is published on `state`.
+pub async fn run(settings: Settings, state: watch::Sender<Arc<XdsState>>, stop: CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        let session = session(&settings, &state);
+        tokio::select! {
+            result = session => match result {
+                Ok(()) => info!(endpoint = %settings.endpoint, "ADS stream closed by the server; reconnecting"),
+                Err(error) => warn!(endpoint = %settings.endpoint, %error, "ADS stream failed; reconnecting"),
+            },
+            () = stop.cancelled() => return,
+        }
+        let wait = backoff.next();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Exponential backoff 250 ms .. 30 s with full jitter, so restarted control planes are not
+/// hit by every node at once.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = (250u64 << self.attempt.min(7)).min(30_000);
+        self.attempt += 1;
+        Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("request channel closed")]
+    Closed,
+}
+
+async fn session(
+    settings: &Settings,
+    state: &watch::Sender<Arc<XdsState>>,
+) -> Result<(), SessionError> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(settings.endpoint.clone())
+        .await?
+        .max_decoding_message_size(256 * 1024 * 1024);
+    let (requests, receiver) = mpsc::channel(16);
+    let mut subscriptions = Subscriptions::default();
+    // Resume from the last good state: known versions, and the names it needs.
+    let current = Arc::clone(&state.borrow());
+    let mut first = true;
+    for (type_url, names) in [
+        (CLUSTER, Vec::new()),
+        (LISTENER, Vec::new()),
+        (ENDPOINT, endpoint_names(&current.resources)),
+        (ROUTE, route_names(&current.resources)),
+    ] {
+        if matches!(type_url, ENDPOINT | ROUTE) && names.is_empty() {
+            continue;
+        }
+        subscriptions
+            .names
+            .insert(type_url.to_owned(), names.clone());
+        let request = DiscoveryRequest {
+            node: first.then(|| settings.node.clone()),
+            type_url: type_url.to_owned(),
+            resource_names: names,
+            version_info: current.versions.get(type_url).cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        first = false;
+        requests
+            .send(request)
+            .await
+            .map_err(|_| SessionError::Closed)?;
+    }
+    let stream = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut responses = client
+        .stream_aggregated_resources(stream)
+        .await?
+        .into_inner();
+    info!(endpoint = %settings.endpoint, node = %settings.node.id, "ADS stream open");
+    while let Some(response) = responses.message().await? {
+        for request in on_response(response, state, &mut subscriptions) {
+            requests
+                .send(request)
+                .await
+                .map_err(|_| SessionError::Closed)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Subscriptions {
+    names: BTreeMap<String, Vec<String>>,
+}
+
+/// Handles one response: the ACK or NACK, and new subscriptions it makes necessary.
+fn on_response(
+    response: DiscoveryResponse,
+    state: &watch::Sender<Arc<XdsState>>,
+    subscriptions: &mut Subscriptions,
+) -> Vec<DiscoveryRequest> {
+    let type_url = response.type_url.clone();
+    let current = Arc::clone(&state.borrow());
+    let names = subscriptions
+        .names
+        .get(&type_url)
+        .cloned()
+        .unwrap_or_default();
+    let reply = |version: String, error: Option<String>| DiscoveryRequest {
+        version_info: version,
+        response_nonce: response.nonce.clone(),
+        type_url: type_url.clone(),
+        resource_names: names.clone(),
+        error_detail: error.map(|message| rpc::Status {
+            code: tonic::Code::InvalidArgument as i32,
+            message,
+            details: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let accepted = match check_response(&response) {
+        Ok(accepted) => accepted,
+        Err(errors) => {
+            let kept = current.versions.get(&type_url).cloned().unwrap_or_default();
+            let message = errors.join("; ");
+            warn!(%type_url, rejected = %response.version_info, %kept, error = %message, "NACK: keeping the last good configuration");
+            return vec![reply(kept, Some(message))];
+        }
+    };
+    let mut next = (*current).clone();
+    next.resources.by_type.insert(type_url.clone(), accepted);
+    next.versions
+        .insert(type_url.clone(), response.version_info.clone());
+    info!(%type_url, version = %response.version_info, resources = response.resources.len(), "xDS update applied");
+    let mut out = vec![reply(response.version_info.clone(), None)];
+    // Clusters name their EDS assignments, listeners their route configurations.
+    for (dependent, wanted) in [
+        (ENDPOINT, endpoint_names(&next.resources)),
+        (ROUTE, route_names(&next.resources)),
+    ] {
+        let had = subscriptions.names.get(dependent);
+        if (type_url == CLUSTER && dependent == ENDPOINT
+            || type_url == LISTENER && dependent == ROUTE)
+            && had != Some(&wanted)
+            && !(had.is_none() && wanted.is_empty())
+        {
+            subscriptions
+                .names
+                .insert(dependent.to_owned(), wanted.clone());
+            out.push(DiscoveryRequest {
+                type_url: dependent.to_owned(),
+                resource_names: wanted,
+                version_info: next.versions.get(dependent).cloned().unwrap_or_default(),
+                ..Default::default()
+            });
+        }
+    }
+    state.send_replace(Arc::new(next));
+    out
+}
+
+/// The resources of a response by name, or why some of them cannot be used.
+fn check_response(response: &DiscoveryResponse) -> Result<BTreeMap<String, Any>, Vec<String>> {
+    let mut accepted = BTreeMap::new();
+    let mut errors = Vec::new();
+    for any in &response.resources {
+        if any.type_url != response.type_url {
+            errors.push(format!(
+                "resource of type {} in a {} response",
+                any.type_url, response.type_url
+            ));
+            continue;
+        }
+        match check_resource(any) {
+            Ok(name) if accepted.contains_key(&name) => errors.push(format!("{name}: sent twice")),
+            Ok(name) => {
+                accepted.insert(name, any.clone());
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(accepted)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Decodes a resource and checks that the agent can apply it; its name, or why not.
+pub fn check_resource(any: &Any) -> Result<String, String> {
+    fn decode<M: Message + Default>(any: &Any) -> Result<M, String> {
+        M::decode(any.value.as_slice())
+            .map_err(|e| format!("does not decode as {}: {e}", any.type_url))
+    }
+    match any.type_url.as_str() {
+        CLUSTER => {
+            let cluster: Cluster = decode(any)?;
+            check_cluster(&cluster).map_err(|e| format!("cluster {}: {e}", cluster.name))?;
+            Ok(cluster.name)
+        }
+        LISTENER => {
+            let listener: Listener = decode(any)?;
+            check_listener(&listener).map_err(|e| format!("listener {}: {e}", listener.name))?;
+            Ok(listener.name)
+        }
+        ROUTE => {
+            let routes: RouteConfiguration = decode(any)?;
+            check_routes(&routes)
+                .map_err(|e| format!("route configuration {}: {e}", routes.name))?;
+            Ok(routes.name)
+        }
+        ENDPOINT => {
+            let assignment: ClusterLoadAssignment = decode(any)?;
+            if assignment.cluster_name.is_empty() {
+                return Err("cluster load assignment without cluster_name".into());
+            }
+            Ok(assignment.cluster_name)
+        }
+        other => Err(format!("resource type {other} is not supported")),
+    }
+}
+
+fn check_cluster(cluster: &Cluster) -> Result<(), String> {
+    if cluster.name.is_empty() {
+        return Err("no name".into());
+    }
+    match &cluster.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
+            Ok(
+                DiscoveryType::Static
+                | DiscoveryType::StrictDns
+                | DiscoveryType::LogicalDns
+                | DiscoveryType::Eds
+                | DiscoveryType::OriginalDst,
+            ) => {}
+            _ => return Err(format!("discovery type {t} is not supported")),
+        },
+        Some(ClusterDiscoveryType::ClusterType(custom)) => {
+            return Err(format!(
+                "custom cluster type {} is not supported",
+                custom.name
+            ));
+        }
+        None => {}
+    }
+    match LbPolicy::try_from(cluster.lb_policy) {
+        Ok(
+            LbPolicy::RoundRobin
+            | LbPolicy::LeastRequest
+            | LbPolicy::Random
+            | LbPolicy::ClusterProvided,
+        ) => Ok(()),
+        _ => Err(format!(
+            "load-balancing policy {} is not supported",
+            cluster.lb_policy
+        )),
+    }
+}
+
+fn check_listener(listener: &Listener) -> Result<(), String> {
+    for chain in listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.iter())
+    {
+        for filter in &chain.filters {
+            let Some(ConfigType::TypedConfig(config)) = &filter.config_type else {
+                return Err(format!("filter {} has no typed config", filter.name));
+            };
+            match config.type_url.as_str() {
+                "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" =>
+                {
+                    let manager = HttpConnectionManager::decode(config.value.as_slice())
+                        .map_err(|e| e.to_string())?;
+                    match manager.route_specifier {
+                        Some(RouteSpecifier::Rds(_)) => {}
+                        Some(RouteSpecifier::RouteConfig(routes)) => check_routes(&routes)?,
+                        _ => {
+                            return Err(
+                                "HTTP connection manager without RDS or inline routes".into()
+                            );
+                        }
+                    }
+                }
+                "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
+                    TcpProxy::decode(config.value.as_slice()).map_err(|e| e.to_string())?;
+                }
+                other => return Err(format!("network filter {other} is not supported")),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_routes(routes: &RouteConfiguration) -> Result<(), String> {
+    for host in &routes.virtual_hosts {
+        for route in &host.routes {
+            let matching = route.r#match.as_ref();
+            if let Some(PathSpecifier::SafeRegex(regex)) =
+                matching.and_then(|m| m.path_specifier.as_ref())
+            {
+                regex::Regex::new(&regex.regex)
+                    .map_err(|e| format!("route {}: path regex: {e}", route.name))?;
+            }
+            for header in matching.map(|m| m.headers.as_slice()).unwrap_or_default() {
+                #[allow(deprecated)]
+                let regex = match &header.header_match_specifier {
+                    Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => Some(&r.regex),
+                    Some(HeaderMatchSpecifier::StringMatch(s)) => match &s.match_pattern {
+                        Some(envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(r)) => Some(&r.regex),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(regex) = regex {
+                    regex::Regex::new(regex).map_err(|e| {
+                        format!("route {}: header {} regex: {e}", route.name, header.name)
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Route configurations the listeners load by RDS.
+pub fn route_names(resources: &ResourceSet) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for any in resources
+        .of_type(LISTENER)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let Ok(listener) = Listener::decode(any.value.as_slice()) else {
+            continue;
+        };
+        for chain in listener
+            .filter_chains
+            .iter()
+            .chain(listener.default_filter_chain.iter())
+        {
+            for filter in &chain.filters {
+                if let Some(ConfigType::TypedConfig(config)) = &filter.config_type
+                    && let Ok(manager) = HttpConnectionManager::decode(config.value.as_slice())
+                    && let Some(RouteSpecifier::Rds(rds)) = manager.route_specifier
+                {
+                    names.insert(rds.route_config_name);
+                }
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// EDS assignments the clusters need.
+pub fn endpoint_names(resources: &ResourceSet) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for any in resources
+        .of_type(CLUSTER)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let Ok(cluster) = Cluster::decode(any.value.as_slice()) else {
+            continue;
+        };
+        if cluster.cluster_discovery_type
+            == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+        {
+            let service = cluster
+                .eds_cluster_config
+                .map(|c| c.service_name)
+                .unwrap_or_default();
+            names.insert(if service.is_empty() {
+                cluster.name
+            } else {
+                service
+            });
+        }
+    }
+    names.into_iter().collect()
+}

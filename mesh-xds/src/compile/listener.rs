@@ -1,0 +1,117 @@
+//! Outbound listeners: one per virtual node, a filter chain per destination port of its
+//! backends — HTTP, HTTP/2 and gRPC ports through an HTTP connection manager with that
+//! node's routes (RDS), TCP ports through a TCP proxy — and, when the mesh's egress filter is
+//! ALLOW_ALL, a default chain passing everything else through.
+use envoy_types::{
+    pb::envoy::{
+        config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, filter},
+        extensions::filters::{
+            http::router::v3::Router,
+            network::{
+                http_connection_manager::v3::{
+                    HttpConnectionManager, HttpFilter, Rds,
+                    http_connection_manager::RouteSpecifier, http_filter,
+                },
+                tcp_proxy::v3::{TcpProxy, tcp_proxy},
+            },
+        },
+    },
+    util::pack_any,
+};
+
+use super::{ads, socket_address, u32_value};
+
+/// What a destination port of a node's backends carries.
+pub enum PortPlan {
+    /// HTTP-family traffic, routed by the named RouteConfiguration.
+    Http { routes: String },
+    /// TCP to weighted clusters.
+    Tcp { clusters: Vec<(String, u32)> },
+}
+
+pub fn outbound(
+    name: String,
+    address: (&str, u32),
+    ports: Vec<(i32, PortPlan)>,
+    passthrough: Option<String>,
+) -> Listener {
+    let mut filter_chains: Vec<FilterChain> = ports
+        .into_iter()
+        .map(|(port, plan)| FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: u32_value(i64::from(port)),
+                ..Default::default()
+            }),
+            filters: vec![match plan {
+                PortPlan::Http { routes } => http_connection_manager(&name, port, routes),
+                PortPlan::Tcp { clusters } => tcp_proxy(&name, port, clusters),
+            }],
+            ..Default::default()
+        })
+        .collect();
+    let default_filter_chain = passthrough.map(|cluster| FilterChain {
+        filters: vec![tcp_proxy(&name, 0, vec![(cluster, 1)])],
+        ..Default::default()
+    });
+    filter_chains.sort_by_key(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .and_then(|m| m.destination_port.map(|p| p.value))
+    });
+    Listener {
+        name,
+        address: Some(socket_address(address.0, address.1)),
+        filter_chains,
+        default_filter_chain,
+        ..Default::default()
+    }
+}
+
+fn http_connection_manager(listener: &str, port: i32, routes: String) -> Filter {
+    let manager = HttpConnectionManager {
+        stat_prefix: format!("{listener}/{port}"),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: routes,
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+    }
+}
+
+fn tcp_proxy(listener: &str, port: i32, clusters: Vec<(String, u32)>) -> Filter {
+    let cluster_specifier = match clusters.as_slice() {
+        [(single, _)] => tcp_proxy::ClusterSpecifier::Cluster(single.clone()),
+        _ => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: clusters
+                .into_iter()
+                .map(
+                    |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                        name,
+                        weight,
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+        }),
+    };
+    let proxy = TcpProxy {
+        stat_prefix: format!("{listener}/{port}"),
+        cluster_specifier: Some(cluster_specifier),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+    }
+}

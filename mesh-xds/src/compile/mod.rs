@@ -1,0 +1,432 @@
+//! Compiling a validated App Mesh mesh to xDS resources for the virtual nodes of one node.
+//! The mapping follows the Envoy configuration App Mesh itself generated; docs/appmesh-xds.md
+//! lists it field by field.
+mod cluster;
+mod listener;
+mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::{
+    pb::{
+        envoy::config::{
+            core::v3::{
+                self as core, AggregatedConfigSource, ApiVersion, ConfigSource,
+                config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+            },
+            listener::v3::Listener,
+            route::v3::{Route, RouteConfiguration, VirtualHost},
+        },
+        google::protobuf::{Duration as PbDuration, UInt32Value},
+    },
+    util::pack_any,
+};
+use mesh_model::{
+    resource::{Resource, Typed},
+    types::{
+        CreateMeshInput, CreateRouteInput, CreateVirtualNodeInput, CreateVirtualRouterInput,
+        CreateVirtualServiceInput, Duration, DurationUnit, EgressFilterType, PortProtocol,
+        VirtualServiceProvider,
+    },
+};
+
+use crate::{
+    names,
+    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
+};
+
+pub use listener::PortPlan;
+
+/// Things compiled around (a target without listeners, an unsupported retry event), each a
+/// sentence naming the resource.
+pub type Issues = Vec<String>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{resource} does not fit the App Mesh model: {source}")]
+pub struct CompileError {
+    resource: String,
+    source: serde_json::Error,
+}
+
+/// The mesh's resources by kind, typed.
+#[derive(Default)]
+pub struct MeshIndex {
+    meshes: BTreeMap<String, CreateMeshInput>,
+    nodes: BTreeMap<(String, String), CreateVirtualNodeInput>,
+    services: BTreeMap<(String, String), CreateVirtualServiceInput>,
+    routers: BTreeMap<(String, String), CreateVirtualRouterInput>,
+    routes: BTreeMap<(String, String), Vec<CreateRouteInput>>,
+}
+
+impl MeshIndex {
+    /// Indexes validated resources (gateways and gateway routes are not compiled yet).
+    pub fn new(resources: &[Resource]) -> Result<Self, CompileError> {
+        let mut index = Self::default();
+        for resource in resources {
+            let typed = resource.typed().map_err(|source| CompileError {
+                resource: resource.label(),
+                source,
+            })?;
+            match typed {
+                Typed::Mesh(m) => {
+                    index.meshes.insert(m.mesh_name.clone(), m);
+                }
+                Typed::VirtualNode(n) => {
+                    index
+                        .nodes
+                        .insert((n.mesh_name.clone(), n.virtual_node_name.clone()), n);
+                }
+                Typed::VirtualService(s) => {
+                    index
+                        .services
+                        .insert((s.mesh_name.clone(), s.virtual_service_name.clone()), s);
+                }
+                Typed::VirtualRouter(r) => {
+                    index
+                        .routers
+                        .insert((r.mesh_name.clone(), r.virtual_router_name.clone()), r);
+                }
+                Typed::Route(r) => {
+                    index
+                        .routes
+                        .entry((r.mesh_name.clone(), r.virtual_router_name.clone()))
+                        .or_default()
+                        .push(r);
+                }
+                Typed::VirtualGateway(_) | Typed::GatewayRoute(_) => {}
+            }
+        }
+        // Lower priority value first, routes without one last (as App Mesh orders them).
+        for routes in index.routes.values_mut() {
+            routes.sort_by_key(|r| (r.spec.priority.unwrap_or(i32::MAX), r.route_name.clone()));
+        }
+        Ok(index)
+    }
+
+    pub fn virtual_nodes(&self) -> impl Iterator<Item = &(String, String)> {
+        self.nodes.keys()
+    }
+
+    /// The cluster a weighted target or a provider reaches: the node's listener on `port`,
+    /// or its only listener.
+    fn target_cluster(&self, mesh: &str, node: &str, port: Option<i32>) -> Option<String> {
+        let target = self.nodes.get(&(mesh.to_owned(), node.to_owned()))?;
+        let listeners = target.spec.listeners.as_deref().unwrap_or_default();
+        let listener = match port {
+            Some(port) => listeners.iter().find(|l| l.port_mapping.port == port)?,
+            None => listeners.first()?,
+        };
+        Some(names::cluster(mesh, node, listener.port_mapping.port))
+    }
+}
+
+/// Which virtual nodes the compiled resources are for.
+#[derive(Clone, Debug, Default)]
+pub enum Workloads {
+    /// Every virtual node of every mesh.
+    #[default]
+    All,
+    /// These `(mesh, virtual node)` pairs only.
+    Only(BTreeSet<(String, String)>),
+}
+
+impl Workloads {
+    fn contains(&self, key: &(String, String)) -> bool {
+        match self {
+            Workloads::All => true,
+            Workloads::Only(set) => set.contains(key),
+        }
+    }
+}
+
+/// Where the node proxy takes outbound traffic in (the redirect's target).
+pub const OUTBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15001);
+
+pub struct Compiled {
+    pub resources: ResourceSet,
+    pub issues: Issues,
+}
+
+/// The xDS resources `workloads` need: their outbound listeners and routes, and the
+/// clusters (and EDS assignments) those reach.
+pub fn compile(index: &MeshIndex, workloads: &Workloads) -> Compiled {
+    let mut resources = ResourceSet::default();
+    let mut issues = Issues::new();
+    let mut needed_clusters = BTreeSet::new();
+    for (_, node) in index
+        .nodes
+        .iter()
+        .filter(|(key, _)| workloads.contains(key))
+    {
+        let (listener, route_configs, clusters) = outbound_for(index, node, &mut issues);
+        needed_clusters.extend(clusters);
+        for config in route_configs {
+            resources.insert(ROUTE, config.name.clone(), pack_any(config));
+        }
+        if let Some(listener) = listener {
+            resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
+        }
+    }
+    for node in index.nodes.values() {
+        for listener in node.spec.listeners.iter().flatten() {
+            let name = names::cluster(
+                &node.mesh_name,
+                &node.virtual_node_name,
+                listener.port_mapping.port,
+            );
+            if !needed_clusters.contains(&name) {
+                continue;
+            }
+            let (cluster, assignment) = cluster::for_listener(node, listener);
+            resources.insert(CLUSTER, name.clone(), pack_any(cluster));
+            if let Some(assignment) = assignment {
+                resources.insert(ENDPOINT, name, pack_any(assignment));
+            }
+        }
+    }
+    for mesh in index.meshes.values() {
+        let name = passthrough_cluster(&mesh.mesh_name);
+        if needed_clusters.contains(&name) {
+            resources.insert(CLUSTER, name.clone(), pack_any(cluster::passthrough(name)));
+        }
+    }
+    Compiled { resources, issues }
+}
+
+fn passthrough_cluster(mesh: &str) -> String {
+    format!("{mesh}/passthrough")
+}
+
+/// A node's outbound listener, its route configurations and the clusters they reach.
+fn outbound_for(
+    index: &MeshIndex,
+    node: &CreateVirtualNodeInput,
+    issues: &mut Issues,
+) -> (Option<Listener>, Vec<RouteConfiguration>, BTreeSet<String>) {
+    let mesh = &node.mesh_name;
+    let mut clusters = BTreeSet::new();
+    // port -> (protocol, virtual hosts or tcp clusters)
+    let mut http_hosts: BTreeMap<i32, Vec<VirtualHost>> = BTreeMap::new();
+    let mut tcp: BTreeMap<i32, Vec<(String, u32)>> = BTreeMap::new();
+    for backend in node.spec.backends.iter().flatten() {
+        let mesh_model::types::Backend::VirtualService(backend) = backend;
+        let service_name = &backend.virtual_service_name;
+        let Some(service) = index.services.get(&(mesh.clone(), service_name.clone())) else {
+            issues.push(format!(
+                "VirtualNode {}: backend {service_name} is not defined; skipped",
+                node.virtual_node_name
+            ));
+            continue;
+        };
+        for (port, protocol, routes, tcp_targets) in service_ports(index, service, issues) {
+            if protocol == PortProtocol::Tcp {
+                clusters.extend(tcp_targets.iter().map(|(c, _)| c.clone()));
+                if tcp.insert(port, tcp_targets).is_some() {
+                    issues.push(format!(
+                        "VirtualNode {}: several TCP backends on port {port}; TCP cannot tell them apart, the last one wins",
+                        node.virtual_node_name
+                    ));
+                }
+                continue;
+            }
+            clusters.extend(routes.iter().flat_map(route_clusters));
+            http_hosts.entry(port).or_default().push(VirtualHost {
+                name: service_name.clone(),
+                domains: vec![service_name.clone(), format!("{service_name}:{port}")],
+                routes,
+                ..Default::default()
+            });
+        }
+    }
+    let route_configs: Vec<RouteConfiguration> = http_hosts
+        .into_iter()
+        .map(|(port, virtual_hosts)| RouteConfiguration {
+            name: names::outbound_routes(mesh, &node.virtual_node_name, port),
+            virtual_hosts,
+            ..Default::default()
+        })
+        .collect();
+    let allow_all = index
+        .meshes
+        .get(mesh)
+        .and_then(|m| m.spec.as_ref())
+        .and_then(|s| s.egress_filter.as_ref())
+        .is_some_and(|f| f.r#type == EgressFilterType::AllowAll);
+    let passthrough = allow_all.then(|| passthrough_cluster(mesh));
+    clusters.extend(passthrough.clone());
+    let mut ports: Vec<(i32, PortPlan)> = route_configs
+        .iter()
+        .filter_map(|c| {
+            let port = c.name.rsplit('/').next()?.parse().ok()?;
+            Some((
+                port,
+                PortPlan::Http {
+                    routes: c.name.clone(),
+                },
+            ))
+        })
+        .collect();
+    ports.extend(
+        tcp.into_iter()
+            .map(|(port, clusters)| (port, PortPlan::Tcp { clusters })),
+    );
+    let listener = (!ports.is_empty() || passthrough.is_some()).then(|| {
+        listener::outbound(
+            names::outbound_listener(mesh, &node.virtual_node_name),
+            OUTBOUND_ADDRESS,
+            ports,
+            passthrough,
+        )
+    });
+    (listener, route_configs, clusters)
+}
+
+/// Clusters a route sends to.
+fn route_clusters(route: &Route) -> Vec<String> {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier,
+    };
+    match &route.action {
+        Some(Action::Route(action)) => match &action.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => vec![name.clone()],
+            Some(ClusterSpecifier::WeightedClusters(weighted)) => {
+                weighted.clusters.iter().map(|c| c.name.clone()).collect()
+            }
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// A port of a virtual service: its number, protocol, HTTP routes and TCP targets.
+type ServicePort = (i32, PortProtocol, Vec<Route>, Vec<(String, u32)>);
+
+/// A service's ports, from its provider.
+fn service_ports(
+    index: &MeshIndex,
+    service: &CreateVirtualServiceInput,
+    issues: &mut Issues,
+) -> Vec<ServicePort> {
+    let mesh = &service.mesh_name;
+    match &service.spec.provider {
+        Some(VirtualServiceProvider::VirtualNode(provider)) => {
+            let Some(node) = index
+                .nodes
+                .get(&(mesh.clone(), provider.virtual_node_name.clone()))
+            else {
+                return Vec::new();
+            };
+            node.spec
+                .listeners
+                .iter()
+                .flatten()
+                .map(|l| {
+                    let port = l.port_mapping.port;
+                    let cluster = names::cluster(mesh, &provider.virtual_node_name, port);
+                    let route = route::to_cluster(&service.virtual_service_name, cluster.clone());
+                    (
+                        port,
+                        l.port_mapping.protocol,
+                        vec![route],
+                        vec![(cluster, 1)],
+                    )
+                })
+                .collect()
+        }
+        Some(VirtualServiceProvider::VirtualRouter(provider)) => {
+            let key = (mesh.clone(), provider.virtual_router_name.clone());
+            let Some(router) = index.routers.get(&key) else {
+                return Vec::new();
+            };
+            let app_routes = index
+                .routes
+                .get(&key)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            router
+                .spec
+                .listeners
+                .iter()
+                .flatten()
+                .map(|l| {
+                    let port = l.port_mapping.port;
+                    let protocol = l.port_mapping.protocol;
+                    let fits = |r: &&CreateRouteInput| match protocol {
+                        PortProtocol::Http => r.spec.http_route.is_some(),
+                        PortProtocol::Http2 => r.spec.http2_route.is_some(),
+                        PortProtocol::Grpc => r.spec.grpc_route.is_some(),
+                        PortProtocol::Tcp => r.spec.tcp_route.is_some(),
+                    };
+                    let fitting: Vec<&CreateRouteInput> = app_routes.iter().filter(fits).collect();
+                    let http: Vec<_> = fitting
+                        .iter()
+                        .filter_map(|r| route::routes(index, r, port, issues))
+                        .collect();
+                    let tcp = fitting
+                        .iter()
+                        .filter_map(|r| r.spec.tcp_route.as_ref().map(|t| (r, t)))
+                        .filter(|(_, t)| {
+                            t.r#match
+                                .as_ref()
+                                .and_then(|m| m.port)
+                                .is_none_or(|p| p == port)
+                        })
+                        .flat_map(|(r, t)| {
+                            t.action.weighted_targets.iter().filter_map(|target| {
+                                let cluster = index.target_cluster(
+                                    &r.mesh_name,
+                                    &target.virtual_node,
+                                    target.port,
+                                )?;
+                                Some((cluster, target.weight.max(0) as u32))
+                            })
+                        })
+                        .collect();
+                    (port, protocol, http, tcp)
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn socket_address(host: &str, port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: host.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn u32_value(value: i64) -> Option<UInt32Value> {
+    u32::try_from(value).ok().map(|value| UInt32Value { value })
+}
+
+/// An App Mesh duration (`{"unit": "s", "value": 15}`); none when it has no value.
+fn duration(d: &Duration) -> Option<PbDuration> {
+    let value = d.value?;
+    Some(match d.unit.unwrap_or(DurationUnit::Ms) {
+        DurationUnit::S => PbDuration {
+            seconds: value,
+            nanos: 0,
+        },
+        DurationUnit::Ms => millis(value),
+    })
+}
+
+fn millis(value: i64) -> PbDuration {
+    PbDuration {
+        seconds: value / 1000,
+        nanos: ((value % 1000) * 1_000_000) as i32,
+    }
+}

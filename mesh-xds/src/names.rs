@@ -1,0 +1,16 @@
+//! xDS resource names for App Mesh objects. Readable, stable, and unique per mesh.
+
+/// The cluster of one listener port of a virtual node: `mesh/node/port`.
+pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
+    format!("{mesh}/{node}/{port}")
+}
+
+/// The outbound listener of a virtual node: `mesh/node/outbound`.
+pub fn outbound_listener(mesh: &str, node: &str) -> String {
+    format!("{mesh}/{node}/outbound")
+}
+
+/// The outbound routes of a virtual node for one destination port: `mesh/node/outbound/port`.
+pub fn outbound_routes(mesh: &str, node: &str, port: i32) -> String {
+    format!("{mesh}/{node}/outbound/{port}")
+}

@@ -1,0 +1,36 @@
+//! A set of xDS resources by type, as the server serves and the client holds them.
+use std::collections::BTreeMap;
+
+use envoy_types::pb::google::protobuf::Any;
+
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// Resource type URLs in the order a client should apply them (clusters before the
+/// listeners that use them, as Envoy's ADS ordering advice has it).
+pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+/// Named, encoded resources per type URL.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceSet {
+    pub by_type: BTreeMap<String, BTreeMap<String, Any>>,
+}
+
+impl ResourceSet {
+    pub fn insert(&mut self, type_url: &str, name: String, resource: Any) {
+        self.by_type
+            .entry(type_url.to_owned())
+            .or_default()
+            .insert(name, resource);
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Any>> {
+        self.by_type.get(type_url)
+    }
+
+    pub fn count(&self) -> usize {
+        self.by_type.values().map(BTreeMap::len).sum()
+    }
+}

@@ -1,0 +1,349 @@
+//! A state-of-the-world ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService`).
+//!
+//! Per stream it follows Envoy's xDS protocol: the first request carries the node; each
+//! response has a version and a nonce; a request echoing the latest nonce with that version
+//! is an ACK, one with `error_detail` is a NACK (logged, counted, nothing resent until the
+//! mesh changes); a request with an older nonce is stale and ignored. Empty resource names
+//! subscribe to all Listeners / Clusters (wildcard); Routes and Endpoints are sent by name.
+//! When the mesh changes, each stream recompiles for its node and sends only the types whose
+//! resources changed.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use envoy_types::pb::{
+    envoy::{
+        config::core::v3::Node,
+        service::discovery::v3::{
+            DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+            aggregated_discovery_service_server::{
+                AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+            },
+        },
+    },
+    google::protobuf::{Any, value::Kind as ValueKind},
+};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming, codegen::tokio_stream::Stream};
+use tracing::{debug, info, warn};
+
+use crate::{
+    compile::{self, MeshIndex, Workloads},
+    resources::{CLUSTER, LISTENER, ResourceSet},
+};
+
+/// The mesh being served, and its version (`v1`, `v2`, ...).
+pub struct Published {
+    pub version: u64,
+    pub mesh: MeshSource,
+}
+
+/// What a stream serves: a mesh compiled per node, or (for tests of clients) fixed resources.
+pub enum MeshSource {
+    Mesh(MeshIndex),
+    Fixed(ResourceSet),
+}
+
+impl Published {
+    fn resources_for(&self, node: &Node) -> ResourceSet {
+        match &self.mesh {
+            MeshSource::Mesh(index) => compile::compile(index, &workloads_of(node)).resources,
+            MeshSource::Fixed(resources) => resources.clone(),
+        }
+    }
+}
+
+/// The virtual nodes a node agent serves, from its metadata `virtual_nodes: ["mesh/node"]`;
+/// without it, every virtual node.
+pub fn workloads_of(node: &Node) -> Workloads {
+    let listed = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("virtual_nodes"))
+        .and_then(|v| match &v.kind {
+            Some(ValueKind::ListValue(list)) => Some(list),
+            _ => None,
+        });
+    match listed {
+        Some(list) => Workloads::Only(
+            list.values
+                .iter()
+                .filter_map(|v| match &v.kind {
+                    Some(ValueKind::StringValue(s)) => {
+                        s.split_once('/').map(|(m, n)| (m.to_owned(), n.to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ),
+        None => Workloads::All,
+    }
+}
+
+/// Counters for operators and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub streams: AtomicU64,
+    pub responses: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+}
+
+/// The control plane's publishing side and the gRPC service.
+#[derive(Clone)]
+pub struct AdsServer {
+    published: watch::Receiver<Arc<Published>>,
+    stats: Arc<Stats>,
+}
+
+/// Publishes new meshes to every stream.
+pub struct Publisher {
+    sender: watch::Sender<Arc<Published>>,
+    next_version: u64,
+}
+
+impl Publisher {
+    pub fn publish(&mut self, mesh: MeshSource) {
+        self.next_version += 1;
+        let version = self.next_version;
+        self.sender
+            .send_replace(Arc::new(Published { version, mesh }));
+        info!(version, "mesh published");
+    }
+}
+
+impl AdsServer {
+    pub fn new(initial: MeshSource) -> (Self, Publisher) {
+        let (sender, published) = watch::channel(Arc::new(Published {
+            version: 1,
+            mesh: initial,
+        }));
+        (
+            Self {
+                published,
+                stats: Arc::default(),
+            },
+            Publisher {
+                sender,
+                next_version: 1,
+            },
+        )
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            // Large meshes compile to large responses (10k services).
+            .max_encoding_message_size(256 * 1024 * 1024)
+            .max_decoding_message_size(16 * 1024 * 1024)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let peer = request.remote_addr();
+        let requests = request.into_inner();
+        let (sender, receiver) = mpsc::channel(16);
+        let stream = StreamState::new(self.published.clone(), Arc::clone(&self.stats), sender);
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(status) = stream.run(requests).await {
+                debug!(?peer, %status, "ADS stream ended");
+            }
+        });
+        let output = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "delta xDS is not served; use state-of-the-world ADS",
+        ))
+    }
+}
+
+/// What one type's subscription has seen.
+#[derive(Default)]
+struct Subscription {
+    /// None: wildcard.
+    names: Option<BTreeSet<String>>,
+    /// The last response: its nonce, version and resources.
+    nonce: String,
+    version: String,
+    sent: Option<BTreeMap<String, Any>>,
+}
+
+struct StreamState {
+    published: watch::Receiver<Arc<Published>>,
+    stats: Arc<Stats>,
+    sender: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    node: Option<Node>,
+    /// Resources compiled for this stream's node from the current mesh.
+    current: (u64, ResourceSet),
+    subscriptions: BTreeMap<String, Subscription>,
+    nonce: u64,
+}
+
+impl StreamState {
+    fn new(
+        published: watch::Receiver<Arc<Published>>,
+        stats: Arc<Stats>,
+        sender: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Self {
+        Self {
+            published,
+            stats,
+            sender,
+            node: None,
+            current: (0, ResourceSet::default()),
+            subscriptions: BTreeMap::new(),
+            nonce: 0,
+        }
+    }
+
+    async fn run(mut self, mut requests: Streaming<DiscoveryRequest>) -> Result<(), Status> {
+        loop {
+            tokio::select! {
+                request = requests.message() => match request? {
+                    Some(request) => self.on_request(request).await?,
+                    None => return Ok(()),
+                },
+                changed = self.published.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("control plane shutting down"));
+                    }
+                    if self.node.is_some() {
+                        self.recompile();
+                        self.push_changes().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn recompile(&mut self) {
+        let published = Arc::clone(&self.published.borrow_and_update());
+        if let Some(node) = &self.node {
+            self.current = (published.version, published.resources_for(node));
+        }
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
+        if self.node.is_none() {
+            let Some(node) = request.node.clone() else {
+                return Err(Status::invalid_argument(
+                    "the first DiscoveryRequest must carry the node",
+                ));
+            };
+            info!(node = %node.id, cluster = %node.cluster, "node connected");
+            self.node = Some(node);
+            self.recompile();
+        }
+        let node = self.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        let type_url = request.type_url.clone();
+        let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() && request.response_nonce != subscription.nonce {
+            debug!(%node, %type_url, nonce = %request.response_nonce, "stale request ignored");
+            return Ok(());
+        }
+        if let Some(error) = &request.error_detail {
+            self.stats.nacks.fetch_add(1, Ordering::Relaxed);
+            warn!(%node, %type_url, rejected = %subscription.version, kept = %request.version_info, error = %error.message, "NACK");
+            return Ok(());
+        }
+        let wildcard =
+            request.resource_names.is_empty() && (type_url == LISTENER || type_url == CLUSTER);
+        let names = (!wildcard).then(|| {
+            request
+                .resource_names
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        });
+        let resubscribed = subscription.names != names || subscription.sent.is_none();
+        subscription.names = names;
+        if !request.response_nonce.is_empty() && request.version_info == subscription.version {
+            self.stats.acks.fetch_add(1, Ordering::Relaxed);
+            debug!(%node, %type_url, version = %request.version_info, "ACK");
+        }
+        if resubscribed {
+            self.send(&type_url).await?;
+        }
+        Ok(())
+    }
+
+    /// After a mesh change: every subscribed type whose resources differ is sent again.
+    async fn push_changes(&mut self) -> Result<(), Status> {
+        let types: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for type_url in types {
+            let selected = self.selected(&type_url);
+            if self
+                .subscriptions
+                .get(&type_url)
+                .and_then(|s| s.sent.as_ref())
+                != Some(&selected)
+            {
+                self.send(&type_url).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn selected(&self, type_url: &str) -> BTreeMap<String, Any> {
+        let names = self
+            .subscriptions
+            .get(type_url)
+            .and_then(|s| s.names.as_ref());
+        self.current
+            .1
+            .of_type(type_url)
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| names.is_none_or(|n| n.contains(*name)))
+            .map(|(name, any)| (name.clone(), any.clone()))
+            .collect()
+    }
+
+    async fn send(&mut self, type_url: &str) -> Result<(), Status> {
+        let selected = self.selected(type_url);
+        self.nonce += 1;
+        let version = format!("v{}", self.current.0);
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: selected.values().cloned().collect(),
+            type_url: type_url.to_owned(),
+            nonce: self.nonce.to_string(),
+            ..Default::default()
+        };
+        let subscription = self.subscriptions.entry(type_url.to_owned()).or_default();
+        subscription.nonce = self.nonce.to_string();
+        subscription.version = version;
+        subscription.sent = Some(selected);
+        self.stats.responses.fetch_add(1, Ordering::Relaxed);
+        self.sender
+            .send(Ok(response))
+            .await
+            .map_err(|_| Status::cancelled("client went away"))
+    }
+}

@@ -1,0 +1,398 @@
+//! The compiler's output for a real mesh, and the ADS server and client talking gRPC over
+//! loopback in one process: initial sync, a change propagating, a NACK keeping the last good
+//! state, a server restart.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use envoy_types::pb::{
+    envoy::config::{
+        cluster::v3::{Cluster, cluster::LbPolicy},
+        core::v3::Node,
+        listener::v3::Listener,
+        route::v3::{RouteConfiguration, route::Action, route_action::ClusterSpecifier},
+    },
+    google::protobuf::{ListValue, Struct, Value, value::Kind},
+};
+use mesh_model::{
+    source::{self, LoadOptions},
+    validate::{self, Options},
+};
+use mesh_xds::{
+    client::{self, Settings, XdsState},
+    compile::{MeshIndex, Workloads, compile},
+    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
+    server::{AdsServer, MeshSource, Publisher, Stats},
+};
+use prost::Message;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+fn shop() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shop")
+}
+
+fn index_of(dir: &std::path::Path) -> MeshIndex {
+    let loaded = source::load(&[dir.to_owned()], &LoadOptions::default());
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    let found = validate::validate(
+        &loaded.resources,
+        Options {
+            check_references: true,
+            lenient: false,
+        },
+    );
+    assert!(found.is_empty(), "{found:?}");
+    MeshIndex::new(&loaded.resources).unwrap()
+}
+
+fn decode<M: Message + Default>(resources: &ResourceSet, type_url: &str, name: &str) -> M {
+    let any = resources
+        .of_type(type_url)
+        .and_then(|m| m.get(name))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {type_url} {name}; have {:?}",
+                resources
+                    .of_type(type_url)
+                    .map(|m| m.keys().collect::<Vec<_>>())
+            )
+        });
+    M::decode(any.value.as_slice()).unwrap()
+}
+
+fn weights(routes: &RouteConfiguration) -> Vec<(String, u32)> {
+    let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+        panic!("no route action")
+    };
+    let Some(ClusterSpecifier::WeightedClusters(weighted)) = &action.cluster_specifier else {
+        panic!("not weighted")
+    };
+    weighted
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.map_or(0, |w| w.value)))
+        .collect()
+}
+
+#[test]
+fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
+    let compiled = compile(&index_of(&shop()), &Workloads::All);
+    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
+    let resources = &compiled.resources;
+    // Only what web's listener reaches: api-v1, api-v2 and db, not web itself.
+    let clusters: Vec<&String> = resources.of_type(CLUSTER).unwrap().keys().collect();
+    assert_eq!(
+        clusters,
+        ["shop/api-v1/9090", "shop/api-v2/9090", "shop/db/5432"]
+    );
+    let api: Cluster = decode(resources, CLUSTER, "shop/api-v1/9090");
+    let outlier = api.outlier_detection.unwrap();
+    assert_eq!(outlier.consecutive_5xx.unwrap().value, 5);
+    assert_eq!(outlier.base_ejection_time.unwrap().seconds, 30);
+    assert_eq!(outlier.max_ejection_percent.unwrap().value, 50);
+    let thresholds = &api.circuit_breakers.unwrap().thresholds[0];
+    assert_eq!(
+        (
+            thresholds.max_connections.unwrap().value,
+            thresholds.max_pending_requests.unwrap().value
+        ),
+        (100, 10)
+    );
+    assert_eq!(api.health_checks[0].interval.unwrap().seconds, 5);
+    // Cloud Map discovery: EDS, with an assignment for the cluster.
+    assert!(
+        resources
+            .of_type(ENDPOINT)
+            .unwrap()
+            .contains_key("shop/db/5432")
+    );
+
+    let listener: Listener = decode(resources, LISTENER, "shop/web/outbound");
+    let ports: Vec<u32> = listener
+        .filter_chains
+        .iter()
+        .map(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .unwrap()
+                .destination_port
+                .unwrap()
+                .value
+        })
+        .collect();
+    assert_eq!(ports, [5432, 9090]);
+    assert!(
+        listener.default_filter_chain.is_none(),
+        "DROP_ALL: no passthrough"
+    );
+
+    let routes: RouteConfiguration = decode(resources, ROUTE, "shop/web/outbound/9090");
+    let host = &routes.virtual_hosts[0];
+    assert_eq!(host.domains, ["api.shop.local", "api.shop.local:9090"]);
+    assert_eq!(
+        weights(&routes),
+        [
+            ("shop/api-v1/9090".to_owned(), 90),
+            ("shop/api-v2/9090".to_owned(), 10)
+        ]
+    );
+    let Some(Action::Route(action)) = &host.routes[0].action else {
+        panic!()
+    };
+    let retry = action.retry_policy.as_ref().unwrap();
+    assert_eq!(retry.retry_on, "5xx,retriable-status-codes,connect-failure");
+    assert_eq!(retry.retriable_status_codes, [409]);
+    assert_eq!(retry.num_retries.unwrap().value, 2);
+    assert_eq!(retry.per_try_timeout.unwrap().nanos, 500_000_000);
+    assert_eq!(action.timeout.unwrap().seconds, 3);
+    let header = &host.routes[0].r#match.as_ref().unwrap().headers[0];
+    assert_eq!(
+        (header.name.as_str(), header.invert_match),
+        ("x-canary", true)
+    );
+}
+
+struct Control {
+    addr: SocketAddr,
+    publisher: Publisher,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+}
+
+async fn start_server(addr: SocketAddr, mesh: MeshSource) -> Control {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (server, publisher) = AdsServer::new(mesh);
+    let stats = server.stats();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(server.into_service())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await
+            .unwrap();
+    });
+    Control {
+        addr,
+        publisher,
+        stats,
+        stop,
+    }
+}
+
+fn node(virtual_nodes: &[&str]) -> Node {
+    let mut node = Node {
+        id: "node-1".into(),
+        cluster: "test".into(),
+        ..Default::default()
+    };
+    if !virtual_nodes.is_empty() {
+        let list = ListValue {
+            values: virtual_nodes
+                .iter()
+                .map(|v| Value {
+                    kind: Some(Kind::StringValue(v.to_string())),
+                })
+                .collect(),
+        };
+        node.metadata = Some(Struct {
+            fields: [(
+                "virtual_nodes".to_owned(),
+                Value {
+                    kind: Some(Kind::ListValue(list)),
+                },
+            )]
+            .into(),
+        });
+    }
+    node
+}
+
+fn start_client(
+    addr: SocketAddr,
+    node: Node,
+) -> (watch::Receiver<Arc<XdsState>>, CancellationToken) {
+    let (sender, receiver) = watch::channel(Arc::new(XdsState::default()));
+    let stop = CancellationToken::new();
+    let settings = Settings {
+        endpoint: format!("http://{addr}"),
+        node,
+    };
+    tokio::spawn(client::run(settings, sender, stop.clone()));
+    (receiver, stop)
+}
+
+async fn wait_for(
+    state: &mut watch::Receiver<Arc<XdsState>>,
+    what: impl Fn(&XdsState) -> bool,
+) -> Arc<XdsState> {
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| what(s)))
+        .await
+        .expect("state reached in time")
+        .map(|s| Arc::clone(&s))
+        .expect("client running")
+}
+
+#[tokio::test]
+async fn initial_sync_change_nack_and_restart() {
+    let index = index_of(&shop());
+    let expected = compile(&index, &Workloads::All).resources;
+    let mut control = start_server("127.0.0.1:0".parse().unwrap(), MeshSource::Mesh(index)).await;
+    let (mut state, stop_client) = start_client(control.addr, node(&[]));
+
+    // Initial sync: clusters, listeners, then the routes and endpoints they name.
+    let synced = wait_for(&mut state, |s| s.is_synced() && s.versions.len() == 4).await;
+    assert_eq!(synced.resources, expected);
+    assert!(
+        synced.versions.values().all(|v| v == "v1"),
+        "{:?}",
+        synced.versions
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(control.stats.acks.load(Ordering::Relaxed), 4);
+
+    // A change reaches the client: the canary gets half the traffic.
+    let changed = tempdir_with_shop(|route| {
+        route
+            .replace("\"weight\": 90", "\"weight\": 50")
+            .replace("\"weight\": 10", "\"weight\": 50")
+    });
+    let started = Instant::now();
+    control
+        .publisher
+        .publish(MeshSource::Mesh(index_of(changed.path())));
+    let updated = wait_for(&mut state, |s| {
+        s.versions.get(ROUTE).is_some_and(|v| v == "v2")
+    })
+    .await;
+    let latency = started.elapsed();
+    let routes: RouteConfiguration = decode(&updated.resources, ROUTE, "shop/web/outbound/9090");
+    assert_eq!(
+        weights(&routes),
+        [
+            ("shop/api-v1/9090".to_owned(), 50),
+            ("shop/api-v2/9090".to_owned(), 50)
+        ]
+    );
+    assert!(latency < Duration::from_secs(1), "change took {latency:?}");
+    // Only the route configuration changed; clusters and listeners were not resent.
+    assert_eq!(
+        updated.versions.get(CLUSTER).map(String::as_str),
+        Some("v1")
+    );
+
+    // A resource the client cannot apply is NACKed and the last good state stays.
+    let mut bad = updated.resources.clone();
+    let cluster = Cluster {
+        name: "shop/api-v1/9090".into(),
+        lb_policy: LbPolicy::Maglev as i32,
+        ..Default::default()
+    };
+    bad.insert(
+        CLUSTER,
+        cluster.name.clone(),
+        envoy_types::util::pack_any(cluster),
+    );
+    control.publisher.publish(MeshSource::Fixed(bad));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while control.stats.nacks.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("NACK received");
+    let after = Arc::clone(&state.borrow());
+    assert_eq!(
+        after.resources.of_type(CLUSTER),
+        updated.resources.of_type(CLUSTER)
+    );
+    assert_eq!(after.versions.get(CLUSTER).map(String::as_str), Some("v1"));
+
+    // Control plane restart: the client reconnects and resyncs from the new server. (Ending
+    // the publisher ends the streams, as a stopping control plane does.)
+    drop(control.publisher);
+    control.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let restarted = start_server(control.addr, MeshSource::Mesh(index_of(&shop()))).await;
+    let resynced = wait_for(&mut state, |s| {
+        s.resources
+            .of_type(ROUTE)
+            .and_then(|r| r.get("shop/web/outbound/9090"))
+            .is_some_and(|any| {
+                weights(&RouteConfiguration::decode(any.value.as_slice()).unwrap())[0].1 == 90
+            })
+    })
+    .await;
+    assert_eq!(resynced.resources, expected);
+    assert!(restarted.stats.streams.load(Ordering::Relaxed) >= 1);
+    stop_client.cancel();
+    restarted.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_node_gets_only_what_its_workloads_need() {
+    let control = start_server(
+        "127.0.0.1:0".parse().unwrap(),
+        MeshSource::Mesh(index_of(&shop())),
+    )
+    .await;
+    let (mut state, stop) = start_client(control.addr, node(&["shop/api-v1"]));
+    let synced = wait_for(&mut state, |s| {
+        s.versions.contains_key(CLUSTER) && s.versions.contains_key(LISTENER)
+    })
+    .await;
+    // api-v1 has no backends: no listener, no clusters.
+    assert_eq!(
+        synced.resources.count(),
+        0,
+        "{:?}",
+        synced.resources.by_type.keys()
+    );
+    stop.cancel();
+    control.stop.cancel();
+}
+
+fn tempdir_with_shop(change_route: impl Fn(&str) -> String) -> TempDir {
+    let dir = TempDir::new();
+    for entry in std::fs::read_dir(shop()).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let text = if entry.file_name() == "route-api.json" {
+            change_route(&text)
+        } else {
+            text
+        };
+        std::fs::write(dir.path().join(entry.file_name()), text).unwrap();
+    }
+    dir
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("mesh-xds-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
