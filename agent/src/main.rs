@@ -2,10 +2,12 @@
 mod admin;
 mod app;
 mod config;
+mod control_plane;
 mod mesh_cmd;
 mod metrics;
 mod proxy;
 mod redirect;
+mod xds_dump;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -46,6 +48,12 @@ enum Command {
     /// Convert valid App Mesh definitions to another format: Kubernetes appmesh.k8s.aws/v1beta2
     /// manifests or App Mesh API JSON request files.
     Convert(mesh_cmd::ConvertArgs),
+    /// Serve App Mesh definitions to node agents over xDS (ADS, gRPC). Watches the files:
+    /// a valid change is pushed to every agent, an invalid one is reported and the last good
+    /// mesh keeps being served.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Connect to an xDS server as a node agent and print the configuration it serves.
+    XdsDump(xds_dump::XdsDumpArgs),
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
     CheckConfig {
         /// The agent's YAML configuration file (see docs/config.md).
@@ -71,6 +79,8 @@ fn main() -> ExitCode {
             };
         }
         Command::Convert(args) => mesh_cmd::convert(args),
+        Command::ControlPlane(args) => control_plane::run(args),
+        Command::XdsDump(args) => xds_dump::run(args),
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {

@@ -12,15 +12,9 @@ use mesh_model::{
     validate::{self, Options},
 };
 
-/// Which files to read and how.
-#[derive(Args)]
+/// How to read App Mesh definitions.
+#[derive(Args, Clone)]
 pub struct InputArgs {
-    /// Files or directories (walked recursively) of App Mesh definitions: App Mesh API JSON
-    /// as `aws appmesh create-*/update-* --cli-input-json` takes it or `describe-*` prints it
-    /// (*.json), Kubernetes appmesh.k8s.aws/v1beta2 manifests and CloudFormation templates
-    /// (*.yaml, *.yml; envsubst templates *.template too).
-    #[arg(required = true, value_name = "PATH")]
-    paths: Vec<PathBuf>,
     /// Substitute `$VAR` / `${VAR}` placeholders from the environment, as envsubst would;
     /// without it each placeholder is reported with its position.
     #[arg(long)]
@@ -53,6 +47,12 @@ pub struct InputArgs {
 
 #[derive(Args)]
 pub struct ValidateArgs {
+    /// Files or directories (walked recursively) of App Mesh definitions: App Mesh API JSON
+    /// as `aws appmesh create-*/update-* --cli-input-json` takes it or `describe-*` prints it
+    /// (*.json), Kubernetes appmesh.k8s.aws/v1beta2 manifests and CloudFormation templates
+    /// (*.yaml, *.yml; envsubst templates *.template too).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
     #[command(flatten)]
     input: InputArgs,
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -61,6 +61,9 @@ pub struct ValidateArgs {
 
 #[derive(Args)]
 pub struct ConvertArgs {
+    /// Files or directories of App Mesh definitions, as for `validate`.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
     #[command(flatten)]
     input: InputArgs,
     /// The format to write.
@@ -102,8 +105,8 @@ fn parse_kind(text: &str) -> Result<Kind, String> {
     })
 }
 
-/// Reads and validates the inputs: the resources and everything found about them.
-fn load(args: InputArgs) -> (Vec<Resource>, Vec<Diagnostic>) {
+/// Reads and validates `paths`: the resources and everything found about them.
+pub fn load(paths: &[PathBuf], args: &InputArgs) -> (Vec<Resource>, Vec<Diagnostic>) {
     let options = LoadOptions {
         placeholders: if args.env {
             Placeholders::FromEnv
@@ -111,12 +114,12 @@ fn load(args: InputArgs) -> (Vec<Resource>, Vec<Diagnostic>) {
             Placeholders::Report
         },
         kind: args.kind,
-        mesh_name: args.mesh_name,
-        name: args.name,
-        parent: args.parent,
-        parameters: args.parameters,
+        mesh_name: args.mesh_name.clone(),
+        name: args.name.clone(),
+        parent: args.parent.clone(),
+        parameters: args.parameters.clone(),
     };
-    let loaded = source::load(&args.paths, &options);
+    let loaded = source::load(paths, &options);
     let mut diagnostics = loaded.diagnostics;
     diagnostics.extend(validate::validate(
         &loaded.resources,
@@ -130,7 +133,7 @@ fn load(args: InputArgs) -> (Vec<Resource>, Vec<Diagnostic>) {
 
 /// Prints the report; true when there is no error.
 pub fn validate(args: ValidateArgs) -> bool {
-    let (resources, diagnostics) = load(args.input);
+    let (resources, diagnostics) = load(&args.paths, &args.input);
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     match args.output {
         Output::Text => print_text(&resources, &diagnostics, errors),
@@ -141,7 +144,7 @@ pub fn validate(args: ValidateArgs) -> bool {
 
 /// Converts valid inputs; invalid ones are reported as by `validate` and nothing is written.
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
-    let (resources, diagnostics) = load(args.input);
+    let (resources, diagnostics) = load(&args.paths, &args.input);
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {
         for diagnostic in &diagnostics {

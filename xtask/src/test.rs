@@ -23,6 +23,8 @@ pub fn run() -> anyhow::Result<()> {
         "--package",
         "mesh-model",
         "--package",
+        "mesh-xds",
+        "--package",
         "xtask",
     ]))?;
     // The testbed's own unit tests; its end-to-end target runs below, as root, one at a time.

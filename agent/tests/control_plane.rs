@@ -1,0 +1,146 @@
+//! The control plane and a node's xDS client as separate processes over gRPC: initial sync,
+//! a file change reaching the client, a bad change rejected while the last good mesh keeps
+//! being served, a control-plane restart the client rides through.
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    time::{Duration, Instant},
+};
+
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, lines) = channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    /// The next line containing `text`, within `timeout`.
+    fn line_with(&self, text: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return Some(line),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_shop(to: &Path) {
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-xds/tests/fixtures/shop");
+    for entry in std::fs::read_dir(shop).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn control_plane_and_agent_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_shop(dir.path());
+    let mesh = dir.path().to_str().unwrap();
+    let control = Running::start(&["control-plane", "--mesh", mesh, "--listen", "127.0.0.1:0"]);
+    let serving = control
+        .line_with("serving ADS on", WAIT)
+        .expect("control plane serving");
+    let addr = serving.rsplit(' ').next().unwrap().to_owned();
+    let url = format!("http://{addr}");
+
+    let agent = Running::start(&[
+        "xds-dump",
+        "--control-plane",
+        &url,
+        "--virtual-node",
+        "shop/web",
+        "--watch",
+    ]);
+    let first = agent
+        .line_with("\"RouteConfiguration\"", WAIT)
+        .expect("initial sync");
+    assert!(
+        first.contains(r#""Listener":{"names":["shop/web/outbound"],"version":"v1"}"#),
+        "{first}"
+    );
+    assert!(first.contains(r#""Cluster":{"names":["shop/api-v1/9090","shop/api-v2/9090","shop/db/5432"],"version":"v1"}"#), "{first}");
+
+    // A change to a mesh file reaches the agent.
+    let route = dir.path().join("route-api.json");
+    let text = std::fs::read_to_string(&route)
+        .unwrap()
+        .replace("\"weight\": 90", "\"weight\": 70")
+        .replace("\"weight\": 10", "\"weight\": 30");
+    let started = Instant::now();
+    std::fs::write(&route, text).unwrap();
+    let changed = agent
+        .line_with(
+            r#""RouteConfiguration":{"names":["shop/web/outbound/9090"],"version":"v2"}"#,
+            WAIT,
+        )
+        .expect("change propagated");
+    let latency = started.elapsed();
+    assert!(changed.contains(r#""Cluster":{"names":["shop/api-v1/9090","shop/api-v2/9090","shop/db/5432"],"version":"v1"}"#), "{changed}");
+    assert!(latency < Duration::from_secs(1), "change took {latency:?}");
+    eprintln!("file change reached the agent in {latency:?}");
+
+    // A bad change is rejected with the field path; the agent keeps the last good mesh.
+    std::fs::write(dir.path().join("vn-bad.json"), r#"{"meshName": "shop", "virtualNodeName": "bad", "spec": {"listeners": [{"portMapping": {"port": 0, "protocol": "http"}}], "serviceDiscovery": {"dns": {"hostname": "b"}}}}"#).unwrap();
+    let rejected = control
+        .line_with("mesh change rejected", WAIT)
+        .expect("rejection logged");
+    assert!(
+        rejected.contains("VirtualNode bad: spec.listeners[0].portMapping.port: 0 is out of range"),
+        "{rejected}"
+    );
+    assert_eq!(
+        agent.line_with("\"version\"", Duration::from_secs(1)),
+        None,
+        "nothing new was pushed"
+    );
+
+    // Control plane restart (killed, started again on the same address): the agent reconnects
+    // and takes the new server's mesh.
+    std::fs::remove_file(dir.path().join("vn-bad.json")).unwrap();
+    drop(control);
+    let restarted = Running::start(&["control-plane", "--mesh", mesh, "--listen", &addr]);
+    restarted
+        .line_with("serving ADS on", WAIT)
+        .expect("control plane serving again");
+    let resynced = agent.line_with(
+        r#""RouteConfiguration":{"names":["shop/web/outbound/9090"],"version":"v1"}"#,
+        Duration::from_secs(40),
+    );
+    assert!(resynced.is_some(), "agent did not resync after the restart");
+}
