@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask build | test | sandbox | bench`.
 mod bench;
+mod bench_xds;
 mod build;
 mod sandbox;
 mod test;
@@ -38,6 +39,13 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Benchmark the control plane and a node's xDS client (separate processes, gRPC) on a
+    /// generated mesh: start-up, first sync, change propagation, memory.
+    BenchXds {
+        /// Virtual services in the generated mesh.
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +58,6 @@ fn main() -> anyhow::Result<()> {
             seconds,
             only,
         } => bench::run(rounds, seconds, only.as_deref()),
+        Task::BenchXds { services } => bench_xds::run(services),
     }
 }
