@@ -526,3 +526,55 @@ fn wait_until(mut condition: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn agent_takes_the_mesh_from_an_embedded_control_plane() {
+    let mut node = Node::create("xds").unwrap();
+    node.add_pod("client").unwrap();
+    let mesh = tempfile::tempdir().unwrap();
+    let shop =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-xds/tests/fixtures/shop");
+    for entry in std::fs::read_dir(shop).unwrap().flatten() {
+        std::fs::copy(entry.path(), mesh.path().join(entry.file_name())).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&node, &["client"], "").unwrap();
+    // Ready only once the first configuration is in.
+    let agent = Agent::start_with_args(
+        &node,
+        &config,
+        dir.path(),
+        &["--mesh", mesh.path().to_str().unwrap()],
+    )
+    .unwrap();
+    let (status, dump) = node
+        .http("GET", Agent::admin_addr(), "/config_dump")
+        .unwrap();
+    assert_eq!(status, 200, "{dump}");
+    assert!(
+        dump.contains(r#""Listener":{"names":["shop/web/outbound"],"version":"v1"}"#),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(
+            r#""RouteConfiguration":{"names":["shop/web/outbound/9090"],"version":"v1"}"#
+        ),
+        "{dump}"
+    );
+
+    let route = mesh.path().join("route-api.json");
+    let text = std::fs::read_to_string(&route)
+        .unwrap()
+        .replace("\"weight\": 90", "\"weight\": 60")
+        .replace("\"weight\": 10", "\"weight\": 40");
+    std::fs::write(&route, text).unwrap();
+    wait_until(|| {
+        node.http("GET", Agent::admin_addr(), "/config_dump")
+            .is_ok_and(|(_, dump)| {
+                dump.contains(
+                    r#""RouteConfiguration":{"names":["shop/web/outbound/9090"],"version":"v2"}"#,
+                )
+            })
+    });
+    assert!(agent.log().contains("taking the mesh from xDS"));
+}

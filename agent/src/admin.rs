@@ -1,7 +1,9 @@
 //! The admin endpoint: health, readiness, metrics, and enrollment at runtime.
 //!
 //! * `GET /healthz` — 200 while the process runs.
-//! * `GET /readyz` — 200 once programs are attached and the proxy listens; 503 while draining.
+//! * `GET /readyz` — 200 once programs are attached, the proxy listens and (with xDS) the
+//!   first configuration is in; 503 before and while draining.
+//! * `GET /config_dump` — the xDS configuration held: per type, its version and resource names.
 //! * `GET /metrics` — Prometheus / OpenMetrics text.
 //! * `GET /enrollment` — enrolled namespaces, one per line.
 //! * `POST /enrollment?netns=NAME|PATH`, `DELETE /enrollment?netns=NAME|PATH` — enroll or
@@ -23,7 +25,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use mesh_xds::client::XdsState;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -36,6 +39,18 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub enrollments: Arc<Mutex<Enrollments>>,
     pub netns_dir: PathBuf,
+    /// The configuration taken from the control plane, when there is one.
+    pub xds: Option<watch::Receiver<Arc<XdsState>>>,
+}
+
+impl AdminState {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.xds.as_ref().is_none_or(|x| {
+                let state = x.borrow();
+                state.is_synced() && !state.versions.is_empty()
+            })
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -75,7 +90,7 @@ fn route(
     match request.uri().path() {
         "/healthz" if method == Method::GET => text(StatusCode::OK, "ok\n".into()),
         "/readyz" if method == Method::GET => {
-            if state.ready.load(Ordering::Relaxed) {
+            if state.ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
@@ -91,6 +106,20 @@ fn route(
                 response
             }
             Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+        },
+        "/config_dump" if method == Method::GET => match &state.xds {
+            Some(xds) => {
+                let mut response = text(StatusCode::OK, format!("{}\n", xds.borrow().summary()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no control plane configured (xds.address or run --mesh)\n".into(),
+            ),
         },
         "/enrollment" if method != Method::GET && !peer.ip().is_loopback() => text(
             StatusCode::FORBIDDEN,

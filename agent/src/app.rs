@@ -1,7 +1,7 @@
 //! `mesh-agent run`: start-up in an order that fails early and cleanly, the signal loop
 //! (SIGHUP reloads, SIGTERM/SIGINT stop), and the shutdown sequence.
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -14,9 +14,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use mesh_xds::client::{Settings, XdsState};
+use tokio::sync::watch;
+
 use crate::{
     admin::{self, AdminState},
     config::Config,
+    control_plane::Embedded,
+    mesh_cmd::InputArgs,
     metrics::Metrics,
     proxy::{Outbound, OutboundSettings, bind_listener},
     redirect::{Enrollments, RedirectTarget, Redirector, cgroup, preflight},
@@ -26,8 +31,9 @@ use crate::{
 /// the switch still reach an open listener.
 const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
 
-/// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP).
-pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
+/// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP); with `mesh`,
+/// an embedded control plane serves those App Mesh definitions.
+pub async fn run(config_path: &Path, mut config: Config, mesh: Vec<PathBuf>) -> anyhow::Result<()> {
     preflight::check()?;
     raise_fd_limit();
     let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
@@ -70,6 +76,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
     redirector.start()?;
 
+    let (embedded, xds) = start_xds(&config, mesh).await?;
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -79,6 +86,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             ready: Arc::clone(&ready),
             enrollments: Arc::clone(&enrollments),
             netns_dir: config.enrollment.netns_dir.clone(),
+            xds: xds.as_ref().map(|x| x.state.clone()),
         }),
         stop_admin.clone(),
     ));
@@ -98,6 +106,12 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     stop_proxy.cancel();
     let report = proxy_task.await.context("outbound proxy task")?;
     drop(redirector);
+    if let Some(xds) = xds {
+        xds.stop.cancel();
+    }
+    if let Some(control_plane) = embedded {
+        control_plane.stop().await?;
+    }
     stop_admin.cancel();
     let _ = admin_task.await;
     info!(
@@ -105,6 +119,56 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         "mesh-agent stopped; programs detached"
     );
     Ok(())
+}
+
+/// The xDS client, running.
+struct Xds {
+    state: watch::Receiver<Arc<XdsState>>,
+    stop: CancellationToken,
+}
+
+/// Starts the embedded control plane (with `--mesh`) and the xDS client (with it, or with
+/// `xds.address`).
+async fn start_xds(
+    config: &Config,
+    mesh: Vec<PathBuf>,
+) -> anyhow::Result<(Option<Embedded>, Option<Xds>)> {
+    let embedded = if mesh.is_empty() {
+        None
+    } else {
+        let listen = "127.0.0.1:0".parse().context("loopback address")?;
+        Some(Embedded::start(mesh, InputArgs::default(), listen).await?)
+    };
+    let address = match (&embedded, &config.xds) {
+        (Some(embedded), _) => format!("http://{}", embedded.addr),
+        (None, Some(xds)) => xds.address.clone(),
+        (None, None) => return Ok((None, None)),
+    };
+    let node_id = config
+        .xds
+        .as_ref()
+        .and_then(|x| x.node_id.clone())
+        .unwrap_or_else(hostname);
+    let virtual_nodes = config
+        .xds
+        .as_ref()
+        .map(|x| x.virtual_nodes.clone())
+        .unwrap_or_default();
+    let (sender, state) = watch::channel(Arc::new(XdsState::default()));
+    let stop = CancellationToken::new();
+    let settings = Settings {
+        endpoint: address.clone(),
+        node: mesh_xds::client::node(&node_id, &virtual_nodes),
+    };
+    tokio::spawn(mesh_xds::client::run(settings, sender, stop.clone()));
+    info!(%address, node = %node_id, "taking the mesh from xDS");
+    Ok((embedded, Some(Xds { state, stop })))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "mesh-agent".into())
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the config file.

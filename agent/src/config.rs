@@ -47,6 +47,24 @@ pub struct Config {
     pub redirect: RedirectConfig,
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
+    /// The control plane to take the mesh from (xDS); absent: no mesh configuration, unless
+    /// `run --mesh` embeds a control plane.
+    #[serde(default)]
+    pub xds: Option<XdsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsConfig {
+    /// The ADS server, `http://host:port`.
+    pub address: String,
+    /// The node id presented to the control plane; default: the host name.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Virtual nodes (`mesh/name`) of this node's workloads, sent as node metadata so the
+    /// control plane sends only what they need; empty: everything.
+    #[serde(default)]
+    pub virtual_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -217,6 +235,21 @@ impl Config {
         for spec in &self.enrollment.netns {
             NetnsRef::parse(spec, &self.enrollment.netns_dir)
                 .map_err(|reason| ("enrollment.netns", reason))?;
+        }
+        if let Some(xds) = &self.xds {
+            if !(xds.address.starts_with("http://") || xds.address.starts_with("https://")) {
+                return Err((
+                    "xds.address",
+                    format!("{:?} must be an http:// or https:// URL", xds.address),
+                ));
+            }
+            if let Some(bad) = xds
+                .virtual_nodes
+                .iter()
+                .find(|v| v.split('/').filter(|p| !p.is_empty()).count() != 2)
+            {
+                return Err(("xds.virtual_nodes", format!("{bad:?} is not mesh/name")));
+            }
         }
         if let Some(path) = &self.cgroup_path
             && !path.is_absolute()
@@ -429,6 +462,14 @@ mod tests {
                 "enrollment.netns",
             ),
             (&format!("{MINIMAL}cgroup_path: relative\n"), "cgroup_path"),
+            (
+                &format!("{MINIMAL}xds:\n  address: 127.0.0.1:15010\n"),
+                "xds.address",
+            ),
+            (
+                &format!("{MINIMAL}xds:\n  address: http://cp:15010\n  virtual_nodes: [web]\n"),
+                "xds.virtual_nodes",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(text).unwrap_err();

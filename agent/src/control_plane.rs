@@ -15,6 +15,7 @@ use mesh_xds::{
     server::{AdsServer, MeshSource, Publisher},
 };
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::mesh_cmd::{self, InputArgs};
@@ -52,63 +53,111 @@ fn load(paths: &[PathBuf], input: &InputArgs) -> Result<MeshIndex, Vec<Diagnosti
 }
 
 async fn serve(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let index = load(&args.paths, &args.input).map_err(|report| {
-        for diagnostic in &report {
-            eprintln!("{diagnostic}");
-        }
-        anyhow::anyhow!(
-            "the mesh is not valid ({} problems); nothing served",
-            report.len()
-        )
-    })?;
-    let (server, mut publisher) = AdsServer::new(MeshSource::Mesh(index));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
+    let control = Embedded::start(args.paths, args.input, args.listen).await?;
     // Tests and scripts read the bound address from the first line of standard output.
-    println!("serving ADS on {addr}");
-    info!(%addr, paths = ?args.paths, "control plane serving");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    println!("serving ADS on {}", control.addr);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    control.stop().await
+}
+
+/// A control plane running in this process: `mesh-agent control-plane`, or the one
+/// `mesh-agent run --mesh` embeds.
+pub struct Embedded {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Embedded {
+    /// Loads the mesh (refusing an invalid one), binds `listen`, serves, watches the files.
+    pub async fn start(
+        paths: Vec<PathBuf>,
+        input: InputArgs,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let index = load(&paths, &input).map_err(|report| {
+            for diagnostic in &report {
+                eprintln!("{diagnostic}");
+            }
+            anyhow::anyhow!(
+                "the mesh is not valid ({} problems); nothing served",
+                report.len()
+            )
+        })?;
+        let (server, publisher) = AdsServer::new(MeshSource::Mesh(index));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} for xDS"))?;
+        let addr = listener.local_addr()?;
+        info!(%addr, ?paths, "control plane serving");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_control_plane(
+            server,
+            publisher,
+            listener,
+            paths,
+            input,
+            stop.clone(),
+        ));
+        Ok(Self { addr, stop, task })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("control plane task")?
+    }
+}
+
+async fn run_control_plane(
+    server: AdsServer,
+    mut publisher: Publisher,
+    listener: tokio::net::TcpListener,
+    paths: Vec<PathBuf>,
+    input: InputArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server.into_service())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 async {
-                    let _ = stop_rx.await;
+                    let _ = grpc_stopped.await;
                 },
             ),
     );
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut seen = fingerprint(&args.paths);
+    let mut seen = fingerprint(&paths);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = fingerprint(&args.paths);
+                let now = fingerprint(&paths);
                 if now != seen {
                     seen = now;
-                    reload(&args, &mut publisher);
+                    reload(&paths, &input, &mut publisher);
                 }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            () = stop.cancelled() => break,
         }
     }
     info!("control plane stopping");
     // Ending the publisher ends every stream, so agents reconnect at once.
     drop(publisher);
-    let _ = stop_tx.send(());
+    let _ = grpc_stop.send(());
     grpc.await
         .context("gRPC server task")?
         .context("gRPC server")?;
     Ok(())
 }
 
-fn reload(args: &ControlPlaneArgs, publisher: &mut Publisher) {
-    match load(&args.paths, &args.input) {
+fn reload(paths: &[PathBuf], input: &InputArgs, publisher: &mut Publisher) {
+    match load(paths, input) {
         Ok(index) => publisher.publish(MeshSource::Mesh(index)),
         Err(report) => {
             for diagnostic in &report {

@@ -41,6 +41,10 @@ enum Command {
         /// The agent's YAML configuration file (see docs/config.md).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Embed a control plane serving these App Mesh definitions (files or directories,
+        /// any format `validate` reads) and take the mesh from it; instead of `xds.address`.
+        #[arg(long = "mesh", value_name = "PATH")]
+        mesh: Vec<PathBuf>,
     },
     /// Validate App Mesh definitions against the App Mesh API model and its rules; print
     /// every problem with file, resource and field path. Exit 0 if valid, 1 if not.
@@ -81,7 +85,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => mesh_cmd::convert(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::XdsDump(args) => xds_dump::run(args),
-        Command::Run { config } => run(&config),
+        Command::Run { config, mesh } => run(&config, mesh),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {
                 println!(
@@ -102,12 +106,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+fn run(config_path: &std::path::Path, mesh: Vec<PathBuf>) -> anyhow::Result<()> {
     let config = config::Config::load(config_path)?;
+    if !mesh.is_empty() && config.xds.is_some() {
+        anyhow::bail!(
+            "--mesh embeds a control plane; the config file also names one in xds.address: use one"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.proxy.worker_threads)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(app::run(config_path, config))
+    runtime.block_on(app::run(config_path, config, mesh))
 }

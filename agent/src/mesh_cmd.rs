@@ -13,7 +13,7 @@ use mesh_model::{
 };
 
 /// How to read App Mesh definitions.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub struct InputArgs {
     /// Substitute `$VAR` / `${VAR}` placeholders from the environment, as envsubst would;
     /// without it each placeholder is reported with its position.

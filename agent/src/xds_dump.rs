@@ -4,10 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use envoy_types::pb::{
-    envoy::config::core::v3::Node,
-    google::protobuf::{ListValue, Struct, Value, value::Kind},
-};
 use mesh_xds::client::{self, Settings, XdsState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +42,7 @@ async fn dump(args: XdsDumpArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let settings = Settings {
         endpoint: args.control_plane.clone(),
-        node: node(&args.node, &args.virtual_nodes),
+        node: client::node(&args.node, &args.virtual_nodes),
     };
     let client = tokio::spawn(client::run(settings, sender, stop.clone()));
     let synced = tokio::time::timeout(
@@ -62,13 +58,13 @@ async fn dump(args: XdsDumpArgs) -> anyhow::Result<()> {
     })?
     .map(|s| Arc::clone(&s))
     .context("xDS client stopped")?;
-    println!("{}", summary(&synced));
+    println!("{}", synced.summary());
     if args.watch {
         let mut last = synced;
         while state.changed().await.is_ok() {
             let now = Arc::clone(&state.borrow_and_update());
             if now.is_synced() && now.versions != last.versions {
-                println!("{}", summary(&now));
+                println!("{}", now.summary());
                 last = now;
             }
         }
@@ -76,49 +72,4 @@ async fn dump(args: XdsDumpArgs) -> anyhow::Result<()> {
     stop.cancel();
     let _ = client.await;
     Ok(())
-}
-
-fn node(id: &str, virtual_nodes: &[String]) -> Node {
-    let metadata = (!virtual_nodes.is_empty()).then(|| Struct {
-        fields: [(
-            "virtual_nodes".to_owned(),
-            Value {
-                kind: Some(Kind::ListValue(ListValue {
-                    values: virtual_nodes
-                        .iter()
-                        .map(|v| Value {
-                            kind: Some(Kind::StringValue(v.clone())),
-                        })
-                        .collect(),
-                })),
-            },
-        )]
-        .into(),
-    });
-    Node {
-        id: id.to_owned(),
-        cluster: "mesh-agent".into(),
-        metadata,
-        ..Default::default()
-    }
-}
-
-/// One line of JSON: per type (short name), its version and resource names.
-fn summary(state: &XdsState) -> String {
-    let types: serde_json::Map<String, serde_json::Value> = state
-        .resources
-        .by_type
-        .iter()
-        .map(|(type_url, resources)| {
-            let short = type_url.rsplit('.').next().unwrap_or(type_url);
-            (
-                short.to_owned(),
-                serde_json::json!({
-                    "version": state.versions.get(type_url),
-                    "names": resources.keys().collect::<Vec<_>>(),
-                }),
-            )
-        })
-        .collect();
-    serde_json::Value::Object(types).to_string()
 }

@@ -34,7 +34,10 @@ use envoy_types::pb::{
             aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
         },
     },
-    google::{protobuf::Any, rpc},
+    google::{
+        protobuf::{Any, ListValue, Struct, Value, value::Kind},
+        rpc,
+    },
 };
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -51,6 +54,26 @@ pub struct XdsState {
 }
 
 impl XdsState {
+    /// Per type (short name): its version and resource names, as JSON.
+    pub fn summary(&self) -> serde_json::Value {
+        let types: serde_json::Map<String, serde_json::Value> = self
+            .resources
+            .by_type
+            .iter()
+            .map(|(type_url, resources)| {
+                let short = type_url.rsplit('.').next().unwrap_or(type_url);
+                (
+                    short.to_owned(),
+                    serde_json::json!({
+                        "version": self.versions.get(type_url),
+                        "names": resources.keys().collect::<Vec<_>>(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(types)
+    }
+
     /// Every subscribed type has been accepted at least once.
     pub fn is_synced(&self) -> bool {
         let needs = |t: &str| match t {
@@ -68,6 +91,32 @@ pub struct Settings {
     /// `http://host:port` of the ADS server.
     pub endpoint: String,
     pub node: Node,
+}
+
+/// The node an agent presents: its id, and the virtual nodes it serves as metadata.
+pub fn node(id: &str, virtual_nodes: &[String]) -> Node {
+    let metadata = (!virtual_nodes.is_empty()).then(|| Struct {
+        fields: [(
+            "virtual_nodes".to_owned(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: virtual_nodes
+                        .iter()
+                        .map(|v| Value {
+                            kind: Some(Kind::StringValue(v.clone())),
+                        })
+                        .collect(),
+                })),
+            },
+        )]
+        .into(),
+    });
+    Node {
+        id: id.to_owned(),
+        cluster: "mesh-agent".into(),
+        metadata,
+        ..Default::default()
+    }
 }
 
 /// Runs until `stop`; each accepted state is published on `state`.

@@ -8,14 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use envoy_types::pb::{
-    envoy::config::{
-        cluster::v3::{Cluster, cluster::LbPolicy},
-        core::v3::Node,
-        listener::v3::Listener,
-        route::v3::{RouteConfiguration, route::Action, route_action::ClusterSpecifier},
-    },
-    google::protobuf::{ListValue, Struct, Value, value::Kind},
+use envoy_types::pb::envoy::config::{
+    cluster::v3::{Cluster, cluster::LbPolicy},
+    core::v3::Node,
+    listener::v3::Listener,
+    route::v3::{RouteConfiguration, route::Action, route_action::ClusterSpecifier},
 };
 use mesh_model::{
     source::{self, LoadOptions},
@@ -188,34 +185,6 @@ async fn start_server(addr: SocketAddr, mesh: MeshSource) -> Control {
     }
 }
 
-fn node(virtual_nodes: &[&str]) -> Node {
-    let mut node = Node {
-        id: "node-1".into(),
-        cluster: "test".into(),
-        ..Default::default()
-    };
-    if !virtual_nodes.is_empty() {
-        let list = ListValue {
-            values: virtual_nodes
-                .iter()
-                .map(|v| Value {
-                    kind: Some(Kind::StringValue(v.to_string())),
-                })
-                .collect(),
-        };
-        node.metadata = Some(Struct {
-            fields: [(
-                "virtual_nodes".to_owned(),
-                Value {
-                    kind: Some(Kind::ListValue(list)),
-                },
-            )]
-            .into(),
-        });
-    }
-    node
-}
-
 fn start_client(
     addr: SocketAddr,
     node: Node,
@@ -246,7 +215,7 @@ async fn initial_sync_change_nack_and_restart() {
     let index = index_of(&shop());
     let expected = compile(&index, &Workloads::All).resources;
     let mut control = start_server("127.0.0.1:0".parse().unwrap(), MeshSource::Mesh(index)).await;
-    let (mut state, stop_client) = start_client(control.addr, node(&[]));
+    let (mut state, stop_client) = start_client(control.addr, client::node("node-1", &[]));
 
     // Initial sync: clusters, listeners, then the routes and endpoints they name.
     let synced = wait_for(&mut state, |s| s.is_synced() && s.versions.len() == 4).await;
@@ -344,7 +313,10 @@ async fn a_node_gets_only_what_its_workloads_need() {
         MeshSource::Mesh(index_of(&shop())),
     )
     .await;
-    let (mut state, stop) = start_client(control.addr, node(&["shop/api-v1"]));
+    let (mut state, stop) = start_client(
+        control.addr,
+        client::node("node-1", &["shop/api-v1".to_owned()]),
+    );
     let synced = wait_for(&mut state, |s| {
         s.versions.contains_key(CLUSTER) && s.versions.contains_key(LISTENER)
     })

@@ -61,6 +61,16 @@ impl Agent {
 
     /// Starts the agent on the node's namespace with `config` and waits until /readyz is 200.
     pub fn start(node: &Node, config: &str, workdir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_args(node, config, workdir, &[])
+    }
+
+    /// As [`Agent::start`], with more `run` arguments (e.g. `--mesh DIR`).
+    pub fn start_with_args(
+        node: &Node,
+        config: &str,
+        workdir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let config_path = workdir.join("agent.yaml");
         std::fs::write(&config_path, config)?;
         let log_path = workdir.join("agent.log");
@@ -70,6 +80,7 @@ impl Agent {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
