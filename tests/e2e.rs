@@ -532,8 +532,7 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
     let mut node = Node::create("xds").unwrap();
     node.add_pod("client").unwrap();
     let mesh = tempfile::tempdir().unwrap();
-    let shop =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-xds/tests/fixtures/shop");
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
     for entry in std::fs::read_dir(shop).unwrap().flatten() {
         std::fs::copy(entry.path(), mesh.path().join(entry.file_name())).unwrap();
     }

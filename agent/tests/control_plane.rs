@@ -59,7 +59,7 @@ impl Drop for Running {
 }
 
 fn copy_shop(to: &Path) {
-    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-xds/tests/fixtures/shop");
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
     for entry in std::fs::read_dir(shop).unwrap().flatten() {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 fn shop() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shop")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop")
 }
 
 fn index_of(dir: &std::path::Path) -> MeshIndex {

@@ -70,10 +70,16 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     node.wait_for_listener(frontend, SHORT)?;
     node.wait_for_listener(backend, SHORT)?;
 
-    step("starting mesh-agent: frontend and backend enrolled, legacy not");
+    step(
+        "starting mesh-agent: frontend and backend enrolled, legacy not; mesh from deploy/examples/shop",
+    );
     let config = config_for(&node, &["frontend", "backend"], "")?;
     println!("{}", indent(&config));
-    let mut agent = Agent::start(&node, &config, &workdir)?;
+    let shop = build::workspace_root().join("deploy/examples/shop");
+    let shop = shop.to_str().context("example path")?;
+    // The embedded control plane serves the example App Mesh definitions; the node proxy
+    // takes them over xDS (it does not route by them yet: that is the L7 proxy's work).
+    let mut agent = Agent::start_with_args(&node, &config, &workdir, &["--mesh", shop])?;
     println!(
         "  agent pid {} ready; log {}",
         agent.pid(),
@@ -142,6 +148,11 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     {
         println!("  {line}");
     }
+    step(
+        "App Mesh configuration the agent holds, over xDS from its embedded control plane (GET /config_dump)",
+    );
+    let (_, dump) = node.http("GET", Agent::admin_addr(), "/config_dump")?;
+    println!("  {}", dump.trim());
     step(&format!(
         "programs attached to {}",
         node.cgroup_path().display()
