@@ -137,7 +137,7 @@ async fn start_xds(
         None
     } else {
         let listen = "127.0.0.1:0".parse().context("loopback address")?;
-        Some(Embedded::start(mesh, InputArgs::default(), listen).await?)
+        Some(Embedded::start(mesh, InputArgs::default(), listen, None, None).await?)
     };
     let address = match (&embedded, &config.xds) {
         (Some(embedded), _) => format!("http://{}", embedded.addr),

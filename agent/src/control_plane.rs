@@ -4,21 +4,27 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
 use clap::Args;
 use mesh_model::report::Diagnostic;
+use mesh_xds::registry::Registry;
 use mesh_xds::{
     compile::MeshIndex,
     server::{AdsServer, MeshSource, Publisher},
 };
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::mesh_cmd::{self, InputArgs};
+use crate::{
+    mesh_cmd::{self, InputArgs},
+    registry_api::{self, Shared},
+};
 
 /// How often the definition files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -31,6 +37,15 @@ pub struct ControlPlaneArgs {
     /// Address to serve ADS (gRPC) on; port 0 picks a free port, printed on start.
     #[arg(long, default_value = "127.0.0.1:15010", value_name = "ADDR")]
     listen: SocketAddr,
+    /// Service registry (Cloud Map stand-in) file: JSON `{"namespaces": {NS: {SERVICE:
+    /// {INSTANCE_ID: {ATTRIBUTE: VALUE}}}}}`; watched like the mesh (a change replaces what
+    /// the API registered).
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// Serve the Cloud Map–style registry API (RegisterInstance, DeregisterInstance,
+    /// DiscoverInstances) on this address; port 0 picks one, printed on start.
+    #[arg(long, value_name = "ADDR")]
+    registry_api: Option<SocketAddr>,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -53,8 +68,18 @@ fn load(paths: &[PathBuf], input: &InputArgs) -> Result<MeshIndex, Vec<Diagnosti
 }
 
 async fn serve(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let control = Embedded::start(args.paths, args.input, args.listen).await?;
-    // Tests and scripts read the bound address from the first line of standard output.
+    let control = Embedded::start(
+        args.paths,
+        args.input,
+        args.listen,
+        args.registry,
+        args.registry_api,
+    )
+    .await?;
+    // Tests and scripts read the bound addresses from standard output.
+    if let Some(api) = control.registry_api {
+        println!("serving the registry API on {api}");
+    }
     println!("serving ADS on {}", control.addr);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -69,18 +94,22 @@ async fn serve(args: ControlPlaneArgs) -> anyhow::Result<()> {
 /// `mesh-agent run --mesh` embeds.
 pub struct Embedded {
     pub addr: SocketAddr,
+    pub registry_api: Option<SocketAddr>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Embedded {
-    /// Loads the mesh (refusing an invalid one), binds `listen`, serves, watches the files.
+    /// Loads the mesh (refusing an invalid one) and the registry, binds `listen` (and the
+    /// registry API), serves, watches the files.
     pub async fn start(
         paths: Vec<PathBuf>,
         input: InputArgs,
         listen: SocketAddr,
+        registry_file: Option<PathBuf>,
+        registry_api: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
-        let index = load(&paths, &input).map_err(|report| {
+        let index = Arc::new(load(&paths, &input).map_err(|report| {
             for diagnostic in &report {
                 eprintln!("{diagnostic}");
             }
@@ -88,23 +117,58 @@ impl Embedded {
                 "the mesh is not valid ({} problems); nothing served",
                 report.len()
             )
-        })?;
-        let (server, publisher) = AdsServer::new(MeshSource::Mesh(index));
+        })?);
+        let registry = match &registry_file {
+            Some(file) => load_registry(file)?,
+            None => Registry::default(),
+        };
+        let shared = Shared {
+            registry: Arc::new(Mutex::new(registry.clone())),
+            changed: Arc::new(Notify::new()),
+        };
+        let (server, publisher) =
+            AdsServer::new(MeshSource::Mesh(Arc::clone(&index), Arc::new(registry)));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} for xDS"))?;
         let addr = listener.local_addr()?;
-        info!(%addr, ?paths, "control plane serving");
         let stop = CancellationToken::new();
+        let registry_api = match registry_api {
+            Some(api) => {
+                let api_listener = tokio::net::TcpListener::bind(api)
+                    .await
+                    .with_context(|| format!("cannot listen on {api} for the registry API"))?;
+                let bound = api_listener.local_addr()?;
+                tokio::spawn(registry_api::serve(
+                    api_listener,
+                    shared.clone(),
+                    stop.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
+        info!(%addr, ?registry_api, ?paths, "control plane serving");
+        let watched = Watched {
+            paths,
+            input,
+            registry_file,
+            index,
+            shared,
+        };
         let task = tokio::spawn(run_control_plane(
             server,
             publisher,
             listener,
-            paths,
-            input,
+            watched,
             stop.clone(),
         ));
-        Ok(Self { addr, stop, task })
+        Ok(Self {
+            addr,
+            registry_api,
+            stop,
+            task,
+        })
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
@@ -113,12 +177,85 @@ impl Embedded {
     }
 }
 
+/// What the control plane serves and where it comes from.
+struct Watched {
+    paths: Vec<PathBuf>,
+    input: InputArgs,
+    registry_file: Option<PathBuf>,
+    /// The last good mesh.
+    index: Arc<MeshIndex>,
+    shared: Shared,
+}
+
+impl Watched {
+    fn files(&self) -> Vec<PathBuf> {
+        self.paths
+            .iter()
+            .chain(&self.registry_file)
+            .cloned()
+            .collect()
+    }
+
+    /// Re-reads mesh and registry files; publishes what is good, keeps the rest.
+    fn reload(&mut self, publisher: &mut Publisher) {
+        match load(&self.paths, &self.input) {
+            Ok(index) => self.index = Arc::new(index),
+            Err(report) => {
+                for diagnostic in &report {
+                    warn!(%diagnostic, "mesh change rejected");
+                }
+                error!(
+                    problems = report.len(),
+                    "mesh change rejected; still serving the last good mesh"
+                );
+                return;
+            }
+        }
+        if let Some(file) = &self.registry_file {
+            match load_registry(file) {
+                Ok(registry) => {
+                    if let Ok(mut shared) = self.shared.registry.lock() {
+                        *shared = registry;
+                    }
+                }
+                Err(error) => {
+                    error!(%error, "registry change rejected; keeping the last good registry")
+                }
+            }
+        }
+        self.publish(publisher);
+    }
+
+    fn publish(&self, publisher: &mut Publisher) {
+        let registry = self
+            .shared
+            .registry
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        publisher.publish(MeshSource::Mesh(
+            Arc::clone(&self.index),
+            Arc::new(registry),
+        ));
+    }
+}
+
+fn load_registry(file: &Path) -> anyhow::Result<Registry> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read registry {}", file.display()))?;
+    let registry: Registry =
+        serde_json::from_str(&text).with_context(|| format!("registry {}", file.display()))?;
+    registry
+        .check()
+        .with_context(|| format!("registry {}", file.display()))?;
+    Ok(registry)
+}
+
 async fn run_control_plane(
     server: AdsServer,
     mut publisher: Publisher,
     listener: tokio::net::TcpListener,
-    paths: Vec<PathBuf>,
-    input: InputArgs,
+    mut watched: Watched,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -132,17 +269,19 @@ async fn run_control_plane(
                 },
             ),
     );
-    let mut seen = fingerprint(&paths);
+    let mut seen = fingerprint(&watched.files());
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    let changed = Arc::clone(&watched.shared.changed);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = fingerprint(&paths);
+                let now = fingerprint(&watched.files());
                 if now != seen {
                     seen = now;
-                    reload(&paths, &input, &mut publisher);
+                    watched.reload(&mut publisher);
                 }
             }
+            () = changed.notified() => watched.publish(&mut publisher),
             () = stop.cancelled() => break,
         }
     }
@@ -154,21 +293,6 @@ async fn run_control_plane(
         .context("gRPC server task")?
         .context("gRPC server")?;
     Ok(())
-}
-
-fn reload(paths: &[PathBuf], input: &InputArgs, publisher: &mut Publisher) {
-    match load(paths, input) {
-        Ok(index) => publisher.publish(MeshSource::Mesh(index)),
-        Err(report) => {
-            for diagnostic in &report {
-                warn!(%diagnostic, "mesh change rejected");
-            }
-            error!(
-                problems = report.len(),
-                "mesh change rejected; still serving the last good mesh"
-            );
-        }
-    }
 }
 
 /// (path, modified, length) of every file under `paths`: a change in any means reload.

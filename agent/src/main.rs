@@ -7,6 +7,7 @@ mod mesh_cmd;
 mod metrics;
 mod proxy;
 mod redirect;
+mod registry_api;
 mod xds_dump;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -144,3 +144,93 @@ fn control_plane_and_agent_over_grpc() {
     );
     assert!(resynced.is_some(), "agent did not resync after the restart");
 }
+
+fn registry_call(api: &str, operation: &str, body: &str) -> String {
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-Amz-Target: Route53AutoNaming_v20170314.{operation}"),
+            "-H",
+            "Content-Type: application/x-amz-json-1.1",
+            "--data",
+            body,
+        ])
+        .arg(format!("http://{api}/"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn registered_instances_reach_the_agent_as_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_shop(dir.path());
+    let control = Running::start(&[
+        "control-plane",
+        "--mesh",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--registry-api",
+        "127.0.0.1:0",
+    ]);
+    let api_line = control
+        .line_with("serving the registry API on", WAIT)
+        .expect("registry API");
+    let api = api_line.rsplit(' ').next().unwrap().to_owned();
+    let serving = control
+        .line_with("serving ADS on", WAIT)
+        .expect("control plane serving");
+    let url = format!("http://{}", serving.rsplit(' ').next().unwrap());
+    let agent = Running::start(&["xds-dump", "--control-plane", &url, "--watch"]);
+    agent
+        .line_with(
+            r#""ClusterLoadAssignment":{"names":["shop/db/5432"],"version":"v1"}"#,
+            WAIT,
+        )
+        .expect("initial sync");
+
+    let registered = registry_call(
+        &api,
+        "RegisterInstance",
+        r#"{"ServiceId": "shop.local/db", "InstanceId": "db-1", "Attributes": {"AWS_INSTANCE_IPV4": "10.1.0.1", "zone": "a"}}"#,
+    );
+    assert!(registered.contains("OperationId"), "{registered}");
+    agent
+        .line_with(
+            r#""ClusterLoadAssignment":{"names":["shop/db/5432"],"version":"v2"}"#,
+            WAIT,
+        )
+        .expect("endpoints pushed after RegisterInstance");
+
+    let found = registry_call(
+        &api,
+        "DiscoverInstances",
+        r#"{"NamespaceName": "shop.local", "ServiceName": "db", "QueryParameters": {"zone": "a"}}"#,
+    );
+    assert!(found.contains(r#""InstanceId":"db-1""#), "{found}");
+    let none = registry_call(
+        &api,
+        "DiscoverInstances",
+        r#"{"NamespaceName": "shop.local", "ServiceName": "db", "QueryParameters": {"zone": "b"}}"#,
+    );
+    assert_eq!(none, r#"{"Instances":[]}"#);
+    let bad = registry_call(
+        &api,
+        "RegisterInstance",
+        r#"{"ServiceId": "shop.local/db", "InstanceId": "db-2", "Attributes": {"zone": "a"}}"#,
+    );
+    assert!(
+        bad.contains("InvalidInput") && bad.contains("db-2 has no AWS_INSTANCE_IPV4"),
+        "{bad}"
+    );
+    let gone = registry_call(
+        &api,
+        "DeregisterInstance",
+        r#"{"ServiceId": "shop.local/db", "InstanceId": "db-9"}"#,
+    );
+    assert!(gone.contains("InstanceNotFound"), "{gone}");
+}

@@ -4,5 +4,6 @@
 pub mod client;
 pub mod compile;
 pub mod names;
+pub mod registry;
 pub mod resources;
 pub mod server;

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     compile::{self, MeshIndex, Workloads},
+    registry::Registry,
     resources::{CLUSTER, LISTENER, ResourceSet},
 };
 
@@ -43,16 +44,19 @@ pub struct Published {
     pub mesh: MeshSource,
 }
 
-/// What a stream serves: a mesh compiled per node, or (for tests of clients) fixed resources.
+/// What a stream serves: a mesh (with the service registry) compiled per node, or (for tests
+/// of clients) fixed resources.
 pub enum MeshSource {
-    Mesh(MeshIndex),
+    Mesh(Arc<MeshIndex>, Arc<Registry>),
     Fixed(ResourceSet),
 }
 
 impl Published {
     fn resources_for(&self, node: &Node) -> ResourceSet {
         match &self.mesh {
-            MeshSource::Mesh(index) => compile::compile(index, &workloads_of(node)).resources,
+            MeshSource::Mesh(index, registry) => {
+                compile::compile(index, registry, &workloads_of(node)).resources
+            }
             MeshSource::Fixed(resources) => resources.clone(),
         }
     }

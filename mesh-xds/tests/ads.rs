@@ -21,6 +21,7 @@ use mesh_model::{
 use mesh_xds::{
     client::{self, Settings, XdsState},
     compile::{MeshIndex, Workloads, compile},
+    registry::Registry,
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
     server::{AdsServer, MeshSource, Publisher, Stats},
 };
@@ -77,7 +78,7 @@ fn weights(routes: &RouteConfiguration) -> Vec<(String, u32)> {
 
 #[test]
 fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
-    let compiled = compile(&index_of(&shop()), &Workloads::All);
+    let compiled = compile(&index_of(&shop()), &Registry::default(), &Workloads::All);
     assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
     let resources = &compiled.resources;
     // Only what web's listener reaches: api-v1, api-v2 and db, not web itself.
@@ -153,6 +154,10 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
     );
 }
 
+fn mesh(index: MeshIndex) -> MeshSource {
+    MeshSource::Mesh(Arc::new(index), Arc::new(Registry::default()))
+}
+
 struct Control {
     addr: SocketAddr,
     publisher: Publisher,
@@ -213,8 +218,8 @@ async fn wait_for(
 #[tokio::test]
 async fn initial_sync_change_nack_and_restart() {
     let index = index_of(&shop());
-    let expected = compile(&index, &Workloads::All).resources;
-    let mut control = start_server("127.0.0.1:0".parse().unwrap(), MeshSource::Mesh(index)).await;
+    let expected = compile(&index, &Registry::default(), &Workloads::All).resources;
+    let mut control = start_server("127.0.0.1:0".parse().unwrap(), mesh(index)).await;
     let (mut state, stop_client) = start_client(control.addr, client::node("node-1", &[]));
 
     // Initial sync: clusters, listeners, then the routes and endpoints they name.
@@ -235,9 +240,7 @@ async fn initial_sync_change_nack_and_restart() {
             .replace("\"weight\": 10", "\"weight\": 50")
     });
     let started = Instant::now();
-    control
-        .publisher
-        .publish(MeshSource::Mesh(index_of(changed.path())));
+    control.publisher.publish(mesh(index_of(changed.path())));
     let updated = wait_for(&mut state, |s| {
         s.versions.get(ROUTE).is_some_and(|v| v == "v2")
     })
@@ -290,7 +293,7 @@ async fn initial_sync_change_nack_and_restart() {
     drop(control.publisher);
     control.stop.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let restarted = start_server(control.addr, MeshSource::Mesh(index_of(&shop()))).await;
+    let restarted = start_server(control.addr, mesh(index_of(&shop()))).await;
     let resynced = wait_for(&mut state, |s| {
         s.resources
             .of_type(ROUTE)
@@ -308,11 +311,7 @@ async fn initial_sync_change_nack_and_restart() {
 
 #[tokio::test]
 async fn a_node_gets_only_what_its_workloads_need() {
-    let control = start_server(
-        "127.0.0.1:0".parse().unwrap(),
-        MeshSource::Mesh(index_of(&shop())),
-    )
-    .await;
+    let control = start_server("127.0.0.1:0".parse().unwrap(), mesh(index_of(&shop()))).await;
     let (mut state, stop) = start_client(
         control.addr,
         client::node("node-1", &["shop/api-v1".to_owned()]),
@@ -367,4 +366,59 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+#[test]
+fn cloud_map_instances_become_endpoints() {
+    use envoy_types::pb::envoy::config::{
+        core::v3::address::Address,
+        endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
+    };
+    let mut registry = Registry::default();
+    let attrs = |ip: &str, port: Option<&str>| {
+        let mut a = mesh_xds::registry::Attributes::new();
+        a.insert("AWS_INSTANCE_IPV4".into(), ip.into());
+        if let Some(port) = port {
+            a.insert("AWS_INSTANCE_PORT".into(), port.into());
+        }
+        a
+    };
+    registry
+        .register("shop.local", "db", "db-1", attrs("10.1.0.1", None))
+        .unwrap();
+    registry
+        .register("shop.local", "db", "db-2", attrs("10.1.0.2", Some("6432")))
+        .unwrap();
+    registry
+        .register("shop.local", "other", "o-1", attrs("10.1.0.3", None))
+        .unwrap();
+    let compiled = compile(&index_of(&shop()), &registry, &Workloads::All);
+    let assignment: ClusterLoadAssignment = decode(&compiled.resources, ENDPOINT, "shop/db/5432");
+    let endpoints: Vec<(String, u32)> = assignment.endpoints[0]
+        .lb_endpoints
+        .iter()
+        .map(|e| {
+            let Some(HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else {
+                panic!()
+            };
+            let Some(Address::SocketAddress(socket)) = &endpoint.address.as_ref().unwrap().address
+            else {
+                panic!()
+            };
+            let Some(
+                envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                    port,
+                ),
+            ) = socket.port_specifier
+            else {
+                panic!()
+            };
+            (socket.address.clone(), port)
+        })
+        .collect();
+    // The listener's port unless the instance names its own.
+    assert_eq!(
+        endpoints,
+        [("10.1.0.1".to_owned(), 5432), ("10.1.0.2".to_owned(), 6432)]
+    );
 }

@@ -25,19 +25,25 @@ use envoy_types::{
     util::pack_any,
 };
 use mesh_model::types::{
-    CreateVirtualNodeInput, DnsResponseType, HealthCheckPolicy, IpPreference, Listener,
-    OutlierDetection, PortProtocol, ServiceDiscovery, VirtualNodeConnectionPool,
+    AwsCloudMapServiceDiscovery, CreateVirtualNodeInput, DnsResponseType, HealthCheckPolicy,
+    IpPreference, Listener, OutlierDetection, PortProtocol, ServiceDiscovery,
+    VirtualNodeConnectionPool,
 };
 
 use super::{ads, duration, millis, u32_value};
-use crate::names;
+use crate::{
+    names,
+    registry::{self, Registry},
+};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// The cluster of `listener` on virtual node `node`, and its endpoints when they come by EDS.
+/// The cluster of `listener` on virtual node `node`, and its endpoints when they come by EDS
+/// (from the service registry).
 pub fn for_listener(
     node: &CreateVirtualNodeInput,
     listener: &Listener,
+    registry: &Registry,
 ) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
     let port = listener.port_mapping.port;
     let name = names::cluster(&node.mesh_name, &node.virtual_node_name, port);
@@ -72,13 +78,7 @@ pub fn for_listener(
                 eds_config: Some(ads()),
                 service_name: name.clone(),
             });
-            result.dns_lookup_family = lookup_family(cloud_map.ip_preference) as i32;
-            // Instances come from the service registry; until one is attached the
-            // assignment is empty and the cluster has no hosts.
-            eds = Some(endpoint::ClusterLoadAssignment {
-                cluster_name: name,
-                ..Default::default()
-            });
+            eds = Some(registry_assignment(name, cloud_map, registry, port));
         }
         None => {
             result.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
@@ -128,6 +128,61 @@ fn load_assignment(cluster_name: &str, host: &str, port: i32) -> endpoint::Clust
                 )),
                 ..Default::default()
             }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The registry's instances of the node's Cloud Map service, filtered by its attributes:
+/// each at the address its IP preference picks, on its AWS_INSTANCE_PORT or the listener port.
+fn registry_assignment(
+    cluster_name: String,
+    cloud_map: &AwsCloudMapServiceDiscovery,
+    registry: &Registry,
+    listener_port: i32,
+) -> endpoint::ClusterLoadAssignment {
+    let filter: registry::Attributes = cloud_map
+        .attributes
+        .iter()
+        .flatten()
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect();
+    let lb_endpoints = registry
+        .discover(&cloud_map.namespace_name, &cloud_map.service_name, &filter)
+        .into_iter()
+        .filter_map(|instance| {
+            let (v4, v6) = (
+                instance.attributes.get(registry::IPV4),
+                instance.attributes.get(registry::IPV6),
+            );
+            let address = match cloud_map.ip_preference {
+                Some(IpPreference::Ipv6Only) => v6,
+                Some(IpPreference::Ipv6Preferred) => v6.or(v4),
+                Some(IpPreference::Ipv4Preferred) => v4.or(v6),
+                Some(IpPreference::Ipv4Only) | None => v4,
+            }?;
+            let port = instance
+                .attributes
+                .get(registry::PORT)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(listener_port as u32);
+            Some(endpoint::LbEndpoint {
+                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                    endpoint::Endpoint {
+                        address: Some(super::socket_address(address, port)),
+                        hostname: instance.instance_id,
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            })
+        })
+        .collect();
+    endpoint::ClusterLoadAssignment {
+        cluster_name,
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints,
             ..Default::default()
         }],
         ..Default::default()

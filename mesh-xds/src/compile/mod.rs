@@ -32,6 +32,7 @@ use mesh_model::{
 
 use crate::{
     names,
+    registry::Registry,
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
 };
 
@@ -148,8 +149,8 @@ pub struct Compiled {
 }
 
 /// The xDS resources `workloads` need: their outbound listeners and routes, and the
-/// clusters (and EDS assignments) those reach.
-pub fn compile(index: &MeshIndex, workloads: &Workloads) -> Compiled {
+/// clusters (and EDS assignments, from `registry`) those reach.
+pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
     let mut resources = ResourceSet::default();
     let mut issues = Issues::new();
     let mut needed_clusters = BTreeSet::new();
@@ -177,7 +178,7 @@ pub fn compile(index: &MeshIndex, workloads: &Workloads) -> Compiled {
             if !needed_clusters.contains(&name) {
                 continue;
             }
-            let (cluster, assignment) = cluster::for_listener(node, listener);
+            let (cluster, assignment) = cluster::for_listener(node, listener, registry);
             resources.insert(CLUSTER, name.clone(), pack_any(cluster));
             if let Some(assignment) = assignment {
                 resources.insert(ENDPOINT, name, pack_any(assignment));

@@ -1,0 +1,226 @@
+//! A stand-in for AWS Cloud Map: service instances by namespace and service, each with
+//! attributes (`AWS_INSTANCE_IPV4`, `AWS_INSTANCE_IPV6`, `AWS_INSTANCE_PORT` and any others).
+//! Virtual nodes discovered through `awsCloudMap` get the instances of their service whose
+//! attributes match the node's `attributes` filter, as EDS endpoints.
+//!
+//! The registry is read from a file and changed through a Cloud Map–style API
+//! (RegisterInstance, DeregisterInstance, DiscoverInstances), served by the control plane.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const IPV4: &str = "AWS_INSTANCE_IPV4";
+pub const IPV6: &str = "AWS_INSTANCE_IPV6";
+pub const PORT: &str = "AWS_INSTANCE_PORT";
+
+/// Attributes of one instance.
+pub type Attributes = BTreeMap<String, String>;
+
+/// namespace -> service -> instance id -> attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, BTreeMap<String, Attributes>>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("instance {id} has no {IPV4} or {IPV6} attribute")]
+    NoAddress { id: String },
+    #[error("instance {id}: {attribute} {value:?} is not {expected}")]
+    BadAttribute {
+        id: String,
+        attribute: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("no instance {id} in service {service} of namespace {namespace}")]
+    NotFound {
+        namespace: String,
+        service: String,
+        id: String,
+    },
+}
+
+/// One instance as DiscoverInstances returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Instance {
+    pub instance_id: String,
+    pub namespace_name: String,
+    pub service_name: String,
+    pub attributes: Attributes,
+}
+
+impl Registry {
+    /// Checks every instance (an address, a numeric port), naming the first bad one.
+    pub fn check(&self) -> Result<(), RegistryError> {
+        for services in self.namespaces.values() {
+            for instances in services.values() {
+                for (id, attributes) in instances {
+                    check_instance(id, attributes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn register(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        id: &str,
+        attributes: Attributes,
+    ) -> Result<(), RegistryError> {
+        check_instance(id, &attributes)?;
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .entry(service.to_owned())
+            .or_default()
+            .insert(id.to_owned(), attributes);
+        Ok(())
+    }
+
+    pub fn deregister(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<(), RegistryError> {
+        let not_found = || RegistryError::NotFound {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            id: id.to_owned(),
+        };
+        let instances = self
+            .namespaces
+            .get_mut(namespace)
+            .and_then(|s| s.get_mut(service))
+            .ok_or_else(not_found)?;
+        instances.remove(id).map(drop).ok_or_else(not_found)
+    }
+
+    /// The instances of a service whose attributes include every `filter` pair.
+    pub fn discover(&self, namespace: &str, service: &str, filter: &Attributes) -> Vec<Instance> {
+        self.namespaces
+            .get(namespace)
+            .and_then(|s| s.get(service))
+            .into_iter()
+            .flatten()
+            .filter(|(_, attributes)| filter.iter().all(|(k, v)| attributes.get(k) == Some(v)))
+            .map(|(id, attributes)| Instance {
+                instance_id: id.clone(),
+                namespace_name: namespace.to_owned(),
+                service_name: service.to_owned(),
+                attributes: attributes.clone(),
+            })
+            .collect()
+    }
+}
+
+fn check_instance(id: &str, attributes: &Attributes) -> Result<(), RegistryError> {
+    let bad = |attribute, value: &String, expected| RegistryError::BadAttribute {
+        id: id.to_owned(),
+        attribute,
+        value: value.clone(),
+        expected,
+    };
+    match (attributes.get(IPV4), attributes.get(IPV6)) {
+        (None, None) => return Err(RegistryError::NoAddress { id: id.to_owned() }),
+        (Some(v4), _) if v4.parse::<std::net::Ipv4Addr>().is_err() => {
+            return Err(bad(IPV4, v4, "an IPv4 address"));
+        }
+        (_, Some(v6)) if v6.parse::<std::net::Ipv6Addr>().is_err() => {
+            return Err(bad(IPV6, v6, "an IPv6 address"));
+        }
+        _ => {}
+    }
+    if let Some(port) = attributes.get(PORT)
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad(PORT, port, "a port number"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn register_discover_deregister() {
+        let mut registry = Registry::default();
+        registry
+            .register(
+                "shop.local",
+                "db",
+                "db-1",
+                attrs(&[(IPV4, "10.0.0.5"), ("color", "blue")]),
+            )
+            .unwrap();
+        registry
+            .register(
+                "shop.local",
+                "db",
+                "db-2",
+                attrs(&[(IPV4, "10.0.0.6"), ("color", "green")]),
+            )
+            .unwrap();
+        let blue = registry.discover("shop.local", "db", &attrs(&[("color", "blue")]));
+        assert_eq!(
+            blue.iter()
+                .map(|i| i.instance_id.as_str())
+                .collect::<Vec<_>>(),
+            ["db-1"]
+        );
+        assert_eq!(
+            registry
+                .discover("shop.local", "db", &Attributes::new())
+                .len(),
+            2
+        );
+        registry.deregister("shop.local", "db", "db-1").unwrap();
+        assert_eq!(
+            registry
+                .discover("shop.local", "db", &Attributes::new())
+                .len(),
+            1
+        );
+        assert!(matches!(
+            registry.deregister("shop.local", "db", "db-1"),
+            Err(RegistryError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_instances_are_named() {
+        let mut registry = Registry::default();
+        let err = registry
+            .register("n", "s", "i-1", attrs(&[("color", "x")]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "instance i-1 has no AWS_INSTANCE_IPV4 or AWS_INSTANCE_IPV6 attribute"
+        );
+        let err = registry
+            .register("n", "s", "i-2", attrs(&[(IPV4, "10.0.0.300")]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("AWS_INSTANCE_IPV4 \"10.0.0.300\" is not an IPv4 address")
+        );
+        let err = registry
+            .register("n", "s", "i-3", attrs(&[(IPV4, "10.0.0.1"), (PORT, "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("AWS_INSTANCE_PORT"));
+    }
+}
