@@ -192,10 +192,22 @@ impl AggregatedDiscoveryService for AdsServer {
 struct Subscription {
     /// None: wildcard.
     names: Option<BTreeSet<String>>,
-    /// The last response: its nonce, version and resources.
+    /// The last response: its nonce, version and a digest of its resources (a digest rather
+    /// than a copy: with thousands of resources per node, copies per stream add up).
     nonce: String,
     version: String,
-    sent: Option<BTreeMap<String, Any>>,
+    sent: Option<u64>,
+}
+
+fn digest(resources: &BTreeMap<String, Any>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (name, any) in resources {
+        name.hash(&mut hasher);
+        any.type_url.hash(&mut hasher);
+        any.value.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 struct StreamState {
@@ -301,13 +313,8 @@ impl StreamState {
     async fn push_changes(&mut self) -> Result<(), Status> {
         let types: Vec<String> = self.subscriptions.keys().cloned().collect();
         for type_url in types {
-            let selected = self.selected(&type_url);
-            if self
-                .subscriptions
-                .get(&type_url)
-                .and_then(|s| s.sent.as_ref())
-                != Some(&selected)
-            {
+            let selected = digest(&self.selected(&type_url));
+            if self.subscriptions.get(&type_url).and_then(|s| s.sent) != Some(selected) {
                 self.send(&type_url).await?;
             }
         }
@@ -343,7 +350,7 @@ impl StreamState {
         let subscription = self.subscriptions.entry(type_url.to_owned()).or_default();
         subscription.nonce = self.nonce.to_string();
         subscription.version = version;
-        subscription.sent = Some(selected);
+        subscription.sent = Some(digest(&selected));
         self.stats.responses.fetch_add(1, Ordering::Relaxed);
         self.sender
             .send(Ok(response))

@@ -280,6 +280,18 @@ mod tests {
         }
     }
 
+    /// How a client learns the proxy reset it: on its first read, or — when the reset beats
+    /// the end of its connect — as the connect's error.
+    async fn reset_seen_by_client(proxy: SocketAddr) -> io::ErrorKind {
+        let outcome = match TcpStream::connect(proxy).await {
+            Ok(mut client) => client.read(&mut [0u8; 16]).await.map(drop),
+            Err(error) => Err(error),
+        };
+        outcome
+            .expect_err("the proxy should reset the client")
+            .kind()
+    }
+
     /// Reads until EOF, then answers with the byte count and a 1 MiB reply, then closes.
     async fn counting_server() -> SocketAddrV4 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -342,10 +354,10 @@ mod tests {
             .unwrap());
         let harness = start(Some(closed), Duration::from_secs(1)).await;
         let started = Instant::now();
-        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
-        let mut buf = [0u8; 16];
-        let err = client.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            reset_seen_by_client(harness.proxy).await,
+            io::ErrorKind::ConnectionReset
+        );
         assert!(
             started.elapsed() < Duration::from_millis(500),
             "{:?}",
@@ -363,9 +375,10 @@ mod tests {
     #[tokio::test]
     async fn connection_without_original_destination_is_reset() {
         let harness = start(None, Duration::from_secs(1)).await;
-        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
-        let err = client.read(&mut [0u8; 4]).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            reset_seen_by_client(harness.proxy).await,
+            io::ErrorKind::ConnectionReset
+        );
         let text = harness.metrics.encode().unwrap();
         assert!(
             text.contains("reason=\"no_original_destination\"} 1"),
@@ -382,9 +395,10 @@ mod tests {
             reset(stream);
         });
         let harness = start(Some(server), Duration::from_secs(1)).await;
-        let mut client = TcpStream::connect(harness.proxy).await.unwrap();
-        let err = client.read(&mut [0u8; 4]).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            reset_seen_by_client(harness.proxy).await,
+            io::ErrorKind::ConnectionReset
+        );
     }
 
     #[tokio::test]
