@@ -3,6 +3,7 @@
 //! ([`server`]) that serves them to node agents (or any xDS client).
 pub mod client;
 pub mod compile;
+pub mod delta;
 pub mod names;
 pub mod registry;
 pub mod resources;

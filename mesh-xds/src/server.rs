@@ -1,4 +1,5 @@
-//! A state-of-the-world ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService`).
+//! The ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService`): state of the
+//! world here, incremental in [`crate::delta`].
 //!
 //! Per stream it follows Envoy's xDS protocol: the first request carries the node; each
 //! response has a version and a nonce; a request echoing the latest nonce with that version
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     compile::{self, MeshIndex, Workloads},
+    delta,
     registry::Registry,
     resources::{CLUSTER, LISTENER, ResourceSet},
 };
@@ -52,7 +54,7 @@ pub enum MeshSource {
 }
 
 impl Published {
-    fn resources_for(&self, node: &Node) -> ResourceSet {
+    pub(crate) fn resources_for(&self, node: &Node) -> ResourceSet {
         match &self.mesh {
             MeshSource::Mesh(index, registry) => {
                 compile::compile(index, registry, &workloads_of(node)).resources
@@ -179,11 +181,20 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served; use state-of-the-world ADS",
-        ))
+        let requests = request.into_inner();
+        let (sender, receiver) = mpsc::channel(16);
+        let stream =
+            delta::DeltaSession::new(self.published.clone(), Arc::clone(&self.stats), sender);
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(status) = stream.run(requests).await {
+                debug!(%status, "delta ADS stream ended");
+            }
+        });
+        let output = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(output)))
     }
 }
 

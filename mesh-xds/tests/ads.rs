@@ -422,3 +422,119 @@ fn cloud_map_instances_become_endpoints() {
         [("10.1.0.1".to_owned(), 5432), ("10.1.0.2".to_owned(), 6432)]
     );
 }
+
+#[tokio::test]
+async fn delta_sends_only_what_changed() {
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    };
+    let mut control = start_server("127.0.0.1:0".parse().unwrap(), mesh(index_of(&shop()))).await;
+    let url = format!("http://{}", control.addr);
+
+    let mut grpc = AggregatedDiscoveryServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (requests, receiver) = tokio::sync::mpsc::channel(8);
+    requests
+        .send(DeltaDiscoveryRequest {
+            node: Some(client::node("delta", &[])),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut responses = grpc
+        .delta_aggregated_resources(stream)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_delta(&mut responses).await;
+    let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shop/api-v1/9090", "shop/api-v2/9090", "shop/db/5432"]
+    );
+    let known: std::collections::HashMap<String, String> = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    requests
+        .send(DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            response_nonce: first.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Weights change: no cluster changes, so nothing is sent for clusters.
+    let reweighted = tempdir_with_shop(|route| {
+        route
+            .replace("\"weight\": 90", "\"weight\": 50")
+            .replace("\"weight\": 10", "\"weight\": 50")
+    });
+    control.publisher.publish(mesh(index_of(reweighted.path())));
+    let quiet = tokio::time::timeout(Duration::from_millis(300), responses.message()).await;
+    assert!(quiet.is_err(), "no cluster changed, yet a response came");
+
+    // web no longer reaches db: its cluster is removed, and only that is said.
+    let dir = tempdir_with_shop(|route| route.to_owned());
+    let web = dir.path().join("vn-web.json");
+    let text = std::fs::read_to_string(&web).unwrap().replace(
+        ",\n      {\"virtualService\": {\"virtualServiceName\": \"db.shop.local\"}}",
+        "",
+    );
+    std::fs::write(&web, text).unwrap();
+    control.publisher.publish(mesh(index_of(dir.path())));
+    let removal = next_delta(&mut responses).await;
+    assert!(
+        removal.resources.is_empty(),
+        "{:?}",
+        removal
+            .resources
+            .iter()
+            .map(|r| &r.name)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(removal.removed_resources, ["shop/db/5432"]);
+
+    // A reconnecting client that says what it has gets nothing it already holds.
+    let mut grpc = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let (requests, receiver) = tokio::sync::mpsc::channel(8);
+    requests
+        .send(DeltaDiscoveryRequest {
+            node: Some(client::node("delta", &[])),
+            type_url: CLUSTER.into(),
+            initial_resource_versions: known,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut responses = grpc
+        .delta_aggregated_resources(stream)
+        .await
+        .unwrap()
+        .into_inner();
+    let resumed = next_delta(&mut responses).await;
+    assert!(resumed.resources.is_empty());
+    assert_eq!(resumed.removed_resources, ["shop/db/5432"]);
+    control.stop.cancel();
+}
+
+async fn next_delta(
+    responses: &mut tonic::Streaming<
+        envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+    >,
+) -> envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(5), responses.message())
+        .await
+        .expect("response in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
