@@ -14,3 +14,13 @@ pub fn outbound_listener(mesh: &str, node: &str) -> String {
 pub fn outbound_routes(mesh: &str, node: &str, port: i32) -> String {
     format!("{mesh}/{node}/outbound/{port}")
 }
+
+/// The inbound listener of a virtual node: `mesh/node/inbound`.
+pub fn inbound_listener(mesh: &str, node: &str) -> String {
+    format!("{mesh}/{node}/inbound")
+}
+
+/// The local application behind one listener port of a virtual node: `mesh/node/inbound/port`.
+pub fn inbound_cluster(mesh: &str, node: &str, port: i32) -> String {
+    format!("{mesh}/{node}/inbound/{port}")
+}

@@ -81,18 +81,30 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
     let compiled = compile(&index_of(&shop()), &Registry::default(), &Workloads::All);
     assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
     let resources = &compiled.resources;
-    // Only what web's listener reaches: api-v1, api-v2 and db, not web itself.
+    // Outbound: what web's listener reaches (api-v1, api-v2, db, not web itself); inbound:
+    // every node's local application per listener.
     let clusters: Vec<&String> = resources.of_type(CLUSTER).unwrap().keys().collect();
     assert_eq!(
         clusters,
-        ["shop/api-v1/9090", "shop/api-v2/9090", "shop/db/5432"]
+        [
+            "shop/api-v1/9090",
+            "shop/api-v1/inbound/9090",
+            "shop/api-v2/9090",
+            "shop/api-v2/inbound/9090",
+            "shop/db/5432",
+            "shop/db/inbound/5432",
+            "shop/web/inbound/8080"
+        ]
     );
+    // Callers eject bad endpoints; the connection pool and health check guard the local app.
     let api: Cluster = decode(resources, CLUSTER, "shop/api-v1/9090");
     let outlier = api.outlier_detection.unwrap();
     assert_eq!(outlier.consecutive_5xx.unwrap().value, 5);
     assert_eq!(outlier.base_ejection_time.unwrap().seconds, 30);
     assert_eq!(outlier.max_ejection_percent.unwrap().value, 50);
-    let thresholds = &api.circuit_breakers.unwrap().thresholds[0];
+    assert!(api.circuit_breakers.is_none() && api.health_checks.is_empty());
+    let local: Cluster = decode(resources, CLUSTER, "shop/api-v1/inbound/9090");
+    let thresholds = &local.circuit_breakers.unwrap().thresholds[0];
     assert_eq!(
         (
             thresholds.max_connections.unwrap().value,
@@ -100,7 +112,20 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
         ),
         (100, 10)
     );
-    assert_eq!(api.health_checks[0].interval.unwrap().seconds, 5);
+    assert_eq!(local.health_checks[0].interval.unwrap().seconds, 5);
+    let inbound: Listener = decode(resources, LISTENER, "shop/api-v1/inbound");
+    let chain = &inbound.filter_chains[0];
+    assert_eq!(
+        chain
+            .filter_chain_match
+            .as_ref()
+            .unwrap()
+            .destination_port
+            .unwrap()
+            .value,
+        9090
+    );
+    assert!(chain.transport_socket.is_none(), "no TLS configured");
     // Cloud Map discovery: EDS, with an assignment for the cluster.
     assert!(
         resources
@@ -320,13 +345,14 @@ async fn a_node_gets_only_what_its_workloads_need() {
         s.versions.contains_key(CLUSTER) && s.versions.contains_key(LISTENER)
     })
     .await;
-    // api-v1 has no backends: no listener, no clusters.
-    assert_eq!(
-        synced.resources.count(),
-        0,
-        "{:?}",
-        synced.resources.by_type.keys()
-    );
+    // api-v1 has no backends: its inbound side only.
+    let names: Vec<&String> = synced
+        .resources
+        .by_type
+        .values()
+        .flat_map(|m| m.keys())
+        .collect();
+    assert_eq!(names, ["shop/api-v1/inbound/9090", "shop/api-v1/inbound"]);
     stop.cancel();
     control.stop.cancel();
 }
@@ -452,10 +478,8 @@ async fn delta_sends_only_what_changed() {
         .into_inner();
     let first = next_delta(&mut responses).await;
     let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["shop/api-v1/9090", "shop/api-v2/9090", "shop/db/5432"]
-    );
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(names.contains(&"shop/db/5432"));
     let known: std::collections::HashMap<String, String> = first
         .resources
         .iter()
@@ -537,4 +561,99 @@ async fn next_delta(
         .expect("response in time")
         .expect("stream ok")
         .expect("stream open")
+}
+
+#[test]
+fn listener_tls_terminates_at_the_inbound_side() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, common_tls_context::ValidationContextType,
+    };
+    let dir = tempdir_with_shop(|route| route.to_owned());
+    let api = dir.path().join("vn-api-v1.json");
+    let text = std::fs::read_to_string(&api).unwrap().replace(
+        "\"portMapping\": {\"port\": 9090, \"protocol\": \"http\"},",
+        r#""portMapping": {"port": 9090, "protocol": "http"},
+           "tls": {"mode": "PERMISSIVE",
+                   "certificate": {"file": {"certificateChain": "/certs/api.pem", "privateKey": "/certs/api.key"}},
+                   "validation": {"trust": {"file": {"certificateChain": "/certs/ca.pem"}},
+                                  "subjectAlternativeNames": {"match": {"exact": ["spiffe://shop/web"]}}}},"#,
+    );
+    std::fs::write(&api, text).unwrap();
+    let compiled = compile(&index_of(dir.path()), &Registry::default(), &Workloads::All);
+    let inbound: Listener = decode(&compiled.resources, LISTENER, "shop/api-v1/inbound");
+    // PERMISSIVE: a TLS chain and a plaintext chain, told apart by the TLS inspector.
+    let transports: Vec<&str> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .unwrap()
+                .transport_protocol
+                .as_str()
+        })
+        .collect();
+    assert_eq!(transports, ["tls", "raw_buffer"]);
+    assert_eq!(
+        inbound.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let socket = inbound.filter_chains[0].transport_socket.as_ref().unwrap();
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+        any,
+    )) = &socket.config_type
+    else {
+        panic!()
+    };
+    let context = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    assert_eq!(context.require_client_certificate.unwrap().value, true);
+    let common = context.common_tls_context.unwrap();
+    assert_eq!(
+        format!(
+            "{:?}",
+            common.tls_certificates[0]
+                .certificate_chain
+                .as_ref()
+                .unwrap()
+                .specifier
+        ),
+        "Some(Filename(\"/certs/api.pem\"))"
+    );
+    let Some(ValidationContextType::ValidationContext(validation)) = common.validation_context_type
+    else {
+        panic!()
+    };
+    assert_eq!(
+        format!(
+            "{:?}",
+            validation.match_typed_subject_alt_names[0]
+                .matcher
+                .as_ref()
+                .unwrap()
+                .match_pattern
+        ),
+        "Some(Exact(\"spiffe://shop/web\"))"
+    );
+
+    // An ACM certificate cannot be served here: the listener is left out, with the reason.
+    let text = std::fs::read_to_string(&api).unwrap().replace(
+        r#""certificate": {"file": {"certificateChain": "/certs/api.pem", "privateKey": "/certs/api.key"}}"#,
+        r#""certificate": {"acm": {"certificateArn": "arn:aws:acm:us-west-2:1:certificate/x"}}"#,
+    );
+    std::fs::write(&api, text).unwrap();
+    let compiled = compile(&index_of(dir.path()), &Registry::default(), &Workloads::All);
+    assert!(
+        compiled
+            .resources
+            .of_type(LISTENER)
+            .unwrap()
+            .get("shop/api-v1/inbound")
+            .is_none()
+    );
+    assert!(
+        compiled.issues[0]
+            .contains("VirtualNode api-v1 listener 9090: ACM certificates exist only inside AWS"),
+        "{:?}",
+        compiled.issues
+    );
 }

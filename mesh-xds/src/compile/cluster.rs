@@ -1,7 +1,7 @@
 //! Clusters: one per listener port of a virtual node, as App Mesh configured Envoy —
 //! service discovery → cluster type and endpoints, outlier detection → OutlierDetection,
-//! connection pool → CircuitBreakers, health check → active HealthCheck, HTTP/2 and gRPC
-//! listeners → HTTP/2 upstreams.
+//! HTTP/2 and gRPC listeners → HTTP/2 upstreams. (Connection pool → CircuitBreakers and
+//! health check → active HealthCheck go on the inbound side, toward the local application.)
 use std::collections::HashMap;
 
 use envoy_types::{
@@ -49,9 +49,9 @@ pub fn for_listener(
     let name = names::cluster(&node.mesh_name, &node.virtual_node_name, port);
     let mut result = cluster::Cluster {
         name: name.clone(),
+        // Outlier detection is the callers' view of the node's endpoints; the connection pool
+        // and health check apply toward the local application (see inbound).
         outlier_detection: listener.outlier_detection.as_ref().map(outlier_detection),
-        circuit_breakers: listener.connection_pool.as_ref().map(circuit_breakers),
-        health_checks: listener.health_check.iter().map(health_check).collect(),
         typed_extension_protocol_options: upstream_protocol(listener.port_mapping.protocol),
         ..Default::default()
     };
@@ -200,7 +200,7 @@ fn outlier_detection(policy: &OutlierDetection) -> cluster::OutlierDetection {
     }
 }
 
-fn circuit_breakers(pool: &VirtualNodeConnectionPool) -> cluster::CircuitBreakers {
+pub(super) fn circuit_breakers(pool: &VirtualNodeConnectionPool) -> cluster::CircuitBreakers {
     let thresholds = match pool {
         VirtualNodeConnectionPool::Http(http) => Thresholds {
             max_connections: u32_value(i64::from(http.max_connections)),
@@ -228,7 +228,7 @@ fn circuit_breakers(pool: &VirtualNodeConnectionPool) -> cluster::CircuitBreaker
     }
 }
 
-fn health_check(policy: &HealthCheckPolicy) -> core::HealthCheck {
+pub(super) fn health_check(policy: &HealthCheckPolicy) -> core::HealthCheck {
     let checker = match policy.protocol {
         PortProtocol::Http | PortProtocol::Http2 => {
             health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
@@ -256,7 +256,7 @@ fn health_check(policy: &HealthCheckPolicy) -> core::HealthCheck {
 }
 
 /// HTTP/2 and gRPC listeners take HTTP/2 from their callers.
-fn upstream_protocol(protocol: PortProtocol) -> HashMap<String, Any> {
+pub(super) fn upstream_protocol(protocol: PortProtocol) -> HashMap<String, Any> {
     if !matches!(protocol, PortProtocol::Http2 | PortProtocol::Grpc) {
         return HashMap::new();
     }

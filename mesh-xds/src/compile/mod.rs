@@ -2,6 +2,7 @@
 //! The mapping follows the Envoy configuration App Mesh itself generated; docs/appmesh-xds.md
 //! lists it field by field.
 mod cluster;
+mod inbound;
 mod listener;
 mod route;
 
@@ -36,6 +37,7 @@ use crate::{
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
 };
 
+pub use inbound::INBOUND_ADDRESS;
 pub use listener::PortPlan;
 
 /// Things compiled around (a target without listeners, an unsupported retry event), each a
@@ -148,8 +150,9 @@ pub struct Compiled {
     pub issues: Issues,
 }
 
-/// The xDS resources `workloads` need: their outbound listeners and routes, and the
-/// clusters (and EDS assignments, from `registry`) those reach.
+/// The xDS resources `workloads` need: their inbound listeners and local-application
+/// clusters, their outbound listeners and routes, and the clusters (and EDS assignments,
+/// from `registry`) those reach.
 pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
     let mut resources = ResourceSet::default();
     let mut issues = Issues::new();
@@ -159,6 +162,13 @@ pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) ->
         .iter()
         .filter(|(key, _)| workloads.contains(key))
     {
+        let (inbound, local_clusters) = inbound::inbound(node, &mut issues);
+        if let Some(listener) = inbound {
+            resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
+        }
+        for cluster in local_clusters {
+            resources.insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
+        }
         let (listener, route_configs, clusters) = outbound_for(index, node, &mut issues);
         needed_clusters.extend(clusters);
         for config in route_configs {

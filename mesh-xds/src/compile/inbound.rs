@@ -1,0 +1,307 @@
+//! Inbound: what a virtual node's listeners do for its local workloads, as App Mesh's Envoy
+//! did on the ingress side — TLS termination per listener TLS mode (STRICT, PERMISSIVE,
+//! DISABLED; certificates from files or SDS; client validation by trust and subject
+//! alternative names), listener timeouts, and toward the local application the connection
+//! pool (circuit breakers) and the health check.
+use envoy_types::{
+    pb::{
+        envoy::{
+            config::{
+                cluster::v3::Cluster,
+                core::v3::{DataSource, TransportSocket, data_source::Specifier, transport_socket},
+                listener::v3::{
+                    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
+                    listener_filter,
+                },
+                route::v3::{
+                    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+                    route_action::ClusterSpecifier, route_match::PathSpecifier,
+                },
+            },
+            extensions::{
+                filters::{
+                    http::router::v3::Router,
+                    listener::tls_inspector::v3::TlsInspector,
+                    network::{
+                        http_connection_manager::v3::{
+                            HttpConnectionManager, HttpFilter,
+                            http_connection_manager::RouteSpecifier, http_filter,
+                        },
+                        tcp_proxy::v3::{TcpProxy, tcp_proxy},
+                    },
+                },
+                transport_sockets::tls::v3::{
+                    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+                    SdsSecretConfig, SubjectAltNameMatcher, TlsCertificate,
+                    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+                },
+            },
+            r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
+        },
+        google::protobuf::{BoolValue, Duration as PbDuration},
+    },
+    util::pack_any,
+};
+use mesh_model::types::{
+    CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, ListenerTls,
+    ListenerTlsCertificate, ListenerTlsMode, ListenerTlsValidationContextTrust, PortProtocol,
+};
+
+use super::{Issues, ads, cluster, duration, socket_address, u32_value};
+use crate::names;
+
+/// Where the node proxy takes inbound traffic for its workloads in.
+pub const INBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15006);
+
+/// A virtual node's inbound listener and its clusters toward the local application.
+pub fn inbound(
+    node: &CreateVirtualNodeInput,
+    issues: &mut Issues,
+) -> (Option<Listener>, Vec<Cluster>) {
+    let (mesh, name) = (&node.mesh_name, &node.virtual_node_name);
+    let mut chains = Vec::new();
+    let mut clusters = Vec::new();
+    let mut inspect_tls = false;
+    for listener in node.spec.listeners.iter().flatten() {
+        let port = listener.port_mapping.port;
+        let local = names::inbound_cluster(mesh, name, port);
+        clusters.push(local_cluster(&local, listener));
+        let filter = match listener.port_mapping.protocol {
+            PortProtocol::Tcp => tcp_filter(&local, listener),
+            _ => http_filter_for(&local, listener),
+        };
+        let plain = |transport: &str| FilterChain {
+            filter_chain_match: Some(chain_match(port, transport)),
+            filters: vec![filter.clone()],
+            ..Default::default()
+        };
+        match &listener.tls {
+            None => chains.push(plain("")),
+            Some(tls) if tls.mode == ListenerTlsMode::Disabled => chains.push(plain("")),
+            Some(tls) => {
+                let Some(socket) =
+                    tls_socket(tls, &format!("VirtualNode {name} listener {port}"), issues)
+                else {
+                    // Fail closed: a listener that should terminate TLS is not served in plain text.
+                    continue;
+                };
+                let transport = if tls.mode == ListenerTlsMode::Permissive {
+                    "tls"
+                } else {
+                    ""
+                };
+                chains.push(FilterChain {
+                    transport_socket: Some(socket),
+                    ..plain(transport)
+                });
+                if tls.mode == ListenerTlsMode::Permissive {
+                    inspect_tls = true;
+                    chains.push(plain("raw_buffer"));
+                }
+            }
+        }
+    }
+    if chains.is_empty() {
+        return (None, clusters);
+    }
+    let listener_filters = if inspect_tls {
+        vec![ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }]
+    } else {
+        Vec::new()
+    };
+    let listener = Listener {
+        name: names::inbound_listener(mesh, name),
+        address: Some(socket_address(INBOUND_ADDRESS.0, INBOUND_ADDRESS.1)),
+        filter_chains: chains,
+        listener_filters,
+        ..Default::default()
+    };
+    (Some(listener), clusters)
+}
+
+fn chain_match(port: i32, transport: &str) -> FilterChainMatch {
+    FilterChainMatch {
+        destination_port: u32_value(i64::from(port)),
+        transport_protocol: transport.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The local application: the connection's original destination (the pod), with the
+/// listener's connection pool and health check.
+fn local_cluster(name: &str, listener: &AppMeshListener) -> Cluster {
+    Cluster {
+        circuit_breakers: listener
+            .connection_pool
+            .as_ref()
+            .map(cluster::circuit_breakers),
+        health_checks: listener
+            .health_check
+            .iter()
+            .map(cluster::health_check)
+            .collect(),
+        typed_extension_protocol_options: cluster::upstream_protocol(
+            listener.port_mapping.protocol,
+        ),
+        ..cluster::passthrough(name.to_owned())
+    }
+}
+
+fn timeouts(listener: &AppMeshListener) -> (Option<PbDuration>, Option<PbDuration>) {
+    match &listener.timeout {
+        Some(ListenerTimeout::Http(t) | ListenerTimeout::Http2(t)) => (
+            t.per_request.as_ref().and_then(duration),
+            t.idle.as_ref().and_then(duration),
+        ),
+        Some(ListenerTimeout::Grpc(t)) => (
+            t.per_request.as_ref().and_then(duration),
+            t.idle.as_ref().and_then(duration),
+        ),
+        Some(ListenerTimeout::Tcp(t)) => (None, t.idle.as_ref().and_then(duration)),
+        None => (None, None),
+    }
+}
+
+fn http_filter_for(local: &str, listener: &AppMeshListener) -> Filter {
+    let (per_request, idle) = timeouts(listener);
+    let routes = RouteConfiguration {
+        name: local.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: local.to_owned(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(local.to_owned())),
+                    timeout: per_request,
+                    idle_timeout: idle,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let manager = HttpConnectionManager {
+        stat_prefix: local.to_owned(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+    }
+}
+
+fn tcp_filter(local: &str, listener: &AppMeshListener) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: local.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(local.to_owned())),
+        idle_timeout: timeouts(listener).1,
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+    }
+}
+
+/// The TLS server side of a listener, or None (with an issue) when it cannot be served here.
+fn tls_socket(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<TransportSocket> {
+    let mut common = CommonTlsContext::default();
+    match &tls.certificate {
+        ListenerTlsCertificate::File(file) => common.tls_certificates.push(TlsCertificate {
+            certificate_chain: Some(file_source(&file.certificate_chain)),
+            private_key: Some(file_source(&file.private_key)),
+            ..Default::default()
+        }),
+        ListenerTlsCertificate::Sds(sds) => common
+            .tls_certificate_sds_secret_configs
+            .push(sds_secret(&sds.secret_name)),
+        ListenerTlsCertificate::Acm(_) => {
+            issues.push(format!(
+                "{what}: ACM certificates exist only inside AWS; give a file or SDS certificate. The listener is not served"
+            ));
+            return None;
+        }
+    }
+    let mut require_client_certificate = None;
+    if let Some(validation) = &tls.validation {
+        let sans = validation
+            .subject_alternative_names
+            .iter()
+            .flat_map(|s| s.r#match.exact.iter())
+            .map(|san| SubjectAltNameMatcher {
+                san_type: if san.contains("://") {
+                    SanType::Uri
+                } else {
+                    SanType::Dns
+                } as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(san.clone())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>();
+        common.validation_context_type = Some(match &validation.trust {
+            ListenerTlsValidationContextTrust::File(file) => {
+                ValidationContextType::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(file_source(&file.certificate_chain)),
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                })
+            }
+            ListenerTlsValidationContextTrust::Sds(sds) => {
+                if !sans.is_empty() {
+                    issues.push(format!("{what}: subject alternative names with an SDS trust are checked by the SDS validation context"));
+                }
+                ValidationContextType::ValidationContextSdsSecretConfig(sds_secret(
+                    &sds.secret_name,
+                ))
+            }
+        });
+        // A validation context on a listener means mutual TLS: clients must present a certificate.
+        require_client_certificate = Some(BoolValue { value: true });
+    }
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate,
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    })
+}
+
+fn file_source(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn sds_secret(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ads()),
+    }
+}
