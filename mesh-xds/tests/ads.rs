@@ -606,7 +606,7 @@ fn listener_tls_terminates_at_the_inbound_side() {
         panic!()
     };
     let context = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
-    assert_eq!(context.require_client_certificate.unwrap().value, true);
+    assert!(context.require_client_certificate.unwrap().value);
     let common = context.common_tls_context.unwrap();
     assert_eq!(
         format!(
