@@ -236,3 +236,55 @@ fn registered_instances_reach_the_agent_as_endpoints() {
     );
     assert!(gone.contains("InstanceNotFound"), "{gone}");
 }
+
+#[test]
+fn an_invalid_mesh_is_not_served_and_an_unreachable_control_plane_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vn.json"),
+        r#"{"meshName": "shop", "virtualNodeName": "a", "spec": {"listenrs": []}}"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args([
+            "control-plane",
+            "--mesh",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("VirtualNode a: spec.listenrs: unknown field"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the mesh is not valid"), "{stderr}");
+
+    // Nothing listens on this port (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args([
+            "xds-dump",
+            "--control-plane",
+            &format!("http://127.0.0.1:{port}"),
+            "--timeout",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "not synced with http://127.0.0.1:{port} within 2s"
+        )),
+        "{stderr}"
+    );
+}
