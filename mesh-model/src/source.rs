@@ -113,24 +113,26 @@ fn files_under(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
 
 /// JSON and YAML files, and their envsubst templates (`manifest.yaml.template`).
 fn is_mesh_file(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let name = name.strip_suffix(".template").unwrap_or(&name);
+    let name = format_name(path);
     [".json", ".yaml", ".yml"]
         .iter()
         .any(|ext| name.ends_with(ext))
 }
 
 fn is_json(path: &Path) -> bool {
+    format_name(path).ends_with(".json")
+}
+
+/// The file name that tells the format: an envsubst template (`x.yaml.template`) is read as
+/// the file it produces.
+fn format_name(path: &Path) -> String {
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy())
+        .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     name.strip_suffix(".template")
-        .unwrap_or(&name)
-        .ends_with(".json")
+        .map(str::to_owned)
+        .unwrap_or(name)
 }
 
 fn load_file(
