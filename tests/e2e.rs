@@ -561,7 +561,7 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
     );
     assert!(
         dump.contains(
-            r#""RouteConfiguration":{"names":["shop/web/outbound/9090"],"version":"v1"}"#
+            r#""RouteConfiguration":{"names":["shop/ingress/ingress/8088","shop/ingress/internal","shop/web/outbound/9090"],"version":"v1"}"#
         ),
         "{dump}"
     );
@@ -576,7 +576,7 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
         node.http("GET", Agent::admin_addr(), "/config_dump")
             .is_ok_and(|(_, dump)| {
                 dump.contains(
-                    r#""RouteConfiguration":{"names":["shop/web/outbound/9090"],"version":"v2"}"#,
+                    r#""RouteConfiguration":{"names":["shop/ingress/ingress/8088","shop/ingress/internal","shop/web/outbound/9090"],"version":"v2"}"#,
                 )
             })
     });

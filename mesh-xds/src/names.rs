@@ -24,3 +24,14 @@ pub fn inbound_listener(mesh: &str, node: &str) -> String {
 pub fn inbound_cluster(mesh: &str, node: &str, port: i32) -> String {
     format!("{mesh}/{node}/inbound/{port}")
 }
+
+/// The ingress listener (and its routes) of a virtual gateway port: `mesh/gateway/ingress/port`.
+pub fn gateway_ingress(mesh: &str, gateway: &str, port: i32) -> String {
+    format!("{mesh}/{gateway}/ingress/{port}")
+}
+
+/// The internal listener, its routes and the cluster that reaches it, through which a virtual
+/// gateway hands requests to virtual services: `mesh/gateway/internal`.
+pub fn gateway_internal(mesh: &str, gateway: &str) -> String {
+    format!("{mesh}/{gateway}/internal")
+}

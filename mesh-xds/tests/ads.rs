@@ -93,6 +93,7 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
             "shop/api-v2/inbound/9090",
             "shop/db/5432",
             "shop/db/inbound/5432",
+            "shop/ingress/internal",
             "shop/web/inbound/8080"
         ]
     );
@@ -478,7 +479,7 @@ async fn delta_sends_only_what_changed() {
         .into_inner();
     let first = next_delta(&mut responses).await;
     let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names.len(), 8, "{names:?}");
     assert!(names.contains(&"shop/db/5432"));
     let known: std::collections::HashMap<String, String> = first
         .resources
@@ -655,5 +656,85 @@ fn listener_tls_terminates_at_the_inbound_side() {
             .contains("VirtualNode api-v1 listener 9090: ACM certificates exist only inside AWS"),
         "{:?}",
         compiled.issues
+    );
+}
+
+#[test]
+fn a_gateway_routes_through_its_routes_then_the_service_routing() {
+    use envoy_types::pb::envoy::config::{
+        listener::v3::listener::ListenerSpecifier, route::v3::route_action::HostRewriteSpecifier,
+    };
+    let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
+    let compiled = compile(&index_of(&shop()), &Registry::default(), &ingress);
+    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
+    let listeners: Vec<&String> = compiled
+        .resources
+        .of_type(LISTENER)
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        listeners,
+        ["shop/ingress/ingress/8088", "shop/ingress/internal"]
+    );
+    let internal: Listener = decode(&compiled.resources, LISTENER, "shop/ingress/internal");
+    assert!(matches!(
+        internal.listener_specifier,
+        Some(ListenerSpecifier::InternalListener(_))
+    ));
+
+    // First table: the gateway route, its hostname match and its rewrites.
+    let ingress_routes: RouteConfiguration =
+        decode(&compiled.resources, ROUTE, "shop/ingress/ingress/8088");
+    let route = &ingress_routes.virtual_hosts[0].routes[0];
+    assert_eq!(route.name, "to-api");
+    let matching = route.r#match.as_ref().unwrap();
+    assert_eq!(
+        format!("{:?}", matching.path_specifier),
+        "Some(Prefix(\"/api/\"))"
+    );
+    assert_eq!(matching.headers[0].name, ":authority");
+    let Some(Action::Route(action)) = &route.action else {
+        panic!()
+    };
+    assert_eq!(
+        format!("{:?}", action.cluster_specifier),
+        "Some(Cluster(\"shop/ingress/internal\"))"
+    );
+    assert_eq!(
+        action.host_rewrite_specifier,
+        Some(HostRewriteSpecifier::HostRewriteLiteral(
+            "api.shop.local".into()
+        ))
+    );
+    assert_eq!(action.prefix_rewrite, "/v1/");
+
+    // Second table: the service's own routing, the canary split.
+    let internal_routes: RouteConfiguration =
+        decode(&compiled.resources, ROUTE, "shop/ingress/internal");
+    assert_eq!(
+        internal_routes.virtual_hosts[0].domains,
+        ["api.shop.local", "api.shop.local:9090"]
+    );
+    assert_eq!(
+        weights(&internal_routes),
+        [
+            ("shop/api-v1/9090".to_owned(), 90),
+            ("shop/api-v2/9090".to_owned(), 10)
+        ]
+    );
+    let clusters: Vec<&String> = compiled
+        .resources
+        .of_type(CLUSTER)
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            "shop/api-v1/9090",
+            "shop/api-v2/9090",
+            "shop/ingress/internal"
+        ]
     );
 }

@@ -2,6 +2,7 @@
 //! The mapping follows the Envoy configuration App Mesh itself generated; docs/appmesh-xds.md
 //! lists it field by field.
 mod cluster;
+mod gateway;
 mod inbound;
 mod listener;
 mod route;
@@ -25,9 +26,9 @@ use envoy_types::{
 use mesh_model::{
     resource::{Resource, Typed},
     types::{
-        CreateMeshInput, CreateRouteInput, CreateVirtualNodeInput, CreateVirtualRouterInput,
-        CreateVirtualServiceInput, Duration, DurationUnit, EgressFilterType, PortProtocol,
-        VirtualServiceProvider,
+        CreateGatewayRouteInput, CreateMeshInput, CreateRouteInput, CreateVirtualGatewayInput,
+        CreateVirtualNodeInput, CreateVirtualRouterInput, CreateVirtualServiceInput, Duration,
+        DurationUnit, EgressFilterType, PortProtocol, VirtualServiceProvider,
     },
 };
 
@@ -59,10 +60,12 @@ pub struct MeshIndex {
     services: BTreeMap<(String, String), CreateVirtualServiceInput>,
     routers: BTreeMap<(String, String), CreateVirtualRouterInput>,
     routes: BTreeMap<(String, String), Vec<CreateRouteInput>>,
+    gateways: BTreeMap<(String, String), CreateVirtualGatewayInput>,
+    gateway_routes: BTreeMap<(String, String), Vec<CreateGatewayRouteInput>>,
 }
 
 impl MeshIndex {
-    /// Indexes validated resources (gateways and gateway routes are not compiled yet).
+    /// Indexes validated resources.
     pub fn new(resources: &[Resource]) -> Result<Self, CompileError> {
         let mut index = Self::default();
         for resource in resources {
@@ -96,12 +99,31 @@ impl MeshIndex {
                         .or_default()
                         .push(r);
                 }
-                Typed::VirtualGateway(_) | Typed::GatewayRoute(_) => {}
+                Typed::VirtualGateway(g) => {
+                    index
+                        .gateways
+                        .insert((g.mesh_name.clone(), g.virtual_gateway_name.clone()), g);
+                }
+                Typed::GatewayRoute(r) => {
+                    index
+                        .gateway_routes
+                        .entry((r.mesh_name.clone(), r.virtual_gateway_name.clone()))
+                        .or_default()
+                        .push(r);
+                }
             }
         }
         // Lower priority value first, routes without one last (as App Mesh orders them).
         for routes in index.routes.values_mut() {
             routes.sort_by_key(|r| (r.spec.priority.unwrap_or(i32::MAX), r.route_name.clone()));
+        }
+        for routes in index.gateway_routes.values_mut() {
+            routes.sort_by_key(|r| {
+                (
+                    r.spec.priority.unwrap_or(i32::MAX),
+                    r.gateway_route_name.clone(),
+                )
+            });
         }
         Ok(index)
     }
@@ -178,6 +200,47 @@ pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) ->
             resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
         }
     }
+    for (key, virtual_gateway) in index
+        .gateways
+        .iter()
+        .filter(|(key, _)| workloads.contains(key))
+    {
+        let no_routes = Vec::new();
+        let gateway_routes = index.gateway_routes.get(key).unwrap_or(&no_routes);
+        let compiled = gateway::gateway(virtual_gateway, gateway_routes, &mut issues);
+        let what = format!("VirtualGateway {}", virtual_gateway.virtual_gateway_name);
+        let hosts = hosts_of(
+            index,
+            &virtual_gateway.mesh_name,
+            compiled.targets.iter().map(String::as_str),
+            &what,
+            &mut issues,
+        );
+        needed_clusters.extend(hosts.clusters);
+        if !hosts.tcp.is_empty() {
+            issues.push(format!(
+                "{what}: gateway routes cannot reach TCP services; those ports are left out"
+            ));
+        }
+        let internal = RouteConfiguration {
+            name: names::gateway_internal(
+                &virtual_gateway.mesh_name,
+                &virtual_gateway.virtual_gateway_name,
+            ),
+            virtual_hosts: hosts.http.into_values().flatten().collect(),
+            ..Default::default()
+        };
+        resources.insert(ROUTE, internal.name.clone(), pack_any(internal));
+        for listener in compiled.listeners {
+            resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
+        }
+        for routes in compiled.routes {
+            resources.insert(ROUTE, routes.name.clone(), pack_any(routes));
+        }
+        for cluster in compiled.clusters {
+            resources.insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
+        }
+    }
     for node in index.nodes.values() {
         for listener in node.spec.listeners.iter().flatten() {
             let name = names::cluster(
@@ -215,40 +278,16 @@ fn outbound_for(
     issues: &mut Issues,
 ) -> (Option<Listener>, Vec<RouteConfiguration>, BTreeSet<String>) {
     let mesh = &node.mesh_name;
-    let mut clusters = BTreeSet::new();
-    // port -> (protocol, virtual hosts or tcp clusters)
-    let mut http_hosts: BTreeMap<i32, Vec<VirtualHost>> = BTreeMap::new();
-    let mut tcp: BTreeMap<i32, Vec<(String, u32)>> = BTreeMap::new();
-    for backend in node.spec.backends.iter().flatten() {
+    let services = node.spec.backends.iter().flatten().map(|backend| {
         let mesh_model::types::Backend::VirtualService(backend) = backend;
-        let service_name = &backend.virtual_service_name;
-        let Some(service) = index.services.get(&(mesh.clone(), service_name.clone())) else {
-            issues.push(format!(
-                "VirtualNode {}: backend {service_name} is not defined; skipped",
-                node.virtual_node_name
-            ));
-            continue;
-        };
-        for (port, protocol, routes, tcp_targets) in service_ports(index, service, issues) {
-            if protocol == PortProtocol::Tcp {
-                clusters.extend(tcp_targets.iter().map(|(c, _)| c.clone()));
-                if tcp.insert(port, tcp_targets).is_some() {
-                    issues.push(format!(
-                        "VirtualNode {}: several TCP backends on port {port}; TCP cannot tell them apart, the last one wins",
-                        node.virtual_node_name
-                    ));
-                }
-                continue;
-            }
-            clusters.extend(routes.iter().flat_map(route_clusters));
-            http_hosts.entry(port).or_default().push(VirtualHost {
-                name: service_name.clone(),
-                domains: vec![service_name.clone(), format!("{service_name}:{port}")],
-                routes,
-                ..Default::default()
-            });
-        }
-    }
+        backend.virtual_service_name.as_str()
+    });
+    let what = format!("VirtualNode {}", node.virtual_node_name);
+    let Hosts {
+        http: http_hosts,
+        tcp,
+        mut clusters,
+    } = hosts_of(index, mesh, services, &what, issues);
     let route_configs: Vec<RouteConfiguration> = http_hosts
         .into_iter()
         .map(|(port, virtual_hosts)| RouteConfiguration {
@@ -290,6 +329,60 @@ fn outbound_for(
         )
     });
     (listener, route_configs, clusters)
+}
+
+/// The virtual hosts (HTTP family) and TCP targets of some virtual services, per port, and
+/// the clusters they reach: what a node's backends or a gateway's targets route to.
+struct Hosts {
+    http: BTreeMap<i32, Vec<VirtualHost>>,
+    tcp: BTreeMap<i32, Vec<(String, u32)>>,
+    clusters: BTreeSet<String>,
+}
+
+fn hosts_of<'a>(
+    index: &MeshIndex,
+    mesh: &str,
+    services: impl Iterator<Item = &'a str>,
+    what: &str,
+    issues: &mut Issues,
+) -> Hosts {
+    let mut hosts = Hosts {
+        http: BTreeMap::new(),
+        tcp: BTreeMap::new(),
+        clusters: BTreeSet::new(),
+    };
+    for service_name in services {
+        let Some(service) = index
+            .services
+            .get(&(mesh.to_owned(), service_name.to_owned()))
+        else {
+            issues.push(format!("{what}: {service_name} is not defined; skipped"));
+            continue;
+        };
+        for (port, protocol, routes, tcp_targets) in service_ports(index, service, issues) {
+            if protocol == PortProtocol::Tcp {
+                hosts
+                    .clusters
+                    .extend(tcp_targets.iter().map(|(c, _)| c.clone()));
+                if hosts.tcp.insert(port, tcp_targets).is_some() {
+                    issues.push(format!(
+                        "{what}: several TCP services on port {port}; TCP cannot tell them apart, the last one wins"
+                    ));
+                }
+                continue;
+            }
+            hosts
+                .clusters
+                .extend(routes.iter().flat_map(route_clusters));
+            hosts.http.entry(port).or_default().push(VirtualHost {
+                name: format!("{service_name}:{port}"),
+                domains: vec![service_name.to_owned(), format!("{service_name}:{port}")],
+                routes,
+                ..Default::default()
+            });
+        }
+    }
+    hosts
 }
 
 /// Clusters a route sends to.

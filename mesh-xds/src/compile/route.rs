@@ -326,7 +326,7 @@ pub fn weighted(
     })
 }
 
-fn http_method(method: HttpMethod) -> &'static str {
+pub(super) fn http_method(method: HttpMethod) -> &'static str {
     match method {
         HttpMethod::Get => "GET",
         HttpMethod::Head => "HEAD",
@@ -340,11 +340,11 @@ fn http_method(method: HttpMethod) -> &'static str {
     }
 }
 
-fn exact(value: &str) -> HeaderMatchSpecifier {
+pub(super) fn exact(value: &str) -> HeaderMatchSpecifier {
     HeaderMatchSpecifier::StringMatch(string_matcher(MatchPattern::Exact(value.to_owned())))
 }
 
-fn header_method(method: &HeaderMatchMethod) -> HeaderMatchSpecifier {
+pub(super) fn header_method(method: &HeaderMatchMethod) -> HeaderMatchSpecifier {
     match method {
         HeaderMatchMethod::Exact(v) => exact(v),
         HeaderMatchMethod::Prefix(v) => {
@@ -366,7 +366,11 @@ fn header_method(method: &HeaderMatchMethod) -> HeaderMatchSpecifier {
 }
 
 /// A header matcher; without a match method the header only has to be present.
-fn header(name: &str, specifier: Option<HeaderMatchSpecifier>, invert: bool) -> HeaderMatcher {
+pub(super) fn header(
+    name: &str,
+    specifier: Option<HeaderMatchSpecifier>,
+    invert: bool,
+) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_owned(),
         invert_match: invert,
@@ -375,14 +379,14 @@ fn header(name: &str, specifier: Option<HeaderMatchSpecifier>, invert: bool) -> 
     }
 }
 
-fn string_matcher(pattern: MatchPattern) -> StringMatcher {
+pub(super) fn string_matcher(pattern: MatchPattern) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(pattern),
         ..Default::default()
     }
 }
 
-fn regex_matcher(regex: &str) -> RegexMatcher {
+pub(super) fn regex_matcher(regex: &str) -> RegexMatcher {
     RegexMatcher {
         regex: regex.to_owned(),
         ..Default::default()

@@ -1,0 +1,366 @@
+//! Virtual gateways. A request goes through two route tables, as in App Mesh: the gateway
+//! routes of the listener port (match, then rewrite — by default the Host becomes the target
+//! virtual service's name and the matched prefix becomes `/`), then the target virtual
+//! service's own routing (its router's routes, or its node). The first table is the ingress
+//! listener's; it hands every request to an internal listener (Envoy's internal listener, no
+//! socket) whose table holds one virtual host per target service, built as for a virtual
+//! node's backends.
+use envoy_types::{
+    pb::envoy::{
+        config::{
+            cluster::v3::{Cluster, cluster},
+            core::v3::{
+                Address, EnvoyInternalAddress, address,
+                envoy_internal_address::AddressNameSpecifier,
+            },
+            endpoint::v3 as endpoint,
+            listener::v3::{
+                Filter, FilterChain, Listener, filter, listener::InternalListenerConfig,
+                listener::ListenerSpecifier,
+            },
+            route::v3::{
+                Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+                route::Action,
+                route_action::{ClusterSpecifier, HostRewriteSpecifier},
+                route_match::PathSpecifier,
+            },
+        },
+        extensions::filters::{
+            http::router::v3::Router,
+            network::http_connection_manager::v3::{
+                HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
+                http_filter,
+            },
+        },
+        r#type::matcher::v3::{RegexMatchAndSubstitute, string_matcher::MatchPattern},
+    },
+    util::pack_any,
+};
+use mesh_model::types::{
+    CreateGatewayRouteInput, CreateVirtualGatewayInput, DefaultGatewayRouteRewrite,
+    GatewayRouteHostnameMatch, GrpcMetadataMatchMethod, HeaderMatchMethod, HttpGatewayRoute,
+    HttpGatewayRouteRewrite, VirtualGatewayPortProtocol,
+};
+
+use super::{Issues, ads, route, socket_address};
+use crate::names;
+
+/// What one virtual gateway compiles to.
+pub struct Gateway {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+    pub clusters: Vec<Cluster>,
+    /// Services the gateway routes to: their virtual hosts go into the internal table.
+    pub targets: Vec<String>,
+}
+
+pub fn gateway(
+    gateway: &CreateVirtualGatewayInput,
+    gateway_routes: &[CreateGatewayRouteInput],
+    issues: &mut Issues,
+) -> Gateway {
+    let (mesh, name) = (&gateway.mesh_name, &gateway.virtual_gateway_name);
+    let internal = names::gateway_internal(mesh, name);
+    let mut result = Gateway {
+        listeners: Vec::new(),
+        routes: Vec::new(),
+        clusters: vec![internal_cluster(&internal)],
+        targets: Vec::new(),
+    };
+    for listener in &gateway.spec.listeners {
+        let port = listener.port_mapping.port;
+        if listener.tls.is_some() {
+            issues.push(format!(
+                "VirtualGateway {name} listener {port}: listener TLS is not compiled yet; the listener is not served"
+            ));
+            continue;
+        }
+        let protocol = listener.port_mapping.protocol;
+        let routes: Vec<Route> = gateway_routes
+            .iter()
+            .filter_map(|gr| ingress_route(gr, protocol, port, &internal, &mut result.targets))
+            .collect();
+        let table = names::gateway_ingress(mesh, name, port);
+        result.routes.push(RouteConfiguration {
+            name: table.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: table.clone(),
+                domains: vec!["*".into()],
+                routes,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        result.listeners.push(Listener {
+            name: table.clone(),
+            address: Some(socket_address("0.0.0.0", port as u32)),
+            filter_chains: vec![FilterChain {
+                filters: vec![http_manager(&table, table.clone())],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    result.targets.sort();
+    result.targets.dedup();
+    result.listeners.push(Listener {
+        name: internal.clone(),
+        listener_specifier: Some(ListenerSpecifier::InternalListener(
+            InternalListenerConfig {},
+        )),
+        filter_chains: vec![FilterChain {
+            filters: vec![http_manager(&internal, internal.clone())],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    result
+}
+
+fn internal_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(Address {
+                                address: Some(address::Address::EnvoyInternalAddress(
+                                    EnvoyInternalAddress {
+                                        address_name_specifier: Some(
+                                            AddressNameSpecifier::ServerListenerName(
+                                                name.to_owned(),
+                                            ),
+                                        ),
+                                        ..Default::default()
+                                    },
+                                )),
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_manager(stat_prefix: &str, routes: String) -> Filter {
+    let manager = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: routes,
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+    }
+}
+
+/// One gateway route as an ingress route, if it applies to a listener of `protocol` on `port`.
+fn ingress_route(
+    gateway_route: &CreateGatewayRouteInput,
+    protocol: VirtualGatewayPortProtocol,
+    port: i32,
+    internal: &str,
+    targets: &mut Vec<String>,
+) -> Option<Route> {
+    let spec = &gateway_route.spec;
+    let http = match protocol {
+        VirtualGatewayPortProtocol::Http => spec.http_route.as_ref(),
+        VirtualGatewayPortProtocol::Http2 => spec.http2_route.as_ref(),
+        VirtualGatewayPortProtocol::Grpc => None,
+    };
+    let (matching, target, host_rewrite, path_rewrite) = if let Some(http) = http {
+        if http.r#match.port.is_some_and(|p| p != port) {
+            return None;
+        }
+        let target = &http.action.target;
+        (
+            http_match(http),
+            target,
+            host_rewrite_of(
+                http.action
+                    .rewrite
+                    .as_ref()
+                    .and_then(|r| r.hostname.as_ref()),
+            ),
+            Some(http),
+        )
+    } else if protocol == VirtualGatewayPortProtocol::Grpc
+        && let Some(grpc) = &spec.grpc_route
+    {
+        if grpc.r#match.port.is_some_and(|p| p != port) {
+            return None;
+        }
+        let mut matching = RouteMatch {
+            path_specifier: Some(match &grpc.r#match.service_name {
+                Some(service) => PathSpecifier::Prefix(format!("/{service}/")),
+                None => PathSpecifier::Prefix("/".into()),
+            }),
+            ..Default::default()
+        };
+        matching
+            .headers
+            .extend(hostname_header(grpc.r#match.hostname.as_ref()));
+        for metadata in grpc.r#match.metadata.iter().flatten() {
+            let method = metadata.r#match.as_ref().map(|m| match m {
+                GrpcMetadataMatchMethod::Exact(v) => HeaderMatchMethod::Exact(v.clone()),
+                GrpcMetadataMatchMethod::Prefix(v) => HeaderMatchMethod::Prefix(v.clone()),
+                GrpcMetadataMatchMethod::Suffix(v) => HeaderMatchMethod::Suffix(v.clone()),
+                GrpcMetadataMatchMethod::Regex(v) => HeaderMatchMethod::Regex(v.clone()),
+                GrpcMetadataMatchMethod::Range(r) => HeaderMatchMethod::Range(r.clone()),
+            });
+            matching.headers.push(route::header(
+                &metadata.name,
+                method.as_ref().map(route::header_method),
+                metadata.invert.unwrap_or(false),
+            ));
+        }
+        let host = host_rewrite_of(
+            grpc.action
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.hostname.as_ref()),
+        );
+        (matching, &grpc.action.target, host, None)
+    } else {
+        return None;
+    };
+    let service = &target.virtual_service.virtual_service_name;
+    targets.push(service.clone());
+    let mut action = RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster(internal.to_owned())),
+        ..Default::default()
+    };
+    if host_rewrite {
+        // The service's own routing is found by its name (and port, when the route names one).
+        let host = match target.port {
+            Some(port) => format!("{service}:{port}"),
+            None => service.clone(),
+        };
+        action.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(host));
+    }
+    if let Some(http) = path_rewrite {
+        rewrite_path(http, http.action.rewrite.as_ref(), &mut action);
+    }
+    Some(Route {
+        name: gateway_route.gateway_route_name.clone(),
+        r#match: Some(matching),
+        action: Some(Action::Route(action)),
+        ..Default::default()
+    })
+}
+
+fn http_match(http: &HttpGatewayRoute) -> RouteMatch {
+    let m = &http.r#match;
+    let path = match (&m.prefix, &m.path) {
+        (Some(prefix), _) => PathSpecifier::Prefix(prefix.clone()),
+        (None, Some(path)) => match (&path.exact, &path.regex) {
+            (Some(exact), _) => PathSpecifier::Path(exact.clone()),
+            (None, Some(regex)) => PathSpecifier::SafeRegex(route::regex_matcher(regex)),
+            (None, None) => PathSpecifier::Prefix("/".into()),
+        },
+        (None, None) => PathSpecifier::Prefix("/".into()),
+    };
+    let mut headers: Vec<_> = m
+        .headers
+        .iter()
+        .flatten()
+        .map(|h| {
+            route::header(
+                &h.name,
+                h.r#match.as_ref().map(route::header_method),
+                h.invert.unwrap_or(false),
+            )
+        })
+        .collect();
+    headers.extend(hostname_header(m.hostname.as_ref()));
+    if let Some(method) = m.method {
+        headers.push(route::header(
+            ":method",
+            Some(route::exact(route::http_method(method))),
+            false,
+        ));
+    }
+    RouteMatch {
+        path_specifier: Some(path),
+        headers,
+        query_parameters: Vec::new(),
+        ..Default::default()
+    }
+}
+
+/// A hostname match on `:authority`, which may carry a port.
+fn hostname_header(
+    hostname: Option<&GatewayRouteHostnameMatch>,
+) -> Option<envoy_types::pb::envoy::config::route::v3::HeaderMatcher> {
+    let hostname = hostname?;
+    let pattern = match (&hostname.exact, &hostname.suffix) {
+        (Some(exact), _) => format!("^{}(:[0-9]+)?$", regex::escape(exact)),
+        (None, Some(suffix)) => format!("^.*{}(:[0-9]+)?$", regex::escape(suffix)),
+        (None, None) => return None,
+    };
+    Some(route::header(
+        ":authority",
+        Some(envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier::StringMatch(
+            route::string_matcher(MatchPattern::SafeRegex(route::regex_matcher(&pattern))),
+        )),
+        false,
+    ))
+}
+
+/// App Mesh rewrites the Host to the target service unless told not to.
+fn host_rewrite_of(rewrite: Option<&mesh_model::types::GatewayRouteHostnameRewrite>) -> bool {
+    rewrite.and_then(|r| r.default_target_hostname) != Some(DefaultGatewayRouteRewrite::Disabled)
+}
+
+/// Path rewrites: `path.exact` replaces the path; `prefix.value` replaces the matched prefix;
+/// by default (prefix routes) the matched prefix becomes `/`, unless `defaultPrefix: DISABLED`.
+fn rewrite_path(
+    http: &HttpGatewayRoute,
+    rewrite: Option<&HttpGatewayRouteRewrite>,
+    action: &mut RouteAction,
+) {
+    if let Some(exact) = rewrite
+        .and_then(|r| r.path.as_ref())
+        .and_then(|p| p.exact.clone())
+    {
+        action.regex_rewrite = Some(RegexMatchAndSubstitute {
+            pattern: Some(route::regex_matcher("^.*$")),
+            substitution: exact,
+        });
+        return;
+    }
+    if http.r#match.prefix.is_none() {
+        return;
+    }
+    let prefix = rewrite.and_then(|r| r.prefix.as_ref());
+    match (
+        prefix.and_then(|p| p.value.clone()),
+        prefix.and_then(|p| p.default_prefix),
+    ) {
+        (Some(value), _) => action.prefix_rewrite = value,
+        (None, Some(DefaultGatewayRouteRewrite::Disabled)) => {}
+        (None, _) => action.prefix_rewrite = "/".into(),
+    }
+}
