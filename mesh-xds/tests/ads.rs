@@ -694,6 +694,7 @@ fn a_gateway_routes_through_its_routes_then_the_service_routing() {
         "Some(Prefix(\"/api/\"))"
     );
     assert_eq!(matching.headers[0].name, ":authority");
+    assert_eq!(matching.query_parameters[0].name, "beta");
     let Some(Action::Route(action)) = &route.action else {
         panic!()
     };

@@ -305,7 +305,7 @@ fn http_match(http: &HttpGatewayRoute) -> RouteMatch {
     RouteMatch {
         path_specifier: Some(path),
         headers,
-        query_parameters: Vec::new(),
+        query_parameters: route::query_parameters(m.query_parameters.as_deref()),
         ..Default::default()
     }
 }

@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::{
     },
 };
 use mesh_model::types::{
-    CreateRouteInput, GrpcRetryPolicyEvent, GrpcRoute, HeaderMatchMethod, HttpMethod, HttpRoute,
-    HttpScheme, MatchRange, TcpRetryPolicyEvent, WeightedTarget,
+    CreateRouteInput, GrpcRetryPolicyEvent, GrpcRoute, HeaderMatchMethod, HttpMethod,
+    HttpQueryParameter, HttpRoute, HttpScheme, MatchRange, TcpRetryPolicyEvent, WeightedTarget,
 };
 
 use super::{Issues, MeshIndex, duration, u32_value};
@@ -106,22 +106,7 @@ fn http_match(http: &HttpRoute) -> RouteMatch {
         };
         headers.push(header(":scheme", Some(exact(scheme)), false));
     }
-    let query_parameters = m
-        .query_parameters
-        .iter()
-        .flatten()
-        .map(|q| QueryParameterMatcher {
-            name: q.name.clone(),
-            query_parameter_match_specifier: Some(
-                match q.r#match.as_ref().and_then(|m| m.exact.clone()) {
-                    Some(value) => QueryParameterMatchSpecifier::StringMatch(string_matcher(
-                        MatchPattern::Exact(value),
-                    )),
-                    None => QueryParameterMatchSpecifier::PresentMatch(true),
-                },
-            ),
-        })
-        .collect();
+    let query_parameters = query_parameters(m.query_parameters.as_deref());
     RouteMatch {
         path_specifier: Some(path),
         headers,
@@ -324,6 +309,27 @@ pub fn weighted(
         })),
         ..Default::default()
     })
+}
+
+/// Query-parameter matchers: exact value, or present when no value is given.
+pub(super) fn query_parameters(
+    parameters: Option<&[HttpQueryParameter]>,
+) -> Vec<QueryParameterMatcher> {
+    parameters
+        .into_iter()
+        .flatten()
+        .map(|q| QueryParameterMatcher {
+            name: q.name.clone(),
+            query_parameter_match_specifier: Some(
+                match q.r#match.as_ref().and_then(|m| m.exact.clone()) {
+                    Some(value) => QueryParameterMatchSpecifier::StringMatch(string_matcher(
+                        MatchPattern::Exact(value),
+                    )),
+                    None => QueryParameterMatchSpecifier::PresentMatch(true),
+                },
+            ),
+        })
+        .collect()
 }
 
 pub(super) fn http_method(method: HttpMethod) -> &'static str {
