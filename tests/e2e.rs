@@ -582,3 +582,43 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
     });
     assert!(agent.log().contains("taking the mesh from xDS"));
 }
+
+#[test]
+fn agent_takes_the_mesh_from_a_control_plane_process() {
+    let node = Node::create("remotecp").unwrap();
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+    let mut control = node
+        .node_command(agent_binary().unwrap().to_str().unwrap())
+        .unwrap();
+    control
+        .args([
+            "control-plane",
+            "--mesh",
+            shop.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:15010",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _control = Proc::spawn("control plane", control).unwrap();
+    node.wait_for_listener("127.0.0.1:15010".parse().unwrap(), TIMEOUT)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&node, &[], "").unwrap();
+    let agent = Agent::start_with_args(
+        &node,
+        &config,
+        dir.path(),
+        &["--control-plane", "http://127.0.0.1:15010"],
+    )
+    .unwrap();
+    let (status, dump) = node
+        .http("GET", Agent::admin_addr(), "/config_dump")
+        .unwrap();
+    assert_eq!(status, 200, "{dump}");
+    assert!(
+        dump.contains(r#""shop/web/outbound/9090""#) && dump.contains(r#""version":"v1""#),
+        "{dump}"
+    );
+    assert!(agent.log().contains("taking the mesh from xDS"));
+}

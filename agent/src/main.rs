@@ -44,8 +44,12 @@ enum Command {
         config: PathBuf,
         /// Embed a control plane serving these App Mesh definitions (files or directories,
         /// any format `validate` reads) and take the mesh from it; instead of `xds.address`.
-        #[arg(long = "mesh", value_name = "PATH")]
+        #[arg(long = "mesh", value_name = "PATH", conflicts_with = "control_plane")]
         mesh: Vec<PathBuf>,
+        /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010; overrides
+        /// `xds.address` in the config file.
+        #[arg(long, value_name = "URL")]
+        control_plane: Option<String>,
     },
     /// Validate App Mesh definitions against the App Mesh API model and its rules; print
     /// every problem with file, resource and field path. Exit 0 if valid, 1 if not.
@@ -86,7 +90,11 @@ fn main() -> ExitCode {
         Command::Convert(args) => mesh_cmd::convert(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::XdsDump(args) => xds_dump::run(args),
-        Command::Run { config, mesh } => run(&config, mesh),
+        Command::Run {
+            config,
+            mesh,
+            control_plane,
+        } => run(&config, mesh, control_plane),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {
                 println!(
@@ -107,8 +115,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: &std::path::Path, mesh: Vec<PathBuf>) -> anyhow::Result<()> {
-    let config = config::Config::load(config_path)?;
+fn run(
+    config_path: &std::path::Path,
+    mesh: Vec<PathBuf>,
+    control_plane: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = config::Config::load(config_path)?;
+    if let Some(address) = control_plane {
+        if !(address.starts_with("http://") || address.starts_with("https://")) {
+            anyhow::bail!("--control-plane {address:?} must be an http:// or https:// URL");
+        }
+        let xds = config.xds.get_or_insert_with(|| config::XdsConfig {
+            address: address.clone(),
+            node_id: None,
+            virtual_nodes: Vec::new(),
+        });
+        xds.address = address;
+    }
     if !mesh.is_empty() && config.xds.is_some() {
         anyhow::bail!(
             "--mesh embeds a control plane; the config file also names one in xds.address: use one"
