@@ -57,6 +57,9 @@ enum Command {
     /// Convert valid App Mesh definitions to another format: Kubernetes appmesh.k8s.aws/v1beta2
     /// manifests or App Mesh API JSON request files.
     Convert(mesh_cmd::ConvertArgs),
+    /// Compile valid App Mesh definitions to the xDS resources a node agent gets, and print
+    /// them as JSON (Envoy's config-dump form) for inspection.
+    Compile(mesh_cmd::CompileArgs),
     /// Serve App Mesh definitions to node agents over xDS (ADS, gRPC). Watches the files:
     /// a valid change is pushed to every agent, an invalid one is reported and the last good
     /// mesh keeps being served.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Convert(args) => mesh_cmd::convert(args),
+        Command::Compile(args) => mesh_cmd::compile(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::XdsDump(args) => xds_dump::run(args),
         Command::Run {

@@ -11,6 +11,10 @@ use mesh_model::{
     source::{self, LoadOptions, Placeholders},
     validate::{self, Options},
 };
+use mesh_xds::{
+    compile::{MeshIndex, Workloads},
+    registry::Registry,
+};
 
 /// How to read App Mesh definitions.
 #[derive(Args, Clone, Default)]
@@ -76,6 +80,19 @@ pub struct ConvertArgs {
     /// JSON list of the requests goes to standard output).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CompileArgs {
+    /// Files or directories of App Mesh definitions, as for `validate`.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Compile for these virtual nodes or gateways (`mesh/name`, repeatable), as a node agent
+    /// serving them would get it; without any, for every one.
+    #[arg(long = "node", value_name = "MESH/NAME")]
+    nodes: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,4 +236,38 @@ fn print_json(
         "diagnostics": diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
     });
     println!("{report:#}");
+}
+
+/// Prints the xDS resources valid inputs compile to, as proto3 JSON; compile issues go to
+/// standard error.
+pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
+    let (resources, diagnostics) = load(&args.paths, &args.input);
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    if errors > 0 {
+        for diagnostic in &diagnostics {
+            eprintln!("{diagnostic}");
+        }
+        anyhow::bail!("{errors} error(s): nothing compiled");
+    }
+    let workloads = if args.nodes.is_empty() {
+        Workloads::All
+    } else {
+        let mut selected = std::collections::BTreeSet::new();
+        for node in &args.nodes {
+            let (mesh, name) = node
+                .split_once('/')
+                .filter(|(m, n)| !m.is_empty() && !n.is_empty())
+                .with_context(|| format!("--node {node:?} is not mesh/name"))?;
+            selected.insert((mesh.to_owned(), name.to_owned()));
+        }
+        Workloads::Only(selected)
+    };
+    let index = MeshIndex::new(&resources)?;
+    let compiled = mesh_xds::compile::compile(&index, &Registry::default(), &workloads);
+    for issue in &compiled.issues {
+        eprintln!("note: {issue}");
+    }
+    let json = mesh_xds::json::resources(&compiled.resources).map_err(anyhow::Error::msg)?;
+    println!("{json:#}");
+    Ok(())
 }

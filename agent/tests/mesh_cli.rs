@@ -117,3 +117,38 @@ fn convert_writes_a_manifest_that_validates() {
     assert!(output.stdout.is_empty());
     assert!(String::from_utf8_lossy(&output.stderr).contains("spec.listenrs: unknown field"));
 }
+
+#[test]
+fn compile_prints_the_xds_resources_as_json() {
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["compile", "--node", "shop/web"])
+        .arg(&shop)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let listeners: Vec<&str> = json["Listener"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listeners, ["shop/web/inbound", "shop/web/outbound"]);
+    assert_eq!(
+        json["RouteConfiguration"][0]["virtualHosts"][0]["domains"][0],
+        "api.shop.local"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["compile", "--node", "web"])
+        .arg(&shop)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--node \"web\" is not mesh/name"));
+}

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod compile;
 pub mod delta;
+pub mod json;
 pub mod names;
 pub mod registry;
 pub mod resources;

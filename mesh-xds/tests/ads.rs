@@ -739,3 +739,37 @@ fn a_gateway_routes_through_its_routes_then_the_service_routing() {
         ]
     );
 }
+
+#[test]
+fn compiled_resources_print_as_envoy_json() {
+    let compiled = compile(&index_of(&shop()), &Registry::default(), &Workloads::All);
+    let json = mesh_xds::json::resources(&compiled.resources).unwrap();
+    let routes = json["RouteConfiguration"].as_array().unwrap();
+    let web = routes
+        .iter()
+        .find(|r| r["name"] == "shop/web/outbound/9090")
+        .unwrap();
+    let action = &web["virtualHosts"][0]["routes"][0]["route"];
+    assert_eq!(
+        action["weightedClusters"]["clusters"][0]["name"],
+        "shop/api-v1/9090"
+    );
+    assert_eq!(action["weightedClusters"]["clusters"][0]["weight"], 90);
+    assert_eq!(
+        action["retryPolicy"]["retryOn"],
+        "5xx,retriable-status-codes,connect-failure"
+    );
+    assert_eq!(
+        web["@type"],
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+    );
+    // Nested Any (the HTTP connection manager in a listener) is expanded too.
+    let listener = json["Listener"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "shop/web/outbound")
+        .unwrap();
+    let filter = &listener["filterChains"][1]["filters"][0]["typedConfig"];
+    assert_eq!(filter["rds"]["routeConfigName"], "shop/web/outbound/9090");
+}
