@@ -10,12 +10,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use mesh_xds::client::{Settings, XdsState};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-use mesh_xds::client::{Settings, XdsState};
-use tokio::sync::watch;
 
 use crate::{
     admin::{self, AdminState},
@@ -49,10 +50,7 @@ pub async fn run(config_path: &Path, mut config: Config, mesh: Vec<PathBuf>) -> 
         },
     )?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
-    // Loading parses the kernel's BTF (megabytes, freed again); hand that memory back to the
-    // system instead of keeping it as the agent's resident floor.
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe { libc::malloc_trim(0) };
+    crate::memory::release_free_heap();
     let enrollments = redirector
         .take_enrollments()
         .context("enrollment map already taken")?;

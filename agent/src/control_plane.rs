@@ -66,10 +66,7 @@ fn load(paths: &[PathBuf], input: &InputArgs) -> Result<MeshIndex, Vec<Diagnosti
     }
     let index = MeshIndex::new(&resources).map_err(|e| vec![Diagnostic::error(e.to_string())]);
     drop(resources);
-    // Reading a large mesh goes through every file as JSON; return that memory to the
-    // system rather than keep it as the control plane's resident floor.
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe { libc::malloc_trim(0) };
+    crate::memory::release_free_heap();
     index
 }
 

@@ -3,6 +3,7 @@ mod admin;
 mod app;
 mod config;
 mod control_plane;
+mod memory;
 mod mesh_cmd;
 mod metrics;
 mod proxy;
