@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::{
     pb::{
         envoy::config::{
+            cluster::v3::Cluster,
             core::v3::{
                 self as core, AggregatedConfigSource, ApiVersion, ConfigSource,
                 config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
@@ -173,74 +174,115 @@ pub struct Compiled {
 }
 
 /// The xDS resources `workloads` need: their inbound listeners and local-application
-/// clusters, their outbound listeners and routes, and the clusters (and EDS assignments,
-/// from `registry`) those reach.
+/// clusters, their outbound listeners and routes, their gateways, and the clusters (and EDS
+/// assignments, from `registry`) those reach.
 pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
-    let mut resources = ResourceSet::default();
-    let mut issues = Issues::new();
-    let mut needed_clusters = BTreeSet::new();
+    let mut out = Output::default();
     for (_, node) in index
         .nodes
         .iter()
         .filter(|(key, _)| workloads.contains(key))
     {
-        let (inbound, local_clusters) = inbound::inbound(node, &mut issues);
-        if let Some(listener) = inbound {
-            resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
-        }
-        for cluster in local_clusters {
-            resources.insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
-        }
-        let (listener, route_configs, clusters) = outbound_for(index, node, &mut issues);
-        needed_clusters.extend(clusters);
-        for config in route_configs {
-            resources.insert(ROUTE, config.name.clone(), pack_any(config));
-        }
-        if let Some(listener) = listener {
-            resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
-        }
+        node_resources(index, node, &mut out);
     }
-    for (key, virtual_gateway) in index
+    for (key, gateway) in index
         .gateways
         .iter()
         .filter(|(key, _)| workloads.contains(key))
     {
-        let no_routes = Vec::new();
-        let gateway_routes = index.gateway_routes.get(key).unwrap_or(&no_routes);
-        let compiled = gateway::gateway(virtual_gateway, gateway_routes, &mut issues);
-        let what = format!("VirtualGateway {}", virtual_gateway.virtual_gateway_name);
-        let hosts = hosts_of(
+        gateway_resources(
             index,
-            &virtual_gateway.mesh_name,
-            compiled.targets.iter().map(String::as_str),
-            &what,
-            &mut issues,
+            gateway,
+            index.gateway_routes.get(key).map(Vec::as_slice),
+            &mut out,
         );
-        needed_clusters.extend(hosts.clusters);
-        if !hosts.tcp.is_empty() {
-            issues.push(format!(
-                "{what}: gateway routes cannot reach TCP services; those ports are left out"
-            ));
-        }
-        let internal = RouteConfiguration {
-            name: names::gateway_internal(
-                &virtual_gateway.mesh_name,
-                &virtual_gateway.virtual_gateway_name,
-            ),
-            virtual_hosts: hosts.http.into_values().flatten().collect(),
-            ..Default::default()
-        };
-        resources.insert(ROUTE, internal.name.clone(), pack_any(internal));
-        for listener in compiled.listeners {
-            resources.insert(LISTENER, listener.name.clone(), pack_any(listener));
-        }
-        for routes in compiled.routes {
-            resources.insert(ROUTE, routes.name.clone(), pack_any(routes));
-        }
-        for cluster in compiled.clusters {
-            resources.insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
-        }
     }
+    reached_clusters(index, registry, &mut out);
+    Compiled {
+        resources: out.resources,
+        issues: out.issues,
+    }
+}
+
+/// What compiling accumulates: resources, issues, and the clusters routes reach (emitted last,
+/// once each).
+#[derive(Default)]
+struct Output {
+    resources: ResourceSet,
+    issues: Issues,
+    reached: BTreeSet<String>,
+}
+
+impl Output {
+    fn listener(&mut self, listener: Listener) {
+        self.resources
+            .insert(LISTENER, listener.name.clone(), pack_any(listener));
+    }
+
+    fn routes(&mut self, routes: RouteConfiguration) {
+        self.resources
+            .insert(ROUTE, routes.name.clone(), pack_any(routes));
+    }
+
+    fn cluster(&mut self, cluster: Cluster) {
+        self.resources
+            .insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
+    }
+}
+
+/// A virtual node's inbound side, and its outbound listener and routes.
+fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Output) {
+    let (inbound, local_clusters) = inbound::inbound(node, &mut out.issues);
+    inbound.into_iter().for_each(|l| out.listener(l));
+    local_clusters.into_iter().for_each(|c| out.cluster(c));
+    let (listener, route_configs, clusters) = outbound_for(index, node, &mut out.issues);
+    out.reached.extend(clusters);
+    route_configs.into_iter().for_each(|r| out.routes(r));
+    listener.into_iter().for_each(|l| out.listener(l));
+}
+
+/// A virtual gateway's ingress tables and its internal table of target services.
+fn gateway_resources(
+    index: &MeshIndex,
+    virtual_gateway: &CreateVirtualGatewayInput,
+    gateway_routes: Option<&[CreateGatewayRouteInput]>,
+    out: &mut Output,
+) {
+    let compiled = gateway::gateway(
+        virtual_gateway,
+        gateway_routes.unwrap_or_default(),
+        &mut out.issues,
+    );
+    let what = format!("VirtualGateway {}", virtual_gateway.virtual_gateway_name);
+    let targets = compiled.targets.iter().map(String::as_str);
+    let hosts = hosts_of(
+        index,
+        &virtual_gateway.mesh_name,
+        targets,
+        &what,
+        &mut out.issues,
+    );
+    out.reached.extend(hosts.clusters);
+    if !hosts.tcp.is_empty() {
+        out.issues.push(format!(
+            "{what}: gateway routes cannot reach TCP services; those ports are left out"
+        ));
+    }
+    out.routes(RouteConfiguration {
+        name: names::gateway_internal(
+            &virtual_gateway.mesh_name,
+            &virtual_gateway.virtual_gateway_name,
+        ),
+        virtual_hosts: hosts.http.into_values().flatten().collect(),
+        ..Default::default()
+    });
+    compiled.listeners.into_iter().for_each(|l| out.listener(l));
+    compiled.routes.into_iter().for_each(|r| out.routes(r));
+    compiled.clusters.into_iter().for_each(|c| out.cluster(c));
+}
+
+/// The clusters routes reach (and their EDS assignments), and the passthrough clusters.
+fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut Output) {
     for node in index.nodes.values() {
         for listener in node.spec.listeners.iter().flatten() {
             let name = names::cluster(
@@ -248,23 +290,22 @@ pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) ->
                 &node.virtual_node_name,
                 listener.port_mapping.port,
             );
-            if !needed_clusters.contains(&name) {
+            if !out.reached.contains(&name) {
                 continue;
             }
             let (cluster, assignment) = cluster::for_listener(node, listener, registry);
-            resources.insert(CLUSTER, name.clone(), pack_any(cluster));
+            out.cluster(cluster);
             if let Some(assignment) = assignment {
-                resources.insert(ENDPOINT, name, pack_any(assignment));
+                out.resources.insert(ENDPOINT, name, pack_any(assignment));
             }
         }
     }
     for mesh in index.meshes.values() {
         let name = passthrough_cluster(&mesh.mesh_name);
-        if needed_clusters.contains(&name) {
-            resources.insert(CLUSTER, name.clone(), pack_any(cluster::passthrough(name)));
+        if out.reached.contains(&name) {
+            out.cluster(cluster::passthrough(name));
         }
     }
-    Compiled { resources, issues }
 }
 
 fn passthrough_cluster(mesh: &str) -> String {
