@@ -62,6 +62,14 @@ fn decode<M: Message + Default>(resources: &ResourceSet, type_url: &str, name: &
     M::decode(any.value.as_slice()).unwrap()
 }
 
+/// The names of the resources of one type.
+fn names_of<'a>(resources: &'a ResourceSet, type_url: &str) -> Vec<&'a String> {
+    resources
+        .of_type(type_url)
+        .map(|m| m.keys().collect())
+        .unwrap_or_default()
+}
+
 fn weights(routes: &RouteConfiguration) -> Vec<(String, u32)> {
     let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
         panic!("no route action")
@@ -83,7 +91,7 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
     let resources = &compiled.resources;
     // Outbound: what web's listener reaches (api-v1, api-v2, db, not web itself); inbound:
     // every node's local application per listener.
-    let clusters: Vec<&String> = resources.of_type(CLUSTER).unwrap().keys().collect();
+    let clusters = names_of(resources, CLUSTER);
     assert_eq!(
         clusters,
         [
@@ -667,12 +675,7 @@ fn a_gateway_routes_through_its_routes_then_the_service_routing() {
     let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
     let compiled = compile(&index_of(&shop()), &Registry::default(), &ingress);
     assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
-    let listeners: Vec<&String> = compiled
-        .resources
-        .of_type(LISTENER)
-        .unwrap()
-        .keys()
-        .collect();
+    let listeners = names_of(&compiled.resources, LISTENER);
     assert_eq!(
         listeners,
         ["shop/ingress/ingress/8088", "shop/ingress/internal"]
@@ -724,12 +727,7 @@ fn a_gateway_routes_through_its_routes_then_the_service_routing() {
             ("shop/api-v2/9090".to_owned(), 10)
         ]
     );
-    let clusters: Vec<&String> = compiled
-        .resources
-        .of_type(CLUSTER)
-        .unwrap()
-        .keys()
-        .collect();
+    let clusters = names_of(&compiled.resources, CLUSTER);
     assert_eq!(
         clusters,
         [
@@ -772,4 +770,60 @@ fn compiled_resources_print_as_envoy_json() {
         .unwrap();
     let filter = &listener["filterChains"][1]["filters"][0]["typedConfig"];
     assert_eq!(filter["rds"]["routeConfigName"], "shop/web/outbound/9090");
+}
+
+#[test]
+fn client_policy_tls_originates_on_copies_of_the_clusters() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    let dir = tempdir_with_shop(|route| route.to_owned());
+    let web = dir.path().join("vn-web.json");
+    let text = std::fs::read_to_string(&web).unwrap().replace(
+        "\"serviceDiscovery\": {\"dns\": {\"hostname\": \"web.shop.local\"}},",
+        r#""serviceDiscovery": {"dns": {"hostname": "web.shop.local"}},
+           "backendDefaults": {"clientPolicy": {"tls": {
+               "ports": [9090],
+               "certificate": {"file": {"certificateChain": "/certs/web.pem", "privateKey": "/certs/web.key"}},
+               "validation": {"trust": {"file": {"certificateChain": "/certs/ca.pem"}},
+                              "subjectAlternativeNames": {"match": {"exact": ["spiffe://shop/api"]}}}}}},"#,
+    );
+    std::fs::write(&web, text).unwrap();
+    let only_web = Workloads::Only([("shop".to_owned(), "web".to_owned())].into());
+    let compiled = compile(&index_of(dir.path()), &Registry::default(), &only_web);
+    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
+    // Port 9090 (api) goes through TLS copies; port 5432 (db) is outside `ports`, plain.
+    let clusters = names_of(&compiled.resources, CLUSTER);
+    assert_eq!(
+        clusters,
+        [
+            "shop/api-v1/9090/from/web",
+            "shop/api-v2/9090/from/web",
+            "shop/db/5432",
+            "shop/web/inbound/8080"
+        ]
+    );
+    let routes: RouteConfiguration = decode(&compiled.resources, ROUTE, "shop/web/outbound/9090");
+    assert_eq!(
+        weights(&routes)[0],
+        ("shop/api-v1/9090/from/web".to_owned(), 90)
+    );
+    let copy: Cluster = decode(&compiled.resources, CLUSTER, "shop/api-v1/9090/from/web");
+    assert!(
+        copy.outlier_detection.is_some(),
+        "a copy keeps the cluster's settings"
+    );
+    let socket = copy.transport_socket.unwrap();
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+        any,
+    )) = socket.config_type
+    else {
+        panic!()
+    };
+    let context = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let common = context.common_tls_context.unwrap();
+    assert_eq!(
+        common.tls_certificates.len(),
+        1,
+        "client certificate for mutual TLS"
+    );
+    assert!(common.validation_context_type.is_some());
 }

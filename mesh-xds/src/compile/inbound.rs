@@ -8,7 +8,6 @@ use envoy_types::{
         envoy::{
             config::{
                 cluster::v3::Cluster,
-                core::v3::{DataSource, TransportSocket, data_source::Specifier, transport_socket},
                 listener::v3::{
                     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
                     listener_filter,
@@ -18,36 +17,28 @@ use envoy_types::{
                     route_action::ClusterSpecifier, route_match::PathSpecifier,
                 },
             },
-            extensions::{
-                filters::{
-                    http::router::v3::Router,
-                    listener::tls_inspector::v3::TlsInspector,
-                    network::{
-                        http_connection_manager::v3::{
-                            HttpConnectionManager, HttpFilter,
-                            http_connection_manager::RouteSpecifier, http_filter,
-                        },
-                        tcp_proxy::v3::{TcpProxy, tcp_proxy},
+            extensions::filters::{
+                http::router::v3::Router,
+                listener::tls_inspector::v3::TlsInspector,
+                network::{
+                    http_connection_manager::v3::{
+                        HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier,
+                        http_filter,
                     },
-                },
-                transport_sockets::tls::v3::{
-                    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
-                    SdsSecretConfig, SubjectAltNameMatcher, TlsCertificate,
-                    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+                    tcp_proxy::v3::{TcpProxy, tcp_proxy},
                 },
             },
-            r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
         },
-        google::protobuf::{BoolValue, Duration as PbDuration},
+        google::protobuf::Duration as PbDuration,
     },
     util::pack_any,
 };
 use mesh_model::types::{
-    CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, ListenerTls,
-    ListenerTlsCertificate, ListenerTlsMode, ListenerTlsValidationContextTrust, PortProtocol,
+    CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, ListenerTlsMode,
+    PortProtocol,
 };
 
-use super::{Issues, ads, cluster, duration, socket_address, u32_value};
+use super::{Issues, cluster, duration, socket_address, tls, u32_value};
 use crate::names;
 
 /// Where the node proxy takes inbound traffic for its workloads in.
@@ -80,7 +71,7 @@ pub fn inbound(
             Some(tls) if tls.mode == ListenerTlsMode::Disabled => chains.push(plain("")),
             Some(tls) => {
                 let Some(socket) =
-                    tls_socket(tls, &format!("VirtualNode {name} listener {port}"), issues)
+                    tls::server(tls, &format!("VirtualNode {name} listener {port}"), issues)
                 else {
                     // Fail closed: a listener that should terminate TLS is not served in plain text.
                     continue;
@@ -220,88 +211,5 @@ fn tcp_filter(local: &str, listener: &AppMeshListener) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
-    }
-}
-
-/// The TLS server side of a listener, or None (with an issue) when it cannot be served here.
-fn tls_socket(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<TransportSocket> {
-    let mut common = CommonTlsContext::default();
-    match &tls.certificate {
-        ListenerTlsCertificate::File(file) => common.tls_certificates.push(TlsCertificate {
-            certificate_chain: Some(file_source(&file.certificate_chain)),
-            private_key: Some(file_source(&file.private_key)),
-            ..Default::default()
-        }),
-        ListenerTlsCertificate::Sds(sds) => common
-            .tls_certificate_sds_secret_configs
-            .push(sds_secret(&sds.secret_name)),
-        ListenerTlsCertificate::Acm(_) => {
-            issues.push(format!(
-                "{what}: ACM certificates exist only inside AWS; give a file or SDS certificate. The listener is not served"
-            ));
-            return None;
-        }
-    }
-    let mut require_client_certificate = None;
-    if let Some(validation) = &tls.validation {
-        let sans = validation
-            .subject_alternative_names
-            .iter()
-            .flat_map(|s| s.r#match.exact.iter())
-            .map(|san| SubjectAltNameMatcher {
-                san_type: if san.contains("://") {
-                    SanType::Uri
-                } else {
-                    SanType::Dns
-                } as i32,
-                matcher: Some(StringMatcher {
-                    match_pattern: Some(MatchPattern::Exact(san.clone())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect::<Vec<_>>();
-        common.validation_context_type = Some(match &validation.trust {
-            ListenerTlsValidationContextTrust::File(file) => {
-                ValidationContextType::ValidationContext(CertificateValidationContext {
-                    trusted_ca: Some(file_source(&file.certificate_chain)),
-                    match_typed_subject_alt_names: sans,
-                    ..Default::default()
-                })
-            }
-            ListenerTlsValidationContextTrust::Sds(sds) => {
-                if !sans.is_empty() {
-                    issues.push(format!("{what}: subject alternative names with an SDS trust are checked by the SDS validation context"));
-                }
-                ValidationContextType::ValidationContextSdsSecretConfig(sds_secret(
-                    &sds.secret_name,
-                ))
-            }
-        });
-        // A validation context on a listener means mutual TLS: clients must present a certificate.
-        require_client_certificate = Some(BoolValue { value: true });
-    }
-    let context = DownstreamTlsContext {
-        common_tls_context: Some(common),
-        require_client_certificate,
-        ..Default::default()
-    };
-    Some(TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
-    })
-}
-
-fn file_source(path: &str) -> DataSource {
-    DataSource {
-        specifier: Some(Specifier::Filename(path.to_owned())),
-        ..Default::default()
-    }
-}
-
-fn sds_secret(name: &str) -> SdsSecretConfig {
-    SdsSecretConfig {
-        name: name.to_owned(),
-        sds_config: Some(ads()),
     }
 }

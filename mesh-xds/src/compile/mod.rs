@@ -6,6 +6,7 @@ mod gateway;
 mod inbound;
 mod listener;
 mod route;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +15,7 @@ use envoy_types::{
         envoy::config::{
             cluster::v3::Cluster,
             core::v3::{
-                self as core, AggregatedConfigSource, ApiVersion, ConfigSource,
+                self as core, AggregatedConfigSource, ApiVersion, ConfigSource, TransportSocket,
                 config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
             },
             listener::v3::Listener,
@@ -211,6 +212,8 @@ struct Output {
     resources: ResourceSet,
     issues: Issues,
     reached: BTreeSet<String>,
+    /// cluster -> its TLS-originating copies (name -> transport socket).
+    tls_variants: BTreeMap<String, BTreeMap<String, TransportSocket>>,
 }
 
 impl Output {
@@ -235,10 +238,16 @@ fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Ou
     let (inbound, local_clusters) = inbound::inbound(node, &mut out.issues);
     inbound.into_iter().for_each(|l| out.listener(l));
     local_clusters.into_iter().for_each(|c| out.cluster(c));
-    let (listener, route_configs, clusters) = outbound_for(index, node, &mut out.issues);
-    out.reached.extend(clusters);
-    route_configs.into_iter().for_each(|r| out.routes(r));
-    listener.into_iter().for_each(|l| out.listener(l));
+    let outbound = outbound_for(index, node, &mut out.issues);
+    out.reached.extend(outbound.clusters);
+    for (variant, cluster, socket) in outbound.tls_variants {
+        out.tls_variants
+            .entry(cluster)
+            .or_default()
+            .insert(variant, socket);
+    }
+    outbound.routes.into_iter().for_each(|r| out.routes(r));
+    outbound.listener.into_iter().for_each(|l| out.listener(l));
 }
 
 /// A virtual gateway's ingress tables and its internal table of target services.
@@ -290,11 +299,29 @@ fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut Output) {
                 &node.virtual_node_name,
                 listener.port_mapping.port,
             );
-            if !out.reached.contains(&name) {
+            let variants: Vec<(String, TransportSocket)> = out
+                .tls_variants
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|(variant, _)| out.reached.contains(*variant))
+                .map(|(variant, socket)| (variant.clone(), socket.clone()))
+                .collect();
+            if !out.reached.contains(&name) && variants.is_empty() {
                 continue;
             }
             let (cluster, assignment) = cluster::for_listener(node, listener, registry);
-            out.cluster(cluster);
+            for (variant, socket) in variants {
+                // Same endpoints: an EDS copy keeps the service name of its original.
+                out.cluster(Cluster {
+                    name: variant,
+                    transport_socket: Some(socket),
+                    ..cluster.clone()
+                });
+            }
+            if out.reached.contains(&name) {
+                out.cluster(cluster);
+            }
             if let Some(assignment) = assignment {
                 out.resources.insert(ENDPOINT, name, pack_any(assignment));
             }
@@ -313,22 +340,43 @@ fn passthrough_cluster(mesh: &str) -> String {
 }
 
 /// A node's outbound listener, its route configurations and the clusters they reach.
-fn outbound_for(
-    index: &MeshIndex,
-    node: &CreateVirtualNodeInput,
-    issues: &mut Issues,
-) -> (Option<Listener>, Vec<RouteConfiguration>, BTreeSet<String>) {
+fn outbound_for(index: &MeshIndex, node: &CreateVirtualNodeInput, issues: &mut Issues) -> Outbound {
     let mesh = &node.mesh_name;
-    let services = node.spec.backends.iter().flatten().map(|backend| {
+    let caller = &node.virtual_node_name;
+    let what = format!("VirtualNode {caller}");
+    let defaults = node
+        .spec
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref());
+    let mut hosts = Hosts::default();
+    let mut tls_variants = Vec::new();
+    for backend in node.spec.backends.iter().flatten() {
         let mesh_model::types::Backend::VirtualService(backend) = backend;
-        backend.virtual_service_name.as_str()
-    });
-    let what = format!("VirtualNode {}", node.virtual_node_name);
+        let name = backend.virtual_service_name.as_str();
+        let mut service = hosts_of(index, mesh, std::iter::once(name), &what, issues);
+        // The backend's own client policy, else the node's backend defaults; enforce: false
+        // turns TLS origination off.
+        let policy = backend
+            .client_policy
+            .as_ref()
+            .or(defaults)
+            .and_then(|p| p.tls.as_ref())
+            .filter(|tls| tls.enforce != Some(false));
+        if let Some(policy) = policy {
+            let Some(socket) = tls::client(policy, &format!("{what} backend {name}"), issues)
+            else {
+                continue;
+            };
+            service.originate_tls(caller, policy.ports.as_deref(), &socket, &mut tls_variants);
+        }
+        hosts.merge(service, &what, issues);
+    }
     let Hosts {
         http: http_hosts,
         tcp,
         mut clusters,
-    } = hosts_of(index, mesh, services, &what, issues);
+    } = hosts;
     let route_configs: Vec<RouteConfiguration> = http_hosts
         .into_iter()
         .map(|(port, virtual_hosts)| RouteConfiguration {
@@ -369,15 +417,98 @@ fn outbound_for(
             passthrough,
         )
     });
-    (listener, route_configs, clusters)
+    Outbound {
+        listener,
+        routes: route_configs,
+        clusters,
+        tls_variants,
+    }
+}
+
+/// A node's outbound side.
+struct Outbound {
+    listener: Option<Listener>,
+    routes: Vec<RouteConfiguration>,
+    /// Clusters its routes reach.
+    clusters: BTreeSet<String>,
+    /// (variant, cluster, TLS): clusters this node reaches through TLS origination, as copies
+    /// of the cluster with the client's transport socket.
+    tls_variants: Vec<(String, String, TransportSocket)>,
 }
 
 /// The virtual hosts (HTTP family) and TCP targets of some virtual services, per port, and
 /// the clusters they reach: what a node's backends or a gateway's targets route to.
+#[derive(Default)]
 struct Hosts {
     http: BTreeMap<i32, Vec<VirtualHost>>,
     tcp: BTreeMap<i32, Vec<(String, u32)>>,
     clusters: BTreeSet<String>,
+}
+
+impl Hosts {
+    fn merge(&mut self, other: Hosts, what: &str, issues: &mut Issues) {
+        for (port, hosts) in other.http {
+            self.http.entry(port).or_default().extend(hosts);
+        }
+        for (port, targets) in other.tcp {
+            if self.tcp.insert(port, targets).is_some() {
+                issues.push(format!(
+                    "{what}: several TCP services on port {port}; TCP cannot tell them apart, the last one wins"
+                ));
+            }
+        }
+        self.clusters.extend(other.clusters);
+    }
+
+    /// Sends this caller's traffic on `ports` (all when None) through copies of the clusters
+    /// that originate TLS; the copies are recorded in `variants`.
+    fn originate_tls(
+        &mut self,
+        caller: &str,
+        ports: Option<&[i32]>,
+        socket: &TransportSocket,
+        variants: &mut Vec<(String, String, TransportSocket)>,
+    ) {
+        let mut rename = |cluster: &mut String| {
+            let port: Option<i32> = cluster.rsplit('/').next().and_then(|p| p.parse().ok());
+            if ports.is_some_and(|ports| !port.is_some_and(|p| ports.contains(&p))) {
+                return;
+            }
+            let variant = format!("{cluster}/from/{caller}");
+            variants.push((variant.clone(), cluster.clone(), socket.clone()));
+            *cluster = variant;
+        };
+        for route in self
+            .http
+            .values_mut()
+            .flatten()
+            .flat_map(|h| h.routes.iter_mut())
+        {
+            use envoy_types::pb::envoy::config::route::v3::{
+                route::Action, route_action::ClusterSpecifier,
+            };
+            if let Some(Action::Route(action)) = &mut route.action {
+                match &mut action.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(name)) => rename(name),
+                    Some(ClusterSpecifier::WeightedClusters(weighted)) => weighted
+                        .clusters
+                        .iter_mut()
+                        .for_each(|c| rename(&mut c.name)),
+                    _ => {}
+                }
+            }
+        }
+        for (name, _) in self.tcp.values_mut().flatten() {
+            rename(name);
+        }
+        self.clusters = self
+            .http
+            .values()
+            .flatten()
+            .flat_map(|h| h.routes.iter().flat_map(route_clusters))
+            .chain(self.tcp.values().flatten().map(|(name, _)| name.clone()))
+            .collect();
+    }
 }
 
 fn hosts_of<'a>(

@@ -1,0 +1,175 @@
+//! TLS contexts: the server side of a virtual node listener (termination) and the client side
+//! of a backend's client policy (origination), from App Mesh's certificate and validation
+//! settings. Files are read by the proxy; SDS secrets come over ADS.
+use envoy_types::{
+    pb::{
+        envoy::{
+            config::core::v3::{
+                DataSource, TransportSocket, data_source::Specifier, transport_socket,
+            },
+            extensions::transport_sockets::tls::v3::{
+                CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+                SdsSecretConfig, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+                common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+            },
+            r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
+        },
+        google::protobuf::BoolValue,
+    },
+    util::pack_any,
+};
+use mesh_model::types::{
+    ClientPolicyTls, ClientTlsCertificate, ListenerTls, ListenerTlsCertificate,
+    ListenerTlsValidationContextTrust, SubjectAlternativeNames, TlsValidationContextTrust,
+};
+
+use super::{Issues, ads};
+
+const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// The TLS server side of a listener, or None (with an issue) when it cannot be served here.
+pub fn server(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<TransportSocket> {
+    let mut common = CommonTlsContext::default();
+    match &tls.certificate {
+        ListenerTlsCertificate::File(file) => common.tls_certificates.push(certificate_files(
+            &file.certificate_chain,
+            &file.private_key,
+        )),
+        ListenerTlsCertificate::Sds(sds) => common
+            .tls_certificate_sds_secret_configs
+            .push(sds_secret(&sds.secret_name)),
+        ListenerTlsCertificate::Acm(_) => {
+            issues.push(format!(
+                "{what}: ACM certificates exist only inside AWS; give a file or SDS certificate. The listener is not served"
+            ));
+            return None;
+        }
+    }
+    let mut require_client_certificate = None;
+    if let Some(validation) = &tls.validation {
+        let sans = san_matchers(validation.subject_alternative_names.as_ref());
+        common.validation_context_type = Some(match &validation.trust {
+            ListenerTlsValidationContextTrust::File(file) => {
+                validate_with_file(&file.certificate_chain, sans)
+            }
+            ListenerTlsValidationContextTrust::Sds(sds) => {
+                validate_with_sds(&sds.secret_name, &sans, what, issues)
+            }
+        });
+        // A validation context on a listener means mutual TLS: clients must present a certificate.
+        require_client_certificate = Some(BoolValue { value: true });
+    }
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate,
+        ..Default::default()
+    };
+    Some(socket(pack_any(context)))
+}
+
+/// The TLS client side for a backend's client policy, or None (with an issue) when its trust
+/// cannot be used here.
+pub fn client(
+    policy: &ClientPolicyTls,
+    what: &str,
+    issues: &mut Issues,
+) -> Option<TransportSocket> {
+    let mut common = CommonTlsContext::default();
+    match &policy.certificate {
+        Some(ClientTlsCertificate::File(file)) => common.tls_certificates.push(certificate_files(
+            &file.certificate_chain,
+            &file.private_key,
+        )),
+        Some(ClientTlsCertificate::Sds(sds)) => common
+            .tls_certificate_sds_secret_configs
+            .push(sds_secret(&sds.secret_name)),
+        None => {}
+    }
+    let sans = san_matchers(policy.validation.subject_alternative_names.as_ref());
+    common.validation_context_type = Some(match &policy.validation.trust {
+        TlsValidationContextTrust::File(file) => validate_with_file(&file.certificate_chain, sans),
+        TlsValidationContextTrust::Sds(sds) => {
+            validate_with_sds(&sds.secret_name, &sans, what, issues)
+        }
+        TlsValidationContextTrust::Acm(_) => {
+            issues.push(format!(
+                "{what}: ACM Private CA trust exists only inside AWS; give a file or SDS trust. Not routed"
+            ));
+            return None;
+        }
+    });
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        ..Default::default()
+    };
+    Some(socket(pack_any(context)))
+}
+
+fn socket(context: envoy_types::pb::google::protobuf::Any) -> TransportSocket {
+    TransportSocket {
+        name: TLS_SOCKET.into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(context)),
+    }
+}
+
+fn certificate_files(chain: &str, key: &str) -> TlsCertificate {
+    TlsCertificate {
+        certificate_chain: Some(file_source(chain)),
+        private_key: Some(file_source(key)),
+        ..Default::default()
+    }
+}
+
+/// Exact subject alternative names: URI when the name has a scheme (SPIFFE ids), else DNS.
+fn san_matchers(names: Option<&SubjectAlternativeNames>) -> Vec<SubjectAltNameMatcher> {
+    names
+        .iter()
+        .flat_map(|s| s.r#match.exact.iter())
+        .map(|san| SubjectAltNameMatcher {
+            san_type: if san.contains("://") {
+                SanType::Uri
+            } else {
+                SanType::Dns
+            } as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(san.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn validate_with_file(ca: &str, sans: Vec<SubjectAltNameMatcher>) -> ValidationContextType {
+    ValidationContextType::ValidationContext(CertificateValidationContext {
+        trusted_ca: Some(file_source(ca)),
+        match_typed_subject_alt_names: sans,
+        ..Default::default()
+    })
+}
+
+fn validate_with_sds(
+    secret: &str,
+    sans: &[SubjectAltNameMatcher],
+    what: &str,
+    issues: &mut Issues,
+) -> ValidationContextType {
+    if !sans.is_empty() {
+        issues.push(format!("{what}: subject alternative names with an SDS trust are checked by the SDS validation context"));
+    }
+    ValidationContextType::ValidationContextSdsSecretConfig(sds_secret(secret))
+}
+
+fn file_source(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn sds_secret(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ads()),
+    }
+}
