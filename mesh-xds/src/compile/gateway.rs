@@ -5,36 +5,24 @@
 //! listener's; it hands every request to an internal listener (Envoy's internal listener, no
 //! socket) whose table holds one virtual host per target service, built as for a virtual
 //! node's backends.
-use envoy_types::{
-    pb::envoy::{
-        config::{
-            cluster::v3::{Cluster, cluster},
-            core::v3::{
-                Address, EnvoyInternalAddress, address,
-                envoy_internal_address::AddressNameSpecifier,
-            },
-            endpoint::v3 as endpoint,
-            listener::v3::{
-                Filter, FilterChain, Listener, filter, listener::InternalListenerConfig,
-                listener::ListenerSpecifier,
-            },
-            route::v3::{
-                Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-                route::Action,
-                route_action::{ClusterSpecifier, HostRewriteSpecifier},
-                route_match::PathSpecifier,
-            },
+use envoy_types::pb::envoy::{
+    config::{
+        cluster::v3::{Cluster, cluster},
+        core::v3::{
+            Address, EnvoyInternalAddress, address, envoy_internal_address::AddressNameSpecifier,
         },
-        extensions::filters::{
-            http::router::v3::Router,
-            network::http_connection_manager::v3::{
-                HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
-                http_filter,
-            },
+        endpoint::v3 as endpoint,
+        listener::v3::{
+            FilterChain, Listener, listener::InternalListenerConfig, listener::ListenerSpecifier,
         },
-        r#type::matcher::v3::{RegexMatchAndSubstitute, string_matcher::MatchPattern},
+        route::v3::{
+            Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+            route::Action,
+            route_action::{ClusterSpecifier, HostRewriteSpecifier},
+            route_match::PathSpecifier,
+        },
     },
-    util::pack_any,
+    r#type::matcher::v3::{RegexMatchAndSubstitute, string_matcher::MatchPattern},
 };
 use mesh_model::types::{
     CreateGatewayRouteInput, CreateVirtualGatewayInput, DefaultGatewayRouteRewrite,
@@ -42,7 +30,11 @@ use mesh_model::types::{
     HttpGatewayRouteRewrite, VirtualGatewayPortProtocol,
 };
 
-use super::{Issues, ads, route, socket_address};
+use super::{
+    Issues,
+    listener::{http_connection_manager, rds},
+    route, socket_address,
+};
 use crate::names;
 
 /// What one virtual gateway compiles to.
@@ -95,7 +87,7 @@ pub fn gateway(
             name: table.clone(),
             address: Some(socket_address("0.0.0.0", port as u32)),
             filter_chains: vec![FilterChain {
-                filters: vec![http_manager(&table, table.clone())],
+                filters: vec![http_connection_manager(table.clone(), rds(table.clone()))],
                 ..Default::default()
             }],
             ..Default::default()
@@ -109,7 +101,10 @@ pub fn gateway(
             InternalListenerConfig {},
         )),
         filter_chains: vec![FilterChain {
-            filters: vec![http_manager(&internal, internal.clone())],
+            filters: vec![http_connection_manager(
+                internal.clone(),
+                rds(internal.clone()),
+            )],
             ..Default::default()
         }],
         ..Default::default()
@@ -151,28 +146,6 @@ fn internal_cluster(name: &str) -> Cluster {
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-fn http_manager(stat_prefix: &str, routes: String) -> Filter {
-    let manager = HttpConnectionManager {
-        stat_prefix: stat_prefix.to_owned(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: routes,
-        })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
     }
 }
 

@@ -9,24 +9,14 @@ use envoy_types::{
             config::{
                 cluster::v3::Cluster,
                 listener::v3::{
-                    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
+                    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
                     listener_filter,
                 },
-                route::v3::{
-                    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
-                    route_action::ClusterSpecifier, route_match::PathSpecifier,
-                },
+                route::v3::{RouteConfiguration, VirtualHost, route::Action},
             },
             extensions::filters::{
-                http::router::v3::Router,
                 listener::tls_inspector::v3::TlsInspector,
-                network::{
-                    http_connection_manager::v3::{
-                        HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier,
-                        http_filter,
-                    },
-                    tcp_proxy::v3::{TcpProxy, tcp_proxy},
-                },
+                network::http_connection_manager::v3::http_connection_manager::RouteSpecifier,
             },
         },
         google::protobuf::Duration as PbDuration,
@@ -38,7 +28,11 @@ use mesh_model::types::{
     PortProtocol,
 };
 
-use super::{Issues, cluster, duration, socket_address, tls, u32_value};
+use super::{
+    Issues, cluster, duration,
+    listener::{http_connection_manager, tcp_proxy},
+    route, socket_address, tls, u32_value,
+};
 use crate::names;
 
 /// Where the node proxy takes inbound traffic for its workloads in.
@@ -161,55 +155,28 @@ fn timeouts(listener: &AppMeshListener) -> (Option<PbDuration>, Option<PbDuratio
 
 fn http_filter_for(local: &str, listener: &AppMeshListener) -> Filter {
     let (per_request, idle) = timeouts(listener);
+    let mut to_local = route::to_cluster(local, local.to_owned());
+    if let Some(Action::Route(action)) = &mut to_local.action {
+        action.timeout = per_request;
+        action.idle_timeout = idle;
+    }
     let routes = RouteConfiguration {
         name: local.to_owned(),
         virtual_hosts: vec![VirtualHost {
             name: local.to_owned(),
             domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(local.to_owned())),
-                    timeout: per_request,
-                    idle_timeout: idle,
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes: vec![to_local],
             ..Default::default()
         }],
         ..Default::default()
     };
-    let manager = HttpConnectionManager {
-        stat_prefix: local.to_owned(),
-        route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
-    }
+    http_connection_manager(local.to_owned(), RouteSpecifier::RouteConfig(routes))
 }
 
 fn tcp_filter(local: &str, listener: &AppMeshListener) -> Filter {
-    let proxy = TcpProxy {
-        stat_prefix: local.to_owned(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(local.to_owned())),
-        idle_timeout: timeouts(listener).1,
-        ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.tcp_proxy".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
-    }
+    tcp_proxy(
+        local.to_owned(),
+        vec![(local.to_owned(), 1)],
+        timeouts(listener).1,
+    )
 }

@@ -3,18 +3,21 @@
 //! node's routes (RDS), TCP ports through a TCP proxy — and, when the mesh's egress filter is
 //! ALLOW_ALL, a default chain passing everything else through.
 use envoy_types::{
-    pb::envoy::{
-        config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, filter},
-        extensions::filters::{
-            http::router::v3::Router,
-            network::{
-                http_connection_manager::v3::{
-                    HttpConnectionManager, HttpFilter, Rds,
-                    http_connection_manager::RouteSpecifier, http_filter,
+    pb::{
+        envoy::{
+            config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, filter},
+            extensions::filters::{
+                http::router::v3::Router,
+                network::{
+                    http_connection_manager::v3::{
+                        HttpConnectionManager, HttpFilter, Rds,
+                        http_connection_manager::RouteSpecifier, http_filter,
+                    },
+                    tcp_proxy::v3::{TcpProxy, tcp_proxy},
                 },
-                tcp_proxy::v3::{TcpProxy, tcp_proxy},
             },
         },
+        google::protobuf::Duration as PbDuration,
     },
     util::pack_any,
 };
@@ -43,14 +46,16 @@ pub fn outbound(
                 ..Default::default()
             }),
             filters: vec![match plan {
-                PortPlan::Http { routes } => http_connection_manager(&name, port, routes),
-                PortPlan::Tcp { clusters } => tcp_proxy(&name, port, clusters),
+                PortPlan::Http { routes } => {
+                    http_connection_manager(format!("{name}/{port}"), rds(routes))
+                }
+                PortPlan::Tcp { clusters } => tcp_proxy(format!("{name}/{port}"), clusters, None),
             }],
             ..Default::default()
         })
         .collect();
     let default_filter_chain = passthrough.map(|cluster| FilterChain {
-        filters: vec![tcp_proxy(&name, 0, vec![(cluster, 1)])],
+        filters: vec![tcp_proxy(format!("{name}/0"), vec![(cluster, 1)], None)],
         ..Default::default()
     });
     filter_chains.sort_by_key(|c| {
@@ -67,13 +72,11 @@ pub fn outbound(
     }
 }
 
-fn http_connection_manager(listener: &str, port: i32, routes: String) -> Filter {
+/// An HTTP connection manager (router filter only) taking its routes from `routes`.
+pub(super) fn http_connection_manager(stat_prefix: String, routes: RouteSpecifier) -> Filter {
     let manager = HttpConnectionManager {
-        stat_prefix: format!("{listener}/{port}"),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: routes,
-        })),
+        stat_prefix,
+        route_specifier: Some(routes),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
@@ -89,7 +92,20 @@ fn http_connection_manager(listener: &str, port: i32, routes: String) -> Filter 
     }
 }
 
-fn tcp_proxy(listener: &str, port: i32, clusters: Vec<(String, u32)>) -> Filter {
+/// Routes loaded by name over ADS.
+pub(super) fn rds(route_config_name: String) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(ads()),
+        route_config_name,
+    })
+}
+
+/// A TCP proxy to one cluster, or weighted clusters.
+pub(super) fn tcp_proxy(
+    stat_prefix: String,
+    clusters: Vec<(String, u32)>,
+    idle_timeout: Option<PbDuration>,
+) -> Filter {
     let cluster_specifier = match clusters.as_slice() {
         [(single, _)] => tcp_proxy::ClusterSpecifier::Cluster(single.clone()),
         _ => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
@@ -106,8 +122,9 @@ fn tcp_proxy(listener: &str, port: i32, clusters: Vec<(String, u32)>) -> Filter 
         }),
     };
     let proxy = TcpProxy {
-        stat_prefix: format!("{listener}/{port}"),
+        stat_prefix,
         cluster_specifier: Some(cluster_specifier),
+        idle_timeout,
         ..Default::default()
     };
     Filter {
