@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::{
     },
 };
 use mesh_model::types::{
-    CreateRouteInput, GrpcRetryPolicyEvent, GrpcRoute, HeaderMatchMethod, HttpMethod,
+    CreateRouteInput, Duration, GrpcRetryPolicyEvent, GrpcRoute, HeaderMatchMethod, HttpMethod,
     HttpQueryParameter, HttpRoute, HttpScheme, MatchRange, TcpRetryPolicyEvent, WeightedTarget,
 };
 
@@ -167,32 +167,21 @@ fn http_action(
 ) -> Option<RouteAction> {
     let mut action = weighted(index, app_route, &http.action.weighted_targets, issues)?;
     if let Some(timeout) = &http.timeout {
-        action.timeout = timeout.per_request.as_ref().and_then(duration);
-        action.idle_timeout = timeout.idle.as_ref().and_then(duration);
+        set_timeouts(
+            &mut action,
+            timeout.per_request.as_ref(),
+            timeout.idle.as_ref(),
+        );
     }
     if let Some(retry) = &http.retry_policy {
-        let mut on: Vec<&str> = Vec::new();
-        let mut codes = Vec::new();
-        for event in retry.http_retry_events.iter().flatten() {
-            match http_retry_event(event) {
-                Some(("retriable-status-codes", code)) => {
-                    on.push("retriable-status-codes");
-                    codes.extend(code);
-                }
-                Some((name, _)) => on.push(name),
-                None => issues.push(format!(
-                    "Route {}: spec.httpRoute.retryPolicy.httpRetryEvents: {event:?} has no Envoy retry condition; ignored",
-                    app_route.route_name
-                )),
-            }
-        }
-        on.extend(retry.tcp_retry_events.iter().flatten().map(tcp_retry_event));
-        action.retry_policy = Some(retry_policy(
-            on,
-            codes,
-            retry.max_retries,
-            &retry.per_retry_timeout,
-        ));
+        let retries = Retries {
+            grpc: &[],
+            http: retry.http_retry_events.as_deref().unwrap_or_default(),
+            tcp: retry.tcp_retry_events.as_deref().unwrap_or_default(),
+            max: retry.max_retries,
+            per_try: &retry.per_retry_timeout,
+        };
+        action.retry_policy = Some(retries.policy(&app_route.route_name, "httpRoute", issues));
     }
     Some(action)
 }
@@ -205,38 +194,74 @@ fn grpc_action(
 ) -> Option<RouteAction> {
     let mut action = weighted(index, app_route, &grpc.action.weighted_targets, issues)?;
     if let Some(timeout) = &grpc.timeout {
-        action.timeout = timeout.per_request.as_ref().and_then(duration);
-        action.idle_timeout = timeout.idle.as_ref().and_then(duration);
+        set_timeouts(
+            &mut action,
+            timeout.per_request.as_ref(),
+            timeout.idle.as_ref(),
+        );
     }
     if let Some(retry) = &grpc.retry_policy {
-        let mut on: Vec<&str> = retry
-            .grpc_retry_events
-            .iter()
-            .flatten()
-            .map(|e| match e {
-                GrpcRetryPolicyEvent::Cancelled => "cancelled",
-                GrpcRetryPolicyEvent::DeadlineExceeded => "deadline-exceeded",
-                GrpcRetryPolicyEvent::Internal => "internal",
-                GrpcRetryPolicyEvent::ResourceExhausted => "resource-exhausted",
-                GrpcRetryPolicyEvent::Unavailable => "unavailable",
-            })
-            .collect();
-        let mut codes = Vec::new();
-        for event in retry.http_retry_events.iter().flatten() {
-            if let Some((name, code)) = http_retry_event(event) {
-                on.push(name);
-                codes.extend(code);
-            }
-        }
-        on.extend(retry.tcp_retry_events.iter().flatten().map(tcp_retry_event));
-        action.retry_policy = Some(retry_policy(
-            on,
-            codes,
-            retry.max_retries,
-            &retry.per_retry_timeout,
-        ));
+        let retries = Retries {
+            grpc: retry.grpc_retry_events.as_deref().unwrap_or_default(),
+            http: retry.http_retry_events.as_deref().unwrap_or_default(),
+            tcp: retry.tcp_retry_events.as_deref().unwrap_or_default(),
+            max: retry.max_retries,
+            per_try: &retry.per_retry_timeout,
+        };
+        action.retry_policy = Some(retries.policy(&app_route.route_name, "grpcRoute", issues));
     }
     Some(action)
+}
+
+fn set_timeouts(action: &mut RouteAction, per_request: Option<&Duration>, idle: Option<&Duration>) {
+    action.timeout = per_request.and_then(duration);
+    action.idle_timeout = idle.and_then(duration);
+}
+
+/// An App Mesh retry policy (HTTP and gRPC routes share its shape).
+struct Retries<'a> {
+    grpc: &'a [GrpcRetryPolicyEvent],
+    http: &'a [String],
+    tcp: &'a [TcpRetryPolicyEvent],
+    max: i64,
+    per_try: &'a Duration,
+}
+
+impl Retries<'_> {
+    fn policy(&self, route: &str, route_type: &str, issues: &mut Issues) -> RetryPolicy {
+        let mut on: Vec<&str> = self.grpc.iter().map(grpc_retry_event).collect();
+        let mut codes = Vec::new();
+        for event in self.http {
+            match http_retry_event(event) {
+                Some((name, code)) => {
+                    on.push(name);
+                    codes.extend(code);
+                }
+                None => issues.push(format!(
+                    "Route {route}: spec.{route_type}.retryPolicy.httpRetryEvents: {event:?} has no Envoy retry condition; ignored"
+                )),
+            }
+        }
+        on.extend(self.tcp.iter().map(tcp_retry_event));
+        on.dedup();
+        RetryPolicy {
+            retry_on: on.join(","),
+            num_retries: u32_value(self.max),
+            per_try_timeout: duration(self.per_try),
+            retriable_status_codes: codes,
+            ..Default::default()
+        }
+    }
+}
+
+fn grpc_retry_event(event: &GrpcRetryPolicyEvent) -> &'static str {
+    match event {
+        GrpcRetryPolicyEvent::Cancelled => "cancelled",
+        GrpcRetryPolicyEvent::DeadlineExceeded => "deadline-exceeded",
+        GrpcRetryPolicyEvent::Internal => "internal",
+        GrpcRetryPolicyEvent::ResourceExhausted => "resource-exhausted",
+        GrpcRetryPolicyEvent::Unavailable => "unavailable",
+    }
 }
 
 /// App Mesh's HTTP retry events as Envoy retry conditions (the mapping App Mesh's Envoy
@@ -254,23 +279,6 @@ fn http_retry_event(event: &str) -> Option<(&'static str, Option<u32>)> {
 fn tcp_retry_event(event: &TcpRetryPolicyEvent) -> &'static str {
     match event {
         TcpRetryPolicyEvent::ConnectionError => "connect-failure",
-    }
-}
-
-fn retry_policy(
-    on: Vec<&str>,
-    codes: Vec<u32>,
-    max_retries: i64,
-    per_try: &mesh_model::types::Duration,
-) -> RetryPolicy {
-    let mut on = on;
-    on.dedup();
-    RetryPolicy {
-        retry_on: on.join(","),
-        num_retries: u32_value(max_retries),
-        per_try_timeout: duration(per_try),
-        retriable_status_codes: codes,
-        ..Default::default()
     }
 }
 
