@@ -9,19 +9,16 @@ use std::{
 };
 
 use envoy_types::pb::{
-    envoy::{
-        config::core::v3::Node,
-        service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource},
-    },
+    envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource},
     google::protobuf::Any,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
-    resources::{CLUSTER, LISTENER, ResourceSet},
-    server::{Published, Stats},
+    resources::{CLUSTER, LISTENER},
+    server::{NodeView, Published, Stats},
 };
 
 /// A resource's version: a digest of its type and bytes.
@@ -42,11 +39,9 @@ struct Subscription {
 }
 
 pub struct DeltaSession {
-    published: watch::Receiver<Arc<Published>>,
+    view: NodeView,
     stats: Arc<Stats>,
     sender: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    node: Option<Node>,
-    current: (u64, ResourceSet),
     subscriptions: BTreeMap<String, Subscription>,
     nonce: u64,
 }
@@ -58,11 +53,9 @@ impl DeltaSession {
         sender: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Self {
         Self {
-            published,
+            view: NodeView::new(published),
             stats,
             sender,
-            node: None,
-            current: (0, ResourceSet::default()),
             subscriptions: BTreeMap::new(),
             nonce: 0,
         }
@@ -78,12 +71,8 @@ impl DeltaSession {
                     Some(request) => self.on_request(request).await?,
                     None => return Ok(()),
                 },
-                changed = self.published.changed() => {
-                    if changed.is_err() {
-                        return Err(Status::unavailable("control plane shutting down"));
-                    }
-                    if self.node.is_some() {
-                        self.recompile();
+                changed = self.view.changed() => {
+                    if changed? {
                         let types: Vec<String> = self.subscriptions.keys().cloned().collect();
                         for type_url in types {
                             self.send_changes(&type_url, false).await?;
@@ -94,24 +83,9 @@ impl DeltaSession {
         }
     }
 
-    fn recompile(&mut self) {
-        let published = Arc::clone(&self.published.borrow_and_update());
-        if let Some(node) = &self.node {
-            self.current = (published.version, published.resources_for(node));
-        }
-    }
-
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
-        if self.node.is_none() {
-            let Some(node) = request.node.clone() else {
-                return Err(Status::invalid_argument(
-                    "the first DeltaDiscoveryRequest must carry the node",
-                ));
-            };
-            info!(node = %node.id, "node connected (delta)");
-            self.node = Some(node);
-            self.recompile();
-        }
+        self.view
+            .identify(request.node.as_ref(), "DeltaDiscoveryRequest")?;
         let type_url = request.type_url.clone();
         if !request.response_nonce.is_empty() {
             if let Some(error) = &request.error_detail {
@@ -165,6 +139,7 @@ impl DeltaSession {
             return Ok(());
         };
         let selected: BTreeMap<&String, &Any> = self
+            .view
             .current
             .1
             .of_type(type_url)
@@ -204,7 +179,7 @@ impl DeltaSession {
             subscription.known.remove(name);
         }
         let response = DeltaDiscoveryResponse {
-            system_version_info: format!("v{}", self.current.0),
+            system_version_info: format!("v{}", self.view.current.0),
             resources,
             type_url: type_url.to_owned(),
             removed_resources: removed,

@@ -221,13 +221,74 @@ fn digest(resources: &BTreeMap<String, Any>) -> u64 {
     hasher.finish()
 }
 
-struct StreamState {
+/// What a stream (state of the world or delta) serves its node: the published mesh compiled
+/// for that node, recompiled as the mesh changes.
+pub(crate) struct NodeView {
     published: watch::Receiver<Arc<Published>>,
+    node: Option<Node>,
+    /// The mesh version and the resources compiled from it for the node.
+    pub(crate) current: (u64, ResourceSet),
+}
+
+impl NodeView {
+    pub(crate) fn new(published: watch::Receiver<Arc<Published>>) -> Self {
+        Self {
+            published,
+            node: None,
+            current: (0, ResourceSet::default()),
+        }
+    }
+
+    /// Takes the node from the stream's first request (`request_kind` names it in the error).
+    pub(crate) fn identify(
+        &mut self,
+        node: Option<&Node>,
+        request_kind: &str,
+    ) -> Result<(), Status> {
+        if self.node.is_some() {
+            return Ok(());
+        }
+        let Some(node) = node else {
+            return Err(Status::invalid_argument(format!(
+                "the first {request_kind} must carry the node"
+            )));
+        };
+        info!(node = %node.id, cluster = %node.cluster, request_kind, "node connected");
+        self.node = Some(node.clone());
+        self.recompile();
+        Ok(())
+    }
+
+    /// Waits for the next published mesh and recompiles for the node; false when no node has
+    /// identified itself yet (nothing to send).
+    pub(crate) async fn changed(&mut self) -> Result<bool, Status> {
+        self.published
+            .changed()
+            .await
+            .map_err(|_| Status::unavailable("control plane shutting down"))?;
+        if self.node.is_none() {
+            return Ok(false);
+        }
+        self.recompile();
+        Ok(true)
+    }
+
+    pub(crate) fn node_id(&self) -> &str {
+        self.node.as_ref().map_or("", |n| n.id.as_str())
+    }
+
+    fn recompile(&mut self) {
+        let published = Arc::clone(&self.published.borrow_and_update());
+        if let Some(node) = &self.node {
+            self.current = (published.version, published.resources_for(node));
+        }
+    }
+}
+
+struct StreamState {
+    view: NodeView,
     stats: Arc<Stats>,
     sender: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    node: Option<Node>,
-    /// Resources compiled for this stream's node from the current mesh.
-    current: (u64, ResourceSet),
     subscriptions: BTreeMap<String, Subscription>,
     nonce: u64,
 }
@@ -239,11 +300,9 @@ impl StreamState {
         sender: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Self {
         Self {
-            published,
+            view: NodeView::new(published),
             stats,
             sender,
-            node: None,
-            current: (0, ResourceSet::default()),
             subscriptions: BTreeMap::new(),
             nonce: 0,
         }
@@ -256,12 +315,8 @@ impl StreamState {
                     Some(request) => self.on_request(request).await?,
                     None => return Ok(()),
                 },
-                changed = self.published.changed() => {
-                    if changed.is_err() {
-                        return Err(Status::unavailable("control plane shutting down"));
-                    }
-                    if self.node.is_some() {
-                        self.recompile();
+                changed = self.view.changed() => {
+                    if changed? {
                         self.push_changes().await?;
                     }
                 }
@@ -269,25 +324,10 @@ impl StreamState {
         }
     }
 
-    fn recompile(&mut self) {
-        let published = Arc::clone(&self.published.borrow_and_update());
-        if let Some(node) = &self.node {
-            self.current = (published.version, published.resources_for(node));
-        }
-    }
-
     async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
-        if self.node.is_none() {
-            let Some(node) = request.node.clone() else {
-                return Err(Status::invalid_argument(
-                    "the first DiscoveryRequest must carry the node",
-                ));
-            };
-            info!(node = %node.id, cluster = %node.cluster, "node connected");
-            self.node = Some(node);
-            self.recompile();
-        }
-        let node = self.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        self.view
+            .identify(request.node.as_ref(), "DiscoveryRequest")?;
+        let node = self.view.node_id().to_owned();
         let type_url = request.type_url.clone();
         let subscription = self.subscriptions.entry(type_url.clone()).or_default();
         if !request.response_nonce.is_empty() && request.response_nonce != subscription.nonce {
@@ -337,7 +377,8 @@ impl StreamState {
             .subscriptions
             .get(type_url)
             .and_then(|s| s.names.as_ref());
-        self.current
+        self.view
+            .current
             .1
             .of_type(type_url)
             .into_iter()
@@ -350,7 +391,7 @@ impl StreamState {
     async fn send(&mut self, type_url: &str) -> Result<(), Status> {
         let selected = self.selected(type_url);
         self.nonce += 1;
-        let version = format!("v{}", self.current.0);
+        let version = format!("v{}", self.view.current.0);
         let response = DiscoveryResponse {
             version_info: version.clone(),
             resources: selected.values().cloned().collect(),
