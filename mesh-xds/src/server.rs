@@ -30,7 +30,10 @@ use envoy_types::pb::{
     google::protobuf::{Any, value::Kind as ValueKind},
 };
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Response, Status, Streaming, codegen::tokio_stream::Stream};
+use tonic::{
+    Request, Response, Status, Streaming,
+    codegen::tokio_stream::{Stream, wrappers::ReceiverStream},
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -165,17 +168,11 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let peer = request.remote_addr();
         let requests = request.into_inner();
-        let (sender, receiver) = mpsc::channel(16);
-        let stream = StreamState::new(self.published.clone(), Arc::clone(&self.stats), sender);
-        self.stats.streams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            if let Err(status) = stream.run(requests).await {
-                debug!(?peer, %status, "ADS stream ended");
-            }
+        let (published, stats) = (self.published.clone(), Arc::clone(&self.stats));
+        let output = self.spawn_session("state of the world", |sender| {
+            StreamState::new(published, stats, sender).run(requests)
         });
-        let output = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -184,17 +181,35 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
         let requests = request.into_inner();
+        let (published, stats) = (self.published.clone(), Arc::clone(&self.stats));
+        let output = self.spawn_session("delta", |sender| {
+            delta::DeltaSession::new(published, stats, sender).run(requests)
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+}
+
+impl AdsServer {
+    /// Runs one stream's session on a task of its own; its responses flow out through a
+    /// channel that becomes the gRPC response stream.
+    fn spawn_session<R, F>(
+        &self,
+        kind: &'static str,
+        session: impl FnOnce(mpsc::Sender<Result<R, Status>>) -> F,
+    ) -> ReceiverStream<Result<R, Status>>
+    where
+        R: Send + 'static,
+        F: Future<Output = Result<(), Status>> + Send + 'static,
+    {
         let (sender, receiver) = mpsc::channel(16);
-        let stream =
-            delta::DeltaSession::new(self.published.clone(), Arc::clone(&self.stats), sender);
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let session = session(sender);
         tokio::spawn(async move {
-            if let Err(status) = stream.run(requests).await {
-                debug!(%status, "delta ADS stream ended");
+            if let Err(status) = session.await {
+                debug!(kind, %status, "ADS stream ended");
             }
         });
-        let output = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
-        Ok(Response::new(Box::pin(output)))
+        ReceiverStream::new(receiver)
     }
 }
 

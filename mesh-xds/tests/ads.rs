@@ -460,31 +460,11 @@ fn cloud_map_instances_become_endpoints() {
 
 #[tokio::test]
 async fn delta_sends_only_what_changed() {
-    use envoy_types::pb::envoy::service::discovery::v3::{
-        DeltaDiscoveryRequest,
-        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-    };
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     let mut control = start_server("127.0.0.1:0".parse().unwrap(), mesh(index_of(&shop()))).await;
     let url = format!("http://{}", control.addr);
 
-    let mut grpc = AggregatedDiscoveryServiceClient::connect(url.clone())
-        .await
-        .unwrap();
-    let (requests, receiver) = tokio::sync::mpsc::channel(8);
-    requests
-        .send(DeltaDiscoveryRequest {
-            node: Some(client::node("delta", &[])),
-            type_url: CLUSTER.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let stream = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
-    let mut responses = grpc
-        .delta_aggregated_resources(stream)
-        .await
-        .unwrap()
-        .into_inner();
+    let (requests, mut responses) = open_delta(&url, Default::default()).await;
     let first = next_delta(&mut responses).await;
     let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names.len(), 8, "{names:?}");
@@ -535,7 +515,28 @@ async fn delta_sends_only_what_changed() {
     assert_eq!(removal.removed_resources, ["shop/db/5432"]);
 
     // A reconnecting client that says what it has gets nothing it already holds.
-    let mut grpc = AggregatedDiscoveryServiceClient::connect(url)
+    let (_requests, mut responses) = open_delta(&url, known).await;
+    let resumed = next_delta(&mut responses).await;
+    assert!(resumed.resources.is_empty());
+    assert_eq!(resumed.removed_resources, ["shop/db/5432"]);
+    control.stop.cancel();
+}
+
+/// A delta ADS stream subscribed to clusters, saying which versions it already holds.
+async fn open_delta(
+    url: &str,
+    known: std::collections::HashMap<String, String>,
+) -> (
+    tokio::sync::mpsc::Sender<
+        envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest,
+    >,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
+) {
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    };
+    let mut grpc = AggregatedDiscoveryServiceClient::connect(url.to_owned())
         .await
         .unwrap();
     let (requests, receiver) = tokio::sync::mpsc::channel(8);
@@ -549,15 +550,12 @@ async fn delta_sends_only_what_changed() {
         .await
         .unwrap();
     let stream = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver);
-    let mut responses = grpc
+    let responses = grpc
         .delta_aggregated_resources(stream)
         .await
         .unwrap()
         .into_inner();
-    let resumed = next_delta(&mut responses).await;
-    assert!(resumed.resources.is_empty());
-    assert_eq!(resumed.removed_resources, ["shop/db/5432"]);
-    control.stop.cancel();
+    (requests, responses)
 }
 
 async fn next_delta(
