@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    kubernetes::API_GROUP,
+    kubernetes::{API_GROUP, rename_members},
     resource::{Kind, Resource},
 };
 
@@ -101,7 +101,7 @@ pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, 
         }
         spec.insert("awsName".into(), json!(name));
         let mut spec = Value::Object(spec);
-        to_crd_spelling(&mut spec, false);
+        to_crd_spelling(&mut spec);
         documents.push(json!({
             "apiVersion": format!("{API_GROUP}/v1beta2"),
             "kind": resource.kind.name(),
@@ -132,39 +132,19 @@ fn api_spec(resource: &Resource) -> Map<String, Value> {
 
 /// API names to CRD references (`virtualServiceName: x` → `virtualServiceRef: {name: x'}`)
 /// and ARN spellings, in place.
-fn to_crd_spelling(value: &mut Value, in_weighted_target: bool) {
-    match value {
-        Value::Object(object) => {
-            let keys: Vec<String> = object.keys().cloned().collect();
-            for key in keys {
-                let Some(mut child) = object.remove(&key) else {
-                    continue;
-                };
-                let reference = |child: &Value| json!({"name": object_name(child.as_str().unwrap_or_default())});
-                let (new_key, new_child) = match key.as_str() {
-                    "certificateArn" => ("certificateARN".to_owned(), child),
-                    "certificateAuthorityArns" => ("certificateAuthorityARNs".to_owned(), child),
-                    "virtualServiceName" => ("virtualServiceRef".to_owned(), reference(&child)),
-                    "virtualRouterName" => ("virtualRouterRef".to_owned(), reference(&child)),
-                    "virtualNodeName" => ("virtualNodeRef".to_owned(), reference(&child)),
-                    "virtualNode" if in_weighted_target => {
-                        ("virtualNodeRef".to_owned(), reference(&child))
-                    }
-                    _ => {
-                        to_crd_spelling(&mut child, key == "weightedTargets");
-                        (key, child)
-                    }
-                };
-                object.insert(new_key, new_child);
-            }
+fn to_crd_spelling(value: &mut Value) {
+    rename_members(value, false, &mut |key, child, in_weighted_target| {
+        let reference = || Some(json!({"name": object_name(child.as_str().unwrap_or_default())}));
+        match key {
+            "certificateArn" => ("certificateARN".to_owned(), None),
+            "certificateAuthorityArns" => ("certificateAuthorityARNs".to_owned(), None),
+            "virtualServiceName" => ("virtualServiceRef".to_owned(), reference()),
+            "virtualRouterName" => ("virtualRouterRef".to_owned(), reference()),
+            "virtualNodeName" => ("virtualNodeRef".to_owned(), reference()),
+            "virtualNode" if in_weighted_target => ("virtualNodeRef".to_owned(), reference()),
+            _ => (key.to_owned(), None),
         }
-        Value::Array(items) => {
-            for item in items {
-                to_crd_spelling(item, in_weighted_target);
-            }
-        }
-        _ => {}
-    }
+    });
 }
 
 /// The resources as App Mesh API request files: (file name, JSON), one per resource, as

@@ -229,7 +229,7 @@ impl<'a> Context<'a> {
             None
         };
         let mut spec = Value::Object(spec);
-        self.to_api_spelling(&mut spec, namespace, false);
+        self.to_api_spelling(&mut spec, namespace);
         let mut body = Map::new();
         body.insert("meshName".into(), Value::String(mesh.clone()));
         body.insert(kind.name_field().into(), Value::String(name.clone()));
@@ -254,7 +254,7 @@ impl<'a> Context<'a> {
             .flatten()
         {
             let mut route = route.clone();
-            self.to_api_spelling(&mut route, namespace, false);
+            self.to_api_spelling(&mut route, namespace);
             let Value::Object(mut route) = route else {
                 return Err("spec.routes: each route must be an object".into());
             };
@@ -355,32 +355,11 @@ impl<'a> Context<'a> {
     }
 
     /// Renames the CRD's spellings to the API's and resolves references in place.
-    fn to_api_spelling(&self, value: &mut Value, namespace: &str, in_weighted_target: bool) {
-        match value {
-            Value::Object(object) => {
-                let keys: Vec<String> = object.keys().cloned().collect();
-                for key in keys {
-                    let Some(mut child) = object.remove(&key) else {
-                        continue;
-                    };
-                    let (new_key, resolved) =
-                        self.rename(&key, &child, namespace, in_weighted_target);
-                    match resolved {
-                        Some(name) => child = Value::String(name),
-                        None => {
-                            self.to_api_spelling(&mut child, namespace, key == "weightedTargets")
-                        }
-                    }
-                    object.insert(new_key, child);
-                }
-            }
-            Value::Array(items) => {
-                for item in items {
-                    self.to_api_spelling(item, namespace, in_weighted_target);
-                }
-            }
-            _ => {}
-        }
+    fn to_api_spelling(&self, value: &mut Value, namespace: &str) {
+        rename_members(value, false, &mut |key, child, in_weighted_target| {
+            let (key, resolved) = self.rename(key, child, namespace, in_weighted_target);
+            (key, resolved.map(Value::String))
+        });
     }
 
     /// The API key for a CRD key, and the resolved name when the key is a reference.
@@ -428,6 +407,39 @@ impl<'a> Context<'a> {
             }
             _ => (key.to_owned(), None),
         }
+    }
+}
+
+/// Walks a JSON tree renaming object members: `rename(key, value, in_weighted_target)` gives
+/// the new key and, for a reference, the new value; members keeping their value are walked
+/// into (items of `weightedTargets` with the flag set, since a weighted target names its node
+/// differently from everything else).
+pub(crate) fn rename_members(
+    value: &mut Value,
+    in_weighted_target: bool,
+    rename: &mut dyn FnMut(&str, &Value, bool) -> (String, Option<Value>),
+) {
+    match value {
+        Value::Object(object) => {
+            let keys: Vec<String> = object.keys().cloned().collect();
+            for key in keys {
+                let Some(mut child) = object.remove(&key) else {
+                    continue;
+                };
+                let (new_key, replaced) = rename(&key, &child, in_weighted_target);
+                match replaced {
+                    Some(value) => child = value,
+                    None => rename_members(&mut child, key == "weightedTargets", rename),
+                }
+                object.insert(new_key, child);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rename_members(item, in_weighted_target, rename);
+            }
+        }
+        _ => {}
     }
 }
 
