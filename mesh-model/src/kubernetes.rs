@@ -410,15 +410,14 @@ impl<'a> Context<'a> {
     }
 }
 
+/// `(key, value, in_weighted_target)` -> (new key, new value for a reference).
+pub(crate) type Rename<'a> = dyn FnMut(&str, &Value, bool) -> (String, Option<Value>) + 'a;
+
 /// Walks a JSON tree renaming object members: `rename(key, value, in_weighted_target)` gives
 /// the new key and, for a reference, the new value; members keeping their value are walked
 /// into (items of `weightedTargets` with the flag set, since a weighted target names its node
 /// differently from everything else).
-pub(crate) fn rename_members(
-    value: &mut Value,
-    in_weighted_target: bool,
-    rename: &mut dyn FnMut(&str, &Value, bool) -> (String, Option<Value>),
-) {
+pub(crate) fn rename_members(value: &mut Value, in_weighted_target: bool, rename: &mut Rename<'_>) {
     match value {
         Value::Object(object) => {
             let keys: Vec<String> = object.keys().cloned().collect();
