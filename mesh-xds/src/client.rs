@@ -12,22 +12,12 @@ use std::{
 use envoy_types::pb::{
     envoy::{
         config::{
-            cluster::v3::{
-                Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType, cluster::LbPolicy,
-            },
+            cluster::v3::{Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType},
             core::v3::Node,
-            endpoint::v3::ClusterLoadAssignment,
             listener::v3::{Listener, filter::ConfigType},
-            route::v3::{
-                RouteConfiguration, header_matcher::HeaderMatchSpecifier,
-                route_match::PathSpecifier,
-            },
         },
-        extensions::filters::network::{
-            http_connection_manager::v3::{
-                HttpConnectionManager, http_connection_manager::RouteSpecifier,
-            },
-            tcp_proxy::v3::TcpProxy,
+        extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
         },
         service::discovery::v3::{
             DiscoveryRequest, DiscoveryResponse,
@@ -318,139 +308,7 @@ fn check_response(response: &DiscoveryResponse) -> Result<BTreeMap<String, Any>,
 
 /// Decodes a resource and checks that the agent can apply it; its name, or why not.
 pub fn check_resource(any: &Any) -> Result<String, String> {
-    fn decode<M: Message + Default>(any: &Any) -> Result<M, String> {
-        M::decode(any.value.as_slice())
-            .map_err(|e| format!("does not decode as {}: {e}", any.type_url))
-    }
-    match any.type_url.as_str() {
-        CLUSTER => {
-            let cluster: Cluster = decode(any)?;
-            check_cluster(&cluster).map_err(|e| format!("cluster {}: {e}", cluster.name))?;
-            Ok(cluster.name)
-        }
-        LISTENER => {
-            let listener: Listener = decode(any)?;
-            check_listener(&listener).map_err(|e| format!("listener {}: {e}", listener.name))?;
-            Ok(listener.name)
-        }
-        ROUTE => {
-            let routes: RouteConfiguration = decode(any)?;
-            check_routes(&routes)
-                .map_err(|e| format!("route configuration {}: {e}", routes.name))?;
-            Ok(routes.name)
-        }
-        ENDPOINT => {
-            let assignment: ClusterLoadAssignment = decode(any)?;
-            if assignment.cluster_name.is_empty() {
-                return Err("cluster load assignment without cluster_name".into());
-            }
-            Ok(assignment.cluster_name)
-        }
-        other => Err(format!("resource type {other} is not supported")),
-    }
-}
-
-fn check_cluster(cluster: &Cluster) -> Result<(), String> {
-    if cluster.name.is_empty() {
-        return Err("no name".into());
-    }
-    match &cluster.cluster_discovery_type {
-        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
-            Ok(
-                DiscoveryType::Static
-                | DiscoveryType::StrictDns
-                | DiscoveryType::LogicalDns
-                | DiscoveryType::Eds
-                | DiscoveryType::OriginalDst,
-            ) => {}
-            _ => return Err(format!("discovery type {t} is not supported")),
-        },
-        Some(ClusterDiscoveryType::ClusterType(custom)) => {
-            return Err(format!(
-                "custom cluster type {} is not supported",
-                custom.name
-            ));
-        }
-        None => {}
-    }
-    match LbPolicy::try_from(cluster.lb_policy) {
-        Ok(
-            LbPolicy::RoundRobin
-            | LbPolicy::LeastRequest
-            | LbPolicy::Random
-            | LbPolicy::ClusterProvided,
-        ) => Ok(()),
-        _ => Err(format!(
-            "load-balancing policy {} is not supported",
-            cluster.lb_policy
-        )),
-    }
-}
-
-fn check_listener(listener: &Listener) -> Result<(), String> {
-    for chain in listener
-        .filter_chains
-        .iter()
-        .chain(listener.default_filter_chain.iter())
-    {
-        for filter in &chain.filters {
-            let Some(ConfigType::TypedConfig(config)) = &filter.config_type else {
-                return Err(format!("filter {} has no typed config", filter.name));
-            };
-            match config.type_url.as_str() {
-                "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" =>
-                {
-                    let manager = HttpConnectionManager::decode(config.value.as_slice())
-                        .map_err(|e| e.to_string())?;
-                    match manager.route_specifier {
-                        Some(RouteSpecifier::Rds(_)) => {}
-                        Some(RouteSpecifier::RouteConfig(routes)) => check_routes(&routes)?,
-                        _ => {
-                            return Err(
-                                "HTTP connection manager without RDS or inline routes".into()
-                            );
-                        }
-                    }
-                }
-                "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
-                    TcpProxy::decode(config.value.as_slice()).map_err(|e| e.to_string())?;
-                }
-                other => return Err(format!("network filter {other} is not supported")),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_routes(routes: &RouteConfiguration) -> Result<(), String> {
-    for host in &routes.virtual_hosts {
-        for route in &host.routes {
-            let matching = route.r#match.as_ref();
-            if let Some(PathSpecifier::SafeRegex(regex)) =
-                matching.and_then(|m| m.path_specifier.as_ref())
-            {
-                regex::Regex::new(&regex.regex)
-                    .map_err(|e| format!("route {}: path regex: {e}", route.name))?;
-            }
-            for header in matching.map(|m| m.headers.as_slice()).unwrap_or_default() {
-                #[allow(deprecated)]
-                let regex = match &header.header_match_specifier {
-                    Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => Some(&r.regex),
-                    Some(HeaderMatchSpecifier::StringMatch(s)) => match &s.match_pattern {
-                        Some(envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(r)) => Some(&r.regex),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                if let Some(regex) = regex {
-                    regex::Regex::new(regex).map_err(|e| {
-                        format!("route {}: header {} regex: {e}", route.name, header.name)
-                    })?;
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::plan::Planned::from_any(any).map(|(name, _)| name)
 }
 
 /// Route configurations the listeners load by RDS.

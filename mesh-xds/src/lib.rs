@@ -6,6 +6,7 @@ pub mod compile;
 pub mod delta;
 pub mod json;
 pub mod names;
+pub mod plan;
 pub mod registry;
 pub mod resources;
 pub mod server;

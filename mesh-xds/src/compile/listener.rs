@@ -5,6 +5,7 @@
 use envoy_types::{
     pb::{
         envoy::{
+            config::core::v3::TrafficDirection,
             config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, filter},
             extensions::filters::{
                 http::router::v3::Router,
@@ -68,6 +69,8 @@ pub fn outbound(
         address: Some(socket_address(address.0, address.1)),
         filter_chains,
         default_filter_chain,
+        // The node proxy applies outbound listeners to the virtual node's workloads.
+        traffic_direction: TrafficDirection::Outbound as i32,
         ..Default::default()
     }
 }

@@ -1,0 +1,187 @@
+//! Outbound listeners as the node proxy applies them: per destination port, HTTP routed by a
+//! route table or TCP to weighted clusters; a default for every other port (ALLOW_ALL) or
+//! none (DROP_ALL).
+//!
+//! The proxy has one outbound socket for the whole node (redirected connects), so a
+//! listener's address is not where it listens: a listener with `traffic_direction: OUTBOUND`
+//! named `<mesh>/<virtual node>/outbound` applies to the connections of that virtual node's
+//! workloads. Other listeners (inbound, gateways) are accepted and kept, not applied here.
+use std::{collections::BTreeMap, time::Duration};
+
+use envoy_types::pb::envoy::{
+    config::{
+        core::v3::TrafficDirection,
+        listener::v3::{FilterChain, Listener, filter::ConfigType},
+    },
+    extensions::filters::network::{
+        http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        },
+        tcp_proxy::v3::{TcpProxy, tcp_proxy::ClusterSpecifier},
+    },
+};
+use prost::Message;
+
+use super::{
+    PlanError, duration,
+    route::{RouteTable, WeightedClusters},
+};
+
+const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const OUTBOUND_SUFFIX: &str = "/outbound";
+
+/// Envoy's TCP proxy idle timeout when none is given.
+const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
+
+/// What one virtual node's workloads may reach, by destination port.
+#[derive(Debug)]
+pub struct OutboundPlan {
+    pub listener: String,
+    pub virtual_node: String,
+    pub ports: BTreeMap<u16, PortPlan>,
+    /// Every other port (ALLOW_ALL egress); `None`: refused (DROP_ALL).
+    pub other_ports: Option<PortPlan>,
+}
+
+#[derive(Debug)]
+pub enum PortPlan {
+    /// HTTP, HTTP/2 or gRPC, routed by the named route table.
+    Http { routes: String },
+    Tcp {
+        clusters: WeightedClusters,
+        idle_timeout: Option<Duration>,
+    },
+}
+
+/// A listener decoded and checked; `outbound` when the proxy applies it, and any inline
+/// route tables it carries (applied by name like RDS ones).
+pub struct ListenerPlan {
+    pub outbound: Option<OutboundPlan>,
+    pub inline_routes: Vec<RouteTable>,
+}
+
+impl ListenerPlan {
+    pub fn from_proto(listener: &Listener) -> Result<Self, PlanError> {
+        let mut inline_routes = Vec::new();
+        let mut ports = BTreeMap::new();
+        for (index, chain) in listener.filter_chains.iter().enumerate() {
+            let plan = chain_plan(chain, &mut inline_routes)
+                .map_err(|e| e.within(format!("filter_chains[{index}]")))?;
+            let port = chain
+                .filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port)
+                .map(|p| u16::try_from(p.value))
+                .transpose()
+                .map_err(|_| {
+                    PlanError::new(
+                        format!("filter_chains[{index}].filter_chain_match.destination_port"),
+                        "out of range",
+                    )
+                })?;
+            if let Some(port) = port {
+                ports.insert(port, plan);
+            }
+        }
+        let other_ports = listener
+            .default_filter_chain
+            .as_ref()
+            .map(|chain| chain_plan(chain, &mut inline_routes))
+            .transpose()
+            .map_err(|e| e.within("default_filter_chain"))?;
+        let outbound = (listener.traffic_direction == TrafficDirection::Outbound as i32)
+            .then(|| {
+                let virtual_node =
+                    listener.name.strip_suffix(OUTBOUND_SUFFIX).ok_or_else(|| {
+                        PlanError::new(
+                            "name",
+                            format!(
+                                "an outbound listener is named <virtual node>{OUTBOUND_SUFFIX}"
+                            ),
+                        )
+                    })?;
+                Ok::<_, PlanError>(OutboundPlan {
+                    listener: listener.name.clone(),
+                    virtual_node: virtual_node.to_owned(),
+                    ports,
+                    other_ports,
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            outbound,
+            inline_routes,
+        })
+    }
+}
+
+fn chain_plan(
+    chain: &FilterChain,
+    inline_routes: &mut Vec<RouteTable>,
+) -> Result<PortPlan, PlanError> {
+    let [filter] = chain.filters.as_slice() else {
+        return Err(PlanError::new(
+            "filters",
+            "exactly one network filter is supported",
+        ));
+    };
+    let Some(ConfigType::TypedConfig(config)) = &filter.config_type else {
+        return Err(PlanError::new(
+            "filters",
+            format!("filter {} has no typed config", filter.name),
+        ));
+    };
+    match config.type_url.as_str() {
+        HCM => {
+            let manager = HttpConnectionManager::decode(config.value.as_slice())
+                .map_err(|e| PlanError::new("http_connection_manager", e.to_string()))?;
+            let routes = match manager.route_specifier {
+                Some(RouteSpecifier::Rds(rds)) => rds.route_config_name,
+                Some(RouteSpecifier::RouteConfig(routes)) => {
+                    let table = RouteTable::from_proto(&routes)
+                        .map_err(|e| e.within("http_connection_manager.route_config"))?;
+                    let name = table.name.clone();
+                    inline_routes.push(table);
+                    name
+                }
+                _ => {
+                    return Err(PlanError::new(
+                        "http_connection_manager",
+                        "routes must come by RDS or inline",
+                    ));
+                }
+            };
+            Ok(PortPlan::Http { routes })
+        }
+        TCP_PROXY => {
+            let proxy = TcpProxy::decode(config.value.as_slice())
+                .map_err(|e| PlanError::new("tcp_proxy", e.to_string()))?;
+            let clusters = match proxy.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(name)) => WeightedClusters::single(name),
+                Some(ClusterSpecifier::WeightedClusters(weighted)) => WeightedClusters::new(
+                    weighted
+                        .clusters
+                        .into_iter()
+                        .map(|c| (c.name, c.weight))
+                        .collect(),
+                )
+                .map_err(|e| e.within("tcp_proxy"))?,
+                None => return Err(PlanError::new("tcp_proxy", "no cluster")),
+            };
+            let idle_timeout = match &proxy.idle_timeout {
+                None => Some(DEFAULT_TCP_IDLE),
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            };
+            Ok(PortPlan::Tcp {
+                clusters,
+                idle_timeout,
+            })
+        }
+        other => Err(PlanError::new(
+            "filters",
+            format!("network filter {other} is not supported"),
+        )),
+    }
+}

@@ -1,0 +1,161 @@
+//! The node proxy's plan: xDS resources decoded once into what the data plane evaluates per
+//! connection and request — outbound listeners per virtual node, route tables, clusters and
+//! their endpoints. Building a plan is also how the xDS client checks a resource: whatever
+//! does not convert is NACKed with the reason, naming the resource and field.
+pub mod cluster;
+pub mod listener;
+pub mod route;
+
+use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use envoy_types::pb::{
+    envoy::config::{
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    },
+    google::protobuf::{Any, Duration as PbDuration},
+};
+use prost::Message;
+
+pub use cluster::ClusterPlan;
+pub use listener::{OutboundPlan, PortPlan};
+pub use route::RouteTable;
+
+use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
+
+/// Why a resource cannot be applied: the field path inside the resource and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl PlanError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error, one level further out (`outer.field`).
+    pub fn within(mut self, outer: impl fmt::Display) -> Self {
+        self.field = format!("{outer}.{}", self.field);
+        self
+    }
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+pub(crate) fn duration(d: &PbDuration) -> Duration {
+    Duration::new(
+        u64::try_from(d.seconds).unwrap_or(0),
+        u32::try_from(d.nanos).unwrap_or(0),
+    )
+}
+
+/// Everything the proxy applies, from one accepted xDS state.
+#[derive(Debug, Default)]
+pub struct NodePlan {
+    /// By virtual node (`mesh/name`).
+    pub outbound: HashMap<String, OutboundPlan>,
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub clusters: HashMap<String, ClusterPlan>,
+    /// EDS assignments by service name: IP endpoints.
+    pub endpoints: HashMap<String, Vec<SocketAddr>>,
+}
+
+/// One decoded resource.
+pub enum Planned {
+    Cluster(ClusterPlan),
+    Listener(listener::ListenerPlan),
+    Routes(RouteTable),
+    Endpoints(String, Vec<SocketAddr>),
+}
+
+impl Planned {
+    /// Decodes and converts one resource; its name, or why it cannot be applied
+    /// (`kind name: field: reason`).
+    pub fn from_any(any: &Any) -> Result<(String, Self), String> {
+        fn decode<M: Message + Default>(any: &Any) -> Result<M, String> {
+            M::decode(any.value.as_slice())
+                .map_err(|e| format!("does not decode as {}: {e}", any.type_url))
+        }
+        match any.type_url.as_str() {
+            CLUSTER => {
+                let cluster: Cluster = decode(any)?;
+                if cluster.name.is_empty() {
+                    return Err("cluster without a name".into());
+                }
+                let plan = ClusterPlan::from_proto(&cluster)
+                    .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
+                Ok((cluster.name, Self::Cluster(plan)))
+            }
+            LISTENER => {
+                let listener: Listener = decode(any)?;
+                let plan = listener::ListenerPlan::from_proto(&listener)
+                    .map_err(|e| format!("listener {}: {e}", listener.name))?;
+                Ok((listener.name, Self::Listener(plan)))
+            }
+            ROUTE => {
+                let routes: RouteConfiguration = decode(any)?;
+                let table = RouteTable::from_proto(&routes)
+                    .map_err(|e| format!("route configuration {}: {e}", routes.name))?;
+                Ok((routes.name, Self::Routes(table)))
+            }
+            ENDPOINT => {
+                let assignment: ClusterLoadAssignment = decode(any)?;
+                if assignment.cluster_name.is_empty() {
+                    return Err("cluster load assignment without cluster_name".into());
+                }
+                let endpoints = cluster::ip_endpoints(Some(&assignment)).map_err(|e| {
+                    format!("cluster load assignment {}: {e}", assignment.cluster_name)
+                })?;
+                Ok((
+                    assignment.cluster_name.clone(),
+                    Self::Endpoints(assignment.cluster_name, endpoints),
+                ))
+            }
+            other => Err(format!("resource type {other} is not supported")),
+        }
+    }
+}
+
+impl NodePlan {
+    /// The plan of an accepted state; resources that do not convert (the client NACKed
+    /// them, so an accepted state has none) are skipped with their error returned.
+    pub fn from_resources(resources: &ResourceSet) -> (Self, Vec<String>) {
+        let mut plan = Self::default();
+        let mut errors = Vec::new();
+        for any in resources.by_type.values().flat_map(|r| r.values()) {
+            match Planned::from_any(any) {
+                Ok((name, Planned::Cluster(cluster))) => {
+                    plan.clusters.insert(name, cluster);
+                }
+                Ok((_, Planned::Listener(listener))) => {
+                    for table in listener.inline_routes {
+                        plan.routes.insert(table.name.clone(), Arc::new(table));
+                    }
+                    if let Some(outbound) = listener.outbound {
+                        plan.outbound
+                            .insert(outbound.virtual_node.clone(), outbound);
+                    }
+                }
+                Ok((name, Planned::Routes(table))) => {
+                    plan.routes.insert(name, Arc::new(table));
+                }
+                Ok((name, Planned::Endpoints(_, endpoints))) => {
+                    plan.endpoints.insert(name, endpoints);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        (plan, errors)
+    }
+}

@@ -1,0 +1,58 @@
+//! What the compiler emits, the node proxy's plan accepts: every resource of the example
+//! mesh converts, and the plan routes the way the mesh says.
+use std::path::PathBuf;
+
+use mesh_model::{
+    source::{self, LoadOptions},
+    validate::{self, Options},
+};
+use mesh_xds::{
+    compile::{MeshIndex, Workloads, compile},
+    plan::{NodePlan, PortPlan, route::RequestView},
+    registry::Registry,
+};
+
+fn shop_plan() -> NodePlan {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+    let loaded = source::load(&[dir], &LoadOptions::default());
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    let options = Options {
+        check_references: true,
+        lenient: false,
+    };
+    assert!(validate::validate(&loaded.resources, options).is_empty());
+    let index = MeshIndex::new(&loaded.resources).unwrap();
+    let output = compile(&index, &Registry::default(), &Workloads::All);
+    let (plan, errors) = NodePlan::from_resources(&output.resources);
+    assert!(errors.is_empty(), "{errors:#?}");
+    plan
+}
+
+#[test]
+fn compiled_mesh_converts_and_routes() {
+    let plan = shop_plan();
+    let web = &plan.outbound["shop/web"];
+    let Some(PortPlan::Http { routes }) = web.ports.get(&9090) else {
+        panic!("web reaches api over HTTP on 9090: {web:?}");
+    };
+    assert!(matches!(web.ports.get(&5432), Some(PortPlan::Tcp { .. })));
+    assert!(web.other_ports.is_none(), "the shop mesh is DROP_ALL");
+    let table = &plan.routes[routes];
+    let headers = http::HeaderMap::new();
+    let request = RequestView {
+        method: "GET",
+        scheme: "http",
+        authority: "api.shop.local:9090",
+        path: "/items",
+        query: None,
+        headers: &headers,
+    };
+    let host = table
+        .virtual_host(request.authority)
+        .expect("api's virtual host");
+    let route = host.route(&request).expect("the canary route matches");
+    assert_eq!(route.name, "canary");
+    let names: Vec<&str> = route.action.clusters.names().collect();
+    assert_eq!(names, ["shop/api-v1/9090", "shop/api-v2/9090"]);
+    assert!(table.virtual_host("other.shop.local").is_none());
+}
