@@ -46,6 +46,8 @@ pub struct OrigDst {
     /// Port, network byte order.
     pub port: u16,
     pub _pad: u16,
+    /// The connecting pod's [`Enrollment::workload_id`]: which workload's policy applies.
+    pub workload_id: u32,
 }
 
 /// The client end of a redirected connection as the proxy sees it on accept.

@@ -114,10 +114,10 @@ fn redirect_target(
     }
     let cfg = redirect_config()?;
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    if unsafe { ENROLLED_NETNS.get(netns) }.is_none() {
+    let Some(enrollment) = (unsafe { ENROLLED_NETNS.get(netns) }) else {
         count(Counter::NotEnrolled);
         return None;
-    }
+    };
     let sk = unsafe { addr.__bindgen_anon_1.sk };
     if !sk.is_null() && unsafe { (*sk).mark } == cfg.proxy_mark {
         count(Counter::ProxyOwn);
@@ -137,6 +137,7 @@ fn redirect_target(
         ip4: dst_ip4,
         port: dst_port,
         _pad: 0,
+        workload_id: enrollment.workload_id,
     };
     if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
         // Without a record the proxy could not forward: leave this connect alone.

@@ -24,8 +24,9 @@ use crate::{
     control_plane::Embedded,
     mesh_cmd::InputArgs,
     metrics::Metrics,
-    proxy::{Outbound, OutboundSettings, bind_listener},
+    proxy::{MeshContext, Outbound, OutboundSettings, bind_listener},
     redirect::{Enrollments, RedirectTarget, Redirector, cgroup, preflight},
+    state::{self, MeshState, UpstreamSettings},
 };
 
 /// Between turning the redirect off and closing the listener: connects rewritten just before
@@ -34,7 +35,11 @@ const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
 
 /// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP); with `mesh`,
 /// an embedded control plane serves those App Mesh definitions.
-pub async fn run(config_path: &Path, mut config: Config, mesh: Vec<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    config_path: &Path,
+    mut config: Config,
+    mesh_dirs: Vec<PathBuf>,
+) -> anyhow::Result<()> {
     preflight::check()?;
     raise_fd_limit();
     let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
@@ -54,18 +59,29 @@ pub async fn run(config_path: &Path, mut config: Config, mesh: Vec<PathBuf>) -> 
     let enrollments = redirector
         .take_enrollments()
         .context("enrollment map already taken")?;
-    let metrics = Arc::new(Metrics::new(
+    let mesh_state = MeshState::default();
+    let metrics = Arc::new(Metrics::with_mesh(
         enrollments.gauge(),
         Some(redirector.counters()),
+        mesh_state.clone(),
     ));
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
 
+    let mesh = MeshContext {
+        state: mesh_state,
+        workloads: enrollments
+            .lock()
+            .map(|e| e.workloads())
+            .unwrap_or_default(),
+        metrics: metrics.mesh.clone(),
+    };
     let stop_proxy = CancellationToken::new();
     let outbound = Outbound::new(
         proxy_listener,
         redirector.orig_dst(),
         metrics.proxy.clone(),
+        mesh.clone(),
         OutboundSettings {
             mark: Some(config.proxy.mark),
             connect_timeout: config.proxy.connect_timeout,
@@ -74,7 +90,18 @@ pub async fn run(config_path: &Path, mut config: Config, mesh: Vec<PathBuf>) -> 
     let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
     redirector.start()?;
 
-    let (embedded, xds) = start_xds(&config, mesh).await?;
+    let (embedded, xds) = start_xds(&config, mesh_dirs).await?;
+    if let Some(xds) = &xds {
+        tokio::spawn(state::follow(
+            xds.state.clone(),
+            mesh.state.clone(),
+            UpstreamSettings {
+                mark: Some(config.proxy.mark),
+                metrics: metrics.mesh.clone(),
+            },
+            xds.stop.clone(),
+        ));
+    }
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(

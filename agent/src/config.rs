@@ -281,16 +281,33 @@ impl Config {
     }
 }
 
-/// A pod network namespace as configured: `name` (under the netns directory) or a path.
+/// A pod network namespace as configured: `name` (under the netns directory) or a path,
+/// optionally `=mesh/virtual-node` to fix the virtual node its workload is (otherwise the
+/// mesh's endpoints decide, by the namespace's addresses).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetnsRef {
-    /// What the user wrote; the key for enroll/unenroll.
+    /// The namespace as the user wrote it; the key for enroll/unenroll.
     pub spec: String,
     pub path: PathBuf,
+    pub virtual_node: Option<String>,
 }
 
 impl NetnsRef {
     pub fn parse(spec: &str, netns_dir: &Path) -> Result<Self, String> {
+        let (spec, virtual_node) = match spec.split_once('=') {
+            Some((ns, node)) => {
+                let valid = node.split_once('/').is_some_and(|(mesh, name)| {
+                    !mesh.is_empty() && !name.is_empty() && !name.contains('/')
+                });
+                if !valid {
+                    return Err(format!(
+                        "{spec:?}: the virtual node after `=` is written mesh/name"
+                    ));
+                }
+                (ns, Some(node.to_owned()))
+            }
+            None => (spec, None),
+        };
         if spec.is_empty() {
             return Err("contains an empty name".into());
         }
@@ -307,6 +324,7 @@ impl NetnsRef {
         Ok(Self {
             spec: spec.to_owned(),
             path,
+            virtual_node,
         })
     }
 }

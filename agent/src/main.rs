@@ -3,12 +3,15 @@ mod admin;
 mod app;
 mod config;
 mod control_plane;
+mod discovery;
 mod memory;
 mod mesh_cmd;
 mod metrics;
 mod proxy;
 mod redirect;
 mod registry_api;
+mod state;
+mod workload;
 mod xds_dump;
 
 use std::{path::PathBuf, process::ExitCode};

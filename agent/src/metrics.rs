@@ -1,8 +1,11 @@
 //! Prometheus metrics: the proxy's per-destination connection and byte counters, and the
 //! redirect programs' in-kernel counters, read from their per-CPU map at scrape time.
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use agent_common::Counter as BpfCounter;
@@ -14,11 +17,12 @@ use prometheus_client::{
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
     },
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 
-use crate::redirect::RedirectCounters;
+use crate::{redirect::RedirectCounters, state::MeshState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationLabels {
@@ -148,19 +152,231 @@ impl Drop for ConnectionMetrics {
     }
 }
 
+/// Who asked and what answered: the labels of one request, bounded by the mesh's resources.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_virtual_node: String,
+    pub destination_virtual_service: String,
+    pub destination_virtual_node: String,
+    pub route: String,
+    pub response_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub reporter: &'static str,
+    pub source_virtual_node: String,
+    pub destination_virtual_service: String,
+    pub destination_virtual_node: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub source_virtual_node: String,
+    pub port: u16,
+}
+
+/// Request latency buckets from 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    30.0,
+];
+
+/// Per-service metrics of the mesh the proxy applies.
+#[derive(Clone)]
+pub struct MeshMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+    retries: Family<RouteLabels, Counter>,
+    overflows: Family<ClusterLabels, Counter>,
+    retry_overflows: Family<ClusterLabels, Counter>,
+    ejections: Family<ClusterLabels, Counter>,
+    health_changes: Family<ClusterLabels, Counter>,
+    denied: Family<DeniedLabels, Counter>,
+}
+
+impl Default for MeshMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
+            retries: Family::default(),
+            overflows: Family::default(),
+            retry_overflows: Family::default(),
+            ejections: Family::default(),
+            health_changes: Family::default(),
+            denied: Family::default(),
+        }
+    }
+}
+
+/// The counters of one cluster, resolved once.
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    pub overflows: Counter,
+    pub retry_overflows: Counter,
+    pub ejections: Counter,
+    pub health_changes: Counter,
+}
+
+impl MeshMetrics {
+    pub fn request(&self, labels: RouteLabels, response_code: u16, seconds: f64) {
+        self.duration.get_or_create(&labels).observe(seconds);
+        self.requests
+            .get_or_create(&RequestLabels {
+                reporter: labels.reporter,
+                source_virtual_node: labels.source_virtual_node,
+                destination_virtual_service: labels.destination_virtual_service,
+                destination_virtual_node: labels.destination_virtual_node,
+                route: labels.route,
+                response_code,
+            })
+            .inc();
+    }
+
+    pub fn retried(&self, labels: &RouteLabels) {
+        self.retries.get_or_create(labels).inc();
+    }
+
+    pub fn denied(&self, source_virtual_node: &str, port: u16) {
+        self.denied
+            .get_or_create(&DeniedLabels {
+                source_virtual_node: source_virtual_node.to_owned(),
+                port,
+            })
+            .inc();
+    }
+
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let labels = ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
+        ClusterMetrics {
+            overflows: self.overflows.get_or_create(&labels).clone(),
+            retry_overflows: self.retry_overflows.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
+            health_changes: self.health_changes.get_or_create(&labels).clone(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mesh_requests",
+            "HTTP/gRPC requests by source virtual node, destination virtual service and node, route and response code",
+            self.requests.clone(),
+        );
+        registry.register_with_unit(
+            "mesh_request_duration",
+            "Time from the request's arrival to the end of the response headers",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        registry.register(
+            "mesh_request_retries",
+            "Retries the proxy made under a route's retry policy",
+            self.retries.clone(),
+        );
+        registry.register(
+            "mesh_upstream_overflows",
+            "Requests answered 503 because a cluster's connection pool (circuit breaker) was full",
+            self.overflows.clone(),
+        );
+        registry.register(
+            "mesh_upstream_retry_overflows",
+            "Retries not made because a cluster's max_retries were in flight",
+            self.retry_overflows.clone(),
+        );
+        registry.register(
+            "mesh_outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "mesh_health_check_changes",
+            "Endpoints that changed health (active health checks)",
+            self.health_changes.clone(),
+        );
+        registry.register(
+            "mesh_denied_connections",
+            "Connections refused because the source's virtual node may not reach the port (DROP_ALL egress)",
+            self.denied.clone(),
+        );
+    }
+}
+
 /// Everything /metrics shows.
 pub struct Metrics {
     registry: Registry,
     pub proxy: ProxyMetrics,
+    pub mesh: MeshMetrics,
+}
+
+/// Endpoints per cluster and state, read from the data plane at scrape time.
+struct EndpointCollector(MeshState);
+
+impl fmt::Debug for EndpointCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EndpointCollector")
+    }
+}
+
+impl Collector for EndpointCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let plane = self.0.current();
+        let mut family = encoder.encode_descriptor(
+            "mesh_upstream_endpoints",
+            "Endpoints of each cluster: available (healthy, not ejected) or unavailable",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut clusters: Vec<_> = plane.clusters.iter().collect();
+        clusters.sort_by_key(|(name, _)| name.as_str());
+        for (name, upstream) in clusters {
+            let (available, total) = upstream.health();
+            for (state, count) in [("available", available), ("unavailable", total - available)] {
+                let labels = [("cluster", name.as_str()), ("state", state)];
+                ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
+    /// The agent's metrics; `mesh`: the data plane whose endpoints are shown.
+    pub fn with_mesh(
+        enrolled: Arc<AtomicI64>,
+        redirect: Option<Arc<RedirectCounters>>,
+        mesh: MeshState,
+    ) -> Self {
+        let mut metrics = Self::new(enrolled, redirect);
+        metrics
+            .registry
+            .register_collector(Box::new(EndpointCollector(mesh)));
+        metrics
+    }
+
     pub fn new(enrolled: Arc<AtomicI64>, redirect: Option<Arc<RedirectCounters>>) -> Self {
         let mut registry = Registry::default();
         let proxy = ProxyMetrics::default();
         proxy.register(&mut registry);
+        let mesh = MeshMetrics::default();
+        mesh.register(&mut registry);
         registry.register_collector(Box::new(AgentCollector { enrolled, redirect }));
-        Self { registry, proxy }
+        Self {
+            registry,
+            proxy,
+            mesh,
+        }
     }
 
     /// OpenMetrics text exposition.

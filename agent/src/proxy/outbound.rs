@@ -12,8 +12,19 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
-use super::{OrigDstSource, relay};
-use crate::metrics::{FailureReason, ProxyMetrics};
+use mesh_xds::plan::{PortPlan, cluster::Discovery};
+
+use super::{
+    OrigDstSource,
+    http::{self, HttpContext},
+    relay,
+    upstream::{Outcome, Upstream},
+};
+use crate::{
+    metrics::{FailureReason, MeshMetrics, ProxyMetrics},
+    state::MeshState,
+    workload::Workloads,
+};
 
 #[derive(Debug, Clone)]
 pub struct OutboundSettings {
@@ -64,9 +75,19 @@ pub struct Outbound {
     shared: Arc<Shared>,
 }
 
+/// What the proxy needs of the mesh: the data plane, who the workloads are, the per-service
+/// metrics. Empty (the default): every connection is plain TCP to its destination.
+#[derive(Clone, Default)]
+pub struct MeshContext {
+    pub state: MeshState,
+    pub workloads: Workloads,
+    pub metrics: MeshMetrics,
+}
+
 struct Shared {
     orig_dst: Arc<dyn OrigDstSource>,
     metrics: ProxyMetrics,
+    mesh: MeshContext,
     settings: OutboundSettings,
     /// Fired when the drain period ends: live relays reset both sides.
     cut: CancellationToken,
@@ -84,6 +105,7 @@ impl Outbound {
         listener: TcpListener,
         orig_dst: Arc<dyn OrigDstSource>,
         metrics: ProxyMetrics,
+        mesh: MeshContext,
         settings: OutboundSettings,
     ) -> Self {
         Self {
@@ -91,6 +113,7 @@ impl Outbound {
             shared: Arc::new(Shared {
                 orig_dst,
                 metrics,
+                mesh,
                 settings,
                 cut: CancellationToken::new(),
             }),
@@ -152,8 +175,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         warn!(%peer, "IPv6 client on the outbound proxy; closing");
         return reset(client);
     };
-    let destination = match shared.orig_dst.original_destination(peer) {
-        Ok(Some(destination)) => destination,
+    let redirected = match shared.orig_dst.original_destination(peer) {
+        Ok(Some(redirected)) => redirected,
         Ok(None) => {
             shared
                 .metrics
@@ -167,21 +190,116 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return reset(client);
         }
     };
+    let destination = redirected.destination;
+    let plane = shared.mesh.state.current();
+    let source = shared
+        .mesh
+        .workloads
+        .get(redirected.workload_id)
+        .and_then(|workload| plane.virtual_node_of(&workload));
+    // A workload outside the mesh (or no mesh at all) keeps plain TCP to its destination.
+    let Some((source, outbound)) =
+        source.and_then(|node| plane.outbound.get(&node).map(|plan| (node, plan)))
+    else {
+        return relay_to(client, peer, destination, &shared).await;
+    };
+    let port = destination.port();
+    match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
+        Some(PortPlan::Http { routes }) => {
+            let _ = client.set_nodelay(true);
+            let context = Arc::new(HttpContext {
+                state: shared.mesh.state.clone(),
+                metrics: shared.mesh.metrics.clone(),
+                source,
+                port,
+                routes: routes.clone(),
+            });
+            http::serve(client, context, shared.cut.clone()).await;
+        }
+        Some(PortPlan::Tcp { clusters, .. }) => {
+            let cluster = clusters.pick(rand::random_range(0..clusters.total()));
+            match plane.clusters.get(cluster) {
+                Some(upstream) if upstream.plan.discovery == Discovery::OriginalDestination => {
+                    relay_to(client, peer, destination, &shared).await;
+                }
+                Some(upstream) => relay_to_cluster(client, peer, upstream, &shared).await,
+                None => {
+                    shared.metrics.failed(cluster, FailureReason::other);
+                    warn!(client = %peer, %source, cluster, "TCP route targets a cluster that is not loaded; resetting");
+                    reset(client);
+                }
+            }
+        }
+        None => {
+            shared.mesh.metrics.denied(&source, port);
+            info!(client = %peer, %source, %destination, "egress denied: not a backend of the virtual node and the mesh is DROP_ALL; resetting");
+            reset(client);
+        }
+    }
+}
+
+/// Plain TCP to where the application connected.
+async fn relay_to(
+    client: TcpStream,
+    peer: SocketAddrV4,
+    destination: SocketAddrV4,
+    shared: &Shared,
+) {
     let label = destination.to_string();
-    let upstream = match connect_upstream(destination, &shared.settings).await {
-        Ok(upstream) => upstream,
+    match connect_upstream(destination, &shared.settings).await {
+        Ok(upstream) => relay_connection(client, peer, upstream, &label, shared).await,
         Err(error) => {
             let reason = failure_reason(&error);
             shared.metrics.failed(&label, reason);
             warn!(client = %peer, %destination, ?reason, %error, "cannot connect to destination; resetting client");
+            reset(client);
+        }
+    }
+}
+
+/// TCP to an endpoint of a mesh cluster (a TCP route's target).
+async fn relay_to_cluster(
+    client: TcpStream,
+    peer: SocketAddrV4,
+    upstream: &Upstream,
+    shared: &Shared,
+) {
+    let cluster = upstream.name();
+    let in_flight = match upstream.pick().await {
+        Ok(in_flight) => in_flight,
+        Err(error) => {
+            shared.metrics.failed(cluster, FailureReason::other);
+            warn!(client = %peer, %error, "no endpoint for TCP connection; resetting");
             return reset(client);
         }
     };
+    match in_flight.endpoint.connector.connect().await {
+        Ok(stream) => {
+            upstream.record(&in_flight.endpoint, Outcome::Success);
+            relay_connection(client, peer, stream, cluster, shared).await;
+        }
+        Err(error) => {
+            upstream.record(&in_flight.endpoint, Outcome::Error);
+            let reason = failure_reason(&error);
+            shared.metrics.failed(cluster, reason);
+            warn!(client = %peer, cluster, endpoint = %in_flight.endpoint.addr, ?reason, %error, "cannot connect to endpoint; resetting client");
+            reset(client);
+        }
+    }
+}
+
+async fn relay_connection(
+    client: TcpStream,
+    peer: SocketAddrV4,
+    upstream: TcpStream,
+    label: &str,
+    shared: &Shared,
+) {
     let _ = client.set_nodelay(true);
-    let metrics = shared.metrics.opened(&label);
-    debug!(client = %peer, %destination, "relaying");
+    let metrics = shared.metrics.opened(label);
+    debug!(client = %peer, destination = label, "relaying");
     if let Err(error) = relay::relay(&client, &upstream, &metrics, &shared.cut).await {
-        debug!(client = %peer, %destination, %error, "connection ended with an error; resetting both sides");
+        debug!(client = %peer, destination = label, %error, "connection ended with an error; resetting both sides");
         reset(client);
         reset(upstream);
     }
@@ -238,8 +356,11 @@ mod tests {
         fn original_destination(
             &self,
             _peer: SocketAddrV4,
-        ) -> Result<Option<SocketAddrV4>, aya::maps::MapError> {
-            Ok(self.0)
+        ) -> Result<Option<super::super::Redirected>, aya::maps::MapError> {
+            Ok(self.0.map(|destination| super::super::Redirected {
+                destination,
+                workload_id: 1,
+            }))
         }
     }
 
@@ -258,6 +379,7 @@ mod tests {
             listener,
             Arc::new(FixedOrigDst(destination)),
             metrics.proxy.clone(),
+            MeshContext::default(),
             OutboundSettings {
                 mark: None,
                 connect_timeout: Duration::from_secs(2),

@@ -13,7 +13,10 @@ use aya::maps::{HashMap, MapData, MapError};
 use tracing::info;
 
 use super::netns;
-use crate::config::NetnsRef;
+use crate::{
+    config::NetnsRef,
+    workload::{Workload, Workloads},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollmentError {
@@ -44,6 +47,7 @@ pub struct Enrollments {
     next_workload_id: u32,
     /// The number of enrolled namespaces, for the metrics endpoint.
     gauge: Arc<AtomicI64>,
+    workloads: Workloads,
 }
 
 impl Enrollments {
@@ -53,7 +57,13 @@ impl Enrollments {
             by_spec: BTreeMap::new(),
             next_workload_id: 1,
             gauge: Arc::new(AtomicI64::new(0)),
+            workloads: Workloads::default(),
         }
+    }
+
+    /// The enrolled workloads by id, kept current, for the proxy.
+    pub fn workloads(&self) -> Workloads {
+        self.workloads.clone()
     }
 
     pub fn gauge(&self) -> Arc<AtomicI64> {
@@ -66,11 +76,12 @@ impl Enrollments {
     }
 
     pub fn enroll(&mut self, ns: &NetnsRef) -> Result<EnrolledNetns, EnrollmentError> {
-        let cookie = netns::cookie_of(&ns.path).map_err(|source| EnrollmentError::Namespace {
-            spec: ns.spec.clone(),
-            path: ns.path.clone(),
-            source,
-        })?;
+        let netns::NetnsInfo { cookie, addresses } =
+            netns::inspect(&ns.path).map_err(|source| EnrollmentError::Namespace {
+                spec: ns.spec.clone(),
+                path: ns.path.clone(),
+                source,
+            })?;
         if let Some((existing, _)) = self
             .by_spec
             .iter()
@@ -95,7 +106,15 @@ impl Enrollments {
         {
             let _ = self.map.remove(&old.cookie);
         }
-        info!(netns = %ns.spec, path = %ns.path.display(), cookie, workload_id, "enrolled");
+        info!(netns = %ns.spec, path = %ns.path.display(), cookie, workload_id, ?addresses, virtual_node = ?ns.virtual_node, "enrolled");
+        self.workloads.insert(
+            workload_id,
+            Workload {
+                netns: ns.spec.clone(),
+                virtual_node: ns.virtual_node.clone(),
+                addresses,
+            },
+        );
         let entry = EnrolledNetns {
             path: ns.path.clone(),
             cookie,
@@ -118,6 +137,7 @@ impl Enrollments {
                 return Err(error.into());
             }
         }
+        self.workloads.remove(entry.workload_id);
         self.update_gauge();
         info!(netns = spec, cookie = entry.cookie, "unenrolled");
         Ok(entry)

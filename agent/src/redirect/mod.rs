@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 pub use enrollment::Enrollments;
 
-use crate::proxy::OrigDstSource;
+use crate::proxy::{OrigDstSource, Redirected};
 
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -290,16 +290,19 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
 pub struct OrigDstMap(HashMap<MapData, PeerKey, OrigDst>);
 
 impl OrigDstSource for OrigDstMap {
-    fn original_destination(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, MapError> {
+    fn original_destination(&self, peer: SocketAddrV4) -> Result<Option<Redirected>, MapError> {
         let key = PeerKey {
             ip4: u32::from_ne_bytes(peer.ip().octets()),
             port: u32::from(peer.port()),
         };
         match self.0.get(&key, 0) {
-            Ok(orig) => Ok(Some(SocketAddrV4::new(
-                Ipv4Addr::from(orig.ip4.to_ne_bytes()),
-                u16::from_be(orig.port),
-            ))),
+            Ok(orig) => Ok(Some(Redirected {
+                destination: SocketAddrV4::new(
+                    Ipv4Addr::from(orig.ip4.to_ne_bytes()),
+                    u16::from_be(orig.port),
+                ),
+                workload_id: orig.workload_id,
+            })),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(error),
         }

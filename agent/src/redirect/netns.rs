@@ -1,6 +1,6 @@
 //! Network namespace cookies: the kernel's stable id of a namespace, which the connect hook
 //! compares against (`bpf_get_netns_cookie`).
-use std::{fs::File, io, os::fd::AsRawFd, path::Path};
+use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Socket, Type};
@@ -8,8 +8,18 @@ use socket2::{Domain, Socket, Type};
 /// Not yet in the libc crate.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// The cookie of the network namespace at `path` (/run/netns/NAME, /proc/PID/ns/net).
-pub fn cookie_of(path: &Path) -> io::Result<u64> {
+/// A network namespace as enrollment needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsInfo {
+    pub cookie: u64,
+    /// The IPv4 addresses of its interfaces (loopback left out): the pod's addresses, which
+    /// the mesh's endpoints are matched against.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// The cookie and addresses of the network namespace at `path` (/run/netns/NAME,
+/// /proc/PID/ns/net).
+pub fn inspect(path: &Path) -> io::Result<NetnsInfo> {
     let ns = File::open(path)?;
     // setns changes only the calling thread's namespace: do it on a short-lived thread so no
     // runtime thread ever leaves the agent's own namespace.
@@ -23,7 +33,13 @@ pub fn cookie_of(path: &Path) -> io::Result<u64> {
                     other => io::Error::from(other),
                 })?;
                 let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-                socket_netns_cookie(&socket)
+                let cookie = socket_netns_cookie(&socket)?;
+                let addresses = nix::ifaddrs::getifaddrs()
+                    .map_err(io::Error::from)?
+                    .filter_map(|ifaddr| ifaddr.address?.as_sockaddr_in().map(|a| a.ip()))
+                    .filter(|ip| !ip.is_loopback())
+                    .collect();
+                Ok(NetnsInfo { cookie, addresses })
             })
             .join()
             .map_err(|_| io::Error::other("netns cookie thread panicked"))?
@@ -60,15 +76,15 @@ mod tests {
         let own = socket_netns_cookie(&socket).unwrap();
         assert_ne!(own, 0);
         // Reading our own namespace through its path needs setns, which needs CAP_SYS_ADMIN.
-        if let Ok(cookie) = cookie_of(Path::new("/proc/self/ns/net")) {
-            assert_eq!(cookie, own);
+        if let Ok(info) = inspect(Path::new("/proc/self/ns/net")) {
+            assert_eq!(info.cookie, own);
         }
     }
 
     #[test]
     fn regular_file_is_not_a_namespace() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let err = cookie_of(file.path()).unwrap_err();
+        let err = inspect(file.path()).unwrap_err();
         assert!(
             err.kind() == io::ErrorKind::InvalidInput
                 || err.kind() == io::ErrorKind::PermissionDenied,

@@ -1,0 +1,651 @@
+//! HTTP, HTTP/2 and gRPC through the mesh: each request is routed by the source virtual
+//! node's route table for the destination port (virtual host by Host/:authority, then the
+//! first matching route), sent to a weighted target cluster, retried and timed out as the
+//! route says, and counted per service.
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_xds::plan::route::{RequestView, RetryPolicy, Route};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::upstream::{Body, BoxError, InFlight, Outcome, PickError, Upstream};
+use crate::{
+    metrics::{MeshMetrics, RouteLabels},
+    state::MeshState,
+};
+
+/// Request bodies up to this size are kept so a retry can send them again; a longer body is
+/// streamed and its request is not retried.
+const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+/// Envoy's retry back-off: 25 ms base, doubling, jittered, at most 250 ms.
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// One HTTP connection from a workload to a destination port.
+pub struct HttpContext {
+    pub state: MeshState,
+    pub metrics: MeshMetrics,
+    pub source: String,
+    pub port: u16,
+    pub routes: String,
+}
+
+/// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or `cut`.
+pub async fn serve(client: TcpStream, context: Arc<HttpContext>, cut: CancellationToken) {
+    let service = hyper::service::service_fn(move |request| {
+        let context = Arc::clone(&context);
+        async move { Ok::<_, Infallible>(context.handle(request).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(client), service);
+    tokio::select! {
+        result = connection => if let Err(error) = result {
+            debug!(%error, "HTTP connection ended with an error");
+        },
+        () = cut.cancelled() => {}
+    }
+}
+
+/// What a reply the proxy makes itself says.
+struct LocalReply {
+    status: StatusCode,
+    service: Option<String>,
+    reason: String,
+}
+
+impl HttpContext {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(request.headers());
+        let plane = self.state.current();
+        let (parts, body) = request.into_parts();
+        let authority = authority(&parts).to_ascii_lowercase();
+        let Some(table) = plane.routes.get(&self.routes) else {
+            return self.local(
+                grpc,
+                LocalReply {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    service: None,
+                    reason: format!("route table {} is not loaded yet", self.routes),
+                },
+            );
+        };
+        let Some(host) = table.virtual_host(&authority) else {
+            let reply = LocalReply {
+                status: StatusCode::NOT_FOUND,
+                service: None,
+                reason: format!(
+                    "no virtual service {authority:?} among the backends of {} on port {}",
+                    self.source, self.port
+                ),
+            };
+            self.count(
+                &RouteLabels::unrouted(&self.source, "unknown"),
+                404,
+                started,
+            );
+            return self.local(grpc, reply);
+        };
+        let service = host.name.split(':').next().unwrap_or(&host.name).to_owned();
+        let view = RequestView {
+            method: parts.method.as_str(),
+            scheme: parts.uri.scheme_str().unwrap_or("http"),
+            authority: &authority,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        };
+        let Some(route) = host.route(&view) else {
+            self.count(&RouteLabels::unrouted(&self.source, &service), 404, started);
+            return self.local(
+                grpc,
+                LocalReply {
+                    status: StatusCode::NOT_FOUND,
+                    reason: format!(
+                        "no route of virtual service {service} matches {} {}",
+                        parts.method,
+                        parts.uri.path()
+                    ),
+                    service: Some(service),
+                },
+            );
+        };
+        let clusters = &route.action.clusters;
+        let cluster = clusters.pick(rand::random_range(0..clusters.total()));
+        let Some(upstream) = plane.clusters.get(cluster) else {
+            return self.local(
+                grpc,
+                LocalReply {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: format!(
+                        "route {} targets cluster {cluster}, which is not loaded",
+                        route.name
+                    ),
+                    service: Some(service),
+                },
+            );
+        };
+        let labels = RouteLabels {
+            reporter: "outbound",
+            source_virtual_node: self.source.clone(),
+            destination_virtual_service: service.clone(),
+            destination_virtual_node: upstream.virtual_node.clone(),
+            route: route.name.clone(),
+        };
+        let response = match self.forward(parts, body, route, upstream, &labels).await {
+            Ok(response) => response,
+            Err(status) => {
+                let reply = LocalReply {
+                    reason: status.1,
+                    status: status.0,
+                    service: Some(service),
+                };
+                warn!(source = %self.source, route = %route.name, cluster = %upstream.name(), status = %reply.status, reason = %reply.reason, "request failed");
+                self.local(grpc, reply)
+            }
+        };
+        self.count(&labels, response.status().as_u16(), started);
+        response
+    }
+
+    fn count(&self, labels: &RouteLabels, status: u16, started: Instant) {
+        self.metrics
+            .request(labels.clone(), status, started.elapsed().as_secs_f64());
+    }
+
+    /// A reply the proxy makes: for gRPC callers a trailers-only response with the matching
+    /// grpc-status (as Envoy does), else the status with the reason as text.
+    fn local(&self, grpc: bool, reply: LocalReply) -> Response<Body> {
+        let mut response = Response::new(full(format!("{}\n", reply.reason)));
+        *response.status_mut() = reply.status;
+        let headers = response.headers_mut();
+        if let Some(service) = &reply.service
+            && let Ok(value) = HeaderValue::from_str(service)
+        {
+            headers.insert("x-mesh-virtual-service", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&reply.reason) {
+            headers.insert("x-mesh-reason", value.clone());
+            if grpc {
+                headers.insert("grpc-message", value);
+            }
+        }
+        if grpc {
+            let code = match reply.status {
+                StatusCode::NOT_FOUND => "12",
+                StatusCode::GATEWAY_TIMEOUT => "4",
+                _ => "14",
+            };
+            *response.status_mut() = StatusCode::OK;
+            *response.body_mut() = full(String::new());
+            let headers = response.headers_mut();
+            headers.insert("grpc-status", HeaderValue::from_static(code));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+        } else {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        response
+    }
+
+    /// Sends the request to `upstream`, retrying and timing out as the route says.
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        route: &Route,
+        upstream: &Arc<Upstream>,
+        labels: &RouteLabels,
+    ) -> Result<Response<Body>, (StatusCode, String)> {
+        if upstream.plan.upstream_tls {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "cluster {} requires upstream TLS, which this agent does not originate yet",
+                    upstream.name()
+                ),
+            ));
+        }
+        let action = &route.action;
+        let deadline = action.timeout.map(|t| Instant::now() + t);
+        let mut body = match &action.retry {
+            Some(_) => RequestBody::buffer(body).await.map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            })?,
+            None => RequestBody::Streaming(Some(body)),
+        };
+        let target = UpstreamTarget::new(&parts, route, upstream)?;
+        let mut retries = 0;
+        let mut _retry_slot = None;
+        loop {
+            let per_try = per_try_budget(action.retry.as_ref(), deadline)?;
+            let request = target.request(&parts, body.take())?;
+            let result = try_once(upstream, request, per_try).await;
+            let retry = action.retry.as_ref().filter(|policy| {
+                retries < policy.num_retries && body.replayable() && result.retriable(policy)
+            });
+            if retry.is_none() {
+                return result
+                    .into_response(upstream, deadline.is_some_and(|d| Instant::now() >= d));
+            }
+            let Some(slot) = upstream.begin_retry() else {
+                return result.into_response(upstream, false);
+            };
+            _retry_slot = Some(slot);
+            retries += 1;
+            self.metrics.retried(labels);
+            debug!(route = %route.name, cluster = %upstream.name(), retries, outcome = %result.describe(), "retrying");
+            tokio::time::sleep(backoff(retries)).await;
+        }
+    }
+}
+
+/// The time the next try may take: the per-try timeout, cut to what is left of the
+/// request's timeout; an error once that is spent.
+fn per_try_budget(
+    retry: Option<&RetryPolicy>,
+    deadline: Option<Instant>,
+) -> Result<Option<Duration>, (StatusCode, String)> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    if left.is_some_and(|l| l.is_zero()) {
+        return Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout".into(),
+        ));
+    }
+    let per_try = retry.and_then(|r| r.per_try_timeout);
+    Ok(match (per_try, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+fn backoff(retries: u32) -> Duration {
+    let ceiling = RETRY_BACKOFF_BASE
+        .saturating_mul(1 << retries.min(4))
+        .min(RETRY_BACKOFF_MAX);
+    ceiling.mul_f64(rand::random_range(0.5..1.0))
+}
+
+/// Where and how requests of one route go upstream: path rewrites, the authority.
+struct UpstreamTarget {
+    authority: String,
+    path_and_query: String,
+    http2: bool,
+}
+
+impl UpstreamTarget {
+    fn new(
+        parts: &http::request::Parts,
+        route: &Route,
+        upstream: &Upstream,
+    ) -> Result<Self, (StatusCode, String)> {
+        let action = &route.action;
+        let path = action
+            .rewrite_path(route, parts.uri.path())
+            .unwrap_or_else(|| parts.uri.path().to_owned());
+        let path_and_query = match parts.uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        let authority = action
+            .host_rewrite
+            .clone()
+            .unwrap_or_else(|| authority(parts).to_owned());
+        Ok(Self {
+            authority,
+            path_and_query,
+            http2: upstream.plan.http2,
+        })
+    }
+
+    fn request(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<Request<Body>, (StatusCode, String)> {
+        let uri = format!("http://{}{}", self.authority, self.path_and_query);
+        let mut request = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("request cannot be forwarded: {e}"),
+                )
+            })?;
+        let headers = request.headers_mut();
+        *headers = parts.headers.clone();
+        strip_hop_by_hop(headers);
+        if self.http2 {
+            // :authority carries it.
+            headers.remove(header::HOST);
+        } else if let Ok(host) = HeaderValue::from_str(&self.authority) {
+            headers.insert(header::HOST, host);
+        }
+        Ok(request)
+    }
+}
+
+/// How one try ended.
+enum TryResult {
+    Response(Response<Incoming>, InFlight),
+    /// No endpoint could take it (none, none healthy, pool full).
+    NotSent(PickError),
+    ConnectFailed(String),
+    /// The connection failed after the request was sent (reset, protocol error).
+    Reset(String),
+    TimedOut(Duration),
+}
+
+async fn try_once(
+    upstream: &Upstream,
+    request: Request<Body>,
+    timeout: Option<Duration>,
+) -> TryResult {
+    let in_flight = match upstream.pick().await {
+        Ok(in_flight) => in_flight,
+        Err(error) => return TryResult::NotSent(error),
+    };
+    let sent = in_flight.endpoint.client.request(request);
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result,
+            Err(_) => {
+                upstream.record(&in_flight.endpoint, Outcome::Error);
+                return TryResult::TimedOut(limit);
+            }
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(response) => {
+            let outcome = if response.status().is_server_error() {
+                Outcome::Error
+            } else {
+                Outcome::Success
+            };
+            upstream.record(&in_flight.endpoint, outcome);
+            TryResult::Response(response, in_flight)
+        }
+        Err(error) => {
+            upstream.record(&in_flight.endpoint, Outcome::Error);
+            let detail = format!("{} ({error:?})", in_flight.endpoint.addr);
+            if error.is_connect() {
+                TryResult::ConnectFailed(detail)
+            } else {
+                TryResult::Reset(detail)
+            }
+        }
+    }
+}
+
+impl TryResult {
+    fn retriable(&self, policy: &RetryPolicy) -> bool {
+        match self {
+            Self::Response(response, _) => {
+                policy.retries_status(response.status().as_u16(), grpc_status(response.headers()))
+            }
+            Self::NotSent(_) => false,
+            Self::ConnectFailed(_) => policy.retries_failure(true),
+            Self::Reset(_) => policy.retries_failure(false),
+            Self::TimedOut(_) => policy.retries_timeout(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Response(response, _) => format!("status {}", response.status()),
+            Self::NotSent(error) => error.to_string(),
+            Self::ConnectFailed(detail) => format!("connect failed: {detail}"),
+            Self::Reset(detail) => format!("reset: {detail}"),
+            Self::TimedOut(limit) => format!("no response within {limit:?}"),
+        }
+    }
+
+    /// The response to the client: the upstream's (its body holding the endpoint's slot
+    /// until it ends), or the status the failure maps to, as Envoy maps them.
+    fn into_response(
+        self,
+        upstream: &Upstream,
+        request_timed_out: bool,
+    ) -> Result<Response<Body>, (StatusCode, String)> {
+        let cluster = upstream.name();
+        match self {
+            Self::Response(response, in_flight) => {
+                let mut response = response.map(|body| {
+                    body.map_err(BoxError::from)
+                        .map_frame(move |frame| {
+                            let _held = &in_flight;
+                            frame
+                        })
+                        .boxed_unsync()
+                });
+                strip_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
+            Self::NotSent(error @ PickError::Overflow(_)) => {
+                Err((StatusCode::SERVICE_UNAVAILABLE, error.to_string()))
+            }
+            Self::NotSent(error) => Err((StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
+            Self::ConnectFailed(detail) => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cluster {cluster}: upstream connect error: {detail}"),
+            )),
+            Self::Reset(detail) => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cluster {cluster}: upstream reset before response: {detail}"),
+            )),
+            Self::TimedOut(_) if request_timed_out => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout".into(),
+            )),
+            Self::TimedOut(limit) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("cluster {cluster}: upstream per-try timeout ({limit:?})"),
+            )),
+        }
+    }
+}
+
+impl RouteLabels {
+    /// A request no route took.
+    fn unrouted(source: &str, service: &str) -> Self {
+        Self {
+            reporter: "outbound",
+            source_virtual_node: source.to_owned(),
+            destination_virtual_service: service.to_owned(),
+            destination_virtual_node: "unknown".into(),
+            route: "unknown".into(),
+        }
+    }
+}
+
+/// A request body as retries need it.
+enum RequestBody {
+    /// Read whole; sent again on each try.
+    Buffered(Bytes, Option<HeaderMap>),
+    /// Sent once (too long to keep, or no retry policy).
+    Streaming(Option<Incoming>),
+    /// Longer than the buffer: what was read, then the rest; sent once.
+    Prefixed(Option<(VecDeque<Bytes>, Incoming)>),
+}
+
+impl RequestBody {
+    async fn buffer(mut body: Incoming) -> Result<Self, hyper::Error> {
+        let mut chunks = VecDeque::new();
+        let mut size = 0;
+        while let Some(frame) = body.frame().await {
+            match frame?.into_data() {
+                Ok(data) => {
+                    size += data.len();
+                    chunks.push_back(data);
+                    if size > RETRY_BUFFER_LIMIT {
+                        return Ok(Self::Prefixed(Some((chunks, body))));
+                    }
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    return Ok(Self::Buffered(concat(chunks, size), trailers));
+                }
+            }
+        }
+        Ok(Self::Buffered(concat(chunks, size), None))
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Buffered(..))
+    }
+
+    /// The body for the next try (for streaming bodies: the first and only one).
+    fn take(&mut self) -> Body {
+        match self {
+            Self::Buffered(data, None) => full(data.clone()),
+            Self::Buffered(data, Some(trailers)) => Replay {
+                data: Some(data.clone()),
+                trailers: Some(trailers.clone()),
+            }
+            .boxed_unsync(),
+            Self::Streaming(body) => match body.take() {
+                Some(body) => body.map_err(BoxError::from).boxed_unsync(),
+                None => full(Bytes::new()),
+            },
+            Self::Prefixed(parts) => match parts.take() {
+                Some((prefix, rest)) => Prefixed { prefix, rest }.boxed_unsync(),
+                None => full(Bytes::new()),
+            },
+        }
+    }
+}
+
+fn concat(chunks: VecDeque<Bytes>, size: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(size);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    out.into()
+}
+
+/// A kept body with trailers (gRPC requests may carry them), sent again.
+struct Replay {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+/// What was read while deciding whether to keep the body, then the rest of it.
+struct Prefixed {
+    prefix: VecDeque<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix: usize = self.prefix.iter().map(Bytes::len).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + prefix as u64);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + prefix as u64);
+        }
+        hint
+    }
+}
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Host (HTTP/1.1) or :authority (HTTP/2).
+fn authority(parts: &http::request::Parts) -> &str {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default()
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}

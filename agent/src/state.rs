@@ -1,0 +1,139 @@
+//! The mesh as the proxy applies it right now: the plan of the last accepted xDS state with
+//! live clusters. Each accepted state becomes a new [`DataPlane`], swapped in atomically;
+//! connections and requests already running keep the one they started with, clusters whose
+//! configuration did not change carry over with their endpoints, pools and health.
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use mesh_xds::{
+    client::XdsState,
+    plan::{NodePlan, OutboundPlan, RouteTable, cluster::Discovery},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::{
+    discovery,
+    metrics::MeshMetrics,
+    proxy::{health, upstream::Upstream},
+    workload::Workload,
+};
+
+#[derive(Default)]
+pub struct DataPlane {
+    /// By virtual node.
+    pub outbound: HashMap<String, OutboundPlan>,
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub clusters: HashMap<String, Arc<Upstream>>,
+}
+
+impl DataPlane {
+    /// The virtual node a workload is: as enrolled, else the one whose endpoints include one
+    /// of the workload's addresses.
+    pub fn virtual_node_of(&self, workload: &Workload) -> Option<String> {
+        if let Some(pinned) = &workload.virtual_node {
+            return Some(pinned.clone());
+        }
+        self.clusters.values().find_map(|upstream| {
+            upstream
+                .endpoints()
+                .iter()
+                .any(|e| match e.addr.ip() {
+                    std::net::IpAddr::V4(ip) => workload.addresses.contains(&ip),
+                    std::net::IpAddr::V6(_) => false,
+                })
+                .then(|| upstream.virtual_node.clone())
+        })
+    }
+}
+
+/// The current data plane, shared by every connection.
+#[derive(Clone, Default)]
+pub struct MeshState(Arc<RwLock<Arc<DataPlane>>>);
+
+impl MeshState {
+    pub fn current(&self) -> Arc<DataPlane> {
+        self.0.read().map(|d| Arc::clone(&d)).unwrap_or_default()
+    }
+
+    fn replace(&self, next: DataPlane) {
+        if let Ok(mut current) = self.0.write() {
+            *current = Arc::new(next);
+        }
+    }
+}
+
+/// What upstream sockets and cluster metrics need.
+#[derive(Clone)]
+pub struct UpstreamSettings {
+    pub mark: Option<u32>,
+    pub metrics: MeshMetrics,
+}
+
+/// Applies every state the xDS client accepts until `stop`.
+pub async fn follow(
+    mut xds: watch::Receiver<Arc<XdsState>>,
+    state: MeshState,
+    settings: UpstreamSettings,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = Arc::clone(&xds.borrow_and_update());
+        apply(&accepted, &state, &settings);
+        tokio::select! {
+            changed = xds.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
+    let (plan, errors) = NodePlan::from_resources(&accepted.resources);
+    for error in errors {
+        // The client NACKs what does not convert, so this is a bug, not bad input.
+        error!(%error, "accepted resource does not convert; skipped");
+    }
+    let current = state.current();
+    let mut clusters = HashMap::new();
+    for (name, cluster) in plan.clusters {
+        let upstream = match current.clusters.get(&name) {
+            Some(existing) if existing.plan == cluster => Arc::clone(existing),
+            _ => start_cluster(cluster, settings),
+        };
+        if let Discovery::Eds(service) = &upstream.plan.discovery {
+            upstream.set_endpoints(plan.endpoints.get(service).cloned().unwrap_or_default());
+        }
+        clusters.insert(name, upstream);
+    }
+    info!(
+        virtual_nodes = plan.outbound.len(),
+        route_tables = plan.routes.len(),
+        clusters = clusters.len(),
+        "mesh applied"
+    );
+    state.replace(DataPlane {
+        outbound: plan.outbound,
+        routes: plan.routes,
+        clusters,
+    });
+}
+
+/// A new cluster with its endpoint discovery and health checking running.
+fn start_cluster(plan: mesh_xds::plan::ClusterPlan, settings: &UpstreamSettings) -> Arc<Upstream> {
+    let metrics = settings.metrics.cluster(&plan.name);
+    let upstream = Arc::new(Upstream::new(plan, settings.mark, metrics));
+    match &upstream.plan.discovery {
+        Discovery::Static(addrs) => upstream.set_endpoints(addrs.clone()),
+        Discovery::Dns { .. } => {
+            tokio::spawn(discovery::resolve_cluster(Arc::downgrade(&upstream)));
+        }
+        Discovery::Eds(_) | Discovery::OriginalDestination | Discovery::InternalListener(_) => {}
+    }
+    if upstream.plan.health_check.is_some() {
+        tokio::spawn(health::check_cluster(Arc::downgrade(&upstream)));
+    }
+    upstream
+}
