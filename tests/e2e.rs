@@ -14,6 +14,9 @@ use mesh_testbed::{
     pattern::{CLIENT_SEED, SERVER_SEED, sha256_of},
 };
 
+#[path = "e2e/l7.rs"]
+mod l7;
+
 const MEGABYTES_10: usize = 10 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
 

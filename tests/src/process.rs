@@ -117,7 +117,8 @@ impl Drop for Proc {
     }
 }
 
-/// Runs a short command to completion, killing it after `timeout`.
+/// Runs a short command to completion, killing it after `timeout`. Its output is read while
+/// it runs, so a command printing more than a pipe holds does not stall.
 pub fn output_within(mut command: Command, timeout: Duration) -> anyhow::Result<Output> {
     command
         .stdout(std::process::Stdio::piped())
@@ -125,17 +126,40 @@ pub fn output_within(mut command: Command, timeout: Duration) -> anyhow::Result<
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {command:?}"))?;
+    let collect = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let output = child.wait_with_output()?;
-            bail!(
-                "{command:?} did not finish within {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => bail!(
+            "{command:?} did not finish within {timeout:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        ),
     }
-    Ok(child.wait_with_output()?)
 }

@@ -238,6 +238,16 @@ fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Ou
     let (inbound, local_clusters) = inbound::inbound(node, &mut out.issues);
     inbound.into_iter().for_each(|l| out.listener(l));
     local_clusters.into_iter().for_each(|c| out.cluster(c));
+    // A node's own clusters carry its endpoints: the agent tells which local pods are this
+    // virtual node by their addresses.
+    out.reached
+        .extend(node.spec.listeners.iter().flatten().map(|listener| {
+            names::cluster(
+                &node.mesh_name,
+                &node.virtual_node_name,
+                listener.port_mapping.port,
+            )
+        }));
     let outbound = outbound_for(index, node, &mut out.issues);
     out.reached.extend(outbound.clusters);
     for (variant, cluster, socket) in outbound.tls_variants {

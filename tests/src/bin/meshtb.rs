@@ -3,6 +3,10 @@ use std::{
     convert::Infallible,
     io::{BufRead as _, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -18,7 +22,9 @@ use sha2::{Digest, Sha256};
 #[derive(Parser)]
 #[command(about = "Test programs for mesh-agent's sandbox, tests and benchmarks")]
 enum Cli {
-    /// HTTP/1.1 server (hyper, keep-alive) answering every request with a short text.
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) server answering every request with
+    /// `hello from NAME path=PATH` and an `x-served-by: NAME` header. Request headers steer
+    /// it: `x-meshtb-status: CODE` answers CODE, `x-meshtb-delay-ms: N` waits first.
     HttpServer {
         /// Port to listen on; repeat to listen on several.
         #[arg(long = "port", required = true)]
@@ -26,6 +32,12 @@ enum Cli {
         /// Named in each response, so clients see which pod answered.
         #[arg(long, default_value = "meshtb")]
         name: String,
+        /// Answer the first N requests with 503 (retry tests).
+        #[arg(long, default_value_t = 0)]
+        fail_first: u64,
+        /// Answer every request with this status.
+        #[arg(long)]
+        status: Option<u16>,
     },
     /// TCP server: hashes everything a client sends until EOF, answers with one line
     /// (`sha256=… bytes=… peer=…`) followed by `--reply-bytes` of the pattern, then closes.
@@ -52,22 +64,42 @@ enum Cli {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse() {
-        Cli::HttpServer { ports, name } => http_server(&ports, name),
+        Cli::HttpServer {
+            ports,
+            name,
+            fail_first,
+            status,
+        } => http_server(
+            &ports,
+            Behaviour {
+                name,
+                fail_first: AtomicU64::new(fail_first),
+                status,
+            },
+        ),
         Cli::Sink { port, reply_bytes } => sink(port, reply_bytes),
         Cli::Send { to, bytes } => send(to, bytes),
         Cli::Probe { to } => probe(to),
     }
 }
 
-fn http_server(ports: &[u16], name: String) -> anyhow::Result<()> {
+/// How the HTTP server answers.
+struct Behaviour {
+    name: String,
+    fail_first: AtomicU64,
+    status: Option<u16>,
+}
+
+fn http_server(ports: &[u16], behaviour: Behaviour) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let behaviour = Arc::new(behaviour);
     runtime.block_on(async move {
         let mut servers = tokio::task::JoinSet::new();
         for port in ports {
             let listener = tokio::net::TcpListener::bind(("0.0.0.0", *port)).await?;
-            servers.spawn(serve_http(listener, name.clone()));
+            servers.spawn(serve_http(listener, Arc::clone(&behaviour)));
         }
         match servers.join_next().await {
             Some(result) => result?,
@@ -76,23 +108,60 @@ fn http_server(ports: &[u16], name: String) -> anyhow::Result<()> {
     })
 }
 
-async fn serve_http(listener: tokio::net::TcpListener, name: String) -> anyhow::Result<()> {
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    behaviour: Arc<Behaviour>,
+) -> anyhow::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        // The client address as this server sees it: the proxy's when traffic went through
-        // the mesh, the pod's own when it went direct.
-        let body = Bytes::from(format!("hello from {name} (client {peer})\n"));
+        let behaviour = Arc::clone(&behaviour);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let body = body.clone();
-                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let behaviour = Arc::clone(&behaviour);
+                async move { Ok::<_, Infallible>(answer(&behaviour, request, peer).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
         });
     }
+}
+
+async fn answer(
+    behaviour: &Behaviour,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let header =
+        |name: &str| -> Option<u64> { request.headers().get(name)?.to_str().ok()?.parse().ok() };
+    if let Some(delay) = header("x-meshtb-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let failing = behaviour
+        .fail_first
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    let status = match (failing, header("x-meshtb-status"), behaviour.status) {
+        (true, _, _) => 503,
+        (false, Some(code), _) => code as u16,
+        (false, None, Some(code)) => code,
+        (false, None, None) => 200,
+    };
+    // The client address as this server sees it: the proxy's when traffic went through the
+    // mesh, the pod's own when it went direct.
+    let body = format!(
+        "hello from {} path={} (client {peer})\n",
+        behaviour.name,
+        request.uri().path()
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(name) = hyper::header::HeaderValue::from_str(&behaviour.name) {
+        response.headers_mut().insert("x-served-by", name);
+    }
+    response
 }
 
 fn sink(port: u16, reply_bytes: usize) -> anyhow::Result<()> {

@@ -1,0 +1,773 @@
+//! The mesh in the node proxy, end to end: App Mesh definitions served by the embedded
+//! control plane, pods whose traffic the real eBPF redirect moves into the proxy, curl as
+//! the client, meshtb HTTP servers as the virtual nodes' workloads.
+use std::{collections::BTreeMap, time::Duration};
+
+use mesh_testbed::{
+    Agent, Node, Proc,
+    agent::{config_for, metric_value},
+};
+use serde_json::{Value, json};
+
+use super::{TIMEOUT, meshtb};
+
+/// The address clients use for `api.m.local`: any address works (the connect is redirected
+/// before it is routed), as with App Mesh, where the name only had to resolve.
+const SERVICE_VIP: &str = "10.77.200.1";
+const SERVICE: &str = "api.m.local";
+const PORT: u16 = 8080;
+
+/// A mesh `m`: virtual node `client` (the client pod, found by its address) with backend
+/// `api.m.local`, provided by router `api` whose routes the test gives, over virtual
+/// nodes `v1` and `v2` (pods `s1`, `s2` running meshtb http-server).
+struct MeshNode {
+    agent: Agent,
+    node: Node,
+    _servers: Vec<Proc>,
+    _mesh: tempfile::TempDir,
+    _work: tempfile::TempDir,
+}
+
+struct MeshSpec {
+    egress: &'static str,
+    routes: Vec<Value>,
+    /// Extra listener fields of v1 and v2 (outlierDetection, healthCheck, connectionPool).
+    listener_extra: Value,
+    /// Extra meshtb http-server arguments for v1 and v2.
+    server_args: [Vec<&'static str>; 2],
+    protocol: &'static str,
+}
+
+impl Default for MeshSpec {
+    fn default() -> Self {
+        Self {
+            egress: "DROP_ALL",
+            routes: Vec::new(),
+            listener_extra: json!({}),
+            server_args: [Vec::new(), Vec::new()],
+            protocol: "http",
+        }
+    }
+}
+
+/// An httpRoute (or http2Route) named `name` with `matching` to weighted targets.
+fn route(
+    name: &str,
+    priority: Option<i64>,
+    matching: Value,
+    targets: &[(&str, i64)],
+    extra: Value,
+) -> Value {
+    let mut http = json!({
+        "match": matching,
+        "action": {"weightedTargets": targets.iter().map(|(node, weight)| json!({"virtualNode": node, "weight": weight})).collect::<Vec<_>>()},
+    });
+    if let (Some(http), Some(extra)) = (http.as_object_mut(), extra.as_object()) {
+        http.extend(extra.clone());
+    }
+    let mut spec = json!({ "httpRoute": http });
+    if let Some(priority) = priority {
+        spec["priority"] = json!(priority);
+    }
+    json!({"meshName": "m", "virtualRouterName": "api", "routeName": name, "spec": spec})
+}
+
+impl MeshNode {
+    fn start(label: &str, spec: MeshSpec) -> Self {
+        let mut node = Node::create(label).expect("test node");
+        for pod in ["client", "s1", "s2", "outside"] {
+            node.add_pod(pod).expect("pod");
+        }
+        let ip = |pod: &str| node.pod(pod).unwrap().ip.to_string();
+        let mut servers = Vec::new();
+        for (pod, name, extra) in [
+            ("s1", "v1", &spec.server_args[0]),
+            ("s2", "v2", &spec.server_args[1]),
+        ] {
+            let mut args = vec![
+                "http-server",
+                "--port",
+                "8080",
+                "--port",
+                "9000",
+                "--name",
+                name,
+            ];
+            args.extend(extra.iter().copied());
+            servers.push(node.spawn_in_pod(pod, meshtb(), &args).expect("server"));
+        }
+        servers.push(
+            node.spawn_in_pod(
+                "outside",
+                meshtb(),
+                &["http-server", "--port", "7000", "--name", "outside"],
+            )
+            .expect("outside server"),
+        );
+        for (pod, port) in [("s1", PORT), ("s2", PORT), ("outside", 7000)] {
+            node.wait_for_listener(format!("{}:{port}", ip(pod)).parse().unwrap(), TIMEOUT)
+                .expect("server listening");
+        }
+        let mesh = tempfile::tempdir().unwrap();
+        let mut files: BTreeMap<String, Value> = BTreeMap::new();
+        files.insert(
+            "mesh".into(),
+            json!({"meshName": "m", "spec": {"egressFilter": {"type": spec.egress}}}),
+        );
+        files.insert(
+            "vn-client".into(),
+            json!({"meshName": "m", "virtualNodeName": "client", "spec": {
+                "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}],
+                "serviceDiscovery": {"dns": {"hostname": ip("client")}},
+                "backends": [{"virtualService": {"virtualServiceName": SERVICE}}]}}),
+        );
+        for (name, pod) in [("v1", "s1"), ("v2", "s2")] {
+            let mut listener = json!({"portMapping": {"port": PORT, "protocol": spec.protocol}});
+            if let (Some(l), Some(extra)) =
+                (listener.as_object_mut(), spec.listener_extra.as_object())
+            {
+                l.extend(extra.clone());
+            }
+            files.insert(
+                format!("vn-{name}"),
+                json!({"meshName": "m", "virtualNodeName": name, "spec": {
+                    "listeners": [listener],
+                    "serviceDiscovery": {"dns": {"hostname": ip(pod)}}}}),
+            );
+        }
+        files.insert(
+            "vr".into(),
+            json!({"meshName": "m", "virtualRouterName": "api", "spec": {"listeners": [{"portMapping": {"port": PORT, "protocol": spec.protocol}}]}}),
+        );
+        files.insert(
+            "vs".into(),
+            json!({"meshName": "m", "virtualServiceName": SERVICE, "spec": {"provider": {"virtualRouter": {"virtualRouterName": "api"}}}}),
+        );
+        for (index, route) in spec.routes.into_iter().enumerate() {
+            files.insert(format!("route-{index}"), route);
+        }
+        for (name, value) in files {
+            std::fs::write(mesh.path().join(format!("{name}.json")), value.to_string()).unwrap();
+        }
+        let work = tempfile::tempdir().unwrap();
+        let config = config_for(&node, &["client"], "").unwrap();
+        let agent = Agent::start_with_args(
+            &node,
+            &config,
+            work.path(),
+            &["--mesh", mesh.path().to_str().unwrap()],
+        )
+        .expect("agent starts");
+        let this = Self {
+            agent,
+            node,
+            _servers: servers,
+            _mesh: mesh,
+            _work: work,
+        };
+        this.wait_for_endpoints();
+        this
+    }
+
+    /// DNS discovery runs in the background: wait until both targets have their endpoint.
+    fn wait_for_endpoints(&self) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let metrics = self.metrics();
+            let ready = ["m/v1/8080", "m/v2/8080"].iter().all(|cluster| {
+                metric_value(
+                    &metrics,
+                    &format!(
+                        "mesh_upstream_endpoints{{cluster=\"{cluster}\",state=\"available\"}}"
+                    ),
+                ) >= 1.0
+            });
+            if ready {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "endpoints not resolved:\n{metrics}\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.agent.metrics(&self.node).expect("metrics")
+    }
+
+    /// curl from the client pod to `http://api.m.local:8080{path}` with `args`; returns
+    /// (status, body, headers).
+    fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
+        let headers_file = self._work.path().join("headers.txt");
+        let url = format!("http://{SERVICE}:{PORT}{path}");
+        let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
+        let mut all = vec![
+            "-sS",
+            "--max-time",
+            "20",
+            "--resolve",
+            &resolve,
+            "-D",
+            headers_file.to_str().unwrap(),
+            "-w",
+            "\n%{http_code}",
+        ];
+        all.extend_from_slice(args);
+        all.push(&url);
+        let output = self
+            .node
+            .run_in_pod("client", "curl", &all, TIMEOUT)
+            .expect("curl runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let headers = std::fs::read_to_string(&headers_file).unwrap_or_default();
+        (status.trim().parse().unwrap_or(0), body.to_owned(), headers)
+    }
+
+    /// Which virtual node answered `path` with curl `args` (panics on a non-200 answer).
+    fn served_by(&self, path: &str, args: &[&str]) -> String {
+        let (status, body, _) = self.curl(path, args);
+        assert_eq!(
+            status,
+            200,
+            "{path} {args:?}: {body}\nagent log:\n{}",
+            self.agent.log()
+        );
+        body.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[test]
+fn path_prefix_exact_and_regex_matches() {
+    let mesh = MeshNode::start(
+        "l7path",
+        MeshSpec {
+            routes: vec![
+                route(
+                    "exact",
+                    Some(1),
+                    json!({"path": {"exact": "/exact"}}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "regex",
+                    Some(2),
+                    json!({"path": {"regex": "/items/[0-9]+"}}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "prefix",
+                    Some(3),
+                    json!({"prefix": "/v2/"}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "default",
+                    Some(100),
+                    json!({"prefix": "/"}),
+                    &[("v1", 1)],
+                    json!({}),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    for (path, want) in [
+        ("/exact", "v2"),
+        ("/exact/more", "v1"),
+        ("/items/42", "v2"),
+        ("/items/42x", "v1"),
+        ("/v2/anything", "v2"),
+        ("/v2", "v1"),
+        ("/", "v1"),
+    ] {
+        assert_eq!(mesh.served_by(path, &[]), want, "{path}");
+    }
+    let metrics = mesh.metrics();
+    let exact = r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="exact",response_code="200"}"#;
+    assert_eq!(metric_value(&metrics, exact), 1.0, "{metrics}");
+}
+
+#[test]
+fn header_matches_with_invert() {
+    let mesh = MeshNode::start(
+        "l7hdr",
+        MeshSpec {
+            routes: vec![
+                route(
+                    "exact",
+                    Some(1),
+                    json!({"prefix": "/", "headers": [{"name": "x-exact", "match": {"exact": "yes"}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "prefix",
+                    Some(2),
+                    json!({"prefix": "/", "headers": [{"name": "x-prefix", "match": {"prefix": "ab"}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "suffix",
+                    Some(3),
+                    json!({"prefix": "/", "headers": [{"name": "x-suffix", "match": {"suffix": "yz"}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "regex",
+                    Some(4),
+                    json!({"prefix": "/", "headers": [{"name": "x-regex", "match": {"regex": "v[0-9]+"}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "range",
+                    Some(5),
+                    json!({"prefix": "/", "headers": [{"name": "x-range", "match": {"range": {"start": 10, "end": 20}}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "present",
+                    Some(6),
+                    json!({"prefix": "/", "headers": [{"name": "x-present"}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "invert",
+                    Some(7),
+                    json!({"prefix": "/inv", "headers": [{"name": "x-user", "invert": true, "match": {"exact": "admin"}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "default",
+                    Some(100),
+                    json!({"prefix": "/"}),
+                    &[("v1", 1)],
+                    json!({}),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    for (header, want) in [
+        ("x-exact: yes", "v2"),
+        ("x-exact: yes!", "v1"),
+        ("x-prefix: abc", "v2"),
+        ("x-prefix: xabc", "v1"),
+        ("x-suffix: xyz", "v2"),
+        ("x-suffix: yzx", "v1"),
+        ("x-regex: v12", "v2"),
+        ("x-regex: v12a", "v1"),
+        ("x-range: 10", "v2"),
+        ("x-range: 19", "v2"),
+        ("x-range: 20", "v1"),
+        ("x-present: anything", "v2"),
+        ("x-other: 1", "v1"),
+    ] {
+        assert_eq!(mesh.served_by("/", &["-H", header]), want, "{header}");
+    }
+    // Inverted: everyone but admin (and a request without the header) goes to v2.
+    assert_eq!(mesh.served_by("/inv", &["-H", "x-user: bob"]), "v2");
+    assert_eq!(mesh.served_by("/inv", &[]), "v2");
+    assert_eq!(mesh.served_by("/inv", &["-H", "x-user: admin"]), "v1");
+}
+
+#[test]
+fn method_scheme_and_query_parameter_matches() {
+    let mesh = MeshNode::start(
+        "l7meth",
+        MeshSpec {
+            routes: vec![
+                route(
+                    "post",
+                    Some(1),
+                    json!({"prefix": "/", "method": "POST"}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "query",
+                    Some(2),
+                    json!({"prefix": "/", "queryParameters": [{"name": "beta", "match": {"exact": "on"}}]}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "https",
+                    Some(3),
+                    json!({"prefix": "/secure", "scheme": "https"}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "default",
+                    Some(100),
+                    json!({"prefix": "/"}),
+                    &[("v1", 1)],
+                    json!({}),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(mesh.served_by("/", &["-X", "POST", "-d", "x"]), "v2");
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+    assert_eq!(mesh.served_by("/?beta=on", &[]), "v2");
+    assert_eq!(mesh.served_by("/?beta=off&x=1", &[]), "v1");
+    assert_eq!(mesh.served_by("/?x=1&beta=on", &[]), "v2");
+    // Plain HTTP is not https.
+    assert_eq!(mesh.served_by("/secure", &[]), "v1");
+}
+
+#[test]
+fn priority_orders_routes_and_ties_go_by_name() {
+    let mesh = MeshNode::start(
+        "l7prio",
+        MeshSpec {
+            routes: vec![
+                // Same match: the lower priority number wins, whatever the file order.
+                route(
+                    "b-low",
+                    Some(5),
+                    json!({"prefix": "/p"}),
+                    &[("v1", 1)],
+                    json!({}),
+                ),
+                route(
+                    "a-high",
+                    Some(0),
+                    json!({"prefix": "/p"}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                // A tie: App Mesh's order after priority is the route name.
+                route(
+                    "tie-b",
+                    Some(7),
+                    json!({"prefix": "/t"}),
+                    &[("v1", 1)],
+                    json!({}),
+                ),
+                route(
+                    "tie-a",
+                    Some(7),
+                    json!({"prefix": "/t"}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(mesh.served_by("/p", &[]), "v2");
+    assert_eq!(mesh.served_by("/t", &[]), "v2");
+    // Nothing matches: 404 naming the virtual service.
+    let (status, body, headers) = mesh.curl("/nothing", &[]);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("x-mesh-virtual-service: api.m.local"),
+        "{headers}"
+    );
+}
+
+#[test]
+fn canary_split_follows_weights_per_request() {
+    let mesh = MeshNode::start(
+        "l7canary",
+        MeshSpec {
+            routes: vec![route(
+                "canary",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 80), ("v2", 20)],
+                json!({}),
+            )],
+            ..Default::default()
+        },
+    );
+    // One keep-alive connection, 10 000 requests (curl URL globbing).
+    let url = format!("http://{SERVICE}:{PORT}/c/[1-10000]");
+    let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "curl",
+            &["-sS", "--resolve", &resolve, &url],
+            Duration::from_secs(120),
+        )
+        .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let v1 = stdout.matches("hello from v1 ").count();
+    let v2 = stdout.matches("hello from v2 ").count();
+    assert_eq!(
+        v1 + v2,
+        10_000,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let share = v2 as f64 / 10_000.0;
+    assert!(
+        (0.18..=0.22).contains(&share),
+        "v2 got {share:.3} of requests, want 0.20 ± 0.02"
+    );
+    let metrics = mesh.metrics();
+    let counted = metric_value(
+        &metrics,
+        r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="canary",response_code="200"}"#,
+    );
+    assert_eq!(counted, v2 as f64);
+
+    // Weight 0 receives nothing.
+    drop(mesh);
+    let mesh = MeshNode::start(
+        "l7zero",
+        MeshSpec {
+            routes: vec![route(
+                "canary",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1), ("v2", 0)],
+                json!({}),
+            )],
+            ..Default::default()
+        },
+    );
+    let url = format!("http://{SERVICE}:{PORT}/z/[1-500]");
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "curl",
+            &["-sS", "--resolve", &resolve, &url],
+            TIMEOUT,
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.matches("hello from v1 ").count(), 500);
+}
+
+#[test]
+fn retries_succeed_after_503s_and_give_up_after_max() {
+    let retry = json!({"retryPolicy": {"maxRetries": 2, "perRetryTimeout": {"unit": "ms", "value": 2000}, "httpRetryEvents": ["server-error"]}});
+    let mesh = MeshNode::start(
+        "l7retry",
+        MeshSpec {
+            routes: vec![route(
+                "retry",
+                Some(1),
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                retry.clone(),
+            )],
+            // v1 fails its first two requests.
+            server_args: [vec!["--fail-first", "2"], Vec::new()],
+            ..Default::default()
+        },
+    );
+    // Two 503s, then the third try succeeds.
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+    // Always 503: one try and two retries, then the 503 goes to the client.
+    let (status, _, _) = mesh.curl("/", &["-H", "x-meshtb-status: 503"]);
+    assert_eq!(status, 503);
+    let metrics = mesh.metrics();
+    let retries = metric_value(
+        &metrics,
+        r#"mesh_request_retries_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="retry"}"#,
+    );
+    assert_eq!(retries, 4.0, "{metrics}");
+    // A 404 is not a server error: no retry.
+    let (status, _, _) = mesh.curl("/", &["-H", "x-meshtb-status: 404"]);
+    assert_eq!(status, 404);
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_request_retries_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="retry"}"#
+        ),
+        4.0
+    );
+}
+
+#[test]
+fn per_retry_and_request_timeouts_answer_504_in_time() {
+    let mesh = MeshNode::start(
+        "l7timeout",
+        MeshSpec {
+            routes: vec![
+                route(
+                    "per-try",
+                    Some(1),
+                    json!({"prefix": "/try"}),
+                    &[("v1", 1)],
+                    json!({
+                    "retryPolicy": {"maxRetries": 1, "perRetryTimeout": {"unit": "ms", "value": 300}, "httpRetryEvents": ["gateway-error"]},
+                    "timeout": {"perRequest": {"unit": "s", "value": 5}}}),
+                ),
+                route(
+                    "request",
+                    Some(2),
+                    json!({"prefix": "/"}),
+                    &[("v1", 1)],
+                    json!({
+                    "timeout": {"perRequest": {"unit": "ms", "value": 500}}}),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let (status, body, _) = mesh.curl("/slow", &["-H", "x-meshtb-delay-ms: 3000"]);
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    // Per try: 300 ms, retried once, then 504 — about 600 ms, well before the 3 s answer.
+    let started = std::time::Instant::now();
+    let (status, body, _) = mesh.curl("/try", &["-H", "x-meshtb-delay-ms: 3000"]);
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    // Fast answers pass.
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+}
+
+#[test]
+fn drop_all_blocks_undeclared_destinations_and_allow_all_passes_them() {
+    let routes = vec![route(
+        "all",
+        None,
+        json!({"prefix": "/"}),
+        &[("v1", 1)],
+        json!({}),
+    )];
+    let mesh = MeshNode::start(
+        "l7drop",
+        MeshSpec {
+            routes: routes.clone(),
+            ..Default::default()
+        },
+    );
+    let outside = format!("http://{}:7000/", mesh.node.pod("outside").unwrap().ip);
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "curl",
+            &["-sS", "--max-time", "5", &outside],
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "DROP_ALL let it through: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_denied_connections_total{source_virtual_node="m/client",port="7000"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // The declared backend still works.
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+    drop(mesh);
+
+    let mesh = MeshNode::start(
+        "l7allow",
+        MeshSpec {
+            egress: "ALLOW_ALL",
+            routes,
+            ..Default::default()
+        },
+    );
+    let outside = format!("http://{}:7000/", mesh.node.pod("outside").unwrap().ip);
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "curl",
+            &["-sS", "--max-time", "5", &outside],
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("hello from outside"),
+        "{output:?}"
+    );
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+}
+
+#[test]
+fn http2_prior_knowledge_is_routed_and_multiplexed() {
+    let mesh = MeshNode::start(
+        "l7h2",
+        MeshSpec {
+            protocol: "http2",
+            routes: vec![
+                json!({"meshName": "m", "virtualRouterName": "api", "routeName": "h2", "spec": {"http2Route": {
+                "match": {"prefix": "/", "headers": [{"name": "x-canary", "match": {"exact": "yes"}}]},
+                "action": {"weightedTargets": [{"virtualNode": "v2", "weight": 1}]}}, "priority": 1}}),
+                json!({"meshName": "m", "virtualRouterName": "api", "routeName": "rest", "spec": {"http2Route": {
+                "match": {"prefix": "/"},
+                "action": {"weightedTargets": [{"virtualNode": "v1", "weight": 1}]}}, "priority": 2}}),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(mesh.served_by("/", &["--http2-prior-knowledge"]), "v1");
+    assert_eq!(
+        mesh.served_by("/", &["--http2-prior-knowledge", "-H", "x-canary: yes"]),
+        "v2"
+    );
+    // h2load: 1 000 requests over one connection, 20 streams at a time, to the service
+    // address (h2load has no --resolve; :authority names the service).
+    let url = format!("http://{SERVICE_VIP}:{PORT}/m");
+    let host = format!(":authority: {SERVICE}:{PORT}");
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "h2load",
+            &["-n", "1000", "-c", "1", "-m", "20", "-H", &host, &url],
+            TIMEOUT,
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("1000 succeeded, 0 failed, 0 errored")
+            && stdout.contains("status codes: 1000 2xx"),
+        "{stdout}\nagent log:\n{}",
+        mesh.agent.log()
+    );
+    let metrics = mesh.metrics();
+    let counted = metric_value(
+        &metrics,
+        r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="rest",response_code="200"}"#,
+    );
+    assert_eq!(counted, 1001.0, "{metrics}");
+}
