@@ -38,7 +38,7 @@ const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
 pub async fn run(
     config_path: &Path,
     mut config: Config,
-    mesh_dirs: Vec<PathBuf>,
+    embedded: EmbeddedMesh,
 ) -> anyhow::Result<()> {
     preflight::check()?;
     raise_fd_limit();
@@ -90,7 +90,7 @@ pub async fn run(
     let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
     redirector.start()?;
 
-    let (embedded, xds) = start_xds(&config, mesh_dirs).await?;
+    let (embedded, xds) = start_xds(&config, embedded).await?;
     if let Some(xds) = &xds {
         tokio::spawn(state::follow(
             xds.state.clone(),
@@ -146,6 +146,13 @@ pub async fn run(
     Ok(())
 }
 
+/// What an embedded control plane serves (`run --mesh`, `--registry`).
+#[derive(Debug, Default)]
+pub struct EmbeddedMesh {
+    pub paths: Vec<PathBuf>,
+    pub registry: Option<PathBuf>,
+}
+
 /// The xDS client, running.
 struct Xds {
     state: watch::Receiver<Arc<XdsState>>,
@@ -156,13 +163,22 @@ struct Xds {
 /// `xds.address`).
 async fn start_xds(
     config: &Config,
-    mesh: Vec<PathBuf>,
+    mesh: EmbeddedMesh,
 ) -> anyhow::Result<(Option<Embedded>, Option<Xds>)> {
-    let embedded = if mesh.is_empty() {
+    let embedded = if mesh.paths.is_empty() {
         None
     } else {
         let listen = "127.0.0.1:0".parse().context("loopback address")?;
-        Some(Embedded::start(mesh, InputArgs::default(), listen, None, None).await?)
+        Some(
+            Embedded::start(
+                mesh.paths,
+                InputArgs::default(),
+                listen,
+                mesh.registry,
+                None,
+            )
+            .await?,
+        )
     };
     let address = match (&embedded, &config.xds) {
         (Some(embedded), _) => format!("http://{}", embedded.addr),

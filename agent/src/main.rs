@@ -50,6 +50,10 @@ enum Command {
         /// any format `validate` reads) and take the mesh from it; instead of `xds.address`.
         #[arg(long = "mesh", value_name = "PATH", conflicts_with = "control_plane")]
         mesh: Vec<PathBuf>,
+        /// With --mesh: the Cloud Map stand-in's instances (JSON, watched), as for
+        /// `control-plane --registry`.
+        #[arg(long, value_name = "FILE", requires = "mesh")]
+        registry: Option<PathBuf>,
         /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010; overrides
         /// `xds.address` in the config file.
         #[arg(long, value_name = "URL")]
@@ -101,8 +105,16 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             mesh,
+            registry,
             control_plane,
-        } => run(&config, mesh, control_plane),
+        } => run(
+            &config,
+            app::EmbeddedMesh {
+                paths: mesh,
+                registry,
+            },
+            control_plane,
+        ),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {
                 println!(
@@ -125,7 +137,7 @@ fn main() -> ExitCode {
 
 fn run(
     config_path: &std::path::Path,
-    mesh: Vec<PathBuf>,
+    mesh: app::EmbeddedMesh,
     control_plane: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = config::Config::load(config_path)?;
@@ -140,7 +152,7 @@ fn run(
         });
         xds.address = address;
     }
-    if !mesh.is_empty() && config.xds.is_some() {
+    if !mesh.paths.is_empty() && config.xds.is_some() {
         anyhow::bail!(
             "--mesh embeds a control plane; the config file also names one in xds.address: use one"
         );

@@ -96,7 +96,7 @@ fn control_plane_and_agent_over_grpc() {
         ),
         "{first}"
     );
-    assert!(first.contains(r#""Cluster":{"names":["shop/api-v1/9090","shop/api-v2/9090","shop/db/5432","shop/web/inbound/8080"],"version":"v1"}"#), "{first}");
+    assert!(first.contains(r#""Cluster":{"names":["shop/api-v1/9090","shop/api-v2/9090","shop/db/5432","shop/web/8080","shop/web/inbound/8080"],"version":"v1"}"#), "{first}");
 
     // A change to a mesh file reaches the agent.
     let route = dir.path().join("route-api.json");
@@ -113,7 +113,7 @@ fn control_plane_and_agent_over_grpc() {
         )
         .expect("change propagated");
     let latency = started.elapsed();
-    assert!(changed.contains(r#""Cluster":{"names":["shop/api-v1/9090","shop/api-v2/9090","shop/db/5432","shop/web/inbound/8080"],"version":"v1"}"#), "{changed}");
+    assert!(changed.contains(r#""Cluster":{"names":["shop/api-v1/9090","shop/api-v2/9090","shop/db/5432","shop/web/8080","shop/web/inbound/8080"],"version":"v1"}"#), "{changed}");
     assert!(latency < Duration::from_secs(1), "change took {latency:?}");
     eprintln!("file change reached the agent in {latency:?}");
 

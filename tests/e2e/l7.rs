@@ -23,7 +23,7 @@ const PORT: u16 = 8080;
 struct MeshNode {
     agent: Agent,
     node: Node,
-    _servers: Vec<Proc>,
+    servers: BTreeMap<&'static str, Proc>,
     _mesh: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -36,6 +36,8 @@ struct MeshSpec {
     /// Extra meshtb http-server arguments for v1 and v2.
     server_args: [Vec<&'static str>; 2],
     protocol: &'static str,
+    /// v1 has two endpoints (pods s1, s3, answering as `v1` and `v1b`), from the registry.
+    v1_replicas: bool,
 }
 
 impl Default for MeshSpec {
@@ -46,6 +48,7 @@ impl Default for MeshSpec {
             listener_extra: json!({}),
             server_args: [Vec::new(), Vec::new()],
             protocol: "http",
+            v1_replicas: false,
         }
     }
 }
@@ -72,31 +75,42 @@ fn route(
     json!({"meshName": "m", "virtualRouterName": "api", "routeName": name, "spec": spec})
 }
 
+/// meshtb http-server in `pod` on the service port (and 9000), answering as `name`.
+fn start_server(node: &Node, pod: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "http-server",
+        "--port",
+        "8080",
+        "--port",
+        "9000",
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    let server = node.spawn_in_pod(pod, meshtb(), &args).expect("server");
+    let addr = format!("{}:{PORT}", node.pod(pod).unwrap().ip);
+    node.wait_for_listener(addr.parse().unwrap(), TIMEOUT)
+        .expect("server listening");
+    server
+}
+
 impl MeshNode {
     fn start(label: &str, spec: MeshSpec) -> Self {
         let mut node = Node::create(label).expect("test node");
-        for pod in ["client", "s1", "s2", "outside"] {
+        for pod in ["client", "s1", "s2", "s3", "outside"] {
             node.add_pod(pod).expect("pod");
         }
         let ip = |pod: &str| node.pod(pod).unwrap().ip.to_string();
-        let mut servers = Vec::new();
+        let mut servers = BTreeMap::new();
         for (pod, name, extra) in [
             ("s1", "v1", &spec.server_args[0]),
             ("s2", "v2", &spec.server_args[1]),
+            ("s3", "v1b", &spec.server_args[0]),
         ] {
-            let mut args = vec![
-                "http-server",
-                "--port",
-                "8080",
-                "--port",
-                "9000",
-                "--name",
-                name,
-            ];
-            args.extend(extra.iter().copied());
-            servers.push(node.spawn_in_pod(pod, meshtb(), &args).expect("server"));
+            servers.insert(pod, start_server(&node, pod, name, extra));
         }
-        servers.push(
+        servers.insert(
+            "outside",
             node.spawn_in_pod(
                 "outside",
                 meshtb(),
@@ -104,10 +118,8 @@ impl MeshNode {
             )
             .expect("outside server"),
         );
-        for (pod, port) in [("s1", PORT), ("s2", PORT), ("outside", 7000)] {
-            node.wait_for_listener(format!("{}:{port}", ip(pod)).parse().unwrap(), TIMEOUT)
-                .expect("server listening");
-        }
+        node.wait_for_listener(format!("{}:7000", ip("outside")).parse().unwrap(), TIMEOUT)
+            .expect("server listening");
         let mesh = tempfile::tempdir().unwrap();
         let mut files: BTreeMap<String, Value> = BTreeMap::new();
         files.insert(
@@ -128,11 +140,17 @@ impl MeshNode {
             {
                 l.extend(extra.clone());
             }
+            // With replicas, v1 is pods s1 and s3, found in the registry (Cloud Map).
+            let discovery = if spec.v1_replicas && name == "v1" {
+                json!({"awsCloudMap": {"namespaceName": "m.local", "serviceName": "v1"}})
+            } else {
+                json!({"dns": {"hostname": ip(pod)}})
+            };
             files.insert(
                 format!("vn-{name}"),
                 json!({"meshName": "m", "virtualNodeName": name, "spec": {
                     "listeners": [listener],
-                    "serviceDiscovery": {"dns": {"hostname": ip(pod)}}}}),
+                    "serviceDiscovery": discovery}}),
             );
         }
         files.insert(
@@ -150,18 +168,28 @@ impl MeshNode {
             std::fs::write(mesh.path().join(format!("{name}.json")), value.to_string()).unwrap();
         }
         let work = tempfile::tempdir().unwrap();
+        let registry = work.path().join("registry.json");
+        let instance = |pod: &str| json!({"AWS_INSTANCE_IPV4": ip(pod), "AWS_INSTANCE_PORT": PORT.to_string()});
+        let instances =
+            json!({"namespaces": {"m.local": {"v1": {"a": instance("s1"), "b": instance("s3")}}}});
+        std::fs::write(&registry, instances.to_string()).unwrap();
         let config = config_for(&node, &["client"], "").unwrap();
         let agent = Agent::start_with_args(
             &node,
             &config,
             work.path(),
-            &["--mesh", mesh.path().to_str().unwrap()],
+            &[
+                "--mesh",
+                mesh.path().to_str().unwrap(),
+                "--registry",
+                registry.to_str().unwrap(),
+            ],
         )
         .expect("agent starts");
         let this = Self {
             agent,
             node,
-            _servers: servers,
+            servers,
             _mesh: mesh,
             _work: work,
         };
@@ -770,4 +798,222 @@ fn http2_prior_knowledge_is_routed_and_multiplexed() {
         r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="rest",response_code="200"}"#,
     );
     assert_eq!(counted, 1001.0, "{metrics}");
+}
+
+impl MeshNode {
+    /// Stops the server in `pod` (the endpoint dies; connects to it are refused).
+    fn stop_server(&mut self, pod: &str) {
+        if let Some(mut server) = self.servers.remove(pod) {
+            server.stop(Duration::from_secs(2));
+        }
+    }
+
+    fn available(&self, cluster: &str) -> f64 {
+        metric_value(
+            &self.metrics(),
+            &format!("mesh_upstream_endpoints{{cluster=\"{cluster}\",state=\"available\"}}"),
+        )
+    }
+
+    fn wait_until_available(&self, cluster: &str, want: f64, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.available(cluster) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{cluster}: available endpoints not {want} within {within:?}:\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `count` requests over one keep-alive connection (curl URL globbing); the answers.
+    fn load(&self, count: usize, args: &[&str]) -> String {
+        let url = format!("http://{SERVICE}:{PORT}/load/[1-{count}]");
+        let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
+        let mut all = vec!["-sS", "--resolve", &resolve];
+        all.extend_from_slice(args);
+        all.push(&url);
+        let output = self
+            .node
+            .run_in_pod("client", "curl", &all, Duration::from_secs(120))
+            .expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+#[test]
+fn an_endpoint_killed_under_load_is_ejected_and_errors_stay_below_one_percent() {
+    let mut mesh = MeshNode::start(
+        "l7eject",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({}),
+            )],
+            listener_extra: json!({"outlierDetection": {
+                "maxServerErrors": 3,
+                "interval": {"unit": "s", "value": 10},
+                "baseEjectionDuration": {"unit": "s", "value": 30},
+                "maxEjectionPercent": 50}}),
+            v1_replicas: true,
+            ..Default::default()
+        },
+    );
+    mesh.wait_until_available("m/v1/8080", 2.0, TIMEOUT);
+    let mut doomed = mesh.servers.remove("s3").expect("s3 server");
+    let answers = std::thread::scope(|scope| {
+        let load = scope.spawn(|| mesh.load(6000, &[]));
+        std::thread::sleep(Duration::from_millis(700));
+        doomed.stop(Duration::from_secs(2));
+        load.join().expect("load")
+    });
+    let ok = answers.matches("hello from ").count();
+    let from_b = answers.matches("hello from v1b ").count();
+    let errors = 6000 - ok;
+    assert!(
+        from_b > 0,
+        "the killed endpoint served nothing before it died"
+    );
+    assert!(errors < 60, "{errors} of 6000 requests failed");
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_outlier_ejections_total{cluster="m/v1/8080"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(mesh.available("m/v1/8080"), 1.0);
+}
+
+#[test]
+fn a_full_connection_pool_answers_503_and_counts_overflows() {
+    let mesh = MeshNode::start(
+        "l7pool",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({}),
+            )],
+            listener_extra: json!({"connectionPool": {"http": {"maxConnections": 1, "maxPendingRequests": 1}}}),
+            ..Default::default()
+        },
+    );
+    // Six slow requests at once, each on its own connection: one is served, one waits for
+    // the connection, four overflow.
+    let url = format!("http://{SERVICE}:{PORT}/slow/[1-6]");
+    let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "curl",
+            &[
+                "-sS",
+                "--parallel",
+                "--parallel-immediate",
+                "--parallel-max",
+                "6",
+                "--resolve",
+                &resolve,
+                "-H",
+                "x-meshtb-delay-ms: 1000",
+                "-w",
+                "%{http_code} %{time_starttransfer}\n",
+                "-o",
+                "/dev/null",
+                &url,
+            ],
+            TIMEOUT,
+        )
+        .expect("curl runs");
+    let codes = String::from_utf8_lossy(&output.stdout);
+    let ok = codes.lines().filter(|c| c.starts_with("200")).count();
+    let overflowed = codes.lines().filter(|c| c.starts_with("503")).count();
+    assert_eq!((ok, overflowed), (2, 4), "{codes}\n{}", mesh.agent.log());
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_upstream_overflows_total{cluster="m/v1/8080"}"#
+        ),
+        4.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn health_checks_remove_and_restore_an_endpoint() {
+    let mut mesh = MeshNode::start(
+        "l7health",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({}),
+            )],
+            // App Mesh's minimums: 5 s interval, 2 s timeout, thresholds of 2.
+            listener_extra: json!({"healthCheck": {
+                "protocol": "http", "path": "/health", "intervalMillis": 5000,
+                "timeoutMillis": 2000, "healthyThreshold": 2, "unhealthyThreshold": 2}}),
+            v1_replicas: true,
+            ..Default::default()
+        },
+    );
+    mesh.wait_until_available("m/v1/8080", 2.0, TIMEOUT);
+    mesh.stop_server("s3");
+    // Two failed checks, 5 s apart.
+    mesh.wait_until_available("m/v1/8080", 1.0, Duration::from_secs(20));
+    let answers = mesh.load(50, &[]);
+    assert_eq!(answers.matches("hello from v1 ").count(), 50, "{answers}");
+    let server = start_server(&mesh.node, "s3", "v1b", &[]);
+    mesh.servers.insert("s3", server);
+    mesh.wait_until_available("m/v1/8080", 2.0, Duration::from_secs(20));
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_health_check_changes_total{cluster="m/v1/8080"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn tcp_routes_split_connections_by_weight() {
+    let tcp_route = json!({"meshName": "m", "virtualRouterName": "api", "routeName": "tcp", "spec": {"tcpRoute": {
+        "action": {"weightedTargets": [{"virtualNode": "v1", "weight": 1}, {"virtualNode": "v2", "weight": 1}]}}}});
+    let mesh = MeshNode::start(
+        "l7tcp",
+        MeshSpec {
+            protocol: "tcp",
+            routes: vec![tcp_route],
+            ..Default::default()
+        },
+    );
+    // HTTP over the TCP route, a new connection per request: each connection picks a target.
+    let answers = mesh.load(400, &["-H", "Connection: close"]);
+    let v1 = answers.matches("hello from v1 ").count();
+    let v2 = answers.matches("hello from v2 ").count();
+    assert_eq!(v1 + v2, 400, "{answers}");
+    assert!(v1 > 120 && v2 > 120, "v1 {v1}, v2 {v2}");
+    let metrics = mesh.metrics();
+    assert!(
+        metric_value(
+            &metrics,
+            r#"mesh_agent_proxy_connections_opened_total{destination="m/v2/8080"}"#
+        ) >= 120.0,
+        "{metrics}"
+    );
 }

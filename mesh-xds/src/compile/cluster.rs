@@ -1,7 +1,7 @@
 //! Clusters: one per listener port of a virtual node, as App Mesh configured Envoy —
 //! service discovery → cluster type and endpoints, outlier detection → OutlierDetection,
-//! HTTP/2 and gRPC listeners → HTTP/2 upstreams. (Connection pool → CircuitBreakers and
-//! health check → active HealthCheck go on the inbound side, toward the local application.)
+//! HTTP/2 and gRPC listeners → HTTP/2 upstreams, connection pool → CircuitBreakers, health
+//! check → active HealthCheck.
 use std::collections::HashMap;
 
 use envoy_types::{
@@ -49,9 +49,12 @@ pub fn for_listener(
     let name = names::cluster(&node.mesh_name, &node.virtual_node_name, port);
     let mut result = cluster::Cluster {
         name: name.clone(),
-        // Outlier detection is the callers' view of the node's endpoints; the connection pool
-        // and health check apply toward the local application (see inbound).
+        // The node proxy is every caller's proxy on its node: the node's outlier detection,
+        // connection pool and health check apply toward its endpoints (and, for an Envoy
+        // sidecar, also toward the local application: see inbound).
         outlier_detection: listener.outlier_detection.as_ref().map(outlier_detection),
+        circuit_breakers: listener.connection_pool.as_ref().map(circuit_breakers),
+        health_checks: listener.health_check.iter().map(health_check).collect(),
         typed_extension_protocol_options: upstream_protocol(listener.port_mapping.protocol),
         ..Default::default()
     };
