@@ -94,6 +94,22 @@ fn start_server(node: &Node, pod: &str, name: &str, extra: &[&str]) -> Proc {
     server
 }
 
+/// meshtb grpc-server in `pod` on the service port, answering health checks for `name`.
+fn start_grpc_server(node: &Node, pod: &str, name: &str) -> Proc {
+    let port = PORT.to_string();
+    let server = node
+        .spawn_in_pod(
+            pod,
+            meshtb(),
+            &["grpc-server", "--port", &port, "--name", name],
+        )
+        .expect("gRPC server");
+    let addr = format!("{}:{PORT}", node.pod(pod).unwrap().ip);
+    node.wait_for_listener(addr.parse().unwrap(), TIMEOUT)
+        .expect("server listening");
+    server
+}
+
 impl MeshNode {
     fn start(label: &str, spec: MeshSpec) -> Self {
         let mut node = Node::create(label).expect("test node");
@@ -107,7 +123,12 @@ impl MeshNode {
             ("s2", "v2", &spec.server_args[1]),
             ("s3", "v1b", &spec.server_args[0]),
         ] {
-            servers.insert(pod, start_server(&node, pod, name, extra));
+            let server = if spec.protocol == "grpc" {
+                start_grpc_server(&node, pod, name)
+            } else {
+                start_server(&node, pod, name, extra)
+            };
+            servers.insert(pod, server);
         }
         servers.insert(
             "outside",
@@ -1014,6 +1035,71 @@ fn tcp_routes_split_connections_by_weight() {
             &metrics,
             r#"mesh_agent_proxy_connections_opened_total{destination="m/v2/8080"}"#
         ) >= 120.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn grpc_routes_by_service_method_and_metadata() {
+    let grpc_route = |name: &str, priority: i64, matching: Value, node: &str| {
+        json!({"meshName": "m", "virtualRouterName": "api", "routeName": name, "spec": {"priority": priority, "grpcRoute": {
+            "match": matching,
+            "action": {"weightedTargets": [{"virtualNode": node, "weight": 1}]}}}})
+    };
+    let mesh = MeshNode::start(
+        "l7grpc",
+        MeshSpec {
+            protocol: "grpc",
+            routes: vec![
+                grpc_route(
+                    "gold",
+                    1,
+                    json!({"serviceName": "grpc.health.v1.Health", "metadata": [{"name": "x-tier", "match": {"exact": "gold"}}]}),
+                    "v2",
+                ),
+                grpc_route(
+                    "check",
+                    2,
+                    json!({"serviceName": "grpc.health.v1.Health", "methodName": "Check"}),
+                    "v1",
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let check = |service: &str, metadata: &[&str]| {
+        let to = format!("{SERVICE_VIP}:{PORT}");
+        let authority = format!("{SERVICE}:{PORT}");
+        let mut args = vec![
+            "grpc-check",
+            "--to",
+            &to,
+            "--authority",
+            &authority,
+            "--service",
+            service,
+        ];
+        for pair in metadata {
+            args.extend(["--metadata", pair]);
+        }
+        let output = mesh
+            .node
+            .run_in_pod("client", meshtb(), &args, TIMEOUT)
+            .expect("grpc-check runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    // Health/Check goes to v1, which knows the service "v1".
+    assert_eq!(check("v1", &[]), "status=SERVING", "{}", mesh.agent.log());
+    assert!(check("v2", &[]).starts_with("error=NotFound"));
+    // Metadata x-tier: gold takes the call to v2.
+    assert_eq!(check("v2", &["x-tier=gold"]), "status=SERVING");
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="gold",response_code="200"}"#
+        ),
+        1.0,
         "{metrics}"
     );
 }

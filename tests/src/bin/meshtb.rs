@@ -60,6 +60,29 @@ enum Cli {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// gRPC server (tonic) with the standard health service: the service named NAME (and
+    /// the server as a whole) is SERVING, any other name is unknown, so a client can tell
+    /// which server answered.
+    GrpcServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// gRPC client: one grpc.health.v1.Health/Check for `--service`, printing
+    /// `status=SERVING` or `error=CODE`.
+    GrpcCheck {
+        #[arg(long)]
+        to: SocketAddr,
+        /// :authority of the call (the virtual service name and port).
+        #[arg(long)]
+        authority: String,
+        #[arg(long)]
+        service: String,
+        /// Request metadata `key=value`; repeat for more.
+        #[arg(long = "metadata")]
+        metadata: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +103,13 @@ fn main() -> anyhow::Result<()> {
         Cli::Sink { port, reply_bytes } => sink(port, reply_bytes),
         Cli::Send { to, bytes } => send(to, bytes),
         Cli::Probe { to } => probe(to),
+        Cli::GrpcServer { port, name } => grpc_server(port, name),
+        Cli::GrpcCheck {
+            to,
+            authority,
+            service,
+            metadata,
+        } => grpc_check(to, &authority, service, &metadata),
     }
 }
 
@@ -162,6 +192,61 @@ async fn answer(
         response.headers_mut().insert("x-served-by", name);
     }
     response
+}
+
+fn grpc_server(port: u16, name: String) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve(SocketAddr::from(([0, 0, 0, 0], port)))
+            .await
+            .context("gRPC server")
+    })
+}
+
+fn grpc_check(
+    to: SocketAddr,
+    authority: &str,
+    service: String,
+    metadata: &[String],
+) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{to}"))?
+            .origin(format!("http://{authority}").parse()?)
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .context("connect")?;
+        let mut request = tonic::Request::new(HealthCheckRequest { service });
+        for pair in metadata {
+            let (key, value) = pair
+                .split_once('=')
+                .context("metadata is written key=value")?;
+            request.metadata_mut().insert(
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes())?,
+                value.parse()?,
+            );
+        }
+        match HealthClient::new(channel).check(request).await {
+            Ok(response) => println!("status={}", response.into_inner().status().as_str_name()),
+            Err(status) => println!("error={:?} message={}", status.code(), status.message()),
+        }
+        Ok(())
+    })
 }
 
 fn sink(port: u16, reply_bytes: usize) -> anyhow::Result<()> {
