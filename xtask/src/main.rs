@@ -20,12 +20,13 @@ enum Task {
     /// Everything CI checks: formatting, clippy (warnings denied), unit tests, and the
     /// end-to-end tests with real eBPF (root). Fails if any end-to-end test did not run.
     Test,
-    /// Run a throwaway mesh node on this machine: pods in network namespaces, real servers,
-    /// the agent redirecting their traffic; show what went through the proxy; clean up.
+    /// Run a throwaway mesh node on this machine: an App Mesh mesh (client, products, prices
+    /// with a v1/v2 canary) in pod network namespaces, real servers, the agent routing their
+    /// traffic; print per-service counts; keep serving until Ctrl-C, then clean up.
     Sandbox {
-        /// Keep the node running until Ctrl-C, to poke at it by hand.
+        /// Clean up after the demo traffic instead of serving until Ctrl-C.
         #[arg(long)]
-        keep: bool,
+        once: bool,
     },
     /// Benchmark direct vs redirected-through-the-proxy connections and print ratios.
     Bench {
@@ -52,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Task::Test => test::run(),
-        Task::Sandbox { keep } => sandbox::run(keep),
+        Task::Sandbox { once } => sandbox::run(once),
         Task::Bench {
             rounds,
             seconds,

@@ -1,7 +1,9 @@
-//! `cargo xtask sandbox`: a throwaway mesh node with real servers and the real agent.
+//! `cargo xtask sandbox`: a throwaway mesh node running an App Mesh mesh — a client pod
+//! calling `products` and `prices`, prices split 80/20 between v1 and v2 — through the real
+//! redirect and node proxy, with per-service counts from the agent's /metrics.
 use std::{
-    net::SocketAddr,
-    process::Stdio,
+    collections::BTreeMap,
+    net::Ipv4Addr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,8 +17,16 @@ use mesh_testbed::{Agent, Node, Proc, agent::config_for};
 use crate::build::{self, Profile, step};
 
 const SHORT: Duration = Duration::from_secs(10);
+/// Where the client sends virtual-service traffic: any address does, the connect is
+/// redirected before it is routed (App Mesh only needed the names to resolve).
+const SERVICE_VIP: &str = "10.77.200.1";
+const PORT: u16 = 8080;
+const PRODUCTS: &str = "products.sandbox.local";
+const PRICES: &str = "prices.sandbox.local";
+/// A port no virtual node of the mesh listens on.
+const LEGACY_PORT: u16 = 7000;
 
-pub fn run(keep: bool) -> anyhow::Result<()> {
+pub fn run(once: bool) -> anyhow::Result<()> {
     build::require_root("the sandbox")?;
     let binaries = build::build(Profile::Dev)?;
     // SAFETY: set before any thread that reads the environment exists.
@@ -32,142 +42,117 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 
     step("creating the sandbox node (leftovers of earlier runs are removed first)");
     let mut node = Node::create("sandbox")?;
-    for pod in ["frontend", "backend", "legacy"] {
+    let mut ips = BTreeMap::new();
+    for pod in ["client", "products", "prices-v1", "prices-v2", "legacy"] {
         let ip = node.add_pod(pod)?.ip;
         println!(
-            "  pod {pod:<9} {ip:<12} netns {}",
+            "  pod {pod:<10} {ip:<12} netns {}",
             node.pod(pod)?.netns_name()
         );
+        ips.insert(pod, ip);
     }
-    println!("  cgroup        {}", node.cgroup_path().display());
-    let frontend = SocketAddr::from((node.pod("frontend")?.ip, 8000));
-    let backend = SocketAddr::from((node.pod("backend")?.ip, 8080));
+    println!("  cgroup         {}", node.cgroup_path().display());
+
+    step("starting the services: meshtb http-server in products, prices-v1, prices-v2, legacy");
+    let mut servers: Vec<Proc> = Vec::new();
+    for (pod, port) in [
+        ("products", PORT),
+        ("prices-v1", PORT),
+        ("prices-v2", PORT),
+        ("legacy", LEGACY_PORT),
+    ] {
+        let port_arg = port.to_string();
+        servers.push(node.spawn_in_pod(
+            pod,
+            &meshtb,
+            &["http-server", "--port", &port_arg, "--name", pod],
+        )?);
+        node.wait_for_listener((ips[pod], port).into(), SHORT)?;
+    }
 
     let workdir = std::env::temp_dir().join(format!("mesh-sandbox-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    let access_log = workdir.join("frontend-access.log");
-
-    step("starting servers: python3 http.server in frontend, meshtb http-server in backend");
-    let mut python = node.pod_command("frontend", "python3")?;
-    python
-        .args([
-            "-m",
-            "http.server",
-            "8000",
-            "--bind",
-            "0.0.0.0",
-            "--directory",
-            "/usr/share/doc",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&access_log)?);
-    let _frontend_server = Proc::spawn("python3 http.server in frontend", python)?;
-    let _backend_server = node.spawn_in_pod(
-        "backend",
-        &meshtb,
-        &["http-server", "--port", "8080", "--name", "backend"],
-    )?;
-    node.wait_for_listener(frontend, SHORT)?;
-    node.wait_for_listener(backend, SHORT)?;
-
+    let mesh_dir = build::workspace_root().join("deploy/examples/sandbox");
+    let registry = workdir.join("registry.json");
+    std::fs::write(&registry, registry_json(&ips))?;
     step(
-        "starting mesh-agent: frontend and backend enrolled, legacy not; mesh from deploy/examples/shop",
+        "starting mesh-agent: the mesh from deploy/examples/sandbox (embedded control plane), pod addresses from a Cloud Map-style registry",
     );
-    let config = config_for(&node, &["frontend", "backend"], "")?;
-    println!("{}", indent(&config));
-    let shop = build::workspace_root().join("deploy/examples/shop");
-    let shop = shop.to_str().context("example path")?;
-    // The embedded control plane serves the example App Mesh definitions; the node proxy
-    // takes them over xDS (it does not route by them yet: that is the L7 proxy's work).
-    let mut agent = Agent::start_with_args(&node, &config, &workdir, &["--mesh", shop])?;
+    println!("{}", indent(&registry_json(&ips)));
+    // Every pod but legacy is enrolled; which virtual node each is comes from the mesh's
+    // endpoints (their addresses in the registry).
+    let config = config_for(&node, &["client", "products", "prices-v1", "prices-v2"], "")?;
+    let mut agent = Agent::start_with_args(
+        &node,
+        &config,
+        &workdir,
+        &[
+            "--mesh",
+            mesh_dir.to_str().context("mesh path")?,
+            "--registry",
+            registry.to_str().context("registry path")?,
+        ],
+    )?;
     println!(
         "  agent pid {} ready; log {}",
         agent.pid(),
         agent.log_path.display()
     );
+    wait_for_endpoints(&node, &agent)?;
     check(&interrupted)?;
 
-    step("traffic between pods (curl's remote address comes from getpeername)");
-    let flows: [(&str, String, &str); 4] = [
-        (
-            "frontend",
-            format!("http://{backend}/"),
-            "through the proxy",
-        ),
-        (
-            "backend",
-            format!("http://{frontend}/"),
-            "through the proxy",
-        ),
-        (
-            "legacy",
-            format!("http://{backend}/"),
-            "direct: legacy is not enrolled",
-        ),
-        (
-            "frontend",
-            format!("http://{}:9999/", backend.ip()),
-            "refused: reset by the proxy",
-        ),
-    ];
-    for (pod, url, expect) in &flows {
-        let output = node.run_in_pod(
-            pod,
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} from %{remote_ip}:%{remote_port} in %{time_total}s",
-                url,
-            ],
-            SHORT,
-        )?;
-        let body = node.run_in_pod(pod, "curl", &["-sS", "--max-time", "5", url], SHORT)?;
-        println!(
-            "  {pod:>8} -> {url:<28} [{expect}]\n             {}{}\n             {}",
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim(),
-            first_line(&String::from_utf8_lossy(&body.stdout)),
-        );
-        check(&interrupted)?;
-    }
-
-    step("frontend's access log (python http.server): the proxy, 10.77.0.1, is the client");
-    let log = std::fs::read_to_string(&access_log).unwrap_or_default();
-    println!("{}", indent(log.trim_end()));
-
-    step("what went through the proxy (GET /metrics on the agent's admin port)");
-    for line in agent
-        .metrics(&node)?
-        .lines()
-        .filter(|l| l.starts_with("mesh_agent_"))
-    {
-        println!("  {line}");
-    }
-    step(
-        "App Mesh configuration the agent holds, over xDS from its embedded control plane (GET /config_dump)",
-    );
-    let (_, dump) = node.http("GET", Agent::admin_addr(), "/config_dump")?;
-    println!("  {}", dump.trim());
     step(&format!(
-        "programs attached to {}",
-        node.cgroup_path().display()
+        "client -> {PRODUCTS}: routed by Host to virtual node products"
     ));
-    print_attached(&node);
-
-    if keep {
+    let answer = curl(&node, PRODUCTS, "/", &[])?;
+    println!("  {}", answer.trim());
+    step(&format!(
+        "client -> {PRICES}: 1000 requests on one keep-alive connection, canary 80/20"
+    ));
+    let answers = curl(&node, PRICES, "/[1-1000]", &[])?;
+    for version in ["prices-v1", "prices-v2"] {
         println!(
-            "\nThe sandbox keeps running. Try, in another shell:\n  \
-             nsenter --net={} curl -s http://{backend}/\n  \
-             nsenter --net={} curl -s http://127.0.0.1:15020/metrics\n\
-             (a process must also join {}/cgroup.procs to be redirected)\nCtrl-C ends it.",
-            node.pod("frontend")?.netns_path().display(),
-            node.netns().path().display(),
-            node.cgroup_path().display(),
+            "  {version}: {}",
+            answers.matches(&format!("hello from {version} ")).count()
+        );
+    }
+    step(&format!(
+        "client -> {PRICES} with x-canary: yes (route `testers`, priority 0)"
+    ));
+    let answers = curl(&node, PRICES, "/[1-20]", &["-H", "x-canary: yes"])?;
+    println!(
+        "  prices-v2: {} of 20",
+        answers.matches("hello from prices-v2 ").count()
+    );
+    step(
+        "client -> legacy pod on port 7000: not a backend of client and the mesh is DROP_ALL, so reset",
+    );
+    let legacy = format!("http://{}:{LEGACY_PORT}/", ips["legacy"]);
+    let output = node.run_in_pod(
+        "client",
+        "curl",
+        &["-sS", "--max-time", "5", &legacy],
+        SHORT,
+    )?;
+    println!(
+        "  {}{}",
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    check(&interrupted)?;
+
+    step("per-service counts from the agent's /metrics");
+    print_service_counts(&agent.metrics(&node)?);
+
+    if !once {
+        println!(
+            "\nThe mesh keeps serving. Try, in another shell:\n  \
+             nsenter --net={client} sh -c 'echo $$ > {cgroup}/cgroup.procs; curl -s --resolve {PRICES}:{PORT}:{SERVICE_VIP} http://{PRICES}:{PORT}/'\n  \
+             nsenter --net={node_ns} curl -s http://127.0.0.1:15020/metrics | grep ^mesh_requests\n\
+             Ctrl-C ends it.",
+            client = node.pod("client")?.netns_path().display(),
+            cgroup = node.cgroup_path().display(),
+            node_ns = node.netns().path().display(),
         );
         while !interrupted.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
@@ -180,12 +165,105 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         Some(status) => println!("  agent exited: {status}"),
         None => bail!("agent did not exit within 15s"),
     }
-    print_attached(&node);
     step("removing the sandbox node");
+    drop(servers);
     drop(node);
     let _ = std::fs::remove_dir_all(&workdir);
     println!("  done: namespaces, veths, cgroup and processes removed");
     Ok(())
+}
+
+/// The registry (Cloud Map stand-in) the mesh's virtual nodes discover their pods in.
+fn registry_json(ips: &BTreeMap<&str, Ipv4Addr>) -> String {
+    let instance = |pod: &str, version: Option<&str>| {
+        let mut attributes = serde_json::json!({"AWS_INSTANCE_IPV4": ips[pod].to_string(), "AWS_INSTANCE_PORT": PORT.to_string()});
+        if let Some(version) = version {
+            attributes["version"] = version.into();
+        }
+        attributes
+    };
+    serde_json::json!({"namespaces": {"sandbox.local": {
+        "client": {"client-1": instance("client", None)},
+        "products": {"products-1": instance("products", None)},
+        "prices": {"prices-v1-1": instance("prices-v1", Some("v1")), "prices-v2-1": instance("prices-v2", Some("v2"))},
+    }}})
+    .to_string()
+}
+
+/// The prices endpoints come by EDS and pass their first health check: wait for both.
+fn wait_for_endpoints(node: &Node, agent: &Agent) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + SHORT;
+    loop {
+        let metrics = agent.metrics(node)?;
+        let ready = [
+            "sandbox/prices-v1/8080",
+            "sandbox/prices-v2/8080",
+            "sandbox/products/8080",
+        ]
+        .iter()
+        .all(|c| {
+            metrics.contains(&format!(
+                "mesh_upstream_endpoints{{cluster=\"{c}\",state=\"available\"}} 1"
+            ))
+        });
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("endpoints not available after {SHORT:?}:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// curl from the client pod to `http://service:8080{path}` (URL globbing allowed).
+fn curl(node: &Node, service: &str, path: &str, args: &[&str]) -> anyhow::Result<String> {
+    let resolve = format!("{service}:{PORT}:{SERVICE_VIP}");
+    let url = format!("http://{service}:{PORT}{path}");
+    let mut all = vec!["-sS", "--max-time", "30", "--resolve", &resolve];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let output = node.run_in_pod("client", "curl", &all, Duration::from_secs(60))?;
+    if !output.status.success() {
+        bail!("curl {url}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `mesh_requests_total` summed per source, service, target node and code.
+fn print_service_counts(metrics: &str) {
+    println!(
+        "  {:<16} {:<24} {:<20} {:<24} {:<6} {:>6}",
+        "source", "virtual service", "virtual node", "route", "code", "count"
+    );
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("mesh_requests_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let count = line.rsplit(' ').next().unwrap_or("?");
+        println!(
+            "  {:<16} {:<24} {:<20} {:<24} {:<6} {:>6}",
+            label("source_virtual_node"),
+            label("destination_virtual_service"),
+            label("destination_virtual_node"),
+            label("route"),
+            label("response_code"),
+            count
+        );
+    }
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("mesh_denied_connections_total")
+            || l.starts_with("mesh_request_retries_total")
+    }) {
+        println!("  {line}");
+    }
 }
 
 fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {
@@ -195,25 +273,9 @@ fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_attached(node: &Node) {
-    let output = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(node.cgroup_path())
-        .output();
-    match output {
-        Ok(out) if out.stdout.is_empty() => println!("  (no programs attached)"),
-        Ok(out) => println!("{}", indent(&String::from_utf8_lossy(&out.stdout))),
-        Err(error) => println!("  bpftool: {error}"),
-    }
-}
-
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or("(no body)")
 }
