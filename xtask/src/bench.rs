@@ -29,7 +29,7 @@ const MODES: [Mode; 2] = [
 ];
 
 /// Named values of one run, e.g. `("requests/s", 8000.0)`.
-type Measurement = Vec<(&'static str, f64)>;
+pub(crate) type Measurement = Vec<(&'static str, f64)>;
 
 /// One load scenario and how to read its result.
 struct Scenario {
@@ -298,7 +298,7 @@ impl Bench {
     }
 }
 
-fn quiet(node: &Node, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
+pub(crate) fn quiet(node: &Node, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
     let mut command = node.pod_command(pod, program)?;
     command
         .args(args)
@@ -308,7 +308,7 @@ fn quiet(node: &Node, pod: &str, program: &str, args: &[&str]) -> anyhow::Result
 }
 
 /// Requests/s and the p50/p99 latencies (µs) of a `wrk --latency` report.
-fn parse_wrk(text: &str) -> anyhow::Result<Measurement> {
+pub(crate) fn parse_wrk(text: &str) -> anyhow::Result<Measurement> {
     let rps = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
@@ -339,7 +339,7 @@ fn parse_duration_us(text: &str) -> Option<f64> {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -349,7 +349,7 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn format_result(result: &[(&str, f64)]) -> String {
+pub(crate) fn format_result(result: &[(&str, f64)]) -> String {
     result
         .iter()
         .map(|(metric, value)| format!("{metric}={value:.1}"))
@@ -358,7 +358,7 @@ fn format_result(result: &[(&str, f64)]) -> String {
 }
 
 /// User + system CPU seconds of a process, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let after = stat
@@ -378,7 +378,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// A `kB` field of /proc/PID/status.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()

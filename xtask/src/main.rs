@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask build | test | sandbox | bench`.
 mod bench;
+mod bench_l7;
 mod bench_xds;
 mod build;
 mod sandbox;
@@ -40,6 +41,16 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Benchmark L7: HTTP/1.1 and HTTP/2 through mesh-agent with a weighted route vs direct vs
+    /// HAProxy with the same routing: max req/s, req/s per proxy core, p50/p99 at 1000 req/s.
+    BenchL7 {
+        /// Rounds per measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per load-generator run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Benchmark the control plane and a node's xDS client (separate processes, gRPC) on a
     /// generated mesh: start-up, first sync, change propagation, memory.
     BenchXds {
@@ -59,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             seconds,
             only,
         } => bench::run(rounds, seconds, only.as_deref()),
+        Task::BenchL7 { rounds, seconds } => bench_l7::run(rounds, seconds),
         Task::BenchXds { services } => bench_xds::run(services),
     }
 }

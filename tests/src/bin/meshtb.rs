@@ -60,6 +60,25 @@ enum Cli {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// Open-loop HTTP load at a fixed rate: requests are sent on schedule whether or not
+    /// earlier ones have finished, so a stall shows in the percentiles of every request
+    /// caught behind it (no coordinated omission). Prints key=value results.
+    Load {
+        #[arg(long)]
+        url: String,
+        /// Requests per second.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u32,
+        /// HTTP/2 with prior knowledge (one connection, multiplexed); else HTTP/1.1 with a
+        /// keep-alive pool that grows as concurrency needs.
+        #[arg(long)]
+        http2: bool,
+        /// Host header (HTTP/1.1) or :authority (HTTP/2); default: the URL's.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// gRPC server (tonic) with the standard health service: the service named NAME (and
     /// the server as a whole) is SERVING, any other name is unknown, so a client can tell
     /// which server answered.
@@ -104,6 +123,13 @@ fn main() -> anyhow::Result<()> {
         Cli::Send { to, bytes } => send(to, bytes),
         Cli::Probe { to } => probe(to),
         Cli::GrpcServer { port, name } => grpc_server(port, name),
+        Cli::Load {
+            url,
+            rate,
+            seconds,
+            http2,
+            host,
+        } => load(&url, rate, seconds, http2, host),
         Cli::GrpcCheck {
             to,
             authority,
@@ -192,6 +218,120 @@ async fn answer(
         response.headers_mut().insert("x-served-by", name);
     }
     response
+}
+
+/// Connects every request to one address, whatever its URI names (a service name whose
+/// connects the mesh redirects).
+#[derive(Clone)]
+struct FixedTarget(Arc<String>);
+
+impl tower_service::Service<hyper::Uri> for FixedTarget {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let target = Arc::clone(&self.0);
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(target.as_str()).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+fn load(
+    url: &str,
+    rate: u32,
+    seconds: u32,
+    http2: bool,
+    host: Option<String>,
+) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let uri: hyper::Uri = match &host {
+        // The URL names where to connect; with --host the request names the service.
+        Some(host) if http2 => {
+            let parts = url.parse::<hyper::Uri>()?;
+            format!("http://{host}{}", parts.path()).parse()?
+        }
+        _ => url.parse()?,
+    };
+    let connect_to: hyper::Uri = url.parse()?;
+    runtime.block_on(async move {
+        let target = connect_to
+            .authority()
+            .context("URL without host")?
+            .to_string();
+        let connector = FixedTarget(Arc::new(target));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(http2)
+                .build::<_, Empty<Bytes>>(connector);
+        let total = u64::from(rate) * u64::from(seconds);
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let start = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let scheduled = start + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(scheduled).await;
+            let mut request = hyper::Request::get(uri.clone()).body(Empty::new())?;
+            if let (Some(host), false) = (&host, http2) {
+                request
+                    .headers_mut()
+                    .insert(hyper::header::HOST, host.parse()?);
+            }
+            let client = client.clone();
+            // Latency counts from the send, which happens on schedule (to the timer's 1 ms
+            // resolution) however many requests are outstanding.
+            let sent = tokio::time::Instant::now();
+            tasks.spawn(async move {
+                let ok = match client.request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        ok && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                (ok, sent.elapsed())
+            });
+        }
+        let mut latencies = Vec::with_capacity(total as usize);
+        let mut errors = 0u64;
+        while let Some(result) = tasks.join_next().await {
+            let (ok, latency) = result?;
+            if ok {
+                latencies.push(latency);
+            } else {
+                errors += 1;
+            }
+        }
+        latencies.sort();
+        let percentile = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        println!(
+            "requests={} errors={errors} p50_us={:.0} p99_us={:.0} max_us={:.0}",
+            latencies.len(),
+            percentile(0.50),
+            percentile(0.99),
+            percentile(1.0)
+        );
+        Ok(())
+    })
 }
 
 fn grpc_server(port: u16, name: String) -> anyhow::Result<()> {
