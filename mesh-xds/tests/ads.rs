@@ -89,8 +89,9 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
     let compiled = compile(&index_of(&shop()), &Registry::default(), &Workloads::All);
     assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
     let resources = &compiled.resources;
-    // Outbound: what web's listener reaches (api-v1, api-v2, db, not web itself); inbound:
-    // every node's local application per listener.
+    // Outbound: what web's listener reaches (api-v1, api-v2, db) and every node's own
+    // cluster (its endpoints identify its pods); inbound: every node's local application per
+    // listener.
     let clusters = names_of(resources, CLUSTER);
     assert_eq!(
         clusters,
@@ -102,16 +103,20 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
             "shop/db/5432",
             "shop/db/inbound/5432",
             "shop/ingress/internal",
+            "shop/web/8080",
             "shop/web/inbound/8080"
         ]
     );
-    // Callers eject bad endpoints; the connection pool and health check guard the local app.
+    // Callers eject bad endpoints; the connection pool and health check apply both ways:
+    // every calling node proxy toward the node's endpoints, and toward the local app.
     let api: Cluster = decode(resources, CLUSTER, "shop/api-v1/9090");
     let outlier = api.outlier_detection.unwrap();
     assert_eq!(outlier.consecutive_5xx.unwrap().value, 5);
     assert_eq!(outlier.base_ejection_time.unwrap().seconds, 30);
     assert_eq!(outlier.max_ejection_percent.unwrap().value, 50);
-    assert!(api.circuit_breakers.is_none() && api.health_checks.is_empty());
+    let outbound_limits = &api.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(outbound_limits.max_connections.unwrap().value, 100);
+    assert_eq!(api.health_checks[0].interval.unwrap().seconds, 5);
     let local: Cluster = decode(resources, CLUSTER, "shop/api-v1/inbound/9090");
     let thresholds = &local.circuit_breakers.unwrap().thresholds[0];
     assert_eq!(
@@ -354,14 +359,21 @@ async fn a_node_gets_only_what_its_workloads_need() {
         s.versions.contains_key(CLUSTER) && s.versions.contains_key(LISTENER)
     })
     .await;
-    // api-v1 has no backends: its inbound side only.
+    // api-v1 has no backends: its inbound side and its own cluster only.
     let names: Vec<&String> = synced
         .resources
         .by_type
         .values()
         .flat_map(|m| m.keys())
         .collect();
-    assert_eq!(names, ["shop/api-v1/inbound/9090", "shop/api-v1/inbound"]);
+    assert_eq!(
+        names,
+        [
+            "shop/api-v1/9090",
+            "shop/api-v1/inbound/9090",
+            "shop/api-v1/inbound"
+        ]
+    );
     stop.cancel();
     control.stop.cancel();
 }
@@ -467,7 +479,7 @@ async fn delta_sends_only_what_changed() {
     let (requests, mut responses) = open_delta(&url, Default::default()).await;
     let first = next_delta(&mut responses).await;
     let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names.len(), 8, "{names:?}");
+    assert_eq!(names.len(), 9, "{names:?}");
     assert!(names.contains(&"shop/db/5432"));
     let known: std::collections::HashMap<String, String> = first
         .resources
@@ -493,7 +505,8 @@ async fn delta_sends_only_what_changed() {
     let quiet = tokio::time::timeout(Duration::from_millis(300), responses.message()).await;
     assert!(quiet.is_err(), "no cluster changed, yet a response came");
 
-    // web no longer reaches db: its cluster is removed, and only that is said.
+    // db leaves the mesh (and web's backends): its clusters are removed, and only that is
+    // said.
     let dir = tempdir_with_shop(|route| route.to_owned());
     let web = dir.path().join("vn-web.json");
     let text = std::fs::read_to_string(&web).unwrap().replace(
@@ -501,6 +514,9 @@ async fn delta_sends_only_what_changed() {
         "",
     );
     std::fs::write(&web, text).unwrap();
+    for gone in ["vn-db.json", "vs-db.json"] {
+        std::fs::remove_file(dir.path().join(gone)).unwrap();
+    }
     control.publisher.publish(mesh(index_of(dir.path())));
     let removal = next_delta(&mut responses).await;
     assert!(
@@ -512,13 +528,19 @@ async fn delta_sends_only_what_changed() {
             .map(|r| &r.name)
             .collect::<Vec<_>>()
     );
-    assert_eq!(removal.removed_resources, ["shop/db/5432"]);
+    assert_eq!(
+        removal.removed_resources,
+        ["shop/db/5432", "shop/db/inbound/5432"]
+    );
 
     // A reconnecting client that says what it has gets nothing it already holds.
     let (_requests, mut responses) = open_delta(&url, known).await;
     let resumed = next_delta(&mut responses).await;
     assert!(resumed.resources.is_empty());
-    assert_eq!(resumed.removed_resources, ["shop/db/5432"]);
+    assert_eq!(
+        resumed.removed_resources,
+        ["shop/db/5432", "shop/db/inbound/5432"]
+    );
     control.stop.cancel();
 }
 
@@ -796,6 +818,7 @@ fn client_policy_tls_originates_on_copies_of_the_clusters() {
             "shop/api-v1/9090/from/web",
             "shop/api-v2/9090/from/web",
             "shop/db/5432",
+            "shop/web/8080",
             "shop/web/inbound/8080"
         ]
     );
