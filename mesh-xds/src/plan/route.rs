@@ -692,3 +692,306 @@ fn retry_policy(policy: &pb::RetryPolicy) -> Result<RetryPolicy, PlanError> {
         retriable_status_codes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::{
+        envoy::{
+            config::route::v3::{RouteMatch, WeightedCluster, weighted_cluster::ClusterWeight},
+            r#type::{matcher::v3::RegexMatcher, v3::Int64Range},
+        },
+        google::protobuf::{BoolValue, UInt32Value},
+    };
+
+    use super::*;
+
+    fn request<'a>(
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a http::HeaderMap,
+    ) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            scheme: "http",
+            authority: "svc.local:80",
+            path,
+            query,
+            headers,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn matcher(m: RouteMatch) -> RouteMatcher {
+        RouteMatcher::from_proto(Some(&m)).unwrap()
+    }
+
+    fn header(name: &str, spec: HeaderMatchSpecifier, invert: bool) -> HeaderMatcher {
+        HeaderMatcher {
+            name: name.into(),
+            invert_match: invert,
+            header_match_specifier: Some(spec),
+            ..Default::default()
+        }
+    }
+
+    fn string(pattern: MatchPattern) -> HeaderMatchSpecifier {
+        HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(pattern),
+            ..Default::default()
+        })
+    }
+
+    fn with_header(h: HeaderMatcher) -> RouteMatcher {
+        matcher(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            headers: vec![h],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn paths_prefix_exact_regex_and_case() {
+        let none = http::HeaderMap::new();
+        let prefix = matcher(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/api".into())),
+            ..Default::default()
+        });
+        assert!(prefix.matches(&request("/api/items", None, &none)));
+        assert!(!prefix.matches(&request("/API/items", None, &none)));
+        let folded = matcher(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/api".into())),
+            case_sensitive: Some(BoolValue { value: false }),
+            ..Default::default()
+        });
+        assert!(folded.matches(&request("/API/items", None, &none)));
+        let exact = matcher(RouteMatch {
+            path_specifier: Some(PathSpecifier::Path("/a".into())),
+            ..Default::default()
+        });
+        assert!(exact.matches(&request("/a", Some("x=1"), &none)));
+        assert!(!exact.matches(&request("/a/", None, &none)));
+        // RE2 full match: the whole path, not a substring.
+        let regex = matcher(RouteMatch {
+            path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher {
+                regex: "/items/[0-9]+".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        assert!(regex.matches(&request("/items/12", None, &none)));
+        assert!(!regex.matches(&request("/x/items/12", None, &none)));
+        assert!(!regex.matches(&request("/items/12/x", None, &none)));
+    }
+
+    #[test]
+    fn header_tests_and_invert() {
+        let cases: [(HeaderMatcher, &[(&str, &str)], bool); 12] = [
+            (
+                header("x", string(MatchPattern::Exact("a".into())), false),
+                &[("x", "a")],
+                true,
+            ),
+            (
+                header("x", string(MatchPattern::Exact("a".into())), false),
+                &[("x", "A")],
+                false,
+            ),
+            (
+                header("x", string(MatchPattern::Prefix("ab".into())), false),
+                &[("x", "abc")],
+                true,
+            ),
+            (
+                header("x", string(MatchPattern::Suffix("yz".into())), false),
+                &[("x", "xyz")],
+                true,
+            ),
+            (
+                header(
+                    "x",
+                    string(MatchPattern::SafeRegex(RegexMatcher {
+                        regex: "v[0-9]".into(),
+                        ..Default::default()
+                    })),
+                    false,
+                ),
+                &[("x", "v1x")],
+                false,
+            ),
+            (
+                header(
+                    "x",
+                    HeaderMatchSpecifier::RangeMatch(Int64Range { start: 10, end: 20 }),
+                    false,
+                ),
+                &[("x", "19")],
+                true,
+            ),
+            (
+                header(
+                    "x",
+                    HeaderMatchSpecifier::RangeMatch(Int64Range { start: 10, end: 20 }),
+                    false,
+                ),
+                &[("x", "20")],
+                false,
+            ),
+            (
+                header(
+                    "x",
+                    HeaderMatchSpecifier::RangeMatch(Int64Range { start: 10, end: 20 }),
+                    false,
+                ),
+                &[("x", "1x")],
+                false,
+            ),
+            (
+                header("x", HeaderMatchSpecifier::PresentMatch(true), false),
+                &[("x", "")],
+                true,
+            ),
+            (
+                header("x", HeaderMatchSpecifier::PresentMatch(true), true),
+                &[],
+                true,
+            ),
+            // Inverted value tests match a missing header (App Mesh's Envoy rule)...
+            (
+                header("x", string(MatchPattern::Exact("a".into())), true),
+                &[],
+                true,
+            ),
+            // ...and repeated headers are joined with commas.
+            (
+                header("x", string(MatchPattern::Exact("a,b".into())), false),
+                &[("x", "a"), ("x", "b")],
+                true,
+            ),
+        ];
+        for (index, (h, present, want)) in cases.into_iter().enumerate() {
+            let map = headers(present);
+            assert_eq!(
+                with_header(h).matches(&request("/", None, &map)),
+                want,
+                "case {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn pseudo_headers_and_query_parameters() {
+        let none = http::HeaderMap::new();
+        let method = with_header(header(
+            ":method",
+            string(MatchPattern::Exact("GET".into())),
+            false,
+        ));
+        assert!(method.matches(&request("/", None, &none)));
+        let query = matcher(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            query_parameters: vec![QueryParameterMatcher {
+                name: "beta".into(),
+                query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::StringMatch(
+                    StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact("on".into())),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            ..Default::default()
+        });
+        assert!(query.matches(&request("/", Some("a=1&beta=on"), &none)));
+        assert!(!query.matches(&request("/", Some("beta=off"), &none)));
+        assert!(!query.matches(&request("/", None, &none)));
+    }
+
+    #[test]
+    fn bad_regexes_and_retry_conditions_are_refused_by_field() {
+        let error = RouteMatcher::from_proto(Some(&RouteMatch {
+            path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher {
+                regex: "(".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }))
+        .err()
+        .unwrap();
+        assert_eq!(error.field, "match.safe_regex");
+        let error = retry_policy(&pb::RetryPolicy {
+            retry_on: "5xx,envoy-ratelimited".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(error.field, "route.retry_policy.retry_on");
+        let policy = retry_policy(&pb::RetryPolicy {
+            retry_on: "gateway-error,retriable-status-codes,unavailable".into(),
+            retriable_status_codes: vec![409],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(policy.num_retries, 1, "Envoy's default");
+        assert!(policy.retries_status(503, None) && !policy.retries_status(500, None));
+        assert!(policy.retries_status(409, None) && policy.retries_status(200, Some(14)));
+        assert!(policy.retries_failure(true) && policy.retries_timeout());
+    }
+
+    #[test]
+    fn virtual_host_domains_pick_the_most_specific() {
+        let host = |name: &str, domains: &[&str]| pb::VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| (*d).into()).collect(),
+            ..Default::default()
+        };
+        let table = RouteTable::from_proto(&RouteConfiguration {
+            name: "t".into(),
+            virtual_hosts: vec![
+                host("any", &["*"]),
+                host("suffix", &["*.shop.local"]),
+                host("longer-suffix", &["*.api.shop.local"]),
+                host("prefix", &["api.*"]),
+                host("exact", &["api.shop.local", "api.shop.local:80"]),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let pick = |authority: &str| table.virtual_host(authority).map(|h| h.name.as_str());
+        assert_eq!(pick("api.shop.local:80"), Some("exact"));
+        assert_eq!(pick("v1.api.shop.local"), Some("longer-suffix"));
+        assert_eq!(pick("db.shop.local"), Some("suffix"));
+        assert_eq!(pick("api.other"), Some("prefix"));
+        assert_eq!(pick("elsewhere"), Some("any"));
+    }
+
+    #[test]
+    fn weighted_picks_follow_weights_and_skip_zero() {
+        let action = RouteAction::from_proto(&pb::RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: [("a", 3), ("zero", 0), ("b", 1)]
+                    .into_iter()
+                    .map(|(name, weight)| ClusterWeight {
+                        name: name.into(),
+                        weight: Some(UInt32Value { value: weight }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .unwrap();
+        let clusters = &action.clusters;
+        let picks: Vec<&str> = (0..clusters.total())
+            .map(|draw| clusters.pick(draw))
+            .collect();
+        assert_eq!(picks, ["a", "a", "a", "b"]);
+        assert_eq!(action.timeout, Some(DEFAULT_ROUTE_TIMEOUT));
+        assert!(WeightedClusters::new(vec![("z".into(), 0)]).is_err());
+    }
+}
