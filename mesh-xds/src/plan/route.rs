@@ -792,7 +792,9 @@ mod tests {
 
     #[test]
     fn header_tests_and_invert() {
-        let cases: [(HeaderMatcher, &[(&str, &str)], bool); 12] = [
+        type HeaderCase = (HeaderMatcher, &'static [(&'static str, &'static str)], bool);
+        // (matcher, the request's headers, whether it matches)
+        let cases: [HeaderCase; 12] = [
             (
                 header("x", string(MatchPattern::Exact("a".into())), false),
                 &[("x", "a")],
