@@ -20,6 +20,11 @@ pub mod maps {
     pub const REDIRECT_CONFIG: &str = "REDIRECT_CONFIG";
     /// Per-CPU array of u64, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Sockhash: pod IPv4 (network order u32) -> the proxy's inbound listener inside that
+    /// pod's network namespace, where `inbound_lookup` hands captured connections.
+    pub const INBOUND_SOCKETS: &str = "INBOUND_SOCKETS";
+    /// [`crate::InboundKey`] -> 1: the pod ports whose inbound connections go to the proxy.
+    pub const INBOUND_PORTS: &str = "INBOUND_PORTS";
 }
 
 /// Capacity of the maps that hold one entry per live redirected connection.
@@ -57,6 +62,16 @@ pub struct PeerKey {
     /// Client IPv4 address, network byte order.
     pub ip4: u32,
     /// Client port, host byte order (as in `bpf_sock_ops.local_port`).
+    pub port: u32,
+}
+
+/// A pod port whose inbound connections the proxy takes (its virtual node listens there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InboundKey {
+    /// Pod IPv4 address, network byte order (as in `bpf_sk_lookup.local_ip4`).
+    pub ip4: u32,
+    /// Port, host byte order (as in `bpf_sk_lookup.local_port`).
     pub port: u32,
 }
 
@@ -107,5 +122,6 @@ mod pod {
     unsafe impl aya::Pod for super::Enrollment {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::RedirectConfig {}
 }

@@ -10,12 +10,17 @@
 //!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept —
 //!   and a state callback removes both entries when the socket closes.
 //! * `getpeername4` / `getpeername6`: the application still sees its original peer.
+//! * `inbound_lookup` (sk_lookup, attached to each enrolled pod's network namespace): a TCP
+//!   connection arriving for one of the pod's mesh listener ports is handed to the proxy's
+//!   inbound listener inside that namespace; the connection keeps its addresses, so the proxy
+//!   reads the original destination from its local address. Loopback is never taken: the
+//!   proxy reaches the application there.
 #![no_std]
 #![no_main]
 
 use agent_common::{
-    Counter, Enrollment, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS, MAX_TRACKED_CONNECTIONS, OrigDst,
-    PeerKey, RedirectConfig,
+    Counter, Enrollment, InboundKey, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS, MAX_TRACKED_CONNECTIONS,
+    OrigDst, PeerKey, RedirectConfig,
 };
 use aya_ebpf::{
     bindings::{
@@ -23,9 +28,9 @@ use aya_ebpf::{
         BPF_TCP_CLOSE, bpf_sock_addr,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 
@@ -57,6 +62,19 @@ static REDIRECT_CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+static INBOUND_SOCKETS: SockHash<u32> = SockHash::with_max_entries(MAX_ENROLLED_NETNS, 0);
+
+#[map]
+static INBOUND_PORTS: HashMap<InboundKey, u8> = HashMap::with_max_entries(MAX_INBOUND_PORTS, 0);
+
+const MAX_INBOUND_PORTS: u32 = MAX_ENROLLED_NETNS * 8;
+/// 127.0.0.0/8, network order: the proxy's own way to the application.
+const LOOPBACK_NET: u32 = u32::from_be_bytes([127, 0, 0, 0]);
+const SK_PASS: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const AF_INET: u32 = 2;
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -217,6 +235,27 @@ fn on_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let _ = ORIG_DST_BY_COOKIE.remove(cookie);
     let _ = ORIG_DST_BY_PEER.remove(peer_key(ctx));
+}
+
+#[sk_lookup]
+pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
+    let lookup = unsafe { &*ctx.lookup };
+    if lookup.protocol != IPPROTO_TCP || lookup.family != AF_INET {
+        return SK_PASS;
+    }
+    let local_ip4 = lookup.local_ip4;
+    if u32::from_be(local_ip4) & 0xff00_0000 == LOOPBACK_NET {
+        return SK_PASS;
+    }
+    let key = InboundKey {
+        ip4: local_ip4,
+        port: lookup.local_port,
+    };
+    if unsafe { INBOUND_PORTS.get(&key) }.is_some() {
+        // No inbound listener (yet): the connection proceeds to whoever listens on the port.
+        let _ = INBOUND_SOCKETS.redirect_sk_lookup(&ctx, local_ip4, 0);
+    }
+    SK_PASS
 }
 
 #[cfg(not(test))]

@@ -24,7 +24,10 @@ use crate::{
     control_plane::Embedded,
     mesh_cmd::InputArgs,
     metrics::Metrics,
-    proxy::{MeshContext, Outbound, OutboundSettings, bind_listener},
+    proxy::{
+        MeshContext, Outbound, OutboundSettings, bind_listener,
+        inbound::{self, InboundSettings},
+    },
     redirect::{Enrollments, RedirectTarget, Redirector, cgroup, preflight},
     state::{self, MeshState, UpstreamSettings},
 };
@@ -56,8 +59,16 @@ pub async fn run(
     )?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
     crate::memory::release_free_heap();
+    let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (hooks, inbound_ports) = match config.proxy.inbound_port {
+        0 => (None, None),
+        port => {
+            let (hooks, ports) = redirector.inbound_hooks(port, inbound_pods)?;
+            (Some(hooks), Some(ports))
+        }
+    };
     let enrollments = redirector
-        .take_enrollments()
+        .take_enrollments(hooks)
         .context("enrollment map already taken")?;
     let mesh_state = MeshState::default();
     let metrics = Arc::new(Metrics::with_mesh(
@@ -88,6 +99,20 @@ pub async fn run(
         },
     );
     let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
+    let cut_inbound = CancellationToken::new();
+    let inbound_task = inbound_ports.map(|ports| {
+        tokio::spawn(inbound::run(
+            inbound_rx,
+            ports,
+            mesh.clone(),
+            metrics.proxy.clone(),
+            InboundSettings {
+                mark: config.proxy.mark,
+            },
+            stop_proxy.clone(),
+            cut_inbound.clone(),
+        ))
+    });
     redirector.start()?;
 
     let (embedded, xds) = start_xds(&config, embedded).await?;
@@ -130,6 +155,11 @@ pub async fn run(
     tokio::time::sleep(REDIRECT_SETTLE).await;
     stop_proxy.cancel();
     let report = proxy_task.await.context("outbound proxy task")?;
+    // Inbound connections got the same drain period alongside.
+    cut_inbound.cancel();
+    if let Some(task) = inbound_task {
+        let _ = task.await;
+    }
     drop(redirector);
     if let Some(xds) = xds {
         xds.stop.cancel();

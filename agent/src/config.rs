@@ -88,6 +88,10 @@ pub struct ProxyConfig {
     /// node more threads cost more CPU in hand-offs than they gain (docs/config.md).
     #[serde(default = "default_worker_threads")]
     pub worker_threads: usize,
+    /// Port the proxy listens on inside each enrolled pod for the pod's captured inbound
+    /// connections; 0 turns inbound capture off.
+    #[serde(default = "default_inbound_port")]
+    pub inbound_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,6 +157,10 @@ fn default_connect_timeout() -> Duration {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_inbound_port() -> u16 {
+    15006
+}
+
 fn default_worker_threads() -> usize {
     1
 }

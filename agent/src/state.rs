@@ -9,7 +9,7 @@ use std::{
 
 use mesh_xds::{
     client::XdsState,
-    plan::{NodePlan, OutboundPlan, RouteTable, cluster::Discovery},
+    plan::{InboundPlan, NodePlan, OutboundPlan, RouteTable, cluster::Discovery},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ use crate::{
 pub struct DataPlane {
     /// By virtual node.
     pub outbound: HashMap<String, OutboundPlan>,
+    /// By virtual node.
+    pub inbound: HashMap<String, InboundPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<Upstream>>,
 }
@@ -51,18 +53,40 @@ impl DataPlane {
 }
 
 /// The current data plane, shared by every connection.
-#[derive(Clone, Default)]
-pub struct MeshState(Arc<RwLock<Arc<DataPlane>>>);
+#[derive(Clone)]
+pub struct MeshState {
+    current: Arc<RwLock<Arc<DataPlane>>>,
+    /// Counts replacements, for whoever follows changes (inbound port capture).
+    applied: Arc<watch::Sender<u64>>,
+}
+
+impl Default for MeshState {
+    fn default() -> Self {
+        Self {
+            current: Arc::default(),
+            applied: Arc::new(watch::channel(0).0),
+        }
+    }
+}
 
 impl MeshState {
     pub fn current(&self) -> Arc<DataPlane> {
-        self.0.read().map(|d| Arc::clone(&d)).unwrap_or_default()
+        self.current
+            .read()
+            .map(|d| Arc::clone(&d))
+            .unwrap_or_default()
+    }
+
+    /// Wakes on every new data plane.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     fn replace(&self, next: DataPlane) {
-        if let Ok(mut current) = self.0.write() {
+        if let Ok(mut current) = self.current.write() {
             *current = Arc::new(next);
         }
+        self.applied.send_modify(|n| *n += 1);
     }
 }
 
@@ -116,6 +140,7 @@ fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
     );
     state.replace(DataPlane {
         outbound: plan.outbound,
+        inbound: plan.inbound,
         routes: plan.routes,
         clusters,
     });

@@ -25,6 +25,13 @@ impl Workloads {
         self.0.read().ok()?.get(&id).cloned()
     }
 
+    pub fn all(&self) -> Vec<(u32, Workload)> {
+        self.0
+            .read()
+            .map(|table| table.iter().map(|(id, w)| (*id, w.clone())).collect())
+            .unwrap_or_default()
+    }
+
     pub fn insert(&self, id: u32, workload: Workload) {
         if let Ok(mut table) = self.0.write() {
             table.insert(id, workload);

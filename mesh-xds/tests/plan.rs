@@ -55,4 +55,10 @@ fn compiled_mesh_converts_and_routes() {
     let names: Vec<&str> = route.action.clusters.names().collect();
     assert_eq!(names, ["shop/api-v1/9090", "shop/api-v2/9090"]);
     assert!(table.virtual_host("other.shop.local").is_none());
+    // web's pods take HTTP in on 8080 through its inbound listener.
+    let inbound = &plan.inbound["shop/web"];
+    assert!(matches!(
+        inbound.ports.get(&8080),
+        Some(Some(PortPlan::Http { .. }))
+    ));
 }

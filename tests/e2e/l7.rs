@@ -38,6 +38,8 @@ struct MeshSpec {
     protocol: &'static str,
     /// v1 has two endpoints (pods s1, s3, answering as `v1` and `v1b`), from the registry.
     v1_replicas: bool,
+    /// Enrolled pods (their outbound goes through the proxy, and their inbound too).
+    enrolled: &'static [&'static str],
 }
 
 impl Default for MeshSpec {
@@ -49,6 +51,7 @@ impl Default for MeshSpec {
             server_args: [Vec::new(), Vec::new()],
             protocol: "http",
             v1_replicas: false,
+            enrolled: &["client"],
         }
     }
 }
@@ -194,7 +197,7 @@ impl MeshNode {
         let instances =
             json!({"namespaces": {"m.local": {"v1": {"a": instance("s1"), "b": instance("s3")}}}});
         std::fs::write(&registry, instances.to_string()).unwrap();
-        let config = config_for(&node, &["client"], "").unwrap();
+        let config = config_for(&node, spec.enrolled, "").unwrap();
         let agent = Agent::start_with_args(
             &node,
             &config,
@@ -1102,4 +1105,97 @@ fn grpc_routes_by_service_method_and_metadata() {
         1.0,
         "{metrics}"
     );
+}
+
+#[test]
+fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
+    let mesh = MeshNode::start(
+        "l7inbound",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({}),
+            )],
+            listener_extra: json!({"timeout": {"http": {"perRequest": {"unit": "ms", "value": 500}}}}),
+            enrolled: &["client", "s1"],
+            ..Default::default()
+        },
+    );
+    // From a pod outside the mesh, straight to s1's address: captured in s1's namespace, the
+    // application sees the proxy on its loopback.
+    let direct = format!("http://{}:{PORT}/in", mesh.node.pod("s1").unwrap().ip);
+    // The ports are captured once the pod is known as v1 (its DNS endpoint resolved): the
+    // first requests may still reach the application directly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let output = loop {
+        let output = mesh
+            .node
+            .run_in_pod(
+                "outside",
+                "curl",
+                &["-sS", "--max-time", "5", &direct],
+                TIMEOUT,
+            )
+            .unwrap();
+        if String::from_utf8_lossy(&output.stdout).contains("client 127.0.0.1:")
+            || std::time::Instant::now() >= deadline
+        {
+            break output;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let body = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        body.contains("hello from v1 path=/in (client 127.0.0.1:"),
+        "{body}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        mesh.agent.log()
+    );
+    // The listener's timeout applies inbound: 504 after 500 ms.
+    let output = mesh
+        .node
+        .run_in_pod(
+            "outside",
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "x-meshtb-delay-ms: 3000",
+                &direct,
+            ],
+            TIMEOUT,
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "504");
+    // Through the mesh from the client: outbound on the client's side, inbound on s1's.
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+    let metrics = mesh.metrics();
+    let inbound = |code: &str| {
+        metric_value(
+            &metrics,
+            &format!(
+                r#"mesh_requests_total{{reporter="inbound",source_virtual_node="unknown",destination_virtual_service="unknown",destination_virtual_node="m/v1",route="m/v1/inbound/8080",response_code="{code}"}}"#
+            ),
+        )
+    };
+    assert_eq!((inbound("200"), inbound("504")), (2.0, 1.0), "{metrics}");
+    // A port that is not a listener of v1 is not captured.
+    let other = format!("http://{}:9000/", mesh.node.pod("s1").unwrap().ip);
+    let output = mesh
+        .node
+        .run_in_pod(
+            "outside",
+            "curl",
+            &["-sS", "--max-time", "5", &other],
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("client 127.0.0.1"));
 }

@@ -21,7 +21,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::upstream::{Body, BoxError, InFlight, Outcome, PickError, Upstream};
+use super::{
+    MeshContext,
+    inbound::PodContext,
+    upstream::{Body, BoxError, InFlight, Outcome, PickError, Upstream},
+};
 use crate::{
     metrics::{MeshMetrics, RouteLabels},
     state::MeshState,
@@ -50,6 +54,20 @@ pub struct HttpContext {
     pub source: String,
     pub port: u16,
     pub routes: String,
+    pub direction: Direction,
+}
+
+/// Which side of the proxy a request passes.
+pub enum Direction {
+    /// From a workload to its backends.
+    Outbound,
+    /// Into a captured pod, toward its application on loopback.
+    Inbound {
+        pod: Arc<PodContext>,
+        virtual_node: String,
+        mesh: MeshContext,
+        mark: u32,
+    },
 }
 
 /// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or `cut`.
@@ -134,7 +152,13 @@ impl HttpContext {
         };
         let clusters = &route.action.clusters;
         let cluster = clusters.pick(rand::random_range(0..clusters.total()));
-        let Some(upstream) = plane.clusters.get(cluster) else {
+        let upstream = match &self.direction {
+            Direction::Outbound => plane.clusters.get(cluster).cloned(),
+            Direction::Inbound {
+                pod, mesh, mark, ..
+            } => pod.local_upstream(&plane, cluster, self.port, mesh, *mark),
+        };
+        let Some(upstream) = upstream else {
             return self.local(
                 grpc,
                 LocalReply {
@@ -147,12 +171,24 @@ impl HttpContext {
                 },
             );
         };
-        let labels = RouteLabels {
-            reporter: "outbound",
-            source_virtual_node: self.source.clone(),
-            destination_virtual_service: service.clone(),
-            destination_virtual_node: upstream.virtual_node.clone(),
-            route: route.name.clone(),
+        let upstream = &upstream;
+        let labels = match &self.direction {
+            Direction::Outbound => RouteLabels {
+                reporter: "outbound",
+                source_virtual_node: self.source.clone(),
+                destination_virtual_service: service.clone(),
+                destination_virtual_node: upstream.virtual_node.clone(),
+                route: route.name.clone(),
+            },
+            // What the inbound side knows is its own virtual node: the service the caller
+            // named is not visible here.
+            Direction::Inbound { virtual_node, .. } => RouteLabels {
+                reporter: "inbound",
+                source_virtual_node: self.source.clone(),
+                destination_virtual_service: "unknown".into(),
+                destination_virtual_node: virtual_node.clone(),
+                route: route.name.clone(),
+            },
         };
         let response = match self.forward(parts, body, route, upstream, &labels).await {
             Ok(response) => response,

@@ -3,6 +3,7 @@
 //! to the destination the application asked for.
 pub mod health;
 mod http;
+pub mod inbound;
 mod outbound;
 mod relay;
 pub mod upstream;

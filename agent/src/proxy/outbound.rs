@@ -213,6 +213,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 source,
                 port,
                 routes: routes.clone(),
+                direction: http::Direction::Outbound,
             });
             http::serve(client, context, shared.cut.clone()).await;
         }
@@ -247,7 +248,9 @@ async fn relay_to(
 ) {
     let label = destination.to_string();
     match connect_upstream(destination, &shared.settings).await {
-        Ok(upstream) => relay_connection(client, peer, upstream, &label, shared).await,
+        Ok(upstream) => {
+            relay_connection(client, peer, upstream, &label, &shared.metrics, &shared.cut).await
+        }
         Err(error) => {
             let reason = failure_reason(&error);
             shared.metrics.failed(&label, reason);
@@ -276,7 +279,7 @@ async fn relay_to_cluster(
     match in_flight.endpoint.connector.connect().await {
         Ok(stream) => {
             upstream.record(&in_flight.endpoint, Outcome::Success);
-            relay_connection(client, peer, stream, cluster, shared).await;
+            relay_connection(client, peer, stream, cluster, &shared.metrics, &shared.cut).await;
         }
         Err(error) => {
             upstream.record(&in_flight.endpoint, Outcome::Error);
@@ -288,17 +291,19 @@ async fn relay_to_cluster(
     }
 }
 
-async fn relay_connection(
+/// Relays until both sides are done (or `cut`), counting under `label`.
+pub(super) async fn relay_connection(
     client: TcpStream,
     peer: SocketAddrV4,
     upstream: TcpStream,
     label: &str,
-    shared: &Shared,
+    metrics: &ProxyMetrics,
+    cut: &CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
-    let metrics = shared.metrics.opened(label);
+    let metrics = metrics.opened(label);
     debug!(client = %peer, destination = label, "relaying");
-    if let Err(error) = relay::relay(&client, &upstream, &metrics, &shared.cut).await {
+    if let Err(error) = relay::relay(&client, &upstream, &metrics, cut).await {
         debug!(client = %peer, destination = label, %error, "connection ended with an error; resetting both sides");
         reset(client);
         reset(upstream);
@@ -333,7 +338,7 @@ fn failure_reason(error: &io::Error) -> FailureReason {
 }
 
 /// Closes with RST rather than FIN, so the client learns at once that the connection failed.
-fn reset(stream: TcpStream) {
+pub(super) fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

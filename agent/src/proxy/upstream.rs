@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::metrics::ClusterMetrics;
+use crate::{metrics::ClusterMetrics, redirect::netns::PodNet};
 
 /// Request bodies sent upstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -39,6 +39,8 @@ pub struct Connector {
     addr: SocketAddr,
     mark: Option<u32>,
     timeout: Duration,
+    /// Open sockets in this pod's namespace (inbound: the application on loopback).
+    pod: Option<Arc<PodNet>>,
 }
 
 impl Connector {
@@ -47,6 +49,20 @@ impl Connector {
             addr,
             mark,
             timeout,
+            pod: None,
+        }
+    }
+
+    /// Connects from inside a pod's network namespace.
+    pub fn in_pod(
+        addr: SocketAddr,
+        mark: Option<u32>,
+        timeout: Duration,
+        pod: Arc<PodNet>,
+    ) -> Self {
+        Self {
+            pod: Some(pod),
+            ..Self::new(addr, mark, timeout)
         }
     }
 
@@ -59,11 +75,14 @@ impl Connector {
     }
 
     pub async fn connect(&self) -> io::Result<TcpStream> {
-        let socket = Socket::new(
-            Domain::for_address(self.addr),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
+        let socket = match &self.pod {
+            Some(pod) => pod.stream_socket()?,
+            None => Socket::new(
+                Domain::for_address(self.addr),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )?,
+        };
         if let Some(mark) = self.mark {
             socket.set_mark(mark)?;
         }
@@ -112,8 +131,8 @@ struct OutlierState {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, plan: &ClusterPlan, mark: Option<u32>) -> Self {
-        let connector = Connector::new(addr, mark, plan.connect_timeout);
+    fn new(connector: Connector, plan: &ClusterPlan) -> Self {
+        let addr = connector.addr;
         let client = Client::builder(TokioExecutor::new())
             .http2_only(plan.http2)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -191,6 +210,8 @@ pub struct Upstream {
     retries_in_flight: AtomicU32,
     next: AtomicUsize,
     mark: Option<u32>,
+    /// Endpoints are reached from inside this pod (the inbound side's local application).
+    pod: Option<Arc<PodNet>>,
     pub metrics: ClusterMetrics,
     /// Stops this cluster's DNS and health-check tasks when it goes away.
     pub tasks: CancellationToken,
@@ -219,9 +240,22 @@ impl Upstream {
             retries_in_flight: AtomicU32::new(0),
             next: AtomicUsize::new(0),
             mark,
+            pod: None,
             metrics,
             tasks: CancellationToken::new(),
         }
+    }
+
+    /// A cluster whose endpoints are reached from inside `pod`.
+    pub fn in_pod(
+        plan: ClusterPlan,
+        mark: Option<u32>,
+        metrics: ClusterMetrics,
+        pod: Arc<PodNet>,
+    ) -> Self {
+        let mut upstream = Self::new(plan, mark, metrics);
+        upstream.pod = Some(pod);
+        upstream
     }
 
     pub fn name(&self) -> &str {
@@ -250,7 +284,18 @@ impl Upstream {
                     .iter()
                     .find(|e| e.addr == addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, &self.plan, self.mark)))
+                    .unwrap_or_else(|| {
+                        let connector = match &self.pod {
+                            Some(pod) => Connector::in_pod(
+                                addr,
+                                self.mark,
+                                self.plan.connect_timeout,
+                                Arc::clone(pod),
+                            ),
+                            None => Connector::new(addr, self.mark, self.plan.connect_timeout),
+                        };
+                        Arc::new(Endpoint::new(connector, &self.plan))
+                    })
             })
             .collect();
         info!(cluster = %self.plan.name, endpoints = ?next.iter().map(|e| e.addr).collect::<Vec<_>>(), "endpoints updated");

@@ -1,6 +1,7 @@
 //! Which pod network namespaces are enrolled: the agent's table and the eBPF map it mirrors.
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     path::PathBuf,
     sync::{
         Arc,
@@ -10,9 +11,12 @@ use std::{
 
 use agent_common::Enrollment;
 use aya::maps::{HashMap, MapData, MapError};
-use tracing::info;
+use tracing::{info, warn};
 
-use super::netns;
+use super::{
+    inbound::{Captured, InboundHooks},
+    netns,
+};
 use crate::{
     config::NetnsRef,
     workload::{Workload, Workloads},
@@ -48,16 +52,24 @@ pub struct Enrollments {
     /// The number of enrolled namespaces, for the metrics endpoint.
     gauge: Arc<AtomicI64>,
     workloads: Workloads,
+    /// Inbound capture of enrolled pods, when the proxy takes inbound traffic.
+    inbound: Option<InboundHooks>,
+    captured: BTreeMap<String, (u64, Captured)>,
 }
 
 impl Enrollments {
-    pub(super) fn new(map: HashMap<MapData, u64, Enrollment>) -> Self {
+    pub(super) fn new(
+        map: HashMap<MapData, u64, Enrollment>,
+        inbound: Option<InboundHooks>,
+    ) -> Self {
         Self {
             map,
             by_spec: BTreeMap::new(),
             next_workload_id: 1,
             gauge: Arc::new(AtomicI64::new(0)),
             workloads: Workloads::default(),
+            inbound,
+            captured: BTreeMap::new(),
         }
     }
 
@@ -107,6 +119,7 @@ impl Enrollments {
             let _ = self.map.remove(&old.cookie);
         }
         info!(netns = %ns.spec, path = %ns.path.display(), cookie, workload_id, ?addresses, virtual_node = ?ns.virtual_node, "enrolled");
+        self.capture_inbound(ns, cookie, workload_id, &addresses);
         self.workloads.insert(
             workload_id,
             Workload {
@@ -138,6 +151,10 @@ impl Enrollments {
             }
         }
         self.workloads.remove(entry.workload_id);
+        if let (Some(hooks), Some((_, captured))) = (&mut self.inbound, self.captured.remove(spec))
+        {
+            hooks.release(captured);
+        }
         self.update_gauge();
         info!(netns = spec, cookie = entry.cookie, "unenrolled");
         Ok(entry)
@@ -164,6 +181,38 @@ impl Enrollments {
             }
         }
         errors
+    }
+
+    /// Captures the pod's inbound connections (once per namespace instance). A failure is
+    /// logged: the pod stays enrolled for its outbound traffic.
+    fn capture_inbound(
+        &mut self,
+        ns: &NetnsRef,
+        cookie: u64,
+        workload_id: u32,
+        addresses: &[Ipv4Addr],
+    ) {
+        let Some(hooks) = &mut self.inbound else {
+            return;
+        };
+        if self
+            .captured
+            .get(&ns.spec)
+            .is_some_and(|(c, _)| *c == cookie)
+        {
+            return;
+        }
+        if let Some((_, stale)) = self.captured.remove(&ns.spec) {
+            hooks.release(stale);
+        }
+        match hooks.capture(ns, workload_id, addresses) {
+            Ok(captured) => {
+                self.captured.insert(ns.spec.clone(), (cookie, captured));
+            }
+            Err(reason) => {
+                warn!(netns = %ns.spec, %reason, "inbound traffic of this pod is not captured")
+            }
+        }
     }
 
     pub fn list(&self) -> impl Iterator<Item = (&str, &EnrolledNetns)> {

@@ -7,6 +7,7 @@
 //! it is killed.
 pub mod cgroup;
 mod enrollment;
+pub mod inbound;
 pub mod netns;
 pub mod preflight;
 
@@ -14,7 +15,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsFd,
     path::Path,
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use agent_common::{Counter, OrigDst, PeerKey, RedirectConfig, maps};
@@ -28,6 +29,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 pub use enrollment::Enrollments;
+pub use inbound::{InboundHooks, InboundPod, InboundPorts};
 
 use crate::proxy::{OrigDstSource, Redirected};
 
@@ -68,6 +70,8 @@ pub enum RedirectError {
     },
     #[error("eBPF map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error("the eBPF object's lock is poisoned (a thread panicked holding it)")]
+    Poisoned,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> RedirectError {
@@ -83,8 +87,9 @@ pub struct RedirectTarget {
 
 /// The loaded and attached programs and the maps the agent uses.
 pub struct Redirector {
-    /// Owns the programs and their links; dropping it detaches them.
-    ebpf: Ebpf,
+    /// Owns the programs and their links; dropping the last handle detaches them (enrollment
+    /// holds one to attach the inbound lookup program to pod namespaces).
+    ebpf: Arc<Mutex<Ebpf>>,
     config: Array<MapData, RedirectConfig>,
     excluded_cidrs: LpmTrie<MapData, u32, u8>,
     excluded_ports: HashMap<MapData, u16, u8>,
@@ -107,7 +112,7 @@ impl Redirector {
             orig_dst: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?)),
             counters: Arc::new(RedirectCounters(take_map(&mut ebpf, maps::COUNTERS)?)),
             enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
-            ebpf,
+            ebpf: Arc::new(Mutex::new(ebpf)),
             target,
         };
         redirector.attach(cgroup)?;
@@ -133,14 +138,15 @@ impl Redirector {
         // on the cgroup and the kernel rejects any attach flag on them: mode must be the
         // default, flag-less one.
         let mode = CgroupAttachMode::default();
+        let mut ebpf = self.ebpf.lock().map_err(|_| RedirectError::Poisoned)?;
 
-        let sockops: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?;
+        let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         sockops.load().map_err(load_err(SOCKOPS))?;
         sockops
             .attach(cgroup_dir.as_fd(), mode)
             .map_err(attach_err(SOCKOPS))?;
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(load_err(name))?;
             prog.attach(cgroup_dir.as_fd(), mode)
                 .map_err(attach_err(name))?;
@@ -211,9 +217,22 @@ impl Redirector {
         Ok(())
     }
 
-    /// The enrollment table, which from now on owns the enrollment map.
-    pub fn take_enrollments(&mut self) -> Option<Enrollments> {
-        self.enrolled.take().map(Enrollments::new)
+    /// The enrollment table, which from now on owns the enrollment map; with `inbound`, it
+    /// also captures each enrolled pod's inbound connections.
+    pub fn take_enrollments(&mut self, inbound: Option<InboundHooks>) -> Option<Enrollments> {
+        self.enrolled
+            .take()
+            .map(|map| Enrollments::new(map, inbound))
+    }
+
+    /// Loads the inbound lookup program and takes its maps: captured pods' listeners go to
+    /// `pods`, listening on `listen_port` inside each pod.
+    pub fn inbound_hooks(
+        &mut self,
+        listen_port: u16,
+        pods: tokio::sync::mpsc::UnboundedSender<InboundPod>,
+    ) -> Result<(InboundHooks, InboundPorts), RedirectError> {
+        InboundHooks::new(Arc::clone(&self.ebpf), listen_port, pods)
     }
 
     pub fn orig_dst(&self) -> Arc<OrigDstMap> {

@@ -46,6 +46,85 @@ pub fn inspect(path: &Path) -> io::Result<NetnsInfo> {
     })
 }
 
+/// A thread living in a pod's network namespace that opens sockets there for the proxy: its
+/// inbound listener (where sk_lookup hands the pod's captured connections) and the sockets
+/// that reach the pod's application on loopback. Runtime threads never change namespace; a
+/// socket stays in the namespace it was created in wherever it is used.
+pub struct PodNet {
+    requests: std::sync::mpsc::Sender<SocketRequest>,
+}
+
+enum SocketRequest {
+    Stream(std::sync::mpsc::Sender<io::Result<Socket>>),
+    Listener(
+        std::net::SocketAddr,
+        std::sync::mpsc::Sender<io::Result<std::net::TcpListener>>,
+    ),
+}
+
+impl PodNet {
+    /// Starts the thread in the namespace at `path`; it ends when this is dropped.
+    pub fn enter(path: &Path) -> io::Result<Self> {
+        let ns = File::open(path)?;
+        let (requests, incoming) = std::sync::mpsc::channel::<SocketRequest>();
+        let (ready, entered) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("mesh-podnet".into())
+            .spawn(move || {
+                if let Err(errno) = setns(&ns, CloneFlags::CLONE_NEWNET) {
+                    let _ = ready.send(Err(io::Error::from(errno)));
+                    return;
+                }
+                let _ = ready.send(Ok(()));
+                for request in incoming {
+                    match request {
+                        SocketRequest::Stream(reply) => {
+                            let _ = reply.send(Socket::new(Domain::IPV4, Type::STREAM, None));
+                        }
+                        SocketRequest::Listener(addr, reply) => {
+                            let _ = reply.send(listen(addr));
+                        }
+                    }
+                }
+            })?;
+        entered
+            .recv()
+            .map_err(|_| io::Error::other("namespace thread ended"))??;
+        Ok(Self { requests })
+    }
+
+    /// A new, unconnected IPv4 TCP socket in the pod's namespace.
+    pub fn stream_socket(&self) -> io::Result<Socket> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.requests
+            .send(SocketRequest::Stream(reply))
+            .map_err(|_| io::Error::other("namespace thread ended"))?;
+        answer
+            .recv()
+            .map_err(|_| io::Error::other("namespace thread ended"))?
+    }
+
+    /// A listening socket on `addr` in the pod's namespace.
+    pub fn listener(&self, addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.requests
+            .send(SocketRequest::Listener(addr, reply))
+            .map_err(|_| io::Error::other("namespace thread ended"))?;
+        answer
+            .recv()
+            .map_err(|_| io::Error::other("namespace thread ended"))?
+    }
+}
+
+fn listen(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// The cookie of the namespace a socket belongs to.
 pub fn socket_netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;

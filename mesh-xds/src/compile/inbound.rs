@@ -8,6 +8,7 @@ use envoy_types::{
         envoy::{
             config::{
                 cluster::v3::Cluster,
+                core::v3::TrafficDirection,
                 listener::v3::{
                     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
                     listener_filter,
@@ -105,6 +106,8 @@ pub fn inbound(
         address: Some(socket_address(INBOUND_ADDRESS.0, INBOUND_ADDRESS.1)),
         filter_chains: chains,
         listener_filters,
+        // The node proxy captures the virtual node's listener ports in its pods for this.
+        traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
     };
     (Some(listener), clusters)

@@ -5,7 +5,9 @@
 //! The proxy has one outbound socket for the whole node (redirected connects), so a
 //! listener's address is not where it listens: a listener with `traffic_direction: OUTBOUND`
 //! named `<mesh>/<virtual node>/outbound` applies to the connections of that virtual node's
-//! workloads. Other listeners (inbound, gateways) are accepted and kept, not applied here.
+//! workloads, one with `INBOUND` named `<mesh>/<virtual node>/inbound` to the connections its
+//! pods receive on the listed ports. Other listeners (gateways) are accepted and kept, not
+//! applied here.
 use std::{collections::BTreeMap, time::Duration};
 
 use envoy_types::pb::envoy::{
@@ -31,6 +33,7 @@ const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_con
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const OUTBOUND_SUFFIX: &str = "/outbound";
+const INBOUND_SUFFIX: &str = "/inbound";
 
 /// Envoy's TCP proxy idle timeout when none is given.
 const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
@@ -55,10 +58,21 @@ pub enum PortPlan {
     },
 }
 
-/// A listener decoded and checked; `outbound` when the proxy applies it, and any inline
-/// route tables it carries (applied by name like RDS ones).
+/// What a virtual node's pods take in, by port: the plain-text chain's plan, or nothing but
+/// TLS (a STRICT listener: the proxy does not terminate TLS yet, so such a port refuses
+/// plain text rather than pass it).
+#[derive(Debug)]
+pub struct InboundPlan {
+    pub listener: String,
+    pub virtual_node: String,
+    pub ports: BTreeMap<u16, Option<PortPlan>>,
+}
+
+/// A listener decoded and checked; `outbound` / `inbound` when the proxy applies it, and any
+/// inline route tables it carries (applied by name like RDS ones).
 pub struct ListenerPlan {
     pub outbound: Option<OutboundPlan>,
+    pub inbound: Option<InboundPlan>,
     pub inline_routes: Vec<RouteTable>,
 }
 
@@ -66,9 +80,15 @@ impl ListenerPlan {
     pub fn from_proto(listener: &Listener) -> Result<Self, PlanError> {
         let mut inline_routes = Vec::new();
         let mut ports = BTreeMap::new();
+        let mut tls_ports = Vec::new();
         for (index, chain) in listener.filter_chains.iter().enumerate() {
             let plan = chain_plan(chain, &mut inline_routes)
                 .map_err(|e| e.within(format!("filter_chains[{index}]")))?;
+            let tls = chain.transport_socket.is_some()
+                || chain
+                    .filter_chain_match
+                    .as_ref()
+                    .is_some_and(|m| m.transport_protocol == "tls");
             let port = chain
                 .filter_chain_match
                 .as_ref()
@@ -81,8 +101,12 @@ impl ListenerPlan {
                         "out of range",
                     )
                 })?;
-            if let Some(port) = port {
-                ports.insert(port, plan);
+            match port {
+                Some(port) if tls => tls_ports.push(port),
+                Some(port) => {
+                    ports.insert(port, plan);
+                }
+                None => {}
             }
         }
         let other_ports = listener
@@ -91,27 +115,41 @@ impl ListenerPlan {
             .map(|chain| chain_plan(chain, &mut inline_routes))
             .transpose()
             .map_err(|e| e.within("default_filter_chain"))?;
-        let outbound = (listener.traffic_direction == TrafficDirection::Outbound as i32)
-            .then(|| {
-                let virtual_node =
-                    listener.name.strip_suffix(OUTBOUND_SUFFIX).ok_or_else(|| {
-                        PlanError::new(
-                            "name",
-                            format!(
-                                "an outbound listener is named <virtual node>{OUTBOUND_SUFFIX}"
-                            ),
-                        )
-                    })?;
-                Ok::<_, PlanError>(OutboundPlan {
-                    listener: listener.name.clone(),
-                    virtual_node: virtual_node.to_owned(),
-                    ports,
-                    other_ports,
+        let direction = listener.traffic_direction;
+        let named = |suffix: &str| {
+            listener
+                .name
+                .strip_suffix(suffix)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    PlanError::new(
+                        "name",
+                        format!("a listener of this direction is named <virtual node>{suffix}"),
+                    )
                 })
-            })
-            .transpose()?;
+        };
+        let mut outbound = None;
+        let mut inbound = None;
+        if direction == TrafficDirection::Outbound as i32 {
+            outbound = Some(OutboundPlan {
+                listener: listener.name.clone(),
+                virtual_node: named(OUTBOUND_SUFFIX)?,
+                ports,
+                other_ports,
+            });
+        } else if direction == TrafficDirection::Inbound as i32 {
+            let mut by_port: BTreeMap<u16, Option<PortPlan>> =
+                tls_ports.into_iter().map(|port| (port, None)).collect();
+            by_port.extend(ports.into_iter().map(|(port, plan)| (port, Some(plan))));
+            inbound = Some(InboundPlan {
+                listener: listener.name.clone(),
+                virtual_node: named(INBOUND_SUFFIX)?,
+                ports: by_port,
+            });
+        }
         Ok(Self {
             outbound,
+            inbound,
             inline_routes,
         })
     }

@@ -18,7 +18,7 @@ use envoy_types::pb::{
 use prost::Message;
 
 pub use cluster::ClusterPlan;
-pub use listener::{OutboundPlan, PortPlan};
+pub use listener::{InboundPlan, OutboundPlan, PortPlan};
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
@@ -65,6 +65,8 @@ pub(crate) fn duration(d: &PbDuration) -> Duration {
 pub struct NodePlan {
     /// By virtual node (`mesh/name`).
     pub outbound: HashMap<String, OutboundPlan>,
+    /// By virtual node.
+    pub inbound: HashMap<String, InboundPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, ClusterPlan>,
     /// EDS assignments by service name: IP endpoints.
@@ -145,6 +147,9 @@ impl NodePlan {
                     if let Some(outbound) = listener.outbound {
                         plan.outbound
                             .insert(outbound.virtual_node.clone(), outbound);
+                    }
+                    if let Some(inbound) = listener.inbound {
+                        plan.inbound.insert(inbound.virtual_node.clone(), inbound);
                     }
                 }
                 Ok((name, Planned::Routes(table))) => {

@@ -1,0 +1,186 @@
+//! Inbound capture: for each enrolled pod, the proxy listens inside the pod's network
+//! namespace and an sk_lookup program attached to that namespace hands it the connections
+//! that arrive for the pod's mesh listener ports (ztunnel's in-pod idea, with sk_lookup
+//! instead of iptables). The connection keeps its addresses: the application's port is the
+//! accepted socket's local port, and the proxy reaches the application on loopback, which the
+//! program never takes.
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd},
+    sync::{Arc, Mutex},
+};
+
+use agent_common::{InboundKey, maps};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, SockHash},
+    programs::{SkLookup, sk_lookup::SkLookupLinkId},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{RedirectError, netns::PodNet, program};
+use crate::config::NetnsRef;
+
+pub const INBOUND_LOOKUP: &str = "inbound_lookup";
+
+/// A pod whose inbound connections the proxy now receives on `listener`.
+pub struct InboundPod {
+    pub workload_id: u32,
+    pub netns: String,
+    pub net: Arc<PodNet>,
+    pub listener: std::net::TcpListener,
+    /// Fired when the pod is unenrolled: its accept loop ends.
+    pub stop: CancellationToken,
+}
+
+/// What capturing a pod set up, undone on release.
+pub struct Captured {
+    link: SkLookupLinkId,
+    addresses: Vec<Ipv4Addr>,
+    stop: CancellationToken,
+}
+
+/// The pod ports whose connections are captured, shared by enrollment and the mesh state.
+#[derive(Clone)]
+pub struct InboundPorts(Arc<Mutex<HashMap<MapData, InboundKey, u8>>>);
+
+impl InboundPorts {
+    /// Makes the captured ports exactly `desired` (pod address, port).
+    pub fn sync(&self, desired: &HashSet<(Ipv4Addr, u16)>) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        let want: HashSet<InboundKey> = desired.iter().map(|(ip, port)| key(*ip, *port)).collect();
+        let have: HashSet<InboundKey> = map.keys().filter_map(Result::ok).collect();
+        for stale in have.difference(&want) {
+            let _ = map.remove(stale);
+        }
+        for new in want.difference(&have) {
+            if let Err(error) = map.insert(new, 1, 0) {
+                warn!(%error, port = new.port, "cannot capture an inbound port");
+            }
+        }
+    }
+
+    fn forget(&self, addresses: &[Ipv4Addr]) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        let stale: Vec<InboundKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| addresses.contains(&Ipv4Addr::from(k.ip4.to_ne_bytes())))
+            .collect();
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+    }
+}
+
+fn key(ip: Ipv4Addr, port: u16) -> InboundKey {
+    InboundKey {
+        ip4: u32::from_ne_bytes(ip.octets()),
+        port: u32::from(port),
+    }
+}
+
+/// What enrollment needs to capture a pod's inbound traffic.
+pub struct InboundHooks {
+    ebpf: Arc<Mutex<Ebpf>>,
+    sockets: SockHash<MapData, u32>,
+    ports: InboundPorts,
+    /// Where the proxy listens inside each pod.
+    listen: SocketAddr,
+    pods: mpsc::UnboundedSender<InboundPod>,
+}
+
+impl InboundHooks {
+    pub(super) fn new(
+        ebpf: Arc<Mutex<Ebpf>>,
+        listen_port: u16,
+        pods: mpsc::UnboundedSender<InboundPod>,
+    ) -> Result<(Self, InboundPorts), RedirectError> {
+        let (sockets, ports) = {
+            let mut guard = ebpf.lock().map_err(|_| RedirectError::Poisoned)?;
+            let lookup: &mut SkLookup = program(&mut guard, INBOUND_LOOKUP)?;
+            lookup.load().map_err(super::load_err(INBOUND_LOOKUP))?;
+            let sockets = super::take_map(&mut guard, maps::INBOUND_SOCKETS)?;
+            let ports: HashMap<MapData, InboundKey, u8> =
+                super::take_map(&mut guard, maps::INBOUND_PORTS)?;
+            (sockets, ports)
+        };
+        let ports = InboundPorts(Arc::new(Mutex::new(ports)));
+        Ok((
+            Self {
+                ebpf,
+                sockets,
+                ports: ports.clone(),
+                listen: SocketAddr::from(([0, 0, 0, 0], listen_port)),
+                pods,
+            },
+            ports,
+        ))
+    }
+
+    /// Listens in the pod, attaches the lookup program to its namespace and registers the
+    /// listener for the pod's addresses; the proxy gets the listener.
+    pub fn capture(
+        &mut self,
+        ns: &NetnsRef,
+        workload_id: u32,
+        addresses: &[Ipv4Addr],
+    ) -> Result<Captured, String> {
+        let net = PodNet::enter(&ns.path).map_err(|e| format!("entering the namespace: {e}"))?;
+        let listener = net
+            .listener(self.listen)
+            .map_err(|e| format!("listening on {} in the pod: {e}", self.listen))?;
+        let netns = std::fs::File::open(&ns.path).map_err(|e| e.to_string())?;
+        let link = {
+            let mut ebpf = self.ebpf.lock().map_err(|_| "eBPF object poisoned")?;
+            let lookup: &mut SkLookup =
+                program(&mut ebpf, INBOUND_LOOKUP).map_err(|e| e.to_string())?;
+            lookup
+                .attach(netns.as_fd())
+                .map_err(|e| format!("attaching {INBOUND_LOOKUP}: {e}"))?
+        };
+        for ip in addresses {
+            self.sockets
+                .insert(u32::from_ne_bytes(ip.octets()), listener.as_raw_fd(), 0)
+                .map_err(|e| format!("{}: {e}", maps::INBOUND_SOCKETS))?;
+        }
+        let stop = CancellationToken::new();
+        let pod = InboundPod {
+            workload_id,
+            netns: ns.spec.clone(),
+            net: Arc::new(net),
+            listener,
+            stop: stop.clone(),
+        };
+        if self.pods.send(pod).is_err() {
+            return Err("the inbound proxy is not running".into());
+        }
+        info!(netns = %ns.spec, ?addresses, listen = %self.listen, "inbound capture ready");
+        Ok(Captured {
+            link,
+            addresses: addresses.to_vec(),
+            stop,
+        })
+    }
+
+    pub fn release(&mut self, captured: Captured) {
+        captured.stop.cancel();
+        self.ports.forget(&captured.addresses);
+        for ip in &captured.addresses {
+            let _ = self.sockets.remove(&u32::from_ne_bytes(ip.octets()));
+        }
+        if let Ok(mut ebpf) = self.ebpf.lock()
+            && let Ok(lookup) = program::<SkLookup>(&mut ebpf, INBOUND_LOOKUP)
+            && let Err(error) = lookup.detach(captured.link)
+        {
+            warn!(%error, "detaching the inbound lookup program");
+        }
+    }
+}
