@@ -233,8 +233,8 @@ fn curl(node: &Node, service: &str, path: &str, args: &[&str]) -> anyhow::Result
 /// `mesh_requests_total` summed per source, service, target node and code.
 fn print_service_counts(metrics: &str) {
     println!(
-        "  {:<16} {:<24} {:<20} {:<24} {:<6} {:>6}",
-        "source", "virtual service", "virtual node", "route", "code", "count"
+        "  {:<9} {:<16} {:<24} {:<20} {:<32} {:<5} {:>6}",
+        "reporter", "source", "virtual service", "virtual node", "route", "code", "count"
     );
     for line in metrics
         .lines()
@@ -249,7 +249,8 @@ fn print_service_counts(metrics: &str) {
         };
         let count = line.rsplit(' ').next().unwrap_or("?");
         println!(
-            "  {:<16} {:<24} {:<20} {:<24} {:<6} {:>6}",
+            "  {:<9} {:<16} {:<24} {:<20} {:<32} {:<5} {:>6}",
+            label("reporter"),
             label("source_virtual_node"),
             label("destination_virtual_service"),
             label("destination_virtual_node"),
