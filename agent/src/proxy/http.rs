@@ -74,7 +74,10 @@ pub enum Direction {
 pub async fn serve(client: TcpStream, context: Arc<HttpContext>, cut: CancellationToken) {
     let service = hyper::service::service_fn(move |request| {
         let context = Arc::clone(&context);
-        async move { Ok::<_, Infallible>(context.handle(request).await) }
+        // Boxed: a request's state machine is large, and hyper moves the service future
+        // into its per-stream task; a box moves as a pointer (12% of the proxy's CPU went to
+        // memmove before).
+        Box::pin(async move { Ok::<_, Infallible>(context.handle(request).await) })
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(client), service);
