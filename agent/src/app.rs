@@ -28,7 +28,7 @@ use crate::{
         MeshContext, Outbound, OutboundSettings, bind_listener,
         inbound::{self, InboundSettings},
     },
-    redirect::{Enrollments, RedirectTarget, Redirector, cgroup, preflight},
+    redirect::{Enrollments, RedirectTarget, Redirector, cgroup, discover, preflight},
     state::{self, MeshState, UpstreamSettings},
 };
 
@@ -115,6 +115,15 @@ pub async fn run(
     });
     redirector.start()?;
 
+    if let Some(pattern) = &config.enrollment.discover {
+        tokio::spawn(discover::run(
+            Arc::clone(&enrollments),
+            mesh.state.clone(),
+            config.enrollment.netns_dir.clone(),
+            pattern.clone(),
+            stop_proxy.clone(),
+        ));
+    }
     let (embedded, xds) = start_xds(&config, embedded).await?;
     if let Some(xds) = &xds {
         tokio::spawn(state::follow(

@@ -123,6 +123,11 @@ pub struct EnrollmentConfig {
     /// as /proc/PID/ns/net.
     #[serde(default)]
     pub netns: Vec<String>,
+    /// Enroll, by themselves, the namespaces under `netns_dir` whose names match this pattern
+    /// (`*` matches any run of characters) and whose addresses are endpoints of a virtual node
+    /// of the mesh; unenroll them when that stops. `netns` entries are kept regardless.
+    #[serde(default)]
+    pub discover: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -138,6 +143,7 @@ impl Default for EnrollmentConfig {
         Self {
             netns_dir: default_netns_dir(),
             netns: Vec::new(),
+            discover: None,
         }
     }
 }
@@ -243,6 +249,14 @@ impl Config {
         for spec in &self.enrollment.netns {
             NetnsRef::parse(spec, &self.enrollment.netns_dir)
                 .map_err(|reason| ("enrollment.netns", reason))?;
+        }
+        if let Some(pattern) = &self.enrollment.discover
+            && (pattern.is_empty() || pattern.contains('/'))
+        {
+            return Err((
+                "enrollment.discover",
+                format!("{pattern:?} is not a namespace name pattern (no `/`, `*` for any run)"),
+            ));
         }
         if let Some(xds) = &self.xds {
             if !(xds.address.starts_with("http://") || xds.address.starts_with("https://")) {

@@ -4,6 +4,7 @@
 //! configuration did not change carry over with their endpoints, pools and health.
 use std::{
     collections::HashMap,
+    net::Ipv4Addr,
     sync::{Arc, RwLock},
 };
 
@@ -36,15 +37,20 @@ impl DataPlane {
     /// The virtual node a workload is: as enrolled, else the one whose endpoints include one
     /// of the workload's addresses.
     pub fn virtual_node_of(&self, workload: &Workload) -> Option<String> {
-        if let Some(pinned) = &workload.virtual_node {
-            return Some(pinned.clone());
+        match &workload.virtual_node {
+            Some(pinned) => Some(pinned.clone()),
+            None => self.virtual_node_at(&workload.addresses),
         }
+    }
+
+    /// The virtual node one of whose endpoints is at one of `addresses`.
+    pub fn virtual_node_at(&self, addresses: &[Ipv4Addr]) -> Option<String> {
         self.clusters.values().find_map(|upstream| {
             upstream
                 .endpoints()
                 .iter()
                 .any(|e| match e.addr.ip() {
-                    std::net::IpAddr::V4(ip) => workload.addresses.contains(&ip),
+                    std::net::IpAddr::V4(ip) => addresses.contains(&ip),
                     std::net::IpAddr::V6(_) => false,
                 })
                 .then(|| upstream.virtual_node.clone())

@@ -40,6 +40,10 @@ struct MeshSpec {
     v1_replicas: bool,
     /// Enrolled pods (their outbound goes through the proxy, and their inbound too).
     enrolled: &'static [&'static str],
+    /// Enroll the node's pods by discovery (`enrollment.discover`) instead.
+    discover: bool,
+    /// The router's listener ports.
+    router_ports: &'static [u16],
 }
 
 impl Default for MeshSpec {
@@ -52,6 +56,8 @@ impl Default for MeshSpec {
             protocol: "http",
             v1_replicas: false,
             enrolled: &["client"],
+            discover: false,
+            router_ports: &[PORT],
         }
     }
 }
@@ -179,7 +185,7 @@ impl MeshNode {
         }
         files.insert(
             "vr".into(),
-            json!({"meshName": "m", "virtualRouterName": "api", "spec": {"listeners": [{"portMapping": {"port": PORT, "protocol": spec.protocol}}]}}),
+            json!({"meshName": "m", "virtualRouterName": "api", "spec": {"listeners": spec.router_ports.iter().map(|port| json!({"portMapping": {"port": port, "protocol": spec.protocol}})).collect::<Vec<_>>()}}),
         );
         files.insert(
             "vs".into(),
@@ -197,7 +203,16 @@ impl MeshNode {
         let instances =
             json!({"namespaces": {"m.local": {"v1": {"a": instance("s1"), "b": instance("s3")}}}});
         std::fs::write(&registry, instances.to_string()).unwrap();
-        let config = config_for(&node, spec.enrolled, "").unwrap();
+        let mut config = config_for(&node, spec.enrolled, "").unwrap();
+        if spec.discover {
+            // Every namespace of this node; the mesh decides which are in it.
+            let client = node.pod("client").unwrap().netns_name().to_owned();
+            let prefix = client.trim_end_matches("client");
+            config = config.replace(
+                "enrollment:\n",
+                &format!("enrollment:\n  discover: \"{prefix}*\"\n"),
+            );
+        }
         let agent = Agent::start_with_args(
             &node,
             &config,
@@ -1198,4 +1213,117 @@ fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
         )
         .unwrap();
     assert!(!String::from_utf8_lossy(&output.stdout).contains("client 127.0.0.1"));
+}
+
+#[test]
+fn pods_whose_addresses_are_mesh_endpoints_are_enrolled_by_discovery() {
+    let mesh = MeshNode::start(
+        "l7discover",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v2", 1)],
+                json!({}),
+            )],
+            enrolled: &[],
+            discover: true,
+            ..Default::default()
+        },
+    );
+    // client, s1 (v1) and s2 (v2) are endpoints of the mesh; s3 and outside are not.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while metric_value(&mesh.metrics(), "mesh_agent_enrolled_netns") != 3.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", mesh.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, listing) = mesh
+        .node
+        .http("GET", Agent::admin_addr(), "/enrollment")
+        .unwrap();
+    for pod in ["client", "s1", "s2"] {
+        assert!(
+            listing.contains(&format!("-{pod} ")),
+            "{pod} not enrolled:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("-outside ") && !listing.contains("-s3 "),
+        "{listing}"
+    );
+    // The discovered client is routed by the mesh.
+    assert_eq!(mesh.served_by("/", &[]), "v2");
+}
+
+#[test]
+fn routes_match_on_the_listener_port() {
+    let mesh = MeshNode::start(
+        "l7port",
+        MeshSpec {
+            router_ports: &[PORT, 9000],
+            routes: vec![
+                route(
+                    "on-9000",
+                    None,
+                    json!({"prefix": "/", "port": 9000}),
+                    &[("v2", 1)],
+                    json!({}),
+                ),
+                route(
+                    "on-8080",
+                    None,
+                    json!({"prefix": "/", "port": PORT}),
+                    &[("v1", 1)],
+                    json!({}),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+    let resolve = format!("{SERVICE}:9000:{SERVICE_VIP}");
+    let url = format!("http://{SERVICE}:9000/");
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "curl",
+            &["-sS", "--resolve", &resolve, &url],
+            TIMEOUT,
+        )
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("hello from v2 "),
+        "{output:?}\n{}",
+        mesh.agent.log()
+    );
+}
+
+#[test]
+fn a_request_body_too_long_to_keep_is_not_retried() {
+    let retry = json!({"retryPolicy": {"maxRetries": 2, "perRetryTimeout": {"unit": "s", "value": 2}, "httpRetryEvents": ["server-error"]}});
+    let mesh = MeshNode::start(
+        "l7body",
+        MeshSpec {
+            routes: vec![route(
+                "retry",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                retry,
+            )],
+            server_args: [vec!["--fail-first", "1"], Vec::new()],
+            ..Default::default()
+        },
+    );
+    // 100 KiB: more than the proxy keeps for a retry, so the first 503 is the answer.
+    let body = "x".repeat(100 * 1024);
+    let (status, _, _) = mesh.curl("/upload", &["--data-binary", &body]);
+    assert_eq!(status, 503);
+    let retries = r#"mesh_request_retries_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="retry"}"#;
+    assert_eq!(metric_value(&mesh.metrics(), retries), 0.0);
+    // A small body is kept and would be retried; the server is healthy again by now.
+    let (status, _, _) = mesh.curl("/upload", &["--data-binary", "small"]);
+    assert_eq!(status, 200);
 }

@@ -1,6 +1,6 @@
 //! Which pod network namespaces are enrolled: the agent's table and the eBPF map it mirrors.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
@@ -55,6 +55,8 @@ pub struct Enrollments {
     /// Inbound capture of enrolled pods, when the proxy takes inbound traffic.
     inbound: Option<InboundHooks>,
     captured: BTreeMap<String, (u64, Captured)>,
+    /// Enrolled by discovery (the mesh's endpoints), not by configuration: a reload keeps them.
+    discovered: BTreeSet<String>,
 }
 
 impl Enrollments {
@@ -70,6 +72,7 @@ impl Enrollments {
             workloads: Workloads::default(),
             inbound,
             captured: BTreeMap::new(),
+            discovered: BTreeSet::new(),
         }
     }
 
@@ -138,7 +141,24 @@ impl Enrollments {
         Ok(entry)
     }
 
+    /// Enrolls a namespace discovery found to be in the mesh.
+    pub fn enroll_discovered(&mut self, ns: &NetnsRef) -> Result<EnrolledNetns, EnrollmentError> {
+        let entry = self.enroll(ns)?;
+        self.discovered.insert(ns.spec.clone());
+        Ok(entry)
+    }
+
+    pub fn is_enrolled(&self, spec: &str) -> bool {
+        self.by_spec.contains_key(spec)
+    }
+
+    /// Namespaces enrolled by discovery.
+    pub fn discovered(&self) -> Vec<String> {
+        self.discovered.iter().cloned().collect()
+    }
+
     pub fn unenroll(&mut self, spec: &str) -> Result<EnrolledNetns, EnrollmentError> {
+        self.discovered.remove(spec);
         let entry = self
             .by_spec
             .remove(spec)
@@ -167,6 +187,7 @@ impl Enrollments {
         let stale: Vec<String> = self
             .by_spec
             .keys()
+            .filter(|spec| !self.discovered.contains(*spec))
             .filter(|spec| !desired.iter().any(|ns| &ns.spec == *spec))
             .cloned()
             .collect();

@@ -6,6 +6,7 @@
 //! bpf_link owned by this process, so nothing stays attached after the agent exits, even if
 //! it is killed.
 pub mod cgroup;
+pub mod discover;
 mod enrollment;
 pub mod inbound;
 pub mod netns;
