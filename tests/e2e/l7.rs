@@ -1327,3 +1327,65 @@ fn a_request_body_too_long_to_keep_is_not_retried() {
     let (status, _, _) = mesh.curl("/upload", &["--data-binary", "small"]);
     assert_eq!(status, 200);
 }
+
+#[test]
+fn stalled_responses_and_idle_tcp_connections_are_cut() {
+    // HTTP: headers at once, the body 3 s later; the route's idle timeout is 500 ms.
+    let mesh = MeshNode::start(
+        "l7idle",
+        MeshSpec {
+            routes: vec![route(
+                "idle",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({
+                "timeout": {"idle": {"unit": "ms", "value": 500}}}),
+            )],
+            ..Default::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let (status, body, _) = mesh.curl("/stall", &["-H", "x-meshtb-body-delay-ms: 3000"]);
+    let took = started.elapsed();
+    assert!(
+        !body.contains("hello from"),
+        "the stalled body arrived: {status} {body}"
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // A body in time passes.
+    assert_eq!(
+        mesh.served_by("/", &["-H", "x-meshtb-body-delay-ms: 100"]),
+        "v1"
+    );
+    drop(mesh);
+
+    // TCP: a connection on which nothing moves is reset after the route's idle timeout.
+    let tcp_route = json!({"meshName": "m", "virtualRouterName": "api", "routeName": "tcp", "spec": {"tcpRoute": {
+        "action": {"weightedTargets": [{"virtualNode": "v1", "weight": 1}]},
+        "timeout": {"idle": {"unit": "ms", "value": 800}}}}});
+    let mesh = MeshNode::start(
+        "l7tcpidle",
+        MeshSpec {
+            protocol: "tcp",
+            routes: vec![tcp_route],
+            ..Default::default()
+        },
+    );
+    let to = format!("{SERVICE_VIP}:{PORT}");
+    let output = mesh
+        .node
+        .run_in_pod("client", meshtb(), &["probe", "--to", &to], TIMEOUT)
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let elapsed: u64 = text
+        .split("elapsed_ms=")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        text.contains("read=ConnectionReset") || text.contains("read=eof"),
+        "{text}"
+    );
+    assert!((700..2500).contains(&elapsed), "{text}");
+}

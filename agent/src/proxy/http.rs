@@ -290,12 +290,16 @@ impl HttpContext {
             let retry = action.retry.as_ref().filter(|policy| {
                 retries < policy.num_retries && body.replayable() && result.retriable(policy)
             });
+            let timed = |response: Response<Body>| {
+                response.map(|body| TimedBody::wrap(body, deadline, action.idle_timeout))
+            };
             if retry.is_none() {
                 return result
-                    .into_response(upstream, deadline.is_some_and(|d| Instant::now() >= d));
+                    .into_response(upstream, deadline.is_some_and(|d| Instant::now() >= d))
+                    .map(timed);
             }
             let Some(slot) = upstream.begin_retry() else {
-                return result.into_response(upstream, false);
+                return result.into_response(upstream, false).map(timed);
             };
             _retry_slot = Some(slot);
             retries += 1;
@@ -594,6 +598,76 @@ fn concat(chunks: VecDeque<Bytes>, size: usize) -> Bytes {
         out.extend_from_slice(&chunk);
     }
     out.into()
+}
+
+/// A response body held to what is left of the route timeout and to the route's idle
+/// timeout: a body that stalls past either ends in an error, so the client sees the stream
+/// (HTTP/2) or connection (HTTP/1.1) reset instead of waiting, as Envoy does.
+struct TimedBody {
+    inner: Body,
+    deadline: Option<tokio::time::Instant>,
+    idle: Option<Duration>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn wrap(inner: Body, deadline: Option<Instant>, idle: Option<Duration>) -> Body {
+        if deadline.is_none() && idle.is_none() {
+            return inner;
+        }
+        let mut body = Self {
+            inner,
+            deadline: deadline.map(tokio::time::Instant::from_std),
+            idle,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        };
+        body.rearm();
+        body.boxed_unsync()
+    }
+
+    fn rearm(&mut self) {
+        let idle = self.idle.map(|idle| tokio::time::Instant::now() + idle);
+        let next = match (self.deadline, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(next) = next {
+            self.timer.as_mut().reset(next);
+        }
+    }
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.rearm();
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(done) => return Poll::Ready(done),
+            Poll::Pending => {}
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(
+                "upstream response timed out (route timeout or idle timeout)".into(),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A kept body with trailers (gRPC requests may carry them), sent again.

@@ -5,7 +5,6 @@
 //! pod's loopback, as App Mesh's sidecar did.
 use std::{
     collections::{HashMap, HashSet},
-    io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex},
 };
@@ -18,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::{
     MeshContext,
     http::{self, Direction, HttpContext},
-    outbound::{relay_connection, reset},
-    upstream::{Outcome, Upstream},
+    outbound::{RelayEnds, relay_connection, reset},
+    upstream::{Connector, Outcome, Upstream},
 };
 use crate::{
     metrics::{FailureReason, ProxyMetrics},
@@ -67,6 +66,8 @@ impl PodContext {
     }
 }
 
+/// How long the application on the pod's loopback may take to accept.
+const APP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const PORTS_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct InboundSettings {
@@ -215,10 +216,18 @@ async fn handle(
             });
             http::serve(stream, context, shared.cut.clone()).await;
         }
-        (Some(Some(PortPlan::Tcp { clusters, .. })), _) => {
+        (
+            Some(Some(PortPlan::Tcp {
+                clusters,
+                idle_timeout,
+            })),
+            _,
+        ) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             match pod.local_upstream(&plane, cluster, port, &shared.mesh, shared.settings.mark) {
-                Some(upstream) => relay_local(stream, peer, &upstream, &shared).await,
+                Some(upstream) => {
+                    relay_local(stream, peer, &upstream, &shared, *idle_timeout).await
+                }
                 None => reset(stream),
             }
         }
@@ -227,22 +236,21 @@ async fn handle(
             reset(stream);
         }
         // Not (or no longer) a mesh port of this pod: straight to the application.
-        _ => match pod
-            .net
-            .stream_socket()
-            .and_then(|s| plain_connect(s, local, shared.settings.mark))
-        {
-            Ok(connecting) => match connecting.await {
+        _ => {
+            let app = Connector::in_pod(
+                local.into(),
+                Some(shared.settings.mark),
+                APP_CONNECT_TIMEOUT,
+                Arc::clone(&pod.net),
+            );
+            match app.connect().await {
                 Ok(app) => {
-                    relay_connection(
-                        stream,
-                        peer_v4(peer),
-                        app,
-                        &local.to_string(),
-                        &shared.metrics,
-                        &shared.cut,
-                    )
-                    .await
+                    let ends = RelayEnds {
+                        metrics: &shared.metrics,
+                        cut: &shared.cut,
+                        idle: None,
+                    };
+                    relay_connection(stream, peer_v4(peer), app, &local.to_string(), ends).await
                 }
                 Err(error) => {
                     shared
@@ -251,24 +259,9 @@ async fn handle(
                     debug!(%error, port, "application refused an inbound connection");
                     reset(stream);
                 }
-            },
-            Err(error) => {
-                warn!(%error, "cannot open a socket in the pod");
-                reset(stream);
             }
-        },
+        }
     }
-}
-
-fn plain_connect(
-    socket: socket2::Socket,
-    to: SocketAddrV4,
-    mark: u32,
-) -> io::Result<impl std::future::Future<Output = io::Result<tokio::net::TcpStream>>> {
-    socket.set_mark(mark)?;
-    socket.set_nonblocking(true)?;
-    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    Ok(socket.connect(to.into()))
 }
 
 async fn relay_local(
@@ -276,6 +269,7 @@ async fn relay_local(
     peer: SocketAddr,
     upstream: &Upstream,
     shared: &Shared,
+    idle: Option<std::time::Duration>,
 ) {
     let cluster = upstream.name();
     let in_flight = match upstream.pick().await {
@@ -289,15 +283,12 @@ async fn relay_local(
     match in_flight.endpoint.connector.connect().await {
         Ok(app) => {
             upstream.record(&in_flight.endpoint, Outcome::Success);
-            relay_connection(
-                stream,
-                peer_v4(peer),
-                app,
-                cluster,
-                &shared.metrics,
-                &shared.cut,
-            )
-            .await;
+            let ends = RelayEnds {
+                metrics: &shared.metrics,
+                cut: &shared.cut,
+                idle,
+            };
+            relay_connection(stream, peer_v4(peer), app, cluster, ends).await;
         }
         Err(error) => {
             shared.metrics.failed(cluster, FailureReason::refused);

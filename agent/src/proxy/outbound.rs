@@ -201,7 +201,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Some((source, outbound)) =
         source.and_then(|node| plane.outbound.get(&node).map(|plan| (node, plan)))
     else {
-        return relay_to(client, peer, destination, &shared).await;
+        return relay_to(client, peer, destination, &shared, None).await;
     };
     let port = destination.port();
     match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
@@ -217,13 +217,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             });
             http::serve(client, context, shared.cut.clone()).await;
         }
-        Some(PortPlan::Tcp { clusters, .. }) => {
+        Some(PortPlan::Tcp {
+            clusters,
+            idle_timeout,
+        }) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             match plane.clusters.get(cluster) {
                 Some(upstream) if upstream.plan.discovery == Discovery::OriginalDestination => {
-                    relay_to(client, peer, destination, &shared).await;
+                    relay_to(client, peer, destination, &shared, *idle_timeout).await;
                 }
-                Some(upstream) => relay_to_cluster(client, peer, upstream, &shared).await,
+                Some(upstream) => {
+                    relay_to_cluster(client, peer, upstream, &shared, *idle_timeout).await
+                }
                 None => {
                     shared.metrics.failed(cluster, FailureReason::other);
                     warn!(client = %peer, %source, cluster, "TCP route targets a cluster that is not loaded; resetting");
@@ -245,11 +250,17 @@ async fn relay_to(
     peer: SocketAddrV4,
     destination: SocketAddrV4,
     shared: &Shared,
+    idle: Option<Duration>,
 ) {
     let label = destination.to_string();
     match connect_upstream(destination, &shared.settings).await {
         Ok(upstream) => {
-            relay_connection(client, peer, upstream, &label, &shared.metrics, &shared.cut).await
+            let ends = RelayEnds {
+                metrics: &shared.metrics,
+                cut: &shared.cut,
+                idle,
+            };
+            relay_connection(client, peer, upstream, &label, ends).await
         }
         Err(error) => {
             let reason = failure_reason(&error);
@@ -266,6 +277,7 @@ async fn relay_to_cluster(
     peer: SocketAddrV4,
     upstream: &Upstream,
     shared: &Shared,
+    idle: Option<Duration>,
 ) {
     let cluster = upstream.name();
     let in_flight = match upstream.pick().await {
@@ -279,7 +291,12 @@ async fn relay_to_cluster(
     match in_flight.endpoint.connector.connect().await {
         Ok(stream) => {
             upstream.record(&in_flight.endpoint, Outcome::Success);
-            relay_connection(client, peer, stream, cluster, &shared.metrics, &shared.cut).await;
+            let ends = RelayEnds {
+                metrics: &shared.metrics,
+                cut: &shared.cut,
+                idle,
+            };
+            relay_connection(client, peer, stream, cluster, ends).await;
         }
         Err(error) => {
             upstream.record(&in_flight.endpoint, Outcome::Error);
@@ -291,19 +308,25 @@ async fn relay_to_cluster(
     }
 }
 
-/// Relays until both sides are done (or `cut`), counting under `label`.
+/// What a relay is counted in, cut by, and how long it may sit idle.
+pub(super) struct RelayEnds<'a> {
+    pub metrics: &'a ProxyMetrics,
+    pub cut: &'a CancellationToken,
+    pub idle: Option<Duration>,
+}
+
+/// Relays until both sides are done (or cut, or idle too long), counting under `label`.
 pub(super) async fn relay_connection(
     client: TcpStream,
     peer: SocketAddrV4,
     upstream: TcpStream,
     label: &str,
-    metrics: &ProxyMetrics,
-    cut: &CancellationToken,
+    ends: RelayEnds<'_>,
 ) {
     let _ = client.set_nodelay(true);
-    let metrics = metrics.opened(label);
+    let metrics = ends.metrics.opened(label);
     debug!(client = %peer, destination = label, "relaying");
-    if let Err(error) = relay::relay(&client, &upstream, &metrics, cut).await {
+    if let Err(error) = relay::relay(&client, &upstream, &metrics, ends.cut, ends.idle).await {
         debug!(client = %peer, destination = label, %error, "connection ended with an error; resetting both sides");
         reset(client);
         reset(upstream);

@@ -9,6 +9,8 @@ use std::{
     io,
     net::Shutdown,
     os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use nix::fcntl::OFlag;
@@ -33,24 +35,43 @@ pub enum RelayError {
     Pipe(io::Error),
     #[error("cut at the end of the drain period")]
     Cut,
+    #[error("idle for {0:?}")]
+    Idle(Duration),
 }
 
-/// Runs until both directions have seen EOF, or one side fails, or `cut` fires. On error the
-/// caller resets both sockets.
+/// Runs until both directions have seen EOF, or one side fails, or `cut` fires, or (with
+/// `idle`) no byte has moved either way for that long (noticed within a quarter more). On
+/// error the caller resets both sockets.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     metrics: &ConnectionMetrics,
     cut: &CancellationToken,
+    idle: Option<Duration>,
 ) -> Result<(), RelayError> {
     let to_destination_pipe = Pipe::new().map_err(RelayError::Pipe)?;
     let to_client_pipe = Pipe::new().map_err(RelayError::Pipe)?;
-    let to_destination = splice_half(client, upstream, &to_destination_pipe, &metrics.sent);
-    let to_client = splice_half(upstream, client, &to_client_pipe, &metrics.received);
+    let moved = AtomicU64::new(0);
+    let to_destination = splice_half(
+        client,
+        upstream,
+        &to_destination_pipe,
+        &metrics.sent,
+        &moved,
+    );
+    let to_client = splice_half(upstream, client, &to_client_pipe, &metrics.received, &moved);
     tokio::pin!(to_destination, to_client);
+    let mut watch = idle.map(IdleWatch::new);
     let (mut sent_done, mut received_done) = (false, false);
     while !(sent_done && received_done) {
         tokio::select! {
+            () = idle_tick(watch.as_mut()) => {
+                if let Some(watch) = &mut watch
+                    && watch.expired(moved.load(Ordering::Relaxed))
+                {
+                    return Err(RelayError::Idle(watch.limit));
+                }
+            }
             result = &mut to_destination, if !sent_done => {
                 result.map_err(|side| side.into_error(RelayError::Client, RelayError::Destination))?;
                 sent_done = true;
@@ -63,6 +84,44 @@ pub async fn relay(
         }
     }
     Ok(())
+}
+
+/// Notices a connection on which nothing moved for `limit`.
+struct IdleWatch {
+    limit: Duration,
+    tick: tokio::time::Interval,
+    seen: u64,
+    since: Instant,
+}
+
+impl IdleWatch {
+    fn new(limit: Duration) -> Self {
+        let mut tick = tokio::time::interval(limit / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            limit,
+            tick,
+            seen: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn expired(&mut self, moved: u64) -> bool {
+        if moved != self.seen {
+            self.seen = moved;
+            self.since = Instant::now();
+        }
+        self.since.elapsed() >= self.limit
+    }
+}
+
+async fn idle_tick(watch: Option<&mut IdleWatch>) {
+    match watch {
+        Some(watch) => {
+            watch.tick.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Which end of one direction failed.
@@ -104,6 +163,7 @@ async fn splice_half(
     to: &TcpStream,
     pipe: &Pipe,
     counter: &Counter,
+    moved: &AtomicU64,
 ) -> Result<(), Side> {
     loop {
         let filled = ready_splice(
@@ -134,6 +194,7 @@ async fn splice_half(
             .map_err(Side::Write)?;
         }
         counter.inc_by(filled as u64);
+        moved.fetch_add(filled as u64, Ordering::Relaxed);
     }
 }
 

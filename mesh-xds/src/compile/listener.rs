@@ -29,8 +29,11 @@ use super::{ads, socket_address, u32_value};
 pub enum PortPlan {
     /// HTTP-family traffic, routed by the named RouteConfiguration.
     Http { routes: String },
-    /// TCP to weighted clusters.
-    Tcp { clusters: Vec<(String, u32)> },
+    /// TCP to weighted clusters, cut after the idle timeout.
+    Tcp {
+        clusters: Vec<(String, u32)>,
+        idle_timeout: Option<PbDuration>,
+    },
 }
 
 pub fn outbound(
@@ -50,7 +53,10 @@ pub fn outbound(
                 PortPlan::Http { routes } => {
                     http_connection_manager(format!("{name}/{port}"), rds(routes))
                 }
-                PortPlan::Tcp { clusters } => tcp_proxy(format!("{name}/{port}"), clusters, None),
+                PortPlan::Tcp {
+                    clusters,
+                    idle_timeout,
+                } => tcp_proxy(format!("{name}/{port}"), clusters, idle_timeout),
             }],
             ..Default::default()
         })

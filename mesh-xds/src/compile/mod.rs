@@ -415,10 +415,13 @@ fn outbound_for(index: &MeshIndex, node: &CreateVirtualNodeInput, issues: &mut I
             ))
         })
         .collect();
-    ports.extend(
-        tcp.into_iter()
-            .map(|(port, clusters)| (port, PortPlan::Tcp { clusters })),
-    );
+    ports.extend(tcp.into_iter().map(|(port, targets)| {
+        let plan = PortPlan::Tcp {
+            clusters: targets.clusters,
+            idle_timeout: targets.idle,
+        };
+        (port, plan)
+    }));
     let listener = (!ports.is_empty() || passthrough.is_some()).then(|| {
         listener::outbound(
             names::outbound_listener(mesh, &node.virtual_node_name),
@@ -451,7 +454,7 @@ struct Outbound {
 #[derive(Default)]
 struct Hosts {
     http: BTreeMap<i32, Vec<VirtualHost>>,
-    tcp: BTreeMap<i32, Vec<(String, u32)>>,
+    tcp: BTreeMap<i32, TcpTargets>,
     clusters: BTreeSet<String>,
 }
 
@@ -508,7 +511,7 @@ impl Hosts {
                 }
             }
         }
-        for (name, _) in self.tcp.values_mut().flatten() {
+        for (name, _) in self.tcp.values_mut().flat_map(|t| t.clusters.iter_mut()) {
             rename(name);
         }
         self.clusters = self
@@ -516,7 +519,11 @@ impl Hosts {
             .values()
             .flatten()
             .flat_map(|h| h.routes.iter().flat_map(route_clusters))
-            .chain(self.tcp.values().flatten().map(|(name, _)| name.clone()))
+            .chain(
+                self.tcp
+                    .values()
+                    .flat_map(|t| t.clusters.iter().map(|(name, _)| name.clone())),
+            )
             .collect();
     }
 }
@@ -545,7 +552,7 @@ fn hosts_of<'a>(
             if protocol == PortProtocol::Tcp {
                 hosts
                     .clusters
-                    .extend(tcp_targets.iter().map(|(c, _)| c.clone()));
+                    .extend(tcp_targets.clusters.iter().map(|(c, _)| c.clone()));
                 if hosts.tcp.insert(port, tcp_targets).is_some() {
                     issues.push(format!(
                         "{what}: several TCP services on port {port}; TCP cannot tell them apart, the last one wins"
@@ -585,7 +592,14 @@ fn route_clusters(route: &Route) -> Vec<String> {
 }
 
 /// A port of a virtual service: its number, protocol, HTTP routes and TCP targets.
-type ServicePort = (i32, PortProtocol, Vec<Route>, Vec<(String, u32)>);
+type ServicePort = (i32, PortProtocol, Vec<Route>, TcpTargets);
+
+/// Where a TCP port's connections go: weighted clusters, and the route's idle timeout.
+#[derive(Clone, Default)]
+struct TcpTargets {
+    clusters: Vec<(String, u32)>,
+    idle: Option<PbDuration>,
+}
 
 /// A service's ports, from its provider.
 fn service_ports(
@@ -610,12 +624,11 @@ fn service_ports(
                     let port = l.port_mapping.port;
                     let cluster = names::cluster(mesh, &provider.virtual_node_name, port);
                     let route = route::to_cluster(&service.virtual_service_name, cluster.clone());
-                    (
-                        port,
-                        l.port_mapping.protocol,
-                        vec![route],
-                        vec![(cluster, 1)],
-                    )
+                    let tcp = TcpTargets {
+                        clusters: vec![(cluster, 1)],
+                        idle: None,
+                    };
+                    (port, l.port_mapping.protocol, vec![route], tcp)
                 })
                 .collect()
         }
@@ -648,7 +661,7 @@ fn service_ports(
                         .iter()
                         .filter_map(|r| route::routes(index, r, port, issues))
                         .collect();
-                    let tcp = fitting
+                    let tcp_routes: Vec<_> = fitting
                         .iter()
                         .filter_map(|r| r.spec.tcp_route.as_ref().map(|t| (r, t)))
                         .filter(|(_, t)| {
@@ -657,6 +670,12 @@ fn service_ports(
                                 .and_then(|m| m.port)
                                 .is_none_or(|p| p == port)
                         })
+                        .collect();
+                    let idle = tcp_routes
+                        .iter()
+                        .find_map(|(_, t)| t.timeout.as_ref()?.idle.as_ref().and_then(duration));
+                    let clusters = tcp_routes
+                        .iter()
                         .flat_map(|(r, t)| {
                             t.action.weighted_targets.iter().filter_map(|target| {
                                 let cluster = index.target_cluster(
@@ -668,7 +687,7 @@ fn service_ports(
                             })
                         })
                         .collect();
-                    (port, protocol, http, tcp)
+                    (port, protocol, http, TcpTargets { clusters, idle })
                 })
                 .collect()
         }

@@ -13,7 +13,6 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
 use mesh_testbed::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
@@ -189,7 +188,7 @@ async fn answer(
     behaviour: &Behaviour,
     request: Request<Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<LateBody> {
     let header =
         |name: &str| -> Option<u64> { request.headers().get(name)?.to_str().ok()?.parse().ok() };
     if let Some(delay) = header("x-meshtb-delay-ms") {
@@ -212,12 +211,41 @@ async fn answer(
         behaviour.name,
         request.uri().path()
     );
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let body_delay = header("x-meshtb-body-delay-ms").map(Duration::from_millis);
+    let mut response = Response::new(LateBody {
+        delay: body_delay.map(|d| Box::pin(tokio::time::sleep(d))),
+        data: Some(Bytes::from(body)),
+    });
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     if let Ok(name) = hyper::header::HeaderValue::from_str(&behaviour.name) {
         response.headers_mut().insert("x-served-by", name);
     }
     response
+}
+
+/// A body sent after the headers, `delay` later (`x-meshtb-body-delay-ms`: a response that
+/// stalls mid-way).
+struct LateBody {
+    delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    data: Option<Bytes>,
+}
+
+impl hyper::body::Body for LateBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if let Some(delay) = &mut self.delay {
+            if delay.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            self.delay = None;
+        }
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+    }
 }
 
 /// Connects every request to one address, whatever its URI names (a service name whose
