@@ -432,7 +432,51 @@ impl Collector for AgentCollector {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// The metric names (without suffixes) docs/metrics.md documents; the eBPF-backed ones
+    /// apart, since an in-process test has no kernel maps.
+    fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
+        let doc = include_str!("../../docs/metrics.md");
+        let mut plain = BTreeSet::new();
+        let mut ebpf = BTreeSet::new();
+        for row in doc.lines().filter(|l| l.starts_with("| `")) {
+            let name = row.split('`').nth(1).unwrap_or_default().to_owned();
+            if row.contains("(eBPF)") {
+                ebpf.insert(name);
+            } else {
+                plain.insert(name);
+            }
+        }
+        (plain, ebpf)
+    }
+
+    /// Names of the series families in an exposition, as users query them.
+    fn served(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let name = words.next().unwrap_or_default();
+                match words.next() {
+                    Some("counter") => format!("{name}_total"),
+                    Some("histogram") => name.to_owned(),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_exactly_what_is_served() {
+        let metrics = Metrics::with_mesh(Arc::new(AtomicI64::new(0)), None, MeshState::default());
+        let text = metrics.encode().unwrap();
+        let (plain, ebpf) = documented();
+        assert!(!ebpf.is_empty());
+        assert_eq!(served(&text), plain, "docs/metrics.md vs /metrics:\n{text}");
+    }
 
     #[test]
     fn connection_lifecycle_is_counted() {

@@ -359,6 +359,33 @@ fn path_prefix_exact_and_regex_matches() {
     ] {
         assert_eq!(mesh.served_by(path, &[]), want, "{path}");
     }
+    // Every request gets an x-request-id unless it has one; trace context passes unchanged.
+    let (_, _, headers) = mesh.curl("/", &[]);
+    let id = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-meshtb-request-id: ")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    assert_eq!(id.len(), 36, "{headers}");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (_, _, headers) = mesh.curl(
+        "/",
+        &[
+            "-H",
+            "x-request-id: mine",
+            "-H",
+            &format!("traceparent: {traceparent}"),
+        ],
+    );
+    let lower = headers.to_ascii_lowercase();
+    assert!(lower.contains("x-meshtb-request-id: mine"), "{headers}");
+    assert!(
+        lower.contains(&format!("x-meshtb-traceparent: {traceparent}")),
+        "{headers}"
+    );
     let metrics = mesh.metrics();
     let exact = r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="exact",response_code="200"}"#;
     assert_eq!(metric_value(&metrics, exact), 1.0, "{metrics}");

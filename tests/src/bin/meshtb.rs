@@ -220,6 +220,15 @@ async fn answer(
     if let Ok(name) = hyper::header::HeaderValue::from_str(&behaviour.name) {
         response.headers_mut().insert("x-served-by", name);
     }
+    // Echo the correlation headers the request arrived with, so tests see what hops added.
+    for (seen, echo) in [
+        ("x-request-id", "x-meshtb-request-id"),
+        ("traceparent", "x-meshtb-traceparent"),
+    ] {
+        if let Some(value) = request.headers().get(seen) {
+            response.headers_mut().insert(echo, value.clone());
+        }
+    }
     response
 }
 
