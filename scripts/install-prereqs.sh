@@ -26,6 +26,23 @@ else
   step "Debian packages present"
 fi
 
+# Prometheus (and promtool) for the scrape test, without its recommends (node exporter) and
+# without starting its service: the tests start their own, in a test namespace.
+if have prometheus && have promtool; then
+  step "prometheus present"
+else
+  step "installing prometheus (no service started)"
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
   step "rust-src for $NIGHTLY present"
 else

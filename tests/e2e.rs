@@ -16,6 +16,8 @@ use mesh_testbed::{
 
 #[path = "e2e/l7.rs"]
 mod l7;
+#[path = "e2e/observability.rs"]
+mod observability;
 
 const MEGABYTES_10: usize = 10 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);

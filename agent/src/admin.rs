@@ -4,7 +4,8 @@
 //! * `GET /readyz` — 200 once programs are attached, the proxy listens and (with xDS) the
 //!   first configuration is in; 503 before and while draining.
 //! * `GET /config_dump` — the xDS configuration held: per type, its version and resource names.
-//! * `GET /metrics` — Prometheus / OpenMetrics text.
+//! * `GET /metrics` — OpenMetrics text when the Accept header asks for it, else the classic
+//!   Prometheus text format.
 //! * `GET /enrollment` — enrolled namespaces, one per line.
 //! * `POST /enrollment?netns=NAME|PATH`, `DELETE /enrollment?netns=NAME|PATH` — enroll or
 //!   unenroll a pod namespace now (until the next config reload). Only from loopback: the
@@ -33,6 +34,7 @@ use tracing::{debug, warn};
 use crate::{config::NetnsRef, metrics::Metrics, redirect::Enrollments};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -98,10 +100,22 @@ fn route(
         }
         "/metrics" if method == Method::GET => match state.metrics.encode() {
             Ok(body) => {
+                // OpenMetrics for scrapers that ask for it (Prometheus does), the classic
+                // text format for everyone else (curl, promtool).
+                let openmetrics = request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                let (body, content_type) = if openmetrics {
+                    (body, OPENMETRICS)
+                } else {
+                    (crate::metrics::classic_text(&body), CLASSIC)
+                };
                 let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(OPENMETRICS),
+                    header::HeaderValue::from_static(content_type),
                 );
                 response
             }

@@ -387,6 +387,32 @@ impl Metrics {
     }
 }
 
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition: counters are
+/// declared under their `_total` sample name, and `# UNIT` / `# EOF` go.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let declared = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(declared.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Values read at scrape time: the eBPF counters and the enrollment count.
 #[derive(Debug)]
 struct AgentCollector {
@@ -467,6 +493,17 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn classic_text_names_counters_by_their_samples() {
+        let metrics = Metrics::new(Arc::new(AtomicI64::new(1)), None);
+        metrics.proxy.failed("10.0.0.3:81", FailureReason::refused);
+        let classic = classic_text(&metrics.encode().unwrap());
+        assert!(classic.contains("# TYPE mesh_agent_proxy_connections_failed_total counter\n"));
+        assert!(classic.contains("# HELP mesh_agent_proxy_connections_failed_total "));
+        assert!(classic.contains("# TYPE mesh_agent_enrolled_netns gauge\n"));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
 
     #[test]

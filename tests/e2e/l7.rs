@@ -20,30 +20,30 @@ const PORT: u16 = 8080;
 /// A mesh `m`: virtual node `client` (the client pod, found by its address) with backend
 /// `api.m.local`, provided by router `api` whose routes the test gives, over virtual
 /// nodes `v1` and `v2` (pods `s1`, `s2` running meshtb http-server).
-struct MeshNode {
+pub struct MeshNode {
     agent: Agent,
-    node: Node,
+    pub node: Node,
     servers: BTreeMap<&'static str, Proc>,
     _mesh: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
 
-struct MeshSpec {
-    egress: &'static str,
-    routes: Vec<Value>,
+pub struct MeshSpec {
+    pub egress: &'static str,
+    pub routes: Vec<Value>,
     /// Extra listener fields of v1 and v2 (outlierDetection, healthCheck, connectionPool).
-    listener_extra: Value,
+    pub listener_extra: Value,
     /// Extra meshtb http-server arguments for v1 and v2.
-    server_args: [Vec<&'static str>; 2],
-    protocol: &'static str,
+    pub server_args: [Vec<&'static str>; 2],
+    pub protocol: &'static str,
     /// v1 has two endpoints (pods s1, s3, answering as `v1` and `v1b`), from the registry.
-    v1_replicas: bool,
+    pub v1_replicas: bool,
     /// Enrolled pods (their outbound goes through the proxy, and their inbound too).
-    enrolled: &'static [&'static str],
+    pub enrolled: &'static [&'static str],
     /// Enroll the node's pods by discovery (`enrollment.discover`) instead.
-    discover: bool,
+    pub discover: bool,
     /// The router's listener ports.
-    router_ports: &'static [u16],
+    pub router_ports: &'static [u16],
 }
 
 impl Default for MeshSpec {
@@ -63,7 +63,7 @@ impl Default for MeshSpec {
 }
 
 /// An httpRoute (or http2Route) named `name` with `matching` to weighted targets.
-fn route(
+pub fn route(
     name: &str,
     priority: Option<i64>,
     matching: Value,
@@ -120,7 +120,7 @@ fn start_grpc_server(node: &Node, pod: &str, name: &str) -> Proc {
 }
 
 impl MeshNode {
-    fn start(label: &str, spec: MeshSpec) -> Self {
+    pub fn start(label: &str, spec: MeshSpec) -> Self {
         let mut node = Node::create(label).expect("test node");
         for pod in ["client", "s1", "s2", "s3", "outside"] {
             node.add_pod(pod).expect("pod");
@@ -261,7 +261,7 @@ impl MeshNode {
         }
     }
 
-    fn metrics(&self) -> String {
+    pub fn metrics(&self) -> String {
         self.agent.metrics(&self.node).expect("metrics")
     }
 
@@ -894,7 +894,7 @@ impl MeshNode {
     }
 
     /// `count` requests over one keep-alive connection (curl URL globbing); the answers.
-    fn load(&self, count: usize, args: &[&str]) -> String {
+    pub fn load(&self, count: usize, args: &[&str]) -> String {
         let url = format!("http://{SERVICE}:{PORT}/load/[1-{count}]");
         let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
         let mut all = vec!["-sS", "--resolve", &resolve];

@@ -1,0 +1,204 @@
+//! Observability for real: a Prometheus server scraping the agent while the mesh carries a
+//! known number of requests, queried through its HTTP API; promtool checking the exposition.
+use std::{io::Write, process::Stdio, time::Duration};
+
+use mesh_testbed::{Agent, Proc};
+use serde_json::{Value, json};
+
+use super::l7::{MeshNode, MeshSpec, route};
+
+const PROMETHEUS: &str = "127.0.0.1:19090";
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prometheus' answer to an instant query (`None` if it refused it).
+fn answer(mesh: &MeshNode, promql: &str) -> Option<Value> {
+    let path = format!("/api/v1/query?query={}", percent_encode(promql));
+    let (status, body) = mesh
+        .node
+        .http("GET", PROMETHEUS.parse().ok()?, &path)
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+/// The value of an instant query's single result, if there is one.
+fn query(mesh: &MeshNode, promql: &str) -> Option<f64> {
+    answer(mesh, promql)?["data"]["result"][0]["value"][1]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+fn repo_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every panel query of the Grafana dashboard, with Grafana's variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: Value = serde_json::from_str(&repo_file("deploy/grafana/mesh-agent.json"))
+        .expect("the dashboard is JSON");
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .map(|e| {
+            e.replace("$__rate_interval", "1m")
+                .replace("$service", ".*")
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_the_per_service_counts_that_were_sent() {
+    let mesh = MeshNode::start(
+        "obsprom",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({}),
+            )],
+            ..Default::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mesh-agent\n    static_configs:\n      - targets: ['{}']\n",
+            Agent::admin_addr()
+        ),
+    )
+    .unwrap();
+    let mut command = mesh.node.node_command("prometheus").unwrap();
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            work.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={PROMETHEUS}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _prometheus = Proc::spawn("prometheus", command).unwrap();
+    mesh.node
+        .wait_for_listener(PROMETHEUS.parse().unwrap(), Duration::from_secs(30))
+        .unwrap();
+
+    let answers = mesh.load(300, &[]);
+    assert_eq!(answers.matches("hello from v1 ").count(), 300);
+    let sent = r#"sum(mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="all",response_code="200"})"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while query(&mesh, sent) != Some(300.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never saw 300 requests: {:?}",
+            query(&mesh, sent)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Latency from the histogram: the requests were sub-millisecond to a few milliseconds.
+    let p99 = query(
+        &mesh,
+        r#"histogram_quantile(0.99, sum by (le) (mesh_request_duration_seconds_bucket{route="all"}))"#,
+    )
+    .expect("a p99 from the histogram");
+    assert!(p99 > 0.0 && p99 <= 0.1, "p99 {p99}");
+
+    // Every dashboard query is valid PromQL, and the per-service ones see the traffic.
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10);
+    for promql in &queries {
+        let reply = answer(&mesh, promql).unwrap_or_else(|| panic!("Prometheus refused {promql}"));
+        assert_eq!(reply["status"], "success", "{promql}: {reply}");
+    }
+    // rate() needs two scrapes of the series.
+    let graph = &queries[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while answer(&mesh, graph)
+        .is_none_or(|r| r["data"]["result"].as_array().is_none_or(Vec::is_empty))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service graph shows nothing: {graph}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // promtool accepts the exposition as Prometheus lints it.
+    let text = mesh.metrics();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_validate_and_name_only_served_metrics() {
+    let output = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/prometheus/alerts.yml"),
+        )
+        .output()
+        .expect("promtool runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every mesh metric the rules and the dashboard use is one docs/metrics.md lists.
+    let documented = repo_file("docs/metrics.md");
+    let rules = repo_file("deploy/prometheus/alerts.yml");
+    let mut text = rules;
+    for promql in dashboard_queries() {
+        text.push('\n');
+        text.push_str(&promql);
+    }
+    let used: std::collections::BTreeSet<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("mesh_"))
+        .map(|w| w.trim_end_matches("_bucket").to_owned())
+        .collect();
+    assert!(used.len() >= 8, "{used:?}");
+    for metric in used {
+        assert!(
+            documented.contains(&format!("`{metric}`")),
+            "{metric} is not in docs/metrics.md"
+        );
+    }
+}
