@@ -62,6 +62,17 @@ impl Default for MeshSpec {
     }
 }
 
+/// One route, `all`, sending everything to v1.
+pub fn all_to_v1() -> Vec<Value> {
+    vec![route(
+        "all",
+        None,
+        json!({"prefix": "/"}),
+        &[("v1", 1)],
+        json!({}),
+    )]
+}
+
 /// An httpRoute (or http2Route) named `name` with `matching` to weighted targets.
 pub fn route(
     name: &str,
@@ -749,13 +760,7 @@ fn per_retry_and_request_timeouts_answer_504_in_time() {
 
 #[test]
 fn drop_all_blocks_undeclared_destinations_and_allow_all_passes_them() {
-    let routes = vec![route(
-        "all",
-        None,
-        json!({"prefix": "/"}),
-        &[("v1", 1)],
-        json!({}),
-    )];
+    let routes = all_to_v1();
     let mesh = MeshNode::start(
         "l7drop",
         MeshSpec {
@@ -913,13 +918,7 @@ fn an_endpoint_killed_under_load_is_ejected_and_errors_stay_below_one_percent() 
     let mut mesh = MeshNode::start(
         "l7eject",
         MeshSpec {
-            routes: vec![route(
-                "all",
-                None,
-                json!({"prefix": "/"}),
-                &[("v1", 1)],
-                json!({}),
-            )],
+            routes: all_to_v1(),
             listener_extra: json!({"outlierDetection": {
                 "maxServerErrors": 3,
                 "interval": {"unit": "s", "value": 10},
@@ -962,13 +961,7 @@ fn a_full_connection_pool_answers_503_and_counts_overflows() {
     let mesh = MeshNode::start(
         "l7pool",
         MeshSpec {
-            routes: vec![route(
-                "all",
-                None,
-                json!({"prefix": "/"}),
-                &[("v1", 1)],
-                json!({}),
-            )],
+            routes: all_to_v1(),
             listener_extra: json!({"connectionPool": {"http": {"maxConnections": 1, "maxPendingRequests": 1}}}),
             ..Default::default()
         },
@@ -1021,13 +1014,7 @@ fn health_checks_remove_and_restore_an_endpoint() {
     let mut mesh = MeshNode::start(
         "l7health",
         MeshSpec {
-            routes: vec![route(
-                "all",
-                None,
-                json!({"prefix": "/"}),
-                &[("v1", 1)],
-                json!({}),
-            )],
+            routes: all_to_v1(),
             // App Mesh's minimums: 5 s interval, 2 s timeout, thresholds of 2.
             listener_extra: json!({"healthCheck": {
                 "protocol": "http", "path": "/health", "intervalMillis": 5000,
@@ -1154,13 +1141,7 @@ fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
     let mesh = MeshNode::start(
         "l7inbound",
         MeshSpec {
-            routes: vec![route(
-                "all",
-                None,
-                json!({"prefix": "/"}),
-                &[("v1", 1)],
-                json!({}),
-            )],
+            routes: all_to_v1(),
             listener_extra: json!({"timeout": {"http": {"perRequest": {"unit": "ms", "value": 500}}}}),
             enrolled: &["client", "s1"],
             ..Default::default()

@@ -3,9 +3,9 @@
 use std::{io::Write, process::Stdio, time::Duration};
 
 use mesh_testbed::{Agent, Proc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::l7::{MeshNode, MeshSpec, route};
+use super::l7::{MeshNode, MeshSpec, all_to_v1};
 
 const PROMETHEUS: &str = "127.0.0.1:19090";
 
@@ -66,13 +66,7 @@ fn prometheus_scrapes_the_per_service_counts_that_were_sent() {
     let mesh = MeshNode::start(
         "obsprom",
         MeshSpec {
-            routes: vec![route(
-                "all",
-                None,
-                json!({"prefix": "/"}),
-                &[("v1", 1)],
-                json!({}),
-            )],
+            routes: all_to_v1(),
             ..Default::default()
         },
     );
