@@ -586,6 +586,18 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
             })
     });
     assert!(agent.log().contains("taking the mesh from xDS"));
+    let metrics = agent.metrics(&node).unwrap();
+    assert_eq!(
+        metric_value(&metrics, "mesh_agent_xds_connected"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("mesh_agent_xds_config_info{type=\"RouteConfiguration\",version=\"v2\"} 1"),
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "mesh_agent_process_resident_memory_bytes") > 1e6);
 }
 
 #[test]

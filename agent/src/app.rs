@@ -29,6 +29,7 @@ use crate::{
         inbound::{self, InboundSettings},
     },
     redirect::{Enrollments, RedirectTarget, Redirector, cgroup, discover, preflight},
+    self_metrics::XdsWatch,
     state::{self, MeshState, UpstreamSettings},
 };
 
@@ -71,10 +72,12 @@ pub async fn run(
         .take_enrollments(hooks)
         .context("enrollment map already taken")?;
     let mesh_state = MeshState::default();
+    let xds_watch = XdsWatch::default();
     let metrics = Arc::new(Metrics::with_mesh(
         enrollments.gauge(),
         Some(redirector.counters()),
         mesh_state.clone(),
+        Arc::clone(&xds_watch),
     ));
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
@@ -126,6 +129,9 @@ pub async fn run(
     }
     let (embedded, xds) = start_xds(&config, embedded).await?;
     if let Some(xds) = &xds {
+        if let Ok(mut watch) = xds_watch.lock() {
+            *watch = Some(xds.state.clone());
+        }
         tokio::spawn(state::follow(
             xds.state.clone(),
             mesh.state.clone(),

@@ -10,6 +10,7 @@ mod metrics;
 mod proxy;
 mod redirect;
 mod registry_api;
+mod self_metrics;
 mod state;
 mod workload;
 mod xds_dump;

@@ -22,7 +22,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{redirect::RedirectCounters, state::MeshState};
+use crate::{
+    redirect::RedirectCounters,
+    self_metrics::{SelfCollector, XdsWatch},
+    state::MeshState,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationLabels {
@@ -357,11 +361,15 @@ impl Metrics {
         enrolled: Arc<AtomicI64>,
         redirect: Option<Arc<RedirectCounters>>,
         mesh: MeshState,
+        xds: XdsWatch,
     ) -> Self {
         let mut metrics = Self::new(enrolled, redirect);
         metrics
             .registry
             .register_collector(Box::new(EndpointCollector(mesh)));
+        metrics
+            .registry
+            .register_collector(Box::new(SelfCollector { xds }));
         metrics
     }
 
@@ -508,7 +516,12 @@ mod tests {
 
     #[test]
     fn docs_list_exactly_what_is_served() {
-        let metrics = Metrics::with_mesh(Arc::new(AtomicI64::new(0)), None, MeshState::default());
+        let metrics = Metrics::with_mesh(
+            Arc::new(AtomicI64::new(0)),
+            None,
+            MeshState::default(),
+            XdsWatch::default(),
+        );
         let text = metrics.encode().unwrap();
         let (plain, ebpf) = documented();
         assert!(!ebpf.is_empty());

@@ -110,9 +110,17 @@ pub async fn follow(
     settings: UpstreamSettings,
     stop: CancellationToken,
 ) {
+    let mut applied: Option<Arc<XdsState>> = None;
     loop {
         let accepted = Arc::clone(&xds.borrow_and_update());
-        apply(&accepted, &state, &settings);
+        // Connection state and NACK counts change the xDS state too; only resources matter.
+        if applied
+            .as_ref()
+            .is_none_or(|last| last.resources != accepted.resources)
+        {
+            apply(&accepted, &state, &settings);
+            applied = Some(accepted);
+        }
         tokio::select! {
             changed = xds.changed() => if changed.is_err() { return },
             () = stop.cancelled() => return,

@@ -41,6 +41,12 @@ use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
 pub struct XdsState {
     pub versions: BTreeMap<String, String>,
     pub resources: ResourceSet,
+    /// The ADS stream is open.
+    pub connected: bool,
+    /// Responses rejected, by resource type URL.
+    pub nacks: BTreeMap<String, u64>,
+    /// When a response was last accepted.
+    pub last_update: Option<std::time::SystemTime>,
 }
 
 impl XdsState {
@@ -197,20 +203,34 @@ async fn session(
         .await?
         .into_inner();
     info!(endpoint = %settings.endpoint, node = %settings.node.id, "ADS stream open");
-    while let Some(response) = responses.message().await? {
-        for request in on_response(response, state, &mut subscriptions) {
-            requests
-                .send(request)
-                .await
-                .map_err(|_| SessionError::Closed)?;
+    set_connected(state, true);
+    let result = async {
+        while let Some(response) = responses.message().await? {
+            for request in on_response(response, state, &mut subscriptions) {
+                requests
+                    .send(request)
+                    .await
+                    .map_err(|_| SessionError::Closed)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    set_connected(state, false);
+    result
 }
 
 #[derive(Default)]
 struct Subscriptions {
     names: BTreeMap<String, Vec<String>>,
+}
+
+fn set_connected(state: &watch::Sender<Arc<XdsState>>, connected: bool) {
+    state.send_if_modified(|current| {
+        let changed = current.connected != connected;
+        Arc::make_mut(current).connected = connected;
+        changed
+    });
 }
 
 /// Handles one response: the ACK or NACK, and new subscriptions it makes necessary.
@@ -244,6 +264,12 @@ fn on_response(
             let kept = current.versions.get(&type_url).cloned().unwrap_or_default();
             let message = errors.join("; ");
             warn!(%type_url, rejected = %response.version_info, %kept, error = %message, "NACK: keeping the last good configuration");
+            state.send_modify(|current| {
+                *Arc::make_mut(current)
+                    .nacks
+                    .entry(type_url.clone())
+                    .or_default() += 1;
+            });
             return vec![reply(kept, Some(message))];
         }
     };
@@ -251,6 +277,7 @@ fn on_response(
     next.resources.by_type.insert(type_url.clone(), accepted);
     next.versions
         .insert(type_url.clone(), response.version_info.clone());
+    next.last_update = Some(std::time::SystemTime::now());
     info!(%type_url, version = %response.version_info, resources = response.resources.len(), "xDS update applied");
     let mut out = vec![reply(response.version_info.clone(), None)];
     // Clusters name their EDS assignments, listeners their route configurations.
