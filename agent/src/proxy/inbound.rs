@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::{
     MeshContext,
     http::{self, Direction, HttpContext},
-    outbound::{RelayEnds, relay_connection, reset},
-    upstream::{Connector, Outcome, Upstream},
+    outbound::{RelayEnds, relay_connection, relay_to_cluster, reset},
+    upstream::{Connector, Upstream},
 };
 use crate::{
     metrics::{FailureReason, ProxyMetrics},
@@ -226,7 +226,12 @@ async fn handle(
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             match pod.local_upstream(&plane, cluster, port, &shared.mesh, shared.settings.mark) {
                 Some(upstream) => {
-                    relay_local(stream, peer, &upstream, &shared, *idle_timeout).await
+                    let ends = RelayEnds {
+                        metrics: &shared.metrics,
+                        cut: &shared.cut,
+                        idle: *idle_timeout,
+                    };
+                    relay_to_cluster(stream, peer_v4(peer), &upstream, ends).await
                 }
                 None => reset(stream),
             }
@@ -260,40 +265,6 @@ async fn handle(
                     reset(stream);
                 }
             }
-        }
-    }
-}
-
-async fn relay_local(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    upstream: &Upstream,
-    shared: &Shared,
-    idle: Option<std::time::Duration>,
-) {
-    let cluster = upstream.name();
-    let in_flight = match upstream.pick().await {
-        Ok(in_flight) => in_flight,
-        Err(error) => {
-            shared.metrics.failed(cluster, FailureReason::other);
-            warn!(client = %peer, %error, "inbound TCP connection not admitted; resetting");
-            return reset(stream);
-        }
-    };
-    match in_flight.endpoint.connector.connect().await {
-        Ok(app) => {
-            upstream.record(&in_flight.endpoint, Outcome::Success);
-            let ends = RelayEnds {
-                metrics: &shared.metrics,
-                cut: &shared.cut,
-                idle,
-            };
-            relay_connection(stream, peer_v4(peer), app, cluster, ends).await;
-        }
-        Err(error) => {
-            shared.metrics.failed(cluster, FailureReason::refused);
-            debug!(%error, cluster, "application refused an inbound connection");
-            reset(stream);
         }
     }
 }

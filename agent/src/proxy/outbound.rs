@@ -227,7 +227,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     relay_to(client, peer, destination, &shared, *idle_timeout).await;
                 }
                 Some(upstream) => {
-                    relay_to_cluster(client, peer, upstream, &shared, *idle_timeout).await
+                    let ends = RelayEnds {
+                        metrics: &shared.metrics,
+                        cut: &shared.cut,
+                        idle: *idle_timeout,
+                    };
+                    relay_to_cluster(client, peer, upstream, ends).await
                 }
                 None => {
                     shared.metrics.failed(cluster, FailureReason::other);
@@ -272,18 +277,18 @@ async fn relay_to(
 }
 
 /// TCP to an endpoint of a mesh cluster (a TCP route's target).
-async fn relay_to_cluster(
+/// (Also the inbound side's TCP listeners, toward the application.)
+pub(super) async fn relay_to_cluster(
     client: TcpStream,
     peer: SocketAddrV4,
     upstream: &Upstream,
-    shared: &Shared,
-    idle: Option<Duration>,
+    ends: RelayEnds<'_>,
 ) {
     let cluster = upstream.name();
     let in_flight = match upstream.pick().await {
         Ok(in_flight) => in_flight,
         Err(error) => {
-            shared.metrics.failed(cluster, FailureReason::other);
+            ends.metrics.failed(cluster, FailureReason::other);
             warn!(client = %peer, %error, "no endpoint for TCP connection; resetting");
             return reset(client);
         }
@@ -291,17 +296,12 @@ async fn relay_to_cluster(
     match in_flight.endpoint.connector.connect().await {
         Ok(stream) => {
             upstream.record(&in_flight.endpoint, Outcome::Success);
-            let ends = RelayEnds {
-                metrics: &shared.metrics,
-                cut: &shared.cut,
-                idle,
-            };
             relay_connection(client, peer, stream, cluster, ends).await;
         }
         Err(error) => {
             upstream.record(&in_flight.endpoint, Outcome::Error);
             let reason = failure_reason(&error);
-            shared.metrics.failed(cluster, reason);
+            ends.metrics.failed(cluster, reason);
             warn!(client = %peer, cluster, endpoint = %in_flight.endpoint.addr, ?reason, %error, "cannot connect to endpoint; resetting client");
             reset(client);
         }
