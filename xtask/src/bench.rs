@@ -72,7 +72,6 @@ struct Bench {
     node: Node,
     agent: Agent,
     server: std::net::Ipv4Addr,
-    client_netns: String,
 }
 
 pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
@@ -108,13 +107,11 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
     std::fs::create_dir_all(&workdir)?;
     let config = config_for(&node, &[], "")?;
     let agent = Agent::start(&node, &config, &workdir)?;
-    let client_netns = node.pod("client")?.netns_name().to_owned();
     let idle_rss = status_kib(agent.pid(), "VmRSS:").unwrap_or(0);
     let bench = Bench {
         node,
         agent,
         server,
-        client_netns,
     };
 
     println!(
@@ -207,37 +204,11 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
 
 impl Bench {
     fn enroll(&self, enrolled: bool) -> anyhow::Result<()> {
-        let (method, expect) = if enrolled {
-            ("POST", 200)
-        } else {
-            ("DELETE", 0)
-        };
-        let (status, body) = self.node.http(
-            method,
-            Agent::admin_addr(),
-            &format!("/enrollment?netns={}", self.client_netns),
-        )?;
-        // Unenrolling a pod that is not enrolled is fine here.
-        if expect != 0 && status != expect {
-            bail!("enrollment change failed: {status} {body}");
-        }
-        Ok(())
+        set_client_enrolled(&self.node, enrolled)
     }
 
     fn client(&self, program: &str, args: &[&str], seconds: u32) -> anyhow::Result<Output> {
-        let output = self.node.run_in_pod(
-            "client",
-            program,
-            args,
-            Duration::from_secs(u64::from(seconds) + 30),
-        )?;
-        if !output.status.success() {
-            bail!(
-                "{program} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(output)
+        run_client(&self.node, program, args, seconds)
     }
 
     fn iperf3(&self, run: Run) -> anyhow::Result<Measurement> {
@@ -296,6 +267,45 @@ impl Bench {
         let output = self.client("wrk", &args, seconds)?;
         parse_wrk(&String::from_utf8_lossy(&output.stdout))
     }
+}
+
+/// Enrolls the `client` pod (its traffic goes through the proxy) or unenrolls it (direct),
+/// through the agent's admin endpoint.
+pub(crate) fn set_client_enrolled(node: &Node, enrolled: bool) -> anyhow::Result<()> {
+    let method = if enrolled { "POST" } else { "DELETE" };
+    let netns = node.pod("client")?.netns_name().to_owned();
+    let (status, body) = node.http(
+        method,
+        Agent::admin_addr(),
+        &format!("/enrollment?netns={netns}"),
+    )?;
+    // Unenrolling a pod that is not enrolled is fine here.
+    if enrolled && status != 200 {
+        bail!("enrolling the client failed: {status} {body}");
+    }
+    Ok(())
+}
+
+/// Runs a load generator in the `client` pod for a run of `seconds`; fails if it does.
+pub(crate) fn run_client(
+    node: &Node,
+    program: &str,
+    args: &[&str],
+    seconds: u32,
+) -> anyhow::Result<Output> {
+    let output = node.run_in_pod(
+        "client",
+        program,
+        args,
+        Duration::from_secs(u64::from(seconds) + 30),
+    )?;
+    if !output.status.success() {
+        bail!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
 }
 
 pub(crate) fn quiet(node: &Node, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {

@@ -11,7 +11,10 @@ use mesh_testbed::{Agent, Node, Proc, agent::config_for};
 use serde_json::json;
 
 use crate::{
-    bench::{Measurement, cpu_seconds, format_result, median, parse_wrk, quiet, status_kib},
+    bench::{
+        Measurement, cpu_seconds, format_result, median, parse_wrk, quiet, run_client,
+        set_client_enrolled, status_kib,
+    },
     build::{self, Profile, step},
 };
 
@@ -244,17 +247,7 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
 
 impl L7Bench {
     fn enroll_client(&self, enrolled: bool) -> anyhow::Result<()> {
-        let method = if enrolled { "POST" } else { "DELETE" };
-        let netns = self.node.pod("client")?.netns_name().to_owned();
-        let (status, body) = self.node.http(
-            method,
-            Agent::admin_addr(),
-            &format!("/enrollment?netns={netns}"),
-        )?;
-        if enrolled && status != 200 {
-            bail!("enrolling the client failed: {status} {body}");
-        }
-        Ok(())
+        set_client_enrolled(&self.node, enrolled)
     }
 
     fn target(&self, path: Via, http2: bool) -> Target {
@@ -303,18 +296,7 @@ impl L7Bench {
     }
 
     fn client(&self, program: &str, args: &[&str], seconds: u32) -> anyhow::Result<String> {
-        let output = self.node.run_in_pod(
-            "client",
-            program,
-            args,
-            Duration::from_secs(u64::from(seconds) + 30),
-        )?;
-        if !output.status.success() {
-            bail!(
-                "{program} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let output = run_client(&self.node, program, args, seconds)?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
