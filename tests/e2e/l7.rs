@@ -607,26 +607,10 @@ fn canary_split_follows_weights_per_request() {
         },
     );
     // One keep-alive connection, 10 000 requests (curl URL globbing).
-    let url = format!("http://{SERVICE}:{PORT}/c/[1-10000]");
-    let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
-    let output = mesh
-        .node
-        .run_in_pod(
-            "client",
-            "curl",
-            &["-sS", "--resolve", &resolve, &url],
-            Duration::from_secs(120),
-        )
-        .expect("curl runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let v1 = stdout.matches("hello from v1 ").count();
-    let v2 = stdout.matches("hello from v2 ").count();
-    assert_eq!(
-        v1 + v2,
-        10_000,
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let answers = mesh.load(10_000, &[]);
+    let v1 = answers.matches("hello from v1 ").count();
+    let v2 = answers.matches("hello from v2 ").count();
+    assert_eq!(v1 + v2, 10_000, "{v1} from v1, {v2} from v2");
     let share = v2 as f64 / 10_000.0;
     assert!(
         (0.18..=0.22).contains(&share),
@@ -654,18 +638,7 @@ fn canary_split_follows_weights_per_request() {
             ..Default::default()
         },
     );
-    let url = format!("http://{SERVICE}:{PORT}/z/[1-500]");
-    let output = mesh
-        .node
-        .run_in_pod(
-            "client",
-            "curl",
-            &["-sS", "--resolve", &resolve, &url],
-            TIMEOUT,
-        )
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(stdout.matches("hello from v1 ").count(), 500);
+    assert_eq!(mesh.load(500, &[]).matches("hello from v1 ").count(), 500);
 }
 
 #[test]
