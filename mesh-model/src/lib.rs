@@ -6,8 +6,10 @@
 //!   format it was read from.
 //! * [`source`]: reading files — App Mesh API JSON, Kubernetes manifests ([`kubernetes`]),
 //!   CloudFormation templates — and `$VAR` placeholders.
+//! * [`access_log`]: Envoy-style access log format strings, parsed.
 //! * [`validate`]: the API model's checks plus the rules App Mesh and its Kubernetes
 //!   controller enforce beyond it (references, duplicates, exactly-one-of, regexes).
+pub mod access_log;
 pub mod cloudformation;
 pub mod convert;
 pub mod kubernetes;

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::{
     Path,
+    access_log::{LogFormat, Template},
     report::Diagnostic,
     resource::{Format, Kind, Resource},
     schema,
@@ -87,6 +88,17 @@ fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
         }
         _ => {}
     }
+    if let Some(format) = get(spec, &["logging", "accessLog", "file", "format"]) {
+        access_log_format(
+            format,
+            &spec_path
+                .field("logging")
+                .field("accessLog")
+                .field("file")
+                .field("format"),
+            &mut error,
+        );
+    }
     if let Some(listeners) = get(spec, &["listeners"]).and_then(Value::as_array) {
         unique_listener_ports(listeners, &spec_path.field("listeners"), &mut error);
     }
@@ -124,6 +136,31 @@ fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
                     "every weight is 0: the route would send traffic nowhere".into(),
                 );
             }
+        }
+    }
+}
+
+/// Access log formats parse (App Mesh left that to Envoy, which rejected them at runtime).
+fn access_log_format(format: &Value, path: &Path, error: &mut impl FnMut(&Path, String)) {
+    if let Some(text) = format.get("text").and_then(Value::as_str)
+        && let Err(problem) = LogFormat::text(text)
+    {
+        error(&path.field("text"), problem.to_string());
+    }
+    for (index, pair) in format
+        .get("json")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(value) = pair.get("value").and_then(Value::as_str)
+            && let Err(problem) = Template::parse(value)
+        {
+            error(
+                &path.field("json").index(index).field("value"),
+                problem.to_string(),
+            );
         }
     }
 }

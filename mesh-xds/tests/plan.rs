@@ -32,7 +32,7 @@ fn shop_plan() -> NodePlan {
 fn compiled_mesh_converts_and_routes() {
     let plan = shop_plan();
     let web = &plan.outbound["shop/web"];
-    let Some(PortPlan::Http { routes }) = web.ports.get(&9090) else {
+    let Some(PortPlan::Http { routes, .. }) = web.ports.get(&9090) else {
         panic!("web reaches api over HTTP on 9090: {web:?}");
     };
     assert!(matches!(web.ports.get(&5432), Some(PortPlan::Tcp { .. })));

@@ -1,6 +1,7 @@
 //! Compiling a validated App Mesh mesh to xDS resources for the virtual nodes of one node.
 //! The mapping follows the Envoy configuration App Mesh itself generated; docs/appmesh-xds.md
 //! lists it field by field.
+mod access_log;
 mod cluster;
 mod gateway;
 mod inbound;
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::{
     pb::{
         envoy::config::{
+            accesslog::v3::AccessLog,
             cluster::v3::Cluster,
             core::v3::{
                 self as core, AggregatedConfigSource, ApiVersion, ConfigSource, TransportSocket,
@@ -30,7 +32,8 @@ use mesh_model::{
     types::{
         CreateGatewayRouteInput, CreateMeshInput, CreateRouteInput, CreateVirtualGatewayInput,
         CreateVirtualNodeInput, CreateVirtualRouterInput, CreateVirtualServiceInput, Duration,
-        DurationUnit, EgressFilterType, PortProtocol, VirtualServiceProvider,
+        DurationUnit, EgressFilterType, PortProtocol, VirtualGatewayAccessLog,
+        VirtualServiceProvider,
     },
 };
 
@@ -235,8 +238,12 @@ impl Output {
 
 /// A virtual node's inbound side, and its outbound listener and routes.
 fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Output) {
+    let logs = node_access_logs(node);
     let (inbound, local_clusters) = inbound::inbound(node, &mut out.issues);
-    inbound.into_iter().for_each(|l| out.listener(l));
+    if let Some(mut listener) = inbound {
+        access_log::attach(&mut listener, &logs);
+        out.listener(listener);
+    }
     local_clusters.into_iter().for_each(|c| out.cluster(c));
     // A node's own clusters carry its endpoints: the agent tells which local pods are this
     // virtual node by their addresses.
@@ -257,7 +264,25 @@ fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Ou
             .insert(variant, socket);
     }
     outbound.routes.into_iter().for_each(|r| out.routes(r));
-    outbound.listener.into_iter().for_each(|l| out.listener(l));
+    if let Some(mut listener) = outbound.listener {
+        access_log::attach(&mut listener, &logs);
+        out.listener(listener);
+    }
+}
+
+/// The node's access log (App Mesh logs both directions to it).
+fn node_access_logs(node: &CreateVirtualNodeInput) -> Vec<AccessLog> {
+    match node
+        .spec
+        .logging
+        .as_ref()
+        .and_then(|l| l.access_log.as_ref())
+    {
+        Some(mesh_model::types::AccessLog::File(file)) => {
+            vec![access_log::file(&file.path, file.format.as_ref())]
+        }
+        None => Vec::new(),
+    }
 }
 
 /// A virtual gateway's ingress tables and its internal table of target services.
@@ -295,7 +320,21 @@ fn gateway_resources(
         virtual_hosts: hosts.http.into_values().flatten().collect(),
         ..Default::default()
     });
-    compiled.listeners.into_iter().for_each(|l| out.listener(l));
+    let logs: Vec<AccessLog> = match virtual_gateway
+        .spec
+        .logging
+        .as_ref()
+        .and_then(|l| l.access_log.as_ref())
+    {
+        Some(VirtualGatewayAccessLog::File(file)) => {
+            vec![access_log::file(&file.path, file.format.as_ref())]
+        }
+        None => Vec::new(),
+    };
+    for mut listener in compiled.listeners {
+        access_log::attach(&mut listener, &logs);
+        out.listener(listener);
+    }
     compiled.routes.into_iter().for_each(|r| out.routes(r));
     compiled.clusters.into_iter().for_each(|c| out.cluster(c));
 }

@@ -8,7 +8,7 @@
 //! workloads, one with `INBOUND` named `<mesh>/<virtual node>/inbound` to the connections its
 //! pods receive on the listed ports. Other listeners (gateways) are accepted and kept, not
 //! applied here.
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::{
     config::{
@@ -25,7 +25,9 @@ use envoy_types::pb::envoy::{
 use prost::Message;
 
 use super::{
-    PlanError, duration,
+    PlanError,
+    access_log::AccessLogPlan,
+    duration,
     route::{RouteTable, WeightedClusters},
 };
 
@@ -51,12 +53,19 @@ pub struct OutboundPlan {
 #[derive(Debug)]
 pub enum PortPlan {
     /// HTTP, HTTP/2 or gRPC, routed by the named route table.
-    Http { routes: String },
+    Http {
+        routes: String,
+        access_logs: AccessLogs,
+    },
     Tcp {
         clusters: WeightedClusters,
         idle_timeout: Option<Duration>,
+        access_logs: AccessLogs,
     },
 }
+
+/// The access logs of one filter, shared by every connection it takes.
+pub type AccessLogs = Arc<[AccessLogPlan]>;
 
 /// What a virtual node's pods take in, by port: the plain-text chain's plan, or nothing but
 /// TLS (a STRICT listener: the proxy does not terminate TLS yet, so such a port refuses
@@ -191,7 +200,12 @@ fn chain_plan(
                     ));
                 }
             };
-            Ok(PortPlan::Http { routes })
+            let access_logs = AccessLogPlan::from_protos(&manager.access_log)
+                .map_err(|e| e.within("http_connection_manager"))?;
+            Ok(PortPlan::Http {
+                routes,
+                access_logs: access_logs.into(),
+            })
         }
         TCP_PROXY => {
             let proxy = TcpProxy::decode(config.value.as_slice())
@@ -212,9 +226,12 @@ fn chain_plan(
                 None => Some(DEFAULT_TCP_IDLE),
                 Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
             };
+            let access_logs =
+                AccessLogPlan::from_protos(&proxy.access_log).map_err(|e| e.within("tcp_proxy"))?;
             Ok(PortPlan::Tcp {
                 clusters,
                 idle_timeout,
+                access_logs: access_logs.into(),
             })
         }
         other => Err(PlanError::new(

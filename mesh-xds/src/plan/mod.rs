@@ -2,6 +2,7 @@
 //! connection and request — outbound listeners per virtual node, route tables, clusters and
 //! their endpoints. Building a plan is also how the xDS client checks a resource: whatever
 //! does not convert is NACKed with the reason, naming the resource and field.
+pub mod access_log;
 pub mod cluster;
 pub mod listener;
 pub mod route;
@@ -17,8 +18,9 @@ use envoy_types::pb::{
 };
 use prost::Message;
 
+pub use access_log::AccessLogPlan;
 pub use cluster::ClusterPlan;
-pub use listener::{InboundPlan, OutboundPlan, PortPlan};
+pub use listener::{AccessLogs, InboundPlan, OutboundPlan, PortPlan};
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
