@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    access_log::AccessLogWriters,
     admin::{self, AdminState},
     config::Config,
     control_plane::Embedded,
@@ -89,6 +90,7 @@ pub async fn run(
             .map(|e| e.workloads())
             .unwrap_or_default(),
         metrics: metrics.mesh.clone(),
+        access_logs: metrics.access_logs.clone(),
     };
     let stop_proxy = CancellationToken::new();
     let outbound = Outbound::new(
@@ -162,7 +164,15 @@ pub async fn run(
         "mesh-agent running"
     );
 
-    wait_for_stop(config_path, &mut config, &mut redirector, &enrollments).await?;
+    let access_logs = mesh.access_logs.clone();
+    wait_for_stop(
+        config_path,
+        &mut config,
+        &mut redirector,
+        &enrollments,
+        &access_logs,
+    )
+    .await?;
 
     info!("stopping: redirect off, draining connections");
     ready.store(false, Ordering::Relaxed);
@@ -257,12 +267,13 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "mesh-agent".into())
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads the config file.
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the config file and reopens access logs.
 async fn wait_for_stop(
     config_path: &Path,
     config: &mut Config,
     redirector: &mut Redirector,
     enrollments: &Mutex<Enrollments>,
+    access_logs: &AccessLogWriters,
 ) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -271,7 +282,10 @@ async fn wait_for_stop(
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => reload(config_path, config, redirector, enrollments),
+            _ = hangup.recv() => {
+                access_logs.reopen();
+                reload(config_path, config, redirector, enrollments);
+            }
         }
     }
 }

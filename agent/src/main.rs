@@ -1,4 +1,5 @@
 //! mesh-agent: a sidecarless, eBPF-accelerated service mesh node agent.
+mod access_log;
 mod admin;
 mod app;
 mod config;

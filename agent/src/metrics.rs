@@ -23,6 +23,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    access_log::AccessLogWriters,
     redirect::RedirectCounters,
     self_metrics::{SelfCollector, XdsWatch},
     state::MeshState,
@@ -165,7 +166,24 @@ pub struct RequestLabels {
     pub destination_virtual_node: String,
     pub route: String,
     pub response_code: u16,
+    /// The gRPC status code (0-16); empty for requests that are not gRPC.
+    pub grpc_status: Option<u32>,
 }
+
+/// How a request ended, as the metrics record it.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestOutcome {
+    pub response_code: u16,
+    pub grpc_status: Option<u32>,
+    /// From the request's arrival to the response headers.
+    pub seconds: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// gRPC's highest status code; anything above is recorded as Unknown (2), keeping the label
+/// bounded whatever an upstream sends.
+const GRPC_MAX_STATUS: u32 = 16;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -193,11 +211,19 @@ const LATENCY_BUCKETS: [f64; 16] = [
     30.0,
 ];
 
+/// Body sizes from 0 to 64 MiB, by powers of four.
+const SIZE_BUCKETS: [f64; 12] = [
+    0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
 /// Per-service metrics of the mesh the proxy applies.
 #[derive(Clone)]
 pub struct MeshMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    request_size: Family<RouteLabels, Histogram>,
+    response_size: Family<RouteLabels, Histogram>,
     retries: Family<RouteLabels, Counter>,
     overflows: Family<ClusterLabels, Counter>,
     retry_overflows: Family<ClusterLabels, Counter>,
@@ -212,6 +238,12 @@ impl Default for MeshMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
+            request_size: Family::new_with_constructor(|| {
+                Histogram::new(SIZE_BUCKETS.iter().copied())
+            }),
+            response_size: Family::new_with_constructor(|| {
+                Histogram::new(SIZE_BUCKETS.iter().copied())
             }),
             retries: Family::default(),
             overflows: Family::default(),
@@ -233,16 +265,25 @@ pub struct ClusterMetrics {
 }
 
 impl MeshMetrics {
-    pub fn request(&self, labels: RouteLabels, response_code: u16, seconds: f64) {
-        self.duration.get_or_create(&labels).observe(seconds);
+    pub fn request(&self, labels: &RouteLabels, outcome: RequestOutcome) {
+        self.duration.get_or_create(labels).observe(outcome.seconds);
+        self.request_size
+            .get_or_create(labels)
+            .observe(outcome.request_bytes as f64);
+        self.response_size
+            .get_or_create(labels)
+            .observe(outcome.response_bytes as f64);
         self.requests
             .get_or_create(&RequestLabels {
                 reporter: labels.reporter,
-                source_virtual_node: labels.source_virtual_node,
-                destination_virtual_service: labels.destination_virtual_service,
-                destination_virtual_node: labels.destination_virtual_node,
-                route: labels.route,
-                response_code,
+                source_virtual_node: labels.source_virtual_node.clone(),
+                destination_virtual_service: labels.destination_virtual_service.clone(),
+                destination_virtual_node: labels.destination_virtual_node.clone(),
+                route: labels.route.clone(),
+                response_code: outcome.response_code,
+                grpc_status: outcome
+                    .grpc_status
+                    .map(|code| if code > GRPC_MAX_STATUS { 2 } else { code }),
             })
             .inc();
     }
@@ -275,7 +316,7 @@ impl MeshMetrics {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "mesh_requests",
-            "HTTP/gRPC requests by source virtual node, destination virtual service and node, route and response code",
+            "HTTP/gRPC requests by source virtual node, destination virtual service and node, route, response code and gRPC status",
             self.requests.clone(),
         );
         registry.register_with_unit(
@@ -283,6 +324,18 @@ impl MeshMetrics {
             "Time from the request's arrival to the end of the response headers",
             Unit::Seconds,
             self.duration.clone(),
+        );
+        registry.register_with_unit(
+            "mesh_request_size",
+            "Request body sizes",
+            Unit::Bytes,
+            self.request_size.clone(),
+        );
+        registry.register_with_unit(
+            "mesh_response_size",
+            "Response body sizes",
+            Unit::Bytes,
+            self.response_size.clone(),
         );
         registry.register(
             "mesh_request_retries",
@@ -322,6 +375,7 @@ pub struct Metrics {
     registry: Registry,
     pub proxy: ProxyMetrics,
     pub mesh: MeshMetrics,
+    pub access_logs: AccessLogWriters,
 }
 
 /// Endpoints per cluster and state, read from the data plane at scrape time.
@@ -379,11 +433,14 @@ impl Metrics {
         proxy.register(&mut registry);
         let mesh = MeshMetrics::default();
         mesh.register(&mut registry);
+        let access_logs = AccessLogWriters::default();
+        access_logs.register(&mut registry);
         registry.register_collector(Box::new(AgentCollector { enrolled, redirect }));
         Self {
             registry,
             proxy,
             mesh,
+            access_logs,
         }
     }
 

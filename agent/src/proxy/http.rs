@@ -5,6 +5,7 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -23,10 +24,12 @@ use tracing::{debug, warn};
 
 use super::{
     MeshContext,
+    exchange::{CountedBody, Exchange, grpc_status},
     inbound::PodContext,
     upstream::{Body, BoxError, InFlight, Outcome, PickError, Upstream},
 };
 use crate::{
+    access_log::{Loggers, ResponseFlags},
     metrics::{MeshMetrics, RouteLabels},
     state::MeshState,
 };
@@ -55,6 +58,10 @@ pub struct HttpContext {
     pub port: u16,
     pub routes: String,
     pub direction: Direction,
+    /// The client, and the address it connected to (its original destination).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub loggers: Option<Loggers>,
 }
 
 /// Which side of the proxy a request passes.
@@ -89,72 +96,104 @@ pub async fn serve(client: TcpStream, context: Arc<HttpContext>, cut: Cancellati
     }
 }
 
-/// What a reply the proxy makes itself says.
+/// A reply the proxy makes itself: why, and the response flag it is logged with.
 struct LocalReply {
     status: StatusCode,
     service: Option<String>,
     reason: String,
+    flag: ResponseFlags,
+}
+
+impl LocalReply {
+    fn new(status: StatusCode, reason: impl Into<String>, flag: ResponseFlags) -> Self {
+        Self {
+            status,
+            service: None,
+            reason: reason.into(),
+            flag,
+        }
+    }
 }
 
 impl HttpContext {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
+    /// The virtual node whose listener took the connection.
+    pub fn virtual_node(&self) -> &str {
+        match &self.direction {
+            Direction::Outbound => &self.source,
+            Direction::Inbound { virtual_node, .. } => virtual_node,
+        }
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(request.headers());
-        let plane = self.state.current();
         let (mut parts, body) = request.into_parts();
         if matches!(self.direction, Direction::Outbound) {
             ensure_request_id(&mut parts.headers);
         }
         let authority = authority(&parts).to_ascii_lowercase();
-        let Some(table) = plane.routes.get(&self.routes) else {
-            return self.local(
-                grpc,
-                LocalReply {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    service: None,
-                    reason: format!("route table {} is not loaded yet", self.routes),
-                },
-            );
+        let unrouted = RouteLabels::unrouted(&self.source, "unknown");
+        let mut exchange = Exchange::start(Arc::clone(&self), unrouted, &parts, &authority, grpc);
+        let body = exchange.count_request(body);
+        let response = match self.route(&mut exchange, parts, body, &authority).await {
+            Ok(response) => response,
+            Err(reply) => {
+                exchange.flags.insert(reply.flag);
+                self.local(grpc, reply)
+            }
         };
-        let Some(host) = table.virtual_host(&authority) else {
-            let reply = LocalReply {
-                status: StatusCode::NOT_FOUND,
-                service: None,
-                reason: format!(
+        exchange.respond(response)
+    }
+
+    /// Picks the virtual host, route and cluster, and forwards.
+    async fn route(
+        &self,
+        exchange: &mut Exchange,
+        parts: http::request::Parts,
+        body: CountedBody,
+        authority: &str,
+    ) -> Result<Response<Body>, LocalReply> {
+        let plane = self.state.current();
+        let Some(table) = plane.routes.get(&self.routes) else {
+            return Err(LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("route table {} is not loaded yet", self.routes),
+                ResponseFlags::NO_ROUTE,
+            ));
+        };
+        let Some(host) = table.virtual_host(authority) else {
+            return Err(LocalReply::new(
+                StatusCode::NOT_FOUND,
+                format!(
                     "no virtual service {authority:?} among the backends of {} on port {}",
                     self.source, self.port
                 ),
-            };
-            self.count(
-                &RouteLabels::unrouted(&self.source, "unknown"),
-                404,
-                started,
-            );
-            return self.local(grpc, reply);
+                ResponseFlags::NO_ROUTE,
+            ));
         };
         let service = host.name.split(':').next().unwrap_or(&host.name).to_owned();
+        exchange.labels = RouteLabels::unrouted(&self.source, &service);
         let view = RequestView {
             method: parts.method.as_str(),
             scheme: parts.uri.scheme_str().unwrap_or("http"),
-            authority: &authority,
+            authority,
             path: parts.uri.path(),
             query: parts.uri.query(),
             headers: &parts.headers,
         };
+        let with_service = |mut reply: LocalReply| {
+            reply.service = Some(service.clone());
+            reply
+        };
         let Some(route) = host.route(&view) else {
-            self.count(&RouteLabels::unrouted(&self.source, &service), 404, started);
-            return self.local(
-                grpc,
-                LocalReply {
-                    status: StatusCode::NOT_FOUND,
-                    reason: format!(
-                        "no route of virtual service {service} matches {} {}",
-                        parts.method,
-                        parts.uri.path()
-                    ),
-                    service: Some(service),
-                },
-            );
+            return Err(with_service(LocalReply::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no route of virtual service {service} matches {} {}",
+                    parts.method,
+                    parts.uri.path()
+                ),
+                ResponseFlags::NO_ROUTE,
+            )));
         };
         let clusters = &route.action.clusters;
         let cluster = clusters.pick(rand::random_range(0..clusters.total()));
@@ -165,20 +204,16 @@ impl HttpContext {
             } => pod.local_upstream(&plane, cluster, self.port, mesh, *mark),
         };
         let Some(upstream) = upstream else {
-            return self.local(
-                grpc,
-                LocalReply {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    reason: format!(
-                        "route {} targets cluster {cluster}, which is not loaded",
-                        route.name
-                    ),
-                    service: Some(service),
-                },
-            );
+            return Err(with_service(LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "route {} targets cluster {cluster}, which is not loaded",
+                    route.name
+                ),
+                ResponseFlags::NO_CLUSTER,
+            )));
         };
-        let upstream = &upstream;
-        let labels = match &self.direction {
+        exchange.labels = match &self.direction {
             Direction::Outbound => RouteLabels {
                 reporter: "outbound",
                 source_virtual_node: self.source.clone(),
@@ -196,25 +231,15 @@ impl HttpContext {
                 route: route.name.clone(),
             },
         };
-        let response = match self.forward(parts, body, route, upstream, &labels).await {
-            Ok(response) => response,
-            Err(status) => {
-                let reply = LocalReply {
-                    reason: status.1,
-                    status: status.0,
-                    service: Some(service),
-                };
+        if self.loggers.is_some() {
+            exchange.upstream_cluster = Some(upstream.name().to_owned());
+        }
+        self.forward(exchange, parts, body, route, &upstream)
+            .await
+            .map_err(|reply| {
                 warn!(source = %self.source, route = %route.name, cluster = %upstream.name(), status = %reply.status, reason = %reply.reason, "request failed");
-                self.local(grpc, reply)
-            }
-        };
-        self.count(&labels, response.status().as_u16(), started);
-        response
-    }
-
-    fn count(&self, labels: &RouteLabels, status: u16, started: Instant) {
-        self.metrics
-            .request(labels.clone(), status, started.elapsed().as_secs_f64());
+                with_service(reply)
+            })
     }
 
     /// A reply the proxy makes: for gRPC callers a trailers-only response with the matching
@@ -257,39 +282,42 @@ impl HttpContext {
     /// Sends the request to `upstream`, retrying and timing out as the route says.
     async fn forward(
         &self,
+        exchange: &mut Exchange,
         parts: http::request::Parts,
-        body: Incoming,
+        body: CountedBody,
         route: &Route,
         upstream: &Arc<Upstream>,
-        labels: &RouteLabels,
-    ) -> Result<Response<Body>, (StatusCode, String)> {
+    ) -> Result<Response<Body>, LocalReply> {
         if upstream.plan.upstream_tls {
-            return Err((
+            return Err(LocalReply::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "cluster {} requires upstream TLS, which this agent does not originate yet",
                     upstream.name()
                 ),
+                ResponseFlags::UPSTREAM_CONNECT_FAILURE,
             ));
         }
         let action = &route.action;
         let deadline = action.timeout.map(|t| Instant::now() + t);
         let mut body = match &action.retry {
             Some(_) => RequestBody::buffer(body).await.map_err(|e| {
-                (
+                LocalReply::new(
                     StatusCode::BAD_REQUEST,
                     format!("reading the request body: {e}"),
+                    ResponseFlags::DOWNSTREAM_TERMINATION,
                 )
             })?,
             None => RequestBody::Streaming(Some(body)),
         };
-        let target = UpstreamTarget::new(&parts, route, upstream)?;
+        let target = UpstreamTarget::new(&parts, route, upstream);
         let mut retries = 0;
         let mut _retry_slot = None;
         loop {
             let per_try = per_try_budget(action.retry.as_ref(), deadline)?;
             let request = target.request(&parts, body.take())?;
-            let result = try_once(upstream, request, per_try).await;
+            exchange.attempts += 1;
+            let result = try_once(upstream, request, per_try, &mut exchange.upstream_host).await;
             let retry = action.retry.as_ref().filter(|policy| {
                 retries < policy.num_retries && body.replayable() && result.retriable(policy)
             });
@@ -297,6 +325,14 @@ impl HttpContext {
                 response.map(|body| TimedBody::wrap(body, deadline, action.idle_timeout))
             };
             if retry.is_none() {
+                if retries > 0
+                    && action
+                        .retry
+                        .as_ref()
+                        .is_some_and(|policy| result.retriable(policy))
+                {
+                    exchange.flags.insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
+                }
                 return result
                     .into_response(upstream, deadline.is_some_and(|d| Instant::now() >= d))
                     .map(timed);
@@ -306,7 +342,7 @@ impl HttpContext {
             };
             _retry_slot = Some(slot);
             retries += 1;
-            self.metrics.retried(labels);
+            self.metrics.retried(&exchange.labels);
             debug!(route = %route.name, cluster = %upstream.name(), retries, outcome = %result.describe(), "retrying");
             tokio::time::sleep(backoff(retries)).await;
         }
@@ -318,12 +354,13 @@ impl HttpContext {
 fn per_try_budget(
     retry: Option<&RetryPolicy>,
     deadline: Option<Instant>,
-) -> Result<Option<Duration>, (StatusCode, String)> {
+) -> Result<Option<Duration>, LocalReply> {
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     if left.is_some_and(|l| l.is_zero()) {
-        return Err((
+        return Err(LocalReply::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "upstream request timeout".into(),
+            "upstream request timeout",
+            ResponseFlags::UPSTREAM_TIMEOUT,
         ));
     }
     let per_try = retry.and_then(|r| r.per_try_timeout);
@@ -348,11 +385,7 @@ struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    fn new(
-        parts: &http::request::Parts,
-        route: &Route,
-        upstream: &Upstream,
-    ) -> Result<Self, (StatusCode, String)> {
+    fn new(parts: &http::request::Parts, route: &Route, upstream: &Upstream) -> Self {
         let action = &route.action;
         let path = action
             .rewrite_path(route, parts.uri.path())
@@ -365,27 +398,28 @@ impl UpstreamTarget {
             .host_rewrite
             .clone()
             .unwrap_or_else(|| authority(parts).to_owned());
-        Ok(Self {
+        Self {
             authority,
             path_and_query,
             http2: upstream.plan.http2,
-        })
+        }
     }
 
     fn request(
         &self,
         parts: &http::request::Parts,
         body: Body,
-    ) -> Result<Request<Body>, (StatusCode, String)> {
+    ) -> Result<Request<Body>, LocalReply> {
         let uri = format!("http://{}{}", self.authority, self.path_and_query);
         let mut request = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
             .body(body)
             .map_err(|e| {
-                (
+                LocalReply::new(
                     StatusCode::BAD_REQUEST,
                     format!("request cannot be forwarded: {e}"),
+                    ResponseFlags::default(),
                 )
             })?;
         let headers = request.headers_mut();
@@ -416,11 +450,13 @@ async fn try_once(
     upstream: &Upstream,
     request: Request<Body>,
     timeout: Option<Duration>,
+    host: &mut Option<SocketAddr>,
 ) -> TryResult {
     let in_flight = match upstream.pick().await {
         Ok(in_flight) => in_flight,
         Err(error) => return TryResult::NotSent(error),
     };
+    *host = Some(in_flight.endpoint.addr);
     let sent = in_flight.endpoint.client.request(request);
     let result = match timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -483,8 +519,10 @@ impl TryResult {
         self,
         upstream: &Upstream,
         request_timed_out: bool,
-    ) -> Result<Response<Body>, (StatusCode, String)> {
+    ) -> Result<Response<Body>, LocalReply> {
         let cluster = upstream.name();
+        let unavailable =
+            |reason: String, flag| LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason, flag);
         match self {
             Self::Response(response, in_flight) => {
                 let mut response = response.map(|body| {
@@ -498,25 +536,31 @@ impl TryResult {
                 strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             }
-            Self::NotSent(error @ PickError::Overflow(_)) => {
-                Err((StatusCode::SERVICE_UNAVAILABLE, error.to_string()))
-            }
-            Self::NotSent(error) => Err((StatusCode::SERVICE_UNAVAILABLE, error.to_string())),
-            Self::ConnectFailed(detail) => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotSent(error @ PickError::Overflow(_)) => Err(unavailable(
+                error.to_string(),
+                ResponseFlags::UPSTREAM_OVERFLOW,
+            )),
+            Self::NotSent(error) => Err(unavailable(
+                error.to_string(),
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+            )),
+            Self::ConnectFailed(detail) => Err(unavailable(
                 format!("cluster {cluster}: upstream connect error: {detail}"),
+                ResponseFlags::UPSTREAM_CONNECT_FAILURE,
             )),
-            Self::Reset(detail) => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
+            Self::Reset(detail) => Err(unavailable(
                 format!("cluster {cluster}: upstream reset before response: {detail}"),
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             )),
-            Self::TimedOut(_) if request_timed_out => Err((
+            Self::TimedOut(_) if request_timed_out => Err(LocalReply::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout".into(),
+                "upstream request timeout",
+                ResponseFlags::UPSTREAM_TIMEOUT,
             )),
-            Self::TimedOut(limit) => Err((
+            Self::TimedOut(limit) => Err(LocalReply::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("cluster {cluster}: upstream per-try timeout ({limit:?})"),
+                ResponseFlags::UPSTREAM_TIMEOUT,
             )),
         }
     }
@@ -540,13 +584,13 @@ enum RequestBody {
     /// Read whole; sent again on each try.
     Buffered(Bytes, Option<HeaderMap>),
     /// Sent once (too long to keep, or no retry policy).
-    Streaming(Option<Incoming>),
+    Streaming(Option<CountedBody>),
     /// Longer than the buffer: what was read, then the rest; sent once.
-    Prefixed(Option<(VecDeque<Bytes>, Incoming)>),
+    Prefixed(Option<(VecDeque<Bytes>, CountedBody)>),
 }
 
 impl RequestBody {
-    async fn buffer(mut body: Incoming) -> Result<Self, hyper::Error> {
+    async fn buffer(mut body: CountedBody) -> Result<Self, hyper::Error> {
         let mut chunks = VecDeque::new();
         let mut size = 0;
         while let Some(frame) = body.frame().await {
@@ -697,7 +741,7 @@ impl hyper::body::Body for Replay {
 /// What was read while deciding whether to keep the body, then the rest of it.
 struct Prefixed {
     prefix: VecDeque<Bytes>,
-    rest: Incoming,
+    rest: CountedBody,
 }
 
 impl hyper::body::Body for Prefixed {
@@ -780,10 +824,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -199,7 +199,13 @@ async fn handle(
         .and_then(|inbound| inbound.ports.get(&port));
     let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     match (plan, node) {
-        (Some(Some(PortPlan::Http { routes })), Some(node)) => {
+        (
+            Some(Some(PortPlan::Http {
+                routes,
+                access_logs,
+            })),
+            Some(node),
+        ) => {
             let _ = stream.set_nodelay(true);
             let context = Arc::new(HttpContext {
                 state: shared.mesh.state.clone(),
@@ -207,6 +213,11 @@ async fn handle(
                 source: "unknown".into(),
                 port,
                 routes: routes.clone(),
+                peer,
+                local: stream
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(local)),
+                loggers: shared.mesh.access_logs.loggers(access_logs),
                 direction: Direction::Inbound {
                     pod: Arc::clone(&pod),
                     virtual_node: node,
@@ -220,6 +231,7 @@ async fn handle(
             Some(Some(PortPlan::Tcp {
                 clusters,
                 idle_timeout,
+                ..
             })),
             _,
         ) => {

@@ -1,6 +1,7 @@
 //! The node proxy: redirected connections of workloads in the mesh are routed by their
 //! virtual node's outbound plan (HTTP routes, TCP routes, egress filter); others are relayed
 //! to the destination the application asked for.
+mod exchange;
 pub mod health;
 mod http;
 pub mod inbound;

@@ -21,6 +21,7 @@ use super::{
     upstream::{Outcome, Upstream},
 };
 use crate::{
+    access_log::AccessLogWriters,
     metrics::{FailureReason, MeshMetrics, ProxyMetrics},
     state::MeshState,
     workload::Workloads,
@@ -82,6 +83,7 @@ pub struct MeshContext {
     pub state: MeshState,
     pub workloads: Workloads,
     pub metrics: MeshMetrics,
+    pub access_logs: AccessLogWriters,
 }
 
 struct Shared {
@@ -205,7 +207,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     let port = destination.port();
     match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
-        Some(PortPlan::Http { routes }) => {
+        Some(PortPlan::Http {
+            routes,
+            access_logs,
+        }) => {
             let _ = client.set_nodelay(true);
             let context = Arc::new(HttpContext {
                 state: shared.mesh.state.clone(),
@@ -214,12 +219,16 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 port,
                 routes: routes.clone(),
                 direction: http::Direction::Outbound,
+                peer: peer.into(),
+                local: destination.into(),
+                loggers: shared.mesh.access_logs.loggers(access_logs),
             });
             http::serve(client, context, shared.cut.clone()).await;
         }
         Some(PortPlan::Tcp {
             clusters,
             idle_timeout,
+            ..
         }) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             match plane.clusters.get(cluster) {

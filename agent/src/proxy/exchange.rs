@@ -1,0 +1,272 @@
+//! One request through the proxy, observed from its arrival to the last byte of its response
+//! (or the client giving up): the request and response sizes, the gRPC status (headers or
+//! trailers), what went wrong (Envoy's response flags) and which endpoint answered. When it
+//! completes, it is counted in the per-service metrics and written to the access logs —
+//! exactly once, whether the response body ended or was dropped.
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+
+use super::{
+    http::HttpContext,
+    upstream::{Body, BoxError},
+};
+use crate::{
+    access_log::{Entry, RequestHead, ResponseFlags},
+    metrics::{RequestOutcome, RouteLabels},
+};
+
+/// The request in flight; finished by [`Exchange::respond`]'s body.
+pub struct Exchange {
+    started: Instant,
+    context: Arc<HttpContext>,
+    pub labels: RouteLabels,
+    pub flags: ResponseFlags,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<String>,
+    pub attempts: u32,
+    grpc: bool,
+    request_bytes: Arc<AtomicU64>,
+    response_code: u16,
+    response_seconds: f64,
+    response_bytes: u64,
+    grpc_status: Option<u32>,
+    /// Kept only when an access log is written.
+    entry: Option<Box<Entry>>,
+}
+
+impl Exchange {
+    pub fn start(
+        context: Arc<HttpContext>,
+        labels: RouteLabels,
+        parts: &http::request::Parts,
+        authority: &str,
+        grpc: bool,
+    ) -> Self {
+        let entry = context.loggers.as_ref().map(|_| {
+            let mut entry = Entry::new(context.peer, context.local, context.virtual_node());
+            entry.protocol = Some(protocol(parts.version));
+            entry.request = Some(RequestHead {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                authority: authority.to_owned(),
+                headers: parts.headers.clone(),
+            });
+            Box::new(entry)
+        });
+        Self {
+            started: Instant::now(),
+            context,
+            labels,
+            flags: ResponseFlags::default(),
+            upstream_host: None,
+            upstream_cluster: None,
+            attempts: 0,
+            grpc,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+            response_code: 0,
+            response_seconds: 0.0,
+            response_bytes: 0,
+            grpc_status: None,
+            entry,
+        }
+    }
+
+    /// The request body, counted as it is read.
+    pub fn count_request(&self, body: Incoming) -> CountedBody {
+        CountedBody {
+            inner: body,
+            count: Arc::clone(&self.request_bytes),
+        }
+    }
+
+    /// The response goes out: its status and headers are noted now, its body is watched to
+    /// the end, where the exchange completes.
+    pub fn respond(mut self, response: Response<Body>) -> Response<Body> {
+        self.response_code = response.status().as_u16();
+        self.response_seconds = self.started.elapsed().as_secs_f64();
+        if self.grpc {
+            self.grpc_status = grpc_status(response.headers());
+        }
+        if let Some(entry) = &mut self.entry {
+            entry.response_headers = Some(response.headers().clone());
+            entry.response_duration = Some(self.started.elapsed());
+        }
+        response.map(|body| {
+            ObservedBody {
+                inner: body,
+                exchange: Some(Box::new(self)),
+            }
+            .boxed_unsync()
+        })
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if self.grpc {
+            self.grpc_status = grpc_status(trailers).or(self.grpc_status);
+        }
+        if let Some(entry) = &mut self.entry {
+            entry.trailers = Some(trailers.clone());
+        }
+    }
+
+    fn complete(mut self, ended: bool) {
+        if !ended {
+            self.flags.insert(ResponseFlags::DOWNSTREAM_TERMINATION);
+        }
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        // A gRPC response that never said how it ended: Unknown, as gRPC clients read it.
+        let grpc_status = self.grpc.then(|| self.grpc_status.unwrap_or(GRPC_UNKNOWN));
+        self.context.metrics.request(
+            &self.labels,
+            RequestOutcome {
+                response_code: self.response_code,
+                grpc_status,
+                seconds: self.response_seconds,
+                request_bytes,
+                response_bytes: self.response_bytes,
+            },
+        );
+        if let (Some(loggers), Some(mut entry)) = (&self.context.loggers, self.entry.take()) {
+            entry.response_code = Some(self.response_code);
+            entry.flags = self.flags;
+            entry.bytes_received = request_bytes;
+            entry.bytes_sent = self.response_bytes;
+            entry.duration = self.started.elapsed();
+            entry.upstream_host = self.upstream_host;
+            entry.upstream_cluster = self.upstream_cluster.take();
+            entry.attempts = self.attempts;
+            entry.route = Some(self.labels.route.clone()).filter(|r| r != "unknown");
+            entry.grpc_status = grpc_status;
+            loggers.log(&entry);
+        }
+    }
+}
+
+const GRPC_UNKNOWN: u32 = 2;
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The client's request body, its bytes counted.
+pub struct CountedBody {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body on its way to the client; completes the exchange at its end.
+struct ObservedBody {
+    inner: Body,
+    exchange: Option<Box<Exchange>>,
+}
+
+impl ObservedBody {
+    fn finish(&mut self, ended: bool) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.complete(ended);
+        }
+    }
+}
+
+impl hyper::body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(exchange) = &mut self.exchange {
+                    if let Some(data) = frame.data_ref() {
+                        exchange.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        exchange.trailers(trailers);
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(exchange) = &mut self.exchange {
+                    exchange
+                        .flags
+                        .insert(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+                }
+                // The upstream failed, not the client.
+                self.finish(true);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Bodies hyper never polls (HEAD, 204) end here too.
+        let ended = self.inner.is_end_stream();
+        self.finish(ended);
+    }
+}
