@@ -44,6 +44,8 @@ pub struct MeshSpec {
     pub discover: bool,
     /// The router's listener ports.
     pub router_ports: &'static [u16],
+    /// `logging` of virtual nodes, by name.
+    pub logging: Vec<(&'static str, Value)>,
 }
 
 impl Default for MeshSpec {
@@ -58,6 +60,7 @@ impl Default for MeshSpec {
             enrolled: &["client"],
             discover: false,
             router_ports: &[PORT],
+            logging: Vec::new(),
         }
     }
 }
@@ -202,6 +205,11 @@ impl MeshNode {
             "vs".into(),
             json!({"meshName": "m", "virtualServiceName": SERVICE, "spec": {"provider": {"virtualRouter": {"virtualRouterName": "api"}}}}),
         );
+        for (name, logging) in spec.logging {
+            files
+                .get_mut(&format!("vn-{name}"))
+                .expect("a virtual node of the test mesh")["spec"]["logging"] = logging;
+        }
         for (index, route) in spec.routes.into_iter().enumerate() {
             files.insert(format!("route-{index}"), route);
         }
@@ -272,13 +280,17 @@ impl MeshNode {
         }
     }
 
+    pub fn signal_agent(&mut self, signal: i32) {
+        self.agent.signal(signal).expect("signal the agent");
+    }
+
     pub fn metrics(&self) -> String {
         self.agent.metrics(&self.node).expect("metrics")
     }
 
     /// curl from the client pod to `http://api.m.local:8080{path}` with `args`; returns
     /// (status, body, headers).
-    fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
+    pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
         let headers_file = self._work.path().join("headers.txt");
         let url = format!("http://{SERVICE}:{PORT}{path}");
         let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
@@ -1020,11 +1032,17 @@ fn health_checks_remove_and_restore_an_endpoint() {
 fn tcp_routes_split_connections_by_weight() {
     let tcp_route = json!({"meshName": "m", "virtualRouterName": "api", "routeName": "tcp", "spec": {"tcpRoute": {
         "action": {"weightedTargets": [{"virtualNode": "v1", "weight": 1}, {"virtualNode": "v2", "weight": 1}]}}}});
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("tcp.log");
     let mesh = MeshNode::start(
         "l7tcp",
         MeshSpec {
             protocol: "tcp",
             routes: vec![tcp_route],
+            logging: vec![(
+                "client",
+                json!({"accessLog": {"file": {"path": log, "format": {"text": "%UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %REQ(:PATH)%"}}}}),
+            )],
             ..Default::default()
         },
     );
@@ -1034,6 +1052,22 @@ fn tcp_routes_split_connections_by_weight() {
     let v2 = answers.matches("hello from v2 ").count();
     assert_eq!(v1 + v2, 400, "{answers}");
     assert!(v1 > 120 && v2 > 120, "v1 {v1}, v2 {v2}");
+    // One access log line per connection, naming the cluster it went to.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 400 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines.lines().count(), 400, "{lines}");
+    assert_eq!(lines.matches("m/v1/8080 - ").count(), v1, "{lines}");
+    for line in lines.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (received, sent): (u64, u64) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+        assert!(received > 50 && sent > 50 && fields[4] == "-", "{line}");
+    }
     let metrics = mesh.metrics();
     assert!(
         metric_value(

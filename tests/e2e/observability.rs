@@ -196,3 +196,138 @@ fn alert_rules_validate_and_name_only_served_metrics() {
         );
     }
 }
+
+/// Lines of a log file (empty if it is not there yet).
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = lines(path);
+        if found.len() >= count || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
+    let logs = tempfile::tempdir().unwrap();
+    let outbound = logs.path().join("client.log");
+    let inbound = logs.path().join("v1.log");
+    let json_format: Vec<Value> = [
+        ("method", "%REQ(:METHOD)%"),
+        ("path", "%REQ(:PATH)%"),
+        ("code", "%RESPONSE_CODE%"),
+        ("flags", "%RESPONSE_FLAGS%"),
+        ("received", "%BYTES_RECEIVED%"),
+        ("sent", "%BYTES_SENT%"),
+        ("cluster", "%UPSTREAM_CLUSTER%"),
+        ("upstream", "%UPSTREAM_HOST%"),
+        ("request_id", "%REQ(X-REQUEST-ID)%"),
+        ("node", "%VIRTUAL_NODE%"),
+        ("start", "%START_TIME%"),
+    ]
+    .iter()
+    .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
+    .collect();
+    let text_format = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %BYTES_RECEIVED% %REQ(X-REQUEST-ID)% %VIRTUAL_NODE%\n";
+    let mut mesh = MeshNode::start(
+        "obslog",
+        MeshSpec {
+            routes: all_to_v1(),
+            enrolled: &["client", "s1"],
+            logging: vec![
+                (
+                    "client",
+                    serde_json::json!({"accessLog": {"file": {"path": outbound, "format": {"json": json_format}}}}),
+                ),
+                (
+                    "v1",
+                    serde_json::json!({"accessLog": {"file": {"path": inbound, "format": {"text": text_format}}}}),
+                ),
+            ],
+            ..MeshSpec::default()
+        },
+    );
+    let mut bodies = Vec::new();
+    for index in 0..5 {
+        let (status, body, _) = mesh.curl(&format!("/get/{index}"), &[]);
+        assert_eq!(status, 200, "{body}");
+        bodies.push(body);
+    }
+    let (status, _, _) = mesh.curl("/post", &["-d", "hello"]);
+    assert_eq!(status, 200);
+    let (status, _, _) = mesh.curl("/", &["-H", "Host: nowhere.m.local"]);
+    assert_eq!(status, 404);
+
+    let outbound_lines = wait_for_lines(&outbound, 7);
+    assert_eq!(outbound_lines.len(), 7, "{outbound_lines:#?}");
+    let entries: Vec<Value> = outbound_lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    for (index, entry) in entries[..5].iter().enumerate() {
+        assert_eq!(entry["method"], "GET");
+        assert_eq!(entry["path"], format!("/get/{index}"));
+        assert_eq!(entry["code"], 200, "{entry}");
+        assert_eq!(entry["flags"], "-");
+        assert_eq!(entry["received"], 0);
+        assert_eq!(entry["sent"], bodies[index].len(), "{entry}");
+        assert_eq!(entry["cluster"], "m/v1/8080");
+        assert_eq!(
+            entry["upstream"],
+            format!("{}:8080", mesh.node.pod("s1").unwrap().ip)
+        );
+        assert_eq!(entry["node"], "m/client");
+        assert!(entry["start"].as_str().unwrap().ends_with('Z'), "{entry}");
+    }
+    assert_eq!(entries[5]["method"], "POST");
+    assert_eq!(entries[5]["received"], 5, "{}", entries[5]);
+    assert_eq!(entries[6]["code"], 404);
+    assert_eq!(entries[6]["flags"], "NR");
+    assert_eq!(entries[6]["cluster"], Value::Null);
+
+    // The destination's side logs the same requests, with the id the caller's side gave them.
+    let inbound_lines = wait_for_lines(&inbound, 6);
+    assert_eq!(inbound_lines.len(), 6, "{inbound_lines:#?}");
+    for (line, entry) in inbound_lines.iter().zip(&entries) {
+        let id = entry["request_id"].as_str().unwrap();
+        assert_eq!(id.len(), 36, "a generated UUID: {entry}");
+        let method = entry["method"].as_str().unwrap();
+        let path = entry["path"].as_str().unwrap();
+        let received = &entry["received"];
+        assert_eq!(
+            line,
+            &format!("{method} {path} HTTP/1.1 200 {received} {id} m/v1"),
+        );
+    }
+
+    // logrotate moves the file and signals: the next request goes to a new file.
+    let rotated = logs.path().join("client.log.1");
+    std::fs::rename(&outbound, &rotated).unwrap();
+    mesh.signal_agent(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, _) = mesh.curl("/after-rotation", &[]);
+    assert_eq!(status, 200);
+    let fresh = wait_for_lines(&outbound, 1);
+    assert_eq!(fresh.len(), 1, "{fresh:#?}");
+    assert!(fresh[0].contains("/after-rotation"), "{}", fresh[0]);
+    assert_eq!(lines(&rotated).len(), 7);
+    let metrics = mesh.metrics();
+    let written = mesh_testbed::agent::metric_value(
+        &metrics,
+        &format!(
+            "mesh_agent_access_log_lines_total{{path=\"{}\",result=\"written\"}}",
+            outbound.display()
+        ),
+    );
+    assert_eq!(written, 8.0, "{metrics}");
+}

@@ -72,7 +72,7 @@ pub enum Direction {
     Inbound {
         pod: Arc<PodContext>,
         virtual_node: String,
-        mesh: MeshContext,
+        mesh: Box<MeshContext>,
         mark: u32,
     },
 }

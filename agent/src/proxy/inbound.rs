@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::{
     MeshContext,
     http::{self, Direction, HttpContext},
-    outbound::{RelayEnds, relay_connection, relay_to_cluster, reset},
+    outbound::{ConnectionLog, RelayEnds, relay_connection, relay_to_cluster, reset},
     upstream::{Connector, Upstream},
 };
 use crate::{
@@ -221,7 +221,7 @@ async fn handle(
                 direction: Direction::Inbound {
                     pod: Arc::clone(&pod),
                     virtual_node: node,
-                    mesh: shared.mesh.clone(),
+                    mesh: Box::new(shared.mesh.clone()),
                     mark: shared.settings.mark,
                 },
             });
@@ -231,17 +231,26 @@ async fn handle(
             Some(Some(PortPlan::Tcp {
                 clusters,
                 idle_timeout,
-                ..
+                access_logs,
             })),
-            _,
+            node,
         ) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             match pod.local_upstream(&plane, cluster, port, &shared.mesh, shared.settings.mark) {
                 Some(upstream) => {
+                    let log = ConnectionLog::new(
+                        shared.mesh.access_logs.loggers(access_logs),
+                        peer,
+                        stream
+                            .local_addr()
+                            .unwrap_or_else(|_| SocketAddr::from(local)),
+                        node.as_deref().unwrap_or("unknown"),
+                    );
                     let ends = RelayEnds {
                         metrics: &shared.metrics,
                         cut: &shared.cut,
                         idle: *idle_timeout,
+                        log,
                     };
                     relay_to_cluster(stream, peer_v4(peer), &upstream, ends).await
                 }
@@ -266,6 +275,7 @@ async fn handle(
                         metrics: &shared.metrics,
                         cut: &shared.cut,
                         idle: None,
+                        log: None,
                     };
                     relay_connection(stream, peer_v4(peer), app, &local.to_string(), ends).await
                 }

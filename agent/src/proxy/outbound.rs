@@ -3,7 +3,7 @@
 use std::{
     io,
     net::{SocketAddr, SocketAddrV4},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -17,11 +17,11 @@ use mesh_xds::plan::{PortPlan, cluster::Discovery};
 use super::{
     OrigDstSource,
     http::{self, HttpContext},
-    relay,
-    upstream::{Outcome, Upstream},
+    relay::{self, RelayError, Transferred},
+    upstream::{Outcome, PickError, Upstream},
 };
 use crate::{
-    access_log::AccessLogWriters,
+    access_log::{AccessLogWriters, Entry, Loggers, ResponseFlags},
     metrics::{FailureReason, MeshMetrics, ProxyMetrics},
     state::MeshState,
     workload::Workloads,
@@ -203,7 +203,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Some((source, outbound)) =
         source.and_then(|node| plane.outbound.get(&node).map(|plan| (node, plan)))
     else {
-        return relay_to(client, peer, destination, &shared, None).await;
+        return relay_to(client, peer, destination, &shared, None, None).await;
     };
     let port = destination.port();
     match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
@@ -228,18 +228,25 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Some(PortPlan::Tcp {
             clusters,
             idle_timeout,
-            ..
+            access_logs,
         }) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
+            let log = ConnectionLog::new(
+                shared.mesh.access_logs.loggers(access_logs),
+                peer.into(),
+                destination.into(),
+                &source,
+            );
             match plane.clusters.get(cluster) {
                 Some(upstream) if upstream.plan.discovery == Discovery::OriginalDestination => {
-                    relay_to(client, peer, destination, &shared, *idle_timeout).await;
+                    relay_to(client, peer, destination, &shared, *idle_timeout, log).await;
                 }
                 Some(upstream) => {
                     let ends = RelayEnds {
                         metrics: &shared.metrics,
                         cut: &shared.cut,
                         idle: *idle_timeout,
+                        log,
                     };
                     relay_to_cluster(client, peer, upstream, ends).await
                 }
@@ -265,6 +272,7 @@ async fn relay_to(
     destination: SocketAddrV4,
     shared: &Shared,
     idle: Option<Duration>,
+    log: Option<ConnectionLog>,
 ) {
     let label = destination.to_string();
     match connect_upstream(destination, &shared.settings).await {
@@ -273,6 +281,7 @@ async fn relay_to(
                 metrics: &shared.metrics,
                 cut: &shared.cut,
                 idle,
+                log,
             };
             relay_connection(client, peer, upstream, &label, ends).await
         }
@@ -280,6 +289,14 @@ async fn relay_to(
             let reason = failure_reason(&error);
             shared.metrics.failed(&label, reason);
             warn!(client = %peer, %destination, ?reason, %error, "cannot connect to destination; resetting client");
+            if let Some(log) = log {
+                log.finish(
+                    Some(destination.into()),
+                    &label,
+                    &Transferred::default(),
+                    ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+                );
+            }
             reset(client);
         }
     }
@@ -299,6 +316,13 @@ pub(super) async fn relay_to_cluster(
         Err(error) => {
             ends.metrics.failed(cluster, FailureReason::other);
             warn!(client = %peer, %error, "no endpoint for TCP connection; resetting");
+            let flag = match error {
+                PickError::Overflow(_) => ResponseFlags::UPSTREAM_OVERFLOW,
+                _ => ResponseFlags::NO_HEALTHY_UPSTREAM,
+            };
+            if let Some(log) = ends.log {
+                log.finish(None, cluster, &Transferred::default(), flag);
+            }
             return reset(client);
         }
     };
@@ -312,16 +336,64 @@ pub(super) async fn relay_to_cluster(
             let reason = failure_reason(&error);
             ends.metrics.failed(cluster, reason);
             warn!(client = %peer, cluster, endpoint = %in_flight.endpoint.addr, ?reason, %error, "cannot connect to endpoint; resetting client");
+            if let Some(log) = ends.log {
+                log.finish(
+                    Some(in_flight.endpoint.addr),
+                    cluster,
+                    &Transferred::default(),
+                    ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+                );
+            }
             reset(client);
         }
     }
 }
 
-/// What a relay is counted in, cut by, and how long it may sit idle.
+/// The access log line of a TCP connection: what is known when it is accepted, completed
+/// when it ends.
+pub(super) struct ConnectionLog {
+    pub loggers: Loggers,
+    pub entry: Entry,
+}
+
+impl ConnectionLog {
+    pub fn new(
+        loggers: Option<Loggers>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        virtual_node: &str,
+    ) -> Option<Self> {
+        loggers.map(|loggers| Self {
+            loggers,
+            entry: Entry::new(peer, local, virtual_node),
+        })
+    }
+
+    fn finish(
+        mut self,
+        upstream: Option<SocketAddr>,
+        cluster: &str,
+        transferred: &Transferred,
+        flags: ResponseFlags,
+    ) {
+        let entry = &mut self.entry;
+        entry.duration = entry.start.elapsed().unwrap_or_default();
+        entry.upstream_host = upstream;
+        entry.upstream_cluster = Some(cluster.to_owned());
+        entry.bytes_received = transferred.sent.load(Ordering::Relaxed);
+        entry.bytes_sent = transferred.received.load(Ordering::Relaxed);
+        entry.flags = flags;
+        entry.attempts = 1;
+        self.loggers.log(entry);
+    }
+}
+
+/// What a relay is counted in, cut by, how long it may sit idle, and its access log.
 pub(super) struct RelayEnds<'a> {
     pub metrics: &'a ProxyMetrics,
     pub cut: &'a CancellationToken,
     pub idle: Option<Duration>,
+    pub log: Option<ConnectionLog>,
 }
 
 /// Relays until both sides are done (or cut, or idle too long), counting under `label`.
@@ -334,11 +406,30 @@ pub(super) async fn relay_connection(
 ) {
     let _ = client.set_nodelay(true);
     let metrics = ends.metrics.opened(label);
+    let transferred = Transferred::default();
+    let upstream_addr = upstream.peer_addr().ok();
     debug!(client = %peer, destination = label, "relaying");
-    if let Err(error) = relay::relay(&client, &upstream, &metrics, ends.cut, ends.idle).await {
+    let result = relay::relay(
+        &client,
+        &upstream,
+        &metrics,
+        &transferred,
+        ends.cut,
+        ends.idle,
+    )
+    .await;
+    let flags = match &result {
+        Err(RelayError::Destination(_)) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        Err(RelayError::Client(_)) => ResponseFlags::DOWNSTREAM_TERMINATION,
+        _ => ResponseFlags::default(),
+    };
+    if let Err(error) = result {
         debug!(client = %peer, destination = label, %error, "connection ended with an error; resetting both sides");
         reset(client);
         reset(upstream);
+    }
+    if let Some(log) = ends.log {
+        log.finish(upstream_addr, label, &transferred, flags);
     }
 }
 

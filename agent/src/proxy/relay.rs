@@ -46,20 +46,26 @@ pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     metrics: &ConnectionMetrics,
+    transferred: &Transferred,
     cut: &CancellationToken,
     idle: Option<Duration>,
 ) -> Result<(), RelayError> {
     let to_destination_pipe = Pipe::new().map_err(RelayError::Pipe)?;
     let to_client_pipe = Pipe::new().map_err(RelayError::Pipe)?;
-    let moved = AtomicU64::new(0);
     let to_destination = splice_half(
         client,
         upstream,
         &to_destination_pipe,
         &metrics.sent,
-        &moved,
+        &transferred.sent,
     );
-    let to_client = splice_half(upstream, client, &to_client_pipe, &metrics.received, &moved);
+    let to_client = splice_half(
+        upstream,
+        client,
+        &to_client_pipe,
+        &metrics.received,
+        &transferred.received,
+    );
     tokio::pin!(to_destination, to_client);
     let mut watch = idle.map(IdleWatch::new);
     let (mut sent_done, mut received_done) = (false, false);
@@ -67,7 +73,7 @@ pub async fn relay(
         tokio::select! {
             () = idle_tick(watch.as_mut()) => {
                 if let Some(watch) = &mut watch
-                    && watch.expired(moved.load(Ordering::Relaxed))
+                    && watch.expired(transferred.total())
                 {
                     return Err(RelayError::Idle(watch.limit));
                 }
@@ -84,6 +90,21 @@ pub async fn relay(
         }
     }
     Ok(())
+}
+
+/// The bytes one connection moved, each way.
+#[derive(Debug, Default)]
+pub struct Transferred {
+    /// Client to destination.
+    pub sent: AtomicU64,
+    /// Destination to client.
+    pub received: AtomicU64,
+}
+
+impl Transferred {
+    fn total(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed) + self.received.load(Ordering::Relaxed)
+    }
 }
 
 /// Notices a connection on which nothing moved for `limit`.
