@@ -175,6 +175,25 @@ fn each_rule_names_its_field() {
             "regex does not compile",
         ),
         (
+            "access log text format",
+            web(|d| {
+                d["spec"]["logging"] = json!({"accessLog": {"file": {"path": "/dev/stdout",
+                    "format": {"text": "%START_TIME% %NOT_AN_OPERATOR%"}}}})
+            }),
+            "spec.logging.accessLog.file.format.text",
+            "at offset 13: unknown command operator %NOT_AN_OPERATOR%",
+        ),
+        (
+            "access log json format",
+            web(|d| {
+                d["spec"]["logging"] = json!({"accessLog": {"file": {"path": "/dev/stdout",
+                    "format": {"json": [{"key": "ok", "value": "%DURATION%"},
+                                        {"key": "bad", "value": "%REQ(x"}]}}}})
+            }),
+            "spec.logging.accessLog.file.format.json[1].value",
+            "no closing parenthesis",
+        ),
+        (
             "range",
             route(|d| {
                 d["spec"]["httpRoute"]["match"]["headers"][0]["match"] =
