@@ -279,6 +279,16 @@ fn non_enrolled_pod_and_excluded_port_go_direct() {
         ) >= 1.0
     );
     assert_eq!(setup.opened_to(setup.server(9000)), 0.0);
+    // The pod's own counter shows the connect that never reached the proxy.
+    let pod = setup.node.pod("client").unwrap().netns_name().to_owned();
+    let per_pod = |port: u16, result: &str| {
+        metric_value(
+            &metrics,
+            &format!("mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"unknown\",destination_virtual_node=\"unknown\",port=\"{port}\",result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(per_pod(9001, "excluded"), 1.0, "{metrics}");
+    assert_eq!(per_pod(9000, "redirected"), 0.0, "{metrics}");
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub mod maps {
     pub const INBOUND_SOCKETS: &str = "INBOUND_SOCKETS";
     /// [`crate::InboundKey`] -> 1: the pod ports whose inbound connections go to the proxy.
     pub const INBOUND_PORTS: &str = "INBOUND_PORTS";
+    /// LRU per-CPU hash [`crate::PodConnectKey`] -> u64: connects of enrolled pods by
+    /// destination and outcome.
+    pub const POD_CONNECTS: &str = "POD_CONNECTS";
 }
 
 /// Capacity of the maps that hold one entry per live redirected connection.
@@ -33,6 +36,9 @@ pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
 pub const MAX_ENROLLED_NETNS: u32 = 4_096;
 /// Capacity of each exclusion map.
 pub const MAX_EXCLUSIONS: u32 = 1_024;
+/// Capacity of the per-pod connect counters (pod, destination, outcome); the least recently
+/// used go first, the agent keeps their counts.
+pub const MAX_POD_CONNECT_KEYS: u32 = 16_384;
 
 /// An enrolled pod network namespace.
 #[repr(C)]
@@ -73,6 +79,21 @@ pub struct InboundKey {
     pub ip4: u32,
     /// Port, host byte order (as in `bpf_sk_lookup.local_port`).
     pub port: u32,
+}
+
+/// What one enrolled pod's connect counter counts: the destination and the outcome.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PodConnectKey {
+    /// The pod's [`Enrollment::workload_id`].
+    pub workload_id: u32,
+    /// Destination IPv4, network byte order.
+    pub dst_ip4: u32,
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// A [`Counter`]: `Redirected`, `Excluded` or `RecordFailed`.
+    pub result: u8,
+    pub _pad: u8,
 }
 
 /// Where redirected connections go and which sockets are the proxy's own.
@@ -123,5 +144,6 @@ mod pod {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::InboundKey {}
+    unsafe impl aya::Pod for super::PodConnectKey {}
     unsafe impl aya::Pod for super::RedirectConfig {}
 }

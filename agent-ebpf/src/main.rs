@@ -19,8 +19,8 @@
 #![no_main]
 
 use agent_common::{
-    Counter, Enrollment, InboundKey, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS, MAX_TRACKED_CONNECTIONS,
-    OrigDst, PeerKey, RedirectConfig,
+    Counter, Enrollment, InboundKey, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS, MAX_POD_CONNECT_KEYS,
+    MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey, PodConnectKey, RedirectConfig,
 };
 use aya_ebpf::{
     bindings::{
@@ -29,7 +29,9 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash, lpm_trie::Key,
+    },
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
@@ -64,6 +66,10 @@ static REDIRECT_CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
+static POD_CONNECTS: LruPerCpuHashMap<PodConnectKey, u64> =
+    LruPerCpuHashMap::with_max_entries(MAX_POD_CONNECT_KEYS, 0);
+
+#[map]
 static INBOUND_SOCKETS: SockHash<u32> = SockHash::with_max_entries(MAX_ENROLLED_NETNS, 0);
 
 #[map]
@@ -81,6 +87,27 @@ fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other writer can race this increment.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Counts one connect of an enrolled pod by destination and outcome, beside the node-wide
+/// counter.
+#[inline(always)]
+fn count_pod(counter: Counter, workload_id: u32, dst_ip4: u32, dst_port: u16) {
+    count(counter);
+    let key = PodConnectKey {
+        workload_id,
+        dst_ip4,
+        dst_port: u16::from_be(dst_port),
+        result: counter as u8,
+        _pad: 0,
+    };
+    match POD_CONNECTS.get_ptr_mut(&key) {
+        // Per-CPU slot: no other writer can race this increment.
+        Some(slot) => unsafe { *slot += 1 },
+        None => {
+            let _ = POD_CONNECTS.insert(&key, &1, 0);
+        }
     }
 }
 
@@ -147,7 +174,7 @@ fn redirect_target(
     if unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
         || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some()
     {
-        count(Counter::Excluded);
+        count_pod(Counter::Excluded, enrollment.workload_id, dst_ip4, dst_port);
         return None;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
@@ -159,14 +186,24 @@ fn redirect_target(
     };
     if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
         // Without a record the proxy could not forward: leave this connect alone.
-        count(Counter::RecordFailed);
+        count_pod(
+            Counter::RecordFailed,
+            enrollment.workload_id,
+            dst_ip4,
+            dst_port,
+        );
         warn!(
             ctx,
             "mesh-agent: cannot record original destination, not redirecting"
         );
         return None;
     }
-    count(Counter::Redirected);
+    count_pod(
+        Counter::Redirected,
+        enrollment.workload_id,
+        dst_ip4,
+        dst_port,
+    );
     Some(cfg)
 }
 

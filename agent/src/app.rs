@@ -74,10 +74,12 @@ pub async fn run(
         .context("enrollment map already taken")?;
     let mesh_state = MeshState::default();
     let xds_watch = XdsWatch::default();
+    let workloads = enrollments.workloads();
     let metrics = Arc::new(Metrics::with_mesh(
         enrollments.gauge(),
         Some(redirector.counters()),
         mesh_state.clone(),
+        workloads.clone(),
         Arc::clone(&xds_watch),
     ));
     let enrollments = Arc::new(Mutex::new(enrollments));
@@ -85,10 +87,7 @@ pub async fn run(
 
     let mesh = MeshContext {
         state: mesh_state,
-        workloads: enrollments
-            .lock()
-            .map(|e| e.workloads())
-            .unwrap_or_default(),
+        workloads,
         metrics: metrics.mesh.clone(),
         access_logs: metrics.access_logs.clone(),
     };

@@ -8,6 +8,7 @@ mod discovery;
 mod memory;
 mod mesh_cmd;
 mod metrics;
+mod pod_connects;
 mod proxy;
 mod redirect;
 mod registry_api;

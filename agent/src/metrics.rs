@@ -24,9 +24,11 @@ use prometheus_client::{
 
 use crate::{
     access_log::AccessLogWriters,
+    pod_connects::PodConnectCollector,
     redirect::RedirectCounters,
     self_metrics::{SelfCollector, XdsWatch},
     state::MeshState,
+    workload::Workloads,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -415,9 +417,19 @@ impl Metrics {
         enrolled: Arc<AtomicI64>,
         redirect: Option<Arc<RedirectCounters>>,
         mesh: MeshState,
+        workloads: Workloads,
         xds: XdsWatch,
     ) -> Self {
-        let mut metrics = Self::new(enrolled, redirect);
+        let mut metrics = Self::new(enrolled, redirect.clone());
+        if let Some(redirect) = redirect {
+            metrics
+                .registry
+                .register_collector(Box::new(PodConnectCollector::new(
+                    redirect,
+                    workloads,
+                    mesh.clone(),
+                )));
+        }
         metrics
             .registry
             .register_collector(Box::new(EndpointCollector(mesh)));
@@ -577,6 +589,7 @@ mod tests {
             Arc::new(AtomicI64::new(0)),
             None,
             MeshState::default(),
+            Workloads::default(),
             XdsWatch::default(),
         );
         let text = metrics.encode().unwrap();

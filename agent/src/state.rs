@@ -56,6 +56,19 @@ impl DataPlane {
                 .then(|| upstream.virtual_node.clone())
         })
     }
+
+    /// Every IPv4 endpoint address with the virtual node it belongs to.
+    pub fn virtual_nodes_by_address(&self) -> HashMap<Ipv4Addr, String> {
+        let mut index = HashMap::new();
+        for upstream in self.clusters.values() {
+            for endpoint in upstream.endpoints().iter() {
+                if let std::net::IpAddr::V4(ip) = endpoint.addr.ip() {
+                    index.insert(ip, upstream.virtual_node.clone());
+                }
+            }
+        }
+        index
+    }
 }
 
 /// The current data plane, shared by every connection.

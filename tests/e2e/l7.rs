@@ -410,7 +410,7 @@ fn path_prefix_exact_and_regex_matches() {
         "{headers}"
     );
     let metrics = mesh.metrics();
-    let exact = r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="exact",response_code="200"}"#;
+    let exact = r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="exact",response_code="200",grpc_status=""}"#;
     assert_eq!(metric_value(&metrics, exact), 1.0, "{metrics}");
 }
 
@@ -631,7 +631,7 @@ fn canary_split_follows_weights_per_request() {
     let metrics = mesh.metrics();
     let counted = metric_value(
         &metrics,
-        r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="canary",response_code="200"}"#,
+        r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="canary",response_code="200",grpc_status=""}"#,
     );
     assert_eq!(counted, v2 as f64);
 
@@ -851,7 +851,7 @@ fn http2_prior_knowledge_is_routed_and_multiplexed() {
     let metrics = mesh.metrics();
     let counted = metric_value(
         &metrics,
-        r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="rest",response_code="200"}"#,
+        r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="rest",response_code="200",grpc_status=""}"#,
     );
     assert_eq!(counted, 1001.0, "{metrics}");
 }
@@ -1136,7 +1136,16 @@ fn grpc_routes_by_service_method_and_metadata() {
     assert_eq!(
         metric_value(
             &metrics,
-            r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="gold",response_code="200"}"#
+            r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v2",route="gold",response_code="200",grpc_status="0"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // The NotFound came in the response's trailers-only headers: counted by its gRPC status.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_requests_total{reporter="outbound",source_virtual_node="m/client",destination_virtual_service="api.m.local",destination_virtual_node="m/v1",route="check",response_code="200",grpc_status="5"}"#
         ),
         1.0,
         "{metrics}"
@@ -1211,7 +1220,7 @@ fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
         metric_value(
             &metrics,
             &format!(
-                r#"mesh_requests_total{{reporter="inbound",source_virtual_node="unknown",destination_virtual_service="unknown",destination_virtual_node="m/v1",route="m/v1/inbound/8080",response_code="{code}"}}"#
+                r#"mesh_requests_total{{reporter="inbound",source_virtual_node="unknown",destination_virtual_service="unknown",destination_virtual_node="m/v1",route="m/v1/inbound/8080",response_code="{code}",grpc_status=""}}"#
             ),
         )
     };

@@ -19,10 +19,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use agent_common::{Counter, OrigDst, PeerKey, RedirectConfig, maps};
+use agent_common::{Counter, OrigDst, PeerKey, PodConnectKey, RedirectConfig, maps};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps},
 };
 use ipnet::Ipv4Net;
@@ -111,7 +111,10 @@ impl Redirector {
             excluded_cidrs: take_map(&mut ebpf, maps::EXCLUDED_CIDRS)?,
             excluded_ports: take_map(&mut ebpf, maps::EXCLUDED_PORTS)?,
             orig_dst: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?)),
-            counters: Arc::new(RedirectCounters(take_map(&mut ebpf, maps::COUNTERS)?)),
+            counters: Arc::new(RedirectCounters {
+                node: take_map(&mut ebpf, maps::COUNTERS)?,
+                pods: take_map(&mut ebpf, maps::POD_CONNECTS)?,
+            }),
             enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
             ebpf: Arc::new(Mutex::new(ebpf)),
             target,
@@ -330,7 +333,12 @@ impl OrigDstSource for OrigDstMap {
 }
 
 /// The programs' per-CPU counters, summed.
-pub struct RedirectCounters(PerCpuArray<MapData, u64>);
+/// The redirect programs' counters: node-wide by outcome, and per enrolled pod by
+/// destination and outcome.
+pub struct RedirectCounters {
+    node: PerCpuArray<MapData, u64>,
+    pods: PerCpuHashMap<MapData, PodConnectKey, u64>,
+}
 
 impl RedirectCounters {
     pub fn read(&self) -> Vec<(Counter, u64)> {
@@ -338,12 +346,21 @@ impl RedirectCounters {
             .iter()
             .map(|counter| {
                 let total = self
-                    .0
+                    .node
                     .get(&(*counter as u32), 0)
                     .map(|per_cpu| per_cpu.iter().sum())
                     .unwrap_or(0);
                 (*counter, total)
             })
+            .collect()
+    }
+
+    /// Every per-pod counter the kernel holds now, summed over CPUs.
+    pub fn read_pods(&self) -> Vec<(PodConnectKey, u64)> {
+        self.pods
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
             .collect()
     }
 }

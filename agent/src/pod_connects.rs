@@ -1,0 +1,150 @@
+//! Per-pod connect counters: the redirect program counts each enrolled pod's connects by
+//! destination address, port and outcome in an LRU per-CPU map; at scrape time the agent
+//! names the pod and the destination's virtual node and exports the sums. The kernel map may
+//! evict an entry, so the agent keeps what it has seen: a counter here never goes backwards,
+//! and a pod's series go when the pod leaves the node.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use agent_common::{Counter, PodConnectKey};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
+
+use crate::{redirect::RedirectCounters, state::MeshState, workload::Workloads};
+
+/// One exported series: the pod, where it connected, what happened.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Series {
+    pod: String,
+    virtual_node: String,
+    destination_virtual_node: String,
+    port: u16,
+    result: &'static str,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Each kernel entry's value at the last scrape.
+    last: HashMap<PodConnectKey, u64>,
+    totals: BTreeMap<Series, u64>,
+}
+
+pub struct PodConnectCollector {
+    counters: Arc<RedirectCounters>,
+    workloads: Workloads,
+    mesh: MeshState,
+    seen: Mutex<Seen>,
+}
+
+impl PodConnectCollector {
+    pub fn new(counters: Arc<RedirectCounters>, workloads: Workloads, mesh: MeshState) -> Self {
+        Self {
+            counters,
+            workloads,
+            mesh,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Folds the kernel's counts into the totals and returns them.
+    fn collect(&self) -> Vec<(Series, u64)> {
+        let Ok(mut seen) = self.seen.lock() else {
+            return Vec::new();
+        };
+        let kernel = self.counters.read_pods();
+        let plane = self.mesh.current();
+        let at_address = plane.virtual_nodes_by_address();
+        let workloads: HashMap<u32, _> = self.workloads.all().into_iter().collect();
+        let pod_nodes: HashMap<u32, String> = workloads
+            .iter()
+            .map(|(id, workload)| {
+                let node = plane.virtual_node_of(workload);
+                (*id, node.unwrap_or_else(|| "unknown".into()))
+            })
+            .collect();
+        let mut last = HashMap::with_capacity(kernel.len());
+        for (key, value) in kernel {
+            let previous = seen.last.get(&key).copied().unwrap_or(0);
+            // Smaller than before: evicted and counted again from zero since.
+            let delta = if value >= previous {
+                value - previous
+            } else {
+                value
+            };
+            last.insert(key, value);
+            let (Some(workload), Some(result)) =
+                (workloads.get(&key.workload_id), result_label(key.result))
+            else {
+                continue;
+            };
+            let destination = Ipv4Addr::from(key.dst_ip4.to_ne_bytes());
+            let series = Series {
+                pod: workload.netns.clone(),
+                virtual_node: pod_nodes.get(&key.workload_id).cloned().unwrap_or_default(),
+                destination_virtual_node: at_address
+                    .get(&destination)
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into()),
+                port: key.dst_port,
+                result,
+            };
+            *seen.totals.entry(series).or_default() += delta;
+        }
+        seen.last = last;
+        let enrolled: HashSet<&str> = workloads.values().map(|w| w.netns.as_str()).collect();
+        seen.totals
+            .retain(|series, _| enrolled.contains(series.pod.as_str()));
+        seen.totals
+            .iter()
+            .map(|(series, total)| (series.clone(), *total))
+            .collect()
+    }
+}
+
+fn result_label(result: u8) -> Option<&'static str> {
+    match u32::from(result) {
+        r if r == Counter::Redirected as u32 => Some("redirected"),
+        r if r == Counter::Excluded as u32 => Some("excluded"),
+        r if r == Counter::RecordFailed as u32 => Some("record_failed"),
+        _ => None,
+    }
+}
+
+impl fmt::Debug for PodConnectCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PodConnectCollector")
+    }
+}
+
+impl Collector for PodConnectCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_pod_connects",
+            "TCP connects of each enrolled pod, by the destination's virtual node, port and outcome (in-kernel)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (series, total) in self.collect() {
+            let port = series.port.to_string();
+            let labels = [
+                ("pod", series.pod.as_str()),
+                ("virtual_node", series.virtual_node.as_str()),
+                (
+                    "destination_virtual_node",
+                    series.destination_virtual_node.as_str(),
+                ),
+                ("port", port.as_str()),
+                ("result", series.result),
+            ];
+            ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
