@@ -284,7 +284,9 @@ fn non_enrolled_pod_and_excluded_port_go_direct() {
     let per_pod = |port: u16, result: &str| {
         metric_value(
             &metrics,
-            &format!("mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"unknown\",destination_virtual_node=\"unknown\",port=\"{port}\",result=\"{result}\"}}"),
+            &format!(
+                "mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"unknown\",destination_virtual_node=\"unknown\",port=\"{port}\",result=\"{result}\"}}"
+            ),
         )
     };
     assert_eq!(per_pod(9001, "excluded"), 1.0, "{metrics}");

@@ -1,25 +1,9 @@
 //! mesh-agent: a sidecarless, eBPF-accelerated service mesh node agent.
-mod access_log;
-mod admin;
-mod app;
-mod config;
-mod control_plane;
-mod discovery;
-mod memory;
-mod mesh_cmd;
-mod metrics;
-mod pod_connects;
-mod proxy;
-mod redirect;
-mod registry_api;
-mod self_metrics;
-mod state;
-mod workload;
-mod xds_dump;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use mesh_agent::{app, config, control_plane, mesh_cmd, xds_dump};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

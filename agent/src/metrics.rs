@@ -213,19 +213,13 @@ const LATENCY_BUCKETS: [f64; 16] = [
     30.0,
 ];
 
-/// Body sizes from 0 to 64 MiB, by powers of four.
-const SIZE_BUCKETS: [f64; 12] = [
-    0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
-    67108864.0,
-];
-
 /// Per-service metrics of the mesh the proxy applies.
 #[derive(Clone)]
 pub struct MeshMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
-    request_size: Family<RouteLabels, Histogram>,
-    response_size: Family<RouteLabels, Histogram>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
     retries: Family<RouteLabels, Counter>,
     overflows: Family<ClusterLabels, Counter>,
     retry_overflows: Family<ClusterLabels, Counter>,
@@ -241,12 +235,8 @@ impl Default for MeshMetrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(LATENCY_BUCKETS.iter().copied())
             }),
-            request_size: Family::new_with_constructor(|| {
-                Histogram::new(SIZE_BUCKETS.iter().copied())
-            }),
-            response_size: Family::new_with_constructor(|| {
-                Histogram::new(SIZE_BUCKETS.iter().copied())
-            }),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
             retries: Family::default(),
             overflows: Family::default(),
             retry_overflows: Family::default(),
@@ -254,6 +244,55 @@ impl Default for MeshMetrics {
             health_changes: Family::default(),
             denied: Family::default(),
         }
+    }
+}
+
+/// The series of one route (source, destination, route), resolved once and reused while a
+/// connection's requests keep taking that route: recording a request then touches atomics
+/// and a lock per histogram, without hashing or cloning label strings.
+pub struct RouteRecorder {
+    labels: RouteLabels,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    /// By response code and gRPC status: the few a route sees.
+    requests: Vec<((u16, Option<u32>), Counter)>,
+}
+
+impl RouteRecorder {
+    pub fn labels(&self) -> &RouteLabels {
+        &self.labels
+    }
+
+    pub fn record(&mut self, metrics: &MeshMetrics, outcome: RequestOutcome) {
+        self.duration.observe(outcome.seconds);
+        self.request_bytes.inc_by(outcome.request_bytes);
+        self.response_bytes.inc_by(outcome.response_bytes);
+        let grpc_status = outcome
+            .grpc_status
+            .map(|code| if code > GRPC_MAX_STATUS { 2 } else { code });
+        let key = (outcome.response_code, grpc_status);
+        let index = match self.requests.iter().position(|(k, _)| *k == key) {
+            Some(index) => index,
+            None => {
+                let labels = &self.labels;
+                let counter = metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        reporter: labels.reporter,
+                        source_virtual_node: labels.source_virtual_node.clone(),
+                        destination_virtual_service: labels.destination_virtual_service.clone(),
+                        destination_virtual_node: labels.destination_virtual_node.clone(),
+                        route: labels.route.clone(),
+                        response_code: outcome.response_code,
+                        grpc_status,
+                    })
+                    .clone();
+                self.requests.push((key, counter));
+                self.requests.len() - 1
+            }
+        };
+        self.requests[index].1.inc();
     }
 }
 
@@ -267,27 +306,15 @@ pub struct ClusterMetrics {
 }
 
 impl MeshMetrics {
-    pub fn request(&self, labels: &RouteLabels, outcome: RequestOutcome) {
-        self.duration.get_or_create(labels).observe(outcome.seconds);
-        self.request_size
-            .get_or_create(labels)
-            .observe(outcome.request_bytes as f64);
-        self.response_size
-            .get_or_create(labels)
-            .observe(outcome.response_bytes as f64);
-        self.requests
-            .get_or_create(&RequestLabels {
-                reporter: labels.reporter,
-                source_virtual_node: labels.source_virtual_node.clone(),
-                destination_virtual_service: labels.destination_virtual_service.clone(),
-                destination_virtual_node: labels.destination_virtual_node.clone(),
-                route: labels.route.clone(),
-                response_code: outcome.response_code,
-                grpc_status: outcome
-                    .grpc_status
-                    .map(|code| if code > GRPC_MAX_STATUS { 2 } else { code }),
-            })
-            .inc();
+    /// The series of `labels`, looked up once for a connection's requests to share.
+    pub fn recorder(&self, labels: &RouteLabels) -> RouteRecorder {
+        RouteRecorder {
+            labels: labels.clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+            requests: Vec::new(),
+        }
     }
 
     pub fn retried(&self, labels: &RouteLabels) {
@@ -328,16 +355,16 @@ impl MeshMetrics {
             self.duration.clone(),
         );
         registry.register_with_unit(
-            "mesh_request_size",
-            "Request body sizes",
+            "mesh_request",
+            "Request body bytes received from clients",
             Unit::Bytes,
-            self.request_size.clone(),
+            self.request_bytes.clone(),
         );
         registry.register_with_unit(
-            "mesh_response_size",
-            "Response body sizes",
+            "mesh_response",
+            "Response body bytes sent to clients",
             Unit::Bytes,
-            self.response_size.clone(),
+            self.response_bytes.clone(),
         );
         registry.register(
             "mesh_request_retries",

@@ -334,7 +334,9 @@ fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
     let pod = mesh.node.pod("client").unwrap().netns_name().to_owned();
     let connects = mesh_testbed::agent::metric_value(
         &metrics,
-        &format!("mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"m/client\",destination_virtual_node=\"unknown\",port=\"8080\",result=\"redirected\"}}"),
+        &format!(
+            "mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"m/client\",destination_virtual_node=\"unknown\",port=\"8080\",result=\"redirected\"}}"
+        ),
     );
     assert_eq!(connects, 8.0, "{metrics}");
 }

@@ -129,7 +129,7 @@ impl Exchange {
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         // A gRPC response that never said how it ended: Unknown, as gRPC clients read it.
         let grpc_status = self.grpc.then(|| self.grpc_status.unwrap_or(GRPC_UNKNOWN));
-        self.context.metrics.request(
+        self.context.record(
             &self.labels,
             RequestOutcome {
                 response_code: self.response_code,

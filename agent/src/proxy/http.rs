@@ -7,7 +7,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     access_log::{Loggers, ResponseFlags},
-    metrics::{MeshMetrics, RouteLabels},
+    metrics::{MeshMetrics, RequestOutcome, RouteLabels, RouteRecorder},
     state::MeshState,
 };
 
@@ -62,6 +62,8 @@ pub struct HttpContext {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub loggers: Option<Loggers>,
+    /// The series of the route this connection's requests last took.
+    pub recorder: Mutex<Option<RouteRecorder>>,
 }
 
 /// Which side of the proxy a request passes.
@@ -121,6 +123,24 @@ impl HttpContext {
         match &self.direction {
             Direction::Outbound => &self.source,
             Direction::Inbound { virtual_node, .. } => virtual_node,
+        }
+    }
+
+    /// Counts a finished request, through the connection's cached series when it took the
+    /// same route as the last one.
+    pub fn record(&self, labels: &RouteLabels, outcome: RequestOutcome) {
+        let Ok(mut cached) = self.recorder.lock() else {
+            return;
+        };
+        match cached.as_mut() {
+            Some(recorder) if recorder.labels() == labels => {
+                recorder.record(&self.metrics, outcome);
+            }
+            _ => {
+                let mut recorder = self.metrics.recorder(labels);
+                recorder.record(&self.metrics, outcome);
+                *cached = Some(recorder);
+            }
         }
     }
 

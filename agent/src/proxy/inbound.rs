@@ -218,6 +218,7 @@ async fn handle(
                     .local_addr()
                     .unwrap_or_else(|_| SocketAddr::from(local)),
                 loggers: shared.mesh.access_logs.loggers(access_logs),
+                recorder: Mutex::default(),
                 direction: Direction::Inbound {
                     pod: Arc::clone(&pod),
                     virtual_node: node,

@@ -3,7 +3,7 @@
 use std::{
     io,
     net::{SocketAddr, SocketAddrV4},
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -222,6 +222,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 peer: peer.into(),
                 local: destination.into(),
                 loggers: shared.mesh.access_logs.loggers(access_logs),
+                recorder: Mutex::default(),
             });
             http::serve(client, context, shared.cut.clone()).await;
         }
