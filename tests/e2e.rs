@@ -209,6 +209,16 @@ fn enrolled_pod_goes_through_proxy_intact_and_keeps_its_peer() {
         ) >= 1.0
     );
     assert_eq!(metric_value(&metrics, "mesh_agent_enrolled_netns"), 1.0);
+    for program in [
+        "track_orig_dst",
+        "connect4",
+        "connect6",
+        "getpeername4",
+        "getpeername6",
+    ] {
+        let sample = format!("mesh_agent_attached_programs{{program=\"{program}\"}}");
+        assert_eq!(metric_value(&metrics, &sample), 1.0, "{metrics}");
+    }
 }
 
 #[test]

@@ -556,6 +556,15 @@ impl Collector for AgentCollector {
             let labels = [("result", counter_label(counter))];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_attached_programs",
+            "eBPF programs attached, by program (inbound_lookup: once per captured pod)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (program, attached) in redirect.attached_programs() {
+            ConstGauge::new(attached).encode(family.encode_family(&[("program", program)])?)?;
+        }
         Ok(())
     }
 }

@@ -1225,6 +1225,15 @@ fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
         )
     };
     assert_eq!((inbound("200"), inbound("504")), (2.0, 1.0), "{metrics}");
+    // The lookup program is attached to each captured pod's namespace: client and s1.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"mesh_agent_attached_programs{program="inbound_lookup"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
     // A port that is not a listener of v1 is not captured.
     let other = format!("http://{}:9000/", mesh.node.pod("s1").unwrap().ip);
     let output = mesh

@@ -8,7 +8,10 @@ use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use agent_common::{InboundKey, maps};
@@ -95,6 +98,8 @@ pub struct InboundHooks {
     /// Where the proxy listens inside each pod.
     listen: SocketAddr,
     pods: mpsc::UnboundedSender<InboundPod>,
+    /// Namespaces the lookup program is attached to, for the metrics.
+    attached: Arc<AtomicI64>,
 }
 
 impl InboundHooks {
@@ -102,6 +107,7 @@ impl InboundHooks {
         ebpf: Arc<Mutex<Ebpf>>,
         listen_port: u16,
         pods: mpsc::UnboundedSender<InboundPod>,
+        attached: Arc<AtomicI64>,
     ) -> Result<(Self, InboundPorts), RedirectError> {
         let (sockets, ports) = {
             let mut guard = ebpf.lock().map_err(|_| RedirectError::Poisoned)?;
@@ -120,6 +126,7 @@ impl InboundHooks {
                 ports: ports.clone(),
                 listen: SocketAddr::from(([0, 0, 0, 0], listen_port)),
                 pods,
+                attached,
             },
             ports,
         ))
@@ -163,6 +170,7 @@ impl InboundHooks {
             return Err("the inbound proxy is not running".into());
         }
         info!(netns = %ns.spec, ?addresses, listen = %self.listen, "inbound capture ready");
+        self.attached.fetch_add(1, Ordering::Relaxed);
         Ok(Captured {
             link,
             addresses: addresses.to_vec(),
@@ -182,5 +190,6 @@ impl InboundHooks {
         {
             warn!(%error, "detaching the inbound lookup program");
         }
+        self.attached.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -16,7 +16,10 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsFd,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use agent_common::{Counter, OrigDst, PeerKey, PodConnectKey, RedirectConfig, maps};
@@ -114,6 +117,7 @@ impl Redirector {
             counters: Arc::new(RedirectCounters {
                 node: take_map(&mut ebpf, maps::COUNTERS)?,
                 pods: take_map(&mut ebpf, maps::POD_CONNECTS)?,
+                inbound_links: Arc::default(),
             }),
             enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
             ebpf: Arc::new(Mutex::new(ebpf)),
@@ -236,7 +240,12 @@ impl Redirector {
         listen_port: u16,
         pods: tokio::sync::mpsc::UnboundedSender<InboundPod>,
     ) -> Result<(InboundHooks, InboundPorts), RedirectError> {
-        InboundHooks::new(Arc::clone(&self.ebpf), listen_port, pods)
+        InboundHooks::new(
+            Arc::clone(&self.ebpf),
+            listen_port,
+            pods,
+            Arc::clone(&self.counters.inbound_links),
+        )
     }
 
     pub fn orig_dst(&self) -> Arc<OrigDstMap> {
@@ -338,9 +347,25 @@ impl OrigDstSource for OrigDstMap {
 pub struct RedirectCounters {
     node: PerCpuArray<MapData, u64>,
     pods: PerCpuHashMap<MapData, PodConnectKey, u64>,
+    /// Pod namespaces the inbound lookup program is attached to.
+    inbound_links: Arc<AtomicI64>,
 }
 
 impl RedirectCounters {
+    /// Attached programs by name: the cgroup programs once each (attached at load, for the
+    /// agent's lifetime), the inbound lookup once per captured pod.
+    pub fn attached_programs(&self) -> Vec<(&'static str, i64)> {
+        let mut attached: Vec<(&'static str, i64)> = std::iter::once(SOCKOPS)
+            .chain(SOCK_ADDR_PROGRAMS)
+            .map(|name| (name, 1))
+            .collect();
+        attached.push((
+            inbound::INBOUND_LOOKUP,
+            self.inbound_links.load(Ordering::Relaxed),
+        ));
+        attached
+    }
+
     pub fn read(&self) -> Vec<(Counter, u64)> {
         Counter::ALL
             .iter()
