@@ -23,6 +23,7 @@ use crate::{
     admin::{self, AdminState},
     config::Config,
     control_plane::Embedded,
+    discovery,
     mesh_cmd::InputArgs,
     metrics::Metrics,
     proxy::{
@@ -139,6 +140,7 @@ pub async fn run(
             UpstreamSettings {
                 mark: Some(config.proxy.mark),
                 metrics: metrics.mesh.clone(),
+                resolver: resolver(&config.discovery.resolv_conf),
             },
             xds.stop.clone(),
         ));
@@ -266,6 +268,15 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "mesh-agent".into())
 }
 
+/// The DNS client of service discovery; without a usable resolv.conf, host files and address
+/// literals still resolve (and the log says why names do not).
+fn resolver(resolv_conf: &Path) -> discovery::Resolver {
+    discovery::Resolver::from_resolv_conf(resolv_conf).unwrap_or_else(|error| {
+        warn!(%error, "DNS service discovery has no nameservers; only /etc/hosts and addresses resolve");
+        discovery::Resolver::hosts_only()
+    })
+}
+
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the config file and reopens access logs.
 async fn wait_for_stop(
     config_path: &Path,
@@ -308,6 +319,7 @@ fn reload(
         (new.proxy != config.proxy, "proxy"),
         (new.admin != config.admin, "admin"),
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
+        (new.discovery != config.discovery, "discovery"),
     ] {
         if changed {
             warn!(

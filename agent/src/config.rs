@@ -47,6 +47,8 @@ pub struct Config {
     pub redirect: RedirectConfig,
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     /// The control plane to take the mesh from (xDS); absent: no mesh configuration, unless
     /// `run --mesh` embeds a control plane.
     #[serde(default)]
@@ -111,6 +113,27 @@ pub struct RedirectConfig {
     /// Destination ports never redirected.
     #[serde(default)]
     pub exclude_ports: Vec<u16>,
+}
+
+/// How DNS service discovery resolves names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Nameservers, search domains and options, in resolv.conf form.
+    #[serde(default = "default_resolv_conf")]
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            resolv_conf: default_resolv_conf(),
+        }
+    }
+}
+
+fn default_resolv_conf() -> PathBuf {
+    PathBuf::from(crate::discovery::DEFAULT_RESOLV_CONF)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

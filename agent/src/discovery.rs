@@ -1,15 +1,94 @@
-//! DNS service discovery for STRICT_DNS / LOGICAL_DNS clusters: the system resolver
-//! (getaddrinfo: /etc/hosts, then DNS), re-resolved every refresh period. A failed lookup
-//! keeps the last endpoints, as Envoy does.
-use std::{net::SocketAddr, sync::Weak};
+//! DNS service discovery for STRICT_DNS / LOGICAL_DNS clusters, with a real DNS client
+//! (hickory): the nameservers, search domains and options of a resolv.conf, /etc/hosts first.
+//! A cluster is re-resolved when the shortest TTL of its answers runs out, and at least every
+//! refresh period (`dns_refresh_rate`), never more often than once a second; answers are
+//! cached for their TTL, so a refresh before it ends costs nothing. A failed lookup keeps the
+//! last endpoints, as Envoy does.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
 
+use hickory_resolver::{
+    TokioResolver,
+    config::{LookupIpStrategy, ResolveHosts, ResolverConfig, ResolverOpts},
+    name_server::TokioConnectionProvider,
+    system_conf::parse_resolv_conf,
+};
 use mesh_xds::plan::cluster::{AddressFamily, Discovery};
 use tracing::{debug, warn};
 
 use crate::proxy::upstream::Upstream;
 
+/// Where the agent reads its nameservers by default.
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The shortest time between two lookups of a cluster (a TTL of 0 does not spin).
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: hickory_resolver::ResolveError,
+    },
+}
+
+/// The agent's DNS client, shared by every DNS cluster.
+#[derive(Clone)]
+pub struct Resolver(Arc<TokioResolver>);
+
+impl Resolver {
+    /// A resolver with the nameservers of `resolv_conf`, looking in /etc/hosts first.
+    pub fn from_resolv_conf(resolv_conf: &Path) -> Result<Self, ResolverError> {
+        let text = std::fs::read(resolv_conf).map_err(|source| ResolverError::Read {
+            path: resolv_conf.to_owned(),
+            source,
+        })?;
+        let (config, options) = parse_resolv_conf(text).map_err(|source| ResolverError::Parse {
+            path: resolv_conf.to_owned(),
+            source,
+        })?;
+        Ok(Self::with(config, options))
+    }
+
+    /// No nameservers: host files and address literals only (when resolv.conf is unusable).
+    pub fn hosts_only() -> Self {
+        Self::with(ResolverConfig::new(), ResolverOpts::default())
+    }
+
+    fn with(config: ResolverConfig, mut options: ResolverOpts) -> Self {
+        // Both families: the cluster's lookup family chooses among them.
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        options.use_hosts_file = ResolveHosts::Always;
+        let resolver =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                .with_options(options)
+                .build();
+        Self(Arc::new(resolver))
+    }
+
+    /// The addresses of `host` at `port`, and until when they are valid.
+    async fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(Vec<SocketAddr>, Instant), hickory_resolver::ResolveError> {
+        let found = self.0.lookup_ip(host).await?;
+        let addrs = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        Ok((addrs, found.valid_until()))
+    }
+}
+
 /// Resolves the cluster's host names until the cluster goes away.
-pub async fn resolve_cluster(upstream: Weak<Upstream>) {
+pub async fn resolve_cluster(upstream: Weak<Upstream>, resolver: Resolver) {
     loop {
         let Some(cluster) = upstream.upgrade() else {
             return;
@@ -26,14 +105,17 @@ pub async fn resolve_cluster(upstream: Weak<Upstream>) {
         let stop = cluster.tasks.clone();
         let mut endpoints = Vec::new();
         let mut failed = false;
+        let mut next = refresh;
         for (host, port) in &hosts {
-            match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(found) => {
-                    let mut addrs = choose(found.collect(), family);
+            match resolver.lookup(host, *port).await {
+                Ok((found, valid_until)) => {
+                    let mut addrs = choose(found, family);
                     if !every_address {
                         addrs.truncate(1);
                     }
-                    debug!(cluster = %cluster.name(), %host, ?addrs, "resolved");
+                    let ttl = valid_until.saturating_duration_since(Instant::now());
+                    debug!(cluster = %cluster.name(), %host, ?addrs, ?ttl, "resolved");
+                    next = next.min(ttl);
                     endpoints.extend(addrs);
                 }
                 Err(error) => {
@@ -47,7 +129,7 @@ pub async fn resolve_cluster(upstream: Weak<Upstream>) {
         }
         drop(cluster);
         tokio::select! {
-            () = tokio::time::sleep(refresh) => {}
+            () = tokio::time::sleep(next.max(MIN_REFRESH)) => {}
             () = stop.cancelled() => return,
         }
     }
@@ -89,10 +171,22 @@ mod tests {
 
     #[tokio::test]
     async fn literal_addresses_resolve_to_themselves() {
-        let found: Vec<SocketAddr> = tokio::net::lookup_host(("10.77.0.5", 80))
+        let (found, _) = Resolver::hosts_only()
+            .lookup("10.77.0.5", 80)
             .await
-            .unwrap()
-            .collect();
+            .unwrap();
         assert_eq!(found, ["10.77.0.5:80".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_resolv_conf_that_cannot_be_read_is_named() {
+        let error = Resolver::from_resolv_conf(Path::new("/nonexistent/resolv.conf"))
+            .err()
+            .unwrap();
+        assert!(
+            error
+                .to_string()
+                .starts_with("reading /nonexistent/resolv.conf")
+        );
     }
 }

@@ -114,6 +114,7 @@ impl MeshState {
 pub struct UpstreamSettings {
     pub mark: Option<u32>,
     pub metrics: MeshMetrics,
+    pub resolver: discovery::Resolver,
 }
 
 /// Applies every state the xDS client accepts until `stop`.
@@ -180,7 +181,10 @@ fn start_cluster(plan: mesh_xds::plan::ClusterPlan, settings: &UpstreamSettings)
     match &upstream.plan.discovery {
         Discovery::Static(addrs) => upstream.set_endpoints(addrs.clone()),
         Discovery::Dns { .. } => {
-            tokio::spawn(discovery::resolve_cluster(Arc::downgrade(&upstream)));
+            tokio::spawn(discovery::resolve_cluster(
+                Arc::downgrade(&upstream),
+                settings.resolver.clone(),
+            ));
         }
         Discovery::Eds(_) | Discovery::OriginalDestination | Discovery::InternalListener(_) => {}
     }

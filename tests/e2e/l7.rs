@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use mesh_testbed::{
     Agent, Node, Proc,
     agent::{config_for, metric_value},
+    node::NODE_IP,
 };
 use serde_json::{Value, json};
 
@@ -24,6 +25,7 @@ pub struct MeshNode {
     agent: Agent,
     pub node: Node,
     servers: BTreeMap<&'static str, Proc>,
+    dns: Option<Dns>,
     _mesh: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -46,7 +48,18 @@ pub struct MeshSpec {
     pub router_ports: &'static [u16],
     /// `logging` of virtual nodes, by name.
     pub logging: Vec<(&'static str, Value)>,
+    /// v1 is found by the name `v1.m.local`, answered by a dnsmasq on the node (TTL 1 s)
+    /// that the agent's discovery.resolv_conf points to; [`MeshNode::point_dns`] moves it.
+    pub dns: bool,
 }
+
+/// A DNS server for the test node, answering from a hosts file it re-reads on SIGHUP.
+struct Dns {
+    server: Proc,
+    hosts: std::path::PathBuf,
+}
+
+const DNS_NAME: &str = "v1.m.local";
 
 impl Default for MeshSpec {
     fn default() -> Self {
@@ -61,6 +74,7 @@ impl Default for MeshSpec {
             discover: false,
             router_ports: &[PORT],
             logging: Vec::new(),
+            dns: false,
         }
     }
 }
@@ -115,6 +129,31 @@ fn start_server(node: &Node, pod: &str, name: &str, extra: &[&str]) -> Proc {
     node.wait_for_listener(addr.parse().unwrap(), TIMEOUT)
         .expect("server listening");
     server
+}
+
+/// dnsmasq on the node's address, answering `v1.m.local` from a hosts file with a 1 s TTL,
+/// and a resolv.conf naming it, in `dir`.
+fn start_dns(node: &Node, dir: &std::path::Path, v1_ip: &str) -> Dns {
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, format!("{v1_ip} {DNS_NAME}\n")).unwrap();
+    std::fs::write(dir.join("resolv.conf"), format!("nameserver {NODE_IP}\n")).unwrap();
+    let mut command = node.node_command("dnsmasq").expect("dnsmasq command");
+    command.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--local-ttl=1",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+        "--log-facility=/dev/null",
+    ]);
+    command.arg(format!("--listen-address={NODE_IP}"));
+    command.arg(format!("--addn-hosts={}", hosts.display()));
+    let server = Proc::spawn("dnsmasq", command).expect("dnsmasq starts");
+    node.wait_for_listener(format!("{NODE_IP}:53").parse().unwrap(), TIMEOUT)
+        .expect("dnsmasq listening");
+    Dns { server, hosts }
 }
 
 /// meshtb grpc-server in `pod` on the service port, answering health checks for `name`.
@@ -187,6 +226,8 @@ impl MeshNode {
             // With replicas, v1 is pods s1 and s3, found in the registry (Cloud Map).
             let discovery = if spec.v1_replicas && name == "v1" {
                 json!({"awsCloudMap": {"namespaceName": "m.local", "serviceName": "v1"}})
+            } else if spec.dns && name == "v1" {
+                json!({"dns": {"hostname": DNS_NAME}})
             } else {
                 json!({"dns": {"hostname": ip(pod)}})
             };
@@ -222,7 +263,15 @@ impl MeshNode {
         let instances =
             json!({"namespaces": {"m.local": {"v1": {"a": instance("s1"), "b": instance("s3")}}}});
         std::fs::write(&registry, instances.to_string()).unwrap();
-        let mut config = config_for(&node, spec.enrolled, "").unwrap();
+        let dns = spec.dns.then(|| start_dns(&node, work.path(), &ip("s1")));
+        let resolver = match &dns {
+            Some(_) => format!(
+                "discovery:\n  resolv_conf: {}\n",
+                work.path().join("resolv.conf").display()
+            ),
+            None => String::new(),
+        };
+        let mut config = config_for(&node, spec.enrolled, &resolver).unwrap();
         if spec.discover {
             // Every namespace of this node; the mesh decides which are in it.
             let client = node.pod("client").unwrap().netns_name().to_owned();
@@ -248,6 +297,7 @@ impl MeshNode {
             agent,
             node,
             servers,
+            dns,
             _mesh: mesh,
             _work: work,
         };
@@ -278,6 +328,14 @@ impl MeshNode {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Points `v1.m.local` at `pod` (the DNS server re-reads its hosts file).
+    pub fn point_dns(&mut self, pod: &str) {
+        let ip = self.node.pod(pod).unwrap().ip.to_string();
+        let dns = self.dns.as_mut().expect("a mesh started with dns: true");
+        std::fs::write(&dns.hosts, format!("{ip} {DNS_NAME}\n")).unwrap();
+        dns.server.signal(libc::SIGHUP).expect("signal dnsmasq");
     }
 
     pub fn signal_agent(&mut self, signal: i32) {
@@ -1421,4 +1479,32 @@ fn stalled_responses_and_idle_tcp_connections_are_cut() {
         "{text}"
     );
     assert!((700..2500).contains(&elapsed), "{text}");
+}
+
+#[test]
+fn dns_endpoints_follow_the_record_within_its_ttl() {
+    let mut mesh = MeshNode::start(
+        "l7dns",
+        MeshSpec {
+            routes: all_to_v1(),
+            dns: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+    // The record lives 1 s; the refresh period is 5 s. Twice, so that a 5 s cycle cannot
+    // pass by luck.
+    for (pod, answers) in [("s3", "v1b"), ("s1", "v1")] {
+        mesh.point_dns(pod);
+        let moved = std::time::Instant::now();
+        while mesh.served_by("/", &[]) != answers {
+            assert!(
+                moved.elapsed() < Duration::from_secs(3),
+                "still not {answers} after {:?}\n{}",
+                moved.elapsed(),
+                mesh.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -71,6 +71,12 @@ pub fn for_listener(
                 discovery as i32,
             ));
             result.dns_lookup_family = lookup_family(dns.ip_preference) as i32;
+            // Answers expire with their TTL (moved into the DNS cluster extension in newer
+            // Envoy; the field still works).
+            #[allow(deprecated)]
+            {
+                result.respect_dns_ttl = true;
+            }
             result.load_assignment = Some(load_assignment(&name, &dns.hostname, port));
         }
         Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => {
