@@ -27,13 +27,13 @@ use envoy_types::pb::envoy::{
 use mesh_model::types::{
     CreateGatewayRouteInput, CreateVirtualGatewayInput, DefaultGatewayRouteRewrite,
     GatewayRouteHostnameMatch, GrpcMetadataMatchMethod, HeaderMatchMethod, HttpGatewayRoute,
-    HttpGatewayRouteRewrite, VirtualGatewayPortProtocol,
+    HttpGatewayRouteRewrite, ListenerTls, VirtualGatewayListenerTls, VirtualGatewayPortProtocol,
 };
 
 use super::{
     Issues,
     listener::{http_connection_manager, rds},
-    route, socket_address,
+    route, socket_address, tls,
 };
 use crate::names;
 
@@ -61,12 +61,14 @@ pub fn gateway(
     };
     for listener in &gateway.spec.listeners {
         let port = listener.port_mapping.port;
-        if listener.tls.is_some() {
-            issues.push(format!(
-                "VirtualGateway {name} listener {port}: listener TLS is not compiled yet; the listener is not served"
-            ));
-            continue;
-        }
+        let what = format!("VirtualGateway {name} listener {port}");
+        let tls = match listener.tls.as_ref().map(as_listener_tls).transpose() {
+            Ok(tls) => tls,
+            Err(error) => {
+                issues.push(format!("{what}: TLS settings: {error}; not served"));
+                continue;
+            }
+        };
         let protocol = listener.port_mapping.protocol;
         let routes: Vec<Route> = gateway_routes
             .iter()
@@ -83,13 +85,17 @@ pub fn gateway(
             }],
             ..Default::default()
         });
+        let filter = http_connection_manager(table.clone(), rds(table.clone()));
+        let filter_chains = tls::chains(port, &filter, tls.as_ref(), &what, issues);
+        if filter_chains.is_empty() {
+            // Fail closed: TLS that cannot be terminated is not served in plain text.
+            continue;
+        }
         result.listeners.push(Listener {
             name: table.clone(),
             address: Some(socket_address("0.0.0.0", port as u32)),
-            filter_chains: vec![FilterChain {
-                filters: vec![http_connection_manager(table.clone(), rds(table.clone()))],
-                ..Default::default()
-            }],
+            listener_filters: tls::inspector_for(&filter_chains),
+            filter_chains,
             ..Default::default()
         });
     }
@@ -110,6 +116,13 @@ pub fn gateway(
         ..Default::default()
     });
     result
+}
+
+/// A gateway listener's TLS as a virtual node listener's: the API model gives both the same
+/// shape (certificate from ACM, file or SDS; mode; validation by file or SDS trust and subject
+/// alternative names) under different type names, so one serializes into the other.
+fn as_listener_tls(tls: &VirtualGatewayListenerTls) -> Result<ListenerTls, serde_json::Error> {
+    serde_json::to_value(tls).and_then(serde_json::from_value)
 }
 
 fn internal_cluster(name: &str) -> Cluster {
@@ -335,5 +348,76 @@ fn rewrite_path(
         (Some(value), _) => action.prefix_rewrite = value,
         (None, Some(DefaultGatewayRouteRewrite::Disabled)) => {}
         (None, _) => action.prefix_rewrite = "/".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn gateway_with_tls(tls: serde_json::Value) -> (Gateway, Issues) {
+        let input: CreateVirtualGatewayInput = serde_json::from_value(json!({
+            "meshName": "m",
+            "virtualGatewayName": "ingress",
+            "spec": {"listeners": [{"portMapping": {"port": 8443, "protocol": "http"}, "tls": tls}]}
+        }))
+        .unwrap();
+        let mut issues = Issues::new();
+        let compiled = gateway(&input, &[], &mut issues);
+        (compiled, issues)
+    }
+
+    fn ingress(gateway: &Gateway) -> Option<&Listener> {
+        gateway.listeners.iter().find(|l| l.name.ends_with("8443"))
+    }
+
+    const FILE_CERTIFICATE: &str =
+        r#"{"file": {"certificateChain": "/certs/gw.pem", "privateKey": "/certs/gw.key"}}"#;
+
+    #[test]
+    fn strict_listener_tls_terminates_on_the_only_chain() {
+        let certificate: serde_json::Value = serde_json::from_str(FILE_CERTIFICATE).unwrap();
+        let (compiled, issues) =
+            gateway_with_tls(json!({"mode": "STRICT", "certificate": certificate}));
+        assert!(issues.is_empty(), "{issues:?}");
+        let listener = ingress(&compiled).expect("served");
+        assert_eq!(listener.filter_chains.len(), 1);
+        assert!(listener.filter_chains[0].transport_socket.is_some());
+        assert!(listener.listener_filters.is_empty());
+    }
+
+    #[test]
+    fn permissive_listener_tls_also_takes_plain_text() {
+        let certificate: serde_json::Value = serde_json::from_str(FILE_CERTIFICATE).unwrap();
+        let (compiled, _) =
+            gateway_with_tls(json!({"mode": "PERMISSIVE", "certificate": certificate,
+            "validation": {"trust": {"file": {"certificateChain": "/certs/ca.pem"}}}}));
+        let listener = ingress(&compiled).expect("served");
+        let transports: Vec<&str> = listener
+            .filter_chains
+            .iter()
+            .map(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .unwrap()
+                    .transport_protocol
+                    .as_str()
+            })
+            .collect();
+        assert_eq!(transports, ["tls", "raw_buffer"]);
+        assert_eq!(listener.listener_filters.len(), 1, "the TLS inspector");
+    }
+
+    #[test]
+    fn acm_certificates_fail_closed_with_an_issue() {
+        let (compiled, issues) = gateway_with_tls(json!({"mode": "STRICT",
+            "certificate": {"acm": {"certificateArn": "arn:aws:acm:eu-west-1:1:certificate/x"}}}));
+        assert!(ingress(&compiled).is_none());
+        assert!(
+            issues[0].contains("VirtualGateway ingress listener 8443"),
+            "{issues:?}"
+        );
     }
 }

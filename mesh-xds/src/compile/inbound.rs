@@ -3,36 +3,26 @@
 //! DISABLED; certificates from files or SDS; client validation by trust and subject
 //! alternative names), listener timeouts, and toward the local application the connection
 //! pool (circuit breakers) and the health check.
-use envoy_types::{
-    pb::{
-        envoy::{
-            config::{
-                cluster::v3::Cluster,
-                core::v3::TrafficDirection,
-                listener::v3::{
-                    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
-                    listener_filter,
-                },
-                route::v3::{RouteConfiguration, VirtualHost, route::Action},
-            },
-            extensions::filters::{
-                listener::tls_inspector::v3::TlsInspector,
-                network::http_connection_manager::v3::http_connection_manager::RouteSpecifier,
-            },
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::Cluster,
+            core::v3::TrafficDirection,
+            listener::v3::{Filter, Listener},
+            route::v3::{RouteConfiguration, VirtualHost, route::Action},
         },
-        google::protobuf::Duration as PbDuration,
+        extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier,
     },
-    util::pack_any,
+    google::protobuf::Duration as PbDuration,
 };
 use mesh_model::types::{
-    CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, ListenerTlsMode,
-    PortProtocol,
+    CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, PortProtocol,
 };
 
 use super::{
     Issues, cluster, duration,
     listener::{http_connection_manager, tcp_proxy},
-    route, socket_address, tls, u32_value,
+    route, socket_address, tls,
 };
 use crate::names;
 
@@ -47,7 +37,6 @@ pub fn inbound(
     let (mesh, name) = (&node.mesh_name, &node.virtual_node_name);
     let mut chains = Vec::new();
     let mut clusters = Vec::new();
-    let mut inspect_tls = false;
     for listener in node.spec.listeners.iter().flatten() {
         let port = listener.port_mapping.port;
         let local = names::inbound_cluster(mesh, name, port);
@@ -56,51 +45,19 @@ pub fn inbound(
             PortProtocol::Tcp => tcp_filter(&local, listener),
             _ => http_filter_for(&local, listener),
         };
-        let plain = |transport: &str| FilterChain {
-            filter_chain_match: Some(chain_match(port, transport)),
-            filters: vec![filter.clone()],
-            ..Default::default()
-        };
-        match &listener.tls {
-            None => chains.push(plain("")),
-            Some(tls) if tls.mode == ListenerTlsMode::Disabled => chains.push(plain("")),
-            Some(tls) => {
-                let Some(socket) =
-                    tls::server(tls, &format!("VirtualNode {name} listener {port}"), issues)
-                else {
-                    // Fail closed: a listener that should terminate TLS is not served in plain text.
-                    continue;
-                };
-                let transport = if tls.mode == ListenerTlsMode::Permissive {
-                    "tls"
-                } else {
-                    ""
-                };
-                chains.push(FilterChain {
-                    transport_socket: Some(socket),
-                    ..plain(transport)
-                });
-                if tls.mode == ListenerTlsMode::Permissive {
-                    inspect_tls = true;
-                    chains.push(plain("raw_buffer"));
-                }
-            }
-        }
+        let what = format!("VirtualNode {name} listener {port}");
+        chains.extend(tls::chains(
+            port,
+            &filter,
+            listener.tls.as_ref(),
+            &what,
+            issues,
+        ));
     }
     if chains.is_empty() {
         return (None, clusters);
     }
-    let listener_filters = if inspect_tls {
-        vec![ListenerFilter {
-            name: "envoy.filters.listener.tls_inspector".into(),
-            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
-                TlsInspector::default(),
-            ))),
-            ..Default::default()
-        }]
-    } else {
-        Vec::new()
-    };
+    let listener_filters = tls::inspector_for(&chains);
     let listener = Listener {
         name: names::inbound_listener(mesh, name),
         address: Some(socket_address(INBOUND_ADDRESS.0, INBOUND_ADDRESS.1)),
@@ -111,14 +68,6 @@ pub fn inbound(
         ..Default::default()
     };
     (Some(listener), clusters)
-}
-
-fn chain_match(port: i32, transport: &str) -> FilterChainMatch {
-    FilterChainMatch {
-        destination_port: u32_value(i64::from(port)),
-        transport_protocol: transport.to_owned(),
-        ..Default::default()
-    }
 }
 
 /// The local application: the connection's original destination (the pod), with the

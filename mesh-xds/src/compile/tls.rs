@@ -1,6 +1,12 @@
 //! TLS contexts: the server side of a virtual node listener (termination) and the client side
 //! of a backend's client policy (origination), from App Mesh's certificate and validation
 //! settings. Files are read by the proxy; SDS secrets come over ADS.
+use envoy_types::pb::envoy::{
+    config::listener::v3::{
+        Filter, FilterChain, FilterChainMatch, ListenerFilter, listener_filter,
+    },
+    extensions::filters::listener::tls_inspector::v3::TlsInspector,
+};
 use envoy_types::{
     pb::{
         envoy::{
@@ -19,13 +25,74 @@ use envoy_types::{
     util::pack_any,
 };
 use mesh_model::types::{
-    ClientPolicyTls, ClientTlsCertificate, ListenerTls, ListenerTlsCertificate,
+    ClientPolicyTls, ClientTlsCertificate, ListenerTls, ListenerTlsCertificate, ListenerTlsMode,
     ListenerTlsValidationContextTrust, SubjectAlternativeNames, TlsValidationContextTrust,
 };
 
-use super::{Issues, ads};
+use super::{Issues, ads, u32_value};
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// The filter chains of one listener port under its TLS mode: plain text (no TLS, DISABLED),
+/// TLS only (STRICT), or TLS and plain text told apart by the TLS inspector (PERMISSIVE).
+/// None when TLS cannot be terminated here: fail closed, the port is not served in plain text.
+pub fn chains(
+    port: i32,
+    filter: &Filter,
+    tls: Option<&ListenerTls>,
+    what: &str,
+    issues: &mut Issues,
+) -> Vec<FilterChain> {
+    let plain = |transport: &str| FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: u32_value(i64::from(port)),
+            transport_protocol: transport.to_owned(),
+            ..Default::default()
+        }),
+        filters: vec![filter.clone()],
+        ..Default::default()
+    };
+    let Some(tls) = tls.filter(|tls| tls.mode != ListenerTlsMode::Disabled) else {
+        return vec![plain("")];
+    };
+    let Some(socket) = server(tls, what, issues) else {
+        return Vec::new();
+    };
+    if tls.mode == ListenerTlsMode::Permissive {
+        vec![
+            FilterChain {
+                transport_socket: Some(socket),
+                ..plain("tls")
+            },
+            plain("raw_buffer"),
+        ]
+    } else {
+        vec![FilterChain {
+            transport_socket: Some(socket),
+            ..plain("")
+        }]
+    }
+}
+
+/// The TLS inspector, when some chain is chosen by transport protocol (PERMISSIVE).
+pub fn inspector_for(chains: &[FilterChain]) -> Vec<ListenerFilter> {
+    let inspects = chains.iter().any(|chain| {
+        chain
+            .filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.transport_protocol.is_empty())
+    });
+    if !inspects {
+        return Vec::new();
+    }
+    vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }]
+}
 
 /// The TLS server side of a listener, or None (with an issue) when it cannot be served here.
 pub fn server(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<TransportSocket> {
