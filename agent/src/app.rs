@@ -207,6 +207,7 @@ pub async fn run(
 pub struct EmbeddedMesh {
     pub paths: Vec<PathBuf>,
     pub registry: Option<PathBuf>,
+    pub secrets: Option<PathBuf>,
 }
 
 /// The xDS client, running.
@@ -232,6 +233,7 @@ async fn start_xds(
                 listen,
                 mesh.registry,
                 None,
+                mesh.secrets,
             )
             .await?,
         )

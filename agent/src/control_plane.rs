@@ -11,11 +11,11 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use mesh_model::report::Diagnostic;
-use mesh_xds::registry::Registry;
 use mesh_xds::{
     compile::MeshIndex,
     server::{AdsServer, MeshSource, Publisher},
 };
+use mesh_xds::{registry::Registry, secrets::SecretStore};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,11 @@ pub struct ControlPlaneArgs {
     /// DiscoverInstances) on this address; port 0 picks one, printed on start.
     #[arg(long, value_name = "ADDR")]
     registry_api: Option<SocketAddr>,
+    /// SDS secrets file (stand-in for a SPIRE agent): JSON `{"secrets": {NAME:
+    /// {"certificateChain": PEM, "privateKey": PEM} | {"trustedCa": PEM}}}`; served to the
+    /// nodes whose TLS contexts name them; it and the PEM files are watched (rotation).
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -77,6 +82,7 @@ async fn serve(args: ControlPlaneArgs) -> anyhow::Result<()> {
         args.listen,
         args.registry,
         args.registry_api,
+        args.secrets,
     )
     .await?;
     // Tests and scripts read the bound addresses from standard output.
@@ -111,6 +117,7 @@ impl Embedded {
         listen: SocketAddr,
         registry_file: Option<PathBuf>,
         registry_api: Option<SocketAddr>,
+        secrets_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         let index = Arc::new(load(&paths, &input).map_err(|report| {
             for diagnostic in &report {
@@ -129,8 +136,15 @@ impl Embedded {
             registry: Arc::new(Mutex::new(registry.clone())),
             changed: Arc::new(Notify::new()),
         };
-        let (server, publisher) =
-            AdsServer::new(MeshSource::Mesh(Arc::clone(&index), Arc::new(registry)));
+        let secrets = match &secrets_file {
+            Some(file) => Arc::new(SecretStore::load(file)?),
+            None => Arc::default(),
+        };
+        let (server, publisher) = AdsServer::new(MeshSource::Mesh(
+            Arc::clone(&index),
+            Arc::new(registry),
+            Arc::clone(&secrets),
+        ));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} for xDS"))?;
@@ -156,8 +170,10 @@ impl Embedded {
             paths,
             input,
             registry_file,
+            secrets_file,
             index,
             shared,
+            secrets,
         };
         let task = tokio::spawn(run_control_plane(
             server,
@@ -185,9 +201,12 @@ struct Watched {
     paths: Vec<PathBuf>,
     input: InputArgs,
     registry_file: Option<PathBuf>,
+    secrets_file: Option<PathBuf>,
     /// The last good mesh.
     index: Arc<MeshIndex>,
     shared: Shared,
+    /// The last good secrets.
+    secrets: Arc<SecretStore>,
 }
 
 impl Watched {
@@ -195,6 +214,8 @@ impl Watched {
         self.paths
             .iter()
             .chain(&self.registry_file)
+            .chain(&self.secrets_file)
+            .chain(self.secrets.files())
             .cloned()
             .collect()
     }
@@ -226,6 +247,14 @@ impl Watched {
                 }
             }
         }
+        if let Some(file) = &self.secrets_file {
+            match SecretStore::load(file) {
+                Ok(secrets) => self.secrets = Arc::new(secrets),
+                Err(error) => {
+                    error!(%error, "secrets change rejected; keeping the last good secrets")
+                }
+            }
+        }
         self.publish(publisher);
     }
 
@@ -239,6 +268,7 @@ impl Watched {
         publisher.publish(MeshSource::Mesh(
             Arc::clone(&self.index),
             Arc::new(registry),
+            Arc::clone(&self.secrets),
         ));
     }
 }

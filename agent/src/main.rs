@@ -41,6 +41,10 @@ enum Command {
         /// `control-plane --registry`.
         #[arg(long, value_name = "FILE", requires = "mesh")]
         registry: Option<PathBuf>,
+        /// With --mesh: SDS secrets (JSON naming PEM files, watched), as for
+        /// `control-plane --secrets`.
+        #[arg(long, value_name = "FILE", requires = "mesh")]
+        secrets: Option<PathBuf>,
         /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010; overrides
         /// `xds.address` in the config file.
         #[arg(long, value_name = "URL")]
@@ -93,12 +97,14 @@ fn main() -> ExitCode {
             config,
             mesh,
             registry,
+            secrets,
             control_plane,
         } => run(
             &config,
             app::EmbeddedMesh {
                 paths: mesh,
                 registry,
+                secrets,
             },
             control_plane,
         ),

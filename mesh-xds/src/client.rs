@@ -34,7 +34,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
+use crate::{
+    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
+    secrets,
+};
 
 /// The accepted configuration: resources by type and the version of each type.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -177,8 +180,9 @@ async fn session(
         (LISTENER, Vec::new()),
         (ENDPOINT, endpoint_names(&current.resources)),
         (ROUTE, route_names(&current.resources)),
+        (SECRET, secret_names(&current.resources)),
     ] {
-        if matches!(type_url, ENDPOINT | ROUTE) && names.is_empty() {
+        if matches!(type_url, ENDPOINT | ROUTE | SECRET) && names.is_empty() {
             continue;
         }
         subscriptions
@@ -280,14 +284,17 @@ fn on_response(
     next.last_update = Some(std::time::SystemTime::now());
     info!(%type_url, version = %response.version_info, resources = response.resources.len(), "xDS update applied");
     let mut out = vec![reply(response.version_info.clone(), None)];
-    // Clusters name their EDS assignments, listeners their route configurations.
+    // Clusters name their EDS assignments, listeners their route configurations, and the
+    // TLS contexts of both their SDS secrets.
     for (dependent, wanted) in [
         (ENDPOINT, endpoint_names(&next.resources)),
         (ROUTE, route_names(&next.resources)),
+        (SECRET, secret_names(&next.resources)),
     ] {
         let had = subscriptions.names.get(dependent);
         if (type_url == CLUSTER && dependent == ENDPOINT
-            || type_url == LISTENER && dependent == ROUTE)
+            || type_url == LISTENER && dependent == ROUTE
+            || matches!(type_url.as_str(), CLUSTER | LISTENER) && dependent == SECRET)
             && had != Some(&wanted)
             && !(had.is_none() && wanted.is_empty())
         {
@@ -368,6 +375,39 @@ pub fn route_names(resources: &ResourceSet) -> Vec<String> {
 }
 
 /// EDS assignments the clusters need.
+/// The SDS secrets the TLS contexts of the listeners and clusters in `resources` name.
+pub fn secret_names(resources: &ResourceSet) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for any in resources
+        .of_type(LISTENER)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        if let Ok(listener) = Listener::decode(any.value.as_slice()) {
+            for socket in listener
+                .filter_chains
+                .iter()
+                .chain(listener.default_filter_chain.iter())
+                .filter_map(|chain| chain.transport_socket.as_ref())
+            {
+                secrets::referenced_by(socket, &mut names);
+            }
+        }
+    }
+    for any in resources
+        .of_type(CLUSTER)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        if let Ok(cluster) = Cluster::decode(any.value.as_slice())
+            && let Some(socket) = &cluster.transport_socket
+        {
+            secrets::referenced_by(socket, &mut names);
+        }
+    }
+    names.into_iter().collect()
+}
+
 pub fn endpoint_names(resources: &ResourceSet) -> Vec<String> {
     let mut names = BTreeSet::new();
     for any in resources

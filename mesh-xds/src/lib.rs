@@ -9,4 +9,5 @@ pub mod names;
 pub mod plan;
 pub mod registry;
 pub mod resources;
+pub mod secrets;
 pub mod server;

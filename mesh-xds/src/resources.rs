@@ -7,10 +7,11 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-/// Resource type URLs in the order a client should apply them (clusters before the
-/// listeners that use them, as Envoy's ADS ordering advice has it).
-pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+/// Resource type URLs in the order a client should apply them (secrets and clusters before
+/// the listeners that use them, as Envoy's ADS ordering advice has it).
+pub const TYPES: [&str; 5] = [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
 /// Named, encoded resources per type URL.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -41,6 +41,7 @@ use crate::{
     delta,
     registry::Registry,
     resources::{CLUSTER, LISTENER, ResourceSet},
+    secrets::SecretStore,
 };
 
 /// The mesh being served, and its version (`v1`, `v2`, ...).
@@ -52,15 +53,16 @@ pub struct Published {
 /// What a stream serves: a mesh (with the service registry) compiled per node, or (for tests
 /// of clients) fixed resources.
 pub enum MeshSource {
-    Mesh(Arc<MeshIndex>, Arc<Registry>),
+    Mesh(Arc<MeshIndex>, Arc<Registry>, Arc<SecretStore>),
     Fixed(ResourceSet),
 }
 
 impl Published {
     pub(crate) fn resources_for(&self, node: &Node) -> ResourceSet {
         match &self.mesh {
-            MeshSource::Mesh(index, registry) => {
-                compile::compile(index, registry, &workloads_of(node)).resources
+            MeshSource::Mesh(index, registry, secrets) => {
+                compile::compile_with_secrets(index, registry, secrets, &workloads_of(node))
+                    .resources
             }
             MeshSource::Fixed(resources) => resources.clone(),
         }

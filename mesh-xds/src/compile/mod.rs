@@ -40,7 +40,8 @@ use mesh_model::{
 use crate::{
     names,
     registry::Registry,
-    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
+    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
+    secrets::{self, SecretStore},
 };
 
 pub use inbound::INBOUND_ADDRESS;
@@ -181,6 +182,16 @@ pub struct Compiled {
 /// clusters, their outbound listeners and routes, their gateways, and the clusters (and EDS
 /// assignments, from `registry`) those reach.
 pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
+    compile_with_secrets(index, registry, &SecretStore::default(), workloads)
+}
+
+/// [`compile`], serving the SDS secrets the compiled TLS contexts name from `secrets`.
+pub fn compile_with_secrets(
+    index: &MeshIndex,
+    registry: &Registry,
+    secrets: &SecretStore,
+    workloads: &Workloads,
+) -> Compiled {
     let mut out = Output::default();
     for (_, node) in index
         .nodes
@@ -202,6 +213,14 @@ pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) ->
         );
     }
     reached_clusters(index, registry, &mut out);
+    for name in std::mem::take(&mut out.secrets) {
+        match secrets.get(&name) {
+            Some(secret) => out.resources.insert(SECRET, name, pack_any(secret.clone())),
+            None => out.issues.push(format!(
+                "SDS secret {name:?} is named by a TLS context but not in the secrets file; that TLS cannot start until it is"
+            )),
+        }
+    }
     Compiled {
         resources: out.resources,
         issues: out.issues,
@@ -217,10 +236,17 @@ struct Output {
     reached: BTreeSet<String>,
     /// cluster -> its TLS-originating copies (name -> transport socket).
     tls_variants: BTreeMap<String, BTreeMap<String, TransportSocket>>,
+    /// SDS secrets the emitted TLS contexts name.
+    secrets: BTreeSet<String>,
 }
 
 impl Output {
     fn listener(&mut self, listener: Listener) {
+        for chain in &listener.filter_chains {
+            if let Some(socket) = &chain.transport_socket {
+                secrets::referenced_by(socket, &mut self.secrets);
+            }
+        }
         self.resources
             .insert(LISTENER, listener.name.clone(), pack_any(listener));
     }
@@ -231,6 +257,9 @@ impl Output {
     }
 
     fn cluster(&mut self, cluster: Cluster) {
+        if let Some(socket) = &cluster.transport_socket {
+            secrets::referenced_by(socket, &mut self.secrets);
+        }
         self.resources
             .insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
     }

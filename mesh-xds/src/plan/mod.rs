@@ -10,9 +10,12 @@ pub mod route;
 use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use envoy_types::pb::{
-    envoy::config::{
-        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-        route::v3::RouteConfiguration,
+    envoy::{
+        config::{
+            cluster::v3::Cluster, core::v3::DataSource, endpoint::v3::ClusterLoadAssignment,
+            listener::v3::Listener, route::v3::RouteConfiguration,
+        },
+        extensions::transport_sockets::tls::v3::{Secret, secret},
     },
     google::protobuf::{Any, Duration as PbDuration},
 };
@@ -23,7 +26,7 @@ pub use cluster::ClusterPlan;
 pub use listener::{AccessLogs, InboundPlan, OutboundPlan, PortPlan};
 pub use route::RouteTable;
 
-use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet};
+use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};
 
 /// Why a resource cannot be applied: the field path inside the resource and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub enum Planned {
     Listener(listener::ListenerPlan),
     Routes(RouteTable),
     Endpoints(String, Vec<SocketAddr>),
+    /// An SDS secret: checked and held (the proxy does not terminate or originate TLS yet).
+    Secret,
 }
 
 impl Planned {
@@ -126,6 +131,11 @@ impl Planned {
                     Self::Endpoints(assignment.cluster_name, endpoints),
                 ))
             }
+            SECRET => {
+                let secret: Secret = decode(any)?;
+                check_secret(&secret).map_err(|e| format!("secret {}: {e}", secret.name))?;
+                Ok((secret.name, Self::Secret))
+            }
             other => Err(format!("resource type {other} is not supported")),
         }
     }
@@ -160,9 +170,36 @@ impl NodePlan {
                 Ok((name, Planned::Endpoints(_, endpoints))) => {
                     plan.endpoints.insert(name, endpoints);
                 }
+                Ok((_, Planned::Secret)) => {}
                 Err(error) => errors.push(error),
             }
         }
         (plan, errors)
     }
+}
+
+/// A secret is a certificate with its key, or a validation context with trusted CAs, its
+/// material inline or in files.
+fn check_secret(secret: &Secret) -> Result<(), String> {
+    if secret.name.is_empty() {
+        return Err("no name".into());
+    }
+    let present =
+        |source: &Option<DataSource>| source.as_ref().is_some_and(|s| s.specifier.is_some());
+    match &secret.r#type {
+        Some(secret::Type::TlsCertificate(certificate)) => {
+            if !present(&certificate.certificate_chain) || !present(&certificate.private_key) {
+                return Err("tls_certificate needs certificate_chain and private_key".into());
+            }
+        }
+        Some(secret::Type::ValidationContext(context)) => {
+            if !present(&context.trusted_ca) {
+                return Err("validation_context needs trusted_ca".into());
+            }
+        }
+        _ => {
+            return Err("only tls_certificate and validation_context secrets are supported".into());
+        }
+    }
+    Ok(())
 }
