@@ -950,3 +950,51 @@ async fn sds_secrets_named_by_tls_contexts_are_served_and_rotated() {
     stop_client.cancel();
     control.stop.cancel();
 }
+
+#[test]
+fn a_gateway_listeners_pool_and_health_check_apply_to_its_copies_of_the_targets() {
+    let dir = tempdir_with_shop(|route| route.to_owned());
+    std::fs::write(
+        dir.path().join("vg-ingress.json"),
+        r#"{"meshName": "shop", "virtualGatewayName": "ingress", "spec": {"listeners": [{
+            "portMapping": {"port": 8088, "protocol": "http"},
+            "connectionPool": {"http": {"maxConnections": 7, "maxPendingRequests": 3}},
+            "healthCheck": {"protocol": "http", "path": "/ping", "port": 8088,
+                            "intervalMillis": 5000, "timeoutMillis": 2000,
+                            "healthyThreshold": 2, "unhealthyThreshold": 3}}]}}"#,
+    )
+    .unwrap();
+    let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
+    let compiled = compile(&index_of(dir.path()), &Registry::default(), &ingress);
+    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
+    let internal_routes: RouteConfiguration =
+        decode(&compiled.resources, ROUTE, "shop/ingress/internal");
+    assert_eq!(
+        weights(&internal_routes),
+        [
+            ("shop/api-v1/9090/via/ingress".to_owned(), 90),
+            ("shop/api-v2/9090/via/ingress".to_owned(), 10)
+        ]
+    );
+    // Only the gateway's copies are emitted for it: the originals are nobody else's here.
+    assert_eq!(
+        names_of(&compiled.resources, CLUSTER),
+        [
+            "shop/api-v1/9090/via/ingress",
+            "shop/api-v2/9090/via/ingress",
+            "shop/ingress/internal"
+        ]
+    );
+    let copy: Cluster = decode(&compiled.resources, CLUSTER, "shop/api-v1/9090/via/ingress");
+    let thresholds = &copy.circuit_breakers.unwrap().thresholds[0];
+    assert_eq!(thresholds.max_connections.unwrap().value, 7);
+    assert_eq!(thresholds.max_pending_requests.unwrap().value, 3);
+    let check = &copy.health_checks[0];
+    assert_eq!(check.unhealthy_threshold.unwrap().value, 3);
+    assert_eq!(check.alt_port, None, "probes the target's own port");
+    // Same endpoints as the original: the EDS/DNS settings are the original's.
+    assert_eq!(
+        copy.load_assignment.unwrap().cluster_name,
+        "shop/api-v1/9090"
+    );
+}

@@ -223,13 +223,19 @@ impl Drop for Upstream {
     }
 }
 
+/// `mesh/node` of a cluster named `mesh/node/port`, or of one of its copies
+/// (`mesh/node/port/from/caller`, `mesh/node/port/via/gateway`); other names whole.
+fn virtual_node_of_cluster(name: &str) -> &str {
+    let mut slashes = name.match_indices('/').map(|(at, _)| at);
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some(second)) => &name[..second],
+        _ => name,
+    }
+}
+
 impl Upstream {
     pub fn new(plan: ClusterPlan, mark: Option<u32>, metrics: ClusterMetrics) -> Self {
-        let virtual_node = plan
-            .name
-            .rsplit_once('/')
-            .map_or(plan.name.as_str(), |(node, _)| node)
-            .to_owned();
+        let virtual_node = virtual_node_of_cluster(&plan.name).to_owned();
         Self {
             connections: Arc::new(Semaphore::new(plan.limits.max_connections as usize)),
             requests: Arc::new(Semaphore::new(plan.limits.max_requests as usize)),
@@ -448,6 +454,14 @@ impl Drop for RetrySlot {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_clusters_virtual_node_is_its_first_two_segments() {
+        assert_eq!(virtual_node_of_cluster("shop/api/9090"), "shop/api");
+        assert_eq!(virtual_node_of_cluster("shop/api/9090/from/web"), "shop/api");
+        assert_eq!(virtual_node_of_cluster("shop/api/9090/via/ingress"), "shop/api");
+        assert_eq!(virtual_node_of_cluster("passthrough"), "passthrough");
+    }
+
     use mesh_xds::plan::cluster::{Discovery, Limits};
 
     use super::*;

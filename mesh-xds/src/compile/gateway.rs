@@ -26,8 +26,10 @@ use envoy_types::pb::envoy::{
 };
 use mesh_model::types::{
     CreateGatewayRouteInput, CreateVirtualGatewayInput, DefaultGatewayRouteRewrite,
-    GatewayRouteHostnameMatch, GrpcMetadataMatchMethod, HeaderMatchMethod, HttpGatewayRoute,
-    HttpGatewayRouteRewrite, ListenerTls, VirtualGatewayListenerTls, VirtualGatewayPortProtocol,
+    GatewayRouteHostnameMatch, GrpcMetadataMatchMethod, HeaderMatchMethod, HealthCheckPolicy,
+    HttpGatewayRoute, HttpGatewayRouteRewrite, ListenerTls, VirtualGatewayConnectionPool,
+    VirtualGatewayHealthCheckPolicy, VirtualGatewayListenerTls, VirtualGatewayPortProtocol,
+    VirtualNodeConnectionPool,
 };
 
 use super::{
@@ -123,6 +125,25 @@ pub fn gateway(
 /// alternative names) under different type names, so one serializes into the other.
 fn as_listener_tls(tls: &VirtualGatewayListenerTls) -> Result<ListenerTls, serde_json::Error> {
     serde_json::to_value(tls).and_then(serde_json::from_value)
+}
+
+/// A gateway listener's connection pool as a virtual node's: the gateway's pool kinds (http,
+/// http2, grpc) are a subset of the node's, with the same fields.
+pub(super) fn as_node_pool(
+    pool: &VirtualGatewayConnectionPool,
+) -> Result<VirtualNodeConnectionPool, serde_json::Error> {
+    serde_json::to_value(pool).and_then(serde_json::from_value)
+}
+
+/// A gateway listener's health check as a virtual node's (its protocols are a subset). The
+/// gateway probes the endpoints it routes to on their own ports: `port` is dropped.
+pub(super) fn as_node_health_check(
+    policy: &VirtualGatewayHealthCheckPolicy,
+) -> Result<HealthCheckPolicy, serde_json::Error> {
+    let mut node: HealthCheckPolicy =
+        serde_json::to_value(policy).and_then(serde_json::from_value)?;
+    node.port = None;
+    Ok(node)
 }
 
 fn internal_cluster(name: &str) -> Cluster {

@@ -234,13 +234,22 @@ struct Output {
     resources: ResourceSet,
     issues: Issues,
     reached: BTreeSet<String>,
-    /// cluster -> its TLS-originating copies (name -> transport socket).
-    tls_variants: BTreeMap<String, BTreeMap<String, TransportSocket>>,
+    /// cluster -> its copies for particular callers (name -> what the copy changes).
+    variants: BTreeMap<String, BTreeMap<String, ClusterVariant>>,
     /// SDS secrets the emitted TLS contexts name.
     secrets: BTreeSet<String>,
 }
 
 impl Output {
+    fn add_variants(&mut self, variants: Vec<(String, String, ClusterVariant)>) {
+        for (variant, cluster, change) in variants {
+            self.variants
+                .entry(cluster)
+                .or_default()
+                .insert(variant, change);
+        }
+    }
+
     fn listener(&mut self, listener: Listener) {
         for chain in &listener.filter_chains {
             if let Some(socket) = &chain.transport_socket {
@@ -286,12 +295,7 @@ fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Ou
         }));
     let outbound = outbound_for(index, node, &mut out.issues);
     out.reached.extend(outbound.clusters);
-    for (variant, cluster, socket) in outbound.tls_variants {
-        out.tls_variants
-            .entry(cluster)
-            .or_default()
-            .insert(variant, socket);
-    }
+    out.add_variants(outbound.variants);
     outbound.routes.into_iter().for_each(|r| out.routes(r));
     if let Some(mut listener) = outbound.listener {
         access_log::attach(&mut listener, &logs);
@@ -328,13 +332,19 @@ fn gateway_resources(
     );
     let what = format!("VirtualGateway {}", virtual_gateway.virtual_gateway_name);
     let targets = compiled.targets.iter().map(String::as_str);
-    let hosts = hosts_of(
+    let mut hosts = hosts_of(
         index,
         &virtual_gateway.mesh_name,
         targets,
         &what,
         &mut out.issues,
     );
+    if let Some(change) = gateway_variant(virtual_gateway, &mut out.issues) {
+        let mut variants = Vec::new();
+        let suffix = format!("via/{}", virtual_gateway.virtual_gateway_name);
+        hosts.through_variants(&suffix, None, &change, &mut variants);
+        out.add_variants(variants);
+    }
     out.reached.extend(hosts.clusters);
     if !hosts.tcp.is_empty() {
         out.issues.push(format!(
@@ -368,6 +378,55 @@ fn gateway_resources(
     compiled.clusters.into_iter().for_each(|c| out.cluster(c));
 }
 
+/// What a gateway's listener connection pool and health check change in the clusters it
+/// routes to (App Mesh applies them to the gateway's upstream connections). The gateway's
+/// internal table is shared by its listeners, so listeners that disagree get neither, with
+/// an issue.
+fn gateway_variant(
+    gateway: &CreateVirtualGatewayInput,
+    issues: &mut Issues,
+) -> Option<ClusterVariant> {
+    let what = format!("VirtualGateway {}", gateway.virtual_gateway_name);
+    let mut policies = gateway
+        .spec
+        .listeners
+        .iter()
+        .map(|l| (l.connection_pool.as_ref(), l.health_check.as_ref()))
+        .filter(|policy| *policy != (None, None));
+    let first = policies.next()?;
+    if policies.any(|other| other != first) {
+        issues.push(format!(
+            "{what}: listeners with different connection pools or health checks share the gateway's routes; neither is applied"
+        ));
+        return None;
+    }
+    let (pool, health_check) = first;
+    let converted = pool
+        .map(gateway::as_node_pool)
+        .transpose()
+        .and_then(|pool| {
+            Ok((
+                pool,
+                health_check
+                    .map(gateway::as_node_health_check)
+                    .transpose()?,
+            ))
+        });
+    match converted {
+        Ok((pool, health_check)) => Some(ClusterVariant {
+            transport_socket: None,
+            circuit_breakers: pool.as_ref().map(cluster::circuit_breakers),
+            health_checks: health_check.iter().map(cluster::health_check).collect(),
+        }),
+        Err(error) => {
+            issues.push(format!(
+                "{what}: listener connection pool / health check: {error}"
+            ));
+            None
+        }
+    }
+}
+
 /// The clusters routes reach (and their EDS assignments), and the passthrough clusters.
 fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut Output) {
     for node in index.nodes.values() {
@@ -377,25 +436,21 @@ fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut Output) {
                 &node.virtual_node_name,
                 listener.port_mapping.port,
             );
-            let variants: Vec<(String, TransportSocket)> = out
-                .tls_variants
+            let variants: Vec<(String, ClusterVariant)> = out
+                .variants
                 .get(&name)
                 .into_iter()
                 .flatten()
                 .filter(|(variant, _)| out.reached.contains(*variant))
-                .map(|(variant, socket)| (variant.clone(), socket.clone()))
+                .map(|(variant, change)| (variant.clone(), change.clone()))
                 .collect();
             if !out.reached.contains(&name) && variants.is_empty() {
                 continue;
             }
             let (cluster, assignment) = cluster::for_listener(node, listener, registry);
-            for (variant, socket) in variants {
+            for (variant, change) in variants {
                 // Same endpoints: an EDS copy keeps the service name of its original.
-                out.cluster(Cluster {
-                    name: variant,
-                    transport_socket: Some(socket),
-                    ..cluster.clone()
-                });
+                out.cluster(change.apply(variant, &cluster));
             }
             if out.reached.contains(&name) {
                 out.cluster(cluster);
@@ -428,7 +483,7 @@ fn outbound_for(index: &MeshIndex, node: &CreateVirtualNodeInput, issues: &mut I
         .as_ref()
         .and_then(|d| d.client_policy.as_ref());
     let mut hosts = Hosts::default();
-    let mut tls_variants = Vec::new();
+    let mut variants = Vec::new();
     for backend in node.spec.backends.iter().flatten() {
         let mesh_model::types::Backend::VirtualService(backend) = backend;
         let name = backend.virtual_service_name.as_str();
@@ -446,7 +501,16 @@ fn outbound_for(index: &MeshIndex, node: &CreateVirtualNodeInput, issues: &mut I
             else {
                 continue;
             };
-            service.originate_tls(caller, policy.ports.as_deref(), &socket, &mut tls_variants);
+            let change = ClusterVariant {
+                transport_socket: Some(socket),
+                ..Default::default()
+            };
+            service.through_variants(
+                &format!("from/{caller}"),
+                policy.ports.as_deref(),
+                &change,
+                &mut variants,
+            );
         }
         hosts.merge(service, &what, issues);
     }
@@ -502,7 +566,7 @@ fn outbound_for(index: &MeshIndex, node: &CreateVirtualNodeInput, issues: &mut I
         listener,
         routes: route_configs,
         clusters,
-        tls_variants,
+        variants,
     }
 }
 
@@ -512,9 +576,36 @@ struct Outbound {
     routes: Vec<RouteConfiguration>,
     /// Clusters its routes reach.
     clusters: BTreeSet<String>,
-    /// (variant, cluster, TLS): clusters this node reaches through TLS origination, as copies
-    /// of the cluster with the client's transport socket.
-    tls_variants: Vec<(String, String, TransportSocket)>,
+    /// (variant, cluster, change): clusters this node reaches through TLS origination, as
+    /// copies of the cluster with the client's transport socket.
+    variants: Vec<(String, String, ClusterVariant)>,
+}
+
+/// A copy of a cluster for some callers: a TLS-originating one (a backend's client policy),
+/// or a gateway's, with the gateway listener's connection pool and health check.
+#[derive(Clone, Default)]
+struct ClusterVariant {
+    transport_socket: Option<TransportSocket>,
+    circuit_breakers: Option<envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers>,
+    health_checks: Vec<core::HealthCheck>,
+}
+
+impl ClusterVariant {
+    /// The copy of `cluster` named `name`, with this variant's changes.
+    fn apply(self, name: String, cluster: &Cluster) -> Cluster {
+        let base = cluster.clone();
+        Cluster {
+            name,
+            transport_socket: self.transport_socket.or(base.transport_socket),
+            circuit_breakers: self.circuit_breakers.or(base.circuit_breakers),
+            health_checks: if self.health_checks.is_empty() {
+                base.health_checks
+            } else {
+                self.health_checks
+            },
+            ..base
+        }
+    }
 }
 
 /// The virtual hosts (HTTP family) and TCP targets of some virtual services, per port, and
@@ -541,22 +632,22 @@ impl Hosts {
         self.clusters.extend(other.clusters);
     }
 
-    /// Sends this caller's traffic on `ports` (all when None) through copies of the clusters
-    /// that originate TLS; the copies are recorded in `variants`.
-    fn originate_tls(
+    /// Sends this caller's traffic on `ports` (all when None) through copies of the clusters,
+    /// named `cluster/suffix`, changed by `change`; the copies are recorded in `variants`.
+    fn through_variants(
         &mut self,
-        caller: &str,
+        suffix: &str,
         ports: Option<&[i32]>,
-        socket: &TransportSocket,
-        variants: &mut Vec<(String, String, TransportSocket)>,
+        change: &ClusterVariant,
+        variants: &mut Vec<(String, String, ClusterVariant)>,
     ) {
         let mut rename = |cluster: &mut String| {
             let port: Option<i32> = cluster.rsplit('/').next().and_then(|p| p.parse().ok());
             if ports.is_some_and(|ports| !port.is_some_and(|p| ports.contains(&p))) {
                 return;
             }
-            let variant = format!("{cluster}/from/{caller}");
-            variants.push((variant.clone(), cluster.clone(), socket.clone()));
+            let variant = format!("{cluster}/{suffix}");
+            variants.push((variant.clone(), cluster.clone(), change.clone()));
             *cluster = variant;
         };
         for route in self
