@@ -998,3 +998,43 @@ fn a_gateway_listeners_pool_and_health_check_apply_to_its_copies_of_the_targets(
         "shop/api-v1/9090"
     );
 }
+
+#[test]
+fn a_gateway_originates_tls_to_its_targets_by_its_backend_defaults() {
+    let dir = tempdir_with_shop(|route| route.to_owned());
+    std::fs::write(
+        dir.path().join("vg-ingress.json"),
+        r#"{"meshName": "shop", "virtualGatewayName": "ingress", "spec": {
+            "listeners": [{"portMapping": {"port": 8088, "protocol": "http"},
+                           "connectionPool": {"http": {"maxConnections": 7}}}],
+            "backendDefaults": {"clientPolicy": {"tls": {"ports": [9090],
+                "validation": {"trust": {"file": {"certificateChain": "/certs/ca.pem"}}}}}}}}"#,
+    )
+    .unwrap();
+    let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
+    let compiled = compile(&index_of(dir.path()), &Registry::default(), &ingress);
+    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
+    let internal_routes: RouteConfiguration =
+        decode(&compiled.resources, ROUTE, "shop/ingress/internal");
+    assert_eq!(
+        weights(&internal_routes),
+        [
+            ("shop/api-v1/9090/via/ingress/tls".to_owned(), 90),
+            ("shop/api-v2/9090/via/ingress/tls".to_owned(), 10)
+        ]
+    );
+    // One copy per target carries both: the TLS origination and the listener's pool.
+    let copy: Cluster = decode(
+        &compiled.resources,
+        CLUSTER,
+        "shop/api-v1/9090/via/ingress/tls",
+    );
+    assert!(copy.transport_socket.is_some());
+    assert_eq!(
+        copy.circuit_breakers.unwrap().thresholds[0]
+            .max_connections
+            .unwrap()
+            .value,
+        7
+    );
+}

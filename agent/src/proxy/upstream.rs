@@ -457,8 +457,14 @@ mod tests {
     #[test]
     fn a_clusters_virtual_node_is_its_first_two_segments() {
         assert_eq!(virtual_node_of_cluster("shop/api/9090"), "shop/api");
-        assert_eq!(virtual_node_of_cluster("shop/api/9090/from/web"), "shop/api");
-        assert_eq!(virtual_node_of_cluster("shop/api/9090/via/ingress"), "shop/api");
+        assert_eq!(
+            virtual_node_of_cluster("shop/api/9090/from/web"),
+            "shop/api"
+        );
+        assert_eq!(
+            virtual_node_of_cluster("shop/api/9090/via/ingress"),
+            "shop/api"
+        );
         assert_eq!(virtual_node_of_cluster("passthrough"), "passthrough");
     }
 

@@ -25,11 +25,11 @@ use envoy_types::pb::envoy::{
     r#type::matcher::v3::{RegexMatchAndSubstitute, string_matcher::MatchPattern},
 };
 use mesh_model::types::{
-    CreateGatewayRouteInput, CreateVirtualGatewayInput, DefaultGatewayRouteRewrite,
-    GatewayRouteHostnameMatch, GrpcMetadataMatchMethod, HeaderMatchMethod, HealthCheckPolicy,
-    HttpGatewayRoute, HttpGatewayRouteRewrite, ListenerTls, VirtualGatewayConnectionPool,
-    VirtualGatewayHealthCheckPolicy, VirtualGatewayListenerTls, VirtualGatewayPortProtocol,
-    VirtualNodeConnectionPool,
+    ClientPolicyTls, CreateGatewayRouteInput, CreateVirtualGatewayInput,
+    DefaultGatewayRouteRewrite, GatewayRouteHostnameMatch, GrpcMetadataMatchMethod,
+    HeaderMatchMethod, HealthCheckPolicy, HttpGatewayRoute, HttpGatewayRouteRewrite, ListenerTls,
+    VirtualGatewayClientPolicyTls, VirtualGatewayConnectionPool, VirtualGatewayHealthCheckPolicy,
+    VirtualGatewayListenerTls, VirtualGatewayPortProtocol, VirtualNodeConnectionPool,
 };
 
 use super::{
@@ -120,19 +120,31 @@ pub fn gateway(
     result
 }
 
-/// A gateway listener's TLS as a virtual node listener's: the API model gives both the same
-/// shape (certificate from ACM, file or SDS; mode; validation by file or SDS trust and subject
-/// alternative names) under different type names, so one serializes into the other.
-fn as_listener_tls(tls: &VirtualGatewayListenerTls) -> Result<ListenerTls, serde_json::Error> {
-    serde_json::to_value(tls).and_then(serde_json::from_value)
+/// A gateway's setting as the virtual node setting of the same shape: the API model gives
+/// gateways their own types (listener TLS, connection pool, health check, client policy) with
+/// the same fields as the node's, or a subset, so one serializes into the other.
+fn same_shape<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+    gateway: &A,
+) -> Result<B, serde_json::Error> {
+    serde_json::to_value(gateway).and_then(serde_json::from_value)
 }
 
-/// A gateway listener's connection pool as a virtual node's: the gateway's pool kinds (http,
-/// http2, grpc) are a subset of the node's, with the same fields.
+fn as_listener_tls(tls: &VirtualGatewayListenerTls) -> Result<ListenerTls, serde_json::Error> {
+    same_shape(tls)
+}
+
+/// The TLS a gateway originates toward its targets (backend defaults' client policy).
+pub(super) fn as_client_tls(
+    tls: &VirtualGatewayClientPolicyTls,
+) -> Result<ClientPolicyTls, serde_json::Error> {
+    same_shape(tls)
+}
+
+/// A gateway listener's connection pool (http, http2, grpc: a subset of the node's kinds).
 pub(super) fn as_node_pool(
     pool: &VirtualGatewayConnectionPool,
 ) -> Result<VirtualNodeConnectionPool, serde_json::Error> {
-    serde_json::to_value(pool).and_then(serde_json::from_value)
+    same_shape(pool)
 }
 
 /// A gateway listener's health check as a virtual node's (its protocols are a subset). The
@@ -140,8 +152,7 @@ pub(super) fn as_node_pool(
 pub(super) fn as_node_health_check(
     policy: &VirtualGatewayHealthCheckPolicy,
 ) -> Result<HealthCheckPolicy, serde_json::Error> {
-    let mut node: HealthCheckPolicy =
-        serde_json::to_value(policy).and_then(serde_json::from_value)?;
+    let mut node: HealthCheckPolicy = same_shape(policy)?;
     node.port = None;
     Ok(node)
 }

@@ -339,12 +339,28 @@ fn gateway_resources(
         &what,
         &mut out.issues,
     );
-    if let Some(change) = gateway_variant(virtual_gateway, &mut out.issues) {
-        let mut variants = Vec::new();
-        let suffix = format!("via/{}", virtual_gateway.virtual_gateway_name);
-        hosts.through_variants(&suffix, None, &change, &mut variants);
-        out.add_variants(variants);
+    let pool = gateway_variant(virtual_gateway, &mut out.issues);
+    let tls = gateway_tls(virtual_gateway, &mut out.issues);
+    let via = format!("via/{}", virtual_gateway.virtual_gateway_name);
+    let mut variants = Vec::new();
+    // TLS ports first (with the pool too), then the pool alone on the rest: a copy is not
+    // copied again.
+    if let Some((socket, ports)) = tls {
+        let change = ClusterVariant {
+            transport_socket: Some(socket),
+            ..pool.clone().unwrap_or_default()
+        };
+        hosts.through_variants(
+            &format!("{via}/tls"),
+            ports.as_deref(),
+            &change,
+            &mut variants,
+        );
     }
+    if let Some(change) = &pool {
+        hosts.through_variants(&via, None, change, &mut variants);
+    }
+    out.add_variants(variants);
     out.reached.extend(hosts.clusters);
     if !hosts.tcp.is_empty() {
         out.issues.push(format!(
@@ -425,6 +441,36 @@ fn gateway_variant(
             None
         }
     }
+}
+
+/// The TLS a gateway originates to its targets (`backendDefaults.clientPolicy.tls`, unless
+/// `enforce: false`), and the ports it is limited to.
+fn gateway_tls(
+    gateway: &CreateVirtualGatewayInput,
+    issues: &mut Issues,
+) -> Option<(TransportSocket, Option<Vec<i32>>)> {
+    let policy = gateway
+        .spec
+        .backend_defaults
+        .as_ref()?
+        .client_policy
+        .as_ref()?
+        .tls
+        .as_ref()
+        .filter(|tls| tls.enforce != Some(false))?;
+    let what = format!(
+        "VirtualGateway {} backend defaults",
+        gateway.virtual_gateway_name
+    );
+    let policy = match gateway::as_client_tls(policy) {
+        Ok(policy) => policy,
+        Err(error) => {
+            issues.push(format!("{what}: client policy TLS: {error}"));
+            return None;
+        }
+    };
+    let socket = tls::client(&policy, &what, issues)?;
+    Some((socket, policy.ports))
 }
 
 /// The clusters routes reach (and their EDS assignments), and the passthrough clusters.
@@ -642,8 +688,15 @@ impl Hosts {
         variants: &mut Vec<(String, String, ClusterVariant)>,
     ) {
         let mut rename = |cluster: &mut String| {
-            let port: Option<i32> = cluster.rsplit('/').next().and_then(|p| p.parse().ok());
-            if ports.is_some_and(|ports| !port.is_some_and(|p| ports.contains(&p))) {
+            // A copy (its name does not end in a port) stays as it is.
+            let Some(port) = cluster
+                .rsplit('/')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                return;
+            };
+            if ports.is_some_and(|ports| !ports.contains(&port)) {
                 return;
             }
             let variant = format!("{cluster}/{suffix}");
