@@ -320,6 +320,21 @@ fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
     let fresh = wait_for_lines(&outbound, 1);
     assert_eq!(fresh.len(), 1, "{fresh:#?}");
     assert!(fresh[0].contains("/after-rotation"), "{}", fresh[0]);
+
+    // A client that gives up before the answer: still a line, code 0, flag DC.
+    let (status, _, _) = mesh.curl(
+        "/slow",
+        &["-H", "x-meshtb-delay-ms: 3000", "--max-time", "1"],
+    );
+    assert_eq!(status, 0, "curl gave up");
+    let fresh = wait_for_lines(&outbound, 2);
+    assert_eq!(fresh.len(), 2, "{fresh:#?}");
+    let gave_up: Value = serde_json::from_str(&fresh[1]).unwrap();
+    assert_eq!(
+        (&gave_up["path"], &gave_up["code"], &gave_up["flags"]),
+        (&Value::from("/slow"), &Value::from(0), &Value::from("DC")),
+        "{gave_up}"
+    );
     assert_eq!(lines(&rotated).len(), 7);
     let metrics = mesh.metrics();
     let written = mesh_testbed::agent::metric_value(
@@ -329,7 +344,7 @@ fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
             outbound.display()
         ),
     );
-    assert_eq!(written, 8.0, "{metrics}");
+    assert_eq!(written, 9.0, "{metrics}");
     // The kernel counted the client pod's connects, one per curl, under its virtual node.
     let pod = mesh.node.pod("client").unwrap().netns_name().to_owned();
     let connects = mesh_testbed::agent::metric_value(
@@ -338,5 +353,5 @@ fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
             "mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"m/client\",destination_virtual_node=\"unknown\",port=\"8080\",result=\"redirected\"}}"
         ),
     );
-    assert_eq!(connects, 8.0, "{metrics}");
+    assert_eq!(connects, 9.0, "{metrics}");
 }

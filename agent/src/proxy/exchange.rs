@@ -45,6 +45,7 @@ pub struct Exchange {
     grpc_status: Option<u32>,
     /// Kept only when an access log is written.
     entry: Option<Box<Entry>>,
+    completed: bool,
 }
 
 impl Exchange {
@@ -81,6 +82,7 @@ impl Exchange {
             response_bytes: 0,
             grpc_status: None,
             entry,
+            completed: false,
         }
     }
 
@@ -122,9 +124,18 @@ impl Exchange {
         }
     }
 
-    fn complete(mut self, ended: bool) {
+    /// Counts and logs the request, once. `ended`: the client got the whole response.
+    fn complete(&mut self, ended: bool) {
+        if self.completed {
+            return;
+        }
+        self.completed = true;
         if !ended {
             self.flags.insert(ResponseFlags::DOWNSTREAM_TERMINATION);
+        }
+        if self.response_code == 0 {
+            // No response at all: the client left while the request was on its way.
+            self.response_seconds = self.started.elapsed().as_secs_f64();
         }
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         // A gRPC response that never said how it ended: Unknown, as gRPC clients read it.
@@ -152,6 +163,14 @@ impl Exchange {
             entry.grpc_status = grpc_status;
             loggers.log(&entry);
         }
+    }
+}
+
+/// A request whose handling was dropped before it had a response (the client went away; its
+/// stream or connection closed) is still counted and logged: code 0, flag DC, as Envoy does.
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.complete(false);
     }
 }
 
@@ -211,7 +230,7 @@ struct ObservedBody {
 
 impl ObservedBody {
     fn finish(&mut self, ended: bool) {
-        if let Some(exchange) = self.exchange.take() {
+        if let Some(mut exchange) = self.exchange.take() {
             exchange.complete(ended);
         }
     }
