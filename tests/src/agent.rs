@@ -2,7 +2,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{ExitStatus, Stdio},
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -85,7 +85,8 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("MESH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(Stdio::null())
+            // Access logs to /dev/stdout land in the log beside the agent's own lines.
+            .stdout(log.try_clone()?)
             .stderr(log);
         let proc = Proc::spawn("mesh-agent", command)?;
         let mut agent = Self {

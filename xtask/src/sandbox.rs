@@ -143,6 +143,14 @@ pub fn run(once: bool) -> anyhow::Result<()> {
 
     step("per-service counts from the agent's /metrics");
     print_service_counts(&agent.metrics(&node)?);
+    step(
+        "the client's access log (logging.accessLog.file: /dev/stdout, Envoy's default format), last 3 lines",
+    );
+    let log = agent.log();
+    let access: Vec<&str> = log.lines().filter(|l| l.starts_with("[20")).collect();
+    for line in &access[access.len().saturating_sub(3)..] {
+        println!("  {line}");
+    }
 
     if !once {
         println!(
@@ -262,6 +270,7 @@ fn print_service_counts(metrics: &str) {
     for line in metrics.lines().filter(|l| {
         l.starts_with("mesh_denied_connections_total")
             || l.starts_with("mesh_request_retries_total")
+            || l.starts_with("mesh_agent_pod_connects_total")
     }) {
         println!("  {line}");
     }
