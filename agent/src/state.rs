@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use mesh_xds::{
@@ -19,7 +19,10 @@ use tracing::{error, info};
 use crate::{
     discovery,
     metrics::MeshMetrics,
-    proxy::{health, upstream::Upstream},
+    proxy::{
+        health,
+        upstream::{self, Upstream},
+    },
     workload::Workload,
 };
 
@@ -31,7 +34,13 @@ pub struct DataPlane {
     pub inbound: HashMap<String, InboundPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<Upstream>>,
+    /// Endpoint address → virtual node, built on first use and again once endpoints moved
+    /// (checked per connection: a lookup instead of a scan of every endpoint).
+    by_address: Mutex<Option<(u64, Arc<AddressIndex>)>>,
 }
+
+/// Endpoint address → the virtual node it is an endpoint of.
+type AddressIndex = HashMap<Ipv4Addr, String>;
 
 impl DataPlane {
     /// The virtual node a workload is: as enrolled, else the one whose endpoints include one
@@ -45,20 +54,28 @@ impl DataPlane {
 
     /// The virtual node one of whose endpoints is at one of `addresses`.
     pub fn virtual_node_at(&self, addresses: &[Ipv4Addr]) -> Option<String> {
-        self.clusters.values().find_map(|upstream| {
-            upstream
-                .endpoints()
-                .iter()
-                .any(|e| match e.addr.ip() {
-                    std::net::IpAddr::V4(ip) => addresses.contains(&ip),
-                    std::net::IpAddr::V6(_) => false,
-                })
-                .then(|| upstream.virtual_node.clone())
-        })
+        let index = self.address_index();
+        addresses.iter().find_map(|ip| index.get(ip).cloned())
+    }
+
+    fn address_index(&self) -> Arc<AddressIndex> {
+        let changes = upstream::endpoint_changes();
+        let Ok(mut cached) = self.by_address.lock() else {
+            return Arc::new(self.virtual_nodes_by_address());
+        };
+        if let Some((built_at, index)) = cached.as_ref()
+            && *built_at == changes
+        {
+            return Arc::clone(index);
+        }
+        // Built from endpoints no older than `changes`: a change meanwhile rebuilds next time.
+        let index = Arc::new(self.virtual_nodes_by_address());
+        *cached = Some((changes, Arc::clone(&index)));
+        index
     }
 
     /// Every IPv4 endpoint address with the virtual node it belongs to.
-    pub fn virtual_nodes_by_address(&self) -> HashMap<Ipv4Addr, String> {
+    pub fn virtual_nodes_by_address(&self) -> AddressIndex {
         let mut index = HashMap::new();
         for upstream in self.clusters.values() {
             for endpoint in upstream.endpoints().iter() {
@@ -171,6 +188,7 @@ fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
         inbound: plan.inbound,
         routes: plan.routes,
         clusters,
+        ..DataPlane::default()
     });
 }
 
@@ -192,4 +210,59 @@ fn start_cluster(plan: mesh_xds::plan::ClusterPlan, settings: &UpstreamSettings)
         tokio::spawn(health::check_cluster(Arc::downgrade(&upstream)));
     }
     upstream
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_xds::plan::{
+        ClusterPlan,
+        cluster::{Balancer, Limits},
+    };
+
+    use super::*;
+
+    fn cluster(name: &str) -> Arc<Upstream> {
+        let plan = ClusterPlan {
+            name: name.into(),
+            discovery: Discovery::Static(Vec::new()),
+            balancer: Balancer::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            http2: false,
+            upstream_tls: false,
+            outlier: None,
+            limits: Limits {
+                max_connections: 8,
+                max_pending_requests: 8,
+                max_requests: 8,
+                max_retries: 1,
+            },
+            health_check: None,
+        };
+        Arc::new(Upstream::new(plan, None, Default::default()))
+    }
+
+    #[test]
+    fn workloads_are_found_by_address_and_follow_their_endpoints() {
+        let web = cluster("shop/web/80");
+        let api = cluster("shop/api/9090");
+        web.set_endpoints(vec!["10.0.0.1:80".parse().unwrap()]);
+        api.set_endpoints(vec!["10.0.0.2:9090".parse().unwrap()]);
+        let plane = DataPlane {
+            clusters: [
+                ("web".to_owned(), Arc::clone(&web)),
+                ("api".to_owned(), api),
+            ]
+            .into(),
+            ..DataPlane::default()
+        };
+        let at = |ip: [u8; 4]| plane.virtual_node_at(&[Ipv4Addr::from(ip)]);
+        assert_eq!(at([10, 0, 0, 2]).as_deref(), Some("shop/api"));
+        assert_eq!(at([10, 0, 0, 9]), None);
+        // The web pod moved: the index is built again.
+        web.set_endpoints(vec!["10.0.0.3:80".parse().unwrap()]);
+        assert_eq!(at([10, 0, 0, 1]), None);
+        assert_eq!(at([10, 0, 0, 3]).as_deref(), Some("shop/web"));
+    }
 }

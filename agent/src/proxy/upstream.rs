@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -223,6 +223,15 @@ impl Drop for Upstream {
     }
 }
 
+/// Bumped whenever any cluster's endpoint addresses change, so what is built from them (the
+/// data plane's address → virtual node index) knows when to build again.
+static ENDPOINT_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// How many endpoint changes there have been; equal values mean no endpoint moved between.
+pub fn endpoint_changes() -> u64 {
+    ENDPOINT_CHANGES.load(Ordering::Acquire)
+}
+
 /// `mesh/node` of a cluster named `mesh/node/port`, or of one of its copies
 /// (`mesh/node/port/from/caller`, `mesh/node/port/via/gateway`); other names whole.
 fn virtual_node_of_cluster(name: &str) -> &str {
@@ -307,6 +316,7 @@ impl Upstream {
         info!(cluster = %self.plan.name, endpoints = ?next.iter().map(|e| e.addr).collect::<Vec<_>>(), "endpoints updated");
         if let Ok(mut endpoints) = self.endpoints.write() {
             *endpoints = Arc::new(next);
+            ENDPOINT_CHANGES.fetch_add(1, Ordering::Release);
         }
     }
 
