@@ -23,7 +23,7 @@ use crate::{
     admin::{self, AdminState},
     config::Config,
     control_plane::Embedded,
-    discovery,
+    discovery, host,
     mesh_cmd::InputArgs,
     metrics::Metrics,
     proxy::{
@@ -247,7 +247,7 @@ async fn start_xds(
         .xds
         .as_ref()
         .and_then(|x| x.node_id.clone())
-        .unwrap_or_else(hostname);
+        .unwrap_or_else(|| host::hostname().unwrap_or("mesh-agent").to_owned());
     let virtual_nodes = config
         .xds
         .as_ref()
@@ -262,12 +262,6 @@ async fn start_xds(
     tokio::spawn(mesh_xds::client::run(settings, sender, stop.clone()));
     info!(%address, node = %node_id, "taking the mesh from xDS");
     Ok((embedded, Some(Xds { state, stop })))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "mesh-agent".into())
 }
 
 /// The DNS client of service discovery; without a usable resolv.conf, host files and address

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod control_plane;
 mod discovery;
+mod host;
 mod memory;
 pub mod mesh_cmd;
 pub mod metrics;

@@ -4,7 +4,6 @@
 use std::{
     borrow::Cow,
     fmt::Write as _,
-    sync::OnceLock,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -136,7 +135,7 @@ fn operator<'a>(operator: &Operator, entry: &'a Entry) -> Field<'a> {
         Operator::GrpcStatusNumber => entry
             .grpc_status
             .map_or(Field::Missing, |c| Field::Number(u64::from(c))),
-        Operator::Hostname => text(hostname()),
+        Operator::Hostname => text(crate::host::hostname().unwrap_or("-")),
         Operator::VirtualNode => text(&entry.virtual_node),
     }
 }
@@ -198,15 +197,6 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> 
     headers
         .get(name)
         .map(|value| String::from_utf8_lossy(value.as_bytes()))
-}
-
-fn hostname() -> &'static str {
-    static HOSTNAME: OnceLock<String> = OnceLock::new();
-    HOSTNAME.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "-".into())
-    })
 }
 
 fn json_string(value: &str, out: &mut String) {
