@@ -60,7 +60,6 @@ impl PodConnectCollector {
         };
         let kernel = self.counters.read_pods();
         let plane = self.mesh.current();
-        let at_address = plane.virtual_nodes_by_address();
         let workloads: HashMap<u32, _> = self.workloads.all().into_iter().collect();
         let pod_nodes: HashMap<u32, String> = workloads
             .iter()
@@ -88,9 +87,8 @@ impl PodConnectCollector {
             let series = Series {
                 pod: workload.netns.clone(),
                 virtual_node: pod_nodes.get(&key.workload_id).cloned().unwrap_or_default(),
-                destination_virtual_node: at_address
-                    .get(&destination)
-                    .cloned()
+                destination_virtual_node: plane
+                    .virtual_node_at(&[destination])
                     .unwrap_or_else(|| "unknown".into()),
                 port: key.dst_port,
                 result,

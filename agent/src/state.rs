@@ -75,7 +75,7 @@ impl DataPlane {
     }
 
     /// Every IPv4 endpoint address with the virtual node it belongs to.
-    pub fn virtual_nodes_by_address(&self) -> AddressIndex {
+    fn virtual_nodes_by_address(&self) -> AddressIndex {
         let mut index = HashMap::new();
         for upstream in self.clusters.values() {
             for endpoint in upstream.endpoints().iter() {
