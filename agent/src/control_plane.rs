@@ -214,7 +214,7 @@ impl Watched {
         self.paths
             .iter()
             .chain(&self.registry_file)
-            .chain(&self.secrets_file)
+            // The secrets file and its PEM files (the last good store names them all).
             .chain(self.secrets.files())
             .cloned()
             .collect()
