@@ -97,14 +97,15 @@ impl Exchange {
     /// The response goes out: its status and headers are noted now, its body is watched to
     /// the end, where the exchange completes.
     pub fn respond(mut self, response: Response<Body>) -> Response<Body> {
+        let to_headers = self.started.elapsed();
         self.response_code = response.status().as_u16();
-        self.response_seconds = self.started.elapsed().as_secs_f64();
+        self.response_seconds = to_headers.as_secs_f64();
         if self.grpc {
             self.grpc_status = grpc_status(response.headers());
         }
         if let Some(entry) = &mut self.entry {
             entry.response_headers = Some(response.headers().clone());
-            entry.response_duration = Some(self.started.elapsed());
+            entry.response_duration = Some(to_headers);
         }
         response.map(|body| {
             ObservedBody {
