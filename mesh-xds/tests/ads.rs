@@ -951,24 +951,28 @@ async fn sds_secrets_named_by_tls_contexts_are_served_and_rotated() {
     control.stop.cancel();
 }
 
+/// The shop mesh with `gateway` as its virtual gateway `ingress`, compiled for that gateway
+/// (no issues); its resources and its internal route table.
+fn compile_ingress_gateway(gateway: &str) -> (ResourceSet, RouteConfiguration) {
+    let dir = tempdir_with_shop(|route| route.to_owned());
+    std::fs::write(dir.path().join("vg-ingress.json"), gateway).unwrap();
+    let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
+    let compiled = compile(&index_of(dir.path()), &Registry::default(), &ingress);
+    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
+    let internal_routes = decode(&compiled.resources, ROUTE, "shop/ingress/internal");
+    (compiled.resources, internal_routes)
+}
+
 #[test]
 fn a_gateway_listeners_pool_and_health_check_apply_to_its_copies_of_the_targets() {
-    let dir = tempdir_with_shop(|route| route.to_owned());
-    std::fs::write(
-        dir.path().join("vg-ingress.json"),
+    let (resources, internal_routes) = compile_ingress_gateway(
         r#"{"meshName": "shop", "virtualGatewayName": "ingress", "spec": {"listeners": [{
             "portMapping": {"port": 8088, "protocol": "http"},
             "connectionPool": {"http": {"maxConnections": 7, "maxPendingRequests": 3}},
             "healthCheck": {"protocol": "http", "path": "/ping", "port": 8088,
                             "intervalMillis": 5000, "timeoutMillis": 2000,
                             "healthyThreshold": 2, "unhealthyThreshold": 3}}]}}"#,
-    )
-    .unwrap();
-    let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
-    let compiled = compile(&index_of(dir.path()), &Registry::default(), &ingress);
-    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
-    let internal_routes: RouteConfiguration =
-        decode(&compiled.resources, ROUTE, "shop/ingress/internal");
+    );
     assert_eq!(
         weights(&internal_routes),
         [
@@ -978,14 +982,14 @@ fn a_gateway_listeners_pool_and_health_check_apply_to_its_copies_of_the_targets(
     );
     // Only the gateway's copies are emitted for it: the originals are nobody else's here.
     assert_eq!(
-        names_of(&compiled.resources, CLUSTER),
+        names_of(&resources, CLUSTER),
         [
             "shop/api-v1/9090/via/ingress",
             "shop/api-v2/9090/via/ingress",
             "shop/ingress/internal"
         ]
     );
-    let copy: Cluster = decode(&compiled.resources, CLUSTER, "shop/api-v1/9090/via/ingress");
+    let copy: Cluster = decode(&resources, CLUSTER, "shop/api-v1/9090/via/ingress");
     let thresholds = &copy.circuit_breakers.unwrap().thresholds[0];
     assert_eq!(thresholds.max_connections.unwrap().value, 7);
     assert_eq!(thresholds.max_pending_requests.unwrap().value, 3);
@@ -1001,21 +1005,13 @@ fn a_gateway_listeners_pool_and_health_check_apply_to_its_copies_of_the_targets(
 
 #[test]
 fn a_gateway_originates_tls_to_its_targets_by_its_backend_defaults() {
-    let dir = tempdir_with_shop(|route| route.to_owned());
-    std::fs::write(
-        dir.path().join("vg-ingress.json"),
+    let (resources, internal_routes) = compile_ingress_gateway(
         r#"{"meshName": "shop", "virtualGatewayName": "ingress", "spec": {
             "listeners": [{"portMapping": {"port": 8088, "protocol": "http"},
                            "connectionPool": {"http": {"maxConnections": 7}}}],
             "backendDefaults": {"clientPolicy": {"tls": {"ports": [9090],
                 "validation": {"trust": {"file": {"certificateChain": "/certs/ca.pem"}}}}}}}}"#,
-    )
-    .unwrap();
-    let ingress = Workloads::Only([("shop".to_owned(), "ingress".to_owned())].into());
-    let compiled = compile(&index_of(dir.path()), &Registry::default(), &ingress);
-    assert!(compiled.issues.is_empty(), "{:?}", compiled.issues);
-    let internal_routes: RouteConfiguration =
-        decode(&compiled.resources, ROUTE, "shop/ingress/internal");
+    );
     assert_eq!(
         weights(&internal_routes),
         [
@@ -1024,11 +1020,7 @@ fn a_gateway_originates_tls_to_its_targets_by_its_backend_defaults() {
         ]
     );
     // One copy per target carries both: the TLS origination and the listener's pool.
-    let copy: Cluster = decode(
-        &compiled.resources,
-        CLUSTER,
-        "shop/api-v1/9090/via/ingress/tls",
-    );
+    let copy: Cluster = decode(&resources, CLUSTER, "shop/api-v1/9090/via/ingress/tls");
     assert!(copy.transport_socket.is_some());
     assert_eq!(
         copy.circuit_breakers.unwrap().thresholds[0]
