@@ -8,6 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use control_plane::{
+    ads::{AdsServer, MeshSource, Publisher, Stats},
+    compile::{MeshIndex, Workloads, compile, compile_with_secrets},
+    registry::Registry,
+    secrets::SecretStore,
+};
 use envoy_types::pb::envoy::config::{
     cluster::v3::{Cluster, cluster::LbPolicy},
     core::v3::Node,
@@ -20,11 +26,7 @@ use mesh_model::{
 };
 use mesh_xds::{
     client::{self, Settings, XdsState},
-    compile::{MeshIndex, Workloads, compile, compile_with_secrets},
-    registry::Registry,
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
-    secrets::SecretStore,
-    server::{AdsServer, MeshSource, Publisher, Stats},
 };
 use prost::Message;
 use tokio::sync::watch;
@@ -428,7 +430,7 @@ fn cloud_map_instances_become_endpoints() {
     };
     let mut registry = Registry::default();
     let attrs = |ip: &str, port: Option<&str>| {
-        let mut a = mesh_xds::registry::Attributes::new();
+        let mut a = control_plane::registry::Attributes::new();
         a.insert("AWS_INSTANCE_IPV4".into(), ip.into());
         if let Some(port) = port {
             a.insert("AWS_INSTANCE_PORT".into(), port.into());

@@ -23,7 +23,7 @@ use envoy_types::{
     util::pack_any,
 };
 
-use super::{ads, socket_address, u32_value};
+use super::values::{ads, socket_address, u32_value};
 
 /// What a destination port of a node's backends carries.
 pub enum PortPlan {

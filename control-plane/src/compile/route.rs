@@ -18,7 +18,11 @@ use mesh_model::types::{
     HttpQueryParameter, HttpRoute, HttpScheme, MatchRange, TcpRetryPolicyEvent, WeightedTarget,
 };
 
-use super::{Issues, MeshIndex, duration, u32_value};
+use super::{
+    Issues,
+    index::MeshIndex,
+    values::{duration, u32_value},
+};
 
 /// The Envoy routes of one App Mesh route for listener port `port`, if the route applies.
 pub fn routes(

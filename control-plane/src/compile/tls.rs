@@ -29,7 +29,10 @@ use mesh_model::types::{
     ListenerTlsValidationContextTrust, SubjectAlternativeNames, TlsValidationContextTrust,
 };
 
-use super::{Issues, ads, u32_value};
+use super::{
+    Issues,
+    values::{ads, u32_value},
+};
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 

@@ -7,9 +7,11 @@
 //! node's backends.
 use envoy_types::pb::envoy::{
     config::{
+        accesslog::v3::AccessLog,
         cluster::v3::{Cluster, cluster},
         core::v3::{
-            Address, EnvoyInternalAddress, address, envoy_internal_address::AddressNameSpecifier,
+            Address, EnvoyInternalAddress, TransportSocket, address,
+            envoy_internal_address::AddressNameSpecifier,
         },
         endpoint::v3 as endpoint,
         listener::v3::{
@@ -28,16 +30,23 @@ use mesh_model::types::{
     ClientPolicyTls, CreateGatewayRouteInput, CreateVirtualGatewayInput,
     DefaultGatewayRouteRewrite, GatewayRouteHostnameMatch, GrpcMetadataMatchMethod,
     HeaderMatchMethod, HealthCheckPolicy, HttpGatewayRoute, HttpGatewayRouteRewrite, ListenerTls,
-    VirtualGatewayClientPolicyTls, VirtualGatewayConnectionPool, VirtualGatewayHealthCheckPolicy,
-    VirtualGatewayListenerTls, VirtualGatewayPortProtocol, VirtualNodeConnectionPool,
+    VirtualGatewayAccessLog, VirtualGatewayClientPolicyTls, VirtualGatewayConnectionPool,
+    VirtualGatewayHealthCheckPolicy, VirtualGatewayListenerTls, VirtualGatewayPortProtocol,
+    VirtualNodeConnectionPool,
 };
 
+use mesh_xds::names;
+
 use super::{
-    Issues,
+    Issues, access_log,
+    cluster::circuit_breakers,
+    hosts::hosts_of,
+    index::MeshIndex,
     listener::{http_connection_manager, rds},
-    route, socket_address, tls,
+    output::{ClusterVariant, Output},
+    route, tls,
+    values::socket_address,
 };
-use crate::names;
 
 /// What one virtual gateway compiles to.
 pub struct Gateway {
@@ -381,6 +390,162 @@ fn rewrite_path(
         (None, Some(DefaultGatewayRouteRewrite::Disabled)) => {}
         (None, _) => action.prefix_rewrite = "/".into(),
     }
+}
+
+/// A virtual gateway's ingress tables and its internal table of target services.
+pub(super) fn resources(
+    index: &MeshIndex,
+    virtual_gateway: &CreateVirtualGatewayInput,
+    gateway_routes: Option<&[CreateGatewayRouteInput]>,
+    out: &mut Output,
+) {
+    let compiled = gateway(
+        virtual_gateway,
+        gateway_routes.unwrap_or_default(),
+        &mut out.issues,
+    );
+    let what = format!("VirtualGateway {}", virtual_gateway.virtual_gateway_name);
+    let targets = compiled.targets.iter().map(String::as_str);
+    let mut hosts = hosts_of(
+        index,
+        &virtual_gateway.mesh_name,
+        targets,
+        &what,
+        &mut out.issues,
+    );
+    let pool = gateway_variant(virtual_gateway, &mut out.issues);
+    let tls = gateway_tls(virtual_gateway, &mut out.issues);
+    let gateway_name = virtual_gateway.virtual_gateway_name.as_str();
+    let mut variants = Vec::new();
+    // TLS ports first (with the pool too), then the pool alone on the rest: a copy is not
+    // copied again.
+    if let Some((socket, ports)) = tls {
+        let change = ClusterVariant {
+            transport_socket: Some(socket),
+            ..pool.clone().unwrap_or_default()
+        };
+        hosts.through_variants(
+            |cluster| names::gateway_tls_copy(cluster, gateway_name),
+            ports.as_deref(),
+            &change,
+            &mut variants,
+        );
+    }
+    if let Some(change) = &pool {
+        hosts.through_variants(
+            |cluster| names::gateway_copy(cluster, gateway_name),
+            None,
+            change,
+            &mut variants,
+        );
+    }
+    out.add_variants(variants);
+    out.reached.extend(hosts.clusters);
+    if !hosts.tcp.is_empty() {
+        out.issues.push(format!(
+            "{what}: gateway routes cannot reach TCP services; those ports are left out"
+        ));
+    }
+    out.routes(RouteConfiguration {
+        name: names::gateway_internal(
+            &virtual_gateway.mesh_name,
+            &virtual_gateway.virtual_gateway_name,
+        ),
+        virtual_hosts: hosts.http.into_values().flatten().collect(),
+        ..Default::default()
+    });
+    let logs: Vec<AccessLog> = match virtual_gateway
+        .spec
+        .logging
+        .as_ref()
+        .and_then(|l| l.access_log.as_ref())
+    {
+        Some(VirtualGatewayAccessLog::File(file)) => {
+            vec![access_log::file(&file.path, file.format.as_ref())]
+        }
+        None => Vec::new(),
+    };
+    for mut listener in compiled.listeners {
+        access_log::attach(&mut listener, &logs);
+        out.listener(listener);
+    }
+    compiled.routes.into_iter().for_each(|r| out.routes(r));
+    compiled.clusters.into_iter().for_each(|c| out.cluster(c));
+}
+
+/// What a gateway's listener connection pool and health check change in the clusters it
+/// routes to (App Mesh applies them to the gateway's upstream connections). The gateway's
+/// internal table is shared by its listeners, so listeners that disagree get neither, with
+/// an issue.
+fn gateway_variant(
+    gateway: &CreateVirtualGatewayInput,
+    issues: &mut Issues,
+) -> Option<ClusterVariant> {
+    let what = format!("VirtualGateway {}", gateway.virtual_gateway_name);
+    let mut policies = gateway
+        .spec
+        .listeners
+        .iter()
+        .map(|l| (l.connection_pool.as_ref(), l.health_check.as_ref()))
+        .filter(|policy| *policy != (None, None));
+    let first = policies.next()?;
+    if policies.any(|other| other != first) {
+        issues.push(format!(
+            "{what}: listeners with different connection pools or health checks share the gateway's routes; neither is applied"
+        ));
+        return None;
+    }
+    let (pool, health_check) = first;
+    let converted = pool
+        .map(as_node_pool)
+        .transpose()
+        .and_then(|pool| Ok((pool, health_check.map(as_node_health_check).transpose()?)));
+    match converted {
+        Ok((pool, health_check)) => Some(ClusterVariant {
+            transport_socket: None,
+            circuit_breakers: pool.as_ref().map(circuit_breakers),
+            health_checks: health_check
+                .iter()
+                .map(super::cluster::health_check)
+                .collect(),
+        }),
+        Err(error) => {
+            issues.push(format!(
+                "{what}: listener connection pool / health check: {error}"
+            ));
+            None
+        }
+    }
+}
+
+/// The TLS a gateway originates to its targets (`backendDefaults.clientPolicy.tls`, unless
+/// `enforce: false`), and the ports it is limited to.
+fn gateway_tls(
+    gateway: &CreateVirtualGatewayInput,
+    issues: &mut Issues,
+) -> Option<(TransportSocket, Option<Vec<i32>>)> {
+    let policy = gateway
+        .spec
+        .backend_defaults
+        .as_ref()?
+        .client_policy
+        .as_ref()?
+        .tls
+        .as_ref()
+        .filter(|tls| tls.enforce != Some(false))?;
+    let what = format!(
+        "VirtualGateway {} backend defaults",
+        gateway.virtual_gateway_name
+    );
+    let policy = match as_client_tls(policy) {
+        Ok(policy) => policy,
+        Err(error) => {
+            issues.push(format!("{what}: client policy TLS: {error}"));
+            return None;
+        }
+    };
+    let socket = tls::client(&policy, &what, issues)?;
+    Some((socket, policy.ports))
 }
 
 #[cfg(test)]

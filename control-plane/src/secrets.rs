@@ -10,18 +10,16 @@
 //! ```
 //! Relative paths are relative to the secrets file.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
 use envoy_types::pb::envoy::{
-    config::core::v3::{DataSource, TransportSocket, data_source::Specifier, transport_socket},
+    config::core::v3::{DataSource, data_source::Specifier},
     extensions::transport_sockets::tls::v3::{
-        CertificateValidationContext, DownstreamTlsContext, Secret, TlsCertificate,
-        UpstreamTlsContext, common_tls_context::ValidationContextType, secret,
+        CertificateValidationContext, Secret, TlsCertificate, secret,
     },
 };
-use prost::{Message, Name};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,39 +150,6 @@ impl SecretStore {
     /// The secrets file and the PEM files it named.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
-    }
-}
-
-/// The SDS secret names a transport socket's TLS context asks for (its certificates and its
-/// validation context).
-pub fn referenced_by(socket: &TransportSocket, names: &mut BTreeSet<String>) {
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
-        return;
-    };
-    let common = if any.type_url == DownstreamTlsContext::type_url() {
-        DownstreamTlsContext::decode(any.value.as_slice())
-            .ok()
-            .and_then(|c| c.common_tls_context)
-    } else if any.type_url == UpstreamTlsContext::type_url() {
-        UpstreamTlsContext::decode(any.value.as_slice())
-            .ok()
-            .and_then(|c| c.common_tls_context)
-    } else {
-        None
-    };
-    let Some(common) = common else {
-        return;
-    };
-    names.extend(
-        common
-            .tls_certificate_sds_secret_configs
-            .into_iter()
-            .map(|sds| sds.name),
-    );
-    if let Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) =
-        common.validation_context_type
-    {
-        names.insert(sds.name);
     }
 }
 

@@ -19,12 +19,14 @@ use mesh_model::types::{
     CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, PortProtocol,
 };
 
+use mesh_xds::names;
+
 use super::{
-    Issues, cluster, duration,
+    Issues, cluster,
     listener::{http_connection_manager, tcp_proxy},
-    route, socket_address, tls,
+    route, tls,
+    values::{duration, socket_address},
 };
-use crate::names;
 
 /// Where the node proxy takes inbound traffic for its workloads in.
 pub const INBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15006);

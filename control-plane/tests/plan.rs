@@ -2,15 +2,15 @@
 //! mesh converts, and the plan routes the way the mesh says.
 use std::path::PathBuf;
 
+use control_plane::{
+    compile::{MeshIndex, Workloads, compile},
+    registry::Registry,
+};
 use mesh_model::{
     source::{self, LoadOptions},
     validate::{self, Options},
 };
-use mesh_xds::{
-    compile::{MeshIndex, Workloads, compile},
-    plan::{NodePlan, PortPlan, route::RequestView},
-    registry::Registry,
-};
+use mesh_xds::plan::{NodePlan, PortPlan, route::RequestView};
 
 fn shop_plan() -> NodePlan {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");

@@ -5,7 +5,10 @@
 //!
 //! The registry is read from a file and changed through a Cloud Map–style API
 //! (RegisterInstance, DeregisterInstance, DiscoverInstances), served by the control plane.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,29 @@ pub enum RegistryError {
     },
 }
 
+/// A registry file that cannot be served; the message names the file, the source says why.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryFileError {
+    #[error("cannot read registry {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("registry {}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: RegistryError,
+    },
+}
+
 /// One instance as DiscoverInstances returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -54,6 +80,26 @@ pub struct Instance {
 }
 
 impl Registry {
+    /// Reads a registry file (JSON) and checks every instance in it.
+    pub fn load(path: &Path) -> Result<Self, RegistryFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let registry: Self =
+            serde_json::from_str(&text).map_err(|source| RegistryFileError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        registry
+            .check()
+            .map_err(|source| RegistryFileError::Invalid {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(registry)
+    }
+
     /// Checks every instance (an address, a numeric port), naming the first bad one.
     pub fn check(&self) -> Result<(), RegistryError> {
         for services in self.namespaces.values() {

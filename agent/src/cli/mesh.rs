@@ -1,23 +1,24 @@
-//! `mesh-agent validate` and `mesh-agent convert`: App Mesh definitions read, checked and
-//! reported (every problem found), or converted between formats.
+//! `mesh-agent validate`, `convert` and `compile`: App Mesh definitions read, checked and
+//! reported (every problem found), converted between formats, or compiled to xDS.
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use control_plane::{
+    InputOptions,
+    compile::{MeshIndex, Workloads},
+    load,
+    registry::Registry,
+};
 use mesh_model::{
     convert,
+    load_options::{LoadOptions, Placeholders},
     report::Diagnostic,
-    resource::{Kind, Resource},
-    source::{self, LoadOptions, Placeholders},
-    validate::{self, Options},
-};
-use mesh_xds::{
-    compile::{MeshIndex, Workloads},
-    registry::Registry,
+    resource::Kind,
 };
 
 /// How to read App Mesh definitions.
-#[derive(Args, Clone, Default)]
+#[derive(Args)]
 pub struct InputArgs {
     /// Substitute `$VAR` / `${VAR}` placeholders from the environment, as envsubst would;
     /// without it each placeholder is reported with its position.
@@ -122,35 +123,31 @@ fn parse_kind(text: &str) -> Result<Kind, String> {
     })
 }
 
-/// Reads and validates `paths`: the resources and everything found about them.
-pub fn load(paths: &[PathBuf], args: &InputArgs) -> (Vec<Resource>, Vec<Diagnostic>) {
-    let options = LoadOptions {
-        placeholders: if args.env {
-            Placeholders::FromEnv
-        } else {
-            Placeholders::Report
-        },
-        kind: args.kind,
-        mesh_name: args.mesh_name.clone(),
-        name: args.name.clone(),
-        parent: args.parent.clone(),
-        parameters: args.parameters.clone(),
-    };
-    let loaded = source::load(paths, &options);
-    let mut diagnostics = loaded.diagnostics;
-    diagnostics.extend(validate::validate(
-        &loaded.resources,
-        Options {
-            check_references: !args.partial,
-            lenient: args.lenient,
-        },
-    ));
-    (loaded.resources, diagnostics)
+impl InputArgs {
+    /// The options the control plane's loader takes.
+    pub fn options(&self) -> InputOptions {
+        InputOptions {
+            source: LoadOptions {
+                placeholders: if self.env {
+                    Placeholders::FromEnv
+                } else {
+                    Placeholders::Report
+                },
+                kind: self.kind,
+                mesh_name: self.mesh_name.clone(),
+                name: self.name.clone(),
+                parent: self.parent.clone(),
+                parameters: self.parameters.clone(),
+            },
+            partial: self.partial,
+            lenient: self.lenient,
+        }
+    }
 }
 
 /// Prints the report; true when there is no error.
 pub fn validate(args: ValidateArgs) -> bool {
-    let (resources, diagnostics) = load(&args.paths, &args.input);
+    let (resources, diagnostics) = load(&args.paths, &args.input.options());
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     match args.output {
         Output::Text => print_text(&resources, &diagnostics, errors),
@@ -161,7 +158,7 @@ pub fn validate(args: ValidateArgs) -> bool {
 
 /// Converts valid inputs; invalid ones are reported as by `validate` and nothing is written.
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
-    let (resources, diagnostics) = load(&args.paths, &args.input);
+    let (resources, diagnostics) = load(&args.paths, &args.input.options());
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {
         for diagnostic in &diagnostics {
@@ -241,7 +238,7 @@ fn print_json(
 /// Prints the xDS resources valid inputs compile to, as proto3 JSON; compile issues go to
 /// standard error.
 pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
-    let (resources, diagnostics) = load(&args.paths, &args.input);
+    let (resources, diagnostics) = load(&args.paths, &args.input.options());
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {
         for diagnostic in &diagnostics {
@@ -263,11 +260,11 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
         Workloads::Only(selected)
     };
     let index = MeshIndex::new(&resources)?;
-    let compiled = mesh_xds::compile::compile(&index, &Registry::default(), &workloads);
+    let compiled = control_plane::compile::compile(&index, &Registry::default(), &workloads);
     for issue in &compiled.issues {
         eprintln!("note: {issue}");
     }
-    let json = mesh_xds::json::resources(&compiled.resources).map_err(anyhow::Error::msg)?;
+    let json = mesh_xds::json::resources(&compiled.resources)?;
     println!("{json:#}");
     Ok(())
 }

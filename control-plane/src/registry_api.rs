@@ -12,23 +12,24 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
-use mesh_xds::registry::{Attributes, Registry};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::registry::{Attributes, Registry};
+
 const TARGET_PREFIX: &str = "Route53AutoNaming_v20170314.";
 
 /// The registry and who to tell when it changes.
 #[derive(Clone)]
-pub struct Shared {
-    pub registry: Arc<Mutex<Registry>>,
-    pub changed: Arc<Notify>,
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<Mutex<Registry>>,
+    pub(crate) changed: Arc<Notify>,
 }
 
-pub async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

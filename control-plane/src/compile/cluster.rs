@@ -30,11 +30,10 @@ use mesh_model::types::{
     VirtualNodeConnectionPool,
 };
 
-use super::{ads, duration, millis, u32_value};
-use crate::{
-    names,
-    registry::{self, Registry},
-};
+use mesh_xds::names;
+
+use super::values::{ads, duration, millis, u32_value};
+use crate::registry::{self, Registry};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -131,7 +130,7 @@ fn load_assignment(cluster_name: &str, host: &str, port: i32) -> endpoint::Clust
             lb_endpoints: vec![endpoint::LbEndpoint {
                 host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                     endpoint::Endpoint {
-                        address: Some(super::socket_address(host, port as u32)),
+                        address: Some(super::values::socket_address(host, port as u32)),
                         ..Default::default()
                     },
                 )),
@@ -179,7 +178,7 @@ fn registry_assignment(
             Some(endpoint::LbEndpoint {
                 host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                     endpoint::Endpoint {
-                        address: Some(super::socket_address(address, port)),
+                        address: Some(super::values::socket_address(address, port)),
                         hostname: instance.instance_id,
                         ..Default::default()
                     },

@@ -1,0 +1,87 @@
+//! `mesh-agent control-plane`: serves App Mesh definitions as xDS (ADS over gRPC) to node
+//! agents. Watches the definition files; a change that validates is compiled and pushed, a
+//! change that does not is reported and the last good mesh keeps being served.
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use control_plane::{ControlPlane, Options, runtime::StartError};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::mesh::InputArgs;
+
+#[derive(Args)]
+pub struct ControlPlaneArgs {
+    /// Files or directories of App Mesh definitions (any format `validate` reads). Repeatable.
+    #[arg(long = "mesh", required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Address to serve ADS (gRPC) on; port 0 picks a free port, printed on start.
+    #[arg(long, default_value = "127.0.0.1:15010", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Service registry (Cloud Map stand-in) file: JSON `{"namespaces": {NS: {SERVICE:
+    /// {INSTANCE_ID: {ATTRIBUTE: VALUE}}}}}`; watched like the mesh (a change replaces what
+    /// the API registered).
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// Serve the Cloud Map–style registry API (RegisterInstance, DeregisterInstance,
+    /// DiscoverInstances) on this address; port 0 picks one, printed on start.
+    #[arg(long, value_name = "ADDR")]
+    registry_api: Option<SocketAddr>,
+    /// SDS secrets file (stand-in for a SPIRE agent): JSON `{"secrets": {NAME:
+    /// {"certificateChain": PEM, "privateKey": PEM} | {"trustedCa": PEM}}}`; served to the
+    /// nodes whose TLS contexts name them; it and the PEM files are watched (rotation).
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    #[command(flatten)]
+    input: InputArgs,
+}
+
+impl ControlPlaneArgs {
+    fn options(&self) -> Options {
+        Options {
+            paths: self.paths.clone(),
+            input: self.input.options(),
+            listen: self.listen,
+            registry: self.registry.clone(),
+            registry_api: self.registry_api,
+            secrets: self.secrets.clone(),
+        }
+    }
+}
+
+pub fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args.options()))
+}
+
+async fn serve(options: Options) -> anyhow::Result<()> {
+    let control = start(options).await?;
+    // Tests and scripts read the bound addresses from standard output.
+    if let Some(api) = control.registry_api {
+        println!("serving the registry API on {api}");
+    }
+    println!("serving ADS on {}", control.addr);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(control.stop().await?)
+}
+
+/// Starts a control plane; an invalid mesh's report goes to standard error, one line per
+/// problem, before the error that nothing is served.
+pub async fn start(options: Options) -> anyhow::Result<ControlPlane> {
+    ControlPlane::start(options).await.map_err(|error| {
+        if let StartError::InvalidMesh(report) = &error {
+            for diagnostic in report {
+                eprintln!("{diagnostic}");
+            }
+        }
+        anyhow::Error::from(error)
+    })
+}

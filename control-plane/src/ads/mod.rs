@@ -1,0 +1,203 @@
+//! The ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService`): the published
+//! mesh, and one [`session::Session`] per stream — the node's view of the mesh, its
+//! subscriptions and what it was sent — spoken as state of the world ([`sotw`]) or
+//! incremental ([`delta`]).
+//!
+//! Per stream it follows Envoy's xDS protocol: the first request carries the node; when the
+//! mesh changes, each stream recompiles for its node and sends only what changed for it.
+mod delta;
+mod session;
+mod sotw;
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use envoy_types::pb::{
+    envoy::{
+        config::core::v3::Node,
+        service::discovery::v3::{
+            DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+            aggregated_discovery_service_server::{
+                AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+            },
+        },
+    },
+    google::protobuf::value::Kind as ValueKind,
+};
+use mesh_xds::resources::ResourceSet;
+use tokio::sync::{mpsc, watch};
+use tonic::{
+    Request, Response, Status, Streaming,
+    codegen::tokio_stream::{Stream, wrappers::ReceiverStream},
+};
+use tracing::{debug, info};
+
+use crate::{
+    compile::{self, MeshIndex, Workloads},
+    registry::Registry,
+    secrets::SecretStore,
+};
+use session::{Protocol, Session};
+
+/// The mesh being served, and its version (`v1`, `v2`, ...).
+pub struct Published {
+    pub version: u64,
+    pub mesh: MeshSource,
+}
+
+/// What a stream serves: a mesh (with the service registry) compiled per node, or (for tests
+/// of clients) fixed resources.
+pub enum MeshSource {
+    Mesh(Arc<MeshIndex>, Arc<Registry>, Arc<SecretStore>),
+    Fixed(ResourceSet),
+}
+
+impl Published {
+    fn resources_for(&self, node: &Node) -> ResourceSet {
+        match &self.mesh {
+            MeshSource::Mesh(index, registry, secrets) => {
+                compile::compile_with_secrets(index, registry, secrets, &workloads_of(node))
+                    .resources
+            }
+            MeshSource::Fixed(resources) => resources.clone(),
+        }
+    }
+}
+
+/// The virtual nodes a node agent serves, from its metadata `virtual_nodes: ["mesh/node"]`;
+/// without it, every virtual node.
+fn workloads_of(node: &Node) -> Workloads {
+    let listed = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("virtual_nodes"))
+        .and_then(|v| match &v.kind {
+            Some(ValueKind::ListValue(list)) => Some(list),
+            _ => None,
+        });
+    match listed {
+        Some(list) => Workloads::Only(
+            list.values
+                .iter()
+                .filter_map(|v| match &v.kind {
+                    Some(ValueKind::StringValue(s)) => {
+                        s.split_once('/').map(|(m, n)| (m.to_owned(), n.to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ),
+        None => Workloads::All,
+    }
+}
+
+/// Counters for operators and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub streams: AtomicU64,
+    pub responses: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+}
+
+/// The control plane's publishing side and the gRPC service.
+#[derive(Clone)]
+pub struct AdsServer {
+    published: watch::Receiver<Arc<Published>>,
+    stats: Arc<Stats>,
+}
+
+/// Publishes new meshes to every stream.
+pub struct Publisher {
+    sender: watch::Sender<Arc<Published>>,
+    next_version: u64,
+}
+
+impl Publisher {
+    pub fn publish(&mut self, mesh: MeshSource) {
+        self.next_version += 1;
+        let version = self.next_version;
+        self.sender
+            .send_replace(Arc::new(Published { version, mesh }));
+        info!(version, "mesh published");
+    }
+}
+
+impl AdsServer {
+    pub fn new(initial: MeshSource) -> (Self, Publisher) {
+        let (sender, published) = watch::channel(Arc::new(Published {
+            version: 1,
+            mesh: initial,
+        }));
+        (
+            Self {
+                published,
+                stats: Arc::default(),
+            },
+            Publisher {
+                sender,
+                next_version: 1,
+            },
+        )
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            // Large meshes compile to large responses (10k services).
+            .max_encoding_message_size(256 * 1024 * 1024)
+            .max_decoding_message_size(16 * 1024 * 1024)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let output = self.spawn_session::<sotw::StateOfTheWorld>(request.into_inner());
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        let output = self.spawn_session::<delta::Delta>(request.into_inner());
+        Ok(Response::new(Box::pin(output)))
+    }
+}
+
+impl AdsServer {
+    /// Runs one stream's session on a task of its own; its responses flow out through a
+    /// channel that becomes the gRPC response stream.
+    fn spawn_session<P: Protocol>(
+        &self,
+        requests: Streaming<P::Request>,
+    ) -> ReceiverStream<Result<P::Response, Status>> {
+        let (sender, receiver) = mpsc::channel(16);
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let session = Session::<P>::new(self.published.clone(), Arc::clone(&self.stats), sender);
+        tokio::spawn(async move {
+            if let Err(status) = session.run(requests).await {
+                debug!(kind = P::NAME, %status, "ADS stream ended");
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+}

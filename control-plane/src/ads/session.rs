@@ -1,0 +1,162 @@
+//! One ADS stream, whichever protocol it speaks: the node's view of the published mesh
+//! (compiled for it, recompiled as the mesh changes), its subscriptions by type, the nonces it
+//! was sent; and the loop that hands requests and mesh changes to the protocol.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+};
+
+use envoy_types::pb::{envoy::config::core::v3::Node, google::protobuf::Any};
+use mesh_xds::resources::{CLUSTER, LISTENER, ResourceSet};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+use tracing::info;
+
+use super::{Published, Stats};
+
+/// A protocol over a [`Session`]: state of the world or delta.
+pub(super) trait Protocol: Sized + Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// What the stream knows of one type's subscription.
+    type Subscription: Default + Send;
+    /// The protocol's name, for logs.
+    const NAME: &'static str;
+    /// The request message's name, for errors.
+    const REQUEST: &'static str;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// A request, from a node that has identified itself.
+    fn on_request(
+        session: &mut Session<Self>,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
+
+    /// The mesh changed and the view was recompiled: send what changed for the node.
+    fn on_change(session: &mut Session<Self>) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// Whether a first request for `type_url` naming nothing subscribes to everything: the
+/// legacy wildcard, for Listeners and Clusters only (Routes and Endpoints go by name).
+pub(super) fn wildcard_by_default(type_url: &str) -> bool {
+    type_url == LISTENER || type_url == CLUSTER
+}
+
+pub(super) struct Session<P: Protocol> {
+    published: watch::Receiver<Arc<Published>>,
+    node: Option<Node>,
+    /// The mesh version and the resources compiled from it for the node.
+    current: (u64, ResourceSet),
+    stats: Arc<Stats>,
+    sender: mpsc::Sender<Result<P::Response, Status>>,
+    pub(super) subscriptions: BTreeMap<String, P::Subscription>,
+    nonce: u64,
+}
+
+impl<P: Protocol> Session<P> {
+    pub(super) fn new(
+        published: watch::Receiver<Arc<Published>>,
+        stats: Arc<Stats>,
+        sender: mpsc::Sender<Result<P::Response, Status>>,
+    ) -> Self {
+        Self {
+            published,
+            node: None,
+            current: (0, ResourceSet::default()),
+            stats,
+            sender,
+            subscriptions: BTreeMap::new(),
+            nonce: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut requests: Streaming<P::Request>) -> Result<(), Status> {
+        loop {
+            tokio::select! {
+                request = requests.message() => match request? {
+                    Some(request) => {
+                        self.identify(P::node(&request))?;
+                        P::on_request(&mut self, request).await?;
+                    }
+                    None => return Ok(()),
+                },
+                changed = self.changed() => {
+                    if changed? {
+                        P::on_change(&mut self).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the node from the stream's first request.
+    fn identify(&mut self, node: Option<&Node>) -> Result<(), Status> {
+        if self.node.is_some() {
+            return Ok(());
+        }
+        let Some(node) = node else {
+            return Err(Status::invalid_argument(format!(
+                "the first {} must carry the node",
+                P::REQUEST
+            )));
+        };
+        info!(node = %node.id, cluster = %node.cluster, request_kind = P::REQUEST, "node connected");
+        self.node = Some(node.clone());
+        self.recompile();
+        Ok(())
+    }
+
+    /// Waits for the next published mesh and recompiles for the node; false when no node has
+    /// identified itself yet (nothing to send).
+    async fn changed(&mut self) -> Result<bool, Status> {
+        self.published
+            .changed()
+            .await
+            .map_err(|_| Status::unavailable("control plane shutting down"))?;
+        if self.node.is_none() {
+            return Ok(false);
+        }
+        self.recompile();
+        Ok(true)
+    }
+
+    fn recompile(&mut self) {
+        let published = Arc::clone(&self.published.borrow_and_update());
+        if let Some(node) = &self.node {
+            self.current = (published.version, published.resources_for(node));
+        }
+    }
+
+    pub(super) fn node_id(&self) -> &str {
+        self.node.as_ref().map_or("", |n| n.id.as_str())
+    }
+
+    /// The version of the mesh the node's resources were compiled from, as responses carry it.
+    pub(super) fn version(&self) -> String {
+        format!("v{}", self.current.0)
+    }
+
+    /// The node's resources of one type.
+    pub(super) fn resources(&self, type_url: &str) -> impl Iterator<Item = (&String, &Any)> {
+        self.current.1.of_type(type_url).into_iter().flatten()
+    }
+
+    pub(super) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// A fresh nonce for the next response.
+    pub(super) fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    pub(super) async fn respond(&mut self, response: P::Response) -> Result<(), Status> {
+        self.stats.responses.fetch_add(1, Ordering::Relaxed);
+        self.sender
+            .send(Ok(response))
+            .await
+            .map_err(|_| Status::cancelled("client went away"))
+    }
+}

@@ -1,0 +1,144 @@
+//! State-of-the-world ADS over a [`Session`]: each response carries every subscribed resource
+//! of its type, with a version and a nonce. A request echoing the latest nonce with that
+//! version is an ACK, one with `error_detail` is a NACK (logged, counted, nothing resent until
+//! the mesh changes); a request with an older nonce is stale and ignored. Empty resource names
+//! subscribe to all Listeners / Clusters (wildcard). After a mesh change only the types whose
+//! resources changed are sent again.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::atomic::Ordering,
+};
+
+use envoy_types::pb::{
+    envoy::{
+        config::core::v3::Node,
+        service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
+    },
+    google::protobuf::Any,
+};
+use tonic::Status;
+use tracing::{debug, warn};
+
+use super::session::{Protocol, Session, wildcard_by_default};
+
+pub(super) struct StateOfTheWorld;
+
+/// What one type's subscription has seen.
+#[derive(Default)]
+pub(super) struct Subscription {
+    /// None: wildcard.
+    names: Option<BTreeSet<String>>,
+    /// The last response: its nonce, version and a digest of its resources (a digest rather
+    /// than a copy: with thousands of resources per node, copies per stream add up).
+    nonce: String,
+    version: String,
+    sent: Option<u64>,
+}
+
+impl Protocol for StateOfTheWorld {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    type Subscription = Subscription;
+    const NAME: &'static str = "state of the world";
+    const REQUEST: &'static str = "DiscoveryRequest";
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    async fn on_request(
+        session: &mut Session<Self>,
+        request: DiscoveryRequest,
+    ) -> Result<(), Status> {
+        let node = session.node_id().to_owned();
+        let type_url = request.type_url.clone();
+        let subscription = session.subscriptions.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() && request.response_nonce != subscription.nonce {
+            debug!(%node, %type_url, nonce = %request.response_nonce, "stale request ignored");
+            return Ok(());
+        }
+        if let Some(error) = &request.error_detail {
+            warn!(%node, %type_url, rejected = %subscription.version, kept = %request.version_info, error = %error.message, "NACK");
+            session.stats().nacks.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let wildcard = request.resource_names.is_empty() && wildcard_by_default(&type_url);
+        let names = (!wildcard).then(|| {
+            request
+                .resource_names
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        });
+        let resubscribed = subscription.names != names || subscription.sent.is_none();
+        subscription.names = names;
+        let acked =
+            !request.response_nonce.is_empty() && request.version_info == subscription.version;
+        if acked {
+            session.stats().acks.fetch_add(1, Ordering::Relaxed);
+            debug!(%node, %type_url, version = %request.version_info, "ACK");
+        }
+        if resubscribed {
+            send(session, &type_url).await?;
+        }
+        Ok(())
+    }
+
+    /// Every subscribed type whose resources differ from what was sent is sent again.
+    async fn on_change(session: &mut Session<Self>) -> Result<(), Status> {
+        let types: Vec<String> = session.subscriptions.keys().cloned().collect();
+        for type_url in types {
+            let selected = digest(&selected(session, &type_url));
+            if session.subscriptions.get(&type_url).and_then(|s| s.sent) != Some(selected) {
+                send(session, &type_url).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The node's resources of `type_url` that its subscription names.
+fn selected(session: &Session<StateOfTheWorld>, type_url: &str) -> BTreeMap<String, Any> {
+    let names = session
+        .subscriptions
+        .get(type_url)
+        .and_then(|s| s.names.as_ref());
+    session
+        .resources(type_url)
+        .filter(|(name, _)| names.is_none_or(|n| n.contains(*name)))
+        .map(|(name, any)| (name.clone(), any.clone()))
+        .collect()
+}
+
+async fn send(session: &mut Session<StateOfTheWorld>, type_url: &str) -> Result<(), Status> {
+    let selected = selected(session, type_url);
+    let nonce = session.next_nonce();
+    let version = session.version();
+    let sent = digest(&selected);
+    let response = DiscoveryResponse {
+        version_info: version.clone(),
+        resources: selected.into_values().collect(),
+        type_url: type_url.to_owned(),
+        nonce: nonce.clone(),
+        ..Default::default()
+    };
+    let subscription = session
+        .subscriptions
+        .entry(type_url.to_owned())
+        .or_default();
+    subscription.nonce = nonce;
+    subscription.version = version;
+    subscription.sent = Some(sent);
+    session.respond(response).await
+}
+
+fn digest(resources: &BTreeMap<String, Any>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (name, any) in resources {
+        name.hash(&mut hasher);
+        any.type_url.hash(&mut hasher);
+        any.value.hash(&mut hasher);
+    }
+    hasher.finish()
+}

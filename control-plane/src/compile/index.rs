@@ -1,0 +1,116 @@
+//! The mesh's resources by kind, typed: what every compiler looks things up in.
+use std::collections::BTreeMap;
+
+use mesh_model::{
+    resource::{Resource, Typed},
+    types::{
+        CreateGatewayRouteInput, CreateMeshInput, CreateRouteInput, CreateVirtualGatewayInput,
+        CreateVirtualNodeInput, CreateVirtualRouterInput, CreateVirtualServiceInput,
+    },
+};
+use mesh_xds::names;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{resource} does not fit the App Mesh model: {source}")]
+pub struct CompileError {
+    resource: String,
+    source: serde_json::Error,
+}
+
+/// The mesh's resources by kind, typed.
+#[derive(Default)]
+pub struct MeshIndex {
+    pub(super) meshes: BTreeMap<String, CreateMeshInput>,
+    pub(super) nodes: BTreeMap<(String, String), CreateVirtualNodeInput>,
+    pub(super) services: BTreeMap<(String, String), CreateVirtualServiceInput>,
+    pub(super) routers: BTreeMap<(String, String), CreateVirtualRouterInput>,
+    pub(super) routes: BTreeMap<(String, String), Vec<CreateRouteInput>>,
+    pub(super) gateways: BTreeMap<(String, String), CreateVirtualGatewayInput>,
+    pub(super) gateway_routes: BTreeMap<(String, String), Vec<CreateGatewayRouteInput>>,
+}
+
+impl MeshIndex {
+    /// Indexes validated resources.
+    pub fn new(resources: &[Resource]) -> Result<Self, CompileError> {
+        let mut index = Self::default();
+        for resource in resources {
+            let typed = resource.typed().map_err(|source| CompileError {
+                resource: resource.label(),
+                source,
+            })?;
+            match typed {
+                Typed::Mesh(m) => {
+                    index.meshes.insert(m.mesh_name.clone(), m);
+                }
+                Typed::VirtualNode(n) => {
+                    index
+                        .nodes
+                        .insert((n.mesh_name.clone(), n.virtual_node_name.clone()), n);
+                }
+                Typed::VirtualService(s) => {
+                    index
+                        .services
+                        .insert((s.mesh_name.clone(), s.virtual_service_name.clone()), s);
+                }
+                Typed::VirtualRouter(r) => {
+                    index
+                        .routers
+                        .insert((r.mesh_name.clone(), r.virtual_router_name.clone()), r);
+                }
+                Typed::Route(r) => {
+                    index
+                        .routes
+                        .entry((r.mesh_name.clone(), r.virtual_router_name.clone()))
+                        .or_default()
+                        .push(r);
+                }
+                Typed::VirtualGateway(g) => {
+                    index
+                        .gateways
+                        .insert((g.mesh_name.clone(), g.virtual_gateway_name.clone()), g);
+                }
+                Typed::GatewayRoute(r) => {
+                    index
+                        .gateway_routes
+                        .entry((r.mesh_name.clone(), r.virtual_gateway_name.clone()))
+                        .or_default()
+                        .push(r);
+                }
+            }
+        }
+        // Lower priority value first, routes without one last (as App Mesh orders them).
+        for routes in index.routes.values_mut() {
+            routes.sort_by_key(|r| (r.spec.priority.unwrap_or(i32::MAX), r.route_name.clone()));
+        }
+        for routes in index.gateway_routes.values_mut() {
+            routes.sort_by_key(|r| {
+                (
+                    r.spec.priority.unwrap_or(i32::MAX),
+                    r.gateway_route_name.clone(),
+                )
+            });
+        }
+        Ok(index)
+    }
+
+    pub fn virtual_nodes(&self) -> impl Iterator<Item = &(String, String)> {
+        self.nodes.keys()
+    }
+
+    /// The cluster a weighted target or a provider reaches: the node's listener on `port`,
+    /// or its only listener.
+    pub(super) fn target_cluster(
+        &self,
+        mesh: &str,
+        node: &str,
+        port: Option<i32>,
+    ) -> Option<String> {
+        let target = self.nodes.get(&(mesh.to_owned(), node.to_owned()))?;
+        let listeners = target.spec.listeners.as_deref().unwrap_or_default();
+        let listener = match port {
+            Some(port) => listeners.iter().find(|l| l.port_mapping.port == port)?,
+            None => listeners.first()?,
+        };
+        Some(names::cluster(mesh, node, listener.port_mapping.port))
+    }
+}

@@ -1,0 +1,157 @@
+//! Compiling a validated App Mesh mesh to xDS resources for the virtual nodes of one node.
+//! The mapping follows the Envoy configuration App Mesh itself generated; docs/appmesh-xds.md
+//! lists it field by field.
+//!
+//! [`index`] holds the mesh; per virtual node, [`inbound`] and [`outbound`] (through the
+//! virtual services' [`hosts`]); per virtual gateway, [`gateway`]; [`output`] collects the
+//! resources and emits the clusters they reach last.
+mod access_log;
+mod cluster;
+mod gateway;
+mod hosts;
+mod inbound;
+mod index;
+mod listener;
+mod outbound;
+mod output;
+mod route;
+mod tls;
+mod values;
+
+use std::collections::BTreeSet;
+
+use envoy_types::{pb::envoy::config::accesslog::v3::AccessLog, util::pack_any};
+use mesh_model::types::CreateVirtualNodeInput;
+use mesh_xds::{
+    names,
+    resources::{ResourceSet, SECRET},
+};
+
+use crate::{registry::Registry, secrets::SecretStore};
+use output::Output;
+
+pub use inbound::INBOUND_ADDRESS;
+pub use index::{CompileError, MeshIndex};
+pub use listener::PortPlan;
+pub use outbound::OUTBOUND_ADDRESS;
+
+/// Things compiled around (a target without listeners, an unsupported retry event), each a
+/// sentence naming the resource.
+pub type Issues = Vec<String>;
+
+/// Which virtual nodes the compiled resources are for.
+#[derive(Clone, Debug, Default)]
+pub enum Workloads {
+    /// Every virtual node of every mesh.
+    #[default]
+    All,
+    /// These `(mesh, virtual node)` pairs only.
+    Only(BTreeSet<(String, String)>),
+}
+
+impl Workloads {
+    fn contains(&self, key: &(String, String)) -> bool {
+        match self {
+            Workloads::All => true,
+            Workloads::Only(set) => set.contains(key),
+        }
+    }
+}
+
+pub struct Compiled {
+    pub resources: ResourceSet,
+    pub issues: Issues,
+}
+
+/// The xDS resources `workloads` need: their inbound listeners and local-application
+/// clusters, their outbound listeners and routes, their gateways, and the clusters (and EDS
+/// assignments, from `registry`) those reach.
+pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
+    compile_with_secrets(index, registry, &SecretStore::default(), workloads)
+}
+
+/// [`compile`], serving the SDS secrets the compiled TLS contexts name from `secrets`.
+pub fn compile_with_secrets(
+    index: &MeshIndex,
+    registry: &Registry,
+    secrets: &SecretStore,
+    workloads: &Workloads,
+) -> Compiled {
+    let mut out = Output::default();
+    for (_, node) in index
+        .nodes
+        .iter()
+        .filter(|(key, _)| workloads.contains(key))
+    {
+        node_resources(index, node, &mut out);
+    }
+    for (key, gateway) in index
+        .gateways
+        .iter()
+        .filter(|(key, _)| workloads.contains(key))
+    {
+        gateway::resources(
+            index,
+            gateway,
+            index.gateway_routes.get(key).map(Vec::as_slice),
+            &mut out,
+        );
+    }
+    output::reached_clusters(index, registry, &mut out);
+    for name in std::mem::take(&mut out.secrets) {
+        match secrets.get(&name) {
+            Some(secret) => out.resources.insert(SECRET, name, pack_any(secret.clone())),
+            None => out.issues.push(format!(
+                "SDS secret {name:?} is named by a TLS context but not in the secrets file; that TLS cannot start until it is"
+            )),
+        }
+    }
+    Compiled {
+        resources: out.resources,
+        issues: out.issues,
+    }
+}
+
+/// A virtual node's inbound side, and its outbound listener and routes.
+fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Output) {
+    let logs = node_access_logs(node);
+    let (inbound, local_clusters) = inbound::inbound(node, &mut out.issues);
+    if let Some(mut listener) = inbound {
+        access_log::attach(&mut listener, &logs);
+        out.listener(listener);
+    }
+    local_clusters.into_iter().for_each(|c| out.cluster(c));
+    // A node's own clusters carry its endpoints: the agent tells which local pods are this
+    // virtual node by their addresses.
+    out.reached
+        .extend(node.spec.listeners.iter().flatten().map(|listener| {
+            names::cluster(
+                &node.mesh_name,
+                &node.virtual_node_name,
+                listener.port_mapping.port,
+            )
+        }));
+    let outbound = outbound::outbound_for(index, node, &mut out.issues);
+    out.reached.extend(outbound.clusters);
+    out.add_variants(outbound.variants);
+    outbound.routes.into_iter().for_each(|r| out.routes(r));
+    if let Some(mut listener) = outbound.listener {
+        access_log::attach(&mut listener, &logs);
+        out.listener(listener);
+    }
+}
+
+/// The node's access log (App Mesh logs both directions to it).
+fn node_access_logs(node: &CreateVirtualNodeInput) -> Vec<AccessLog> {
+    match node
+        .spec
+        .logging
+        .as_ref()
+        .and_then(|l| l.access_log.as_ref())
+    {
+        Some(mesh_model::types::AccessLog::File(file)) => {
+            vec![access_log::file(&file.path, file.format.as_ref())]
+        }
+        None => Vec::new(),
+    }
+}

@@ -1,0 +1,132 @@
+//! Outbound: what a virtual node's workloads reach — its backends' virtual hosts per port (with
+//! TLS origination by client policy), TCP targets, and the passthrough of ALLOW_ALL egress.
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
+use mesh_model::types::{CreateVirtualNodeInput, EgressFilterType};
+use mesh_xds::names;
+
+use super::{
+    Issues,
+    hosts::{Hosts, hosts_of},
+    index::MeshIndex,
+    listener::{self, PortPlan},
+    output::ClusterVariant,
+    tls,
+};
+
+/// Where the node proxy takes outbound traffic in (the redirect's target).
+pub const OUTBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15001);
+
+/// A node's outbound listener, its route configurations and the clusters they reach.
+pub(super) fn outbound_for(
+    index: &MeshIndex,
+    node: &CreateVirtualNodeInput,
+    issues: &mut Issues,
+) -> Outbound {
+    let mesh = &node.mesh_name;
+    let caller = &node.virtual_node_name;
+    let what = format!("VirtualNode {caller}");
+    let defaults = node
+        .spec
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref());
+    let mut hosts = Hosts::default();
+    let mut variants = Vec::new();
+    for backend in node.spec.backends.iter().flatten() {
+        let mesh_model::types::Backend::VirtualService(backend) = backend;
+        let name = backend.virtual_service_name.as_str();
+        let mut service = hosts_of(index, mesh, std::iter::once(name), &what, issues);
+        // The backend's own client policy, else the node's backend defaults; enforce: false
+        // turns TLS origination off.
+        let policy = backend
+            .client_policy
+            .as_ref()
+            .or(defaults)
+            .and_then(|p| p.tls.as_ref())
+            .filter(|tls| tls.enforce != Some(false));
+        if let Some(policy) = policy {
+            let Some(socket) = tls::client(policy, &format!("{what} backend {name}"), issues)
+            else {
+                continue;
+            };
+            let change = ClusterVariant {
+                transport_socket: Some(socket),
+                ..Default::default()
+            };
+            service.through_variants(
+                |cluster| names::caller_copy(cluster, caller),
+                policy.ports.as_deref(),
+                &change,
+                &mut variants,
+            );
+        }
+        hosts.merge(service, &what, issues);
+    }
+    let Hosts {
+        http: http_hosts,
+        tcp,
+        mut clusters,
+    } = hosts;
+    let route_configs: Vec<RouteConfiguration> = http_hosts
+        .into_iter()
+        .map(|(port, virtual_hosts)| RouteConfiguration {
+            name: names::outbound_routes(mesh, &node.virtual_node_name, port),
+            virtual_hosts,
+            ..Default::default()
+        })
+        .collect();
+    let allow_all = index
+        .meshes
+        .get(mesh)
+        .and_then(|m| m.spec.as_ref())
+        .and_then(|s| s.egress_filter.as_ref())
+        .is_some_and(|f| f.r#type == EgressFilterType::AllowAll);
+    let passthrough = allow_all.then(|| names::passthrough_cluster(mesh));
+    clusters.extend(passthrough.clone());
+    let mut ports: Vec<(i32, PortPlan)> = route_configs
+        .iter()
+        .filter_map(|c| {
+            let port = names::outbound_routes_port(&c.name)?;
+            Some((
+                port,
+                PortPlan::Http {
+                    routes: c.name.clone(),
+                },
+            ))
+        })
+        .collect();
+    ports.extend(tcp.into_iter().map(|(port, targets)| {
+        let plan = PortPlan::Tcp {
+            clusters: targets.clusters,
+            idle_timeout: targets.idle,
+        };
+        (port, plan)
+    }));
+    let listener = (!ports.is_empty() || passthrough.is_some()).then(|| {
+        listener::outbound(
+            names::outbound_listener(mesh, &node.virtual_node_name),
+            OUTBOUND_ADDRESS,
+            ports,
+            passthrough,
+        )
+    });
+    Outbound {
+        listener,
+        routes: route_configs,
+        clusters,
+        variants,
+    }
+}
+
+/// A node's outbound side.
+pub(super) struct Outbound {
+    pub(super) listener: Option<Listener>,
+    pub(super) routes: Vec<RouteConfiguration>,
+    /// Clusters its routes reach.
+    pub(super) clusters: BTreeSet<String>,
+    /// (variant, cluster, change): clusters this node reaches through TLS origination, as
+    /// copies of the cluster with the client's transport socket.
+    pub(super) variants: Vec<(String, String, ClusterVariant)>,
+}

@@ -1,0 +1,137 @@
+//! What compiling accumulates — resources, issues, the clusters routes reach and the copies
+//! of clusters particular callers reach them through — and, last, those clusters emitted once
+//! each.
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::{
+    pb::envoy::config::{
+        cluster::v3::{CircuitBreakers, Cluster},
+        core::v3::{HealthCheck, TransportSocket},
+        listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    },
+    util::pack_any,
+};
+use mesh_xds::{
+    names,
+    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet},
+    sds,
+};
+
+use super::{Issues, cluster, index::MeshIndex};
+use crate::registry::Registry;
+
+/// What compiling accumulates: resources, issues, and the clusters routes reach (emitted last,
+/// once each).
+#[derive(Default)]
+pub(super) struct Output {
+    pub(super) resources: ResourceSet,
+    pub(super) issues: Issues,
+    pub(super) reached: BTreeSet<String>,
+    /// cluster -> its copies for particular callers (name -> what the copy changes).
+    pub(super) variants: BTreeMap<String, BTreeMap<String, ClusterVariant>>,
+    /// SDS secrets the emitted TLS contexts name.
+    pub(super) secrets: BTreeSet<String>,
+}
+
+impl Output {
+    pub(super) fn add_variants(&mut self, variants: Vec<(String, String, ClusterVariant)>) {
+        for (variant, cluster, change) in variants {
+            self.variants
+                .entry(cluster)
+                .or_default()
+                .insert(variant, change);
+        }
+    }
+
+    pub(super) fn listener(&mut self, listener: Listener) {
+        for chain in &listener.filter_chains {
+            if let Some(socket) = &chain.transport_socket {
+                sds::referenced_by(socket, &mut self.secrets);
+            }
+        }
+        self.resources
+            .insert(LISTENER, listener.name.clone(), pack_any(listener));
+    }
+
+    pub(super) fn routes(&mut self, routes: RouteConfiguration) {
+        self.resources
+            .insert(ROUTE, routes.name.clone(), pack_any(routes));
+    }
+
+    pub(super) fn cluster(&mut self, cluster: Cluster) {
+        if let Some(socket) = &cluster.transport_socket {
+            sds::referenced_by(socket, &mut self.secrets);
+        }
+        self.resources
+            .insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
+    }
+}
+
+/// A copy of a cluster for some callers: a TLS-originating one (a backend's client policy),
+/// or a gateway's, with the gateway listener's connection pool and health check.
+#[derive(Clone, Default)]
+pub(super) struct ClusterVariant {
+    pub(super) transport_socket: Option<TransportSocket>,
+    pub(super) circuit_breakers: Option<CircuitBreakers>,
+    pub(super) health_checks: Vec<HealthCheck>,
+}
+
+impl ClusterVariant {
+    /// The copy of `cluster` named `name`, with this variant's changes.
+    pub(super) fn apply(self, name: String, cluster: &Cluster) -> Cluster {
+        let base = cluster.clone();
+        Cluster {
+            name,
+            transport_socket: self.transport_socket.or(base.transport_socket),
+            circuit_breakers: self.circuit_breakers.or(base.circuit_breakers),
+            health_checks: if self.health_checks.is_empty() {
+                base.health_checks
+            } else {
+                self.health_checks
+            },
+            ..base
+        }
+    }
+}
+
+/// The clusters routes reach (and their EDS assignments), and the passthrough clusters.
+pub(super) fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut Output) {
+    for node in index.nodes.values() {
+        for listener in node.spec.listeners.iter().flatten() {
+            let name = names::cluster(
+                &node.mesh_name,
+                &node.virtual_node_name,
+                listener.port_mapping.port,
+            );
+            let variants: Vec<(String, ClusterVariant)> = out
+                .variants
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|(variant, _)| out.reached.contains(*variant))
+                .map(|(variant, change)| (variant.clone(), change.clone()))
+                .collect();
+            if !out.reached.contains(&name) && variants.is_empty() {
+                continue;
+            }
+            let (cluster, assignment) = cluster::for_listener(node, listener, registry);
+            for (variant, change) in variants {
+                // Same endpoints: an EDS copy keeps the service name of its original.
+                out.cluster(change.apply(variant, &cluster));
+            }
+            if out.reached.contains(&name) {
+                out.cluster(cluster);
+            }
+            if let Some(assignment) = assignment {
+                out.resources.insert(ENDPOINT, name, pack_any(assignment));
+            }
+        }
+    }
+    for mesh in index.meshes.values() {
+        let name = names::passthrough_cluster(&mesh.mesh_name);
+        if out.reached.contains(&name) {
+            out.cluster(cluster::passthrough(name));
+        }
+    }
+}

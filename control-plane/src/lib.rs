@@ -1,0 +1,17 @@
+//! The mesh's control plane: App Mesh definitions loaded ([`load`]) and compiled to Envoy xDS
+//! ([`compile`]), served over ADS to node agents ([`ads`]) with the service registry
+//! ([`registry`], [`registry_api`]) and SDS secrets ([`secrets`]); [`runtime`] runs it all,
+//! watching the files ([`watch`]).
+#![forbid(unsafe_code)]
+
+pub mod ads;
+pub mod compile;
+pub mod load;
+pub mod registry;
+mod registry_api;
+pub mod runtime;
+pub mod secrets;
+mod watch;
+
+pub use load::{InputOptions, load};
+pub use runtime::{ControlPlane, Options};
