@@ -124,10 +124,32 @@ const PLAIN_OPERATORS: [(&str, Operator); 24] = [
 
 /// Why a format string was rejected, with the byte offset of the offending operator.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("at offset {offset}: {message}")]
+#[error("at offset {offset}: {problem}")]
 pub struct FormatError {
     pub offset: usize,
-    pub message: String,
+    pub problem: OperatorError,
+}
+
+/// What is wrong with one `%OPERATOR%`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    #[error("a % must start a command operator such as %START_TIME%")]
+    NoName,
+    #[error("%{name}(: the argument has no closing parenthesis")]
+    UnclosedArgument { name: String },
+    #[error("%{name}: a length (digits) must follow the :")]
+    BadLength { name: String },
+    #[error("%{name}: the operator has no closing %")]
+    Unclosed { name: String },
+    #[error("%{name}(...)% needs a header name")]
+    NoHeaderName { name: String },
+    #[error("%{name}% takes no argument")]
+    TakesNoArgument { name: String },
+    #[error(
+        "unknown command operator %{name}% (supported: REQ(header), RESP(header), TRAILER(header), START_TIME(format), {})",
+        plain_operator_names()
+    )]
+    Unknown { name: String },
 }
 
 impl LogFormat {
@@ -176,7 +198,7 @@ impl Template {
             let offset = format.len() - rest.len() + start;
             let after = &rest[start + 1..];
             let (command, used) =
-                parse_command(after).map_err(|message| FormatError { offset, message })?;
+                parse_command(after).map_err(|problem| FormatError { offset, problem })?;
             segments.push(Segment::Command(command));
             rest = &after[used..];
         }
@@ -197,20 +219,20 @@ impl Template {
 }
 
 /// Parses `NAME[(arg)][:N]%` (after the opening `%`); returns the command and the bytes used.
-fn parse_command(text: &str) -> Result<(Command, usize), String> {
+fn parse_command(text: &str) -> Result<(Command, usize), OperatorError> {
     let name_end = text
         .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
         .unwrap_or(text.len());
     let name = &text[..name_end];
     if name.is_empty() {
-        return Err("a % must start a command operator such as %START_TIME%".into());
+        return Err(OperatorError::NoName);
     }
     let mut used = name_end;
     let mut argument = None;
     if text[used..].starts_with('(') {
         let close = text[used..]
             .find(')')
-            .ok_or_else(|| format!("%{name}(: the argument has no closing parenthesis"))?;
+            .ok_or_else(|| OperatorError::UnclosedArgument { name: name.into() })?;
         argument = Some(&text[used + 1..used + close]);
         used += close + 1;
     }
@@ -221,12 +243,12 @@ fn parse_command(text: &str) -> Result<(Command, usize), String> {
             .unwrap_or(after.len());
         let length = after[..digits]
             .parse()
-            .map_err(|_| format!("%{name}: a length (digits) must follow the :"))?;
+            .map_err(|_| OperatorError::BadLength { name: name.into() })?;
         max_length = Some(length);
         used += 1 + digits;
     }
     if !text[used..].starts_with('%') {
-        return Err(format!("%{name}: the operator has no closing %"));
+        return Err(OperatorError::Unclosed { name: name.into() });
     }
     used += 1;
     let operator = operator(name, argument)?;
@@ -239,11 +261,11 @@ fn parse_command(text: &str) -> Result<(Command, usize), String> {
     ))
 }
 
-fn operator(name: &str, argument: Option<&str>) -> Result<Operator, String> {
-    let header = |argument: Option<&str>| -> Result<HeaderRef, String> {
+fn operator(name: &str, argument: Option<&str>) -> Result<Operator, OperatorError> {
+    let header = |argument: Option<&str>| -> Result<HeaderRef, OperatorError> {
         let argument = argument
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| format!("%{name}(...)% needs a header name"))?;
+            .ok_or_else(|| OperatorError::NoHeaderName { name: name.into() })?;
         let mut names = argument.splitn(2, '?');
         let name = names.next().unwrap_or_default().to_ascii_lowercase();
         let alternative = names.next().map(str::to_ascii_lowercase);
@@ -255,23 +277,21 @@ fn operator(name: &str, argument: Option<&str>) -> Result<Operator, String> {
         ("TRAILER", _) => header(argument).map(Operator::ResponseTrailer),
         ("START_TIME", Some(format)) => Ok(Operator::StartTime(Some(format.to_owned()))),
         (_, Some(_)) if PLAIN_OPERATORS.iter().any(|(n, _)| *n == name) => {
-            Err(format!("%{name}% takes no argument"))
+            Err(OperatorError::TakesNoArgument { name: name.into() })
         }
         (_, None) => PLAIN_OPERATORS
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, operator)| operator.clone())
-            .ok_or_else(|| unknown(name)),
-        _ => Err(unknown(name)),
+            .ok_or_else(|| OperatorError::Unknown { name: name.into() }),
+        _ => Err(OperatorError::Unknown { name: name.into() }),
     }
 }
 
-fn unknown(name: &str) -> String {
+/// The operators that take no argument, as a list for messages.
+fn plain_operator_names() -> String {
     let known: Vec<&str> = PLAIN_OPERATORS.iter().map(|(n, _)| *n).collect();
-    format!(
-        "unknown command operator %{name}% (supported: REQ(header), RESP(header), TRAILER(header), START_TIME(format), {})",
-        known.join(", ")
-    )
+    known.join(", ")
 }
 
 impl fmt::Display for HeaderRef {
@@ -335,25 +355,33 @@ mod tests {
     fn mistakes_are_reported_with_their_offset() {
         let error = Template::parse("ok %NOPE% x").unwrap_err();
         assert_eq!(error.offset, 3);
-        assert!(error.message.contains("unknown command operator %NOPE%"));
+        assert!(
+            error
+                .problem
+                .to_string()
+                .contains("unknown command operator %NOPE%")
+        );
         assert!(Template::parse("100% done").is_err());
         assert!(
             Template::parse("%REQ()%")
                 .unwrap_err()
-                .message
+                .problem
+                .to_string()
                 .contains("header name")
         );
         assert!(Template::parse("%REQ(x%").is_err());
         assert!(
             Template::parse("%DURATION")
                 .unwrap_err()
-                .message
+                .problem
+                .to_string()
                 .contains("closing %")
         );
         assert!(
             Template::parse("%DURATION(x)%")
                 .unwrap_err()
-                .message
+                .problem
+                .to_string()
                 .contains("no argument")
         );
     }

@@ -4,17 +4,17 @@
 //! `!GetAtt` to App Mesh resources of the same template, `!Sub` over them, and parameters
 //! (their defaults, or values given with `--parameter`) are resolved; anything else — `!If`,
 //! `!ImportValue`, attributes only known after deployment — is reported as unresolvable.
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt};
 
 use serde_json::{Map, Number, Value as Json};
 use serde_yaml::Value as Yaml;
 
 use crate::{
     Path,
+    load_options::LoadOptions,
     report::Diagnostic,
     resource::{Format, Kind, Origin, Resource},
     schema,
-    source::LoadOptions,
 };
 
 const MAX_DEPTH: usize = 16;
@@ -66,9 +66,9 @@ pub fn convert(
         let properties = resource.get("Properties").cloned().unwrap_or(Yaml::Null);
         let resolved = match resolver.resolve(&properties, &Path::root(""), 0) {
             Ok(value) => value,
-            Err((path, message)) => {
+            Err(Unresolved { path, problem }) => {
                 diagnostics.push(
-                    Diagnostic::error(message)
+                    Diagnostic::error(problem.to_string())
                         .at(&origin)
                         .resource(label)
                         .path(path.to_string()),
@@ -152,7 +152,84 @@ fn api_keys(value: Json, shape_name: &str) -> Json {
     }
 }
 
-type Failure = (Path, String);
+/// A value that cannot be resolved, at `path` within the resource's Properties.
+struct Unresolved {
+    path: Path,
+    problem: ResolveError,
+}
+
+/// Why an intrinsic function or reference cannot be resolved from the template alone.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("references nest too deeply (a cycle?)")]
+    TooDeep,
+    #[error("!Ref takes a name")]
+    RefArgument,
+    #[error("!GetAtt {text}: expected Resource.Attribute")]
+    GetAttNoDot { text: String },
+    #[error("!GetAtt takes [Resource, Attribute]")]
+    GetAttList,
+    #[error("!GetAtt takes Resource.Attribute")]
+    GetAttArgument,
+    #[error("!Sub takes a string")]
+    SubArgument,
+    #[error("!Sub {text:?}: unclosed ${{")]
+    SubUnclosed { text: String },
+    #[error(
+        "!{function} cannot be resolved without deploying the template; only !Ref, !GetAtt and !Sub over this template's App Mesh resources and parameters are"
+    )]
+    Unsupported { function: String },
+    #[error(
+        "!Ref {name} gives the ARN of the {resource_type}, not its name; use !GetAtt {name}.{name_attribute}"
+    )]
+    RefGivesArn {
+        name: String,
+        resource_type: String,
+        name_attribute: &'static str,
+    },
+    #[error(
+        "!Ref {name} cannot be resolved: not a parameter with a Default, a --parameter, or a resource of this template"
+    )]
+    UnknownRef { name: String },
+    #[error("!GetAtt {target}: no resource {} in this template", target.id)]
+    NoSuchResource { target: AttributeRef },
+    #[error(
+        "!GetAtt {target}: {} is a {resource_type}, not an App Mesh resource",
+        target.id
+    )]
+    NotAppMesh {
+        target: AttributeRef,
+        resource_type: String,
+    },
+    #[error("!GetAtt {target} is {found}, not a name")]
+    NotAName { target: AttributeRef, found: String },
+    #[error(
+        "!GetAtt {target} is only known after deployment (names are: MeshName, VirtualNodeName, ...)"
+    )]
+    AfterDeployment { target: AttributeRef },
+}
+
+/// The `Id.Attribute` of a `!GetAtt`.
+#[derive(Debug)]
+struct AttributeRef {
+    id: String,
+    attribute: String,
+}
+
+impl fmt::Display for AttributeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.id, self.attribute)
+    }
+}
+
+impl ResolveError {
+    fn at(self, path: &Path) -> Unresolved {
+        Unresolved {
+            path: path.clone(),
+            problem: self,
+        }
+    }
+}
 
 struct Resolver<'a> {
     template: &'a Yaml,
@@ -183,9 +260,9 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn resolve(&self, value: &Yaml, path: &Path, depth: usize) -> Result<Json, Failure> {
+    fn resolve(&self, value: &Yaml, path: &Path, depth: usize) -> Result<Json, Unresolved> {
         if depth > MAX_DEPTH {
-            return Err((path.clone(), "references nest too deeply (a cycle?)".into()));
+            return Err(ResolveError::TooDeep.at(path));
         }
         match value {
             Yaml::Tagged(tagged) => {
@@ -236,12 +313,12 @@ impl<'a> Resolver<'a> {
         argument: &Yaml,
         path: &Path,
         depth: usize,
-    ) -> Result<Json, Failure> {
-        let fail = |message: String| Err((path.clone(), message));
+    ) -> Result<Json, Unresolved> {
+        let fail = |problem: ResolveError| Err(problem.at(path));
         match function {
             "Ref" => {
                 let Some(name) = argument.as_str() else {
-                    return fail("!Ref takes a name".into());
+                    return fail(ResolveError::RefArgument);
                 };
                 self.reference(name, path)
             }
@@ -250,16 +327,16 @@ impl<'a> Resolver<'a> {
                     Yaml::String(text) => match text.split_once('.') {
                         Some(parts) => parts,
                         None => {
-                            return fail(format!("!GetAtt {text}: expected Resource.Attribute"));
+                            return fail(ResolveError::GetAttNoDot { text: text.clone() });
                         }
                     },
                     Yaml::Sequence(items) if items.len() == 2 => {
                         match (items[0].as_str(), items[1].as_str()) {
                             (Some(id), Some(attribute)) => (id, attribute),
-                            _ => return fail("!GetAtt takes [Resource, Attribute]".into()),
+                            _ => return fail(ResolveError::GetAttList),
                         }
                     }
-                    _ => return fail("!GetAtt takes Resource.Attribute".into()),
+                    _ => return fail(ResolveError::GetAttArgument),
                 };
                 self.attribute(id, attribute, path, depth).map(Json::String)
             }
@@ -268,38 +345,35 @@ impl<'a> Resolver<'a> {
                     Yaml::String(text) => (text.as_str(), None),
                     Yaml::Sequence(items) if items.len() == 2 => match items[0].as_str() {
                         Some(text) => (text, items[1].as_mapping()),
-                        None => return fail("!Sub takes a string".into()),
+                        None => return fail(ResolveError::SubArgument),
                     },
-                    _ => return fail("!Sub takes a string".into()),
+                    _ => return fail(ResolveError::SubArgument),
                 };
                 self.substitute(text, variables, path, depth)
                     .map(Json::String)
             }
-            other => fail(format!(
-                "!{other} cannot be resolved without deploying the template; only !Ref, !GetAtt and !Sub over this template's App Mesh resources and parameters are"
-            )),
+            other => fail(ResolveError::Unsupported {
+                function: other.to_owned(),
+            }),
         }
     }
 
-    fn reference(&self, name: &str, path: &Path) -> Result<Json, Failure> {
+    fn reference(&self, name: &str, path: &Path) -> Result<Json, Unresolved> {
         if let Some(value) = self.parameters.get(name) {
             return Ok(value.clone());
         }
         if let Some(resource_type) = self.resource_type(name) {
-            return Err((
-                path.clone(),
-                format!(
-                    "!Ref {name} gives the ARN of the {resource_type}, not its name; use !GetAtt {name}.{}",
-                    kind_of(resource_type).map_or("Name", |k| k.name_field_pascal())
-                ),
-            ));
+            return Err(ResolveError::RefGivesArn {
+                name: name.to_owned(),
+                resource_type: resource_type.to_owned(),
+                name_attribute: kind_of(resource_type).map_or("Name", |k| k.name_field_pascal()),
+            }
+            .at(path));
         }
-        Err((
-            path.clone(),
-            format!(
-                "!Ref {name} cannot be resolved: not a parameter with a Default, a --parameter, or a resource of this template"
-            ),
-        ))
+        Err(ResolveError::UnknownRef {
+            name: name.to_owned(),
+        }
+        .at(path))
     }
 
     fn resource_type(&self, id: &str) -> Option<&str> {
@@ -317,17 +391,20 @@ impl<'a> Resolver<'a> {
         attribute: &str,
         path: &Path,
         depth: usize,
-    ) -> Result<String, Failure> {
-        let fail = |message: String| Err((path.clone(), message));
+    ) -> Result<String, Unresolved> {
+        let target = || AttributeRef {
+            id: id.to_owned(),
+            attribute: attribute.to_owned(),
+        };
         let Some(resource_type) = self.resource_type(id) else {
-            return fail(format!(
-                "!GetAtt {id}.{attribute}: no resource {id} in this template"
-            ));
+            return Err(ResolveError::NoSuchResource { target: target() }.at(path));
         };
         if kind_of(resource_type).is_none() {
-            return fail(format!(
-                "!GetAtt {id}.{attribute}: {id} is a {resource_type}, not an App Mesh resource"
-            ));
+            return Err(ResolveError::NotAppMesh {
+                target: target(),
+                resource_type: resource_type.to_owned(),
+            }
+            .at(path));
         }
         let property = self.template["Resources"][id]
             .get("Properties")
@@ -335,14 +412,13 @@ impl<'a> Resolver<'a> {
         match property {
             Some(value) => match self.resolve(value, path, depth + 1)? {
                 Json::String(text) => Ok(text),
-                other => fail(format!(
-                    "!GetAtt {id}.{attribute} is {}, not a name",
-                    schema::describe(&other)
-                )),
+                other => Err(ResolveError::NotAName {
+                    target: target(),
+                    found: schema::describe(&other),
+                }
+                .at(path)),
             },
-            None => fail(format!(
-                "!GetAtt {id}.{attribute} is only known after deployment (names are: MeshName, VirtualNodeName, ...)"
-            )),
+            None => Err(ResolveError::AfterDeployment { target: target() }.at(path)),
         }
     }
 
@@ -352,14 +428,17 @@ impl<'a> Resolver<'a> {
         variables: Option<&serde_yaml::Mapping>,
         path: &Path,
         depth: usize,
-    ) -> Result<String, Failure> {
+    ) -> Result<String, Unresolved> {
         let mut out = String::new();
         let mut rest = text;
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let Some(end) = after.find('}') else {
-                return Err((path.clone(), format!("!Sub {text:?}: unclosed ${{")));
+                return Err(ResolveError::SubUnclosed {
+                    text: text.to_owned(),
+                }
+                .at(path));
             };
             let name = &after[..end];
             if let Some(literal) = name.strip_prefix('!') {

@@ -32,26 +32,53 @@ pub fn object_name(name: &str) -> String {
     }
 }
 
+/// Why resources cannot be written as one Kubernetes manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ToKubernetesError {
+    #[error("a Kubernetes namespace belongs to one mesh: convert one mesh at a time")]
+    SeveralMeshes,
+    #[error("routes refer to VirtualRouter {router}, which is not among the inputs")]
+    UnknownRouter { router: String },
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml::Error),
+}
+
 /// The resources as one multi-document manifest in `namespace`: a Namespace labelled into
 /// each mesh, Mesh objects selecting it, routes embedded in their VirtualRouter, references by
 /// object, gateway routes selected by their gateway's label.
-pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, String> {
-    let mut documents = Vec::new();
+pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, ToKubernetesError> {
     let meshes: Vec<&Resource> = resources.iter().filter(|r| r.kind == Kind::Mesh).collect();
     if meshes.len() > 1 {
-        return Err(
-            "a Kubernetes namespace belongs to one mesh: convert one mesh at a time".into(),
-        );
+        return Err(ToKubernetesError::SeveralMeshes);
     }
     let mesh_name = meshes
         .first()
         .and_then(|m| m.name())
         .or_else(|| resources.iter().find_map(Resource::mesh))
         .unwrap_or("mesh");
-    documents.push(json!({
+    let mut documents = vec![json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": namespace, "labels": {MESH_LABEL: object_name(mesh_name)}}
-    }));
+    })];
+    let mut routes = routes_by_router(resources);
+    for resource in resources.iter().filter(|r| r.kind != Kind::Route) {
+        documents.push(crd_document(resource, mesh_name, namespace, &mut routes));
+    }
+    if let Some(router) = routes.keys().next() {
+        return Err(ToKubernetesError::UnknownRouter {
+            router: (*router).to_owned(),
+        });
+    }
+    let mut manifest = String::new();
+    for document in documents {
+        manifest.push_str("---\n");
+        manifest.push_str(&serde_yaml::to_string(&document)?);
+    }
+    Ok(manifest)
+}
+
+/// The route specs (named) by the name of their VirtualRouter, to embed in it.
+fn routes_by_router(resources: &[Resource]) -> BTreeMap<&str, Vec<Value>> {
     let mut routes: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for route in resources.iter().filter(|r| r.kind == Kind::Route) {
         let mut spec = api_spec(route);
@@ -61,65 +88,63 @@ pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, 
             .or_default()
             .push(Value::Object(spec));
     }
-    for resource in resources.iter().filter(|r| r.kind != Kind::Route) {
-        let name = resource.name().unwrap_or_default();
-        let mut spec = api_spec(resource);
-        let mut metadata = json!({"name": object_name(name)});
-        match resource.kind {
-            Kind::Mesh => {
-                if let Some(discovery) = spec.remove("serviceDiscovery") {
-                    spec.insert("meshServiceDiscovery".into(), discovery);
-                }
-                spec.insert(
-                    "namespaceSelector".into(),
-                    json!({"matchLabels": {MESH_LABEL: object_name(mesh_name)}}),
-                );
+    routes
+}
+
+/// The custom resource for `resource` (not a route: those are taken from `routes` into their
+/// VirtualRouter).
+fn crd_document(
+    resource: &Resource,
+    mesh_name: &str,
+    namespace: &str,
+    routes: &mut BTreeMap<&str, Vec<Value>>,
+) -> Value {
+    let name = resource.name().unwrap_or_default();
+    let mut spec = api_spec(resource);
+    let mut metadata = json!({"name": object_name(name)});
+    match resource.kind {
+        Kind::Mesh => {
+            if let Some(discovery) = spec.remove("serviceDiscovery") {
+                spec.insert("meshServiceDiscovery".into(), discovery);
             }
-            Kind::VirtualRouter => {
-                if let Some(embedded) = routes.remove(name) {
-                    spec.insert("routes".into(), Value::Array(embedded));
-                }
-                metadata["namespace"] = json!(namespace);
-            }
-            Kind::VirtualGateway => {
-                spec.insert(
-                    "namespaceSelector".into(),
-                    json!({"matchLabels": {MESH_LABEL: object_name(mesh_name)}}),
-                );
-                spec.insert(
-                    "gatewayRouteSelector".into(),
-                    json!({"matchLabels": {GATEWAY_LABEL: object_name(name)}}),
-                );
-                metadata["namespace"] = json!(namespace);
-            }
-            Kind::GatewayRoute => {
-                metadata["namespace"] = json!(namespace);
-                metadata["labels"] =
-                    json!({GATEWAY_LABEL: object_name(resource.parent().unwrap_or_default())});
-            }
-            _ => metadata["namespace"] = json!(namespace),
+            spec.insert(
+                "namespaceSelector".into(),
+                json!({"matchLabels": {MESH_LABEL: object_name(mesh_name)}}),
+            );
         }
-        spec.insert("awsName".into(), json!(name));
-        let mut spec = Value::Object(spec);
-        to_crd_spelling(&mut spec);
-        documents.push(json!({
-            "apiVersion": format!("{API_GROUP}/v1beta2"),
-            "kind": resource.kind.name(),
-            "metadata": metadata,
-            "spec": spec,
-        }));
+        Kind::VirtualRouter => {
+            if let Some(embedded) = routes.remove(name) {
+                spec.insert("routes".into(), Value::Array(embedded));
+            }
+            metadata["namespace"] = json!(namespace);
+        }
+        Kind::VirtualGateway => {
+            spec.insert(
+                "namespaceSelector".into(),
+                json!({"matchLabels": {MESH_LABEL: object_name(mesh_name)}}),
+            );
+            spec.insert(
+                "gatewayRouteSelector".into(),
+                json!({"matchLabels": {GATEWAY_LABEL: object_name(name)}}),
+            );
+            metadata["namespace"] = json!(namespace);
+        }
+        Kind::GatewayRoute => {
+            metadata["namespace"] = json!(namespace);
+            metadata["labels"] =
+                json!({GATEWAY_LABEL: object_name(resource.parent().unwrap_or_default())});
+        }
+        _ => metadata["namespace"] = json!(namespace),
     }
-    if let Some(router) = routes.keys().next() {
-        return Err(format!(
-            "routes refer to VirtualRouter {router}, which is not among the inputs"
-        ));
-    }
-    let mut manifest = String::new();
-    for document in documents {
-        manifest.push_str("---\n");
-        manifest.push_str(&serde_yaml::to_string(&document).map_err(|e| e.to_string())?);
-    }
-    Ok(manifest)
+    spec.insert("awsName".into(), json!(name));
+    let mut spec = Value::Object(spec);
+    to_crd_spelling(&mut spec);
+    json!({
+        "apiVersion": format!("{API_GROUP}/v1beta2"),
+        "kind": resource.kind.name(),
+        "metadata": metadata,
+        "spec": spec,
+    })
 }
 
 fn api_spec(resource: &Resource) -> Map<String, Value> {

@@ -89,59 +89,92 @@ pub fn convert(
     context.outside_gateway = gateway.map(str::to_owned);
     let mut resources = Vec::new();
     for document in documents {
-        let api_version = document.text(&["apiVersion"]).unwrap_or("");
-        let group = api_version.split('/').next().unwrap_or("");
-        if group != API_GROUP {
-            if document.kind() == "Namespace" {
-                continue; // read for mesh membership
-            }
-            diagnostics.push(
-                Diagnostic::note(format!(
-                    "skipped {} {} ({}): not an App Mesh resource",
-                    if document.kind().is_empty() {
-                        "document"
-                    } else {
-                        document.kind()
-                    },
-                    document.name(),
-                    if api_version.is_empty() {
-                        "no apiVersion"
-                    } else {
-                        api_version
-                    }
-                ))
-                .at(&document.origin),
-            );
-            continue;
-        }
-        let resource = |message: String| {
-            Diagnostic::error(message)
-                .at(&document.origin)
-                .resource(format!("{} {}", document.kind(), document.name()))
-        };
-        if api_version != API_VERSION {
-            diagnostics.push(resource(format!(
-                "{api_version} is not supported: only {API_VERSION} (the controller serves no other version)"
-            )));
-            continue;
-        }
-        let Some(kind) = kind_of(document.kind()) else {
-            diagnostics.push(
-                Diagnostic::note(format!(
-                    "skipped {} {}: not an App Mesh API resource (controller-only)",
-                    document.kind(),
-                    document.name()
-                ))
-                .at(&document.origin),
-            );
-            continue;
-        };
-        match context.convert(kind, document) {
+        match context.convert_document(document) {
             Ok(mut converted) => resources.append(&mut converted),
-            Err(message) => diagnostics.push(resource(message)),
+            Err(Some(diagnostic)) => diagnostics.push(diagnostic),
+            Err(None) => {}
         }
     }
     resources
+}
+
+/// The note for a document that is not an App Mesh resource at all.
+fn not_app_mesh(document: &Document, api_version: &str) -> Diagnostic {
+    Diagnostic::note(format!(
+        "skipped {} {} ({}): not an App Mesh resource",
+        if document.kind().is_empty() {
+            "document"
+        } else {
+            document.kind()
+        },
+        document.name(),
+        if api_version.is_empty() {
+            "no apiVersion"
+        } else {
+            api_version
+        }
+    ))
+    .at(&document.origin)
+}
+
+/// Why an App Mesh custom resource cannot be converted (as the controller would refuse it).
+#[derive(Debug, thiserror::Error)]
+enum ConvertError {
+    #[error(
+        "spec.backendGroups is not supported (an experimental controller feature): \
+         list the backends instead"
+    )]
+    BackendGroups,
+    #[error("spec.routes: each route must be an object")]
+    RouteNotObject,
+    #[error(
+        "no Mesh in the input selects namespace {namespace} (spec.namespaceSelector); set spec.meshRef, include the Mesh or give --mesh-name"
+    )]
+    NoMesh { namespace: String },
+    #[error("several Meshes select namespace {namespace}; set spec.meshRef")]
+    SeveralMeshes { namespace: String },
+    #[error(
+        "no VirtualGateway in the input selects this GatewayRoute (namespaceSelector, \
+         gatewayRouteSelector); include it or give --parent"
+    )]
+    NoGateway,
+    #[error("several VirtualGateways select this GatewayRoute; the controller rejects that")]
+    SeveralGateways,
+}
+
+/// The CRD's spec members made the API's, in place: controller-only members dropped, a
+/// Mesh's `meshServiceDiscovery` renamed. A VirtualRouter's embedded `routes` are taken out
+/// and returned.
+fn to_api_members(
+    kind: Kind,
+    spec: &mut Map<String, Value>,
+) -> Result<Option<Value>, ConvertError> {
+    for controller_only in [
+        "awsName",
+        "meshRef",
+        "podSelector",
+        "namespaceSelector",
+        "gatewayRouteSelector",
+        "virtualGatewayRef",
+        "meshOwner",
+    ] {
+        spec.remove(controller_only);
+    }
+    if let Some(groups) = spec.remove("backendGroups")
+        && groups.as_array().is_some_and(|g| !g.is_empty())
+    {
+        return Err(ConvertError::BackendGroups);
+    }
+    if kind == Kind::Mesh
+        && let Some(discovery) = spec.remove("meshServiceDiscovery")
+    {
+        spec.insert("serviceDiscovery".into(), discovery);
+    }
+    Ok(if kind == Kind::VirtualRouter {
+        spec.remove("routes")
+    } else {
+        None
+    })
 }
 
 struct Context<'a> {
@@ -190,7 +223,42 @@ impl<'a> Context<'a> {
         context
     }
 
-    fn convert(&self, kind: Kind, document: &Document) -> Result<Vec<Resource>, String> {
+    /// One document's resources; a diagnostic (or nothing, for a Namespace) when it gives
+    /// none.
+    fn convert_document(&self, document: &Document) -> Result<Vec<Resource>, Option<Diagnostic>> {
+        let api_version = document.text(&["apiVersion"]).unwrap_or("");
+        let group = api_version.split('/').next().unwrap_or("");
+        if group != API_GROUP {
+            if document.kind() == "Namespace" {
+                return Err(None); // read for mesh membership
+            }
+            return Err(Some(not_app_mesh(document, api_version)));
+        }
+        let resource = |message: String| {
+            Diagnostic::error(message)
+                .at(&document.origin)
+                .resource(format!("{} {}", document.kind(), document.name()))
+        };
+        if api_version != API_VERSION {
+            return Err(Some(resource(format!(
+                "{api_version} is not supported: only {API_VERSION} (the controller serves no other version)"
+            ))));
+        }
+        let Some(kind) = kind_of(document.kind()) else {
+            return Err(Some(
+                Diagnostic::note(format!(
+                    "skipped {} {}: not an App Mesh API resource (controller-only)",
+                    document.kind(),
+                    document.name()
+                ))
+                .at(&document.origin),
+            ));
+        };
+        self.convert(kind, document)
+            .map_err(|error| Some(resource(error.to_string())))
+    }
+
+    fn convert(&self, kind: Kind, document: &Document) -> Result<Vec<Resource>, ConvertError> {
         let namespace = document.namespace();
         let mut spec = document.spec().cloned().unwrap_or_default();
         let name = aws_name(kind, document.name(), namespace, Some(&spec));
@@ -198,36 +266,7 @@ impl<'a> Context<'a> {
             Kind::Mesh => name.clone(),
             _ => self.mesh_of(document)?,
         };
-        for controller_only in [
-            "awsName",
-            "meshRef",
-            "podSelector",
-            "namespaceSelector",
-            "gatewayRouteSelector",
-            "virtualGatewayRef",
-            "meshOwner",
-        ] {
-            spec.remove(controller_only);
-        }
-        if let Some(groups) = spec.remove("backendGroups")
-            && groups.as_array().is_some_and(|g| !g.is_empty())
-        {
-            return Err(
-                "spec.backendGroups is not supported (an experimental controller feature): \
-                 list the backends instead"
-                    .into(),
-            );
-        }
-        if kind == Kind::Mesh
-            && let Some(discovery) = spec.remove("meshServiceDiscovery")
-        {
-            spec.insert("serviceDiscovery".into(), discovery);
-        }
-        let routes = if kind == Kind::VirtualRouter {
-            spec.remove("routes")
-        } else {
-            None
-        };
+        let routes = to_api_members(kind, &mut spec)?;
         let mut spec = Value::Object(spec);
         self.to_api_spelling(&mut spec, namespace);
         let mut body = Map::new();
@@ -253,25 +292,37 @@ impl<'a> Context<'a> {
             .into_iter()
             .flatten()
         {
-            let mut route = route.clone();
-            self.to_api_spelling(&mut route, namespace);
-            let Value::Object(mut route) = route else {
-                return Err("spec.routes: each route must be an object".into());
-            };
-            let route_name = route.remove("name").unwrap_or(Value::Null);
-            let mut body = Map::new();
-            body.insert("meshName".into(), Value::String(mesh.clone()));
-            body.insert("virtualRouterName".into(), Value::String(name.clone()));
-            body.insert("routeName".into(), route_name);
-            body.insert("spec".into(), Value::Object(route));
+            let body = self.route_body(route, &mesh, &name, namespace)?;
             resources.push(resource(Kind::Route, body));
         }
         Ok(resources)
     }
 
+    /// A route embedded in VirtualRouter `router` as the body of a Route.
+    fn route_body(
+        &self,
+        route: &Value,
+        mesh: &str,
+        router: &str,
+        namespace: &str,
+    ) -> Result<Map<String, Value>, ConvertError> {
+        let mut route = route.clone();
+        self.to_api_spelling(&mut route, namespace);
+        let Value::Object(mut route) = route else {
+            return Err(ConvertError::RouteNotObject);
+        };
+        let route_name = route.remove("name").unwrap_or(Value::Null);
+        let mut body = Map::new();
+        body.insert("meshName".into(), Value::String(mesh.to_owned()));
+        body.insert("virtualRouterName".into(), Value::String(router.to_owned()));
+        body.insert("routeName".into(), route_name);
+        body.insert("spec".into(), Value::Object(route));
+        Ok(body)
+    }
+
     /// The controller sets `meshRef` from the Mesh whose namespaceSelector matches the
     /// object's namespace; with a single Mesh in the input that is the one.
-    fn mesh_of(&self, document: &Document) -> Result<String, String> {
+    fn mesh_of(&self, document: &Document) -> Result<String, ConvertError> {
         if let Some(mesh) = document.text(&["spec", "meshRef", "name"]) {
             return Ok(self
                 .meshes
@@ -290,20 +341,18 @@ impl<'a> Context<'a> {
         match candidates.as_slice() {
             [mesh] => Ok(aws_name(Kind::Mesh, mesh.name(), "", mesh.spec())),
             [] if self.outside_mesh.is_some() => Ok(self.outside_mesh.clone().unwrap_or_default()),
-            [] => Err(format!(
-                "no Mesh in the input selects namespace {} (spec.namespaceSelector); set spec.meshRef, include the Mesh or give --mesh-name",
-                document.namespace()
-            )),
-            _ => Err(format!(
-                "several Meshes select namespace {}; set spec.meshRef",
-                document.namespace()
-            )),
+            [] => Err(ConvertError::NoMesh {
+                namespace: document.namespace().to_owned(),
+            }),
+            _ => Err(ConvertError::SeveralMeshes {
+                namespace: document.namespace().to_owned(),
+            }),
         }
     }
 
     /// The gateway of a GatewayRoute: `virtualGatewayRef`, or the single VirtualGateway whose
     /// namespaceSelector (and gatewayRouteSelector) matches, as the controller chooses it.
-    fn gateway_of(&self, document: &Document) -> Result<String, String> {
+    fn gateway_of(&self, document: &Document) -> Result<String, ConvertError> {
         if let Some(name) = document.text(&["spec", "virtualGatewayRef", "name"]) {
             let namespace = document
                 .text(&["spec", "virtualGatewayRef", "namespace"])
@@ -329,15 +378,8 @@ impl<'a> Context<'a> {
                 gateway.namespace(),
                 gateway.spec(),
             )),
-            [] => self.outside_gateway.clone().ok_or_else(|| {
-                "no VirtualGateway in the input selects this GatewayRoute (namespaceSelector, \
-                 gatewayRouteSelector); include it or give --parent"
-                    .to_owned()
-            }),
-            _ => Err(
-                "several VirtualGateways select this GatewayRoute; the controller rejects that"
-                    .into(),
-            ),
+            [] => self.outside_gateway.clone().ok_or(ConvertError::NoGateway),
+            _ => Err(ConvertError::SeveralGateways),
         }
     }
 

@@ -5,14 +5,21 @@
 //! * [`resource`]: the seven kinds and a resource in the API's own JSON form, whatever
 //!   format it was read from.
 //! * [`source`]: reading files — App Mesh API JSON, Kubernetes manifests ([`kubernetes`]),
-//!   CloudFormation templates — and `$VAR` placeholders.
+//!   CloudFormation templates ([`cloudformation`]) — and `$VAR` placeholders, as
+//!   [`load_options`] says.
+//! * [`convert`]: resources written out as Kubernetes manifests or API JSON request files.
+//! * [`report`]: diagnostics (errors and notes with file, line, resource and field).
+//! * [`types`]: the API's request types, generated from the model at build time.
 //! * [`access_log`]: Envoy-style access log format strings, parsed.
 //! * [`validate`]: the API model's checks plus the rules App Mesh and its Kubernetes
 //!   controller enforce beyond it (references, duplicates, exactly-one-of, regexes).
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod cloudformation;
 pub mod convert;
 pub mod kubernetes;
+pub mod load_options;
 pub mod report;
 pub mod resource;
 pub mod schema;
