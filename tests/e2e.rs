@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_testbed::{
+use tests::{
     Agent, Node, Proc,
     agent::{agent_binary, config_for, metric_value},
     node::NODE_IP,
@@ -528,7 +528,7 @@ fn run_agent_expecting_failure(
         c
     };
     command.arg("run").arg("--config").arg(&path);
-    let output = mesh_testbed::process::output_within(command, TIMEOUT).unwrap();
+    let output = tests::process::output_within(command, TIMEOUT).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(
         output.status.code(),

@@ -3,7 +3,7 @@
 //! the client, meshtb HTTP servers as the virtual nodes' workloads.
 use std::{collections::BTreeMap, time::Duration};
 
-use mesh_testbed::{
+use tests::{
     Agent, Node, Proc,
     agent::{config_for, metric_value},
     node::NODE_IP,

@@ -2,7 +2,7 @@
 //! known number of requests, queried through its HTTP API; promtool checking the exposition.
 use std::{io::Write, process::Stdio, time::Duration};
 
-use mesh_testbed::{Agent, Proc};
+use tests::{Agent, Proc};
 use serde_json::Value;
 
 use super::l7::{MeshNode, MeshSpec, all_to_v1};
@@ -337,7 +337,7 @@ fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
     );
     assert_eq!(lines(&rotated).len(), 7);
     let metrics = mesh.metrics();
-    let written = mesh_testbed::agent::metric_value(
+    let written = tests::agent::metric_value(
         &metrics,
         &format!(
             "mesh_agent_access_log_lines_total{{path=\"{}\",result=\"written\"}}",
@@ -347,7 +347,7 @@ fn access_logs_write_a_line_per_request_in_json_and_text_and_follow_rotation() {
     assert_eq!(written, 9.0, "{metrics}");
     // The kernel counted the client pod's connects, one per curl, under its virtual node.
     let pod = mesh.node.pod("client").unwrap().netns_name().to_owned();
-    let connects = mesh_testbed::agent::metric_value(
+    let connects = tests::agent::metric_value(
         &metrics,
         &format!(
             "mesh_agent_pod_connects_total{{pod=\"{pod}\",virtual_node=\"m/client\",destination_virtual_node=\"unknown\",port=\"8080\",result=\"redirected\"}}"

@@ -8,7 +8,7 @@
 use std::{net::SocketAddr, process::Output, time::Duration};
 
 use anyhow::{Context as _, bail};
-use mesh_testbed::{Agent, Node, Proc, agent::config_for};
+use ::tests::{Agent, Node, Proc, agent::config_for};
 
 use crate::build::{self, Profile, step};
 

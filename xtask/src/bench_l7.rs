@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
-use mesh_testbed::{Agent, Node, Proc, agent::config_for};
+use ::tests::{Agent, Node, Proc, agent::config_for};
 use serde_json::json;
 
 use crate::{

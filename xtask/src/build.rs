@@ -61,7 +61,7 @@ pub fn build(profile: Profile) -> anyhow::Result<Binaries> {
         "--package",
         "mesh-agent",
         "--package",
-        "mesh-testbed",
+        "tests",
         "--bins",
     ]);
     if profile == Profile::Release {

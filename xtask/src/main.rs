@@ -3,6 +3,7 @@ mod bench;
 mod bench_l7;
 mod bench_xds;
 mod build;
+mod imports;
 mod sandbox;
 mod test;
 
@@ -21,6 +22,12 @@ enum Task {
     /// Everything CI checks: formatting, clippy (warnings denied), unit tests, and the
     /// end-to-end tests with real eBPF (root). Fails if any end-to-end test did not run.
     Test,
+    /// The file-level import graph of every crate: fails if files import each other in a loop.
+    Imports {
+        /// Another checkout to look at (e.g. an older commit's worktree); default: this one.
+        #[arg(long)]
+        root: Option<std::path::PathBuf>,
+    },
     /// Run a throwaway mesh node on this machine: an App Mesh mesh (client, products, prices
     /// with a v1/v2 canary) in pod network namespaces, real servers, the agent routing their
     /// traffic; print per-service counts; keep serving until Ctrl-C, then clean up.
@@ -64,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Task::Test => test::run(),
+        Task::Imports { root } => imports::run(root.as_deref()),
         Task::Sandbox { once } => sandbox::run(once),
         Task::Bench {
             rounds,

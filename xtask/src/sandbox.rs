@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use mesh_testbed::{Agent, Node, Proc, agent::config_for};
+use ::tests::{Agent, Node, Proc, agent::config_for};
 
 use crate::build::{self, Profile, step};
 

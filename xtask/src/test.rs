@@ -4,7 +4,7 @@ use anyhow::{Context as _, bail};
 use crate::build::{self, cargo, run as run_command, step};
 
 /// End-to-end tests are a separate test target of the testbed crate.
-const E2E: [&str; 4] = ["test", "--package", "mesh-testbed", "--test"];
+const E2E: [&str; 4] = ["test", "--package", "tests", "--test"];
 
 pub fn run() -> anyhow::Result<()> {
     build::require_root("the end-to-end tests")?;
@@ -21,6 +21,8 @@ pub fn run() -> anyhow::Result<()> {
         "--package",
         "agent-common",
         "--package",
+        "control-plane",
+        "--package",
         "mesh-model",
         "--package",
         "mesh-xds",
@@ -28,7 +30,7 @@ pub fn run() -> anyhow::Result<()> {
         "xtask",
     ]))?;
     // The testbed's own unit tests; its end-to-end target runs below, as root, one at a time.
-    run_command(cargo().args(["test", "--package", "mesh-testbed", "--lib", "--bins"]))?;
+    run_command(cargo().args(["test", "--package", "tests", "--lib", "--bins"]))?;
     step("end-to-end tests (real eBPF, network namespaces)");
     let expected = count_e2e_tests()?;
     // Build the agent first: the tests run the binary, they do not build it.

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
-use mesh_testbed::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
+use tests::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
 use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
