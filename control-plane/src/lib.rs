@@ -1,7 +1,7 @@
-//! The mesh's control plane: App Mesh definitions loaded ([`load`]) and compiled to Envoy xDS
-//! ([`compile`]), served over ADS to node agents ([`ads`]) with the service registry
-//! ([`registry`], [`registry_api`]) and SDS secrets ([`secrets`]); [`runtime`] runs it all,
-//! watching the files ([`watch`]).
+//! The mesh's control plane: App Mesh definitions loaded ([`load`](mod@load)) and compiled to
+//! Envoy xDS ([`compile`]), served over ADS to node agents ([`ads`]) with the service registry
+//! ([`registry`], `registry_api`) and SDS secrets ([`secrets`]); [`runtime`] runs it all,
+//! watching the files (`watch`).
 #![forbid(unsafe_code)]
 
 pub mod ads;

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::{
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
-    secrets,
+    sds,
 };
 
 /// The accepted configuration: resources by type and the version of each type.
@@ -390,7 +390,7 @@ pub fn secret_names(resources: &ResourceSet) -> Vec<String> {
                 .chain(listener.default_filter_chain.iter())
                 .filter_map(|chain| chain.transport_socket.as_ref())
             {
-                secrets::referenced_by(socket, &mut names);
+                sds::referenced_by(socket, &mut names);
             }
         }
     }
@@ -402,7 +402,7 @@ pub fn secret_names(resources: &ResourceSet) -> Vec<String> {
         if let Ok(cluster) = Cluster::decode(any.value.as_slice())
             && let Some(socket) = &cluster.transport_socket
         {
-            secrets::referenced_by(socket, &mut names);
+            sds::referenced_by(socket, &mut names);
         }
     }
     names.into_iter().collect()

@@ -1,13 +1,12 @@
-//! App Mesh in Envoy's xDS: the compiler from a validated mesh to Listeners,
-//! RouteConfigurations and Clusters ([`compile`]), and a state-of-the-world ADS server
-//! ([`server`]) that serves them to node agents (or any xDS client).
+//! What both ends of the mesh's xDS share: resource type URLs and sets ([`resources`]), the
+//! names of App Mesh objects in xDS, built and parsed in one place ([`names`]), SDS references
+//! ([`sds`]), resources as proto3 JSON ([`json`]), and memory housekeeping ([`memory`]); and the
+//! node's end: its ADS client ([`client`]) and the plan its proxy evaluates ([`plan`]). The
+//! control plane's end (compiler, ADS server) is the `control-plane` crate.
 pub mod client;
-pub mod compile;
-pub mod delta;
 pub mod json;
+pub mod memory;
 pub mod names;
 pub mod plan;
-pub mod registry;
 pub mod resources;
-pub mod secrets;
-pub mod server;
+pub mod sds;

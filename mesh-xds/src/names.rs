@@ -1,8 +1,50 @@
-//! xDS resource names for App Mesh objects. Readable, stable, and unique per mesh.
+//! xDS resource names for App Mesh objects. Readable, stable, and unique per mesh. Every name
+//! form is built here, and every one either end reads something back from is parsed here, so
+//! the two cannot drift apart.
 
 /// The cluster of one listener port of a virtual node: `mesh/node/port`.
 pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
     format!("{mesh}/{node}/{port}")
+}
+
+/// The port of a cluster named by [`cluster`]; none for its copies ([`caller_copy`],
+/// [`gateway_copy`], [`gateway_tls_copy`]), whose names end in the caller or gateway.
+pub fn cluster_port(name: &str) -> Option<i32> {
+    name.rsplit('/').next()?.parse().ok()
+}
+
+/// The virtual node (`mesh/node`) of a cluster named by [`cluster`] or of one of its copies;
+/// other names whole.
+pub fn virtual_node_of_cluster(name: &str) -> &str {
+    let mut slashes = name.match_indices('/').map(|(at, _)| at);
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some(second)) => &name[..second],
+        _ => name,
+    }
+}
+
+/// The copy of `cluster` one calling virtual node reaches it through (TLS origination from
+/// its backend client policy): `cluster/from/caller`.
+pub fn caller_copy(cluster: &str, caller: &str) -> String {
+    format!("{cluster}/from/{caller}")
+}
+
+/// The copy of `cluster` a virtual gateway reaches it through (the gateway listener's
+/// connection pool and health check): `cluster/via/gateway`.
+pub fn gateway_copy(cluster: &str, gateway: &str) -> String {
+    format!("{cluster}/via/{gateway}")
+}
+
+/// The copy of `cluster` a virtual gateway originates TLS through (with its pool, if any):
+/// `cluster/via/gateway/tls`.
+pub fn gateway_tls_copy(cluster: &str, gateway: &str) -> String {
+    format!("{}/tls", gateway_copy(cluster, gateway))
+}
+
+/// The cluster that passes a mesh's traffic to other destinations through (ALLOW_ALL egress):
+/// `mesh/passthrough`.
+pub fn passthrough_cluster(mesh: &str) -> String {
+    format!("{mesh}/passthrough")
 }
 
 /// The outbound listener of a virtual node: `mesh/node/outbound`.
@@ -10,9 +52,19 @@ pub fn outbound_listener(mesh: &str, node: &str) -> String {
     format!("{mesh}/{node}/outbound")
 }
 
+/// The virtual node (`mesh/node`) of an outbound listener's name.
+pub fn virtual_node_of_outbound_listener(name: &str) -> Option<&str> {
+    name.strip_suffix("/outbound")
+}
+
 /// The outbound routes of a virtual node for one destination port: `mesh/node/outbound/port`.
 pub fn outbound_routes(mesh: &str, node: &str, port: i32) -> String {
-    format!("{mesh}/{node}/outbound/{port}")
+    format!("{}/{port}", outbound_listener(mesh, node))
+}
+
+/// The destination port of outbound routes named by [`outbound_routes`].
+pub fn outbound_routes_port(name: &str) -> Option<i32> {
+    name.rsplit('/').next()?.parse().ok()
 }
 
 /// The inbound listener of a virtual node: `mesh/node/inbound`.
@@ -20,9 +72,14 @@ pub fn inbound_listener(mesh: &str, node: &str) -> String {
     format!("{mesh}/{node}/inbound")
 }
 
+/// The virtual node (`mesh/node`) of an inbound listener's name.
+pub fn virtual_node_of_inbound_listener(name: &str) -> Option<&str> {
+    name.strip_suffix("/inbound")
+}
+
 /// The local application behind one listener port of a virtual node: `mesh/node/inbound/port`.
 pub fn inbound_cluster(mesh: &str, node: &str, port: i32) -> String {
-    format!("{mesh}/{node}/inbound/{port}")
+    format!("{}/{port}", inbound_listener(mesh, node))
 }
 
 /// The ingress listener (and its routes) of a virtual gateway port: `mesh/gateway/ingress/port`.
@@ -34,4 +91,46 @@ pub fn gateway_ingress(mesh: &str, gateway: &str, port: i32) -> String {
 /// gateway hands requests to virtual services: `mesh/gateway/internal`.
 pub fn gateway_internal(mesh: &str, gateway: &str) -> String {
     format!("{mesh}/{gateway}/internal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_and_their_copies_parse_back() {
+        let original = cluster("shop", "api", 9090);
+        assert_eq!(cluster_port(&original), Some(9090));
+        assert_eq!(virtual_node_of_cluster(&original), "shop/api");
+        for copy in [
+            caller_copy(&original, "web"),
+            gateway_copy(&original, "ingress"),
+            gateway_tls_copy(&original, "ingress"),
+        ] {
+            assert_eq!(cluster_port(&copy), None, "{copy}");
+            assert_eq!(virtual_node_of_cluster(&copy), "shop/api", "{copy}");
+        }
+        assert_eq!(
+            gateway_tls_copy(&original, "ingress"),
+            "shop/api/9090/via/ingress/tls"
+        );
+        assert_eq!(virtual_node_of_cluster("passthrough"), "passthrough");
+    }
+
+    #[test]
+    fn listeners_and_routes_parse_back() {
+        assert_eq!(
+            virtual_node_of_outbound_listener(&outbound_listener("shop", "web")),
+            Some("shop/web")
+        );
+        assert_eq!(
+            virtual_node_of_inbound_listener(&inbound_listener("shop", "web")),
+            Some("shop/web")
+        );
+        assert_eq!(virtual_node_of_inbound_listener("shop/web/outbound"), None);
+        assert_eq!(
+            outbound_routes_port(&outbound_routes("shop", "web", 9090)),
+            Some(9090)
+        );
+    }
 }

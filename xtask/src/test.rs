@@ -1,36 +1,17 @@
-//! `cargo xtask test`: what CI runs.
+//! `cargo xtask test`: what CI runs — `cargo xtask check`, then the end-to-end tests as root.
 use anyhow::{Context as _, bail};
 
-use crate::build::{self, cargo, run as run_command, step};
+use crate::{
+    build::{self, cargo, run as run_command, step},
+    check,
+};
 
 /// End-to-end tests are a separate test target of the testbed crate.
 const E2E: [&str; 4] = ["test", "--package", "tests", "--test"];
 
 pub fn run() -> anyhow::Result<()> {
     build::require_root("the end-to-end tests")?;
-    build::install_prerequisites()?;
-    step("cargo fmt --check");
-    run_command(cargo().args(["fmt", "--all", "--check"]))?;
-    step("cargo clippy (warnings denied)");
-    run_command(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    step("unit and in-process tests");
-    run_command(cargo().args([
-        "test",
-        "--package",
-        "mesh-agent",
-        "--package",
-        "agent-common",
-        "--package",
-        "control-plane",
-        "--package",
-        "mesh-model",
-        "--package",
-        "mesh-xds",
-        "--package",
-        "xtask",
-    ]))?;
-    // The testbed's own unit tests; its end-to-end target runs below, as root, one at a time.
-    run_command(cargo().args(["test", "--package", "tests", "--lib", "--bins"]))?;
+    check::run_checks()?;
     step("end-to-end tests (real eBPF, network namespaces)");
     let expected = count_e2e_tests()?;
     // Build the agent first: the tests run the binary, they do not build it.

@@ -1,7 +1,7 @@
 //! The ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService`): the published
-//! mesh, and one [`session::Session`] per stream — the node's view of the mesh, its
-//! subscriptions and what it was sent — spoken as state of the world ([`sotw`]) or
-//! incremental ([`delta`]).
+//! mesh, and one `session::Session` per stream — the node's view of the mesh, its
+//! subscriptions and what it was sent — spoken as state of the world (`sotw`) or
+//! incremental (`delta`).
 //!
 //! Per stream it follows Envoy's xDS protocol: the first request carries the node; when the
 //! mesh changes, each stream recompiles for its node and sends only what changed for it.

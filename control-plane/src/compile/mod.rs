@@ -2,8 +2,8 @@
 //! The mapping follows the Envoy configuration App Mesh itself generated; docs/appmesh-xds.md
 //! lists it field by field.
 //!
-//! [`index`] holds the mesh; per virtual node, [`inbound`] and [`outbound`] (through the
-//! virtual services' [`hosts`]); per virtual gateway, [`gateway`]; [`output`] collects the
+//! `index` holds the mesh; per virtual node, `inbound` and `outbound` (through the
+//! virtual services' `hosts`); per virtual gateway, `gateway`; `output` collects the
 //! resources and emits the clusters they reach last.
 mod access_log;
 mod cluster;

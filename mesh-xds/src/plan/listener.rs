@@ -30,12 +30,11 @@ use super::{
     duration,
     route::{RouteTable, WeightedClusters},
 };
+use crate::names;
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-const OUTBOUND_SUFFIX: &str = "/outbound";
-const INBOUND_SUFFIX: &str = "/inbound";
 
 /// Envoy's TCP proxy idle timeout when none is given.
 const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
@@ -125,24 +124,24 @@ impl ListenerPlan {
             .transpose()
             .map_err(|e| e.within("default_filter_chain"))?;
         let direction = listener.traffic_direction;
-        let named = |suffix: &str| {
-            listener
-                .name
-                .strip_suffix(suffix)
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    PlanError::new(
-                        "name",
-                        format!("a listener of this direction is named <virtual node>{suffix}"),
-                    )
-                })
+        // `form` shows the name the parser takes, for the error.
+        let named = |parse: fn(&str) -> Option<&str>, form: &str| {
+            parse(&listener.name).map(str::to_owned).ok_or_else(|| {
+                PlanError::new(
+                    "name",
+                    format!("a listener of this direction is named {form}"),
+                )
+            })
         };
         let mut outbound = None;
         let mut inbound = None;
         if direction == TrafficDirection::Outbound as i32 {
             outbound = Some(OutboundPlan {
                 listener: listener.name.clone(),
-                virtual_node: named(OUTBOUND_SUFFIX)?,
+                virtual_node: named(
+                    names::virtual_node_of_outbound_listener,
+                    "<virtual node>/outbound",
+                )?,
                 ports,
                 other_ports,
             });
@@ -152,7 +151,10 @@ impl ListenerPlan {
             by_port.extend(ports.into_iter().map(|(port, plan)| (port, Some(plan))));
             inbound = Some(InboundPlan {
                 listener: listener.name.clone(),
-                virtual_node: named(INBOUND_SUFFIX)?,
+                virtual_node: named(
+                    names::virtual_node_of_inbound_listener,
+                    "<virtual node>/inbound",
+                )?,
                 ports: by_port,
             });
         }
