@@ -102,11 +102,11 @@ fn count_pod(counter: Counter, workload_id: u32, dst_ip4: u32, dst_port: u16) {
         result: counter as u8,
         _pad: 0,
     };
-    match POD_CONNECTS.get_ptr_mut(&key) {
+    match POD_CONNECTS.get_ptr_mut(key) {
         // Per-CPU slot: no other writer can race this increment.
         Some(slot) => unsafe { *slot += 1 },
         None => {
-            let _ = POD_CONNECTS.insert(&key, &1, 0);
+            let _ = POD_CONNECTS.insert(key, 1, 0);
         }
     }
 }
@@ -288,7 +288,7 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
         ip4: local_ip4,
         port: lookup.local_port,
     };
-    if unsafe { INBOUND_PORTS.get(&key) }.is_some() {
+    if unsafe { INBOUND_PORTS.get(key) }.is_some() {
         // No inbound listener (yet): the connection proceeds to whoever listens on the port.
         let _ = INBOUND_SOCKETS.redirect_sk_lookup(&ctx, local_ip4, 0);
     }

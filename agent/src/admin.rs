@@ -31,7 +31,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{config::NetnsRef, metrics::Metrics, redirect::Enrollments};
+use crate::{config::NetnsRef, redirect::Enrollments, telemetry::metrics::Metrics};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -110,7 +110,7 @@ fn route(
                 let (body, content_type) = if openmetrics {
                     (body, OPENMETRICS)
                 } else {
-                    (crate::metrics::classic_text(&body), CLASSIC)
+                    (crate::telemetry::metrics::classic_text(&body), CLASSIC)
                 };
                 let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(

@@ -1,10 +1,10 @@
 //! `mesh-agent run`: start-up in an order that fails early and cleanly, the signal loop
 //! (SIGHUP reloads, SIGTERM/SIGINT stop), and the shutdown sequence.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -19,33 +19,30 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    access_log::AccessLogWriters,
     admin::{self, AdminState},
     config::Config,
-    control_plane::Embedded,
-    discovery, host,
-    mesh_cmd::InputArgs,
-    metrics::Metrics,
-    proxy::{
-        MeshContext, Outbound, OutboundSettings, bind_listener,
-        inbound::{self, InboundSettings},
+    dataplane::{
+        self, MeshState, UpstreamSettings, dns,
+        metrics::{EndpointCollector, XdsCollector, XdsWatch},
+        workloads::Workloads,
     },
-    redirect::{Enrollments, RedirectTarget, Redirector, cgroup, discover, preflight},
-    self_metrics::XdsWatch,
-    state::{self, MeshState, UpstreamSettings},
+    host,
+    proxy::{ProxyInputs, ProxySettings, bind_listener, inbound, outbound::Outbound},
+    redirect::{
+        Enrollments, RedirectCounters, RedirectTarget, Redirector, cgroup,
+        metrics::{PodConnectCollector, RedirectCollector},
+        namespaces, preflight,
+    },
+    telemetry::{access_log::AccessLogWriters, metrics::Metrics},
 };
 
 /// Between turning the redirect off and closing the listener: connects rewritten just before
 /// the switch still reach an open listener.
 const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
 
-/// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP); with `mesh`,
-/// an embedded control plane serves those App Mesh definitions.
-pub async fn run(
-    config_path: &Path,
-    mut config: Config,
-    embedded: EmbeddedMesh,
-) -> anyhow::Result<()> {
+/// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP), taking the mesh
+/// from the control plane `config.xds` names (if any).
+pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     preflight::check()?;
     raise_fd_limit();
     let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
@@ -61,7 +58,7 @@ pub async fn run(
         },
     )?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
-    crate::memory::release_free_heap();
+    mesh_xds::memory::release_free_heap();
     let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
     let (hooks, inbound_ports) = match config.proxy.inbound_port {
         0 => (None, None),
@@ -76,67 +73,61 @@ pub async fn run(
     let mesh_state = MeshState::default();
     let xds_watch = XdsWatch::default();
     let workloads = enrollments.workloads();
-    let metrics = Arc::new(Metrics::with_mesh(
-        enrollments.gauge(),
-        Some(redirector.counters()),
-        mesh_state.clone(),
-        workloads.clone(),
-        Arc::clone(&xds_watch),
-    ));
+    let mut metrics = Metrics::default();
+    let sources = MetricSources {
+        enrolled: enrollments.gauge(),
+        redirect: Some(redirector.counters()),
+        state: mesh_state.clone(),
+        workloads: workloads.clone(),
+        xds: Arc::clone(&xds_watch),
+    };
+    sources.register(&mut metrics);
+    let metrics = Arc::new(metrics);
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
 
-    let mesh = MeshContext {
+    let inputs = ProxyInputs {
         state: mesh_state,
         workloads,
-        metrics: metrics.mesh.clone(),
+        metrics: metrics.proxy.clone(),
+        mesh_metrics: metrics.mesh.clone(),
         access_logs: metrics.access_logs.clone(),
-    };
-    let stop_proxy = CancellationToken::new();
-    let outbound = Outbound::new(
-        proxy_listener,
-        redirector.orig_dst(),
-        metrics.proxy.clone(),
-        mesh.clone(),
-        OutboundSettings {
+        settings: ProxySettings {
             mark: Some(config.proxy.mark),
             connect_timeout: config.proxy.connect_timeout,
         },
-    );
+        cut: CancellationToken::new(),
+    };
+    let stop_proxy = CancellationToken::new();
+    let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
     let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
-    let cut_inbound = CancellationToken::new();
     let inbound_task = inbound_ports.map(|ports| {
         tokio::spawn(inbound::run(
             inbound_rx,
             ports,
-            mesh.clone(),
-            metrics.proxy.clone(),
-            InboundSettings {
-                mark: config.proxy.mark,
-            },
+            inputs.clone(),
             stop_proxy.clone(),
-            cut_inbound.clone(),
         ))
     });
     redirector.start()?;
 
     if let Some(pattern) = &config.enrollment.discover {
-        tokio::spawn(discover::run(
+        tokio::spawn(namespaces::run(
             Arc::clone(&enrollments),
-            mesh.state.clone(),
+            inputs.state.clone(),
             config.enrollment.netns_dir.clone(),
             pattern.clone(),
             stop_proxy.clone(),
         ));
     }
-    let (embedded, xds) = start_xds(&config, embedded).await?;
+    let xds = start_xds(&config);
     if let Some(xds) = &xds {
         if let Ok(mut watch) = xds_watch.lock() {
             *watch = Some(xds.state.clone());
         }
-        tokio::spawn(state::follow(
+        tokio::spawn(dataplane::follow(
             xds.state.clone(),
-            mesh.state.clone(),
+            inputs.state.clone(),
             UpstreamSettings {
                 mark: Some(config.proxy.mark),
                 metrics: metrics.mesh.clone(),
@@ -165,7 +156,7 @@ pub async fn run(
         "mesh-agent running"
     );
 
-    let access_logs = mesh.access_logs.clone();
+    let access_logs = inputs.access_logs.clone();
     wait_for_stop(
         config_path,
         &mut config,
@@ -180,18 +171,14 @@ pub async fn run(
     redirector.stop()?;
     tokio::time::sleep(REDIRECT_SETTLE).await;
     stop_proxy.cancel();
+    // Inbound connections get the same drain period alongside, and are cut with these.
     let report = proxy_task.await.context("outbound proxy task")?;
-    // Inbound connections got the same drain period alongside.
-    cut_inbound.cancel();
     if let Some(task) = inbound_task {
         let _ = task.await;
     }
     drop(redirector);
     if let Some(xds) = xds {
         xds.stop.cancel();
-    }
-    if let Some(control_plane) = embedded {
-        control_plane.stop().await?;
     }
     stop_admin.cancel();
     let _ = admin_task.await;
@@ -202,47 +189,15 @@ pub async fn run(
     Ok(())
 }
 
-/// What an embedded control plane serves (`run --mesh`, `--registry`).
-#[derive(Debug, Default)]
-pub struct EmbeddedMesh {
-    pub paths: Vec<PathBuf>,
-    pub registry: Option<PathBuf>,
-    pub secrets: Option<PathBuf>,
-}
-
 /// The xDS client, running.
 struct Xds {
     state: watch::Receiver<Arc<XdsState>>,
     stop: CancellationToken,
 }
 
-/// Starts the embedded control plane (with `--mesh`) and the xDS client (with it, or with
-/// `xds.address`).
-async fn start_xds(
-    config: &Config,
-    mesh: EmbeddedMesh,
-) -> anyhow::Result<(Option<Embedded>, Option<Xds>)> {
-    let embedded = if mesh.paths.is_empty() {
-        None
-    } else {
-        let listen = "127.0.0.1:0".parse().context("loopback address")?;
-        Some(
-            Embedded::start(
-                mesh.paths,
-                InputArgs::default(),
-                listen,
-                mesh.registry,
-                None,
-                mesh.secrets,
-            )
-            .await?,
-        )
-    };
-    let address = match (&embedded, &config.xds) {
-        (Some(embedded), _) => format!("http://{}", embedded.addr),
-        (None, Some(xds)) => xds.address.clone(),
-        (None, None) => return Ok((None, None)),
-    };
+/// Starts the xDS client when `xds.address` names a control plane.
+fn start_xds(config: &Config) -> Option<Xds> {
+    let address = config.xds.as_ref()?.address.clone();
     let node_id = config
         .xds
         .as_ref()
@@ -261,16 +216,44 @@ async fn start_xds(
     };
     tokio::spawn(mesh_xds::client::run(settings, sender, stop.clone()));
     info!(%address, node = %node_id, "taking the mesh from xDS");
-    Ok((embedded, Some(Xds { state, stop })))
+    Some(Xds { state, stop })
 }
 
 /// The DNS client of service discovery; without a usable resolv.conf, host files and address
 /// literals still resolve (and the log says why names do not).
-fn resolver(resolv_conf: &Path) -> discovery::Resolver {
-    discovery::Resolver::from_resolv_conf(resolv_conf).unwrap_or_else(|error| {
+fn resolver(resolv_conf: &Path) -> dns::Resolver {
+    dns::Resolver::from_resolv_conf(resolv_conf).unwrap_or_else(|error| {
         warn!(%error, "DNS service discovery has no nameservers; only /etc/hosts and addresses resolve");
-        discovery::Resolver::hosts_only()
+        dns::Resolver::hosts_only()
     })
+}
+
+/// What /metrics reads at scrape time from the other subsystems.
+struct MetricSources {
+    enrolled: Arc<AtomicI64>,
+    /// None where no programs are loaded (the in-process test of the documented names).
+    redirect: Option<Arc<RedirectCounters>>,
+    state: MeshState,
+    workloads: Workloads,
+    xds: XdsWatch,
+}
+
+impl MetricSources {
+    fn register(self, metrics: &mut Metrics) {
+        if let Some(counters) = &self.redirect {
+            metrics.register_collector(Box::new(PodConnectCollector::new(
+                Arc::clone(counters),
+                self.workloads,
+                self.state.clone(),
+            )));
+        }
+        metrics.register_collector(Box::new(RedirectCollector {
+            enrolled: self.enrolled,
+            counters: self.redirect,
+        }));
+        metrics.register_collector(Box::new(EndpointCollector(self.state)));
+        metrics.register_collector(Box::new(XdsCollector(self.xds)));
+    }
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the config file and reopens access logs.
@@ -358,5 +341,61 @@ fn sync_enrollment(enrollments: &Mutex<Enrollments>, config: &Config) {
     };
     for error in enrollments.sync(&config.netns_refs()) {
         error!(%error, "enrollment");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The metric names (without suffixes) docs/metrics.md documents; the eBPF-backed ones
+    /// apart, since an in-process test has no kernel maps.
+    fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
+        let doc = include_str!("../../docs/metrics.md");
+        let mut plain = BTreeSet::new();
+        let mut ebpf = BTreeSet::new();
+        for row in doc.lines().filter(|l| l.starts_with("| `")) {
+            let name = row.split('`').nth(1).unwrap_or_default().to_owned();
+            if row.contains("(eBPF)") {
+                ebpf.insert(name);
+            } else {
+                plain.insert(name);
+            }
+        }
+        (plain, ebpf)
+    }
+
+    /// Names of the series families in an exposition, as users query them.
+    fn served(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let name = words.next().unwrap_or_default();
+                match words.next() {
+                    Some("counter") => format!("{name}_total"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_exactly_what_is_served() {
+        let mut metrics = Metrics::default();
+        MetricSources {
+            enrolled: Arc::default(),
+            redirect: None,
+            state: MeshState::default(),
+            workloads: Workloads::default(),
+            xds: XdsWatch::default(),
+        }
+        .register(&mut metrics);
+        let text = metrics.encode().unwrap();
+        let (plain, ebpf) = documented();
+        assert!(!ebpf.is_empty());
+        assert_eq!(served(&text), plain, "docs/metrics.md vs /metrics:\n{text}");
     }
 }

@@ -44,7 +44,7 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
-    pub redirect: RedirectConfig,
+    pub redirect: RedirectExclusions,
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct AdminConfig {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedirectConfig {
+pub struct RedirectExclusions {
     /// Destination IPv4 prefixes never redirected (loopback always is excluded).
     #[serde(default)]
     pub exclude_cidrs: Vec<Ipv4Net>,
@@ -132,8 +132,9 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Where the agent reads its nameservers by default.
 fn default_resolv_conf() -> PathBuf {
-    PathBuf::from(crate::discovery::DEFAULT_RESOLV_CONF)
+    PathBuf::from("/etc/resolv.conf")
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -1,20 +1,14 @@
-//! mesh-agent's library: everything the `mesh-agent` binary runs, and what its benchmarks
-//! measure (metrics recording, access log rendering) without a node to run on.
-pub mod access_log;
-mod admin;
+//! mesh-agent's node agent: the eBPF redirect, the data plane, the node proxy and its
+//! telemetry, put together by [`app`]. A library, so benchmarks and in-process tests reach
+//! the proxy without a node to run on; the `mesh-agent` binary adds its command line.
+//!
+//! Dependencies point one way: `app` → `admin` → `proxy` → `redirect` → `dataplane` →
+//! `telemetry`; `config` and `host` are leaves anyone may use.
+pub mod admin;
 pub mod app;
 pub mod config;
-pub mod control_plane;
-mod discovery;
+pub mod dataplane;
 mod host;
-mod memory;
-pub mod mesh_cmd;
-pub mod metrics;
-mod pod_connects;
-mod proxy;
-mod redirect;
-mod registry_api;
-mod self_metrics;
-mod state;
-mod workload;
-pub mod xds_dump;
+pub mod proxy;
+pub mod redirect;
+pub mod telemetry;

@@ -1,10 +1,17 @@
 //! mesh-agent: a sidecarless, eBPF-accelerated service mesh node agent.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
-use mesh_agent::{app, config, control_plane, mesh_cmd, xds_dump};
+use cli::{mesh, xds_dump};
+use mesh_agent::{app, config};
 use tracing_subscriber::EnvFilter;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -52,17 +59,17 @@ enum Command {
     },
     /// Validate App Mesh definitions against the App Mesh API model and its rules; print
     /// every problem with file, resource and field path. Exit 0 if valid, 1 if not.
-    Validate(mesh_cmd::ValidateArgs),
+    Validate(mesh::ValidateArgs),
     /// Convert valid App Mesh definitions to another format: Kubernetes appmesh.k8s.aws/v1beta2
     /// manifests or App Mesh API JSON request files.
-    Convert(mesh_cmd::ConvertArgs),
+    Convert(mesh::ConvertArgs),
     /// Compile valid App Mesh definitions to the xDS resources a node agent gets, and print
     /// them as JSON (Envoy's config-dump form) for inspection.
-    Compile(mesh_cmd::CompileArgs),
+    Compile(mesh::CompileArgs),
     /// Serve App Mesh definitions to node agents over xDS (ADS, gRPC). Watches the files:
     /// a valid change is pushed to every agent, an invalid one is reported and the last good
     /// mesh keeps being served.
-    ControlPlane(control_plane::ControlPlaneArgs),
+    ControlPlane(cli::control_plane::ControlPlaneArgs),
     /// Connect to an xDS server as a node agent and print the configuration it serves.
     XdsDump(xds_dump::XdsDumpArgs),
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
@@ -83,15 +90,15 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Validate(args) => {
-            return if mesh_cmd::validate(args) {
+            return if mesh::validate(args) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             };
         }
-        Command::Convert(args) => mesh_cmd::convert(args),
-        Command::Compile(args) => mesh_cmd::compile(args),
-        Command::ControlPlane(args) => control_plane::run(args),
+        Command::Convert(args) => mesh::convert(args),
+        Command::Compile(args) => mesh::compile(args),
+        Command::ControlPlane(args) => cli::control_plane::run(args),
         Command::XdsDump(args) => xds_dump::run(args),
         Command::Run {
             config,
@@ -101,11 +108,14 @@ fn main() -> ExitCode {
             control_plane,
         } => run(
             &config,
-            app::EmbeddedMesh {
+            (!mesh.is_empty()).then(|| control_plane::Options {
                 paths: mesh,
+                input: control_plane::InputOptions::default(),
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 registry,
+                registry_api: None,
                 secrets,
-            },
+            }),
             control_plane,
         ),
         Command::CheckConfig { config } => config::Config::load(&config)
@@ -128,9 +138,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run`: the agent, taking the mesh from the control plane `--control-plane` or the config
+/// file names, or from one embedded in this process (`--mesh`).
 fn run(
     config_path: &std::path::Path,
-    mesh: app::EmbeddedMesh,
+    embedded: Option<control_plane::Options>,
     control_plane: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = config::Config::load(config_path)?;
@@ -145,7 +157,7 @@ fn run(
         });
         xds.address = address;
     }
-    if !mesh.paths.is_empty() && config.xds.is_some() {
+    if embedded.is_some() && config.xds.is_some() {
         anyhow::bail!(
             "--mesh embeds a control plane; the config file also names one in xds.address: use one"
         );
@@ -155,5 +167,21 @@ fn run(
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(app::run(config_path, config, mesh))
+    runtime.block_on(async {
+        let Some(options) = embedded else {
+            return app::run(config_path, config).await;
+        };
+        let embedded = cli::control_plane::start(options).await?;
+        // The config names no control plane (refused above), so no node id or virtual nodes
+        // either: the agent presents its host name and takes every virtual node's resources.
+        config.xds = Some(config::XdsConfig {
+            address: format!("http://{}", embedded.addr),
+            node_id: None,
+            virtual_nodes: Vec::new(),
+        });
+        let ran = app::run(config_path, config).await;
+        let stopped = embedded.stop().await;
+        ran?;
+        Ok(stopped?)
+    })
 }

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask build | test | sandbox | bench`.
+//! Project tasks: `cargo xtask build | check | test | imports | sandbox | bench | bench-l7 | bench-xds`.
 mod bench;
 mod bench_l7;
 mod bench_xds;
 mod build;
+mod check;
 mod imports;
 mod sandbox;
 mod test;
@@ -19,6 +20,9 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Everything that needs no root: formatting, clippy (host crates and the eBPF crate),
+    /// the import graph (no loops), unit and in-process tests.
+    Check,
     /// Everything CI checks: formatting, clippy (warnings denied), unit tests, and the
     /// end-to-end tests with real eBPF (root). Fails if any end-to-end test did not run.
     Test,
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Task::Test => test::run(),
+        Task::Check => check::run_checks(),
         Task::Imports { root } => imports::run(root.as_deref()),
         Task::Sandbox { once } => sandbox::run(once),
         Task::Bench {

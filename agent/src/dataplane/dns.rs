@@ -20,10 +20,8 @@ use hickory_resolver::{
 use mesh_xds::plan::cluster::{AddressFamily, Discovery};
 use tracing::{debug, warn};
 
-use crate::proxy::upstream::Upstream;
+use super::upstream::Upstream;
 
-/// Where the agent reads its nameservers by default.
-pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 /// The shortest time between two lookups of a cluster (a TTL of 0 does not spin).
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 

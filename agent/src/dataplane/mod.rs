@@ -16,15 +16,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::{
-    discovery,
-    metrics::MeshMetrics,
-    proxy::{
-        health,
-        upstream::{self, Upstream},
-    },
-    workload::Workload,
-};
+pub mod dns;
+pub mod health;
+pub mod metrics;
+pub mod upstream;
+pub mod workloads;
+
+use upstream::{EndpointChanges, Upstream};
+use workloads::Workload;
+
+use crate::telemetry::metrics::MeshMetrics;
 
 #[derive(Default)]
 pub struct DataPlane {
@@ -37,6 +38,8 @@ pub struct DataPlane {
     /// Endpoint address → virtual node, built on first use and again once endpoints moved
     /// (checked per connection: a lookup instead of a scan of every endpoint).
     by_address: Mutex<Option<(u64, Arc<AddressIndex>)>>,
+    /// Bumped by this plane's clusters when their endpoints move.
+    endpoint_changes: EndpointChanges,
 }
 
 /// Endpoint address → the virtual node it is an endpoint of.
@@ -59,7 +62,7 @@ impl DataPlane {
     }
 
     fn address_index(&self) -> Arc<AddressIndex> {
-        let changes = upstream::endpoint_changes();
+        let changes = self.endpoint_changes.get();
         let Ok(mut cached) = self.by_address.lock() else {
             return Arc::new(self.virtual_nodes_by_address());
         };
@@ -94,6 +97,8 @@ pub struct MeshState {
     current: Arc<RwLock<Arc<DataPlane>>>,
     /// Counts replacements, for whoever follows changes (inbound port capture).
     applied: Arc<watch::Sender<u64>>,
+    /// Shared by every cluster of every plane of this state (clusters carry over).
+    endpoint_changes: EndpointChanges,
 }
 
 impl Default for MeshState {
@@ -101,6 +106,7 @@ impl Default for MeshState {
         Self {
             current: Arc::default(),
             applied: Arc::new(watch::channel(0).0),
+            endpoint_changes: EndpointChanges::default(),
         }
     }
 }
@@ -118,20 +124,31 @@ impl MeshState {
         self.applied.subscribe()
     }
 
-    fn replace(&self, next: DataPlane) {
-        if let Ok(mut current) = self.current.write() {
-            *current = Arc::new(next);
-        }
+    /// Installs `next`; connections already running keep the plane they started with.
+    pub fn replace(&self, mut next: DataPlane) -> Result<(), StatePoisoned> {
+        next.endpoint_changes = self.endpoint_changes.clone();
+        *self.current.write().map_err(|_| StatePoisoned)? = Arc::new(next);
         self.applied.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// The counter new clusters of this state bump when their endpoints move.
+    pub fn endpoint_changes(&self) -> EndpointChanges {
+        self.endpoint_changes.clone()
     }
 }
+
+/// A thread panicked while installing a data plane: the state can no longer be trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("the data plane's lock is poisoned (a thread panicked while installing a plane)")]
+pub struct StatePoisoned;
 
 /// What upstream sockets and cluster metrics need.
 #[derive(Clone)]
 pub struct UpstreamSettings {
     pub mark: Option<u32>,
     pub metrics: MeshMetrics,
-    pub resolver: discovery::Resolver,
+    pub resolver: dns::Resolver,
 }
 
 /// Applies every state the xDS client accepts until `stop`.
@@ -170,7 +187,7 @@ fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
     for (name, cluster) in plan.clusters {
         let upstream = match current.clusters.get(&name) {
             Some(existing) if existing.plan == cluster => Arc::clone(existing),
-            _ => start_cluster(cluster, settings),
+            _ => start_cluster(cluster, settings, state.endpoint_changes()),
         };
         if let Discovery::Eds(service) = &upstream.plan.discovery {
             upstream.set_endpoints(plan.endpoints.get(service).cloned().unwrap_or_default());
@@ -183,23 +200,30 @@ fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
         clusters = clusters.len(),
         "mesh applied"
     );
-    state.replace(DataPlane {
+    let next = DataPlane {
         outbound: plan.outbound,
         inbound: plan.inbound,
         routes: plan.routes,
         clusters,
         ..DataPlane::default()
-    });
+    };
+    if let Err(error) = state.replace(next) {
+        error!(%error, "mesh not applied");
+    }
 }
 
 /// A new cluster with its endpoint discovery and health checking running.
-fn start_cluster(plan: mesh_xds::plan::ClusterPlan, settings: &UpstreamSettings) -> Arc<Upstream> {
+fn start_cluster(
+    plan: mesh_xds::plan::ClusterPlan,
+    settings: &UpstreamSettings,
+    changes: EndpointChanges,
+) -> Arc<Upstream> {
     let metrics = settings.metrics.cluster(&plan.name);
-    let upstream = Arc::new(Upstream::new(plan, settings.mark, metrics));
+    let upstream = Arc::new(Upstream::new(plan, settings.mark, metrics).counting_changes(changes));
     match &upstream.plan.discovery {
         Discovery::Static(addrs) => upstream.set_endpoints(addrs.clone()),
         Discovery::Dns { .. } => {
-            tokio::spawn(discovery::resolve_cluster(
+            tokio::spawn(dns::resolve_cluster(
                 Arc::downgrade(&upstream),
                 settings.resolver.clone(),
             ));
@@ -223,7 +247,7 @@ mod tests {
 
     use super::*;
 
-    fn cluster(name: &str) -> Arc<Upstream> {
+    fn cluster(name: &str, changes: &EndpointChanges) -> Arc<Upstream> {
         let plan = ClusterPlan {
             name: name.into(),
             discovery: Discovery::Static(Vec::new()),
@@ -240,13 +264,14 @@ mod tests {
             },
             health_check: None,
         };
-        Arc::new(Upstream::new(plan, None, Default::default()))
+        Arc::new(Upstream::new(plan, None, Default::default()).counting_changes(changes.clone()))
     }
 
     #[test]
     fn workloads_are_found_by_address_and_follow_their_endpoints() {
-        let web = cluster("shop/web/80");
-        let api = cluster("shop/api/9090");
+        let changes = EndpointChanges::default();
+        let web = cluster("shop/web/80", &changes);
+        let api = cluster("shop/api/9090", &changes);
         web.set_endpoints(vec!["10.0.0.1:80".parse().unwrap()]);
         api.set_endpoints(vec!["10.0.0.2:9090".parse().unwrap()]);
         let plane = DataPlane {
@@ -255,6 +280,7 @@ mod tests {
                 ("api".to_owned(), api),
             ]
             .into(),
+            endpoint_changes: changes,
             ..DataPlane::default()
         };
         let at = |ip: [u8; 4]| plane.virtual_node_at(&[Ipv4Addr::from(ip)]);

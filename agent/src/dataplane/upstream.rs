@@ -27,11 +27,27 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{metrics::ClusterMetrics, redirect::netns::PodNet};
+use crate::telemetry::metrics::ClusterMetrics;
 
 /// Request bodies sent upstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where upstream sockets are made: in the agent's own network namespace, or in a pod's
+/// (the inbound side reaches the application on the pod's loopback).
+pub trait SocketFactory: Send + Sync {
+    /// A new, unconnected TCP socket for connecting to `addr`.
+    fn stream_socket(&self, addr: SocketAddr) -> io::Result<Socket>;
+}
+
+/// Sockets in the agent's own network namespace.
+pub struct HostSockets;
+
+impl SocketFactory for HostSockets {
+    fn stream_socket(&self, addr: SocketAddr) -> io::Result<Socket> {
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+    }
+}
 
 /// Opens upstream connections to one endpoint, marked so the redirect leaves them alone.
 #[derive(Clone)]
@@ -39,30 +55,26 @@ pub struct Connector {
     addr: SocketAddr,
     mark: Option<u32>,
     timeout: Duration,
-    /// Open sockets in this pod's namespace (inbound: the application on loopback).
-    pod: Option<Arc<PodNet>>,
+    sockets: Arc<dyn SocketFactory>,
 }
 
 impl Connector {
     pub fn new(addr: SocketAddr, mark: Option<u32>, timeout: Duration) -> Self {
+        Self::with_sockets(addr, mark, timeout, Arc::new(HostSockets))
+    }
+
+    /// Connects with sockets made by `sockets` (e.g. inside a pod's network namespace).
+    pub fn with_sockets(
+        addr: SocketAddr,
+        mark: Option<u32>,
+        timeout: Duration,
+        sockets: Arc<dyn SocketFactory>,
+    ) -> Self {
         Self {
             addr,
             mark,
             timeout,
-            pod: None,
-        }
-    }
-
-    /// Connects from inside a pod's network namespace.
-    pub fn in_pod(
-        addr: SocketAddr,
-        mark: Option<u32>,
-        timeout: Duration,
-        pod: Arc<PodNet>,
-    ) -> Self {
-        Self {
-            pod: Some(pod),
-            ..Self::new(addr, mark, timeout)
+            sockets,
         }
     }
 
@@ -75,14 +87,7 @@ impl Connector {
     }
 
     pub async fn connect(&self) -> io::Result<TcpStream> {
-        let socket = match &self.pod {
-            Some(pod) => pod.stream_socket()?,
-            None => Socket::new(
-                Domain::for_address(self.addr),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )?,
-        };
+        let socket = self.sockets.stream_socket(self.addr)?;
         if let Some(mark) = self.mark {
             socket.set_mark(mark)?;
         }
@@ -210,8 +215,10 @@ pub struct Upstream {
     retries_in_flight: AtomicU32,
     next: AtomicUsize,
     mark: Option<u32>,
-    /// Endpoints are reached from inside this pod (the inbound side's local application).
-    pod: Option<Arc<PodNet>>,
+    /// Where the endpoints' sockets are made (the inbound side: inside the pod).
+    sockets: Arc<dyn SocketFactory>,
+    /// Bumped when the endpoint addresses change.
+    changes: EndpointChanges,
     pub metrics: ClusterMetrics,
     /// Stops this cluster's DNS and health-check tasks when it goes away.
     pub tasks: CancellationToken,
@@ -223,13 +230,21 @@ impl Drop for Upstream {
     }
 }
 
-/// Bumped whenever any cluster's endpoint addresses change, so what is built from them (the
-/// data plane's address → virtual node index) knows when to build again.
-static ENDPOINT_CHANGES: AtomicU64 = AtomicU64::new(0);
+/// Bumped whenever a cluster's endpoint addresses change, so what is built from the
+/// endpoints of a set of clusters (the data plane's address → virtual node index) knows when
+/// to build again. Shared by the clusters of one mesh state.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointChanges(Arc<AtomicU64>);
 
-/// How many endpoint changes there have been; equal values mean no endpoint moved between.
-pub fn endpoint_changes() -> u64 {
-    ENDPOINT_CHANGES.load(Ordering::Acquire)
+impl EndpointChanges {
+    /// How many endpoint changes there have been; equal values mean no endpoint moved between.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// `mesh/node` of a cluster named `mesh/node/port`, or of one of its copies
@@ -255,22 +270,23 @@ impl Upstream {
             retries_in_flight: AtomicU32::new(0),
             next: AtomicUsize::new(0),
             mark,
-            pod: None,
+            sockets: Arc::new(HostSockets),
+            changes: EndpointChanges::default(),
             metrics,
             tasks: CancellationToken::new(),
         }
     }
 
-    /// A cluster whose endpoints are reached from inside `pod`.
-    pub fn in_pod(
-        plan: ClusterPlan,
-        mark: Option<u32>,
-        metrics: ClusterMetrics,
-        pod: Arc<PodNet>,
-    ) -> Self {
-        let mut upstream = Self::new(plan, mark, metrics);
-        upstream.pod = Some(pod);
-        upstream
+    /// The cluster with its endpoints' sockets made by `sockets` (e.g. inside a pod).
+    pub fn with_sockets(mut self, sockets: Arc<dyn SocketFactory>) -> Self {
+        self.sockets = sockets;
+        self
+    }
+
+    /// The cluster with endpoint changes counted in `changes`.
+    pub fn counting_changes(mut self, changes: EndpointChanges) -> Self {
+        self.changes = changes;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -300,15 +316,12 @@ impl Upstream {
                     .find(|e| e.addr == addr)
                     .cloned()
                     .unwrap_or_else(|| {
-                        let connector = match &self.pod {
-                            Some(pod) => Connector::in_pod(
-                                addr,
-                                self.mark,
-                                self.plan.connect_timeout,
-                                Arc::clone(pod),
-                            ),
-                            None => Connector::new(addr, self.mark, self.plan.connect_timeout),
-                        };
+                        let connector = Connector::with_sockets(
+                            addr,
+                            self.mark,
+                            self.plan.connect_timeout,
+                            Arc::clone(&self.sockets),
+                        );
                         Arc::new(Endpoint::new(connector, &self.plan))
                     })
             })
@@ -316,7 +329,7 @@ impl Upstream {
         info!(cluster = %self.plan.name, endpoints = ?next.iter().map(|e| e.addr).collect::<Vec<_>>(), "endpoints updated");
         if let Ok(mut endpoints) = self.endpoints.write() {
             *endpoints = Arc::new(next);
-            ENDPOINT_CHANGES.fetch_add(1, Ordering::Release);
+            self.changes.bump();
         }
     }
 

@@ -7,31 +7,36 @@ use std::{
     collections::{HashMap, HashSet},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use mesh_xds::plan::PortPlan;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
-    MeshContext,
-    http::{self, Direction, HttpContext},
-    outbound::{ConnectionLog, RelayEnds, relay_connection, relay_to_cluster, reset},
-    upstream::{Connector, Upstream},
+    ProxyInputs,
+    http::{self, HttpContext, Side, Upstreams},
+    tcp::{ConnectionLog, RelayEnds, relay_connection, relay_to_cluster, reset},
 };
 use crate::{
-    metrics::{FailureReason, ProxyMetrics},
+    dataplane::{
+        DataPlane,
+        upstream::{Connector, Upstream},
+        workloads::Workloads,
+    },
     redirect::{InboundPod, InboundPorts, netns::PodNet},
-    state::DataPlane,
-    workload::Workloads,
+    telemetry::metrics::{FailureReason, MeshMetrics},
 };
 
 /// A captured pod as its connections need it.
 pub struct PodContext {
-    pub workload_id: u32,
-    pub netns: String,
-    pub net: Arc<PodNet>,
+    workload_id: u32,
+    netns: String,
+    net: Arc<PodNet>,
+    mark: Option<u32>,
+    metrics: MeshMetrics,
     /// Clusters toward the application (`<node>/inbound/<port>`), endpoint on loopback.
     locals: Mutex<HashMap<String, Arc<Upstream>>>,
 }
@@ -39,66 +44,53 @@ pub struct PodContext {
 impl PodContext {
     /// The cluster `name` of the data plane, with its endpoint the application's `port` on the
     /// pod's loopback; kept while its configuration does not change.
-    pub fn local_upstream(
-        &self,
-        plane: &DataPlane,
-        name: &str,
-        port: u16,
-        shared: &MeshContext,
-        mark: u32,
-    ) -> Option<Arc<Upstream>> {
+    fn local_upstream(&self, plane: &DataPlane, name: &str, port: u16) -> Option<Arc<Upstream>> {
         let plan = &plane.clusters.get(name)?.plan;
-        let mut locals = self.locals.lock().ok()?;
+        let Ok(mut locals) = self.locals.lock() else {
+            error!(netns = %self.netns, "the pod's cluster table is poisoned; refusing");
+            return None;
+        };
         if let Some(existing) = locals.get(name)
             && existing.plan == *plan
         {
             return Some(Arc::clone(existing));
         }
-        let upstream = Arc::new(Upstream::in_pod(
-            plan.clone(),
-            Some(mark),
-            shared.metrics.cluster(name),
-            Arc::clone(&self.net),
-        ));
+        let upstream = Upstream::new(plan.clone(), self.mark, self.metrics.cluster(name))
+            .with_sockets(Arc::clone(&self.net) as _);
+        let upstream = Arc::new(upstream);
         upstream.set_endpoints(vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))]);
         locals.insert(name.to_owned(), Arc::clone(&upstream));
         Some(upstream)
     }
 }
 
+/// A pod's clusters toward its application on one port, as the HTTP engine reaches them.
+struct PodUpstreams {
+    pod: Arc<PodContext>,
+    port: u16,
+}
+
+impl Upstreams for PodUpstreams {
+    fn upstream(&self, plane: &DataPlane, cluster: &str) -> Option<Arc<Upstream>> {
+        self.pod.local_upstream(plane, cluster, self.port)
+    }
+}
+
 /// How long the application on the pod's loopback may take to accept.
-const APP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-const PORTS_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
-
-pub struct InboundSettings {
-    pub mark: u32,
-}
-
-struct Shared {
-    mesh: MeshContext,
-    metrics: ProxyMetrics,
-    settings: InboundSettings,
-    cut: CancellationToken,
-}
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const PORTS_RECHECK: Duration = Duration::from_millis(500);
 
 /// Serves captured pods as enrollment hands them over, and keeps the captured ports equal to
-/// what the pods' virtual nodes listen on, until `stop`.
+/// what the pods' virtual nodes listen on, until `stop`; live connections end when
+/// `inputs.cut` fires.
 pub async fn run(
     mut pods: mpsc::UnboundedReceiver<InboundPod>,
     ports: InboundPorts,
-    mesh: MeshContext,
-    metrics: ProxyMetrics,
-    settings: InboundSettings,
+    inputs: ProxyInputs,
     stop: CancellationToken,
-    cut: CancellationToken,
 ) {
-    let shared = Arc::new(Shared {
-        mesh,
-        metrics,
-        settings,
-        cut,
-    });
-    let mut applied = shared.mesh.state.subscribe();
+    let inputs = Arc::new(inputs);
+    let mut applied = inputs.state.subscribe();
     // Endpoints (which say what virtual node a pod is) also change between applies, as DNS
     // names resolve: look again every so often.
     let mut recheck = tokio::time::interval(PORTS_RECHECK);
@@ -108,7 +100,7 @@ pub async fn run(
             _ = recheck.tick() => {}
             pod = pods.recv() => match pod {
                 Some(pod) => {
-                    tracker.spawn(accept(pod, Arc::clone(&shared), stop.clone()));
+                    tracker.spawn(accept(pod, Arc::clone(&inputs), stop.clone()));
                 }
                 None => break,
             },
@@ -116,8 +108,8 @@ pub async fn run(
             () = stop.cancelled() => break,
         }
         ports.sync(&captured_ports(
-            &shared.mesh.state.current(),
-            &shared.mesh.workloads,
+            &inputs.state.current(),
+            &inputs.workloads,
         ));
     }
     tracker.close();
@@ -141,7 +133,7 @@ fn captured_ports(plane: &DataPlane, workloads: &Workloads) -> HashSet<(Ipv4Addr
     ports
 }
 
-async fn accept(pod: InboundPod, shared: Arc<Shared>, stop: CancellationToken) {
+async fn accept(pod: InboundPod, inputs: Arc<ProxyInputs>, stop: CancellationToken) {
     let listener = match TcpListener::from_std(pod.listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -153,6 +145,8 @@ async fn accept(pod: InboundPod, shared: Arc<Shared>, stop: CancellationToken) {
         workload_id: pod.workload_id,
         netns: pod.netns,
         net: pod.net,
+        mark: inputs.settings.mark,
+        metrics: inputs.mesh_metrics.clone(),
         locals: Mutex::default(),
     });
     info!(netns = %context.netns, "serving inbound connections");
@@ -161,7 +155,7 @@ async fn accept(pod: InboundPod, shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(handle(stream, peer, Arc::clone(&context), Arc::clone(&shared)));
+                    tracker.spawn(handle(stream, peer, Arc::clone(&context), Arc::clone(&inputs)));
                 }
                 Err(error) => warn!(netns = %context.netns, %error, "inbound accept failed"),
             },
@@ -178,7 +172,7 @@ async fn handle(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     pod: Arc<PodContext>,
-    shared: Arc<Shared>,
+    inputs: Arc<ProxyInputs>,
 ) {
     let port = match stream.local_addr() {
         Ok(local) => local.port(),
@@ -187,9 +181,8 @@ async fn handle(
             return;
         }
     };
-    let plane = shared.mesh.state.current();
-    let node = shared
-        .mesh
+    let plane = inputs.state.current();
+    let node = inputs
         .workloads
         .get(pod.workload_id)
         .and_then(|workload| plane.virtual_node_of(&workload));
@@ -207,26 +200,17 @@ async fn handle(
             Some(node),
         ) => {
             let _ = stream.set_nodelay(true);
-            let context = Arc::new(HttpContext {
-                state: shared.mesh.state.clone(),
-                metrics: shared.mesh.metrics.clone(),
-                source: "unknown".into(),
+            let upstreams = Arc::new(PodUpstreams {
+                pod: Arc::clone(&pod),
                 port,
-                routes: routes.clone(),
-                peer,
-                local: stream
-                    .local_addr()
-                    .unwrap_or_else(|_| SocketAddr::from(local)),
-                loggers: shared.mesh.access_logs.loggers(access_logs),
-                recorder: Mutex::default(),
-                direction: Direction::Inbound {
-                    pod: Arc::clone(&pod),
-                    virtual_node: node,
-                    mesh: Box::new(shared.mesh.clone()),
-                    mark: shared.settings.mark,
-                },
             });
-            http::serve(stream, context, shared.cut.clone()).await;
+            let side = Side::inbound(node, upstreams);
+            let accepted_on = stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(local));
+            let context = HttpContext::new(&inputs, side, "unknown".into(), port, routes, access_logs)
+                .between(peer, accepted_on);
+            http::serve(stream, Arc::new(context), inputs.cut.clone()).await;
         }
         (
             Some(Some(PortPlan::Tcp {
@@ -237,22 +221,17 @@ async fn handle(
             node,
         ) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
-            match pod.local_upstream(&plane, cluster, port, &shared.mesh, shared.settings.mark) {
+            match pod.local_upstream(&plane, cluster, port) {
                 Some(upstream) => {
                     let log = ConnectionLog::new(
-                        shared.mesh.access_logs.loggers(access_logs),
+                        inputs.access_logs.loggers(access_logs),
                         peer,
                         stream
                             .local_addr()
                             .unwrap_or_else(|_| SocketAddr::from(local)),
                         node.as_deref().unwrap_or("unknown"),
                     );
-                    let ends = RelayEnds {
-                        metrics: &shared.metrics,
-                        cut: &shared.cut,
-                        idle: *idle_timeout,
-                        log,
-                    };
+                    let ends = RelayEnds::new(&inputs, *idle_timeout, log);
                     relay_to_cluster(stream, peer_v4(peer), &upstream, ends).await
                 }
                 None => reset(stream),
@@ -264,24 +243,19 @@ async fn handle(
         }
         // Not (or no longer) a mesh port of this pod: straight to the application.
         _ => {
-            let app = Connector::in_pod(
+            let app = Connector::with_sockets(
                 local.into(),
-                Some(shared.settings.mark),
+                inputs.settings.mark,
                 APP_CONNECT_TIMEOUT,
-                Arc::clone(&pod.net),
+                Arc::clone(&pod.net) as _,
             );
             match app.connect().await {
                 Ok(app) => {
-                    let ends = RelayEnds {
-                        metrics: &shared.metrics,
-                        cut: &shared.cut,
-                        idle: None,
-                        log: None,
-                    };
+                    let ends = RelayEnds::new(&inputs, None, None);
                     relay_connection(stream, peer_v4(peer), app, &local.to_string(), ends).await
                 }
                 Err(error) => {
-                    shared
+                    inputs
                         .metrics
                         .failed(&local.to_string(), FailureReason::refused);
                     debug!(%error, port, "application refused an inbound connection");

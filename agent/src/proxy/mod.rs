@@ -1,33 +1,102 @@
 //! The node proxy: redirected connections of workloads in the mesh are routed by their
 //! virtual node's outbound plan (HTTP routes, TCP routes, egress filter); others are relayed
-//! to the destination the application asked for.
-mod exchange;
-pub mod health;
-mod http;
+//! to the destination the application asked for. Connections into captured pods pass their
+//! virtual node's inbound listener.
+//!
+//! [`outbound`] and [`inbound`] are peers: accept loops that pick a plan per connection and
+//! hand it to the shared engines, [`tcp`] (with [`relay`]) and [`http`].
+pub mod http;
 pub mod inbound;
-mod outbound;
+pub mod outbound;
 mod relay;
-pub mod upstream;
+mod tcp;
 
-use std::net::SocketAddrV4;
+use std::{io, net::SocketAddr, time::Duration};
 
-pub use outbound::{MeshContext, Outbound, OutboundSettings, bind_listener};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-/// A redirected connection as the redirect recorded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Redirected {
-    /// Where the application connected to.
-    pub destination: SocketAddrV4,
-    /// The enrolled workload that connected.
-    pub workload_id: u32,
+use crate::{
+    dataplane::{MeshState, workloads::Workloads},
+    telemetry::{
+        access_log::AccessLogWriters,
+        metrics::{MeshMetrics, ProxyMetrics},
+    },
+};
+
+/// What both peers are given: the mesh they apply, who the workloads are, what they record
+/// into, how they open sockets, and when live connections are cut.
+#[derive(Clone)]
+pub struct ProxyInputs {
+    pub state: MeshState,
+    pub workloads: Workloads,
+    /// Per-destination connection counters.
+    pub metrics: ProxyMetrics,
+    /// Per-service request series.
+    pub mesh_metrics: MeshMetrics,
+    pub access_logs: AccessLogWriters,
+    pub settings: ProxySettings,
+    /// Fired when the drain period ends: live connections reset both sides.
+    pub cut: CancellationToken,
 }
 
-/// Where the original destination of an accepted connection comes from: the redirect's eBPF
-/// map in the agent, a fixed table in in-process tests.
-pub trait OrigDstSource: Send + Sync + 'static {
-    /// What the client at `peer` connected to, or `None` when `peer` was not redirected.
-    fn original_destination(
-        &self,
-        peer: SocketAddrV4,
-    ) -> Result<Option<Redirected>, aya::maps::MapError>;
+impl ProxyInputs {
+    /// Inputs with no mesh loaded yet: every connection is plain TCP to its destination.
+    pub fn new(settings: ProxySettings, metrics: ProxyMetrics) -> Self {
+        Self {
+            state: MeshState::default(),
+            workloads: Workloads::default(),
+            metrics,
+            mesh_metrics: MeshMetrics::default(),
+            access_logs: AccessLogWriters::default(),
+            settings,
+            cut: CancellationToken::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// SO_MARK for upstream sockets, so the redirect leaves them alone (None in tests, which
+    /// run without a redirect and without CAP_NET_ADMIN).
+    pub mark: Option<u32>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("{what} {addr} is already in use by another process")]
+    InUse {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("{what} {addr} is not an address of this node")]
+    NotLocal {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Other {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Binds a listener, turning the common failures into errors that name the setting.
+pub fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => ListenError::InUse { what, addr },
+        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal { what, addr },
+        _ => ListenError::Other { what, addr, source },
+    })
 }

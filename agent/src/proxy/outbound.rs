@@ -1,98 +1,37 @@
-//! Outbound: connections the redirect moved into the proxy, relayed to their original
+//! Outbound: the accept loop of connections the redirect moved into the proxy. Each is
+//! routed by its workload's virtual node — HTTP to the HTTP engine, TCP routes to a cluster,
+//! no backend on a DROP_ALL mesh reset — or, outside the mesh, relayed to its original
 //! destination.
 use std::{
     io,
-    net::{SocketAddr, SocketAddrV4},
-    sync::{Arc, Mutex, atomic::Ordering},
+    net::SocketAddr,
+    sync::Arc,
     time::Duration,
 };
 
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
-
 use mesh_xds::plan::{PortPlan, cluster::Discovery};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
 
 use super::{
-    OrigDstSource,
-    http::{self, HttpContext},
-    relay::{self, RelayError, Transferred},
-    upstream::{Outcome, PickError, Upstream},
+    ProxyInputs,
+    http::{self, HttpContext, MeshClusters, Side},
+    tcp::{ConnectionLog, RelayEnds, relay_to, relay_to_cluster, reset},
 };
 use crate::{
-    access_log::{AccessLogWriters, Entry, Loggers, ResponseFlags},
-    metrics::{FailureReason, MeshMetrics, ProxyMetrics},
-    state::MeshState,
-    workload::Workloads,
+    redirect::orig_dst::OrigDstSource,
+    telemetry::metrics::FailureReason,
 };
-
-#[derive(Debug, Clone)]
-pub struct OutboundSettings {
-    /// SO_MARK for upstream sockets, so the redirect leaves them alone.
-    pub mark: Option<u32>,
-    pub connect_timeout: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error("{what} {addr} is already in use by another process")]
-    InUse {
-        what: &'static str,
-        addr: SocketAddr,
-    },
-    #[error("{what} {addr} is not an address of this node")]
-    NotLocal {
-        what: &'static str,
-        addr: SocketAddr,
-    },
-    #[error("cannot listen on {what} {addr}: {source}")]
-    Other {
-        what: &'static str,
-        addr: SocketAddr,
-        source: io::Error,
-    },
-}
-
-/// Binds a listener, turning the common failures into errors that name the setting.
-pub fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let bind = || -> io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(4096)?;
-        TcpListener::from_std(socket.into())
-    };
-    bind().map_err(|source| match source.kind() {
-        io::ErrorKind::AddrInUse => ListenError::InUse { what, addr },
-        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal { what, addr },
-        _ => ListenError::Other { what, addr, source },
-    })
-}
 
 pub struct Outbound {
     listener: TcpListener,
     shared: Arc<Shared>,
 }
 
-/// What the proxy needs of the mesh: the data plane, who the workloads are, the per-service
-/// metrics. Empty (the default): every connection is plain TCP to its destination.
-#[derive(Clone, Default)]
-pub struct MeshContext {
-    pub state: MeshState,
-    pub workloads: Workloads,
-    pub metrics: MeshMetrics,
-    pub access_logs: AccessLogWriters,
-}
-
 struct Shared {
     orig_dst: Arc<dyn OrigDstSource>,
-    metrics: ProxyMetrics,
-    mesh: MeshContext,
-    settings: OutboundSettings,
-    /// Fired when the drain period ends: live relays reset both sides.
-    cut: CancellationToken,
+    inputs: ProxyInputs,
 }
 
 /// How the drain went.
@@ -103,27 +42,16 @@ pub struct DrainReport {
 }
 
 impl Outbound {
-    pub fn new(
-        listener: TcpListener,
-        orig_dst: Arc<dyn OrigDstSource>,
-        metrics: ProxyMetrics,
-        mesh: MeshContext,
-        settings: OutboundSettings,
-    ) -> Self {
+    pub fn new(listener: TcpListener, orig_dst: Arc<dyn OrigDstSource>, inputs: ProxyInputs) -> Self {
         Self {
             listener,
-            shared: Arc::new(Shared {
-                orig_dst,
-                metrics,
-                mesh,
-                settings,
-                cut: CancellationToken::new(),
-            }),
+            shared: Arc::new(Shared { orig_dst, inputs }),
         }
     }
 
     /// Accepts until `stop` fires, then takes what is already queued, then waits up to
-    /// `drain_timeout` for live connections before cutting them.
+    /// `drain_timeout` for live connections before cutting them (and, through the shared
+    /// cut, the inbound side's).
     pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) -> DrainReport {
         let tracker = TaskTracker::new();
         loop {
@@ -156,7 +84,7 @@ impl Outbound {
             connections = cut,
             "drain period over, resetting remaining connections"
         );
-        self.shared.cut.cancel();
+        self.shared.inputs.cut.cancel();
         tracker.wait().await;
         DrainReport { cut }
     }
@@ -177,25 +105,25 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         warn!(%peer, "IPv6 client on the outbound proxy; closing");
         return reset(client);
     };
+    let inputs = &shared.inputs;
     let redirected = match shared.orig_dst.original_destination(peer) {
         Ok(Some(redirected)) => redirected,
         Ok(None) => {
-            shared
+            inputs
                 .metrics
                 .failed("unknown", FailureReason::no_original_destination);
             warn!(client = %peer, "connection was not redirected (no original destination); resetting");
             return reset(client);
         }
         Err(error) => {
-            shared.metrics.failed("unknown", FailureReason::other);
+            inputs.metrics.failed("unknown", FailureReason::other);
             warn!(client = %peer, %error, "original destination lookup failed; resetting");
             return reset(client);
         }
     };
     let destination = redirected.destination;
-    let plane = shared.mesh.state.current();
-    let source = shared
-        .mesh
+    let plane = inputs.state.current();
+    let source = inputs
         .workloads
         .get(redirected.workload_id)
         .and_then(|workload| plane.virtual_node_of(&workload));
@@ -203,7 +131,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Some((source, outbound)) =
         source.and_then(|node| plane.outbound.get(&node).map(|plan| (node, plan)))
     else {
-        return relay_to(client, peer, destination, &shared, None, None).await;
+        return relay_to(client, peer, destination, inputs, None, None).await;
     };
     let port = destination.port();
     match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
@@ -212,19 +140,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             access_logs,
         }) => {
             let _ = client.set_nodelay(true);
-            let context = Arc::new(HttpContext {
-                state: shared.mesh.state.clone(),
-                metrics: shared.mesh.metrics.clone(),
-                source,
-                port,
-                routes: routes.clone(),
-                direction: http::Direction::Outbound,
-                peer: peer.into(),
-                local: destination.into(),
-                loggers: shared.mesh.access_logs.loggers(access_logs),
-                recorder: Mutex::default(),
-            });
-            http::serve(client, context, shared.cut.clone()).await;
+            let side = Side::outbound(source.clone(), Arc::new(MeshClusters));
+            let context = HttpContext::new(inputs, side, source, port, routes, access_logs)
+                .between(peer.into(), destination.into());
+            http::serve(client, Arc::new(context), inputs.cut.clone()).await;
         }
         Some(PortPlan::Tcp {
             clusters,
@@ -233,238 +152,32 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             let log = ConnectionLog::new(
-                shared.mesh.access_logs.loggers(access_logs),
+                inputs.access_logs.loggers(access_logs),
                 peer.into(),
                 destination.into(),
                 &source,
             );
             match plane.clusters.get(cluster) {
                 Some(upstream) if upstream.plan.discovery == Discovery::OriginalDestination => {
-                    relay_to(client, peer, destination, &shared, *idle_timeout, log).await;
+                    relay_to(client, peer, destination, inputs, *idle_timeout, log).await;
                 }
                 Some(upstream) => {
-                    let ends = RelayEnds {
-                        metrics: &shared.metrics,
-                        cut: &shared.cut,
-                        idle: *idle_timeout,
-                        log,
-                    };
+                    let ends = RelayEnds::new(inputs, *idle_timeout, log);
                     relay_to_cluster(client, peer, upstream, ends).await
                 }
                 None => {
-                    shared.metrics.failed(cluster, FailureReason::other);
+                    inputs.metrics.failed(cluster, FailureReason::other);
                     warn!(client = %peer, %source, cluster, "TCP route targets a cluster that is not loaded; resetting");
                     reset(client);
                 }
             }
         }
         None => {
-            shared.mesh.metrics.denied(&source, port);
+            inputs.mesh_metrics.denied(&source, port);
             info!(client = %peer, %source, %destination, "egress denied: not a backend of the virtual node and the mesh is DROP_ALL; resetting");
             reset(client);
         }
     }
-}
-
-/// Plain TCP to where the application connected.
-async fn relay_to(
-    client: TcpStream,
-    peer: SocketAddrV4,
-    destination: SocketAddrV4,
-    shared: &Shared,
-    idle: Option<Duration>,
-    log: Option<ConnectionLog>,
-) {
-    let label = destination.to_string();
-    match connect_upstream(destination, &shared.settings).await {
-        Ok(upstream) => {
-            let ends = RelayEnds {
-                metrics: &shared.metrics,
-                cut: &shared.cut,
-                idle,
-                log,
-            };
-            relay_connection(client, peer, upstream, &label, ends).await
-        }
-        Err(error) => {
-            let reason = failure_reason(&error);
-            shared.metrics.failed(&label, reason);
-            warn!(client = %peer, %destination, ?reason, %error, "cannot connect to destination; resetting client");
-            if let Some(log) = log {
-                log.finish(
-                    Some(destination.into()),
-                    &label,
-                    &Transferred::default(),
-                    ResponseFlags::UPSTREAM_CONNECT_FAILURE,
-                );
-            }
-            reset(client);
-        }
-    }
-}
-
-/// TCP to an endpoint of a mesh cluster (a TCP route's target).
-/// (Also the inbound side's TCP listeners, toward the application.)
-pub(super) async fn relay_to_cluster(
-    client: TcpStream,
-    peer: SocketAddrV4,
-    upstream: &Upstream,
-    ends: RelayEnds<'_>,
-) {
-    let cluster = upstream.name();
-    let in_flight = match upstream.pick().await {
-        Ok(in_flight) => in_flight,
-        Err(error) => {
-            ends.metrics.failed(cluster, FailureReason::other);
-            warn!(client = %peer, %error, "no endpoint for TCP connection; resetting");
-            let flag = match error {
-                PickError::Overflow(_) => ResponseFlags::UPSTREAM_OVERFLOW,
-                _ => ResponseFlags::NO_HEALTHY_UPSTREAM,
-            };
-            if let Some(log) = ends.log {
-                log.finish(None, cluster, &Transferred::default(), flag);
-            }
-            return reset(client);
-        }
-    };
-    match in_flight.endpoint.connector.connect().await {
-        Ok(stream) => {
-            upstream.record(&in_flight.endpoint, Outcome::Success);
-            relay_connection(client, peer, stream, cluster, ends).await;
-        }
-        Err(error) => {
-            upstream.record(&in_flight.endpoint, Outcome::Error);
-            let reason = failure_reason(&error);
-            ends.metrics.failed(cluster, reason);
-            warn!(client = %peer, cluster, endpoint = %in_flight.endpoint.addr, ?reason, %error, "cannot connect to endpoint; resetting client");
-            if let Some(log) = ends.log {
-                log.finish(
-                    Some(in_flight.endpoint.addr),
-                    cluster,
-                    &Transferred::default(),
-                    ResponseFlags::UPSTREAM_CONNECT_FAILURE,
-                );
-            }
-            reset(client);
-        }
-    }
-}
-
-/// The access log line of a TCP connection: what is known when it is accepted, completed
-/// when it ends.
-pub(super) struct ConnectionLog {
-    pub loggers: Loggers,
-    pub entry: Entry,
-}
-
-impl ConnectionLog {
-    pub fn new(
-        loggers: Option<Loggers>,
-        peer: SocketAddr,
-        local: SocketAddr,
-        virtual_node: &str,
-    ) -> Option<Self> {
-        loggers.map(|loggers| Self {
-            loggers,
-            entry: Entry::new(peer, local, virtual_node),
-        })
-    }
-
-    fn finish(
-        mut self,
-        upstream: Option<SocketAddr>,
-        cluster: &str,
-        transferred: &Transferred,
-        flags: ResponseFlags,
-    ) {
-        let entry = &mut self.entry;
-        entry.duration = entry.start.elapsed().unwrap_or_default();
-        entry.upstream_host = upstream;
-        entry.upstream_cluster = Some(cluster.to_owned());
-        entry.bytes_received = transferred.sent.load(Ordering::Relaxed);
-        entry.bytes_sent = transferred.received.load(Ordering::Relaxed);
-        entry.flags = flags;
-        entry.attempts = 1;
-        self.loggers.log(entry);
-    }
-}
-
-/// What a relay is counted in, cut by, how long it may sit idle, and its access log.
-pub(super) struct RelayEnds<'a> {
-    pub metrics: &'a ProxyMetrics,
-    pub cut: &'a CancellationToken,
-    pub idle: Option<Duration>,
-    pub log: Option<ConnectionLog>,
-}
-
-/// Relays until both sides are done (or cut, or idle too long), counting under `label`.
-pub(super) async fn relay_connection(
-    client: TcpStream,
-    peer: SocketAddrV4,
-    upstream: TcpStream,
-    label: &str,
-    ends: RelayEnds<'_>,
-) {
-    let _ = client.set_nodelay(true);
-    let metrics = ends.metrics.opened(label);
-    let transferred = Transferred::default();
-    let upstream_addr = upstream.peer_addr().ok();
-    debug!(client = %peer, destination = label, "relaying");
-    let result = relay::relay(
-        &client,
-        &upstream,
-        &metrics,
-        &transferred,
-        ends.cut,
-        ends.idle,
-    )
-    .await;
-    let flags = match &result {
-        Err(RelayError::Destination(_)) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-        Err(RelayError::Client(_)) => ResponseFlags::DOWNSTREAM_TERMINATION,
-        _ => ResponseFlags::default(),
-    };
-    if let Err(error) = result {
-        debug!(client = %peer, destination = label, %error, "connection ended with an error; resetting both sides");
-        reset(client);
-        reset(upstream);
-    }
-    if let Some(log) = ends.log {
-        log.finish(upstream_addr, label, &transferred, flags);
-    }
-}
-
-async fn connect_upstream(
-    destination: SocketAddrV4,
-    settings: &OutboundSettings,
-) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    if let Some(mark) = settings.mark {
-        socket.set_mark(mark)?;
-    }
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    let socket = TcpSocket::from_std_stream(socket.into());
-    tokio::time::timeout(settings.connect_timeout, socket.connect(destination.into()))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
-}
-
-fn failure_reason(error: &io::Error) -> FailureReason {
-    match error.kind() {
-        io::ErrorKind::ConnectionRefused => FailureReason::refused,
-        io::ErrorKind::TimedOut => FailureReason::timeout,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-            FailureReason::unreachable
-        }
-        _ => FailureReason::other,
-    }
-}
-
-/// Closes with RST rather than FIN, so the client learns at once that the connection failed.
-pub(super) fn reset(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
 
 #[cfg(test)]
@@ -475,8 +188,14 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use std::net::SocketAddrV4;
+
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::{
+        proxy::{ProxySettings, bind_listener},
+        redirect::orig_dst::{OrigDstError, Redirected},
+        telemetry::metrics::Metrics,
+    };
 
     /// Every client was "redirected" from `destination` (or from nowhere, when `None`).
     struct FixedOrigDst(Option<SocketAddrV4>);
@@ -485,8 +204,8 @@ mod tests {
         fn original_destination(
             &self,
             _peer: SocketAddrV4,
-        ) -> Result<Option<super::super::Redirected>, aya::maps::MapError> {
-            Ok(self.0.map(|destination| super::super::Redirected {
+        ) -> Result<Option<Redirected>, OrigDstError> {
+            Ok(self.0.map(|destination| Redirected {
                 destination,
                 workload_id: 1,
             }))
@@ -503,16 +222,15 @@ mod tests {
     async fn start(destination: Option<SocketAddrV4>, drain: Duration) -> Harness {
         let listener = bind_listener("test", "127.0.0.1:0".parse().unwrap()).unwrap();
         let proxy = listener.local_addr().unwrap();
-        let metrics = Metrics::new(Default::default(), None);
+        let metrics = Metrics::default();
+        let settings = ProxySettings {
+            mark: None,
+            connect_timeout: Duration::from_secs(2),
+        };
         let outbound = Outbound::new(
             listener,
             Arc::new(FixedOrigDst(destination)),
-            metrics.proxy.clone(),
-            MeshContext::default(),
-            OutboundSettings {
-                mark: None,
-                connect_timeout: Duration::from_secs(2),
-            },
+            ProxyInputs::new(settings, metrics.proxy.clone()),
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(outbound.run(stop.clone(), drain));

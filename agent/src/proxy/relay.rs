@@ -19,7 +19,7 @@ use socket2::SockRef;
 use tokio::{io::Interest, net::TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::ConnectionMetrics;
+use crate::telemetry::metrics::ConnectionMetrics;
 
 /// Pipe capacity per direction; larger pipes let one splice move more of a fast stream.
 /// The kernel may refuse the resize (pipe-max-size, per-user limits): the default 64 KiB works.

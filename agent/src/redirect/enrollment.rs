@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     config::NetnsRef,
-    workload::{Workload, Workloads},
+    dataplane::workloads::{Workload, Workloads},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,3 +1,6 @@
+//! The redirect's in-kernel counters at scrape time: node-wide connect outcomes, attached
+//! programs and the enrollment count; and per-pod connect counters.
+//!
 //! Per-pod connect counters: the redirect program counts each enrolled pod's connects by
 //! destination address, port and outcome in an LRU per-CPU map; at scrape time the agent
 //! names the pod and the destination's virtual node and exports the sums. The kernel map may
@@ -7,17 +10,74 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use agent_common::{Counter, PodConnectKey};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::{redirect::RedirectCounters, state::MeshState, workload::Workloads};
+use super::RedirectCounters;
+use crate::dataplane::{MeshState, workloads::Workloads};
+
+/// Values read at scrape time: the eBPF counters and the enrollment count.
+#[derive(Debug)]
+pub struct RedirectCollector {
+    pub enrolled: Arc<AtomicI64>,
+    /// None where no programs are loaded (in-process tests).
+    pub counters: Option<Arc<RedirectCounters>>,
+}
+
+fn counter_label(counter: Counter) -> &'static str {
+    match counter {
+        Counter::Redirected => "redirected",
+        Counter::Excluded => "excluded",
+        Counter::NotEnrolled => "not_enrolled",
+        Counter::ProxyOwn => "proxy_own",
+        Counter::RecordFailed => "record_failed",
+    }
+}
+
+impl Collector for RedirectCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let enrolled = ConstGauge::new(self.enrolled.load(Ordering::Relaxed));
+        enrolled.encode(encoder.encode_descriptor(
+            "mesh_agent_enrolled_netns",
+            "Pod network namespaces whose outbound TCP is redirected",
+            None,
+            enrolled.metric_type(),
+        )?)?;
+        let Some(counters) = &self.counters else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_redirect_connects",
+            "TCP connects seen by the connect4 program in the node cgroup, by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (counter, value) in counters.read() {
+            let labels = [("result", counter_label(counter))];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_attached_programs",
+            "eBPF programs attached, by program (inbound_lookup: once per captured pod)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (program, attached) in counters.attached_programs() {
+            ConstGauge::new(attached).encode(family.encode_family(&[("program", program)])?)?;
+        }
+        Ok(())
+    }
+}
 
 /// One exported series: the pod, where it connected, what happened.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,11 +113,10 @@ impl PodConnectCollector {
         }
     }
 
-    /// Folds the kernel's counts into the totals and returns them.
-    fn collect(&self) -> Vec<(Series, u64)> {
-        let Ok(mut seen) = self.seen.lock() else {
-            return Vec::new();
-        };
+    /// Folds the kernel's counts into the totals and returns them; `None` once a scrape
+    /// panicked holding the totals (they can no longer be trusted).
+    fn collect(&self) -> Option<Vec<(Series, u64)>> {
+        let mut seen = self.seen.lock().ok()?;
         let kernel = self.counters.read_pods();
         let plane = self.mesh.current();
         let workloads: HashMap<u32, _> = self.workloads.all().into_iter().collect();
@@ -99,10 +158,12 @@ impl PodConnectCollector {
         let enrolled: HashSet<&str> = workloads.values().map(|w| w.netns.as_str()).collect();
         seen.totals
             .retain(|series, _| enrolled.contains(series.pod.as_str()));
-        seen.totals
-            .iter()
-            .map(|(series, total)| (series.clone(), *total))
-            .collect()
+        Some(
+            seen.totals
+                .iter()
+                .map(|(series, total)| (series.clone(), *total))
+                .collect(),
+        )
     }
 }
 
@@ -129,7 +190,7 @@ impl Collector for PodConnectCollector {
             None,
             MetricType::Counter,
         )?;
-        for (series, total) in self.collect() {
+        for (series, total) in self.collect().ok_or(fmt::Error)? {
             let port = series.port.to_string();
             let labels = [
                 ("pod", series.pod.as_str()),

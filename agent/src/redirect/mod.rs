@@ -6,14 +6,16 @@
 //! bpf_link owned by this process, so nothing stays attached after the agent exits, even if
 //! it is killed.
 pub mod cgroup;
-pub mod discover;
 mod enrollment;
 pub mod inbound;
+pub mod metrics;
+pub mod namespaces;
 pub mod netns;
+pub mod orig_dst;
 pub mod preflight;
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     os::fd::AsFd,
     path::Path,
     sync::{
@@ -22,7 +24,7 @@ use std::{
     },
 };
 
-use agent_common::{Counter, OrigDst, PeerKey, PodConnectKey, RedirectConfig, maps};
+use agent_common::{Counter, PodConnectKey, RedirectConfig, maps};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
@@ -34,8 +36,8 @@ use tracing::{info, warn};
 
 pub use enrollment::Enrollments;
 pub use inbound::{InboundHooks, InboundPod, InboundPorts};
+use orig_dst::OrigDstMap;
 
-use crate::proxy::{OrigDstSource, Redirected};
 
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -314,31 +316,6 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
             guard.clear_ready();
         }
     });
-}
-
-/// Original destinations of redirected connections, keyed by the client's address as the
-/// proxy sees it on accept (written by the sock_ops program when the client's connect
-/// completes, removed when the client socket closes).
-pub struct OrigDstMap(HashMap<MapData, PeerKey, OrigDst>);
-
-impl OrigDstSource for OrigDstMap {
-    fn original_destination(&self, peer: SocketAddrV4) -> Result<Option<Redirected>, MapError> {
-        let key = PeerKey {
-            ip4: u32::from_ne_bytes(peer.ip().octets()),
-            port: u32::from(peer.port()),
-        };
-        match self.0.get(&key, 0) {
-            Ok(orig) => Ok(Some(Redirected {
-                destination: SocketAddrV4::new(
-                    Ipv4Addr::from(orig.ip4.to_ne_bytes()),
-                    u16::from_be(orig.port),
-                ),
-                workload_id: orig.workload_id,
-            })),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
 }
 
 /// The programs' per-CPU counters, summed.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Enrollments, netns};
-use crate::{config::NetnsRef, state::MeshState};
+use crate::{config::NetnsRef, dataplane::MeshState};
 
 const RESCAN: Duration = Duration::from_secs(1);
 

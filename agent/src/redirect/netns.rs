@@ -5,6 +5,8 @@ use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Socket, Type};
 
+use crate::dataplane::upstream::SocketFactory;
+
 /// Not yet in the libc crate.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -113,6 +115,13 @@ impl PodNet {
         answer
             .recv()
             .map_err(|_| io::Error::other("namespace thread ended"))?
+    }
+}
+
+/// Upstreams of a captured pod (its application on loopback) connect from inside it.
+impl SocketFactory for PodNet {
+    fn stream_socket(&self, _addr: std::net::SocketAddr) -> io::Result<Socket> {
+        PodNet::stream_socket(self)
     }
 }
 

@@ -1,35 +1,14 @@
-//! Prometheus metrics: the proxy's per-destination connection and byte counters, and the
-//! redirect programs' in-kernel counters, read from their per-CPU map at scrape time.
-use std::{
-    fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
-};
-
-use agent_common::Counter as BpfCounter;
+//! Prometheus metrics the proxy records into: per-destination connection and byte counters,
+//! per-service request series, per-cluster counters; and the registry /metrics encodes, into
+//! which the other subsystems register collectors of their own (read at scrape time).
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric},
-    metrics::{
-        MetricType,
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::Histogram,
-    },
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use crate::{
-    access_log::AccessLogWriters,
-    pod_connects::PodConnectCollector,
-    redirect::RedirectCounters,
-    self_metrics::{SelfCollector, XdsWatch},
-    state::MeshState,
-    workload::Workloads,
-};
+use super::{access_log::AccessLogWriters, process::ProcessCollector};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationLabels {
@@ -407,66 +386,8 @@ pub struct Metrics {
     pub access_logs: AccessLogWriters,
 }
 
-/// Endpoints per cluster and state, read from the data plane at scrape time.
-struct EndpointCollector(MeshState);
-
-impl fmt::Debug for EndpointCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EndpointCollector")
-    }
-}
-
-impl Collector for EndpointCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let plane = self.0.current();
-        let mut family = encoder.encode_descriptor(
-            "mesh_upstream_endpoints",
-            "Endpoints of each cluster: available (healthy, not ejected) or unavailable",
-            None,
-            MetricType::Gauge,
-        )?;
-        let mut clusters: Vec<_> = plane.clusters.iter().collect();
-        clusters.sort_by_key(|(name, _)| name.as_str());
-        for (name, upstream) in clusters {
-            let (available, total) = upstream.health();
-            for (state, count) in [("available", available), ("unavailable", total - available)] {
-                let labels = [("cluster", name.as_str()), ("state", state)];
-                ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Metrics {
-    /// The agent's metrics; `mesh`: the data plane whose endpoints are shown.
-    pub fn with_mesh(
-        enrolled: Arc<AtomicI64>,
-        redirect: Option<Arc<RedirectCounters>>,
-        mesh: MeshState,
-        workloads: Workloads,
-        xds: XdsWatch,
-    ) -> Self {
-        let mut metrics = Self::new(enrolled, redirect.clone());
-        if let Some(redirect) = redirect {
-            metrics
-                .registry
-                .register_collector(Box::new(PodConnectCollector::new(
-                    redirect,
-                    workloads,
-                    mesh.clone(),
-                )));
-        }
-        metrics
-            .registry
-            .register_collector(Box::new(EndpointCollector(mesh)));
-        metrics
-            .registry
-            .register_collector(Box::new(SelfCollector { xds }));
-        metrics
-    }
-
-    pub fn new(enrolled: Arc<AtomicI64>, redirect: Option<Arc<RedirectCounters>>) -> Self {
+impl Default for Metrics {
+    fn default() -> Self {
         let mut registry = Registry::default();
         let proxy = ProxyMetrics::default();
         proxy.register(&mut registry);
@@ -474,13 +395,21 @@ impl Metrics {
         mesh.register(&mut registry);
         let access_logs = AccessLogWriters::default();
         access_logs.register(&mut registry);
-        registry.register_collector(Box::new(AgentCollector { enrolled, redirect }));
+        registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             proxy,
             mesh,
             access_logs,
         }
+    }
+}
+
+impl Metrics {
+    /// Adds series another subsystem reads at scrape time (the redirect's kernel counters,
+    /// the data plane's endpoints, the xDS session).
+    pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
     }
 
     /// OpenMetrics text exposition.
@@ -517,126 +446,24 @@ pub fn classic_text(openmetrics: &str) -> String {
     out
 }
 
-/// Values read at scrape time: the eBPF counters and the enrollment count.
-#[derive(Debug)]
-struct AgentCollector {
-    enrolled: Arc<AtomicI64>,
-    redirect: Option<Arc<RedirectCounters>>,
-}
-
-fn counter_label(counter: BpfCounter) -> &'static str {
-    match counter {
-        BpfCounter::Redirected => "redirected",
-        BpfCounter::Excluded => "excluded",
-        BpfCounter::NotEnrolled => "not_enrolled",
-        BpfCounter::ProxyOwn => "proxy_own",
-        BpfCounter::RecordFailed => "record_failed",
-    }
-}
-
-impl Collector for AgentCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let enrolled = ConstGauge::new(self.enrolled.load(Ordering::Relaxed));
-        enrolled.encode(encoder.encode_descriptor(
-            "mesh_agent_enrolled_netns",
-            "Pod network namespaces whose outbound TCP is redirected",
-            None,
-            enrolled.metric_type(),
-        )?)?;
-        let Some(redirect) = &self.redirect else {
-            return Ok(());
-        };
-        let mut family = encoder.encode_descriptor(
-            "mesh_agent_redirect_connects",
-            "TCP connects seen by the connect4 program in the node cgroup, by outcome",
-            None,
-            MetricType::Counter,
-        )?;
-        for (counter, value) in redirect.read() {
-            let labels = [("result", counter_label(counter))];
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "mesh_agent_attached_programs",
-            "eBPF programs attached, by program (inbound_lookup: once per captured pod)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (program, attached) in redirect.attached_programs() {
-            ConstGauge::new(attached).encode(family.encode_family(&[("program", program)])?)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-
-    /// The metric names (without suffixes) docs/metrics.md documents; the eBPF-backed ones
-    /// apart, since an in-process test has no kernel maps.
-    fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
-        let doc = include_str!("../../docs/metrics.md");
-        let mut plain = BTreeSet::new();
-        let mut ebpf = BTreeSet::new();
-        for row in doc.lines().filter(|l| l.starts_with("| `")) {
-            let name = row.split('`').nth(1).unwrap_or_default().to_owned();
-            if row.contains("(eBPF)") {
-                ebpf.insert(name);
-            } else {
-                plain.insert(name);
-            }
-        }
-        (plain, ebpf)
-    }
-
-    /// Names of the series families in an exposition, as users query them.
-    fn served(text: &str) -> BTreeSet<String> {
-        text.lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| {
-                let mut words = l.split_whitespace();
-                let name = words.next().unwrap_or_default();
-                match words.next() {
-                    Some("counter") => format!("{name}_total"),
-                    Some("histogram") => name.to_owned(),
-                    _ => name.to_owned(),
-                }
-            })
-            .collect()
-    }
 
     #[test]
     fn classic_text_names_counters_by_their_samples() {
-        let metrics = Metrics::new(Arc::new(AtomicI64::new(1)), None);
+        let metrics = Metrics::default();
         metrics.proxy.failed("10.0.0.3:81", FailureReason::refused);
         let classic = classic_text(&metrics.encode().unwrap());
         assert!(classic.contains("# TYPE mesh_agent_proxy_connections_failed_total counter\n"));
         assert!(classic.contains("# HELP mesh_agent_proxy_connections_failed_total "));
-        assert!(classic.contains("# TYPE mesh_agent_enrolled_netns gauge\n"));
+        assert!(classic.contains("# TYPE mesh_agent_process_open_fds gauge\n"));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
 
     #[test]
-    fn docs_list_exactly_what_is_served() {
-        let metrics = Metrics::with_mesh(
-            Arc::new(AtomicI64::new(0)),
-            None,
-            MeshState::default(),
-            Workloads::default(),
-            XdsWatch::default(),
-        );
-        let text = metrics.encode().unwrap();
-        let (plain, ebpf) = documented();
-        assert!(!ebpf.is_empty());
-        assert_eq!(served(&text), plain, "docs/metrics.md vs /metrics:\n{text}");
-    }
-
-    #[test]
     fn connection_lifecycle_is_counted() {
-        let metrics = Metrics::new(Arc::new(AtomicI64::new(2)), None);
+        let metrics = Metrics::default();
         {
             let conn = metrics.proxy.opened("10.0.0.2:80");
             conn.sent.inc_by(100);
@@ -656,7 +483,6 @@ mod tests {
             "mesh_agent_proxy_bytes_total{destination=\"10.0.0.2:80\",direction=\"received\"} 7",
             "mesh_agent_proxy_connections_failed_total{destination=\"10.0.0.3:81\",reason=\"refused\"} 1",
             "mesh_agent_proxy_active_connections 0",
-            "mesh_agent_enrolled_netns 2",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

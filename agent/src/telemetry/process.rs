@@ -1,82 +1,17 @@
-//! The agent's own health at scrape time: its xDS session (connected, configuration versions,
-//! last update, NACKs), its process (memory, CPU, descriptors) and its build.
-use std::{
-    fmt,
-    sync::{Arc, Mutex},
-    time::UNIX_EPOCH,
-};
+//! The agent's own process at scrape time: memory, CPU, descriptors, and its build.
+use std::fmt;
 
-use mesh_xds::client::XdsState;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
-use tokio::sync::watch;
 
-/// Where the xDS state is, once the client runs (set after the metrics exist).
-pub type XdsWatch = Arc<Mutex<Option<watch::Receiver<Arc<XdsState>>>>>;
+#[derive(Debug)]
+pub struct ProcessCollector;
 
-pub struct SelfCollector {
-    pub xds: XdsWatch,
-}
-
-impl fmt::Debug for SelfCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SelfCollector")
-    }
-}
-
-/// The short name of a resource type URL (`Cluster`, `Listener`, ...).
-fn short(type_url: &str) -> &str {
-    type_url.rsplit('.').next().unwrap_or(type_url)
-}
-
-impl Collector for SelfCollector {
+impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let state = self
-            .xds
-            .lock()
-            .ok()
-            .and_then(|w| w.as_ref().map(|w| Arc::clone(&w.borrow())));
-        let state = state.unwrap_or_default();
-        let connected = ConstGauge::new(i64::from(state.connected));
-        connected.encode(encoder.encode_descriptor(
-            "mesh_agent_xds_connected",
-            "1 while the ADS stream to the control plane is open",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        let mut versions = encoder.encode_descriptor(
-            "mesh_agent_xds_config_info",
-            "The accepted configuration version per resource type (value 1)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (type_url, version) in &state.versions {
-            let labels = [("type", short(type_url)), ("version", version.as_str())];
-            ConstGauge::new(1).encode(versions.encode_family(&labels)?)?;
-        }
-        let mut nacks = encoder.encode_descriptor(
-            "mesh_agent_xds_nacks",
-            "xDS responses rejected (NACKed), by resource type",
-            None,
-            MetricType::Counter,
-        )?;
-        for (type_url, count) in &state.nacks {
-            let labels = [("type", short(type_url))];
-            ConstCounter::new(*count).encode(nacks.encode_family(&labels)?)?;
-        }
-        let updated = state
-            .last_update
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
-        ConstGauge::new(updated).encode(encoder.encode_descriptor(
-            "mesh_agent_xds_last_update_timestamp_seconds",
-            "When an xDS response was last accepted (Unix time; 0 before the first)",
-            None,
-            MetricType::Gauge,
-        )?)?;
         encode_process(&mut encoder)?;
         let mut build = encoder.encode_descriptor(
             "mesh_agent_build_info",

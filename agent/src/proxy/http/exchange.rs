@@ -19,13 +19,13 @@ use http::{HeaderMap, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
-use super::{
-    http::HttpContext,
-    upstream::{Body, BoxError},
-};
+use super::{HttpContext, headers::grpc_status};
 use crate::{
-    access_log::{Entry, RequestHead, ResponseFlags},
-    metrics::{RequestOutcome, RouteLabels},
+    dataplane::upstream::{Body, BoxError},
+    telemetry::{
+        access_log::{Entry, RequestHead, ResponseFlags},
+        metrics::{RequestOutcome, RouteLabels},
+    },
 };
 
 /// The request in flight; finished by [`Exchange::respond`]'s body.
@@ -185,10 +185,6 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
-}
-
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The client's request body, its bytes counted.

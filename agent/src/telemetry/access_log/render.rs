@@ -311,7 +311,7 @@ mod tests {
     use http::{HeaderValue, Method};
 
     use super::*;
-    use crate::access_log::{RequestHead, ResponseFlags};
+    use crate::telemetry::access_log::{RequestHead, ResponseFlags};
 
     fn entry() -> Entry {
         let mut entry = Entry::new(

@@ -1,0 +1,15 @@
+//! The in-process L7 tier: App Mesh definitions compiled by the control plane into xDS,
+//! applied to the agent's data plane, the real outbound proxy on loopback with a fixed
+//! original destination instead of the eBPF redirect, real loopback servers and clients.
+//! No root, no kernel programs; tests/e2e keeps what needs them.
+mod harness;
+
+mod egress;
+mod health;
+mod matches;
+mod outlier;
+mod pools;
+mod retries;
+mod tcp;
+mod timeouts;
+mod weights;
