@@ -2,6 +2,8 @@
 //! (appmesh/service-2.json): a struct per structure shape, an externally tagged enum per
 //! union (App Mesh's `{"dns": {...}}` is serde's default enum form), an enum per string
 //! enumeration; lists, strings and numbers inline as Vec, String, i32/i64.
+// A build script's panic is a build error that says what failed.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 use std::{collections::BTreeSet, fmt::Write as _, path::Path};
 
 use serde_json::Value;

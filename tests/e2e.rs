@@ -1,6 +1,8 @@
 //! End-to-end tests: the real agent, real eBPF, real processes in pod namespaces of a test
 //! node (its own network namespace, bridge and cgroup). Root only; they fail, not skip, when
 //! they cannot run.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
     net::SocketAddr,
     process::Output,

@@ -1,6 +1,8 @@
 //! The control plane and a node's xDS client as separate processes over gRPC: initial sync,
 //! a file change reaching the client, a bad change rejected while the last good mesh keeps
 //! being served, a control-plane restart the client rides through.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
     io::{BufRead, BufReader},
     path::Path,

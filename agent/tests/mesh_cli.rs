@@ -1,4 +1,6 @@
 //! `mesh-agent validate` as a user runs it: real files, the real binary, exit codes and output.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::process::Command;
 
 fn validate(args: &[&str], files: &[(&str, &str)]) -> (i32, String) {

@@ -1,6 +1,8 @@
 //! The compiler's output for a real mesh, and the ADS server and client talking gRPC over
 //! loopback in one process: initial sync, a change propagating, a NACK keeping the last good
 //! state, a server restart.
+// A test's (or benchmark's) panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
     net::SocketAddr,
     path::PathBuf,

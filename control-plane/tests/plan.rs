@@ -1,5 +1,7 @@
 //! What the compiler emits, the node proxy's plan accepts: every resource of the example
 //! mesh converts, and the plan routes the way the mesh says.
+// A test's (or benchmark's) panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::PathBuf;
 
 use control_plane::{

@@ -299,7 +299,7 @@ fn first_line(text: &str) -> String {
 type Identity<'a> = (Kind, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
 fn duplicates(resources: &[Resource], out: &mut Vec<Diagnostic>) {
-    let mut seen: HashMap<Identity, &Resource> = HashMap::new();
+    let mut seen: HashMap<Identity<'_>, &Resource> = HashMap::new();
     for resource in resources {
         if resource.name().is_none() {
             continue;

@@ -1,5 +1,7 @@
 //! Round trips between formats: API JSON → Kubernetes manifest → API JSON gives back the same
 //! resources, and Kubernetes examples → API JSON → Kubernetes likewise.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::{Path, PathBuf};
 
 use mesh_model::{

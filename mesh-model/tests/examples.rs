@@ -1,6 +1,8 @@
 //! Every App Mesh API JSON file among the shared examples (real files from AWS's repositories,
 //! copied verbatim into tests/fixtures) loads as the right kind and validates, after the
 //! placeholder substitution their walkthroughs do with envsubst.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{collections::HashMap, path::PathBuf};
 
 use mesh_model::{

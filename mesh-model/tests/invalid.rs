@@ -1,5 +1,7 @@
 //! One invalid input per validation rule, each asserting the exact field path of its error,
 //! against a small valid mesh that exercises every kind.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::Path;
 
 use mesh_model::{

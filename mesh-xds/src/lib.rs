@@ -6,6 +6,7 @@
 pub mod client;
 pub mod json;
 pub mod memory;
+pub mod metadata;
 pub mod names;
 pub mod plan;
 pub mod resources;

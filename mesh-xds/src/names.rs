@@ -2,6 +2,11 @@
 //! form is built here, and every one either end reads something back from is parsed here, so
 //! the two cannot drift apart.
 
+/// A virtual node as the data plane names it: `mesh/node`.
+pub fn virtual_node(mesh: &str, node: &str) -> String {
+    format!("{mesh}/{node}")
+}
+
 /// The cluster of one listener port of a virtual node: `mesh/node/port`.
 pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
     format!("{mesh}/{node}/{port}")
@@ -11,16 +16,6 @@ pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
 /// [`gateway_copy`], [`gateway_tls_copy`]), whose names end in the caller or gateway.
 pub fn cluster_port(name: &str) -> Option<i32> {
     name.rsplit('/').next()?.parse().ok()
-}
-
-/// The virtual node (`mesh/node`) of a cluster named by [`cluster`] or of one of its copies;
-/// other names whole.
-pub fn virtual_node_of_cluster(name: &str) -> &str {
-    let mut slashes = name.match_indices('/').map(|(at, _)| at);
-    match (slashes.next(), slashes.next()) {
-        (Some(_), Some(second)) => &name[..second],
-        _ => name,
-    }
 }
 
 /// The copy of `cluster` one calling virtual node reaches it through (TLS origination from
@@ -101,20 +96,17 @@ mod tests {
     fn clusters_and_their_copies_parse_back() {
         let original = cluster("shop", "api", 9090);
         assert_eq!(cluster_port(&original), Some(9090));
-        assert_eq!(virtual_node_of_cluster(&original), "shop/api");
         for copy in [
             caller_copy(&original, "web"),
             gateway_copy(&original, "ingress"),
             gateway_tls_copy(&original, "ingress"),
         ] {
             assert_eq!(cluster_port(&copy), None, "{copy}");
-            assert_eq!(virtual_node_of_cluster(&copy), "shop/api", "{copy}");
         }
         assert_eq!(
             gateway_tls_copy(&original, "ingress"),
             "shop/api/9090/via/ingress/tls"
         );
-        assert_eq!(virtual_node_of_cluster("passthrough"), "passthrough");
     }
 
     #[test]

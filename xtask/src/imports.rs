@@ -120,10 +120,10 @@ fn declared_modules(text: &str) -> Vec<String> {
     let mut names = Vec::new();
     for statement in text.split(';') {
         let words: Vec<&str> = statement.split_whitespace().collect();
-        if let [.., "mod", name] = words.as_slice() {
-            if is_ident(name) {
-                names.push((*name).to_string());
-            }
+        if let [.., "mod", name] = words.as_slice()
+            && is_ident(name)
+        {
+            names.push((*name).to_string());
         }
     }
     names
@@ -277,8 +277,6 @@ fn tokenize(code: &str) -> Vec<String> {
         } else if c == ':' && chars.peek() == Some(&':') {
             chars.next();
             tokens.push("::".to_string());
-        } else if "{};,".contains(c) {
-            tokens.push(c.to_string());
         } else if !c.is_whitespace() {
             tokens.push(c.to_string());
         }

@@ -26,7 +26,7 @@ impl fmt::Debug for EndpointCollector {
 }
 
 impl Collector for EndpointCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let plane = self.0.current();
         let mut family = encoder.encode_descriptor(
             "mesh_upstream_endpoints",
@@ -64,7 +64,7 @@ fn short(type_url: &str) -> &str {
 }
 
 impl Collector for XdsCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         // A poisoned watch fails the scrape rather than showing a disconnected session.
         let state = self.0.lock().map_err(|_| fmt::Error)?;
         let state = state

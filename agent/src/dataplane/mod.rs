@@ -81,9 +81,12 @@ impl DataPlane {
     fn virtual_nodes_by_address(&self) -> AddressIndex {
         let mut index = HashMap::new();
         for upstream in self.clusters.values() {
+            let Some(node) = &upstream.plan.virtual_node else {
+                continue;
+            };
             for endpoint in upstream.endpoints().iter() {
                 if let std::net::IpAddr::V4(ip) = endpoint.addr.ip() {
-                    index.insert(ip, upstream.virtual_node.clone());
+                    index.insert(ip, node.clone());
                 }
             }
         }
@@ -247,9 +250,10 @@ mod tests {
 
     use super::*;
 
-    fn cluster(name: &str, changes: &EndpointChanges) -> Arc<Upstream> {
+    fn cluster(name: &str, node: &str, changes: &EndpointChanges) -> Arc<Upstream> {
         let plan = ClusterPlan {
             name: name.into(),
+            virtual_node: Some(node.into()),
             discovery: Discovery::Static(Vec::new()),
             balancer: Balancer::RoundRobin,
             connect_timeout: Duration::from_secs(1),
@@ -270,8 +274,8 @@ mod tests {
     #[test]
     fn workloads_are_found_by_address_and_follow_their_endpoints() {
         let changes = EndpointChanges::default();
-        let web = cluster("shop/web/80", &changes);
-        let api = cluster("shop/api/9090", &changes);
+        let web = cluster("shop/web/80", "shop/web", &changes);
+        let api = cluster("shop/api/9090", "shop/api", &changes);
         web.set_endpoints(vec!["10.0.0.1:80".parse().unwrap()]);
         api.set_endpoints(vec!["10.0.0.2:9090".parse().unwrap()]);
         let plane = DataPlane {

@@ -204,8 +204,6 @@ pub enum Outcome {
 
 pub struct Upstream {
     pub plan: ClusterPlan,
-    /// `mesh/node` the cluster reaches (its name without the port), for metrics.
-    pub virtual_node: String,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     /// HTTP/1.1: one request per connection, `max_connections` of them.
     connections: Arc<Semaphore>,
@@ -247,24 +245,12 @@ impl EndpointChanges {
     }
 }
 
-/// `mesh/node` of a cluster named `mesh/node/port`, or of one of its copies
-/// (`mesh/node/port/from/caller`, `mesh/node/port/via/gateway`); other names whole.
-fn virtual_node_of_cluster(name: &str) -> &str {
-    let mut slashes = name.match_indices('/').map(|(at, _)| at);
-    match (slashes.next(), slashes.next()) {
-        (Some(_), Some(second)) => &name[..second],
-        _ => name,
-    }
-}
-
 impl Upstream {
     pub fn new(plan: ClusterPlan, mark: Option<u32>, metrics: ClusterMetrics) -> Self {
-        let virtual_node = virtual_node_of_cluster(&plan.name).to_owned();
         Self {
             connections: Arc::new(Semaphore::new(plan.limits.max_connections as usize)),
             requests: Arc::new(Semaphore::new(plan.limits.max_requests as usize)),
             plan,
-            virtual_node,
             endpoints: RwLock::new(Arc::new(Vec::new())),
             pending: AtomicU32::new(0),
             retries_in_flight: AtomicU32::new(0),
@@ -291,6 +277,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.plan.name
+    }
+
+    /// The virtual node the cluster reaches, as metrics name it.
+    pub fn virtual_node(&self) -> &str {
+        self.plan.virtual_node.as_deref().unwrap_or("unknown")
     }
 
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
@@ -477,20 +468,6 @@ impl Drop for RetrySlot {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_clusters_virtual_node_is_its_first_two_segments() {
-        assert_eq!(virtual_node_of_cluster("shop/api/9090"), "shop/api");
-        assert_eq!(
-            virtual_node_of_cluster("shop/api/9090/from/web"),
-            "shop/api"
-        );
-        assert_eq!(
-            virtual_node_of_cluster("shop/api/9090/via/ingress"),
-            "shop/api"
-        );
-        assert_eq!(virtual_node_of_cluster("passthrough"), "passthrough");
-    }
-
     use mesh_xds::plan::cluster::{Discovery, Limits};
 
     use super::*;
@@ -498,6 +475,7 @@ mod tests {
     fn plan(balancer: Balancer, outlier: Option<OutlierPlan>, limits: Limits) -> ClusterPlan {
         ClusterPlan {
             name: "m/node/80".into(),
+            virtual_node: Some("m/node".into()),
             discovery: Discovery::Static(Vec::new()),
             balancer,
             connect_timeout: Duration::from_secs(1),

@@ -45,7 +45,7 @@ fn counter_label(counter: Counter) -> &'static str {
 }
 
 impl Collector for RedirectCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let enrolled = ConstGauge::new(self.enrolled.load(Ordering::Relaxed));
         enrolled.encode(encoder.encode_descriptor(
             "mesh_agent_enrolled_netns",
@@ -183,7 +183,7 @@ impl fmt::Debug for PodConnectCollector {
 }
 
 impl Collector for PodConnectCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "mesh_agent_pod_connects",
             "TCP connects of each enrolled pod, by the destination's virtual node, port and outcome (in-kernel)",

@@ -11,7 +11,7 @@ use prometheus_client::{
 pub struct ProcessCollector;
 
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         encode_process(&mut encoder)?;
         let mut build = encoder.encode_descriptor(
             "mesh_agent_build_info",
@@ -26,7 +26,7 @@ impl Collector for ProcessCollector {
 }
 
 /// Memory, CPU and open descriptors of this process, from /proc/self.
-fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+fn encode_process(encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let rss_kib: i64 = status
         .lines()

@@ -30,7 +30,7 @@ use mesh_model::types::{
     VirtualNodeConnectionPool,
 };
 
-use mesh_xds::names;
+use mesh_xds::{metadata, names};
 
 use super::values::{ads, duration, millis, u32_value};
 use crate::registry::{self, Registry};
@@ -48,6 +48,11 @@ pub fn for_listener(
     let name = names::cluster(&node.mesh_name, &node.virtual_node_name, port);
     let mut result = cluster::Cluster {
         name: name.clone(),
+        // Copies of this cluster (per caller, per gateway) are clones: they keep it.
+        metadata: Some(metadata::for_virtual_node(&names::virtual_node(
+            &node.mesh_name,
+            &node.virtual_node_name,
+        ))),
         // The node proxy is every caller's proxy on its node: the node's outlier detection,
         // connection pool and health check apply toward its endpoints (and, for an Envoy
         // sidecar, also toward the local application: see inbound).

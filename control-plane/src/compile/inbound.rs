@@ -19,7 +19,7 @@ use mesh_model::types::{
     CreateVirtualNodeInput, Listener as AppMeshListener, ListenerTimeout, PortProtocol,
 };
 
-use mesh_xds::names;
+use mesh_xds::{metadata, names};
 
 use super::{
     Issues, cluster,
@@ -42,7 +42,9 @@ pub fn inbound(
     for listener in node.spec.listeners.iter().flatten() {
         let port = listener.port_mapping.port;
         let local = names::inbound_cluster(mesh, name, port);
-        clusters.push(local_cluster(&local, listener));
+        let mut local_cluster = local_cluster(&local, listener);
+        local_cluster.metadata = Some(metadata::for_virtual_node(&names::virtual_node(mesh, name)));
+        clusters.push(local_cluster);
         let filter = match listener.port_mapping.protocol {
             PortProtocol::Tcp => tcp_filter(&local, listener),
             _ => http_filter_for(&local, listener),

@@ -35,6 +35,9 @@ const DEFAULT_MAX_RETRIES: u32 = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterPlan {
     pub name: String,
+    /// The virtual node (`mesh/node`) the cluster reaches, from its metadata; for metrics
+    /// and for knowing a workload by its address. `None` for clusters that name none.
+    pub virtual_node: Option<String>,
     pub discovery: Discovery,
     pub balancer: Balancer,
     pub connect_timeout: Duration,
@@ -176,6 +179,7 @@ impl ClusterPlan {
         };
         Ok(Self {
             name: cluster.name.clone(),
+            virtual_node: crate::metadata::virtual_node(cluster.metadata.as_ref()).map(str::to_owned),
             discovery,
             balancer,
             connect_timeout: cluster

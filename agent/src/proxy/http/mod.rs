@@ -267,7 +267,7 @@ impl HttpContext {
                 true => service.clone(),
                 false => "unknown".into(),
             },
-            destination_virtual_node: upstream.virtual_node.clone(),
+            destination_virtual_node: upstream.virtual_node().to_owned(),
             route: route.name.clone(),
         };
         if self.loggers.is_some() {
