@@ -34,6 +34,8 @@ use crate::{
 pub struct PodContext {
     workload_id: u32,
     netns: String,
+    /// The port of the proxy's listener in the pod.
+    own_port: u16,
     net: Arc<PodNet>,
     mark: Option<u32>,
     metrics: MeshMetrics,
@@ -141,9 +143,13 @@ async fn accept(pod: InboundPod, inputs: Arc<ProxyInputs>, stop: CancellationTok
             return;
         }
     };
+    // The listener's own port: sk_lookup hands it connections for other ports, so one that
+    // arrives on this port was addressed to the listener itself.
+    let own_port = listener.local_addr().map_or(0, |a| a.port());
     let context = Arc::new(PodContext {
         workload_id: pod.workload_id,
         netns: pod.netns,
+        own_port,
         net: pod.net,
         mark: inputs.settings.mark,
         metrics: inputs.mesh_metrics.clone(),
@@ -181,6 +187,15 @@ async fn handle(
             return;
         }
     };
+    if port == pod.own_port {
+        // Not the application's: relaying it "to the application" on the pod's loopback
+        // would reach this listener again, and again (a self-loop any pod could start).
+        debug!(netns = %pod.netns, client = %peer, port, "connection addressed to the proxy's own inbound port; resetting");
+        inputs
+            .metrics
+            .failed(&format!("127.0.0.1:{port}"), FailureReason::refused);
+        return reset(stream);
+    }
     let plane = inputs.state.current();
     let node = inputs
         .workloads

@@ -26,7 +26,7 @@ use envoy_types::{
 use super::values::{ads, socket_address, u32_value};
 
 /// What a destination port of a node's backends carries.
-pub enum PortPlan {
+pub enum PortTraffic {
     /// HTTP-family traffic, routed by the named RouteConfiguration.
     Http { routes: String },
     /// TCP to weighted clusters, cut after the idle timeout.
@@ -39,7 +39,7 @@ pub enum PortPlan {
 pub fn outbound(
     name: String,
     address: (&str, u32),
-    ports: Vec<(i32, PortPlan)>,
+    ports: Vec<(i32, PortTraffic)>,
     passthrough: Option<String>,
 ) -> Listener {
     let mut filter_chains: Vec<FilterChain> = ports
@@ -50,10 +50,10 @@ pub fn outbound(
                 ..Default::default()
             }),
             filters: vec![match plan {
-                PortPlan::Http { routes } => {
+                PortTraffic::Http { routes } => {
                     http_connection_manager(format!("{name}/{port}"), rds(routes))
                 }
-                PortPlan::Tcp {
+                PortTraffic::Tcp {
                     clusters,
                     idle_timeout,
                 } => tcp_proxy(format!("{name}/{port}"), clusters, idle_timeout),

@@ -32,7 +32,7 @@ use output::Output;
 
 pub use inbound::INBOUND_ADDRESS;
 pub use index::{CompileError, MeshIndex};
-pub use listener::PortPlan;
+pub use listener::PortTraffic;
 pub use outbound::OUTBOUND_ADDRESS;
 
 /// Things compiled around (a target without listeners, an unsupported retry event), each a

@@ -10,7 +10,7 @@ use super::{
     Issues,
     hosts::{Hosts, hosts_of},
     index::MeshIndex,
-    listener::{self, PortPlan},
+    listener::{self, PortTraffic},
     output::ClusterVariant,
     tls,
 };
@@ -85,20 +85,20 @@ pub(super) fn outbound_for(
         .is_some_and(|f| f.r#type == EgressFilterType::AllowAll);
     let passthrough = allow_all.then(|| names::passthrough_cluster(mesh));
     clusters.extend(passthrough.clone());
-    let mut ports: Vec<(i32, PortPlan)> = route_configs
+    let mut ports: Vec<(i32, PortTraffic)> = route_configs
         .iter()
         .filter_map(|c| {
             let port = names::outbound_routes_port(&c.name)?;
             Some((
                 port,
-                PortPlan::Http {
+                PortTraffic::Http {
                     routes: c.name.clone(),
                 },
             ))
         })
         .collect();
     ports.extend(tcp.into_iter().map(|(port, targets)| {
-        let plan = PortPlan::Tcp {
+        let plan = PortTraffic::Tcp {
             clusters: targets.clusters,
             idle_timeout: targets.idle,
         };
