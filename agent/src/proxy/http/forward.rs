@@ -16,7 +16,7 @@ use super::{
     HttpContext,
     body::{RequestBody, TimedBody},
     exchange::{CountedBody, Exchange},
-    headers::{authority, grpc_status, strip_hop_by_hop},
+    headers::{Message, authority, grpc_status, strip_hop_by_hop},
     local_reply::LocalReply,
 };
 use crate::{
@@ -172,7 +172,7 @@ impl UpstreamTarget {
             })?;
         let headers = request.headers_mut();
         *headers = parts.headers.clone();
-        strip_hop_by_hop(headers);
+        strip_hop_by_hop(headers, Message::Request);
         if self.http2 {
             // :authority carries it.
             headers.remove(header::HOST);
@@ -281,7 +281,7 @@ impl TryResult {
                         })
                         .boxed_unsync()
                 });
-                strip_hop_by_hop(response.headers_mut());
+                strip_hop_by_hop(response.headers_mut(), Message::Response);
                 Ok(response)
             }
             Self::NotSent(error @ PickError::Overflow(_)) => Err(unavailable(

@@ -1,7 +1,8 @@
 //! The header rules the proxy applies to requests and responses it forwards.
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-/// Headers that describe one connection, not the message: never forwarded.
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9113
+/// §8.2.2): never forwarded as they came.
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
@@ -60,10 +61,49 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Which kind of message a header map belongs to: requests may carry `te: trailers` on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    Request,
+    Response,
+}
+
+/// Removes what describes the connection rather than the message: the hop-by-hop headers and
+/// every header the `connection` header names (RFC 9110 §7.6.1). A request keeps
+/// `te: trailers` — the one TE value HTTP/2 allows (RFC 9113 §8.2.2), and one gRPC requires:
+/// servers built on gRPC's C core reset requests without it. Other TE values go, as Envoy
+/// drops them.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = message == Message::Request && asks_for_trailers(headers);
+    for name in listed {
+        headers.remove(name);
+    }
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The request's TE header lists `trailers` (a list, values case-insensitive, RFC 9110 §10.1.4).
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let coding = coding.split(';').next().unwrap_or_default().trim();
+            coding.eq_ignore_ascii_case("trailers")
+        })
 }
 
 /// The gRPC status of a response's headers or trailers.
@@ -74,6 +114,51 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn te_trailers_stays_on_requests_and_other_te_values_go() {
+        for te in ["trailers", "Trailers", "gzip, trailers", "trailers;q=1"] {
+            let mut request = headers(&[("te", te), ("content-type", "application/grpc")]);
+            strip_hop_by_hop(&mut request, Message::Request);
+            assert_eq!(request["te"], "trailers", "{te}");
+        }
+        let mut request = headers(&[("te", "gzip, deflate")]);
+        strip_hop_by_hop(&mut request, Message::Request);
+        assert!(!request.contains_key("te"));
+        let mut response = headers(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut response, Message::Response);
+        assert!(!response.contains_key("te"));
+    }
+
+    #[test]
+    fn connection_listed_and_hop_by_hop_headers_go_the_rest_stays() {
+        let mut request = headers(&[
+            ("connection", "keep-alive, x-hop"),
+            ("connection", "X-Other"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "grpc-status"),
+            ("x-end-to-end", "3"),
+        ]);
+        strip_hop_by_hop(&mut request, Message::Request);
+        let left: Vec<&str> = request.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+    }
 
     #[test]
     fn requests_get_a_uuid_request_id_unless_they_have_one() {
