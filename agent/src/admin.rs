@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use mesh_xds::client::XdsState;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{config::NetnsRef, redirect::Enrollments, telemetry::metrics::Metrics};
 
@@ -150,6 +150,7 @@ fn route(
 
 fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Response<Full<Bytes>> {
     let Ok(mut enrollments) = state.enrollments.lock() else {
+        error!("enrollment table lock poisoned; admin enrollment request refused");
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "enrollment table poisoned\n".into(),

@@ -23,7 +23,7 @@ use crate::{
     config::Config,
     dataplane::{
         self, MeshState, UpstreamSettings, dns,
-        metrics::{EndpointCollector, XdsCollector, XdsWatch},
+        metrics::{EndpointCollector, XdsCollector, XdsWatch, XdsWatchPoisoned},
         workloads::Workloads,
     },
     host,
@@ -122,9 +122,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     }
     let xds = start_xds(&config);
     if let Some(xds) = &xds {
-        if let Ok(mut watch) = xds_watch.lock() {
-            *watch = Some(xds.state.clone());
-        }
+        *xds_watch.lock().map_err(|_| XdsWatchPoisoned)? = Some(xds.state.clone());
         tokio::spawn(dataplane::follow(
             xds.state.clone(),
             inputs.state.clone(),

@@ -32,6 +32,34 @@ pub enum ConfigError {
     },
 }
 
+/// Why a namespace spec (`name`, `/path`, either with `=mesh/node`) is not usable; the
+/// config error and the admin API name the key or parameter before this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetnsSpecError {
+    #[error("{spec:?}: the virtual node after `=` is written mesh/name")]
+    VirtualNode { spec: String },
+    #[error("contains an empty name")]
+    EmptyName,
+    #[error("contains {spec:?}: give a namespace name under {} or an absolute path", netns_dir.display())]
+    NotAName { spec: String, netns_dir: PathBuf },
+}
+
+/// A `${NAME}` in the config file whose environment variable is not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {0} is not set")]
+struct UnsetVariable(String);
+
+/// A duration that is not `<number><ms|s|m>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum DurationError {
+    #[error("duration {0:?} needs a unit: ms, s or m")]
+    NoUnit(String),
+    #[error("duration {0:?} does not start with a number")]
+    NoNumber(String),
+    #[error("duration {text:?} has unit {unit:?}; use ms, s or m")]
+    Unit { text: String, unit: String },
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,12 +241,13 @@ impl Config {
     /// Expands `${VAR}` from the environment, then parses and validates `text`; `path` only
     /// names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let text = expand_env(text, |name| std::env::var(name).ok()).map_err(|name| {
-            ConfigError::UnsetVariable {
-                path: path.to_owned(),
-                name,
-            }
-        })?;
+        let text =
+            expand_env(text, |name| std::env::var(name).ok()).map_err(|UnsetVariable(name)| {
+                ConfigError::UnsetVariable {
+                    path: path.to_owned(),
+                    name,
+                }
+            })?;
         let config: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
@@ -272,7 +301,7 @@ impl Config {
         }
         for spec in &self.enrollment.netns {
             NetnsRef::parse(spec, &self.enrollment.netns_dir)
-                .map_err(|reason| ("enrollment.netns", reason))?;
+                .map_err(|reason| ("enrollment.netns", reason.to_string()))?;
         }
         if let Some(pattern) = &self.enrollment.discover
             && (pattern.is_empty() || pattern.contains('/'))
@@ -339,31 +368,31 @@ pub struct NetnsRef {
 }
 
 impl NetnsRef {
-    pub fn parse(spec: &str, netns_dir: &Path) -> Result<Self, String> {
+    pub fn parse(spec: &str, netns_dir: &Path) -> Result<Self, NetnsSpecError> {
         let (spec, virtual_node) = match spec.split_once('=') {
             Some((ns, node)) => {
                 let valid = node.split_once('/').is_some_and(|(mesh, name)| {
                     !mesh.is_empty() && !name.is_empty() && !name.contains('/')
                 });
                 if !valid {
-                    return Err(format!(
-                        "{spec:?}: the virtual node after `=` is written mesh/name"
-                    ));
+                    return Err(NetnsSpecError::VirtualNode {
+                        spec: spec.to_owned(),
+                    });
                 }
                 (ns, Some(node.to_owned()))
             }
             None => (spec, None),
         };
         if spec.is_empty() {
-            return Err("contains an empty name".into());
+            return Err(NetnsSpecError::EmptyName);
         }
         let path = if spec.starts_with('/') {
             PathBuf::from(spec)
         } else if spec.contains('/') || spec == "." || spec == ".." {
-            return Err(format!(
-                "contains {spec:?}: give a namespace name under {} or an absolute path",
-                netns_dir.display()
-            ));
+            return Err(NetnsSpecError::NotAName {
+                spec: spec.to_owned(),
+                netns_dir: netns_dir.to_owned(),
+            });
         } else {
             netns_dir.join(spec)
         };
@@ -382,8 +411,11 @@ impl fmt::Display for NetnsRef {
 }
 
 /// Replaces each `${NAME}` with `lookup(NAME)` (a DaemonSet passes the node's address as
-/// `${NODE_IP}`); `Err(NAME)` for the first unset one. `$` not followed by `{` stays as is.
-fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+/// `${NODE_IP}`); the first unset one is the error. `$` not followed by `{` stays as is.
+fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, UnsetVariable> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -394,7 +426,7 @@ fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
             return Ok(out);
         };
         let name = &after[..end];
-        out.push_str(&lookup(name).ok_or_else(|| name.to_owned())?);
+        out.push_str(&lookup(name).ok_or_else(|| UnsetVariable(name.to_owned()))?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -417,21 +449,22 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D, field: &str) -> Result<D
     parse_duration(&text).map_err(|reason| serde::de::Error::custom(format!("{field}: {reason}")))
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {text:?} needs a unit: ms, s or m"))?;
+        .ok_or_else(|| DurationError::NoUnit(text.to_owned()))?;
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits
         .parse()
-        .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+        .map_err(|_| DurationError::NoNumber(text.to_owned()))?;
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!(
-            "duration {text:?} has unit {unit:?}; use ms, s or m"
-        )),
+        _ => Err(DurationError::Unit {
+            text: text.to_owned(),
+            unit: unit.to_owned(),
+        }),
     }
 }
 
@@ -559,7 +592,10 @@ mod tests {
             expand_env("a: ${NODE_IP}:15001 $HOME ${", lookup),
             Ok("a: 10.1.2.3:15001 $HOME ${".to_owned())
         );
-        assert_eq!(expand_env("${MISSING}", lookup), Err("MISSING".to_owned()));
+        assert_eq!(
+            expand_env("${MISSING}", lookup),
+            Err(UnsetVariable("MISSING".to_owned()))
+        );
         let err =
             parse("proxy:\n  outbound_addr: ${MESH_AGENT_TEST_SURELY_UNSET}:1\n").unwrap_err();
         assert!(

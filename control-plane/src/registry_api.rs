@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use bytes::Bytes;
@@ -27,6 +27,18 @@ const TARGET_PREFIX: &str = "Route53AutoNaming_v20170314.";
 pub(crate) struct Shared {
     pub(crate) registry: Arc<Mutex<Registry>>,
     pub(crate) changed: Arc<Notify>,
+}
+
+/// A thread panicked holding the registry: it can no longer be trusted, so it is neither
+/// changed nor published again.
+#[derive(Debug, thiserror::Error)]
+#[error("the registry lock is poisoned (a thread panicked holding it)")]
+pub struct RegistryPoisoned;
+
+impl Shared {
+    pub(crate) fn registry(&self) -> Result<MutexGuard<'_, Registry>, RegistryPoisoned> {
+        self.registry.lock().map_err(|_| RegistryPoisoned)
+    }
 }
 
 pub(crate) async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
@@ -100,7 +112,9 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         Ok(body) => body.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidInput", &e.to_string()),
     };
-    let Ok(mut registry) = shared.registry.lock() else {
+    let Ok(mut registry) = shared.registry().inspect_err(|error| {
+        tracing::error!(%error, operation, "registry API request refused");
+    }) else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",

@@ -211,11 +211,11 @@ impl Watched {
         }
         if let Some(file) = &self.registry_file {
             match Registry::load(file) {
-                Ok(registry) => {
-                    if let Ok(mut shared) = self.shared.registry.lock() {
-                        *shared = registry;
-                    }
-                }
+                Ok(registry) => match self.shared.registry() {
+                    Ok(mut shared) => *shared = registry,
+                    // `publish` below refuses too: agents keep the last good mesh.
+                    Err(error) => error!(%error, "registry change not applied"),
+                },
                 Err(error) => {
                     error!(%error, "registry change rejected; keeping the last good registry")
                 }
@@ -232,13 +232,16 @@ impl Watched {
         self.publish(publisher);
     }
 
+    /// Publishes the last good mesh, registry and secrets; a poisoned registry publishes
+    /// nothing (agents keep what they have) rather than an empty registry.
     fn publish(&self, publisher: &mut Publisher) {
-        let registry = self
-            .shared
-            .registry
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let registry = match self.shared.registry() {
+            Ok(registry) => registry.clone(),
+            Err(error) => {
+                error!(%error, "nothing published; agents keep the last good mesh");
+                return;
+            }
+        };
         publisher.publish(MeshSource::Mesh(
             Arc::clone(&self.index),
             Arc::new(registry),

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    plan::{Planned, ResourceError},
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
     sds,
 };
@@ -330,7 +331,7 @@ fn check_response(response: &DiscoveryResponse) -> Result<BTreeMap<String, Any>,
             Ok(name) => {
                 accepted.insert(name, any.clone());
             }
-            Err(error) => errors.push(error),
+            Err(error) => errors.push(error.to_string()),
         }
     }
     if errors.is_empty() {
@@ -341,8 +342,8 @@ fn check_response(response: &DiscoveryResponse) -> Result<BTreeMap<String, Any>,
 }
 
 /// Decodes a resource and checks that the agent can apply it; its name, or why not.
-pub fn check_resource(any: &Any) -> Result<String, String> {
-    crate::plan::Planned::from_any(any).map(|(name, _)| name)
+pub fn check_resource(any: &Any) -> Result<String, ResourceError> {
+    Planned::from_any(any).map(|(name, _)| name)
 }
 
 /// Route configurations the listeners load by RDS.

@@ -5,8 +5,10 @@
 //! `healthy_threshold` successes.
 use std::{
     collections::HashMap,
+    io,
     net::SocketAddr,
     sync::{Arc, Weak},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -16,6 +18,21 @@ use mesh_xds::plan::cluster::{HealthCheckKind, HealthCheckPlan};
 use tracing::{info, warn};
 
 use super::upstream::{Endpoint, Upstream};
+
+/// Why one probe failed; logged when the endpoint is marked unhealthy.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("{0}")]
+    Request(http::Error),
+    #[error("{0}")]
+    Http(hyper::Error),
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 #[derive(Default)]
 struct Streak {
@@ -34,7 +51,10 @@ pub async fn check_cluster(upstream: Weak<Upstream>) {
             return;
         };
         let stop = cluster.tasks.clone();
-        let endpoints = cluster.endpoints();
+        // Endpoints that cannot be read (poisoned, said once): nothing left to check.
+        let Ok(endpoints) = cluster.endpoints() else {
+            return;
+        };
         streaks.retain(|addr, _| endpoints.iter().any(|e| e.addr == *addr));
         // Probes run in turn, each bounded by the check's timeout.
         for endpoint in endpoints.iter() {
@@ -55,7 +75,7 @@ fn judge(
     endpoint: &Arc<Endpoint>,
     streak: &mut Streak,
     plan: &HealthCheckPlan,
-    result: Result<(), String>,
+    result: Result<(), ProbeError>,
 ) {
     match result {
         Ok(()) => {
@@ -78,7 +98,7 @@ fn judge(
 }
 
 /// One probe on a fresh connection (so a pooled connection cannot hide a dead listener).
-async fn probe(endpoint: &Endpoint, plan: &HealthCheckPlan) -> Result<(), String> {
+async fn probe(endpoint: &Endpoint, plan: &HealthCheckPlan) -> Result<(), ProbeError> {
     let target = match plan.port {
         Some(port) => SocketAddr::new(endpoint.addr.ip(), port),
         None => endpoint.addr,
@@ -89,44 +109,44 @@ async fn probe(endpoint: &Endpoint, plan: &HealthCheckPlan) -> Result<(), String
             .to(target)
             .connect()
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(ProbeError::Connect)?;
         let HealthCheckKind::Http { path, http2 } = &plan.kind else {
             return Ok(());
         };
         let request = http::Request::get(path.as_str())
             .header(http::header::HOST, target.to_string())
             .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Request)?;
         let io = TokioIo::new(stream);
         let status = if *http2 {
             let (mut sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ProbeError::Http)?;
             tokio::spawn(connection);
             sender
                 .send_request(request)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(ProbeError::Http)?
                 .status()
         } else {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(ProbeError::Http)?;
             tokio::spawn(connection);
             sender
                 .send_request(request)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(ProbeError::Http)?
                 .status()
         };
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(ProbeError::Status(status))
         }
     };
     tokio::time::timeout(plan.timeout, attempt)
         .await
-        .map_err(|_| format!("no answer within {:?}", plan.timeout))?
+        .map_err(|_| ProbeError::Timeout(plan.timeout))?
 }

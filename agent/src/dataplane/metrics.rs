@@ -27,7 +27,8 @@ impl fmt::Debug for EndpointCollector {
 
 impl Collector for EndpointCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let plane = self.0.current();
+        // A poisoned data plane fails the scrape rather than report no endpoints.
+        let plane = self.0.current().map_err(|_| fmt::Error)?;
         let mut family = encoder.encode_descriptor(
             "mesh_upstream_endpoints",
             "Endpoints of each cluster: available (healthy, not ejected) or unavailable",
@@ -37,7 +38,8 @@ impl Collector for EndpointCollector {
         let mut clusters: Vec<_> = plane.clusters.iter().collect();
         clusters.sort_by_key(|(name, _)| name.as_str());
         for (name, upstream) in clusters {
-            let (available, total) = upstream.health();
+            // A poisoned endpoint list fails the scrape rather than report no endpoints.
+            let (available, total) = upstream.health().map_err(|_| fmt::Error)?;
             for (state, count) in [("available", available), ("unavailable", total - available)] {
                 let labels = [("cluster", name.as_str()), ("state", state)];
                 ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
@@ -49,6 +51,11 @@ impl Collector for EndpointCollector {
 
 /// Where the xDS state is, once the client runs (set after the metrics exist).
 pub type XdsWatch = Arc<Mutex<Option<watch::Receiver<Arc<XdsState>>>>>;
+
+/// A thread panicked holding the [`XdsWatch`].
+#[derive(Debug, thiserror::Error)]
+#[error("the xDS watch lock is poisoned (a thread panicked holding it)")]
+pub struct XdsWatchPoisoned;
 
 pub struct XdsCollector(pub XdsWatch);
 

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock, atomic::AtomicBool},
 };
 
 use mesh_xds::{
@@ -25,7 +25,7 @@ pub mod workloads;
 use upstream::{EndpointChanges, Upstream};
 use workloads::Workload;
 
-use crate::telemetry::metrics::MeshMetrics;
+use crate::telemetry::{lock_poisoned, metrics::MeshMetrics};
 
 #[derive(Default)]
 pub struct DataPlane {
@@ -64,6 +64,9 @@ impl DataPlane {
     fn address_index(&self) -> Arc<AddressIndex> {
         let changes = self.endpoint_changes.get();
         let Ok(mut cached) = self.by_address.lock() else {
+            // Only the cache is lost: the index built afresh is the right answer.
+            static REPORTED: AtomicBool = AtomicBool::new(false);
+            lock_poisoned(&REPORTED, "the address index cache lock");
             return Arc::new(self.virtual_nodes_by_address());
         };
         if let Some((built_at, index)) = cached.as_ref()
@@ -84,7 +87,12 @@ impl DataPlane {
             let Some(node) = &upstream.plan.virtual_node else {
                 continue;
             };
-            for endpoint in upstream.endpoints().iter() {
+            // A cluster whose endpoints cannot be read (poisoned, said once) adds none: its
+            // workloads are not told apart from outside the mesh while it stays so.
+            let Ok(endpoints) = upstream.endpoints() else {
+                continue;
+            };
+            for endpoint in endpoints.iter() {
                 if let std::net::IpAddr::V4(ip) = endpoint.addr.ip() {
                     index.insert(ip, node.clone());
                 }
@@ -115,11 +123,17 @@ impl Default for MeshState {
 }
 
 impl MeshState {
-    pub fn current(&self) -> Arc<DataPlane> {
-        self.current
-            .read()
-            .map(|d| Arc::clone(&d))
-            .unwrap_or_default()
+    /// The plane in force; an error (said once) once a thread panicked installing one, and
+    /// the caller refuses what needs it rather than take an empty mesh for the real one.
+    pub fn current(&self) -> Result<Arc<DataPlane>, StatePoisoned> {
+        match self.current.read() {
+            Ok(plane) => Ok(Arc::clone(&plane)),
+            Err(_) => {
+                static REPORTED: AtomicBool = AtomicBool::new(false);
+                lock_poisoned(&REPORTED, "the data plane lock");
+                Err(StatePoisoned)
+            }
+        }
     }
 
     /// Wakes on every new data plane.
@@ -185,7 +199,10 @@ fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
         // The client NACKs what does not convert, so this is a bug, not bad input.
         error!(%error, "accepted resource does not convert; skipped");
     }
-    let current = state.current();
+    // The state cannot be replaced either (said once): keep following, apply nothing.
+    let Ok(current) = state.current() else {
+        return;
+    };
     let mut clusters = HashMap::new();
     for (name, cluster) in plan.clusters {
         let upstream = match current.clusters.get(&name) {

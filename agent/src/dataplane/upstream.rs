@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::telemetry::metrics::ClusterMetrics;
+use crate::telemetry::{lock_poisoned, metrics::ClusterMetrics};
 
 /// Request bodies sent upstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -156,12 +156,16 @@ impl Endpoint {
         self.healthy.load(Ordering::Relaxed) && !self.ejected(now)
     }
 
+    /// Ejected by outlier detection; an endpoint whose outlier state cannot be read
+    /// (poisoned, said once) counts as ejected: it is not picked.
     fn ejected(&self, now: Instant) -> bool {
-        self.outlier
-            .lock()
-            .ok()
-            .and_then(|o| o.ejected_until)
-            .is_some_and(|until| until > now)
+        match self.outlier.lock() {
+            Ok(outlier) => outlier.ejected_until.is_some_and(|until| until > now),
+            Err(_) => {
+                outlier_poisoned();
+                true
+            }
+        }
     }
 
     pub fn set_healthy(&self, healthy: bool) -> bool {
@@ -192,6 +196,18 @@ pub enum PickError {
     NoHealthy { cluster: String, total: usize },
     #[error("cluster {0}: connection pool full (circuit breaker), request not sent")]
     Overflow(String),
+    #[error(transparent)]
+    Poisoned(#[from] EndpointsPoisoned),
+}
+
+/// A thread panicked replacing a cluster's endpoints: they can no longer be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster {0}: the endpoint list lock is poisoned (a thread panicked holding it)")]
+pub struct EndpointsPoisoned(pub String);
+
+fn outlier_poisoned() {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    lock_poisoned(&REPORTED, "an endpoint's outlier state lock");
 }
 
 /// How one try went, for outlier detection.
@@ -284,18 +300,25 @@ impl Upstream {
         self.plan.virtual_node.as_deref().unwrap_or("unknown")
     }
 
-    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints
-            .read()
-            .map(|e| Arc::clone(&e))
-            .unwrap_or_default()
+    /// The endpoint set; an error (said once) once a thread panicked replacing it.
+    pub fn endpoints(&self) -> Result<Arc<Vec<Arc<Endpoint>>>, EndpointsPoisoned> {
+        match self.endpoints.read() {
+            Ok(endpoints) => Ok(Arc::clone(&endpoints)),
+            Err(_) => {
+                static REPORTED: AtomicBool = AtomicBool::new(false);
+                lock_poisoned(&REPORTED, "a cluster's endpoint list lock");
+                Err(EndpointsPoisoned(self.plan.name.clone()))
+            }
+        }
     }
 
     /// Replaces the endpoint set; endpoints that stay keep their pools and their health.
     pub fn set_endpoints(&self, mut addrs: Vec<SocketAddr>) {
         addrs.sort();
         addrs.dedup();
-        let current = self.endpoints();
+        let Ok(current) = self.endpoints() else {
+            return;
+        };
         if current.iter().map(|e| e.addr).eq(addrs.iter().copied()) {
             return;
         }
@@ -318,10 +341,12 @@ impl Upstream {
             })
             .collect();
         info!(cluster = %self.plan.name, endpoints = ?next.iter().map(|e| e.addr).collect::<Vec<_>>(), "endpoints updated");
-        if let Ok(mut endpoints) = self.endpoints.write() {
-            *endpoints = Arc::new(next);
-            self.changes.bump();
-        }
+        let Ok(mut endpoints) = self.endpoints.write() else {
+            // Said once by `endpoints()` on the next read; the old set stays.
+            return;
+        };
+        *endpoints = Arc::new(next);
+        self.changes.bump();
     }
 
     /// Chooses an endpoint and takes a request slot on it, or says why not.
@@ -336,7 +361,7 @@ impl Upstream {
     }
 
     fn choose(&self) -> Result<Arc<Endpoint>, PickError> {
-        let endpoints = self.endpoints();
+        let endpoints = self.endpoints()?;
         if endpoints.is_empty() {
             return Err(PickError::NoEndpoints(self.plan.name.clone()));
         }
@@ -412,6 +437,7 @@ impl Upstream {
         };
         let now = Instant::now();
         let Ok(mut state) = endpoint.outlier.lock() else {
+            outlier_poisoned();
             return;
         };
         if outcome == Outcome::Success {
@@ -429,6 +455,7 @@ impl Upstream {
             return;
         }
         let Ok(mut state) = endpoint.outlier.lock() else {
+            outlier_poisoned();
             return;
         };
         state.consecutive_errors = 0;
@@ -440,20 +467,22 @@ impl Upstream {
     }
 
     fn may_eject(&self, policy: &OutlierPlan, now: Instant) -> bool {
-        let endpoints = self.endpoints();
+        let Ok(endpoints) = self.endpoints() else {
+            return false;
+        };
         let ejected = endpoints.iter().filter(|e| e.ejected(now)).count();
         ejected == 0
             || (ejected + 1) * 100 <= policy.max_ejection_percent as usize * endpoints.len()
     }
 
     /// Endpoints (healthy and available, total), for metrics and logs.
-    pub fn health(&self) -> (usize, usize) {
-        let endpoints = self.endpoints();
+    pub fn health(&self) -> Result<(usize, usize), EndpointsPoisoned> {
+        let endpoints = self.endpoints()?;
         let now = Instant::now();
-        (
+        Ok((
             endpoints.iter().filter(|e| e.available(now)).count(),
             endpoints.len(),
-        )
+        ))
     }
 }
 
@@ -550,17 +579,17 @@ mod tests {
             ClusterMetrics::default(),
         );
         upstream.set_endpoints(addrs(2));
-        let endpoints = upstream.endpoints();
+        let endpoints = upstream.endpoints().unwrap();
         for _ in 0..3 {
             upstream.record(&endpoints[0], Outcome::Error);
         }
-        assert_eq!(upstream.health(), (1, 2));
+        assert_eq!(upstream.health().unwrap(), (1, 2));
         assert_eq!(upstream.metrics.ejections.get(), 1);
         // The second would put 100% out, above the 50% cap.
         for _ in 0..3 {
             upstream.record(&endpoints[1], Outcome::Error);
         }
-        assert_eq!(upstream.health(), (1, 2));
+        assert_eq!(upstream.health().unwrap(), (1, 2));
         for _ in 0..4 {
             assert_eq!(
                 upstream.pick().await.unwrap().endpoint.addr,
@@ -604,11 +633,11 @@ mod tests {
             ClusterMetrics::default(),
         );
         upstream.set_endpoints(addrs(2));
-        let before = upstream.endpoints();
+        let before = upstream.endpoints().unwrap();
         before[1].set_healthy(false);
         upstream.set_endpoints(addrs(3));
-        let after = upstream.endpoints();
+        let after = upstream.endpoints().unwrap();
         assert!(Arc::ptr_eq(&before[1], &after[1]));
-        assert_eq!(upstream.health(), (2, 3));
+        assert_eq!(upstream.health().unwrap(), (2, 3));
     }
 }

@@ -4,8 +4,10 @@
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, atomic::AtomicBool},
 };
+
+use crate::telemetry::lock_poisoned;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
@@ -20,27 +22,52 @@ pub struct Workload {
 #[derive(Debug, Clone, Default)]
 pub struct Workloads(Arc<RwLock<HashMap<u32, Workload>>>);
 
+/// The workload table's lock is poisoned (a thread panicked holding it): which workload a
+/// connection comes from can no longer be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the workload table lock is poisoned (a thread panicked holding it)")]
+pub struct WorkloadsPoisoned;
+
 impl Workloads {
-    pub fn get(&self, id: u32) -> Option<Workload> {
-        self.0.read().ok()?.get(&id).cloned()
+    /// Workload `id`; an error (said once) when the table is poisoned, and the caller
+    /// refuses the connection rather than take it for no workload.
+    pub fn get(&self, id: u32) -> Result<Option<Workload>, WorkloadsPoisoned> {
+        let table = self.0.read().map_err(|_| poisoned())?;
+        Ok(table.get(&id).cloned())
     }
 
-    pub fn all(&self) -> Vec<(u32, Workload)> {
-        self.0
-            .read()
-            .map(|table| table.iter().map(|(id, w)| (*id, w.clone())).collect())
-            .unwrap_or_default()
+    pub fn all(&self) -> Result<Vec<(u32, Workload)>, WorkloadsPoisoned> {
+        let table = self.0.read().map_err(|_| poisoned())?;
+        Ok(table.iter().map(|(id, w)| (*id, w.clone())).collect())
     }
 
+    /// Adds or replaces workload `id`. A poisoned table is left alone (said once): readers
+    /// fail on it too, so no connection is taken for the wrong workload.
     pub fn insert(&self, id: u32, workload: Workload) {
-        if let Ok(mut table) = self.0.write() {
-            table.insert(id, workload);
+        match self.0.write() {
+            Ok(mut table) => {
+                table.insert(id, workload);
+            }
+            Err(_) => {
+                poisoned();
+            }
         }
     }
 
     pub fn remove(&self, id: u32) {
-        if let Ok(mut table) = self.0.write() {
-            table.remove(&id);
+        match self.0.write() {
+            Ok(mut table) => {
+                table.remove(&id);
+            }
+            Err(_) => {
+                poisoned();
+            }
         }
     }
+}
+
+fn poisoned() -> WorkloadsPoisoned {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    lock_poisoned(&REPORTED, "the workload table lock");
+    WorkloadsPoisoned
 }

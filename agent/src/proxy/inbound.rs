@@ -24,7 +24,7 @@ use crate::{
     dataplane::{
         DataPlane,
         upstream::{Connector, Upstream},
-        workloads::Workloads,
+        workloads::{Workloads, WorkloadsPoisoned},
     },
     redirect::{InboundPod, InboundPorts, netns::PodNet},
     telemetry::metrics::{FailureReason, MeshMetrics},
@@ -97,6 +97,9 @@ pub async fn run(
     // names resolve: look again every so often.
     let mut recheck = tokio::time::interval(PORTS_RECHECK);
     let tracker = TaskTracker::new();
+    // A poisoned port table stays poisoned: said once, then pods are still served but their
+    // ports no longer follow the mesh.
+    let mut ports_poisoned = false;
     loop {
         tokio::select! {
             _ = recheck.tick() => {}
@@ -109,19 +112,33 @@ pub async fn run(
             changed = applied.changed() => if changed.is_err() { break },
             () = stop.cancelled() => break,
         }
-        ports.sync(&captured_ports(
-            &inputs.state.current(),
-            &inputs.workloads,
-        ));
+        if ports_poisoned {
+            continue;
+        }
+        // An unreadable plane or workload table (said once) leaves the ports as they are;
+        // connections on them are refused while either cannot be read.
+        let Ok(plane) = inputs.state.current() else {
+            continue;
+        };
+        let Ok(desired) = captured_ports(&plane, &inputs.workloads) else {
+            continue;
+        };
+        if let Err(error) = ports.sync(&desired) {
+            error!(%error, "captured inbound ports no longer follow the mesh");
+            ports_poisoned = true;
+        }
     }
     tracker.close();
     tracker.wait().await;
 }
 
 /// (pod address, port) for every listener port of every enrolled pod's virtual node.
-fn captured_ports(plane: &DataPlane, workloads: &Workloads) -> HashSet<(Ipv4Addr, u16)> {
+fn captured_ports(
+    plane: &DataPlane,
+    workloads: &Workloads,
+) -> Result<HashSet<(Ipv4Addr, u16)>, WorkloadsPoisoned> {
     let mut ports = HashSet::new();
-    for (_, workload) in workloads.all() {
+    for (_, workload) in workloads.all()? {
         let Some(inbound) = plane
             .virtual_node_of(&workload)
             .and_then(|node| plane.inbound.get(&node))
@@ -132,7 +149,7 @@ fn captured_ports(plane: &DataPlane, workloads: &Workloads) -> HashSet<(Ipv4Addr
             ports.extend(workload.addresses.iter().map(|ip| (*ip, *port)));
         }
     }
-    ports
+    Ok(ports)
 }
 
 async fn accept(pod: InboundPod, inputs: Arc<ProxyInputs>, stop: CancellationToken) {
@@ -196,11 +213,20 @@ async fn handle(
             .failed(&format!("127.0.0.1:{port}"), FailureReason::refused);
         return reset(stream);
     }
-    let plane = inputs.state.current();
-    let node = inputs
-        .workloads
-        .get(pod.workload_id)
-        .and_then(|workload| plane.virtual_node_of(&workload));
+    let Ok(plane) = inputs.state.current() else {
+        inputs
+            .metrics
+            .failed(&format!("127.0.0.1:{port}"), FailureReason::other);
+        return reset(stream);
+    };
+    // A workload table that cannot be read (poisoned, said once) refuses the connection.
+    let Ok(workload) = inputs.workloads.get(pod.workload_id) else {
+        inputs
+            .metrics
+            .failed(&format!("127.0.0.1:{port}"), FailureReason::other);
+        return reset(stream);
+    };
+    let node = workload.and_then(|workload| plane.virtual_node_of(&workload));
     let plan = node
         .as_ref()
         .and_then(|node| plane.inbound.get(node))
@@ -223,8 +249,9 @@ async fn handle(
             let accepted_on = stream
                 .local_addr()
                 .unwrap_or_else(|_| SocketAddr::from(local));
-            let context = HttpContext::new(&inputs, side, "unknown".into(), port, routes, access_logs)
-                .between(peer, accepted_on);
+            let context =
+                HttpContext::new(&inputs, side, "unknown".into(), port, routes, access_logs)
+                    .between(peer, accepted_on);
             http::serve(stream, Arc::new(context), inputs.cut.clone()).await;
         }
         (

@@ -2,12 +2,7 @@
 //! routed by its workload's virtual node — HTTP to the HTTP engine, TCP routes to a cluster,
 //! no backend on a DROP_ALL mesh reset — or, outside the mesh, relayed to its original
 //! destination.
-use std::{
-    io,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use mesh_xds::plan::{PortPlan, cluster::Discovery};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,10 +14,7 @@ use super::{
     http::{self, HttpContext, MeshClusters, Side},
     tcp::{ConnectionLog, RelayEnds, relay_to, relay_to_cluster, reset},
 };
-use crate::{
-    redirect::orig_dst::OrigDstSource,
-    telemetry::metrics::FailureReason,
-};
+use crate::{redirect::orig_dst::OrigDstSource, telemetry::metrics::FailureReason};
 
 pub struct Outbound {
     listener: TcpListener,
@@ -42,7 +34,11 @@ pub struct DrainReport {
 }
 
 impl Outbound {
-    pub fn new(listener: TcpListener, orig_dst: Arc<dyn OrigDstSource>, inputs: ProxyInputs) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        orig_dst: Arc<dyn OrigDstSource>,
+        inputs: ProxyInputs,
+    ) -> Self {
         Self {
             listener,
             shared: Arc::new(Shared { orig_dst, inputs }),
@@ -122,11 +118,21 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     let destination = redirected.destination;
-    let plane = inputs.state.current();
-    let source = inputs
-        .workloads
-        .get(redirected.workload_id)
-        .and_then(|workload| plane.virtual_node_of(&workload));
+    let Ok(plane) = inputs.state.current() else {
+        inputs
+            .metrics
+            .failed(&destination.to_string(), FailureReason::other);
+        return reset(client);
+    };
+    // A workload table that cannot be read (poisoned, said once) refuses the connection:
+    // taking it for a workload outside the mesh would bypass the mesh.
+    let Ok(workload) = inputs.workloads.get(redirected.workload_id) else {
+        inputs
+            .metrics
+            .failed(&destination.to_string(), FailureReason::other);
+        return reset(client);
+    };
+    let source = workload.and_then(|workload| plane.virtual_node_of(&workload));
     // A workload outside the mesh (or no mesh at all) keeps plain TCP to its destination.
     let Some((source, outbound)) =
         source.and_then(|node| plane.outbound.get(&node).map(|plan| (node, plan)))

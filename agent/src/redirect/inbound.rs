@@ -6,6 +6,7 @@
 //! program never takes.
 use std::{
     collections::HashSet,
+    io,
     net::{Ipv4Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
     sync::{
@@ -17,12 +18,12 @@ use std::{
 use agent_common::{InboundKey, maps};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, SockHash},
-    programs::{SkLookup, sk_lookup::SkLookupLinkId},
+    maps::{HashMap, MapData, MapError, SockHash},
+    programs::{ProgramError, SkLookup, sk_lookup::SkLookupLinkId},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{RedirectError, netns::PodNet, program};
 use crate::config::NetnsRef;
@@ -39,6 +40,36 @@ pub struct InboundPod {
     pub stop: CancellationToken,
 }
 
+/// Why a pod's inbound traffic cannot be captured.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("entering the namespace: {0}")]
+    EnterNamespace(#[source] io::Error),
+    #[error("listening on {addr} in the pod: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    OpenNamespace(#[source] io::Error),
+    #[error("eBPF object poisoned")]
+    Poisoned,
+    #[error("{0}")]
+    Program(#[source] RedirectError),
+    #[error("attaching {program}: {source}")]
+    Attach {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("{map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("the inbound proxy is not running")]
+    ProxyGone,
+}
+
+/// The captured-ports lock is poisoned (a thread panicked holding it): the ports can no
+/// longer be kept in step with the mesh.
+#[derive(Debug, thiserror::Error)]
+#[error("the inbound ports lock is poisoned (a thread panicked holding it)")]
+pub struct PortsPoisoned;
+
 /// What capturing a pod set up, undone on release.
 pub struct Captured {
     link: SkLookupLinkId,
@@ -52,10 +83,8 @@ pub struct InboundPorts(Arc<Mutex<HashMap<MapData, InboundKey, u8>>>);
 
 impl InboundPorts {
     /// Makes the captured ports exactly `desired` (pod address, port).
-    pub fn sync(&self, desired: &HashSet<(Ipv4Addr, u16)>) {
-        let Ok(mut map) = self.0.lock() else {
-            return;
-        };
+    pub fn sync(&self, desired: &HashSet<(Ipv4Addr, u16)>) -> Result<(), PortsPoisoned> {
+        let mut map = self.0.lock().map_err(|_| PortsPoisoned)?;
         let want: HashSet<InboundKey> = desired.iter().map(|(ip, port)| key(*ip, *port)).collect();
         let have: HashSet<InboundKey> = map.keys().filter_map(Result::ok).collect();
         for stale in have.difference(&want) {
@@ -66,12 +95,11 @@ impl InboundPorts {
                 warn!(%error, port = new.port, "cannot capture an inbound port");
             }
         }
+        Ok(())
     }
 
-    fn forget(&self, addresses: &[Ipv4Addr]) {
-        let Ok(mut map) = self.0.lock() else {
-            return;
-        };
+    fn forget(&self, addresses: &[Ipv4Addr]) -> Result<(), PortsPoisoned> {
+        let mut map = self.0.lock().map_err(|_| PortsPoisoned)?;
         let stale: Vec<InboundKey> = map
             .keys()
             .filter_map(Result::ok)
@@ -80,6 +108,7 @@ impl InboundPorts {
         for key in stale {
             let _ = map.remove(&key);
         }
+        Ok(())
     }
 }
 
@@ -139,24 +168,33 @@ impl InboundHooks {
         ns: &NetnsRef,
         workload_id: u32,
         addresses: &[Ipv4Addr],
-    ) -> Result<Captured, String> {
-        let net = PodNet::enter(&ns.path).map_err(|e| format!("entering the namespace: {e}"))?;
+    ) -> Result<Captured, CaptureError> {
+        let net = PodNet::enter(&ns.path).map_err(CaptureError::EnterNamespace)?;
         let listener = net
             .listener(self.listen)
-            .map_err(|e| format!("listening on {} in the pod: {e}", self.listen))?;
-        let netns = std::fs::File::open(&ns.path).map_err(|e| e.to_string())?;
+            .map_err(|source| CaptureError::Listen {
+                addr: self.listen,
+                source,
+            })?;
+        let netns = std::fs::File::open(&ns.path).map_err(CaptureError::OpenNamespace)?;
         let link = {
-            let mut ebpf = self.ebpf.lock().map_err(|_| "eBPF object poisoned")?;
+            let mut ebpf = self.ebpf.lock().map_err(|_| CaptureError::Poisoned)?;
             let lookup: &mut SkLookup =
-                program(&mut ebpf, INBOUND_LOOKUP).map_err(|e| e.to_string())?;
+                program(&mut ebpf, INBOUND_LOOKUP).map_err(CaptureError::Program)?;
             lookup
                 .attach(netns.as_fd())
-                .map_err(|e| format!("attaching {INBOUND_LOOKUP}: {e}"))?
+                .map_err(|source| CaptureError::Attach {
+                    program: INBOUND_LOOKUP,
+                    source,
+                })?
         };
         for ip in addresses {
             self.sockets
                 .insert(u32::from_ne_bytes(ip.octets()), listener.as_raw_fd(), 0)
-                .map_err(|e| format!("{}: {e}", maps::INBOUND_SOCKETS))?;
+                .map_err(|source| CaptureError::Map {
+                    map: maps::INBOUND_SOCKETS,
+                    source,
+                })?;
         }
         let stop = CancellationToken::new();
         let pod = InboundPod {
@@ -167,7 +205,7 @@ impl InboundHooks {
             stop: stop.clone(),
         };
         if self.pods.send(pod).is_err() {
-            return Err("the inbound proxy is not running".into());
+            return Err(CaptureError::ProxyGone);
         }
         info!(netns = %ns.spec, ?addresses, listen = %self.listen, "inbound capture ready");
         self.attached.fetch_add(1, Ordering::Relaxed);
@@ -180,12 +218,22 @@ impl InboundHooks {
 
     pub fn release(&mut self, captured: Captured) {
         captured.stop.cancel();
-        self.ports.forget(&captured.addresses);
+        if let Err(error) = self.ports.forget(&captured.addresses) {
+            error!(%error, "the released pod's ports stay captured");
+        }
         for ip in &captured.addresses {
             let _ = self.sockets.remove(&u32::from_ne_bytes(ip.octets()));
         }
-        if let Ok(mut ebpf) = self.ebpf.lock()
-            && let Ok(lookup) = program::<SkLookup>(&mut ebpf, INBOUND_LOOKUP)
+        let Ok(mut ebpf) = self.ebpf.lock() else {
+            // The link stays attached (and counted): the namespace keeps the program until
+            // it goes away.
+            error!(
+                error = %RedirectError::Poisoned,
+                "cannot detach the inbound lookup program"
+            );
+            return;
+        };
+        if let Ok(lookup) = program::<SkLookup>(&mut ebpf, INBOUND_LOOKUP)
             && let Err(error) = lookup.detach(captured.link)
         {
             warn!(%error, "detaching the inbound lookup program");

@@ -113,13 +113,14 @@ impl PodConnectCollector {
         }
     }
 
-    /// Folds the kernel's counts into the totals and returns them; `None` once a scrape
-    /// panicked holding the totals (they can no longer be trusted).
+    /// Folds the kernel's counts into the totals and returns them; `None` (the scrape fails)
+    /// once a scrape panicked holding the totals (they can no longer be trusted) or while
+    /// the workload table or the data plane is poisoned.
     fn collect(&self) -> Option<Vec<(Series, u64)>> {
         let mut seen = self.seen.lock().ok()?;
         let kernel = self.counters.read_pods();
-        let plane = self.mesh.current();
-        let workloads: HashMap<u32, _> = self.workloads.all().into_iter().collect();
+        let plane = self.mesh.current().ok()?;
+        let workloads: HashMap<u32, _> = self.workloads.all().ok()?.into_iter().collect();
         let pod_nodes: HashMap<u32, String> = workloads
             .iter()
             .map(|(id, workload)| {

@@ -35,9 +35,8 @@ use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 pub use enrollment::Enrollments;
-pub use inbound::{InboundHooks, InboundPod, InboundPorts};
+pub use inbound::{CaptureError, InboundHooks, InboundPod, InboundPorts, PortsPoisoned};
 use orig_dst::OrigDstMap;
-
 
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));

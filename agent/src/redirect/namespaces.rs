@@ -13,7 +13,7 @@ use std::{
 };
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Enrollments, netns};
 use crate::{config::NetnsRef, dataplane::MeshState};
@@ -37,9 +37,12 @@ pub async fn run(
             () = stop.cancelled() => return,
         }
         let present = scan(&netns_dir, &pattern, &mut seen);
-        let plane = mesh.current();
+        // An unreadable plane (said once) cannot tell who is in the mesh: skip the round.
+        let Ok(plane) = mesh.current() else {
+            continue;
+        };
         let Ok(mut table) = enrollments.lock() else {
-            warn!("enrollment table poisoned; discovery stops");
+            error!("enrollment table lock poisoned; discovery stops");
             return;
         };
         for (name, addresses) in &present {

@@ -91,40 +91,55 @@ pub enum Planned {
 impl Planned {
     /// Decodes and converts one resource; its name, or why it cannot be applied
     /// (`kind name: field: reason`).
-    pub fn from_any(any: &Any) -> Result<(String, Self), String> {
-        fn decode<M: Message + Default>(any: &Any) -> Result<M, String> {
-            M::decode(any.value.as_slice())
-                .map_err(|e| format!("does not decode as {}: {e}", any.type_url))
+    pub fn from_any(any: &Any) -> Result<(String, Self), ResourceError> {
+        fn decode<M: Message + Default>(any: &Any) -> Result<M, ResourceError> {
+            M::decode(any.value.as_slice()).map_err(|source| ResourceError::Decode {
+                type_url: any.type_url.clone(),
+                source,
+            })
         }
         match any.type_url.as_str() {
             CLUSTER => {
                 let cluster: Cluster = decode(any)?;
                 if cluster.name.is_empty() {
-                    return Err("cluster without a name".into());
+                    return Err(ResourceError::UnnamedCluster);
                 }
-                let plan = ClusterPlan::from_proto(&cluster)
-                    .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
+                let plan =
+                    ClusterPlan::from_proto(&cluster).map_err(|source| ResourceError::Cluster {
+                        name: cluster.name.clone(),
+                        source,
+                    })?;
                 Ok((cluster.name, Self::Cluster(plan)))
             }
             LISTENER => {
                 let listener: Listener = decode(any)?;
-                let plan = listener::ListenerPlan::from_proto(&listener)
-                    .map_err(|e| format!("listener {}: {e}", listener.name))?;
+                let plan = listener::ListenerPlan::from_proto(&listener).map_err(|source| {
+                    ResourceError::Listener {
+                        name: listener.name.clone(),
+                        source,
+                    }
+                })?;
                 Ok((listener.name, Self::Listener(plan)))
             }
             ROUTE => {
                 let routes: RouteConfiguration = decode(any)?;
-                let table = RouteTable::from_proto(&routes)
-                    .map_err(|e| format!("route configuration {}: {e}", routes.name))?;
+                let table =
+                    RouteTable::from_proto(&routes).map_err(|source| ResourceError::Routes {
+                        name: routes.name.clone(),
+                        source,
+                    })?;
                 Ok((routes.name, Self::Routes(table)))
             }
             ENDPOINT => {
                 let assignment: ClusterLoadAssignment = decode(any)?;
                 if assignment.cluster_name.is_empty() {
-                    return Err("cluster load assignment without cluster_name".into());
+                    return Err(ResourceError::UnnamedAssignment);
                 }
-                let endpoints = cluster::ip_endpoints(Some(&assignment)).map_err(|e| {
-                    format!("cluster load assignment {}: {e}", assignment.cluster_name)
+                let endpoints = cluster::ip_endpoints(Some(&assignment)).map_err(|source| {
+                    ResourceError::Assignment {
+                        cluster: assignment.cluster_name.clone(),
+                        source,
+                    }
                 })?;
                 Ok((
                     assignment.cluster_name.clone(),
@@ -133,18 +148,61 @@ impl Planned {
             }
             SECRET => {
                 let secret: Secret = decode(any)?;
-                check_secret(&secret).map_err(|e| format!("secret {}: {e}", secret.name))?;
+                check_secret(&secret).map_err(|source| ResourceError::Secret {
+                    name: secret.name.clone(),
+                    source,
+                })?;
                 Ok((secret.name, Self::Secret))
             }
-            other => Err(format!("resource type {other} is not supported")),
+            other => Err(ResourceError::UnsupportedType(other.to_owned())),
         }
     }
+}
+
+/// Why one resource cannot be applied (`kind name: field: reason`); the xDS client NACKs
+/// with this text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResourceError {
+    #[error("does not decode as {type_url}: {source}")]
+    Decode {
+        type_url: String,
+        source: prost::DecodeError,
+    },
+    #[error("cluster without a name")]
+    UnnamedCluster,
+    #[error("cluster {name}: {source}")]
+    Cluster { name: String, source: PlanError },
+    #[error("listener {name}: {source}")]
+    Listener { name: String, source: PlanError },
+    #[error("route configuration {name}: {source}")]
+    Routes { name: String, source: PlanError },
+    #[error("cluster load assignment without cluster_name")]
+    UnnamedAssignment,
+    #[error("cluster load assignment {cluster}: {source}")]
+    Assignment { cluster: String, source: PlanError },
+    #[error("secret {name}: {source}")]
+    Secret { name: String, source: InvalidSecret },
+    #[error("resource type {0} is not supported")]
+    UnsupportedType(String),
+}
+
+/// What an SDS secret lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSecret {
+    #[error("no name")]
+    NoName,
+    #[error("tls_certificate needs certificate_chain and private_key")]
+    IncompleteCertificate,
+    #[error("validation_context needs trusted_ca")]
+    NoTrustedCa,
+    #[error("only tls_certificate and validation_context secrets are supported")]
+    UnsupportedType,
 }
 
 impl NodePlan {
     /// The plan of an accepted state; resources that do not convert (the client NACKed
     /// them, so an accepted state has none) are skipped with their error returned.
-    pub fn from_resources(resources: &ResourceSet) -> (Self, Vec<String>) {
+    pub fn from_resources(resources: &ResourceSet) -> (Self, Vec<ResourceError>) {
         let mut plan = Self::default();
         let mut errors = Vec::new();
         for any in resources.by_type.values().flat_map(|r| r.values()) {
@@ -180,25 +238,25 @@ impl NodePlan {
 
 /// A secret is a certificate with its key, or a validation context with trusted CAs, its
 /// material inline or in files.
-fn check_secret(secret: &Secret) -> Result<(), String> {
+fn check_secret(secret: &Secret) -> Result<(), InvalidSecret> {
     if secret.name.is_empty() {
-        return Err("no name".into());
+        return Err(InvalidSecret::NoName);
     }
     let present =
         |source: &Option<DataSource>| source.as_ref().is_some_and(|s| s.specifier.is_some());
     match &secret.r#type {
         Some(secret::Type::TlsCertificate(certificate)) => {
             if !present(&certificate.certificate_chain) || !present(&certificate.private_key) {
-                return Err("tls_certificate needs certificate_chain and private_key".into());
+                return Err(InvalidSecret::IncompleteCertificate);
             }
         }
         Some(secret::Type::ValidationContext(context)) => {
             if !present(&context.trusted_ca) {
-                return Err("validation_context needs trusted_ca".into());
+                return Err(InvalidSecret::NoTrustedCa);
             }
         }
         _ => {
-            return Err("only tls_certificate and validation_context secrets are supported".into());
+            return Err(InvalidSecret::UnsupportedType);
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ mod local_reply;
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicBool},
 };
 
 use http::{Request, Response, StatusCode};
@@ -37,6 +37,7 @@ use crate::{
     },
     telemetry::{
         access_log::{Loggers, ResponseFlags},
+        lock_poisoned,
         metrics::{MeshMetrics, RequestOutcome, RouteLabels, RouteRecorder},
     },
 };
@@ -151,7 +152,9 @@ impl HttpContext {
     /// same route as the last one.
     fn record(&self, labels: &RouteLabels, outcome: RequestOutcome) {
         let Ok(mut cached) = self.recorder.lock() else {
-            warn!("request series cache poisoned; request not counted");
+            // Not counted rather than counted against the wrong series.
+            static REPORTED: AtomicBool = AtomicBool::new(false);
+            lock_poisoned(&REPORTED, "the request series cache lock");
             return;
         };
         match cached.as_mut() {
@@ -205,7 +208,13 @@ impl HttpContext {
         body: CountedBody,
         authority: &str,
     ) -> Result<Response<Body>, LocalReply> {
-        let plane = self.state.current();
+        let Ok(plane) = self.state.current() else {
+            return Err(LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the data plane cannot be read (its lock is poisoned)",
+                ResponseFlags::NO_ROUTE,
+            ));
+        };
         let Some(table) = plane.routes.get(&self.routes) else {
             return Err(LocalReply::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -11,7 +11,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -56,6 +56,9 @@ impl AccessLogWriters {
             return None;
         }
         let Ok(mut writers) = self.writers.lock() else {
+            // The connection goes on without its access log rather than be refused.
+            static REPORTED: AtomicBool = AtomicBool::new(false);
+            super::lock_poisoned(&REPORTED, "the access-log writers lock");
             return None;
         };
         let mut resolved = Vec::with_capacity(plans.len());
