@@ -12,7 +12,7 @@ use mesh_model::{
     source::{self, LoadOptions},
     validate::{self, Options},
 };
-use mesh_xds::plan::{NodePlan, PortPlan, route::RequestView};
+use mesh_xds::plan::{HttpPlan, NodePlan, PortPlan, route::RequestView};
 
 fn shop_plan() -> NodePlan {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
@@ -34,7 +34,7 @@ fn shop_plan() -> NodePlan {
 fn compiled_mesh_converts_and_routes() {
     let plan = shop_plan();
     let web = &plan.outbound["shop/web"];
-    let Some(PortPlan::Http { routes, .. }) = web.ports.get(&9090) else {
+    let Some(PortPlan::Http(HttpPlan { routes, .. })) = web.ports.get(&9090) else {
         panic!("web reaches api over HTTP on 9090: {web:?}");
     };
     assert!(matches!(web.ports.get(&5432), Some(PortPlan::Tcp { .. })));
@@ -61,6 +61,6 @@ fn compiled_mesh_converts_and_routes() {
     let inbound = &plan.inbound["shop/web"];
     assert!(matches!(
         inbound.ports.get(&8080),
-        Some(Some(PortPlan::Http { .. }))
+        Some(Some(PortPlan::Http(_)))
     ));
 }

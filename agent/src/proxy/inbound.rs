@@ -234,10 +234,7 @@ async fn handle(
     let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     match (plan, node) {
         (
-            Some(Some(PortPlan::Http {
-                routes,
-                access_logs,
-            })),
+            Some(Some(PortPlan::Http(plan))),
             Some(node),
         ) => {
             let _ = stream.set_nodelay(true);
@@ -249,10 +246,9 @@ async fn handle(
             let accepted_on = stream
                 .local_addr()
                 .unwrap_or_else(|_| SocketAddr::from(local));
-            let context =
-                HttpContext::new(&inputs, side, "unknown".into(), port, routes, access_logs)
-                    .between(peer, accepted_on);
-            http::serve(stream, Arc::new(context), inputs.cut.clone()).await;
+            let context = HttpContext::new(&inputs, side, "unknown".into(), port, plan)
+                .between(peer, accepted_on);
+            http::serve(stream, Arc::new(context)).await;
         }
         (
             Some(Some(PortPlan::Tcp {

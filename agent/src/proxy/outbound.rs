@@ -141,15 +141,12 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     let port = destination.port();
     match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
-        Some(PortPlan::Http {
-            routes,
-            access_logs,
-        }) => {
+        Some(PortPlan::Http(plan)) => {
             let _ = client.set_nodelay(true);
             let side = Side::outbound(source.clone(), Arc::new(MeshClusters));
-            let context = HttpContext::new(inputs, side, source, port, routes, access_logs)
+            let context = HttpContext::new(inputs, side, source, port, plan)
                 .between(peer.into(), destination.into());
-            http::serve(client, Arc::new(context), inputs.cut.clone()).await;
+            http::serve(client, Arc::new(context)).await;
         }
         Some(PortPlan::Tcp {
             clusters,

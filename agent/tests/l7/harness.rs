@@ -27,6 +27,9 @@ use control_plane::{
     compile::{self, MeshIndex},
     registry::{self, Registry},
 };
+use envoy_types::pb::{
+    envoy::config::cluster::v3::Cluster, google::protobuf::Duration as PbDuration,
+};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -40,7 +43,8 @@ use mesh_agent::{
     redirect::orig_dst::{OrigDstError, OrigDstSource, Redirected},
     telemetry::metrics::Metrics,
 };
-use mesh_xds::client::XdsState;
+use mesh_xds::{client::XdsState, resources::CLUSTER};
+use prost::Message;
 use serde_json::{Value, json};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
@@ -58,11 +62,13 @@ const CLIENT_WORKLOAD: u32 = 7;
 /// Generous bound for anything that should be quick.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A loopback address no other server of this test process uses.
+/// A loopback address no other server of this test process uses (and, by its second octet
+/// taken from the process id, most likely none of another run at the same time).
 pub fn unique_ip() -> Ipv4Addr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    Ipv4Addr::new(127, 10, (n / 250) as u8, (n % 250 + 1) as u8)
+    let run = 10 + std::process::id() % 200;
+    Ipv4Addr::new(127, run as u8, (n / 250) as u8, (n % 250 + 1) as u8)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -150,6 +156,9 @@ impl ServerSpec {
 }
 
 pub struct Spec {
+    /// Changes the compiled resources before the proxy gets them (e.g. to go below App
+    /// Mesh's minimum health-check interval).
+    pub tweak: Option<fn(&mut XdsState)>,
     pub egress: &'static str,
     /// Protocol of v1's, v2's and the router's listeners.
     pub protocol: &'static str,
@@ -165,6 +174,7 @@ pub struct Spec {
 impl Default for Spec {
     fn default() -> Self {
         Self {
+            tweak: None,
             egress: "DROP_ALL",
             protocol: "http",
             routes: Vec::new(),
@@ -183,9 +193,7 @@ fn definitions(spec: &Spec) -> BTreeMap<String, Value> {
         "mesh".into(),
         json!({"meshName": "m", "spec": {"egressFilter": {"type": spec.egress}}}),
     );
-    let cloud_map = |service: &str| {
-        json!({"awsCloudMap": {"namespaceName": "m.local", "serviceName": service}})
-    };
+    let cloud_map = |service: &str| json!({"awsCloudMap": {"namespaceName": "m.local", "serviceName": service}});
     files.insert(
         "vn-client".into(),
         json!({"meshName": "m", "virtualNodeName": "client", "spec": {
@@ -237,6 +245,29 @@ pub fn compile_state(index: &MeshIndex, registry: &Registry) -> XdsState {
     }
 }
 
+/// Sets every compiled cluster's health checks to `interval` and `timeout` (App Mesh's
+/// minimums are 5 s and 2 s: too slow for a test of what the data plane does with them).
+pub fn health_check_timing(state: &mut XdsState, interval: Duration, timeout: Duration) {
+    let duration = |d: Duration| PbDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    };
+    for any in state
+        .resources
+        .by_type
+        .get_mut(CLUSTER)
+        .into_iter()
+        .flat_map(|clusters| clusters.values_mut())
+    {
+        let mut cluster = Cluster::decode(any.value.as_slice()).expect("a cluster");
+        for check in &mut cluster.health_checks {
+            check.interval = Some(duration(interval));
+            check.timeout = Some(duration(timeout));
+        }
+        any.value = cluster.encode_to_vec();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The proxy and its data plane.
 
@@ -244,7 +275,10 @@ pub fn compile_state(index: &MeshIndex, registry: &Registry) -> XdsState {
 struct FixedOrigDst(SocketAddrV4);
 
 impl OrigDstSource for FixedOrigDst {
-    fn original_destination(&self, _peer: SocketAddrV4) -> Result<Option<Redirected>, OrigDstError> {
+    fn original_destination(
+        &self,
+        _peer: SocketAddrV4,
+    ) -> Result<Option<Redirected>, OrigDstError> {
         Ok(Some(Redirected {
             destination: self.0,
             workload_id: CLIENT_WORKLOAD,
@@ -263,8 +297,8 @@ pub struct Proxy {
 
 impl Proxy {
     /// The data plane following `initial` (send more with [`Proxy::apply`]), the client
-    /// workload pinned to `m/client`.
-    pub async fn start(initial: XdsState) -> Self {
+    /// workload pinned to `virtual_node` (`mesh/node`).
+    pub async fn start(initial: XdsState, virtual_node: &str) -> Self {
         let state = MeshState::default();
         let mut metrics = Metrics::default();
         metrics.register_collector(Box::new(EndpointCollector(state.clone())));
@@ -286,7 +320,7 @@ impl Proxy {
             CLIENT_WORKLOAD,
             Workload {
                 netns: "client".into(),
-                virtual_node: Some("m/client".into()),
+                virtual_node: Some(virtual_node.into()),
                 addresses: vec![Ipv4Addr::LOCALHOST],
             },
         );
@@ -422,7 +456,11 @@ impl Mesh {
                 servers.insert(server_spec.name, server);
             }
         }
-        let proxy = Proxy::start(compile_state(&index_of(dir.path()), &registry)).await;
+        let mut state = compile_state(&index_of(dir.path()), &registry);
+        if let Some(tweak) = spec.tweak {
+            tweak(&mut state);
+        }
+        let proxy = Proxy::start(state, "m/client").await;
         let listeners = spec
             .router_ports
             .iter()
@@ -550,7 +588,9 @@ pub struct Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
 
 impl Http1 {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect to the proxy");
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("HTTP/1.1 handshake");
@@ -574,7 +614,9 @@ pub struct Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>);
 
 impl Http2 {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect to the proxy");
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
@@ -624,8 +666,23 @@ impl Server {
     /// Starts serving `spec` on `ip` (a free port), or only reserves the address when it is
     /// dead.
     pub async fn start(spec: ServerSpec, ip: Ipv4Addr) -> Self {
-        let listener = listen(SocketAddr::from((ip, 0)));
+        Self::start_with(spec, listen(SocketAddr::from((ip, 0))))
+    }
+
+    /// [`Server::start`] on `port` of an address of its own (one where that port is free:
+    /// another test run may hold it).
+    pub async fn start_on_port(spec: ServerSpec, port: u16) -> Self {
+        for _ in 0..100 {
+            if let Ok(listener) = try_listen(SocketAddr::from((unique_ip(), port))) {
+                return Self::start_with(spec, listener);
+            }
+        }
+        panic!("no loopback address with port {port} free");
+    }
+
+    fn start_with(spec: ServerSpec, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
+        let dead = spec.dead;
         let counters = Arc::new(Counters {
             name: spec.name,
             hits: AtomicUsize::new(0),
@@ -640,13 +697,20 @@ impl Server {
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
-        if spec.dead {
+        if dead {
             // Closed again: nothing listens on this address of our own.
             drop(listener);
         } else {
             server.serve(listener);
         }
         server
+    }
+
+    /// Listens again on the same address after [`Server::kill`].
+    pub fn revive(&mut self) {
+        self.stop = CancellationToken::new();
+        self.tracker = TaskTracker::new();
+        self.serve(listen(self.addr));
     }
 
     fn serve(&self, listener: TcpListener) {
@@ -712,10 +776,14 @@ impl Drop for Server {
 }
 
 fn listen(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).expect("bind a loopback address");
-    socket.listen(1024).unwrap()
+    try_listen(addr).expect("listen on a loopback address")
+}
+
+fn try_listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 type ServerBody = BoxBody<Bytes, Infallible>;
@@ -769,7 +837,10 @@ async fn answer(counters: &Counters, request: Request<Incoming>) -> Response<Ser
         tokio::time::sleep(delay).await;
     }
     if failing {
-        return response.status(503).body(full("failing on purpose")).unwrap();
+        return response
+            .status(503)
+            .body(full("failing on purpose"))
+            .unwrap();
     }
     if grpc {
         // Trailers-only: the status in the headers, no body.

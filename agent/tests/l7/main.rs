@@ -2,6 +2,8 @@
 //! applied to the agent's data plane, the real outbound proxy on loopback with a fixed
 //! original destination instead of the eBPF redirect, real loopback servers and clients.
 //! No root, no kernel programs; tests/e2e keeps what needs them.
+// A test's panic is its failure, with the message saying what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod harness;
 
 mod egress;
@@ -10,6 +12,7 @@ mod matches;
 mod outlier;
 mod pools;
 mod retries;
+mod shop;
 mod tcp;
 mod timeouts;
 mod weights;

@@ -12,7 +12,8 @@ use envoy_types::{
                 network::{
                     http_connection_manager::v3::{
                         HttpConnectionManager, HttpFilter, Rds,
-                        http_connection_manager::RouteSpecifier, http_filter,
+                        http_connection_manager::{RouteSpecifier, UpgradeConfig},
+                        http_filter,
                     },
                     tcp_proxy::v3::{TcpProxy, tcp_proxy},
                 },
@@ -86,6 +87,11 @@ pub(super) fn http_connection_manager(stat_prefix: String, routes: RouteSpecifie
     let manager = HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(routes),
+        // App Mesh's Envoy let WebSocket upgrades through its HTTP listeners; so does ours.
+        upgrade_configs: vec![UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(

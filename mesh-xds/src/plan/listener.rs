@@ -52,15 +52,23 @@ pub struct OutboundPlan {
 #[derive(Debug)]
 pub enum PortPlan {
     /// HTTP, HTTP/2 or gRPC, routed by the named route table.
-    Http {
-        routes: String,
-        access_logs: AccessLogs,
-    },
+    Http(HttpPlan),
     Tcp {
         clusters: WeightedClusters,
         idle_timeout: Option<Duration>,
         access_logs: AccessLogs,
     },
+}
+
+/// An HTTP connection manager as the proxy applies it.
+#[derive(Debug)]
+pub struct HttpPlan {
+    /// The route table's name.
+    pub routes: String,
+    pub access_logs: AccessLogs,
+    /// HTTP/1.1 `Upgrade: websocket` requests may pass (the manager's `upgrade_configs` name
+    /// it); without it they are refused, as Envoy refuses them.
+    pub websocket: bool,
 }
 
 /// The access logs of one filter, shared by every connection it takes.
@@ -166,6 +174,26 @@ impl ListenerPlan {
     }
 }
 
+/// Whether the manager's `upgrade_configs` let WebSocket upgrades through; other upgrade
+/// types (and upgrade filters) are not something the proxy does, so they are refused.
+fn websocket_upgrades(manager: &HttpConnectionManager) -> Result<bool, PlanError> {
+    let mut websocket = false;
+    for (index, upgrade) in manager.upgrade_configs.iter().enumerate() {
+        let field = || format!("upgrade_configs[{index}]");
+        if !upgrade.upgrade_type.eq_ignore_ascii_case("websocket") {
+            return Err(PlanError::new(
+                field(),
+                format!("upgrade type {:?} is not supported (only websocket)", upgrade.upgrade_type),
+            ));
+        }
+        if !upgrade.filters.is_empty() {
+            return Err(PlanError::new(field(), "upgrade filters are not supported"));
+        }
+        websocket = upgrade.enabled.is_none_or(|enabled| enabled.value);
+    }
+    Ok(websocket)
+}
+
 fn chain_plan(
     chain: &FilterChain,
     inline_routes: &mut Vec<RouteTable>,
@@ -186,6 +214,8 @@ fn chain_plan(
         HCM => {
             let manager = HttpConnectionManager::decode(config.value.as_slice())
                 .map_err(|e| PlanError::new("http_connection_manager", e.to_string()))?;
+            let websocket = websocket_upgrades(&manager)
+                .map_err(|e| e.within("http_connection_manager"))?;
             let routes = match manager.route_specifier {
                 Some(RouteSpecifier::Rds(rds)) => rds.route_config_name,
                 Some(RouteSpecifier::RouteConfig(routes)) => {
@@ -204,10 +234,11 @@ fn chain_plan(
             };
             let access_logs = AccessLogPlan::from_protos(&manager.access_log)
                 .map_err(|e| e.within("http_connection_manager"))?;
-            Ok(PortPlan::Http {
+            Ok(PortPlan::Http(HttpPlan {
                 routes,
                 access_logs: access_logs.into(),
-            })
+                websocket,
+            }))
         }
         TCP_PROXY => {
             let proxy = TcpProxy::decode(config.value.as_slice())

@@ -23,7 +23,7 @@ use prost::Message;
 
 pub use access_log::AccessLogPlan;
 pub use cluster::ClusterPlan;
-pub use listener::{AccessLogs, InboundPlan, OutboundPlan, PortPlan};
+pub use listener::{AccessLogs, HttpPlan, InboundPlan, OutboundPlan, PortPlan};
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};

@@ -8,7 +8,7 @@ use std::{
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
 use mesh_xds::plan::route::{RetryPolicy, Route};
 use tracing::debug;
 
@@ -18,6 +18,7 @@ use super::{
     exchange::{CountedBody, Exchange},
     headers::{Message, authority, grpc_status, strip_hop_by_hop},
     local_reply::LocalReply,
+    upgrade,
 };
 use crate::{
     dataplane::upstream::{Body, BoxError, InFlight, Outcome, PickError, Upstream},
@@ -32,7 +33,7 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub async fn forward(
     context: &HttpContext,
     exchange: &mut Exchange,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: CountedBody,
     route: &Route,
     upstream: &Arc<Upstream>,
@@ -60,6 +61,21 @@ pub async fn forward(
         None => RequestBody::Streaming(Some(body)),
     };
     let target = UpstreamTarget::new(&parts, route, upstream);
+    // An upgrade the listener allows: the client's side of it, switched once the endpoint's is.
+    let mut client_upgrade = match &target.upgrade {
+        Some(_) if upstream.plan.http2 => {
+            return Err(LocalReply::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "cluster {} speaks HTTP/2: an HTTP/1.1 upgrade cannot pass to it",
+                    upstream.name()
+                ),
+                ResponseFlags::default(),
+            ));
+        }
+        Some(_) => parts.extensions.remove::<OnUpgrade>(),
+        None => None,
+    };
     let mut retries = 0;
     let mut _retry_slot = None;
     loop {
@@ -82,6 +98,15 @@ pub async fn forward(
             {
                 exchange.flags.insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
             }
+            let result = match (result, client_upgrade.take(), &target.upgrade) {
+                (TryResult::Response(response, held), Some(client), Some(protocol))
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    let cut = context.cut.clone();
+                    return Ok(upgrade::switch(response, held, client, protocol, cut));
+                }
+                (result, _, _) => result,
+            };
             return result
                 .into_response(upstream, deadline.is_some_and(|d| Instant::now() >= d))
                 .map(timed);
@@ -130,6 +155,8 @@ struct UpstreamTarget {
     authority: String,
     path_and_query: String,
     http2: bool,
+    /// The protocol the client asks to upgrade to (the listener allowed it).
+    upgrade: Option<HeaderValue>,
 }
 
 impl UpstreamTarget {
@@ -150,6 +177,7 @@ impl UpstreamTarget {
             authority,
             path_and_query,
             http2: upstream.plan.http2,
+            upgrade: upgrade::requested(parts).cloned(),
         }
     }
 
@@ -173,6 +201,9 @@ impl UpstreamTarget {
         let headers = request.headers_mut();
         *headers = parts.headers.clone();
         strip_hop_by_hop(headers, Message::Request);
+        if let Some(protocol) = &self.upgrade {
+            upgrade::keep(headers, protocol);
+        }
         if self.http2 {
             // :authority carries it.
             headers.remove(header::HOST);

@@ -10,6 +10,7 @@ mod exchange;
 mod forward;
 mod headers;
 mod local_reply;
+mod upgrade;
 
 use std::{
     convert::Infallible,
@@ -20,7 +21,7 @@ use std::{
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_xds::plan::{AccessLogs, route::RequestView};
+use mesh_xds::plan::{HttpPlan, route::RequestView};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -105,6 +106,10 @@ pub struct HttpContext {
     port: u16,
     /// The route table of the listener.
     routes: String,
+    /// WebSocket upgrades may pass this listener.
+    websocket: bool,
+    /// Fired when the drain period ends: upgraded connections are cut with the rest.
+    cut: CancellationToken,
     /// The client, and the address it connected to (its original destination).
     peer: SocketAddr,
     local: SocketAddr,
@@ -119,8 +124,7 @@ impl HttpContext {
         side: Side,
         source: String,
         port: u16,
-        routes: &str,
-        access_logs: &AccessLogs,
+        plan: &HttpPlan,
     ) -> Self {
         Self {
             state: inputs.state.clone(),
@@ -128,10 +132,12 @@ impl HttpContext {
             side,
             source,
             port,
-            routes: routes.to_owned(),
+            routes: plan.routes.clone(),
+            websocket: plan.websocket,
+            cut: inputs.cut.clone(),
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
-            loggers: inputs.access_logs.loggers(access_logs),
+            loggers: inputs.access_logs.loggers(&plan.access_logs),
             recorder: Mutex::default(),
         }
     }
@@ -190,7 +196,11 @@ impl HttpContext {
         let unrouted = self.unrouted("unknown");
         let mut exchange = Exchange::start(Arc::clone(&self), unrouted, &parts, &authority, grpc);
         let body = exchange.count_request(body);
-        let response = match self.route(&mut exchange, parts, body, &authority).await {
+        let routed = match self.refused_upgrade(&parts) {
+            Some(refused) => Err(refused),
+            None => self.route(&mut exchange, parts, body, &authority).await,
+        };
+        let response = match routed {
             Ok(response) => response,
             Err(reply) => {
                 exchange.flags.insert(reply.flag);
@@ -198,6 +208,23 @@ impl HttpContext {
             }
         };
         exchange.respond(response)
+    }
+
+    /// A reply refusing the request's upgrade when the listener does not allow it (Envoy
+    /// answers 403 to upgrades its `upgrade_configs` do not name).
+    fn refused_upgrade(&self, parts: &http::request::Parts) -> Option<LocalReply> {
+        let protocol = upgrade::requested(parts)?;
+        if self.websocket && protocol.as_bytes().eq_ignore_ascii_case(b"websocket") {
+            return None;
+        }
+        Some(LocalReply::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "upgrade to {:?} is not allowed on this listener",
+                String::from_utf8_lossy(protocol.as_bytes())
+            ),
+            ResponseFlags::default(),
+        ))
     }
 
     /// Picks the virtual host, route and cluster, and forwards.
@@ -291,8 +318,10 @@ impl HttpContext {
     }
 }
 
-/// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or `cut`.
-pub async fn serve(client: TcpStream, context: Arc<HttpContext>, cut: CancellationToken) {
+/// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or the
+/// drain cuts it.
+pub async fn serve(client: TcpStream, context: Arc<HttpContext>) {
+    let cut = context.cut.clone();
     let service = hyper::service::service_fn(move |request| {
         let context = Arc::clone(&context);
         // Boxed: a request's state machine is large, and hyper moves the service future
@@ -301,7 +330,8 @@ pub async fn serve(client: TcpStream, context: Arc<HttpContext>, cut: Cancellati
         Box::pin(async move { Ok::<_, Infallible>(context.handle(request).await) })
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(TokioIo::new(client), service);
+    // With upgrades: a 101 hands the connection to the upgrade's join instead of closing it.
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
     tokio::select! {
         result = connection => if let Err(error) = result {
             debug!(%error, "HTTP connection ended with an error");
