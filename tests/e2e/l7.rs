@@ -28,7 +28,7 @@ const PORT: u16 = 8080;
 /// `api.m.local`, provided by router `api` whose routes the test gives, over virtual
 /// nodes `v1` and `v2` (pods `s1`, `s2` running meshtb http-server).
 pub struct MeshNode {
-    agent: Agent,
+    pub agent: Agent,
     pub node: Node,
     /// Held for their lifetime: dropping a Proc stops it.
     _servers: BTreeMap<&'static str, Proc>,
@@ -54,6 +54,9 @@ pub struct MeshSpec {
     /// v1 is found by the name `v1.m.local`, answered by a dnsmasq on the node (TTL 1 s)
     /// that the agent's discovery.resolv_conf points to; [`MeshNode::point_dns`] moves it.
     pub dns: bool,
+    /// Starts the application of pod s1 (v1), s2 (v2) and s3 (outside the mesh), given the
+    /// node, the pod and the name to answer as: meshtb http-server unless a test says.
+    pub server: fn(&Node, &str, &str) -> Proc,
 }
 
 /// A DNS server for the test node, answering from a hosts file it re-reads on SIGHUP.
@@ -76,6 +79,7 @@ impl Default for MeshSpec {
             router_ports: &[PORT],
             logging: Vec::new(),
             dns: false,
+            server: start_server,
         }
     }
 }
@@ -165,7 +169,7 @@ impl MeshNode {
         let ip = |pod: &str| node.pod(pod).unwrap().ip.to_string();
         let mut servers = BTreeMap::new();
         for (pod, name) in [("s1", "v1"), ("s2", "v2"), ("s3", "v1b")] {
-            servers.insert(pod, start_server(&node, pod, name));
+            servers.insert(pod, (spec.server)(&node, pod, name));
         }
         servers.insert(
             "outside",

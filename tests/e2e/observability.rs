@@ -2,8 +2,8 @@
 //! known number of requests, queried through its HTTP API; promtool checking the exposition.
 use std::{io::Write, process::Stdio, time::Duration};
 
-use tests::{Agent, Proc};
 use serde_json::Value;
+use tests::{Agent, Proc};
 
 use super::l7::{MeshNode, MeshSpec, all_to_v1};
 

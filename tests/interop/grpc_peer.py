@@ -4,6 +4,7 @@ mesh: an implementation the project did not write, on both ends.
 
   grpc_peer.py serve --port 8080 --name v1
   grpc_peer.py call --target 10.0.0.2:8080 [--authority api.m.local:8080]
+  grpc_peer.py check --target 10.0.0.2:8080 [--authority ...] [--metadata k=v]
 
 `serve` answers the service `interop.Echo` (raw bytes, no generated code):
   Unary         echoes the request; echoes request metadata `x-meta` as trailing metadata
@@ -13,6 +14,8 @@ mesh: an implementation the project did not write, on both ends.
   Bidi          echoes each message as it comes
   Slow          answers after the request's ASCII milliseconds (deadline tests); notes when
                 its caller cancelled
+The server also answers grpc.health.v1.Health/Check (SERVING), so other implementations'
+health clients can call it; `check` is such a client, for other implementations' servers.
 `call` runs every case against a target and prints one JSON object: per case, the status,
 messages, trailing metadata and, where timing is the point, whether it stayed in bounds. The
 test compares what it prints direct and through the mesh.
@@ -28,6 +31,8 @@ import grpc
 
 SERVICE = "interop.Echo"
 LARGE = 4 * 1024 * 1024
+# grpc.health.v1.HealthCheckResponse{status: SERVING}, encoded by hand (field 1, varint 1).
+SERVING = b"\x08\x01"
 OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -79,8 +84,15 @@ def serve(port, name):
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Cancellations": grpc.unary_unary_rpc_method_handler(cancellations),
     }
+    def health(request, context):
+        return SERVING
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    server.add_generic_rpc_handlers([
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(health)}),
+    ])
     server.add_insecure_port(f"0.0.0.0:{port}")
     server.start()
     print(f"grpc_peer {name} serving on {port}", flush=True)
@@ -178,6 +190,20 @@ def call(target, authority):
         print(json.dumps(run_cases(channel), sort_keys=True), flush=True)
 
 
+def check(target, authority, metadata):
+    """One grpc.health.v1.Health/Check; prints status=SERVING or error=CODE."""
+    options = [("grpc.default_authority", authority)] if authority else []
+    pairs = [tuple(pair.split("=", 1)) for pair in metadata]
+    with grpc.insecure_channel(target, options=options) as channel:
+        check_call = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                         request_serializer=None, response_deserializer=None)
+        try:
+            response = check_call(b"", metadata=pairs, timeout=10)
+            print("status=SERVING" if response == SERVING else f"status=other {response!r}")
+        except grpc.RpcError as error:
+            print(f"error={error.code().name}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,9 +213,15 @@ def main():
     c = sub.add_parser("call")
     c.add_argument("--target", required=True)
     c.add_argument("--authority")
+    h = sub.add_parser("check")
+    h.add_argument("--target", required=True)
+    h.add_argument("--authority")
+    h.add_argument("--metadata", action="append", default=[])
     args = parser.parse_args()
     if args.command == "serve":
         serve(args.port, args.name)
+    elif args.command == "check":
+        check(args.target, args.authority, args.metadata)
     else:
         call(args.target, args.authority)
 

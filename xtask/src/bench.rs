@@ -7,8 +7,8 @@
 //! what a client in such a loop sees, not open-loop latency at a fixed rate.
 use std::{net::SocketAddr, process::Output, time::Duration};
 
-use anyhow::{Context as _, bail};
 use ::tests::{Agent, Node, Proc, agent::config_for};
+use anyhow::{Context as _, bail};
 
 use crate::build::{self, Profile, step};
 

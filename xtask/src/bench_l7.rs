@@ -6,8 +6,8 @@
 //! which sends on schedule whatever is outstanding), and the proxies' memory.
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
 use ::tests::{Agent, Node, Proc, agent::config_for};
+use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use crate::{

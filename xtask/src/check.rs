@@ -47,8 +47,21 @@ fn ebpf_clippy() -> Command {
     command
         .current_dir(crate::build::workspace_root())
         .env("CARGO_TARGET_DIR", EBPF_CLIPPY_TARGET_DIR)
-        .args(["run", &nightly, "cargo", "clippy", "--package", "agent-ebpf"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release"])
+        .args([
+            "run",
+            &nightly,
+            "cargo",
+            "clippy",
+            "--package",
+            "agent-ebpf",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
         .args(["--", "-D", "warnings"]);
     command
 }

@@ -134,7 +134,9 @@ fn is_ident(word: &str) -> bool {
 }
 
 /// Edges between module paths of one crate.
-fn import_graph(krate: &CrateFiles) -> anyhow::Result<BTreeMap<Vec<String>, BTreeSet<Vec<String>>>> {
+fn import_graph(
+    krate: &CrateFiles,
+) -> anyhow::Result<BTreeMap<Vec<String>, BTreeSet<Vec<String>>>> {
     let mut graph = BTreeMap::new();
     for (module, file) in &krate.modules {
         let text =
@@ -422,7 +424,8 @@ mod tests {
 
     #[test]
     fn comments_strings_and_tests_are_not_imports() {
-        let code = "// use crate::a;\nlet s = \"crate::b\";\n#[cfg(test)]\nmod tests { use crate::c; }";
+        let code =
+            "// use crate::a;\nlet s = \"crate::b\";\n#[cfg(test)]\nmod tests { use crate::c; }";
         assert!(referenced_paths(&strip_tests(&strip_comments(code))).is_empty());
     }
 

@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
 use ::tests::{Agent, Node, Proc, agent::config_for};
+use anyhow::{Context as _, bail};
 
 use crate::build::{self, Profile, step};
 

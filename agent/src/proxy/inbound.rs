@@ -233,10 +233,7 @@ async fn handle(
         .and_then(|inbound| inbound.ports.get(&port));
     let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     match (plan, node) {
-        (
-            Some(Some(PortPlan::Http(plan))),
-            Some(node),
-        ) => {
+        (Some(Some(PortPlan::Http(plan))), Some(node)) => {
             let _ = stream.set_nodelay(true);
             let upstreams = Arc::new(PodUpstreams {
                 pod: Arc::clone(&pod),

@@ -152,7 +152,11 @@ pub struct RelayEnds<'a> {
 }
 
 impl<'a> RelayEnds<'a> {
-    pub fn new(inputs: &'a ProxyInputs, idle: Option<Duration>, log: Option<ConnectionLog>) -> Self {
+    pub fn new(
+        inputs: &'a ProxyInputs,
+        idle: Option<Duration>,
+        log: Option<ConnectionLog>,
+    ) -> Self {
         Self {
             metrics: &inputs.metrics,
             cut: &inputs.cut,
@@ -231,4 +235,3 @@ pub fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }
-

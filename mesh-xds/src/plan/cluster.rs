@@ -179,7 +179,8 @@ impl ClusterPlan {
         };
         Ok(Self {
             name: cluster.name.clone(),
-            virtual_node: crate::metadata::virtual_node(cluster.metadata.as_ref()).map(str::to_owned),
+            virtual_node: crate::metadata::virtual_node(cluster.metadata.as_ref())
+                .map(str::to_owned),
             discovery,
             balancer,
             connect_timeout: cluster

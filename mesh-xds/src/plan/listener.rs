@@ -183,7 +183,10 @@ fn websocket_upgrades(manager: &HttpConnectionManager) -> Result<bool, PlanError
         if !upgrade.upgrade_type.eq_ignore_ascii_case("websocket") {
             return Err(PlanError::new(
                 field(),
-                format!("upgrade type {:?} is not supported (only websocket)", upgrade.upgrade_type),
+                format!(
+                    "upgrade type {:?} is not supported (only websocket)",
+                    upgrade.upgrade_type
+                ),
             ));
         }
         if !upgrade.filters.is_empty() {
@@ -214,8 +217,8 @@ fn chain_plan(
         HCM => {
             let manager = HttpConnectionManager::decode(config.value.as_slice())
                 .map_err(|e| PlanError::new("http_connection_manager", e.to_string()))?;
-            let websocket = websocket_upgrades(&manager)
-                .map_err(|e| e.within("http_connection_manager"))?;
+            let websocket =
+                websocket_upgrades(&manager).map_err(|e| e.within("http_connection_manager"))?;
             let routes = match manager.route_specifier {
                 Some(RouteSpecifier::Rds(rds)) => rds.route_config_name,
                 Some(RouteSpecifier::RouteConfig(routes)) => {

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use clap::Parser;
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
-use tests::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
 use sha2::{Digest, Sha256};
+use tests::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
 
 #[derive(Parser)]
 #[command(about = "Test programs for mesh-agent's sandbox, tests and benchmarks")]

@@ -218,4 +218,3 @@ pub fn full(data: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
-

@@ -1,0 +1,263 @@
+//! Interoperability through the real redirect, with implementations the project did not
+//! write on both ends: gRPC's C core (Python grpcio) as client and server, tonic against it
+//! both ways, and a WebSocket client and server (Python websockets). Each cell runs the same
+//! client twice — through the mesh (the client pod's outbound, v1's pod's inbound capture)
+//! and directly to an identical server outside the mesh — and asserts the same results.
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::{Node, Proc};
+
+use super::{
+    TIMEOUT,
+    l7::{MeshNode, MeshSpec, route},
+    meshtb,
+};
+
+const SERVICE: &str = "api.m.local";
+const PORT: u16 = 8080;
+/// What the client connects to for api.m.local (any address: the connect is redirected).
+const SERVICE_VIP: &str = "10.77.200.1";
+
+fn peer(script: &str) -> String {
+    format!("{}/interop/{script}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// s1 (v1, in the mesh) and s3 (outside it) run the grpcio peer; s2 (v2) runs tonic's.
+fn grpc_servers(node: &Node, pod: &str, _name: &str) -> Proc {
+    let server = match pod {
+        "s2" => node.spawn_in_pod(
+            pod,
+            meshtb(),
+            &["grpc-server", "--port", "8080", "--name", "tonic"],
+        ),
+        _ => node.spawn_in_pod(
+            pod,
+            "python3",
+            &[
+                &peer("grpc_peer.py"),
+                "serve",
+                "--port",
+                "8080",
+                "--name",
+                "peer",
+            ],
+        ),
+    }
+    .expect("gRPC server");
+    let addr = format!("{}:{PORT}", node.pod(pod).expect("pod").ip);
+    node.wait_for_listener(addr.parse().expect("address"), TIMEOUT)
+        .expect("gRPC server listening");
+    server
+}
+
+/// Every pod's application is the WebSocket echo peer.
+fn websocket_servers(node: &Node, pod: &str, _name: &str) -> Proc {
+    let server = node
+        .spawn_in_pod(
+            pod,
+            "python3",
+            &[&peer("ws_peer.py"), "serve", "--port", "8080"],
+        )
+        .expect("WebSocket server");
+    let addr = format!("{}:{PORT}", node.pod(pod).expect("pod").ip);
+    node.wait_for_listener(addr.parse().expect("address"), TIMEOUT)
+        .expect("WebSocket server listening");
+    server
+}
+
+/// Runs `program` in `pod` and returns its standard output (failing with its error output).
+fn run(mesh: &MeshNode, pod: &str, program: &str, args: &[&str]) -> String {
+    let output = mesh
+        .node
+        .run_in_pod(pod, program, args, Duration::from_secs(120))
+        .expect("client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} in {pod}: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        mesh.agent.log()
+    );
+    stdout
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn grpc_implementations_see_the_same_calls_through_the_mesh_as_direct() {
+    // Health checks with `x-impl: tonic` metadata go to v2 (tonic's server); the rest to v1.
+    let grpc_route = |name: &str, priority: i64, matching: Value, node: &str| {
+        json!({"meshName": "m", "virtualRouterName": "api", "routeName": name, "spec": {
+            "priority": priority,
+            "grpcRoute": {
+                "match": matching,
+                "action": {"weightedTargets": [{"virtualNode": node, "weight": 1}]}}}})
+    };
+    let health = "grpc.health.v1.Health";
+    let routes = vec![
+        grpc_route(
+            "tonic",
+            0,
+            json!({"serviceName": health, "metadata": [{"name": "x-impl", "match": {"exact": "tonic"}}]}),
+            "v2",
+        ),
+        grpc_route("health", 1, json!({"serviceName": health}), "v1"),
+        grpc_route("echo", 2, json!({"serviceName": "interop.Echo"}), "v1"),
+    ];
+    let mesh = MeshNode::start(
+        "interopgrpc",
+        MeshSpec {
+            protocol: "grpc",
+            routes,
+            enrolled: &["client", "s1"],
+            server: grpc_servers,
+            ..Default::default()
+        },
+    );
+    let authority = format!("{SERVICE}:{PORT}");
+    let through_mesh = format!("{SERVICE_VIP}:{PORT}");
+    let outside_peer = format!("{}:{PORT}", mesh.node.pod("s3").expect("s3").ip);
+    let tonic_server = format!("{}:{PORT}", mesh.node.pod("s2").expect("s2").ip);
+    let grpc_peer = peer("grpc_peer.py");
+
+    // grpcio ↔ grpcio: unary, large messages, error status, all three kinds of streaming,
+    // a deadline, a cancelled call — the same results both ways.
+    let call = |pod: &str, target: &str| {
+        json_of(&run(
+            &mesh,
+            pod,
+            "python3",
+            &[
+                &grpc_peer,
+                "call",
+                "--target",
+                target,
+                "--authority",
+                &authority,
+            ],
+        ))
+    };
+    let direct = call("outside", &outside_peer);
+    let meshed = call("client", &through_mesh);
+    assert_eq!(meshed, direct, "through the mesh vs direct");
+    // And what they agree on is what the cases ask for.
+    assert_eq!(
+        direct["unary"]["trailing"],
+        json!([["x-echo", "m1"], ["x-served-by", "peer"]])
+    );
+    assert_eq!(
+        direct["large_unary"],
+        json!({"bytes": 4194304, "same": true})
+    );
+    assert_eq!(direct["status"]["error"]["code"], "NOT_FOUND");
+    assert_eq!(direct["server_stream"]["messages"], 200);
+    assert_eq!(direct["client_stream"]["response"], "45150");
+    assert_eq!(direct["bidi"], json!({"messages": 100, "same": true}));
+    assert_eq!(
+        direct["deadline"],
+        json!({"code": "DEADLINE_EXCEEDED", "within_1s": true})
+    );
+    assert_eq!(
+        direct["cancel"],
+        json!({"client": "CANCELLED", "server_saw_cancellation": true})
+    );
+
+    // tonic's client → grpcio's server.
+    let tonic_check = |pod: &str, to: &str| {
+        run(
+            &mesh,
+            pod,
+            meshtb(),
+            &[
+                "grpc-check",
+                "--to",
+                to,
+                "--authority",
+                &authority,
+                "--service",
+                "interop",
+            ],
+        )
+    };
+    assert_eq!(
+        tonic_check("outside", &outside_peer).trim(),
+        "status=SERVING"
+    );
+    assert_eq!(
+        tonic_check("client", &through_mesh).trim(),
+        "status=SERVING"
+    );
+
+    // grpcio's client → tonic's server (routed by metadata to v2).
+    let grpcio_check = |pod: &str, target: &str| {
+        run(
+            &mesh,
+            pod,
+            "python3",
+            &[
+                &grpc_peer,
+                "check",
+                "--target",
+                target,
+                "--authority",
+                &authority,
+                "--metadata",
+                "x-impl=tonic",
+            ],
+        )
+    };
+    assert_eq!(
+        grpcio_check("outside", &tonic_server).trim(),
+        "status=SERVING"
+    );
+    assert_eq!(
+        grpcio_check("client", &through_mesh).trim(),
+        "status=SERVING"
+    );
+}
+
+#[test]
+fn websockets_pass_through_the_mesh_as_direct() {
+    let mesh = MeshNode::start(
+        "interopws",
+        MeshSpec {
+            routes: vec![route(
+                "all",
+                None,
+                json!({"prefix": "/"}),
+                &[("v1", 1)],
+                json!({}),
+            )],
+            enrolled: &["client", "s1"],
+            server: websocket_servers,
+            ..Default::default()
+        },
+    );
+    let ws_peer = peer("ws_peer.py");
+    let uri = format!("ws://{SERVICE}:{PORT}/echo");
+    let call = |pod: &str, connect: &str| {
+        json_of(&run(
+            &mesh,
+            pod,
+            "python3",
+            &[&ws_peer, "call", "--connect", connect, "--uri", &uri],
+        ))
+    };
+    let outside = format!("{}:{PORT}", mesh.node.pod("s3").expect("s3").ip);
+    let direct = call("outside", &outside);
+    let meshed = call("client", &format!("{SERVICE_VIP}:{PORT}"));
+    assert_eq!(meshed, direct, "through the mesh vs direct");
+    assert_eq!(
+        direct,
+        json!({"binary": [0, 1, 2], "close_code": 4000, "large_same": true, "path": "/echo", "text": "hello"})
+    );
+    // The upgrade was routed and counted like any request: a 101 from v1.
+    let metrics = mesh.metrics();
+    assert!(
+        metrics.contains(r#"destination_virtual_node="m/v1",route="all",response_code="101""#),
+        "{metrics}"
+    );
+}
