@@ -96,9 +96,10 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             mark: Some(config.proxy.mark),
             connect_timeout: config.proxy.connect_timeout,
         },
+        drain: CancellationToken::new(),
         cut: CancellationToken::new(),
     };
-    let stop_proxy = CancellationToken::new();
+    let stop_proxy = inputs.drain.clone();
     let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
     let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
     let inbound_task = inbound_ports.map(|ports| {
@@ -169,8 +170,10 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     redirector.stop()?;
     tokio::time::sleep(REDIRECT_SETTLE).await;
     stop_proxy.cancel();
-    // Inbound connections get the same drain period alongside, and are cut with these.
+    // Inbound connections got the same drain period alongside; what is still open now (idle
+    // keep-alive connections from callers' pools, too) is cut.
     let report = proxy_task.await.context("outbound proxy task")?;
+    inputs.cut.cancel();
     if let Some(task) = inbound_task {
         let _ = task.await;
     }

@@ -37,6 +37,9 @@ pub struct ProxyInputs {
     pub mesh_metrics: MeshMetrics,
     pub access_logs: AccessLogWriters,
     pub settings: ProxySettings,
+    /// Fired when the drain begins: listeners stop accepting, HTTP/2 connections get a
+    /// GOAWAY and HTTP/1.1 connections close after the request in flight.
+    pub drain: CancellationToken,
     /// Fired when the drain period ends: live connections reset both sides.
     pub cut: CancellationToken,
 }
@@ -51,6 +54,7 @@ impl ProxyInputs {
             mesh_metrics: MeshMetrics::default(),
             access_logs: AccessLogWriters::default(),
             settings,
+            drain: CancellationToken::new(),
             cut: CancellationToken::new(),
         }
     }

@@ -348,6 +348,12 @@ impl Proxy {
     }
 
     /// Hands `next` to the data plane and waits until it is applied.
+    /// Starts the drain, as the agent does on SIGTERM: HTTP/2 connections get a GOAWAY,
+    /// HTTP/1.1 ones close after the response in flight.
+    pub fn drain(&self) {
+        self.inputs.drain.cancel();
+    }
+
     pub async fn apply(&self, next: XdsState) {
         let mut applied = self.state.subscribe();
         applied.borrow_and_update();
@@ -584,7 +590,7 @@ async fn read_reply(response: Response<Incoming>) -> Reply {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-pub struct Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+pub struct Http1(pub hyper::client::conn::http1::SendRequest<Full<Bytes>>);
 
 impl Http1 {
     pub async fn connect(addr: SocketAddr) -> Self {
@@ -610,7 +616,7 @@ impl Http1 {
 
 /// One HTTP/2 connection (prior knowledge); cheap to clone, requests multiplex.
 #[derive(Clone)]
-pub struct Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>);
+pub struct Http2(pub hyper::client::conn::http2::SendRequest<Full<Bytes>>);
 
 impl Http2 {
     pub async fn connect(addr: SocketAddr) -> Self {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod harness;
 
+mod drain;
 mod egress;
 mod health;
 mod matches;

@@ -108,6 +108,9 @@ pub struct HttpContext {
     routes: String,
     /// WebSocket upgrades may pass this listener.
     websocket: bool,
+    /// Fired when the drain begins: the connection is asked to end (GOAWAY, or closing
+    /// after the request in flight).
+    drain: CancellationToken,
     /// Fired when the drain period ends: upgraded connections are cut with the rest.
     cut: CancellationToken,
     /// The client, and the address it connected to (its original destination).
@@ -134,6 +137,7 @@ impl HttpContext {
             port,
             routes: plan.routes.clone(),
             websocket: plan.websocket,
+            drain: inputs.drain.clone(),
             cut: inputs.cut.clone(),
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -321,7 +325,7 @@ impl HttpContext {
 /// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or the
 /// drain cuts it.
 pub async fn serve(client: TcpStream, context: Arc<HttpContext>) {
-    let cut = context.cut.clone();
+    let (drain, cut) = (context.drain.clone(), context.cut.clone());
     let service = hyper::service::service_fn(move |request| {
         let context = Arc::clone(&context);
         // Boxed: a request's state machine is large, and hyper moves the service future
@@ -332,10 +336,23 @@ pub async fn serve(client: TcpStream, context: Arc<HttpContext>) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // With upgrades: a 101 hands the connection to the upgrade's join instead of closing it.
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
-    tokio::select! {
-        result = connection => if let Err(error) = result {
-            debug!(%error, "HTTP connection ended with an error");
-        },
-        () = cut.cancelled() => {}
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%error, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            // HTTP/2: GOAWAY (RFC 9113 §6.8), streams in flight finish; HTTP/1.1: the
+            // response in flight says `connection: close`, then the connection ends.
+            () = drain.cancelled(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = cut.cancelled() => return,
+        }
     }
 }
