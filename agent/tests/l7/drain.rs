@@ -64,7 +64,9 @@ async fn http1_connections_close_after_the_response_in_flight() {
     .await;
     let mut client = Http1::connect(mesh.listener(PORT)).await;
     // Kept alive before the drain.
-    let reply = client.send(mesh.get("/").body(Full::default()).unwrap()).await;
+    let reply = client
+        .send(mesh.get("/").body(Full::default()).unwrap())
+        .await;
     assert_eq!(reply.status, 200);
     assert_ne!(reply.header("connection"), "close");
     let slow = mesh

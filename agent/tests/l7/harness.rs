@@ -649,8 +649,10 @@ impl Http2 {
 /// `x-served-by: NAME` and `hello from NAME path=PATH`. Request headers steer it:
 /// `x-status` (the status), `x-delay-ms` (before the headers), `x-body-delay-ms` (between
 /// headers and body), `x-grpc-status` (for gRPC requests, trailers-only). It echoes
-/// `x-request-id` and `traceparent` as `x-echo-*`, and the request body's length as
-/// `x-body-length`. `/health` answers 200 while it is healthy, else 503.
+/// `x-request-id` and `traceparent` as `x-echo-*`, the names of the request headers it got
+/// as `x-echo-header-names` (and of its trailers as `x-echo-trailer-names`), its TE header
+/// as `x-echo-te`, and the request body's length as `x-body-length`. `/health` answers 200
+/// while it is healthy, else 503.
 pub struct Server {
     pub name: &'static str,
     pub addr: SocketAddr,
@@ -818,6 +820,16 @@ async fn answer(counters: &Counters, request: Request<Incoming>) -> Response<Ser
             response = response.header(to, value.clone());
         }
     }
+    // What arrived, for the tests of the header rules: every request header's name.
+    let mut names: Vec<&str> = request.headers().keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if let Ok(value) = HeaderValue::from_str(&names.join(",")) {
+        response = response.header("x-echo-header-names", value);
+    }
+    if let Some(te) = request.headers().get(http::header::TE) {
+        response = response.header("x-echo-te", te.clone());
+    }
     let grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -830,11 +842,21 @@ async fn answer(counters: &Counters, request: Request<Incoming>) -> Response<Ser
         .get("x-grpc-status")
         .cloned()
         .unwrap_or(HeaderValue::from_static("0"));
-    let length = match request.into_body().collect().await {
-        Ok(body) => body.to_bytes().len(),
+    let (length, trailers) = match request.into_body().collect().await {
+        Ok(body) => {
+            let trailers = body.trailers().map(|t| {
+                let mut names: Vec<&str> = t.keys().map(|n| n.as_str()).collect();
+                names.sort_unstable();
+                names.join(",")
+            });
+            (body.to_bytes().len(), trailers)
+        }
         Err(_) => return response.status(400).body(full("")).unwrap(),
     };
-    let response = response.header("x-body-length", length);
+    let mut response = response.header("x-body-length", length);
+    if let Some(names) = trailers {
+        response = response.header("x-echo-trailer-names", names);
+    }
     let failing = counters
         .fail_first
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))

@@ -8,6 +8,7 @@ mod harness;
 
 mod drain;
 mod egress;
+mod framing;
 mod health;
 mod matches;
 mod outlier;
