@@ -261,3 +261,161 @@ fn websockets_pass_through_the_mesh_as_direct() {
         "{metrics}"
     );
 }
+
+/// Every pod's application is meshtb's HTTP server answering as `app`, so answers through
+/// the mesh and direct differ only in the client address the server saw.
+fn same_http_servers(node: &Node, pod: &str, _name: &str) -> Proc {
+    let server = node
+        .spawn_in_pod(
+            pod,
+            meshtb(),
+            &["http-server", "--port", "8080", "--name", "app"],
+        )
+        .expect("HTTP server");
+    let addr = format!("{}:{PORT}", node.pod(pod).expect("pod").ip);
+    node.wait_for_listener(addr.parse().expect("address"), TIMEOUT)
+        .expect("HTTP server listening");
+    server
+}
+
+/// An answer without the client address the server saw (the proxy's, or the pod's).
+fn without_client(text: &str) -> String {
+    text.lines()
+        .map(|line| line.split(" (client ").next().unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `N succeeded, M failed` line of h2load's summary.
+fn h2load_outcome(text: &str) -> String {
+    text.lines()
+        .find(|line| line.starts_with("requests:"))
+        .map(|line| {
+            line.split(", ")
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|| panic!("no h2load summary in {text}"))
+}
+
+#[test]
+fn http_clients_see_the_same_through_the_mesh_as_direct() {
+    // HTTP/2 toward the endpoints: HTTP/1.1 clients are translated on the way.
+    let mesh = MeshNode::start(
+        "interophttp",
+        MeshSpec {
+            protocol: "http2",
+            routes: vec![
+                json!({"meshName": "m", "virtualRouterName": "api", "routeName": "all",
+                "spec": {"http2Route": {"match": {"prefix": "/"},
+                "action": {"weightedTargets": [{"virtualNode": "v1", "weight": 1}]}}}}),
+            ],
+            enrolled: &["client", "s1"],
+            server: same_http_servers,
+            ..Default::default()
+        },
+    );
+    let outside = mesh.node.pod("s3").expect("s3").ip.to_string();
+    let resolve_mesh = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
+    let resolve_direct = format!("{SERVICE}:{PORT}:{outside}");
+    let url = format!("http://{SERVICE}:{PORT}");
+    // Each client, direct (outside → s3, no mesh) and through the mesh (client → v1).
+    let both = |program: &str, args: &dyn Fn(&str) -> Vec<String>| {
+        let run_with = |pod: &str, resolve: &str| {
+            let args = args(resolve);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&mesh, pod, program, &args)
+        };
+        (
+            run_with("outside", &resolve_direct),
+            run_with("client", &resolve_mesh),
+        )
+    };
+
+    // curl, HTTP/1.1: a GET, and a 3 MB upload that waits for 100-continue.
+    let files = tempfile::tempdir().expect("temporary directory");
+    let upload = files.path().join("upload.bin");
+    std::fs::write(&upload, vec![7u8; 3 << 20]).expect("upload file");
+    let (direct, meshed) = both("curl", &|resolve| {
+        vec![
+            "-sS".into(),
+            "--resolve".into(),
+            resolve.into(),
+            "-H".into(),
+            "Expect: 100-continue".into(),
+            "-w".into(),
+            "|%{http_code} %{http_version}\n".into(),
+            format!("{url}/get"),
+            "-T".into(),
+            upload.display().to_string(),
+            format!("{url}/put"),
+        ]
+    });
+    assert_eq!(without_client(&meshed), without_client(&direct));
+    assert_eq!(
+        without_client(&direct),
+        "hello from app path=/get\n|200 1.1\nhello from app path=/put\n|200 1.1",
+        "{direct}"
+    );
+
+    // curl, HTTP/2 with prior knowledge.
+    let (direct, meshed) = both("curl", &|resolve| {
+        vec![
+            "-sS".into(),
+            "--http2-prior-knowledge".into(),
+            "--resolve".into(),
+            resolve.into(),
+            "-w".into(),
+            "|%{http_code} %{http_version}\n".into(),
+            format!("{url}/h2"),
+        ]
+    });
+    assert_eq!(without_client(&meshed), without_client(&direct));
+    assert_eq!(
+        without_client(&direct),
+        "hello from app path=/h2\n|200 2",
+        "{direct}"
+    );
+
+    // h2load (nghttp2): 600 requests over 3 connections, 20 streams each at a time.
+    let h2load = |target: &str, pod: &str| {
+        run(
+            &mesh,
+            pod,
+            "h2load",
+            &[
+                "-n",
+                "600",
+                "-c",
+                "3",
+                "-m",
+                "20",
+                "-H",
+                &format!(":authority: {SERVICE}:{PORT}"),
+                target,
+            ],
+        )
+    };
+    let direct = h2load(&format!("http://{outside}:{PORT}/load"), "outside");
+    let meshed = h2load(&format!("http://{SERVICE_VIP}:{PORT}/load"), "client");
+    assert_eq!(h2load_outcome(&meshed), h2load_outcome(&direct), "{meshed}");
+    assert_eq!(h2load_outcome(&direct), "600 succeeded, 0 failed");
+
+    // Python's http.client: a GET and a chunked POST on one keep-alive connection.
+    let script = "import http.client, sys\n\
+        c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=10)\n\
+        for method, body in [('GET', None), ('POST', iter([b'abc', b'defg']))]:\n\
+        \x20   c.request(method, '/py', body=body, headers={'Host': 'api.m.local:8080'})\n\
+        \x20   r = c.getresponse()\n\
+        \x20   print(r.status, r.version, r.getheader('x-served-by'), r.read().decode().strip())\n";
+    let python = |pod: &str, host: &str| run(&mesh, pod, "python3", &["-c", script, host]);
+    let direct = python("outside", &outside);
+    let meshed = python("client", SERVICE_VIP);
+    assert_eq!(without_client(&meshed), without_client(&direct));
+    assert_eq!(
+        without_client(&direct),
+        "200 11 app hello from app path=/py\n200 11 app hello from app path=/py"
+    );
+}

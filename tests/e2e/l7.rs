@@ -548,7 +548,7 @@ fn tcp_routes_split_connections_by_weight() {
 
 #[test]
 fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
-    let mesh = MeshNode::start(
+    let mut mesh = MeshNode::start(
         "l7inbound",
         MeshSpec {
             routes: all_to_v1(),
@@ -640,6 +640,15 @@ fn inbound_connections_to_an_enrolled_pod_pass_its_listener() {
         )
         .unwrap();
     assert!(!String::from_utf8_lossy(&output.stdout).contains("client 127.0.0.1"));
+    // SIGTERM with inbound connections still open (the proxy's own pool keeps one to s1):
+    // they are cut at the end of the drain and the agent exits.
+    mesh.agent.signal(libc::SIGTERM).unwrap();
+    let status = mesh.agent.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        mesh.agent.log()
+    );
 }
 
 #[test]

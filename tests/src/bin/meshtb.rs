@@ -3,10 +3,7 @@ use std::{
     convert::Infallible,
     io::{BufRead as _, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,9 +28,6 @@ enum Cli {
         /// Named in each response, so clients see which pod answered.
         #[arg(long, default_value = "meshtb")]
         name: String,
-        /// Answer the first N requests with 503 (retry tests).
-        #[arg(long, default_value_t = 0)]
-        fail_first: u64,
         /// Answer every request with this status.
         #[arg(long)]
         status: Option<u16>,
@@ -108,16 +102,8 @@ fn main() -> anyhow::Result<()> {
         Cli::HttpServer {
             ports,
             name,
-            fail_first,
             status,
-        } => http_server(
-            &ports,
-            Behaviour {
-                name,
-                fail_first: AtomicU64::new(fail_first),
-                status,
-            },
-        ),
+        } => http_server(&ports, Behaviour { name, status }),
         Cli::Sink { port, reply_bytes } => sink(port, reply_bytes),
         Cli::Send { to, bytes } => send(to, bytes),
         Cli::Probe { to } => probe(to),
@@ -141,7 +127,6 @@ fn main() -> anyhow::Result<()> {
 /// How the HTTP server answers.
 struct Behaviour {
     name: String,
-    fail_first: AtomicU64,
     status: Option<u16>,
 }
 
@@ -194,15 +179,10 @@ async fn answer(
     if let Some(delay) = header("x-meshtb-delay-ms") {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let failing = behaviour
-        .fail_first
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok();
-    let status = match (failing, header("x-meshtb-status"), behaviour.status) {
-        (true, _, _) => 503,
-        (false, Some(code), _) => code as u16,
-        (false, None, Some(code)) => code,
-        (false, None, None) => 200,
+    let status = match (header("x-meshtb-status"), behaviour.status) {
+        (Some(code), _) => code as u16,
+        (None, Some(code)) => code,
+        (None, None) => 200,
     };
     // The client address as this server sees it: the proxy's when traffic went through the
     // mesh, the pod's own when it went direct.
