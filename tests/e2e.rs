@@ -22,6 +22,8 @@ mod interop;
 mod l7;
 #[path = "e2e/observability.rs"]
 mod observability;
+#[path = "e2e/security.rs"]
+mod security;
 
 const MEGABYTES_10: usize = 10 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -394,22 +396,14 @@ fn enrollment_changes_at_runtime_via_admin_and_reload() {
 
     let (status, body) = setup
         .node
-        .http(
-            "POST",
-            Agent::admin_addr(),
-            &format!("/enrollment?netns={outsider_ns}"),
-        )
+        .admin("POST", &format!("/enrollment?netns={outsider_ns}"))
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
 
     let (status, body) = setup
         .node
-        .http(
-            "DELETE",
-            Agent::admin_addr(),
-            &format!("/enrollment?netns={outsider_ns}"),
-        )
+        .admin("DELETE", &format!("/enrollment?netns={outsider_ns}"))
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -419,7 +413,7 @@ fn enrollment_changes_at_runtime_via_admin_and_reload() {
 
     let (status, body) = setup
         .node
-        .http("POST", Agent::admin_addr(), "/enrollment?netns=no-such-pod")
+        .admin("POST", "/enrollment?netns=no-such-pod")
         .unwrap();
     assert_eq!(status, 422);
     assert!(body.contains("no-such-pod"), "{body}");
@@ -437,6 +431,78 @@ fn enrollment_changes_at_runtime_via_admin_and_reload() {
     setup.agent.signal(libc::SIGHUP).unwrap();
     wait_until(|| setup.agent.log().contains("config reload rejected"));
     assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
+    let _ = &setup.dir;
+}
+
+/// Issue 11, finding 6: a reload with more excluded CIDRs than the kernel's map holds used
+/// to fail part way through the map update, leaving 127.0.0.0/8 unexcluded while the log said
+/// the running configuration was kept. Now it is rejected before the maps are touched: a
+/// pod's loopback and the running exclusions keep working.
+#[test]
+fn reload_with_more_exclusions_than_the_map_holds_keeps_the_running_ones() {
+    let mut setup = Setup::new("exclmax");
+    let to = setup.server(9000);
+    // A listener in the enrolled client pod, reached over the pod's own loopback.
+    let client_ip = setup.node.pod("client").unwrap().ip;
+    let _local = setup
+        .node
+        .spawn_in_pod(
+            "client",
+            meshtb(),
+            &[
+                "sink",
+                "--port",
+                "9002",
+                "--reply-bytes",
+                &MEGABYTES_10.to_string(),
+            ],
+        )
+        .unwrap();
+    setup
+        .node
+        .wait_for_listener(SocketAddr::from((client_ip, 9002)), TIMEOUT)
+        .unwrap();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 9002));
+    let assert_running_exclusions = |setup: &Setup| {
+        let local = setup.send("client", loopback);
+        local.assert_intact();
+        assert_eq!(local.seen_from(), "127.0.0.1");
+        assert_eq!(
+            setup.send("client", setup.server(9001)).seen_from(),
+            setup.ip_of("client")
+        );
+        assert_eq!(setup.send("client", to).seen_from(), NODE_IP.to_string());
+    };
+    assert_running_exclusions(&setup);
+
+    // 1 025 prefixes, plus loopback: two more than the map's 1 024 entries.
+    let cidrs: Vec<String> = (0..1025u32)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0ac8_0000 + i)))
+        .collect();
+    let config = config_for(
+        &setup.node,
+        &["client"],
+        &format!(
+            "redirect:\n  exclude_ports: [9001]\n  exclude_cidrs: [{}]\n",
+            cidrs.join(", ")
+        ),
+    )
+    .unwrap();
+    std::fs::write(&setup.agent.config_path, config).unwrap();
+    setup.agent.signal(libc::SIGHUP).unwrap();
+    wait_until(|| setup.agent.log().contains("config reload rejected"));
+    let log = setup.agent.log();
+    assert!(log.contains("redirect.exclude_cidrs"), "{log}");
+    assert!(!log.contains("config reloaded"), "{log}");
+    assert_running_exclusions(&setup);
+    let metrics = setup.metrics();
+    assert!(
+        metric_value(
+            &metrics,
+            "mesh_agent_redirect_connects_total{result=\"excluded\"}"
+        ) >= 4.0,
+        "{metrics}"
+    );
     let _ = &setup.dir;
 }
 
@@ -582,9 +648,7 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
         &["--mesh", mesh.path().to_str().unwrap()],
     )
     .unwrap();
-    let (status, dump) = node
-        .http("GET", Agent::admin_addr(), "/config_dump")
-        .unwrap();
+    let (status, dump) = node.admin("GET", "/config_dump").unwrap();
     assert_eq!(status, 200, "{dump}");
     assert!(
         dump.contains(r#""shop/web/outbound""#) && dump.contains(r#""shop/web/inbound""#),
@@ -604,7 +668,7 @@ fn agent_takes_the_mesh_from_an_embedded_control_plane() {
         .replace("\"weight\": 10", "\"weight\": 40");
     std::fs::write(&route, text).unwrap();
     wait_until(|| {
-        node.http("GET", Agent::admin_addr(), "/config_dump")
+        node.admin("GET", "/config_dump")
             .is_ok_and(|(_, dump)| {
                 dump.contains(
                     r#""RouteConfiguration":{"names":["shop/ingress/ingress/8088","shop/ingress/internal","shop/web/outbound/9090"],"version":"v2"}"#,
@@ -655,9 +719,7 @@ fn agent_takes_the_mesh_from_a_control_plane_process() {
         &["--control-plane", "http://127.0.0.1:15010"],
     )
     .unwrap();
-    let (status, dump) = node
-        .http("GET", Agent::admin_addr(), "/config_dump")
-        .unwrap();
+    let (status, dump) = node.admin("GET", "/config_dump").unwrap();
     assert_eq!(status, 200, "{dump}");
     assert!(
         dump.contains(r#""shop/web/outbound/9090""#) && dump.contains(r#""version":"v1""#),

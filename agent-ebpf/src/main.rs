@@ -171,7 +171,12 @@ fn redirect_target(
     if dst_ip4 == cfg.proxy_ip4 && dst_port == cfg.proxy_port {
         return None;
     }
-    if unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
+    // 0.0.0.0/8 means "this host" (RFC 1122 3.2.1.3): to the pod, its own namespace. Through
+    // the proxy it would mean the node — its loopback, the agent's admin endpoint — so it is
+    // always left alone, whatever the exclusion maps say.
+    let this_host = u32::from_be(dst_ip4) >> 24 == 0;
+    if this_host
+        || unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
         || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some()
     {
         count_pod(Counter::Excluded, enrollment.workload_id, dst_ip4, dst_port);

@@ -1,37 +1,69 @@
-//! The admin endpoint: health, readiness, metrics, and enrollment at runtime.
+//! The admin endpoints, split by what a caller may do.
 //!
+//! On `admin.addr` (TCP; Prometheus and the kubelet reach it, and so can pods), read-only:
 //! * `GET /healthz` — 200 while the process runs.
 //! * `GET /readyz` — 200 once programs are attached, the proxy listens and (with xDS) the
 //!   first configuration is in; 503 before and while draining.
-//! * `GET /config_dump` — the xDS configuration held: per type, its version and resource names.
 //! * `GET /metrics` — OpenMetrics text when the Accept header asks for it, else the classic
 //!   Prometheus text format.
+//!
+//! On `admin.socket` (a Unix socket, mode 0600: only root on the node reaches it — a pod has
+//! neither the node's filesystem nor its loopback), also:
+//! * `GET /config_dump` — the xDS configuration held: per type, its version and resource names.
 //! * `GET /enrollment` — enrolled namespaces, one per line.
 //! * `POST /enrollment?netns=NAME|PATH`, `DELETE /enrollment?netns=NAME|PATH` — enroll or
-//!   unenroll a pod namespace now (until the next config reload). Only from loopback: the
-//!   endpoint may listen on the node's address for scraping, and changing what is redirected
-//!   must not be open to the network.
+//!   unenroll a pod namespace now (until the next config reload).
+//!
+//! Being reachable from loopback is not a boundary: a pod's connect to 0.0.0.0 or to the
+//! node's address can end up there. So nothing that changes the mesh or shows its
+//! configuration is served over TCP at all.
+//!
+//! Both servers bound what a caller can hold: a connection count, a time to send the request
+//! head, and requests carry no body the admin reads.
 use std::{
     convert::Infallible,
     fmt::Write as _,
-    net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_xds::client::XdsState;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
+    sync::{Semaphore, watch},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::{config::NetnsRef, redirect::Enrollments, telemetry::metrics::Metrics};
+use crate::{
+    config::NetnsRef,
+    listen::{Acceptor, Listen},
+    redirect::Enrollments,
+    telemetry::metrics::Metrics,
+};
+
+/// Connections each admin server holds at once; more wait in the kernel's queue.
+const MAX_CONNECTIONS: usize = 64;
+/// A client that has not sent its request head by then is disconnected (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What callers of one admin server may do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// Health, readiness and metrics.
+    ReadOnly,
+    /// Everything, including enrollment changes and the configuration dump.
+    Full,
+}
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -55,40 +87,95 @@ impl AdminState {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+/// Serves the read-only endpoints on `listener` (`admin.addr`) until `stop`.
+pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let errors = state.metrics.proxy.accept_errors("admin");
+    let acceptor = Acceptor::new(listener, "admin", errors);
+    serve(acceptor, Access::ReadOnly, state, stop).await;
+}
+
+/// Serves every endpoint on `listener` (`admin.socket`) until `stop`.
+pub async fn serve_socket(listener: UnixListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let errors = state.metrics.proxy.accept_errors("admin-socket");
+    let acceptor = Acceptor::new(listener, "admin-socket", errors);
+    serve(acceptor, Access::Full, state, stop).await;
+}
+
+async fn serve<L>(
+    mut acceptor: Acceptor<L>,
+    access: Access,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+) where
+    L: Listen,
+    L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    warn!(%error, "admin accept failed");
-                    continue;
-                }
+        // A free slot first: over the limit, connections wait in the kernel's queue instead
+        // of holding the agent's descriptors.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
             },
+            () = stop.cancelled() => return,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = acceptor.accept() => accepted,
             () = stop.cancelled() => return,
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&request, peer, &state)) }
+                async move { Ok::<_, Infallible>(route(request, access, state).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                debug!(%peer, %error, "admin connection ended with an error");
+                debug!(?access, %error, "admin connection ended with an error");
             }
         });
     }
 }
 
-fn route(
-    request: &Request<Incoming>,
-    peer: SocketAddr,
-    state: &AdminState,
+/// Binds the admin socket at `path`: its directory made (0700) if missing, a socket left by
+/// an earlier run replaced, the socket itself 0600.
+pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn route(
+    request: Request<Incoming>,
+    access: Access,
+    state: Arc<AdminState>,
 ) -> Response<Full<Bytes>> {
     let method = request.method();
+    let full = access == Access::Full;
     match request.uri().path() {
         "/healthz" if method == Method::GET => text(StatusCode::OK, "ok\n".into()),
         "/readyz" if method == Method::GET => {
@@ -121,6 +208,13 @@ fn route(
             }
             Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
         },
+        "/config_dump" | "/enrollment" if !full => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} is served on the admin socket only (admin.socket), not over TCP\n",
+                request.uri().path()
+            ),
+        ),
         "/config_dump" if method == Method::GET => match &state.xds {
             Some(xds) => {
                 let mut response = text(StatusCode::OK, format!("{}\n", xds.borrow().summary()));
@@ -135,11 +229,20 @@ fn route(
                 "no control plane configured (xds.address or run --mesh)\n".into(),
             ),
         },
-        "/enrollment" if method != Method::GET && !peer.ip().is_loopback() => text(
-            StatusCode::FORBIDDEN,
-            format!("enrollment changes are accepted from loopback only, not from {peer}\n"),
-        ),
-        "/enrollment" => enrollment(method, request.uri().query(), state),
+        "/enrollment" => {
+            // Entering a namespace and updating kernel maps block: not on a runtime thread.
+            let (method, query) = (method.clone(), request.uri().query().map(str::to_owned));
+            let state = Arc::clone(&state);
+            tokio::task::spawn_blocking(move || enrollment(&method, query.as_deref(), &state))
+                .await
+                .unwrap_or_else(|error| {
+                    error!(%error, "admin enrollment task failed");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "enrollment failed\n".into(),
+                    )
+                })
+        }
         "/healthz" | "/readyz" | "/metrics" => text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} not allowed\n"),

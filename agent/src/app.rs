@@ -27,7 +27,8 @@ use crate::{
         workloads::Workloads,
     },
     host,
-    proxy::{ProxyInputs, ProxySettings, bind_listener, inbound, outbound::Outbound},
+    listen::bind_listener,
+    proxy::{ProxyInputs, ProxySettings, inbound, outbound::Outbound},
     redirect::{
         Enrollments, RedirectCounters, RedirectTarget, Redirector, cgroup,
         metrics::{PodConnectCollector, RedirectCollector},
@@ -49,6 +50,12 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     // Listeners before programs: a port in use fails start-up before the kernel is touched.
     let proxy_listener = bind_listener("proxy.outbound_addr", config.proxy.outbound_addr.into())?;
     let admin_listener = bind_listener("admin.addr", config.admin.addr)?;
+    let admin_socket = admin::bind_socket(&config.admin.socket).with_context(|| {
+        format!(
+            "cannot listen on admin.socket {}",
+            config.admin.socket.display()
+        )
+    })?;
 
     let mut redirector = Redirector::load(
         &cgroup,
@@ -137,21 +144,30 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     }
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::new(AdminState {
-            metrics,
-            ready: Arc::clone(&ready),
-            enrollments: Arc::clone(&enrollments),
-            netns_dir: config.enrollment.netns_dir.clone(),
-            xds: xds.as_ref().map(|x| x.state.clone()),
-        }),
-        stop_admin.clone(),
-    ));
+    let admin_state = Arc::new(AdminState {
+        metrics,
+        ready: Arc::clone(&ready),
+        enrollments: Arc::clone(&enrollments),
+        netns_dir: config.enrollment.netns_dir.clone(),
+        xds: xds.as_ref().map(|x| x.state.clone()),
+    });
+    let admin_tasks = [
+        tokio::spawn(admin::serve_tcp(
+            admin_listener,
+            Arc::clone(&admin_state),
+            stop_admin.clone(),
+        )),
+        tokio::spawn(admin::serve_socket(
+            admin_socket,
+            admin_state,
+            stop_admin.clone(),
+        )),
+    ];
     info!(
         cgroup = %cgroup.display(),
         proxy = %config.proxy.outbound_addr,
         admin = %config.admin.addr,
+        admin_socket = %config.admin.socket.display(),
         "mesh-agent running"
     );
 
@@ -182,7 +198,11 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         xds.stop.cancel();
     }
     stop_admin.cancel();
-    let _ = admin_task.await;
+    for task in admin_tasks {
+        let _ = task.await;
+    }
+    // The next agent binds it again; a stale socket file would only mislead.
+    let _ = std::fs::remove_file(&config.admin.socket);
     info!(
         connections_cut = report.cut,
         "mesh-agent stopped; programs detached"
@@ -311,7 +331,13 @@ fn reload(
     if let Err(error) =
         redirector.set_exclusions(&new.excluded_cidrs(), &new.redirect.exclude_ports)
     {
-        error!(%error, "applying exclusions failed; keeping the running configuration");
+        // Only claim the running configuration was kept when the maps really hold it again;
+        // otherwise say what they hold, so the operator knows a retry is needed.
+        if error.kept_previous() {
+            error!(%error, "config reload rejected: applying exclusions failed; keeping the running configuration");
+        } else {
+            error!(%error, "config reload failed part way: the exclusion maps hold part of the new lists, enrollment is unchanged; fix the cause and send SIGHUP again");
+        }
         return;
     }
     config.redirect = new.redirect;

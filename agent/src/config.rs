@@ -2,11 +2,12 @@
 //! keys are rejected with their name and position.
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use agent_common::{MAX_ENROLLED_NETNS, MAX_EXCLUSIONS};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer};
 
@@ -127,9 +128,17 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Health (/healthz, /readyz), metrics (/metrics) and enrollment endpoints.
+    /// Read-only endpoints: health (/healthz, /readyz) and metrics (/metrics).
     #[serde(default = "default_admin_addr")]
     pub addr: SocketAddr,
+    /// A Unix socket (mode 0600) for everything else: enrollment changes and the
+    /// configuration dump, which nothing reachable over the network may offer.
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+}
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/mesh-agent/admin.sock")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -186,6 +195,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             addr: default_admin_addr(),
+            socket: default_admin_socket(),
         }
     }
 }
@@ -262,15 +272,43 @@ impl Config {
         Ok(config)
     }
 
+    /// Everything start-up or a reload would reject, so that `check-config` (which only runs
+    /// [`Config::load`]) says so first: a reload that fails half way through the kernel maps
+    /// is worse than one refused up front.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.validate_proxy()?;
+        self.validate_admin()?;
+        self.validate_redirect()?;
+        self.validate_enrollment()?;
+        if let Some(xds) = &self.xds {
+            validate_xds(xds)?;
+        }
+        if let Some(path) = &self.cgroup_path {
+            validate_cgroup_path(path)?;
+        }
+        Ok(())
+    }
+
+    fn validate_proxy(&self) -> Result<(), (&'static str, String)> {
         let outbound = self.proxy.outbound_addr;
-        if outbound.ip().is_unspecified() || outbound.ip().is_broadcast() {
-            return Err((
-                "proxy.outbound_addr",
-                format!(
-                    "is {outbound}: connects are rewritten to it, so it must be one address of this node"
-                ),
-            ));
+        let ip = outbound.ip();
+        // Connects of enrolled pods are rewritten to this address *inside the pod's network
+        // namespace*, so it must be one the pods can route to and the proxy can listen on.
+        let unusable = if ip.octets()[0] == 0 || ip.is_broadcast() {
+            Some("connects are rewritten to it, so it must be one address of this node")
+        } else if ip.is_loopback() {
+            Some(
+                "connects are rewritten to it inside each pod's network namespace, where \
+                 loopback is the pod's own; use an address of this node that pods reach, \
+                 e.g. ${NODE_IP}",
+            )
+        } else if ip.is_multicast() {
+            Some("a TCP listener cannot take connections on a multicast address")
+        } else {
+            None
+        };
+        if let Some(why) = unusable {
+            return Err(("proxy.outbound_addr", format!("is {outbound}: {why}")));
         }
         if outbound.port() == 0 {
             return Err(("proxy.outbound_addr", "needs a port other than 0".into()));
@@ -287,10 +325,49 @@ impl Config {
         if self.proxy.connect_timeout.is_zero() {
             return Err(("proxy.connect_timeout", "must be greater than 0".into()));
         }
-        if self.admin.addr == SocketAddr::V4(outbound) {
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), (&'static str, String)> {
+        let outbound = self.proxy.outbound_addr;
+        let admin = self.admin.addr;
+        if admin == SocketAddr::V4(outbound) {
             return Err((
                 "admin.addr",
                 format!("is the same as proxy.outbound_addr ({outbound})"),
+            ));
+        }
+        // A wildcard listener on the proxy's port (IPv6 `[::]` is dual-stack by default)
+        // conflicts with the proxy's listener: start-up would fail with "address in use".
+        let same_ip = match admin.ip() {
+            IpAddr::V4(ip) => ip == *outbound.ip(),
+            IpAddr::V6(ip) => ip.to_ipv4_mapped() == Some(*outbound.ip()),
+        };
+        if admin.port() == outbound.port() && (admin.ip().is_unspecified() || same_ip) {
+            return Err((
+                "admin.addr",
+                format!(
+                    "{admin} takes port {} on the address of proxy.outbound_addr ({outbound}); \
+                     use another port",
+                    admin.port()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_redirect(&self) -> Result<(), (&'static str, String)> {
+        // Each list goes into a kernel map of MAX_EXCLUSIONS entries; one more and the map
+        // update would fail part way through (agent-ebpf declares the maps).
+        let max = MAX_EXCLUSIONS as usize;
+        let cidrs = self.excluded_cidrs().len();
+        if cidrs > max {
+            return Err((
+                "redirect.exclude_cidrs",
+                format!(
+                    "has {cidrs} distinct prefixes counting {ALWAYS_EXCLUDED}, which is always \
+                     excluded; the kernel's exclusion map holds at most {max}"
+                ),
             ));
         }
         if let Some(port) = self.redirect.exclude_ports.iter().find(|p| **p == 0) {
@@ -299,9 +376,34 @@ impl Config {
                 format!("contains {port}, not a port"),
             ));
         }
+        let ports = distinct(&self.redirect.exclude_ports);
+        if ports > max {
+            return Err((
+                "redirect.exclude_ports",
+                format!(
+                    "has {ports} distinct ports; the kernel's exclusion map holds at most {max}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_enrollment(&self) -> Result<(), (&'static str, String)> {
+        let mut specs = Vec::with_capacity(self.enrollment.netns.len());
         for spec in &self.enrollment.netns {
-            NetnsRef::parse(spec, &self.enrollment.netns_dir)
+            let ns = NetnsRef::parse(spec, &self.enrollment.netns_dir)
                 .map_err(|reason| ("enrollment.netns", reason.to_string()))?;
+            specs.push(ns.spec);
+        }
+        // The enrollment map holds MAX_ENROLLED_NETNS pods; the ones past it would each fail
+        // to enroll at every start and reload.
+        let max = MAX_ENROLLED_NETNS as usize;
+        let count = distinct(&specs);
+        if count > max {
+            return Err((
+                "enrollment.netns",
+                format!("has {count} namespaces; the kernel's enrollment map holds at most {max}"),
+            ));
         }
         if let Some(pattern) = &self.enrollment.discover
             && (pattern.is_empty() || pattern.contains('/'))
@@ -309,29 +411,6 @@ impl Config {
             return Err((
                 "enrollment.discover",
                 format!("{pattern:?} is not a namespace name pattern (no `/`, `*` for any run)"),
-            ));
-        }
-        if let Some(xds) = &self.xds {
-            if !(xds.address.starts_with("http://") || xds.address.starts_with("https://")) {
-                return Err((
-                    "xds.address",
-                    format!("{:?} must be an http:// or https:// URL", xds.address),
-                ));
-            }
-            if let Some(bad) = xds
-                .virtual_nodes
-                .iter()
-                .find(|v| v.split('/').filter(|p| !p.is_empty()).count() != 2)
-            {
-                return Err(("xds.virtual_nodes", format!("{bad:?} is not mesh/name")));
-            }
-        }
-        if let Some(path) = &self.cgroup_path
-            && !path.is_absolute()
-        {
-            return Err((
-                "cgroup_path",
-                format!("{} is not an absolute path", path.display()),
             ));
         }
         Ok(())
@@ -354,6 +433,73 @@ impl Config {
         cidrs.dedup();
         cidrs
     }
+}
+
+/// How many different values `items` holds.
+fn distinct<T: Ord + Clone>(items: &[T]) -> usize {
+    let mut sorted = items.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted.len()
+}
+
+fn validate_xds(xds: &XdsConfig) -> Result<(), (&'static str, String)> {
+    // The xDS client would retry an unusable address forever, logging the same error, so
+    // it is refused here, where the operator sees it once.
+    let address = &xds.address;
+    let uri: http::Uri = address
+        .parse()
+        .map_err(|error| ("xds.address", format!("{address:?} is not a URL: {error}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err((
+            "xds.address",
+            format!("{address:?} must be an http:// or https:// URL"),
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(("xds.address", format!("{address:?} has no host")));
+    }
+    if uri.port_u16() == Some(0) {
+        return Err((
+            "xds.address",
+            format!("{address:?} needs a port other than 0"),
+        ));
+    }
+    // The control plane splits each at its first `/` and matches both halves exactly
+    // (control-plane/src/ads), so anything but `mesh/name` would match no virtual node.
+    let is_mesh_name = |v: &str| {
+        v.split_once('/')
+            .is_some_and(|(mesh, name)| !mesh.is_empty() && !name.is_empty() && !name.contains('/'))
+    };
+    if let Some(bad) = xds.virtual_nodes.iter().find(|v| !is_mesh_name(v)) {
+        return Err(("xds.virtual_nodes", format!("{bad:?} is not mesh/name")));
+    }
+    Ok(())
+}
+
+/// The checks of the configured cgroup directory that do not depend on the host it runs
+/// on; start-up then also requires it to exist on a cgroup v2 filesystem (redirect::cgroup).
+fn validate_cgroup_path(path: &Path) -> Result<(), (&'static str, String)> {
+    if !path.is_absolute() {
+        return Err((
+            "cgroup_path",
+            format!("{} is not an absolute path", path.display()),
+        ));
+    }
+    // A file inside a cgroup (e.g. cgroup.procs) is on the cgroup2 filesystem too, so only
+    // the attach, after the programs are loaded, would fail on it.
+    if let Ok(metadata) = std::fs::metadata(path)
+        && !metadata.is_dir()
+    {
+        return Err((
+            "cgroup_path",
+            format!(
+                "{} is not a directory: the programs attach to a cgroup directory",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A pod network namespace as configured: `name` (under the netns directory) or a path,
@@ -572,6 +718,154 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    /// `n` distinct /32 prefixes in 10.0.0.0/8, as a YAML flow list.
+    fn prefixes(n: u32) -> String {
+        let list: Vec<String> = (0..n)
+            .map(|i| format!("{}/32", Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        format!("[{}]", list.join(", "))
+    }
+
+    fn rejected_field(text: &str, field: &str) -> String {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        err
+    }
+
+    #[test]
+    fn exclusions_beyond_the_kernel_maps_are_rejected() {
+        let max = MAX_EXCLUSIONS;
+        // Loopback takes one entry of the map.
+        let cidrs = |list: String| format!("{MINIMAL}redirect:\n  exclude_cidrs: {list}\n");
+        parse(&cidrs(prefixes(max - 1))).unwrap();
+        let err = rejected_field(&cidrs(prefixes(max)), "redirect.exclude_cidrs");
+        assert!(err.contains("1025 distinct prefixes"), "{err}");
+        assert!(err.contains("at most 1024"), "{err}");
+        rejected_field(&cidrs(prefixes(max + 1)), "redirect.exclude_cidrs");
+        // Listing loopback itself, or one prefix twice, takes no more room.
+        let with_loopback = prefixes(max - 1).replace('[', "[127.0.0.0/8, 10.0.0.0/32, ");
+        parse(&cidrs(with_loopback)).unwrap();
+
+        let ports = |n: u32| {
+            let list: Vec<String> = (1..=n).map(|p| p.to_string()).collect();
+            format!(
+                "{MINIMAL}redirect:\n  exclude_ports: [{}, 1, 2]\n",
+                list.join(", ")
+            )
+        };
+        parse(&ports(max)).unwrap();
+        let err = rejected_field(&ports(max + 1), "redirect.exclude_ports");
+        assert!(err.contains("1025 distinct ports"), "{err}");
+    }
+
+    #[test]
+    fn outbound_address_pods_cannot_reach_is_rejected() {
+        for addr in [
+            "127.0.0.1:15001",
+            "127.1.2.3:15001",
+            "224.0.0.1:15001",
+            "239.255.255.250:15001",
+            "0.0.0.0:15001",
+            "0.1.2.3:15001",
+            "255.255.255.255:15001",
+        ] {
+            let err = rejected_field(
+                &format!("proxy:\n  outbound_addr: {addr}\n"),
+                "proxy.outbound_addr",
+            );
+            assert!(err.contains(addr), "{err}");
+        }
+        let err = rejected_field(
+            "proxy:\n  outbound_addr: 127.0.0.1:15001\n",
+            "proxy.outbound_addr",
+        );
+        assert!(err.contains("loopback"), "{err}");
+        let err = rejected_field(
+            "proxy:\n  outbound_addr: 224.0.0.1:15001\n",
+            "proxy.outbound_addr",
+        );
+        assert!(err.contains("multicast"), "{err}");
+    }
+
+    #[test]
+    fn admin_on_the_proxy_port_of_every_address_is_rejected() {
+        for admin in ["0.0.0.0:15001", "[::]:15001", "[::ffff:10.0.0.1]:15001"] {
+            rejected_field(
+                &format!("{MINIMAL}admin:\n  addr: \"{admin}\"\n"),
+                "admin.addr",
+            );
+        }
+        // Another address on the same port, or the wildcard on another port, binds.
+        for admin in ["127.0.0.1:15001", "0.0.0.0:15020", "[::]:15020"] {
+            parse(&format!("{MINIMAL}admin:\n  addr: \"{admin}\"\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn cgroup_path_that_is_a_file_is_rejected() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = rejected_field(
+            &format!("{MINIMAL}cgroup_path: {}\n", file.path().display()),
+            "cgroup_path",
+        );
+        assert!(err.contains("is not a directory"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        parse(&format!("{MINIMAL}cgroup_path: {}\n", dir.path().display())).unwrap();
+        // Whether it exists (and is a cgroup) is checked on the node at start-up.
+        parse(&format!("{MINIMAL}cgroup_path: /nonexistent/cgroup\n")).unwrap();
+    }
+
+    #[test]
+    fn xds_address_that_is_not_a_url_is_rejected() {
+        for (address, why) in [
+            ("http://[::1:15010", "is not a URL"),
+            ("http://cp:15010 x", "is not a URL"),
+            ("http://", "is not a URL"),
+            ("ftp://cp:15010", "http:// or https://"),
+            ("cp:15010", "http:// or https://"),
+            ("http://cp:0", "port other than 0"),
+        ] {
+            let err = rejected_field(
+                &format!("{MINIMAL}xds:\n  address: \"{address}\"\n"),
+                "xds.address",
+            );
+            assert!(err.contains(why), "{address}: {err}");
+        }
+        for address in [
+            "http://[::1]:15010",
+            "http://cp.mesh.svc:15010",
+            "https://cp",
+        ] {
+            parse(&format!("{MINIMAL}xds:\n  address: \"{address}\"\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn virtual_nodes_that_match_nothing_are_rejected() {
+        for node in ["shop//web", "/web", "shop/", "shop/web/x", "web"] {
+            rejected_field(
+                &format!(
+                    "{MINIMAL}xds:\n  address: http://cp:15010\n  virtual_nodes: [\"{node}\"]\n"
+                ),
+                "xds.virtual_nodes",
+            );
+        }
+    }
+
+    #[test]
+    fn more_namespaces_than_the_enrollment_map_are_rejected() {
+        let netns = |n: u32| {
+            let list: Vec<String> = (0..n).map(|i| format!("pod-{i}")).collect();
+            format!(
+                "{MINIMAL}enrollment:\n  netns: [{}, pod-0]\n",
+                list.join(", ")
+            )
+        };
+        parse(&netns(MAX_ENROLLED_NETNS)).unwrap();
+        let err = rejected_field(&netns(MAX_ENROLLED_NETNS + 1), "enrollment.netns");
+        assert!(err.contains("at most 4096"), "{err}");
     }
 
     #[test]

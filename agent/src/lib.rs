@@ -3,12 +3,13 @@
 //! the proxy without a node to run on; the `mesh-agent` binary adds its command line.
 //!
 //! Dependencies point one way: `app` → `admin` → `proxy` → `redirect` → `dataplane` →
-//! `telemetry`; `config` and `host` are leaves anyone may use.
+//! `telemetry`; `config`, `host` and `listen` are leaves anyone may use.
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dataplane;
 mod host;
+pub mod listen;
 pub mod proxy;
 pub mod redirect;
 pub mod telemetry;

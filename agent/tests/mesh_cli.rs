@@ -154,3 +154,61 @@ fn compile_prints_the_xds_resources_as_json() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--node \"web\" is not mesh/name"));
 }
+
+/// `mesh-agent check-config` on `config`: exit code and stderr.
+fn check_config(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// What a reload would fail on (finding 6 of issue 11) is refused by check-config first,
+/// naming the key.
+#[test]
+fn check_config_rejects_what_start_up_or_reload_would() {
+    const PROXY: &str = "proxy:\n  outbound_addr: 10.0.0.1:15001\n";
+    let (code, err) = check_config(PROXY);
+    assert_eq!(code, 0, "{err}");
+
+    // One more than the kernel's exclusion map holds, with loopback: 1 025 CIDRs.
+    let cidrs: Vec<String> = (0..1025u32)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let cases = [
+        (
+            format!(
+                "{PROXY}redirect:\n  exclude_cidrs: [{}]\n",
+                cidrs.join(", ")
+            ),
+            "`redirect.exclude_cidrs` has 1026 distinct prefixes",
+        ),
+        (
+            "proxy:\n  outbound_addr: 127.0.0.1:15001\n".to_owned(),
+            "`proxy.outbound_addr` is 127.0.0.1:15001",
+        ),
+        (
+            format!("{PROXY}xds:\n  address: \"http://[::1:15010\"\n"),
+            "`xds.address` \"http://[::1:15010\" is not a URL",
+        ),
+        (
+            format!("{PROXY}cgroup_path: {}\n", file.path().display()),
+            "is not a directory",
+        ),
+    ];
+    for (config, expected) in cases {
+        let (code, err) = check_config(&config);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+    }
+}

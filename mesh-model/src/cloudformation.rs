@@ -4,7 +4,11 @@
 //! `!GetAtt` to App Mesh resources of the same template, `!Sub` over them, and parameters
 //! (their defaults, or values given with `--parameter`) are resolved; anything else — `!If`,
 //! `!ImportValue`, attributes only known after deployment — is reported as unresolvable.
-use std::{collections::HashMap, fmt};
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    fmt,
+};
 
 use serde_json::{Map, Number, Value as Json};
 use serde_yaml::Value as Yaml;
@@ -17,7 +21,16 @@ use crate::{
     schema,
 };
 
+/// How deeply references may lead to references (`!GetAtt` of a name that is a `!Sub` of
+/// another `!GetAtt`...): a cycle ends here.
 const MAX_DEPTH: usize = 16;
+
+/// How many bytes the intrinsic functions of one file may produce in all (each `!Ref`,
+/// `!GetAtt` and `!Sub` result counted, plus one per call). Without a bound a few KiB of
+/// `!Sub`s referring to each other many times expand exponentially (12 s and 240 MB for
+/// 1.8 KiB), and a 1 MiB parameter in a `!Sub` 2 000 times asks for 2 GB. A mesh's names
+/// and hostnames are well under 1 KiB each.
+pub const MAX_EXPANSION_BYTES: usize = 1024 * 1024;
 
 pub fn is_template(value: &Yaml) -> bool {
     value.get("Resources").is_some_and(Yaml::is_mapping)
@@ -163,6 +176,10 @@ struct Unresolved {
 enum ResolveError {
     #[error("references nest too deeply (a cycle?)")]
     TooDeep,
+    #[error(
+        "intrinsic functions (!Ref, !GetAtt, !Sub) in this file expand to more than {limit} bytes; not expanded further"
+    )]
+    TooLarge { limit: usize },
     #[error("!Ref takes a name")]
     RefArgument,
     #[error("!GetAtt {text}: expected Resource.Attribute")]
@@ -234,6 +251,10 @@ impl ResolveError {
 struct Resolver<'a> {
     template: &'a Yaml,
     parameters: HashMap<String, Json>,
+    /// Bytes the intrinsic functions may still produce (of [`MAX_EXPANSION_BYTES`]).
+    budget: Cell<usize>,
+    /// Names already resolved (`Id.Attribute`): a name used many times is expanded once.
+    attributes: RefCell<HashMap<(String, String), String>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -257,6 +278,27 @@ impl<'a> Resolver<'a> {
         Self {
             template,
             parameters,
+            budget: Cell::new(MAX_EXPANSION_BYTES),
+            attributes: RefCell::default(),
+        }
+    }
+
+    /// Takes `bytes` produced (and one for the call, so that many calls producing nothing
+    /// end too) from the file's budget.
+    fn charge(&self, bytes: usize, path: &Path) -> Result<(), Unresolved> {
+        let cost = bytes.saturating_add(1);
+        match self.budget.get().checked_sub(cost) {
+            Some(left) => {
+                self.budget.set(left);
+                Ok(())
+            }
+            None => {
+                self.budget.set(0);
+                Err(ResolveError::TooLarge {
+                    limit: MAX_EXPANSION_BYTES,
+                }
+                .at(path))
+            }
         }
     }
 
@@ -360,6 +402,8 @@ impl<'a> Resolver<'a> {
 
     fn reference(&self, name: &str, path: &Path) -> Result<Json, Unresolved> {
         if let Some(value) = self.parameters.get(name) {
+            // Charged before the copy is made.
+            self.charge(json_size(value), path)?;
             return Ok(value.clone());
         }
         if let Some(resource_type) = self.resource_type(name) {
@@ -386,6 +430,24 @@ impl<'a> Resolver<'a> {
 
     /// `!GetAtt Id.VirtualNodeName` and the like: the name property of an App Mesh resource.
     fn attribute(
+        &self,
+        id: &str,
+        attribute: &str,
+        path: &Path,
+        depth: usize,
+    ) -> Result<String, Unresolved> {
+        let key = (id.to_owned(), attribute.to_owned());
+        if let Some(known) = self.attributes.borrow().get(&key) {
+            self.charge(known.len(), path)?;
+            return Ok(known.clone());
+        }
+        let name = self.attribute_uncached(id, attribute, path, depth)?;
+        self.charge(name.len(), path)?;
+        self.attributes.borrow_mut().insert(key, name.clone());
+        Ok(name)
+    }
+
+    fn attribute_uncached(
         &self,
         id: &str,
         attribute: &str,
@@ -431,6 +493,8 @@ impl<'a> Resolver<'a> {
     ) -> Result<String, Unresolved> {
         let mut out = String::new();
         let mut rest = text;
+        // Each variable is resolved once however often the text names it.
+        let mut resolved: HashMap<&str, String> = HashMap::new();
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
@@ -446,10 +510,19 @@ impl<'a> Resolver<'a> {
                 out.push_str(literal);
                 out.push('}');
             } else if let Some(value) = variables.and_then(|v| v.get(name)) {
-                match self.resolve(value, path, depth + 1)? {
-                    Json::String(s) => out.push_str(&s),
-                    other => out.push_str(&other.to_string()),
-                }
+                let text = match resolved.get(name) {
+                    Some(text) => text,
+                    None => {
+                        let text = match self.resolve(value, path, depth + 1)? {
+                            Json::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        resolved.entry(name).or_insert(text)
+                    }
+                };
+                // Counted again for each use: the copies are what grows.
+                self.charge(text.len(), path)?;
+                out.push_str(text);
             } else if let Some((id, attribute)) = name.split_once('.') {
                 out.push_str(&self.attribute(id, attribute, path, depth + 1)?);
             } else {
@@ -461,7 +534,24 @@ impl<'a> Resolver<'a> {
             rest = &after[end + 1..];
         }
         out.push_str(rest);
+        self.charge(out.len(), path)?;
         Ok(out)
+    }
+}
+
+/// About the bytes `value` takes as text (what a `!Ref` to it copies).
+fn json_size(value: &Json) -> usize {
+    match value {
+        Json::String(text) => text.len(),
+        Json::Array(items) => items.iter().map(json_size).sum::<usize>() + items.len() + 2,
+        Json::Object(members) => {
+            members
+                .iter()
+                .map(|(key, value)| key.len() + json_size(value) + 4)
+                .sum::<usize>()
+                + 2
+        }
+        Json::Null | Json::Bool(_) | Json::Number(_) => 8,
     }
 }
 

@@ -5,11 +5,14 @@
 //! manifests ([`placeholders`]).
 mod api_json;
 mod files;
+mod json;
+pub mod limits;
 mod manifest;
 mod placeholders;
 
 use std::{
     fs,
+    io::Read as _,
     path::{Path, PathBuf},
 };
 
@@ -49,8 +52,9 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
     loaded
 }
 
-/// Reads one file with the reader for its format: JSON by its name; YAML is a
-/// CloudFormation template when it parses as one, else a Kubernetes manifest.
+/// Reads one file with the reader for its format: JSON by its name (a CloudFormation
+/// template when it is one, else API JSON); YAML is a CloudFormation template when it parses
+/// as one, else a Kubernetes manifest.
 fn load_file(
     file: &Path,
     options: &LoadOptions,
@@ -61,16 +65,54 @@ fn load_file(
         file: file.to_owned(),
         line: None,
     };
-    let text = match fs::read_to_string(file) {
+    let text = match read_bounded(file) {
         Ok(text) => text,
-        Err(error) => {
-            loaded
-                .diagnostics
-                .push(Diagnostic::error(format!("cannot read: {error}")).at(&origin));
+        Err(diagnostic) => {
+            loaded.diagnostics.push(diagnostic.at(&origin));
             return;
         }
     };
+    // Before any parser: libyaml is quadratic in flow nesting (see `limits`).
+    if let Err(error) = limits::check_nesting(&text, limits::MAX_NESTING) {
+        let at = match error {
+            limits::LimitError::TooDeep { line, .. } => Origin {
+                line: Some(line),
+                ..origin
+            },
+            limits::LimitError::TooLarge { .. } => origin,
+        };
+        loaded
+            .diagnostics
+            .push(Diagnostic::error(error.to_string()).at(&at));
+        return;
+    }
     if files::is_json(file) {
+        // A template's `${Name}` (in Fn::Sub) is not an envsubst placeholder: templates are
+        // recognised before placeholders are looked for, as in YAML.
+        match json::parse(&text) {
+            Ok(value) => {
+                if let Some(template) = json_template(&value) {
+                    let converted = cloudformation::convert(
+                        &template,
+                        &origin,
+                        &text,
+                        options,
+                        &mut loaded.diagnostics,
+                    );
+                    loaded.resources.extend(converted);
+                    return;
+                }
+            }
+            // Placeholders do not make a key repeat: reported as found.
+            Err(error @ json::JsonError::DuplicateKey { .. }) => {
+                loaded
+                    .diagnostics
+                    .push(api_json::json_diagnostic(&error, &origin));
+                return;
+            }
+            // Perhaps a placeholder (`"port": $PORT`): read as API JSON, which says.
+            Err(json::JsonError::Syntax(_)) => {}
+        }
         match api_json::read(&text, file, options) {
             Ok(resource) => loaded.resources.push(resource),
             Err(found) => loaded.diagnostics.extend(found),
@@ -88,7 +130,51 @@ fn load_file(
     manifest::read(&text, file, options, &mut loaded.diagnostics, manifests);
 }
 
+/// The file's text, if it is a regular file of at most [`limits::MAX_FILE_BYTES`]. Only
+/// that many bytes (and one more) are read, whatever the file claims; a FIFO or device
+/// is not opened (opening a FIFO waits for a writer).
+fn read_bounded(file: &Path) -> Result<String, Diagnostic> {
+    let cannot = |error: std::io::Error| Diagnostic::error(format!("cannot read: {error}"));
+    let metadata = fs::metadata(file).map_err(cannot)?;
+    if !metadata.is_file() {
+        return Err(Diagnostic::error(
+            "not a regular file (a FIFO, socket or device is not read)",
+        ));
+    }
+    let too_large = |size: u64| {
+        Diagnostic::error(
+            limits::LimitError::TooLarge {
+                size,
+                max: limits::MAX_FILE_BYTES,
+            }
+            .to_string(),
+        )
+    };
+    if metadata.len() > limits::MAX_FILE_BYTES {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(file)
+        .and_then(|f| f.take(limits::MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    // The file grew between the check and the read.
+    if bytes.len() as u64 > limits::MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        Diagnostic::error(format!(
+            "cannot read: stream did not contain valid UTF-8 ({error})"
+        ))
+    })
+}
+
 fn cloudformation_template(text: &str) -> Option<serde_yaml::Value> {
     let value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
     cloudformation::is_template(&value).then_some(value)
+}
+
+/// A JSON document that is a CloudFormation template, in the form the converter reads.
+fn json_template(value: &serde_json::Value) -> Option<serde_yaml::Value> {
+    let template = serde_yaml::to_value(value).ok()?;
+    cloudformation::is_template(&template).then_some(template)
 }

@@ -352,7 +352,7 @@ impl MeshNode {
     }
 
     /// Which virtual node answered `path` with curl `args` (panics on a non-200 answer).
-    fn served_by(&self, path: &str, args: &[&str]) -> String {
+    pub fn served_by(&self, path: &str, args: &[&str]) -> String {
         let (status, body, _) = self.curl(path, args);
         assert_eq!(
             status,
@@ -674,10 +674,7 @@ fn pods_whose_addresses_are_mesh_endpoints_are_enrolled_by_discovery() {
         assert!(std::time::Instant::now() < deadline, "{}", mesh.agent.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (_, listing) = mesh
-        .node
-        .http("GET", Agent::admin_addr(), "/enrollment")
-        .unwrap();
+    let (_, listing) = mesh.node.admin("GET", "/enrollment").unwrap();
     for pod in ["client", "s1", "s2"] {
         assert!(
             listing.contains(&format!("-{pod} ")),

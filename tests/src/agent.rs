@@ -42,8 +42,9 @@ pub fn config_for(node: &Node, pods: &[&str], extra: &str) -> anyhow::Result<Str
         netns.push(node.pod(pod)?.netns_name().to_owned());
     }
     Ok(format!(
-        "cgroup_path: {cgroup}\nproxy:\n  outbound_addr: {NODE_IP}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\nenrollment:\n  netns: [{netns}]\n{extra}",
+        "cgroup_path: {cgroup}\nproxy:\n  outbound_addr: {NODE_IP}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\n  socket: {socket}\nenrollment:\n  netns: [{netns}]\n{extra}",
         cgroup = node.cgroup_path().display(),
+        socket = node.admin_socket().display(),
         netns = netns.join(", "),
     ))
 }

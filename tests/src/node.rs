@@ -174,6 +174,24 @@ impl Node {
     }
 
     /// A plain HTTP/1.0 request from the node namespace (for the agent's admin endpoint).
+    /// Where an agent on this node serves its admin socket (see [`crate::agent::config_for`]).
+    pub fn admin_socket(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-admin.sock", self.tag))
+    }
+
+    /// `method path` on the agent's admin socket (enrollment, config dump): the status and
+    /// the body.
+    pub fn admin(&self, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        let socket = self.admin_socket();
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+            .with_context(|| format!("connect {}", socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "{method} {path} HTTP/1.0\r\nHost: admin\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        parse_response(&response, path)
+    }
+
     pub fn http(
         &self,
         method: &str,
@@ -188,13 +206,25 @@ impl Node {
         write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad HTTP response from {addr}{path}: {head}"))?;
-        Ok((status, body.to_owned()))
+        parse_response(&response, &format!("{addr}{path}"))
+    }
+}
+
+/// The status and body of an HTTP/1.0 response read whole.
+fn parse_response(response: &str, what: &str) -> anyhow::Result<(u16, String)> {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad HTTP response from {what}: {head}"))?;
+    Ok((status, body.to_owned()))
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The agent removes its socket when it stops; not when it was killed.
+        let _ = fs::remove_file(self.admin_socket());
     }
 }
 

@@ -274,11 +274,7 @@ impl Bench {
 pub(crate) fn set_client_enrolled(node: &Node, enrolled: bool) -> anyhow::Result<()> {
     let method = if enrolled { "POST" } else { "DELETE" };
     let netns = node.pod("client")?.netns_name().to_owned();
-    let (status, body) = node.http(
-        method,
-        Agent::admin_addr(),
-        &format!("/enrollment?netns={netns}"),
-    )?;
+    let (status, body) = node.admin(method, &format!("/enrollment?netns={netns}"))?;
     // Unenrolling a pod that is not enrolled is fine here.
     if enrolled && status != 200 {
         bail!("enrolling the client failed: {status} {body}");

@@ -26,6 +26,7 @@ use crate::{
         upstream::{Connector, Upstream},
         workloads::{Workloads, WorkloadsPoisoned},
     },
+    listen::Acceptor,
     redirect::{InboundPod, InboundPorts, netns::PodNet},
     telemetry::metrics::{FailureReason, MeshMetrics},
 };
@@ -174,19 +175,18 @@ async fn accept(pod: InboundPod, inputs: Arc<ProxyInputs>, stop: CancellationTok
     });
     info!(netns = %context.netns, "serving inbound connections");
     let tracker = TaskTracker::new();
+    let errors = inputs.metrics.accept_errors("inbound");
+    let mut acceptor = Acceptor::new(listener, format!("inbound {}", context.netns), errors);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tracker.spawn(handle(stream, peer, Arc::clone(&context), Arc::clone(&inputs)));
-                }
-                Err(error) => warn!(netns = %context.netns, %error, "inbound accept failed"),
-            },
+            (stream, peer) = acceptor.accept() => {
+                tracker.spawn(handle(stream, peer, Arc::clone(&context), Arc::clone(&inputs)));
+            }
             () = pod.stop.cancelled() => break,
             () = stop.cancelled() => break,
         }
     }
-    drop(listener);
+    drop(acceptor);
     tracker.close();
     tracker.wait().await;
 }

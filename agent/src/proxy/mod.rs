@@ -11,10 +11,8 @@ pub mod outbound;
 mod relay;
 mod tcp;
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -66,41 +64,4 @@ pub struct ProxySettings {
     /// run without a redirect and without CAP_NET_ADMIN).
     pub mark: Option<u32>,
     pub connect_timeout: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error("{what} {addr} is already in use by another process")]
-    InUse {
-        what: &'static str,
-        addr: SocketAddr,
-    },
-    #[error("{what} {addr} is not an address of this node")]
-    NotLocal {
-        what: &'static str,
-        addr: SocketAddr,
-    },
-    #[error("cannot listen on {what} {addr}: {source}")]
-    Other {
-        what: &'static str,
-        addr: SocketAddr,
-        source: io::Error,
-    },
-}
-
-/// Binds a listener, turning the common failures into errors that name the setting.
-pub fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let bind = || -> io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(4096)?;
-        TcpListener::from_std(socket.into())
-    };
-    bind().map_err(|source| match source.kind() {
-        io::ErrorKind::AddrInUse => ListenError::InUse { what, addr },
-        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal { what, addr },
-        _ => ListenError::Other { what, addr, source },
-    })
 }

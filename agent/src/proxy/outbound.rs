@@ -2,7 +2,7 @@
 //! routed by its workload's virtual node — HTTP to the HTTP engine, TCP routes to a cluster,
 //! no backend on a DROP_ALL mesh reset — or, outside the mesh, relayed to its original
 //! destination.
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use mesh_xds::plan::{PortPlan, cluster::Discovery};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,10 +14,12 @@ use super::{
     http::{self, HttpContext, MeshClusters, Side},
     tcp::{ConnectionLog, RelayEnds, relay_to, relay_to_cluster, reset},
 };
-use crate::{redirect::orig_dst::OrigDstSource, telemetry::metrics::FailureReason};
+use crate::{
+    listen::Acceptor, redirect::orig_dst::OrigDstSource, telemetry::metrics::FailureReason,
+};
 
 pub struct Outbound {
-    listener: TcpListener,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
 }
 
@@ -39,8 +41,9 @@ impl Outbound {
         orig_dst: Arc<dyn OrigDstSource>,
         inputs: ProxyInputs,
     ) -> Self {
+        let errors = inputs.metrics.accept_errors("outbound");
         Self {
-            listener,
+            acceptor: Acceptor::new(listener, "outbound", errors),
             shared: Arc::new(Shared { orig_dst, inputs }),
         }
     }
@@ -48,21 +51,20 @@ impl Outbound {
     /// Accepts until `stop` fires, then takes what is already queued, then waits up to
     /// `drain_timeout` for live connections before cutting them (and, through the shared
     /// cut, the inbound side's).
-    pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) -> DrainReport {
+    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) -> DrainReport {
         let tracker = TaskTracker::new();
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => self.spawn(&tracker, accepted),
+                (stream, peer) = self.acceptor.accept() => self.spawn(&tracker, stream, peer),
                 () = stop.cancelled() => break,
             }
         }
         // Connections redirected before the redirect stopped may still sit in the accept
-        // queue; a zero timeout polls accept once before giving up.
-        while let Ok(accepted) = tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
-        {
-            self.spawn(&tracker, accepted);
+        // queue.
+        while let Some((stream, peer)) = self.acceptor.queued().await {
+            self.spawn(&tracker, stream, peer);
         }
-        drop(self.listener);
+        drop(self.acceptor);
         tracker.close();
         info!(
             live = tracker.len(),
@@ -85,14 +87,8 @@ impl Outbound {
         DrainReport { cut }
     }
 
-    fn spawn(&self, tracker: &TaskTracker, accepted: io::Result<(TcpStream, SocketAddr)>) {
-        match accepted {
-            Ok((stream, peer)) => {
-                tracker.spawn(handle(stream, peer, Arc::clone(&self.shared)));
-            }
-            // EMFILE and friends: log and keep accepting; the kernel keeps the queue.
-            Err(error) => warn!(%error, "accept failed"),
-        }
+    fn spawn(&self, tracker: &TaskTracker, stream: TcpStream, peer: SocketAddr) {
+        tracker.spawn(handle(stream, peer, Arc::clone(&self.shared)));
     }
 }
 
@@ -191,11 +187,12 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use std::net::SocketAddrV4;
+    use std::{io, net::SocketAddrV4};
 
     use super::*;
     use crate::{
-        proxy::{ProxySettings, bind_listener},
+        listen::bind_listener,
+        proxy::ProxySettings,
         redirect::orig_dst::{OrigDstError, Redirected},
         telemetry::metrics::Metrics,
     };

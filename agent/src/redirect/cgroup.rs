@@ -14,6 +14,8 @@ pub enum CgroupError {
          point it at the cgroup2 mount, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified"
     )]
     NotCgroup2 { path: PathBuf, magic: i64 },
+    #[error("cgroup_path {path} is not a directory: the programs attach to a cgroup directory")]
+    NotADirectory { path: PathBuf },
 }
 
 /// The configured path, checked; or, when none is configured, the host's cgroup v2 mount.
@@ -38,6 +40,14 @@ fn verify(path: &Path) -> Result<(), CgroupError> {
         return Err(CgroupError::NotCgroup2 {
             path: path.to_owned(),
             magic: stat.filesystem_type().0 as i64,
+        });
+    }
+    // A cgroup's own files (cgroup.procs, ...) are on the cgroup2 filesystem too; opening
+    // one succeeds and only the attach, after loading every program, would fail.
+    let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
+    if !is_dir {
+        return Err(CgroupError::NotADirectory {
+            path: path.to_owned(),
         });
     }
     Ok(())
@@ -105,6 +115,19 @@ mod tests {
         let err = resolve(Some(dir.path())).unwrap_err();
         assert!(matches!(err, CgroupError::NotCgroup2 { .. }), "{err}");
         assert!(err.to_string().contains("not on a cgroup v2 filesystem"));
+    }
+
+    #[test]
+    fn rejects_a_file_in_a_cgroup() {
+        // Any cgroup2 mount here will do: its cgroup.procs is a file on that filesystem.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(mount) = cgroup2_mount(&mountinfo) else {
+            return;
+        };
+        let file = mount.join("cgroup.procs");
+        let err = resolve(Some(&file)).unwrap_err();
+        assert!(matches!(err, CgroupError::NotADirectory { .. }), "{err}");
+        assert!(err.to_string().contains("is not a directory"), "{err}");
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl InboundHooks {
                 addr: self.listen,
                 source,
             })?;
-        let netns = std::fs::File::open(&ns.path).map_err(CaptureError::OpenNamespace)?;
+        let netns = super::netns::open(&ns.path).map_err(CaptureError::OpenNamespace)?;
         let link = {
             let mut ebpf = self.ebpf.lock().map_err(|_| CaptureError::Poisoned)?;
             let lookup: &mut SkLookup =

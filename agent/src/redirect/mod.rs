@@ -7,6 +7,7 @@
 //! it is killed.
 pub mod cgroup;
 mod enrollment;
+mod exclusions;
 pub mod inbound;
 pub mod metrics;
 pub mod namespaces;
@@ -15,7 +16,8 @@ pub mod orig_dst;
 pub mod preflight;
 
 use std::{
-    net::SocketAddrV4,
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsFd,
     path::Path,
     sync::{
@@ -35,6 +37,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 pub use enrollment::Enrollments;
+pub use exclusions::ExclusionError;
 pub use inbound::{CaptureError, InboundHooks, InboundPod, InboundPorts, PortsPoisoned};
 use orig_dst::OrigDstMap;
 
@@ -77,6 +80,8 @@ pub enum RedirectError {
     Map { map: &'static str, source: MapError },
     #[error("the eBPF object's lock is poisoned (a thread panicked holding it)")]
     Poisoned,
+    #[error("eBPF map {map} holds a key that is not an IPv4 prefix (prefix length {prefix_len})")]
+    BadPrefix { map: &'static str, prefix_len: u32 },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> RedirectError {
@@ -191,39 +196,15 @@ impl Redirector {
             .map_err(map_err(maps::REDIRECT_CONFIG))
     }
 
-    /// Replaces the exclusion lists.
+    /// Replaces the exclusion lists (loopback is always added): either both maps hold the
+    /// new lists afterwards, or, on an error, the previous ones unless the error says
+    /// otherwise ([`ExclusionError::kept_previous`]).
     pub fn set_exclusions(
         &mut self,
         cidrs: &[Ipv4Net],
         ports: &[u16],
-    ) -> Result<(), RedirectError> {
-        let stale: Vec<Key<u32>> = self.excluded_cidrs.keys().filter_map(Result::ok).collect();
-        for key in stale {
-            self.excluded_cidrs
-                .remove(&key)
-                .map_err(map_err(maps::EXCLUDED_CIDRS))?;
-        }
-        for cidr in cidrs {
-            let key = Key::new(
-                u32::from(cidr.prefix_len()),
-                u32::from_ne_bytes(cidr.network().octets()),
-            );
-            self.excluded_cidrs
-                .insert(&key, 1, 0)
-                .map_err(map_err(maps::EXCLUDED_CIDRS))?;
-        }
-        let stale: Vec<u16> = self.excluded_ports.keys().filter_map(Result::ok).collect();
-        for port in stale {
-            self.excluded_ports
-                .remove(&port)
-                .map_err(map_err(maps::EXCLUDED_PORTS))?;
-        }
-        for port in ports {
-            self.excluded_ports
-                .insert(port, 1, 0)
-                .map_err(map_err(maps::EXCLUDED_PORTS))?;
-        }
-        Ok(())
+    ) -> Result<(), ExclusionError> {
+        exclusions::replace(self, cidrs, ports)
     }
 
     /// The enrollment table, which from now on owns the enrollment map; with `inbound`, it
@@ -255,6 +236,60 @@ impl Redirector {
 
     pub fn counters(&self) -> Arc<RedirectCounters> {
         Arc::clone(&self.counters)
+    }
+}
+
+impl exclusions::ExclusionMaps for Redirector {
+    fn capacity(&self) -> usize {
+        // Both maps are declared with this many entries in agent-ebpf.
+        agent_common::MAX_EXCLUSIONS as usize
+    }
+
+    fn current_cidrs(&self) -> Result<BTreeSet<Ipv4Net>, RedirectError> {
+        self.excluded_cidrs
+            .keys()
+            .map(|key| {
+                let key = key.map_err(map_err(maps::EXCLUDED_CIDRS))?;
+                let prefix_len = key.prefix_len();
+                let addr = Ipv4Addr::from(key.data().to_ne_bytes());
+                u8::try_from(prefix_len)
+                    .ok()
+                    .and_then(|len| Ipv4Net::new(addr, len).ok())
+                    .ok_or(RedirectError::BadPrefix {
+                        map: maps::EXCLUDED_CIDRS,
+                        prefix_len,
+                    })
+            })
+            .collect()
+    }
+
+    fn current_ports(&self) -> Result<BTreeSet<u16>, RedirectError> {
+        self.excluded_ports
+            .keys()
+            .map(|port| port.map_err(map_err(maps::EXCLUDED_PORTS)))
+            .collect()
+    }
+
+    fn apply(&mut self, change: exclusions::Change) -> Result<(), RedirectError> {
+        use exclusions::Change;
+        // Keys are in the programs' byte orders: the prefix in network order (the octets as
+        // they are), the port in host order.
+        let cidr_key = |net: Ipv4Net| {
+            Key::new(
+                u32::from(net.prefix_len()),
+                u32::from_ne_bytes(net.network().octets()),
+            )
+        };
+        match change {
+            Change::InsertCidr(net) => self.excluded_cidrs.insert(&cidr_key(net), 1, 0),
+            Change::RemoveCidr(net) => self.excluded_cidrs.remove(&cidr_key(net)),
+            Change::InsertPort(port) => self.excluded_ports.insert(port, 1, 0),
+            Change::RemovePort(port) => self.excluded_ports.remove(&port),
+        }
+        .map_err(map_err(match change {
+            Change::InsertCidr(_) | Change::RemoveCidr(_) => maps::EXCLUDED_CIDRS,
+            Change::InsertPort(_) | Change::RemovePort(_) => maps::EXCLUDED_PORTS,
+        }))
     }
 }
 

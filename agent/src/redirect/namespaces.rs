@@ -29,57 +29,86 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     // Addresses per namespace instance (name, inode): entering a namespace costs a thread.
-    let mut seen: HashMap<(String, u64), Vec<Ipv4Addr>> = HashMap::new();
+    let mut seen: Seen = HashMap::new();
     let mut tick = tokio::time::interval(RESCAN);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let present = scan(&netns_dir, &pattern, &mut seen);
-        // An unreadable plane (said once) cannot tell who is in the mesh: skip the round.
-        let Ok(plane) = mesh.current() else {
-            continue;
+        // Reading namespaces (entering each new one) and updating the kernel's maps block:
+        // a round runs on a blocking thread, never on the runtime's.
+        let round = {
+            let (enrollments, mesh) = (Arc::clone(&enrollments), mesh.clone());
+            let (netns_dir, pattern) = (netns_dir.clone(), pattern.clone());
+            let mut seen = std::mem::take(&mut seen);
+            tokio::task::spawn_blocking(move || {
+                discover_once(&enrollments, &mesh, &netns_dir, &pattern, &mut seen).then_some(seen)
+            })
         };
-        let Ok(mut table) = enrollments.lock() else {
-            error!("enrollment table lock poisoned; discovery stops");
-            return;
-        };
-        for (name, addresses) in &present {
-            let member = plane.virtual_node_at(addresses).is_some();
-            if member && !table.is_enrolled(name) {
-                match NetnsRef::parse(name, &netns_dir) {
-                    Ok(ns) => match table.enroll_discovered(&ns) {
-                        Ok(_) => {
-                            info!(netns = %name, ?addresses, "discovered in the mesh; enrolled")
-                        }
-                        Err(error) => {
-                            warn!(netns = %name, %error, "cannot enroll a discovered namespace")
-                        }
-                    },
-                    Err(reason) => {
-                        warn!(netns = %name, %reason, "discovered namespace has an unusable name")
-                    }
-                }
-            }
-        }
-        for name in table.discovered() {
-            let still = present
-                .iter()
-                .any(|(n, addresses)| *n == name && plane.virtual_node_at(addresses).is_some());
-            if !still && table.unenroll(&name).is_ok() {
-                info!(netns = %name, "no longer in the mesh (or gone); unenrolled");
+        match round.await {
+            Ok(Some(kept)) => seen = kept,
+            Ok(None) => return,
+            Err(error) => {
+                error!(%error, "namespace discovery round failed; discovery stops");
+                return;
             }
         }
     }
 }
 
-/// Namespaces matching `pattern` and their addresses.
-fn scan(
-    dir: &Path,
+/// Addresses per namespace instance (name, inode).
+type Seen = HashMap<(String, u64), Vec<Ipv4Addr>>;
+
+/// One round: enrolls the namespaces now in the mesh, unenrolls those no longer; false once
+/// the enrollment table is unusable (discovery stops).
+fn discover_once(
+    enrollments: &Mutex<Enrollments>,
+    mesh: &MeshState,
+    netns_dir: &Path,
     pattern: &str,
-    seen: &mut HashMap<(String, u64), Vec<Ipv4Addr>>,
-) -> Vec<(String, Vec<Ipv4Addr>)> {
+    seen: &mut Seen,
+) -> bool {
+    let present = scan(netns_dir, pattern, seen);
+    // An unreadable plane (said once) cannot tell who is in the mesh: skip the round.
+    let Ok(plane) = mesh.current() else {
+        return true;
+    };
+    let Ok(mut table) = enrollments.lock() else {
+        error!("enrollment table lock poisoned; discovery stops");
+        return false;
+    };
+    for (name, addresses) in &present {
+        let member = plane.virtual_node_at(addresses).is_some();
+        if member && !table.is_enrolled(name) {
+            match NetnsRef::parse(name, netns_dir) {
+                Ok(ns) => match table.enroll_discovered(&ns) {
+                    Ok(_) => {
+                        info!(netns = %name, ?addresses, "discovered in the mesh; enrolled")
+                    }
+                    Err(error) => {
+                        warn!(netns = %name, %error, "cannot enroll a discovered namespace")
+                    }
+                },
+                Err(reason) => {
+                    warn!(netns = %name, %reason, "discovered namespace has an unusable name")
+                }
+            }
+        }
+    }
+    for name in table.discovered() {
+        let still = present
+            .iter()
+            .any(|(n, addresses)| *n == name && plane.virtual_node_at(addresses).is_some());
+        if !still && table.unenroll(&name).is_ok() {
+            info!(netns = %name, "no longer in the mesh (or gone); unenrolled");
+        }
+    }
+    true
+}
+
+/// Namespaces matching `pattern` and their addresses.
+fn scan(dir: &Path, pattern: &str, seen: &mut Seen) -> Vec<(String, Vec<Ipv4Addr>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

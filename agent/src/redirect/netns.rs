@@ -19,10 +19,30 @@ pub struct NetnsInfo {
     pub addresses: Vec<Ipv4Addr>,
 }
 
+/// Opens the namespace file at `path` without ever blocking, and checks it is one. A FIFO's
+/// open(2) waits for a writer — on the thread that asked, holding whatever it held (the
+/// enrollment table: every proxied connection waited with it) — so the file is opened
+/// non-blocking and must be on nsfs before anything enters it.
+pub fn open(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let filesystem = nix::sys::statfs::fstatfs(&file).map_err(io::Error::from)?;
+    if filesystem.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a namespace file (expected /run/netns/NAME or /proc/PID/ns/net)",
+        ));
+    }
+    Ok(file)
+}
+
 /// The cookie and addresses of the network namespace at `path` (/run/netns/NAME,
 /// /proc/PID/ns/net).
 pub fn inspect(path: &Path) -> io::Result<NetnsInfo> {
-    let ns = File::open(path)?;
+    let ns = open(path)?;
     // setns changes only the calling thread's namespace: do it on a short-lived thread so no
     // runtime thread ever leaves the agent's own namespace.
     std::thread::scope(|scope| {
@@ -67,7 +87,7 @@ enum SocketRequest {
 impl PodNet {
     /// Starts the thread in the namespace at `path`; it ends when this is dropped.
     pub fn enter(path: &Path) -> io::Result<Self> {
-        let ns = File::open(path)?;
+        let ns = open(path)?;
         let (requests, incoming) = std::sync::mpsc::channel::<SocketRequest>();
         let (ready, entered) = std::sync::mpsc::channel();
         std::thread::Builder::new()

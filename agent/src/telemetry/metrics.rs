@@ -52,6 +52,12 @@ pub struct FailureLabels {
     pub reason: FailureReason,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `outbound`, `inbound`, `admin`, `admin-socket`.
+    pub listener: String,
+}
+
 /// Metrics the proxy updates as connections come and go.
 #[derive(Clone, Default)]
 pub struct ProxyMetrics {
@@ -60,6 +66,7 @@ pub struct ProxyMetrics {
     failed: Family<FailureLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     active: Gauge,
+    accept_errors: Family<ListenerLabels, Counter>,
 }
 
 /// The counters of one proxied connection, resolved once so the copy loop only touches atomics.
@@ -102,7 +109,21 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// The counter of accept failures of `listener`, given to its accept loop.
+    pub fn accept_errors(&self, listener: &str) -> Counter {
+        self.accept_errors
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mesh_agent_accept_errors",
+            "accept() failures by listener (e.g. out of file descriptors); each is waited out with a back-off",
+            self.accept_errors.clone(),
+        );
         registry.register(
             "mesh_agent_proxy_connections_opened",
             "Connections the proxy opened to their original destination",

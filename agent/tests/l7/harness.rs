@@ -39,7 +39,8 @@ use mesh_agent::{
         self, MeshState, UpstreamSettings, dns::Resolver, metrics::EndpointCollector,
         workloads::Workload,
     },
-    proxy::{ProxyInputs, ProxySettings, bind_listener, outbound::Outbound},
+    listen::bind_listener,
+    proxy::{ProxyInputs, ProxySettings, outbound::Outbound},
     redirect::orig_dst::{OrigDstError, OrigDstSource, Redirected},
     telemetry::metrics::Metrics,
 };

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::placeholders;
+use super::{
+    json::{self, JsonError},
+    placeholders,
+};
 use crate::{
     load_options::LoadOptions,
     report::Diagnostic,
@@ -25,14 +28,25 @@ pub(super) fn read(
     };
     let text = placeholders::substitute(text, 1, &options.placeholders)
         .map_err(|found| found.into_iter().map(|d| d.at(&origin)).collect::<Vec<_>>())?;
-    let value: Value = serde_json::from_str(&text).map_err(|error| {
-        let at = Origin {
-            line: Some(error.line()),
-            ..origin.clone()
-        };
-        vec![Diagnostic::error(format!("not valid JSON: {error}")).at(&at)]
-    })?;
+    let value = json::parse(&text).map_err(|error| vec![json_diagnostic(&error, &origin)])?;
     api_resource(value, file, options).map_err(|diagnostic| vec![diagnostic.at(&origin)])
+}
+
+/// What is wrong with a JSON text, at its line (and, for a repeated key, its path).
+pub(super) fn json_diagnostic(error: &JsonError, origin: &Origin) -> Diagnostic {
+    let (line, path) = match error {
+        JsonError::DuplicateKey { path, line, .. } => (*line, Some(path.clone())),
+        JsonError::Syntax(error) => (error.line(), None),
+    };
+    let at = Origin {
+        line: Some(line),
+        ..origin.clone()
+    };
+    let diagnostic = Diagnostic::error(error.to_string()).at(&at);
+    match path {
+        Some(path) => diagnostic.path(path),
+        None => diagnostic,
+    }
 }
 
 /// One API JSON document as a resource: a create/update request body, or a `describe-*`

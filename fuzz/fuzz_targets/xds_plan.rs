@@ -1,0 +1,38 @@
+//! xDS resources as a node receives them over ADS: each record is one resource (a Listener,
+//! RouteConfiguration, Cluster, ClusterLoadAssignment, Secret, or a type the node does not
+//! know) as protobuf bytes. Each is checked as the ADS client checks a response's resources,
+//! the names the client subscribes to next are derived, and the set is planned as the proxy
+//! applies it.
+#![no_main]
+use envoy_types::pb::google::protobuf::Any;
+use libfuzzer_sys::fuzz_target;
+use mesh_xds::{
+    client::{check_resource, endpoint_names, route_names, secret_names},
+    plan::NodePlan,
+    resources::ResourceSet,
+};
+use mesh_agent_fuzz::xds_records;
+
+fuzz_target!(|data: &[u8]| {
+    let mut accepted = ResourceSet::default();
+    let mut all = ResourceSet::default();
+    for (index, (type_url, bytes)) in xds_records(data).into_iter().enumerate() {
+        let any = Any {
+            type_url: type_url.to_owned(),
+            value: bytes.to_vec(),
+        };
+        if let Ok(name) = check_resource(&any) {
+            accepted.insert(type_url, name, any.clone());
+        }
+        all.insert(type_url, index.to_string(), any);
+    }
+    let _ = route_names(&all);
+    let _ = secret_names(&all);
+    let _ = endpoint_names(&all);
+    let (_plan, errors) = NodePlan::from_resources(&accepted);
+    assert!(
+        errors.is_empty(),
+        "resources the client accepted do not plan: {errors:#?}"
+    );
+    let _ = NodePlan::from_resources(&all);
+});

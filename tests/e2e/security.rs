@@ -1,0 +1,112 @@
+//! What a pod can send must not take the node's mesh down or steer it (issue findings, each
+//! reproduced through the real redirect): a connection to the proxy's own inbound port, a
+//! connect to 0.0.0.0 reaching the node's loopback, a FIFO handed to enrollment.
+use std::time::{Duration, Instant};
+
+use tests::agent::metric_value;
+
+use super::l7::{MeshNode, MeshSpec, all_to_v1};
+
+/// The proxy's listener inside captured pods (config_for keeps the default).
+const INBOUND_PORT: u16 = 15006;
+
+fn mesh(label: &str) -> MeshNode {
+    MeshNode::start(
+        label,
+        MeshSpec {
+            routes: all_to_v1(),
+            // `outside` is enrolled but no virtual node's: its connections are plain TCP.
+            enrolled: &["client", "s1", "outside"],
+            egress: "ALLOW_ALL",
+            ..Default::default()
+        },
+    )
+}
+
+/// curl in `pod` (at most 5 s): its exit code and how long it took.
+fn curl(mesh: &MeshNode, pod: &str, url: &str) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    let output = mesh
+        .node
+        .run_in_pod(
+            pod,
+            "curl",
+            &["-sS", "--max-time", "5", url],
+            Duration::from_secs(10),
+        )
+        .expect("curl runs");
+    (output.status.code(), started.elapsed())
+}
+
+#[test]
+fn a_connection_to_a_pods_inbound_port_is_refused_not_looped() {
+    let mesh = mesh("secloop");
+    let open_fds = || metric_value(&mesh.metrics(), "mesh_agent_process_open_fds");
+    let before = open_fds();
+    let s1 = mesh.node.pod("s1").expect("s1").ip;
+    // Straight at the proxy's own listener in s1: relaying it "to the application" on s1's
+    // loopback would reach the listener again, and again.
+    for _ in 0..5 {
+        let (code, took) = curl(&mesh, "outside", &format!("http://{s1}:{INBOUND_PORT}/"));
+        assert_ne!(code, Some(0), "the proxy's own port answered");
+        assert_ne!(code, Some(28), "timed out: looping?\n{}", mesh.agent.log());
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    let after = open_fds();
+    assert!(after < before + 20.0, "descriptors {before} → {after}");
+    // The mesh still works, into s1 too.
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+}
+
+#[test]
+fn zero_address_connects_do_not_reach_the_nodes_loopback_and_tcp_admin_is_read_only() {
+    let mesh = mesh("seczero");
+    // An enrolled pod outside every virtual node: its connect to 0.0.0.0:15020 stays in its
+    // own namespace (nothing listens there), it never reaches the agent's admin endpoint.
+    let (code, _) = curl(&mesh, "outside", "http://0.0.0.0:15020/metrics");
+    assert_eq!(code, Some(7), "0.0.0.0:15020 answered from a pod");
+    // The TCP admin endpoint (what pods could reach) changes nothing and shows no config.
+    for (method, path) in [
+        ("POST", "/enrollment?netns=anything"),
+        ("GET", "/enrollment"),
+        ("GET", "/config_dump"),
+    ] {
+        let (status, body) = mesh
+            .node
+            .http(method, tests::Agent::admin_addr(), path)
+            .expect("admin answers");
+        assert_eq!(status, 404, "{method} {path} over TCP: {body}");
+    }
+    let (status, _) = mesh
+        .node
+        .admin("GET", "/config_dump")
+        .expect("admin socket");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn enrolling_a_fifo_is_refused_at_once_and_nothing_stalls() {
+    let mesh = mesh("secfifo");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fifo = dir.path().join("not-a-netns");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let started = Instant::now();
+    let (status, body) = mesh
+        .node
+        .admin("POST", &format!("/enrollment?netns={}", fifo.display()))
+        .expect("the admin socket answers");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not a namespace"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Health and proxied traffic carry on.
+    let (status, _) = mesh
+        .node
+        .http("GET", tests::Agent::admin_addr(), "/healthz")
+        .expect("healthz");
+    assert_eq!(status, 200);
+    assert_eq!(mesh.served_by("/", &[]), "v1");
+}
