@@ -212,3 +212,47 @@ fn check_config_rejects_what_start_up_or_reload_would() {
         assert!(err.contains(expected), "expected {expected:?} in {err}");
     }
 }
+
+/// `mesh-agent compile … | head -c 10` (issue 11, finding 9): the reader leaving early ends
+/// the command quietly, as a writer killed by SIGPIPE would (status 141), with no panic.
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    // As a user runs it: `head` exits after 10 bytes, then the rest is written.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" compile "$1" 2>"$2" | head -c 10"#)
+        .arg(env!("CARGO_BIN_EXE_mesh-agent"))
+        .arg(&shop)
+        .arg(&stderr)
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout.len(), 10);
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Deterministically: standard output closed before anything is written, for each
+    // command that prints.
+    for args in [
+        vec!["compile"],
+        vec!["validate"],
+        vec!["validate", "--output", "json"],
+        vec!["convert", "--to", "kubernetes"],
+        vec!["convert", "--to", "api-json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+            .args(&args)
+            .arg(&shop)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(output.status.code(), Some(141), "{args:?}: {err}");
+    }
+}

@@ -6,18 +6,16 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{Node, Proc};
+use tests::{
+    Node, Proc,
+    mesh::{PORT, SERVICE},
+};
 
 use super::{
     TIMEOUT,
-    l7::{MeshNode, MeshSpec, route},
+    l7::{MeshNode, MeshSpec, SERVICE_VIP, route},
     meshtb,
 };
-
-const SERVICE: &str = "api.m.local";
-const PORT: u16 = 8080;
-/// What the client connects to for api.m.local (any address: the connect is redirected).
-const SERVICE_VIP: &str = "10.77.200.1";
 
 fn peer(script: &str) -> String {
     format!("{}/interop/{script}", env!("CARGO_MANIFEST_DIR"))

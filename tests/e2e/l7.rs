@@ -10,6 +10,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
+pub use tests::mesh::{PORT, SERVICE, all_to_v1, route};
 use tests::{
     Agent, Node, Proc,
     agent::{config_for, metric_value},
@@ -20,9 +21,7 @@ use super::{TIMEOUT, meshtb};
 
 /// The address clients use for `api.m.local`: any address works (the connect is redirected
 /// before it is routed), as with App Mesh, where the name only had to resolve.
-const SERVICE_VIP: &str = "10.77.200.1";
-const SERVICE: &str = "api.m.local";
-const PORT: u16 = 8080;
+pub const SERVICE_VIP: &str = "10.77.200.1";
 
 /// A mesh `m`: virtual node `client` (the client pod, found by its address) with backend
 /// `api.m.local`, provided by router `api` whose routes the test gives, over virtual
@@ -82,39 +81,6 @@ impl Default for MeshSpec {
             server: start_server,
         }
     }
-}
-
-/// One route, `all`, sending everything to v1.
-pub fn all_to_v1() -> Vec<Value> {
-    vec![route(
-        "all",
-        None,
-        json!({"prefix": "/"}),
-        &[("v1", 1)],
-        json!({}),
-    )]
-}
-
-/// An httpRoute (or http2Route) named `name` with `matching` to weighted targets.
-pub fn route(
-    name: &str,
-    priority: Option<i64>,
-    matching: Value,
-    targets: &[(&str, i64)],
-    extra: Value,
-) -> Value {
-    let mut http = json!({
-        "match": matching,
-        "action": {"weightedTargets": targets.iter().map(|(node, weight)| json!({"virtualNode": node, "weight": weight})).collect::<Vec<_>>()},
-    });
-    if let (Some(http), Some(extra)) = (http.as_object_mut(), extra.as_object()) {
-        http.extend(extra.clone());
-    }
-    let mut spec = json!({ "httpRoute": http });
-    if let Some(priority) = priority {
-        spec["priority"] = json!(priority);
-    }
-    json!({"meshName": "m", "virtualRouterName": "api", "routeName": name, "spec": spec})
 }
 
 /// meshtb http-server in `pod` on the service port (and 9000), answering as `name`.

@@ -8,6 +8,7 @@
 //! crashed are removed when the next one starts.
 pub mod agent;
 pub mod cgroup;
+pub mod mesh;
 pub mod netns;
 pub mod node;
 pub mod pattern;

@@ -1,6 +1,9 @@
 //! `mesh-agent validate`, `convert` and `compile`: App Mesh definitions read, checked and
 //! reported (every problem found), converted between formats, or compiled to xDS.
-use std::path::PathBuf;
+use std::{
+    io::{self, Write as _},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -156,22 +159,47 @@ pub fn validate(args: ValidateArgs) -> bool {
     errors == 0
 }
 
+/// The status of a command whose reader went away (`mesh-agent compile | head`): what a
+/// shell reports for a process ended by SIGPIPE (128 + 13), which is what the reader expects
+/// of a writer it stopped reading; Rust ignores SIGPIPE, so the write fails with EPIPE instead.
+const BROKEN_PIPE_STATUS: i32 = 141;
+
+/// Writes `text` to standard output. A reader that went away ends the command quietly (no
+/// panic, nothing more to say to anyone); another write error is reported once.
+fn out(text: &str) {
+    let mut stdout = io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE_STATUS);
+        }
+        err(&format!("cannot write to standard output: {error}"));
+        std::process::exit(1);
+    }
+}
+
+/// Writes a line to standard error; if that fails too there is nowhere left to say so, so
+/// the error is dropped (`eprintln!` would panic).
+fn err(line: &str) {
+    let mut stderr = io::stderr().lock();
+    let _ = writeln!(stderr, "{line}");
+}
+
 /// Converts valid inputs; invalid ones are reported as by `validate` and nothing is written.
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let (resources, diagnostics) = load(&args.paths, &args.input.options());
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {
         for diagnostic in &diagnostics {
-            eprintln!("{diagnostic}");
+            err(&diagnostic.to_string());
         }
         anyhow::bail!("{errors} error(s): nothing converted");
     }
     match args.to {
         Target::Kubernetes => {
-            print!(
-                "{}",
-                convert::to_kubernetes(&resources, &args.namespace).map_err(anyhow::Error::msg)?
-            );
+            out(&convert::to_kubernetes(&resources, &args.namespace).map_err(anyhow::Error::msg)?);
         }
         Target::ApiJson => {
             let files = convert::to_api_json(&resources);
@@ -183,7 +211,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
                         let path = dir.join(name);
                         std::fs::write(&path, text)
                             .with_context(|| format!("writing {}", path.display()))?;
-                        println!("{}", path.display());
+                        out(&format!("{}\n", path.display()));
                     }
                 }
                 None => {
@@ -191,7 +219,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
                         .iter()
                         .map(|r| serde_json::Value::Object(r.body.clone()))
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&bodies)?);
+                    out(&format!("{}\n", serde_json::to_string_pretty(&bodies)?));
                 }
             }
         }
@@ -204,15 +232,17 @@ fn print_text(
     diagnostics: &[Diagnostic],
     errors: usize,
 ) {
+    let mut text = String::new();
     for diagnostic in diagnostics {
-        println!("{diagnostic}");
+        text.push_str(&format!("{diagnostic}\n"));
     }
-    println!(
-        "{} resource{}, {errors} error{}",
+    text.push_str(&format!(
+        "{} resource{}, {errors} error{}\n",
         resources.len(),
         if resources.len() == 1 { "" } else { "s" },
         if errors == 1 { "" } else { "s" }
-    );
+    ));
+    out(&text);
 }
 
 fn print_json(
@@ -232,7 +262,7 @@ fn print_json(
         })).collect::<Vec<_>>(),
         "diagnostics": diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
     });
-    println!("{report:#}");
+    out(&format!("{report:#}\n"));
 }
 
 /// Prints the xDS resources valid inputs compile to, as proto3 JSON; compile issues go to
@@ -242,7 +272,7 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {
         for diagnostic in &diagnostics {
-            eprintln!("{diagnostic}");
+            err(&diagnostic.to_string());
         }
         anyhow::bail!("{errors} error(s): nothing compiled");
     }
@@ -262,9 +292,9 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let index = MeshIndex::new(&resources)?;
     let compiled = control_plane::compile::compile(&index, &Registry::default(), &workloads);
     for issue in &compiled.issues {
-        eprintln!("note: {issue}");
+        err(&format!("note: {issue}"));
     }
     let json = mesh_xds::json::resources(&compiled.resources)?;
-    println!("{json:#}");
+    out(&format!("{json:#}\n"));
     Ok(())
 }

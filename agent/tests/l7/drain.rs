@@ -11,14 +11,7 @@ use crate::harness::*;
 async fn http2_connections_get_a_goaway_and_streams_in_flight_finish() {
     let mesh = Mesh::start(Spec {
         protocol: "http2",
-        routes: vec![route_of_kind(
-            "http2Route",
-            "all",
-            None,
-            serde_json::json!({"prefix": "/"}),
-            &[("v1", 1)],
-            serde_json::json!({}),
-        )],
+        routes: all_to_v1_over_http2(),
         ..Spec::default()
     })
     .await;

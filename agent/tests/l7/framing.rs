@@ -178,14 +178,7 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 async fn request_trailers_and_streamed_bodies_pass_over_http2() {
     let mesh = Mesh::start(Spec {
         protocol: "http2",
-        routes: vec![route_of_kind(
-            "http2Route",
-            "all",
-            None,
-            serde_json::json!({"prefix": "/"}),
-            &[("v1", 1)],
-            serde_json::json!({}),
-        )],
+        routes: all_to_v1_over_http2(),
         ..Spec::default()
     })
     .await;

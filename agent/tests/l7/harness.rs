@@ -53,8 +53,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub const SERVICE: &str = "api.m.local";
-pub const PORT: u16 = 8080;
+pub use tests::mesh::{PORT, SERVICE, all_to_v1, all_to_v1_over_http2, route, route_of_kind};
 /// What the client "connected to" for `api.m.local` (never reached: the proxy routes).
 pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 200, 1);
 /// The workload id the fixed original-destination source gives every connection.
@@ -74,54 +73,6 @@ pub fn unique_ip() -> Ipv4Addr {
 
 // ---------------------------------------------------------------------------------------
 // The mesh definition.
-
-/// An httpRoute of router `api` named `name` with `matching` to weighted targets, with
-/// `extra` fields (retryPolicy, timeout) merged into the httpRoute.
-pub fn route(
-    name: &str,
-    priority: Option<i64>,
-    matching: Value,
-    targets: &[(&str, i64)],
-    extra: Value,
-) -> Value {
-    route_of_kind("httpRoute", name, priority, matching, targets, extra)
-}
-
-/// A route of `kind` (httpRoute, http2Route, grpcRoute, tcpRoute).
-pub fn route_of_kind(
-    kind: &str,
-    name: &str,
-    priority: Option<i64>,
-    matching: Value,
-    targets: &[(&str, i64)],
-    extra: Value,
-) -> Value {
-    let mut spec = json!({
-        "action": {"weightedTargets": targets.iter().map(|(node, weight)| json!({"virtualNode": node, "weight": weight})).collect::<Vec<_>>()},
-    });
-    if !matching.is_null() {
-        spec["match"] = matching;
-    }
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    let mut spec = json!({ kind: spec });
-    if let Some(priority) = priority {
-        spec["priority"] = json!(priority);
-    }
-    json!({"meshName": "m", "virtualRouterName": "api", "routeName": name, "spec": spec})
-}
-
-/// One route, `all`, sending everything to v1.
-pub fn all_to_v1() -> Vec<Value> {
-    vec![route(
-        "all",
-        None,
-        json!({"prefix": "/"}),
-        &[("v1", 1)],
-        json!({}),
-    )]
-}
 
 /// How one endpoint behaves.
 #[derive(Clone, Debug)]

@@ -86,14 +86,7 @@ async fn a_full_http1_pool_answers_503_and_counts_overflows() {
 async fn a_full_http2_pool_answers_503_and_counts_overflows() {
     let mesh = Mesh::start(Spec {
         protocol: "http2",
-        routes: vec![route_of_kind(
-            "http2Route",
-            "all",
-            None,
-            json!({"prefix": "/"}),
-            &[("v1", 1)],
-            json!({}),
-        )],
+        routes: all_to_v1_over_http2(),
         listener_extra: json!({"connectionPool": {"http2": {"maxRequests": 2}}}),
         ..Spec::default()
     })
