@@ -220,18 +220,33 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
     let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
     let dir = tempfile::tempdir().unwrap();
     let stderr = dir.path().join("stderr");
+    // A mesh whose xDS is larger than a pipe's buffer (64 KiB), so that writing blocks
+    // until `head` has gone.
+    let mesh = dir.path().join("mesh");
+    std::fs::create_dir(&mesh).unwrap();
+    std::fs::write(mesh.join(MESH.0), MESH.1).unwrap();
+    for n in 0..200 {
+        std::fs::write(
+            mesh.join(format!("node{n}.json")),
+            NODE.1
+                .replace("\"a\"", &format!("\"n{n}\""))
+                .replace("a.local", &format!("n{n}.local")),
+        )
+        .unwrap();
+    }
     // As a user runs it: `head` exits after 10 bytes, then the rest is written.
     let output = Command::new("sh")
         .arg("-c")
         .arg(r#""$0" compile "$1" 2>"$2" | head -c 10"#)
         .arg(env!("CARGO_BIN_EXE_mesh-agent"))
-        .arg(&shop)
+        .arg(&mesh)
         .arg(&stderr)
         .output()
         .unwrap();
     assert_eq!(output.stdout.len(), 10);
     let err = std::fs::read_to_string(&stderr).unwrap();
     assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
 
     // Deterministically: standard output closed before anything is written, for each
     // command that prints.

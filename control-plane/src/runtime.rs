@@ -58,6 +58,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("loading the mesh")]
+    Task(#[source] JoinError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +94,15 @@ impl ControlPlane {
             registry_api,
             secrets: secrets_file,
         } = options;
-        let index = Arc::new(compile_mesh(&paths, &input).map_err(StartError::InvalidMesh)?);
+        // Parsing and compiling read files and may take a while: not on the runtime's threads.
+        let index = {
+            let (paths, input) = (paths.clone(), input.clone());
+            tokio::task::spawn_blocking(move || compile_mesh(&paths, &input))
+                .await
+                .map_err(StartError::Task)?
+                .map_err(StartError::InvalidMesh)?
+        };
+        let index = Arc::new(index);
         let registry = match &registry_file {
             Some(file) => Registry::load(file)?,
             None => Registry::default(),
@@ -170,6 +180,69 @@ fn compile_mesh(paths: &[PathBuf], input: &InputOptions) -> Result<MeshIndex, Ve
     index
 }
 
+/// The longest diagnostic logged whole; longer ones are cut, saying so.
+const MAX_LOGGED_DIAGNOSTIC: usize = 512;
+
+/// `text`, cut to at most `max` bytes (at a character boundary) with a note of its length.
+fn clipped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (truncated: {} bytes in all)", &text[..end], text.len())
+}
+
+/// The files a reload reads, owned so that a blocking thread can read them.
+struct Sources {
+    paths: Vec<PathBuf>,
+    input: InputOptions,
+    registry_file: Option<PathBuf>,
+    secrets_file: Option<PathBuf>,
+}
+
+/// What a reload read: the mesh compiled (or why not), the registry and secrets if used.
+struct Reloaded {
+    mesh: Result<MeshIndex, Vec<Diagnostic>>,
+    registry: Option<Result<Registry, RegistryFileError>>,
+    secrets: Option<Result<SecretStore, SecretError>>,
+}
+
+impl Sources {
+    /// Reads and compiles everything (blocking: file reads, parsing, compiling).
+    fn read(&self) -> Reloaded {
+        Reloaded {
+            mesh: compile_mesh(&self.paths, &self.input),
+            registry: self.registry_file.as_deref().map(Registry::load),
+            secrets: self.secrets_file.as_deref().map(SecretStore::load),
+        }
+    }
+}
+
+/// What a check of the watched files found: their fingerprint now, and what they hold if
+/// they changed since `seen`.
+fn check(
+    files: &[PathBuf],
+    seen: &Fingerprint,
+    sources: &Sources,
+) -> (Fingerprint, Option<Reloaded>) {
+    let now = Fingerprint::of(files);
+    let reloaded = (*seen != now).then(|| sources.read());
+    (now, reloaded)
+}
+
+/// A check under way on a blocking thread, waited on by the serving loop (never if none).
+async fn checked(
+    check: &mut Option<tokio::task::JoinHandle<(Fingerprint, Option<Reloaded>)>>,
+) -> Result<(Fingerprint, Option<Reloaded>), JoinError> {
+    match check {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the control plane serves and where it comes from.
 struct Watched {
     paths: Vec<PathBuf>,
@@ -194,12 +267,25 @@ impl Watched {
             .collect()
     }
 
-    /// Re-reads mesh and registry files; publishes what is good, keeps the rest.
-    fn reload(&mut self, publisher: &mut Publisher) {
-        match compile_mesh(&self.paths, &self.input) {
+    /// What a reload reads, for a blocking thread.
+    fn sources(&self) -> Sources {
+        Sources {
+            paths: self.paths.clone(),
+            input: self.input.clone(),
+            registry_file: self.registry_file.clone(),
+            secrets_file: self.secrets_file.clone(),
+        }
+    }
+
+    /// Applies what a reload read: publishes what is good, keeps the rest.
+    fn reload(&mut self, reloaded: Reloaded, publisher: &mut Publisher) {
+        match reloaded.mesh {
             Ok(index) => self.index = Arc::new(index),
             Err(report) => {
                 for diagnostic in &report {
+                    // One line per problem, each of a bounded length: a diagnostic quoting a
+                    // huge value must not become a huge log line.
+                    let diagnostic = clipped(&diagnostic.to_string(), MAX_LOGGED_DIAGNOSTIC);
                     warn!(%diagnostic, "mesh change rejected");
                 }
                 error!(
@@ -209,25 +295,23 @@ impl Watched {
                 return;
             }
         }
-        if let Some(file) = &self.registry_file {
-            match Registry::load(file) {
-                Ok(registry) => match self.shared.registry() {
-                    Ok(mut shared) => *shared = registry,
-                    // `publish` below refuses too: agents keep the last good mesh.
-                    Err(error) => error!(%error, "registry change not applied"),
-                },
-                Err(error) => {
-                    error!(%error, "registry change rejected; keeping the last good registry")
-                }
+        match reloaded.registry {
+            Some(Ok(registry)) => match self.shared.registry() {
+                Ok(mut shared) => *shared = registry,
+                // `publish` below refuses too: agents keep the last good mesh.
+                Err(error) => error!(%error, "registry change not applied"),
+            },
+            Some(Err(error)) => {
+                error!(%error, "registry change rejected; keeping the last good registry")
             }
+            None => {}
         }
-        if let Some(file) = &self.secrets_file {
-            match SecretStore::load(file) {
-                Ok(secrets) => self.secrets = Arc::new(secrets),
-                Err(error) => {
-                    error!(%error, "secrets change rejected; keeping the last good secrets")
-                }
+        match reloaded.secrets {
+            Some(Ok(secrets)) => self.secrets = Arc::new(secrets),
+            Some(Err(error)) => {
+                error!(%error, "secrets change rejected; keeping the last good secrets")
             }
+            None => {}
         }
         self.publish(publisher);
     }
@@ -268,16 +352,37 @@ async fn serve(
                 },
             ),
     );
-    let mut seen = Fingerprint::of(&watched.files());
+    // The watched files are looked at and read on a blocking thread (directory walks,
+    // parsing and compiling can take a while): the loop stays free to publish registry
+    // changes and to stop meanwhile. One check at a time; ticks during one are skipped.
+    let mut seen: Option<Fingerprint> = None;
+    let mut in_flight = None;
     let mut tick = tokio::time::interval(watch::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let changed = Arc::clone(&watched.shared.changed);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let now = Fingerprint::of(&watched.files());
-                if now != seen {
-                    seen = now;
-                    watched.reload(&mut publisher);
+            _ = tick.tick(), if in_flight.is_none() => {
+                let files = watched.files();
+                let sources = watched.sources();
+                let last = seen.clone();
+                in_flight = Some(tokio::task::spawn_blocking(move || match last {
+                    Some(last) => check(&files, &last, &sources),
+                    // The first look only records what is there: it was loaded at start.
+                    None => (Fingerprint::of(&files), None),
+                }));
+            }
+            done = checked(&mut in_flight) => {
+                in_flight = None;
+                match done {
+                    Ok((now, reloaded)) => {
+                        seen = Some(now);
+                        if let Some(reloaded) = reloaded {
+                            watched.reload(reloaded, &mut publisher);
+                        }
+                    }
+                    // `seen` is kept: the next tick tries again.
+                    Err(error) => error!(%error, "reading the changed files failed; still serving the last good mesh"),
                 }
             }
             () = changed.notified() => watched.publish(&mut publisher),
@@ -291,4 +396,68 @@ async fn serve(
     grpc.await
         .map_err(StopError::GrpcTask)?
         .map_err(StopError::Grpc)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A changed mesh is read and compiled on a blocking thread: with a runtime of one
+    /// thread, other tasks (ADS streams, the registry API) keep running while a large file
+    /// (1.5 MiB, about a second to parse in a debug build) is read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mesh.json"),
+            r#"{"meshName": "demo", "spec": {}}"#,
+        )
+        .unwrap();
+        let control_plane = ControlPlane::start(Options {
+            paths: vec![dir.path().to_owned()],
+            input: InputOptions::default(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            registry: None,
+            registry_api: None,
+            secrets: None,
+        })
+        .await
+        .unwrap();
+        let mut big =
+            String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n");
+        for i in 0..60_000 {
+            big.push_str(&format!("  k{i}: [a, b, {{c: d}}]\n"));
+        }
+        let started = Instant::now();
+        let mut last = Instant::now();
+        let mut longest = Duration::ZERO;
+        let mut written = false;
+        while started.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            if !written && started.elapsed() > Duration::from_millis(300) {
+                std::fs::write(dir.path().join("big.yaml"), &big).unwrap();
+                written = true;
+            }
+        }
+        control_plane.stop().await.unwrap();
+        assert!(longest < Duration::from_millis(300), "stalled {longest:?}");
+    }
+
+    #[test]
+    fn a_long_diagnostic_is_clipped_in_logs_saying_so() {
+        assert_eq!(clipped("short", 512), "short");
+        let long = format!("é{}", "x".repeat(100_000));
+        let logged = clipped(&long, 512);
+        assert!(logged.len() < 600, "{}", logged.len());
+        assert!(
+            logged.ends_with("… (truncated: 100002 bytes in all)"),
+            "{logged}"
+        );
+        // Cut at a character boundary.
+        assert!(clipped("éé", 1).starts_with('…'));
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 
 /// (path, modified, length) of every file under some paths: a change in any means reload.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Fingerprint(Vec<(PathBuf, Option<SystemTime>, u64)>);
 
 impl Fingerprint {

@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn a_repeated_key_is_named_with_its_path_and_line() {
-        let text = "{\"spec\": {\"listeners\": [{\"portMapping\": {\n\"port\": 80,\n\"port\": 8080}}]}}";
+        let text =
+            "{\"spec\": {\"listeners\": [{\"portMapping\": {\n\"port\": 80,\n\"port\": 8080}}]}}";
         match parse(text) {
             Err(JsonError::DuplicateKey { path, key, line }) => {
                 assert_eq!(

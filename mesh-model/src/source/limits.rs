@@ -119,12 +119,11 @@ impl Scan {
             }
             self.block_scalar = None;
         }
-        let mut at = 0;
-        if let Some(quote) = self.quote {
+        let at = if let Some(quote) = self.quote {
             match skip_quoted(line, 0, quote) {
                 Some(end) => {
                     self.quote = None;
-                    at = end;
+                    end
                 }
                 None => return true,
             }
@@ -144,8 +143,8 @@ impl Scan {
                     return false;
                 }
             }
-            at = indentation;
-        }
+            indentation
+        };
         self.tokens(line, at, indentation)
     }
 
@@ -193,12 +192,8 @@ impl Scan {
                 b'-' | b'?' if is_blank(next) => {
                     if self.flow == 0 {
                         parent = at;
-                        let after = at
-                            + 1
-                            + line[at + 1..]
-                                .iter()
-                                .take_while(|&&b| b == b' ')
-                                .count();
+                        let after =
+                            at + 1 + line[at + 1..].iter().take_while(|&&b| b == b' ').count();
                         if after < line.len() && !self.push_block(after) {
                             return false;
                         }
@@ -253,7 +248,8 @@ impl Scan {
             let byte = line[at];
             let next = line.get(at + 1);
             if byte == b':'
-                && (is_blank(next) || (self.flow > 0 && next.is_some_and(|&b| is_flow_indicator(b))))
+                && (is_blank(next)
+                    || (self.flow > 0 && next.is_some_and(|&b| is_flow_indicator(b))))
             {
                 break;
             }
