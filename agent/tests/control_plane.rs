@@ -149,29 +149,60 @@ fn control_plane_and_agent_over_grpc() {
     assert!(resynced.is_some(), "agent did not resync after the restart");
 }
 
+const REGISTRY_TOKEN: &str = "test-token-0123456789abcdef";
+
 fn registry_call(api: &str, operation: &str, body: &str) -> String {
-    let output = Command::new("curl")
-        .args([
-            "-sS",
-            "-X",
-            "POST",
-            "-H",
-            &format!("X-Amz-Target: Route53AutoNaming_v20170314.{operation}"),
-            "-H",
-            "Content-Type: application/x-amz-json-1.1",
-            "--data",
-            body,
-        ])
+    registry_call_as(api, Some(REGISTRY_TOKEN), operation, body).1
+}
+
+/// A registry API call with `token` (or none): the HTTP status and the body.
+fn registry_call_as(
+    api: &str,
+    token: Option<&str>,
+    operation: &str,
+    body: &str,
+) -> (String, String) {
+    let mut command = Command::new("curl");
+    command.args([
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("X-Amz-Target: Route53AutoNaming_v20170314.{operation}"),
+        "-H",
+        "Content-Type: application/x-amz-json-1.1",
+        "--data-binary",
+        "@-",
+    ]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let mut child = command
         .arg(format!("http://{api}/"))
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("curl");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("curl stdin");
+        // The API may answer (413) before it has read a large body: a broken pipe is fine.
+        let _ = stdin.write_all(body.as_bytes());
+    }
+    let output = child.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (status.to_owned(), body.to_owned())
 }
 
 #[test]
 fn registered_instances_reach_the_agent_as_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     copy_shop(dir.path());
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), format!("{REGISTRY_TOKEN}\n")).unwrap();
     let control = Running::start(&[
         "control-plane",
         "--mesh",
@@ -180,6 +211,8 @@ fn registered_instances_reach_the_agent_as_endpoints() {
         "127.0.0.1:0",
         "--registry-api",
         "127.0.0.1:0",
+        "--registry-api-token-file",
+        token_file.path().to_str().unwrap(),
     ]);
     let api_line = control
         .line_with("serving the registry API on", WAIT)
@@ -237,6 +270,23 @@ fn registered_instances_reach_the_agent_as_endpoints() {
         r#"{"ServiceId": "shop.local/db", "InstanceId": "db-9"}"#,
     );
     assert!(gone.contains("InstanceNotFound"), "{gone}");
+
+    // Nobody without the token changes (or reads) the registry.
+    let register = r#"{"ServiceId": "shop.local/db", "InstanceId": "evil", "Attributes": {"AWS_INSTANCE_IPV4": "10.9.9.9"}}"#;
+    for token in [None, Some("wrong-token-0123456789abcdef")] {
+        let (status, body) = registry_call_as(&api, token, "RegisterInstance", register);
+        assert_eq!(status, "401", "{token:?}: {body}");
+    }
+    let found = registry_call(
+        &api,
+        "DiscoverInstances",
+        r#"{"NamespaceName": "shop.local", "ServiceName": "db"}"#,
+    );
+    assert!(!found.contains("evil"), "{found}");
+    // A body beyond the limit is refused, not buffered.
+    let huge = format!(r#"{{"ServiceId": "{}"}}"#, "x".repeat(1 << 20));
+    let (status, body) = registry_call_as(&api, Some(REGISTRY_TOKEN), "RegisterInstance", &huge);
+    assert_eq!(status, "413", "{body}");
 }
 
 #[test]

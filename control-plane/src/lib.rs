@@ -14,4 +14,4 @@ pub mod secrets;
 mod watch;
 
 pub use load::{InputOptions, load};
-pub use runtime::{ControlPlane, Options};
+pub use runtime::{ControlPlane, Options, RegistryApiOptions};

@@ -2,25 +2,39 @@
 //! (`POST /` with `X-Amz-Target: Route53AutoNaming_v20170314.<Operation>`) for
 //! RegisterInstance, DeregisterInstance and DiscoverInstances. A service is named
 //! `namespace/service` where Cloud Map takes a ServiceId.
+//!
+//! Registering an instance moves a service's traffic, so every request must carry the
+//! configured bearer token (Cloud Map signs with SigV4; this stand-in takes a token). The
+//! server bounds what a caller can hold: connections, the time to send a request head, and
+//! request bodies.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode, body::Incoming};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::registry::{Attributes, Registry};
 
 const TARGET_PREFIX: &str = "Route53AutoNaming_v20170314.";
+/// Cloud Map's own limit for a request is far below this; a registration is a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+const MAX_CONNECTIONS: usize = 64;
+/// A client that has not sent its request head by then is disconnected (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The registry and who to tell when it changes.
 #[derive(Clone)]
@@ -41,25 +55,50 @@ impl Shared {
     }
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Shared, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    token: String,
+    stop: CancellationToken,
+) {
+    let token: Arc<str> = token.into();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::ZERO;
     loop {
+        // Over the limit, connections wait in the kernel's queue, not in the control plane.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            () = stop.cancelled() => return,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff = Duration::ZERO;
+                    accepted
+                }
                 Err(error) => {
-                    warn!(%error, "registry API accept failed");
+                    // Out of descriptors, accept fails at once again: wait it out.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    warn!(%error, ?backoff, "registry API accept failed");
+                    tokio::time::sleep(backoff).await;
                     continue;
                 }
             },
             () = stop.cancelled() => return,
         };
-        let shared = shared.clone();
+        let (shared, token) = (shared.clone(), Arc::clone(&token));
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(request, &shared).await) }
+                let (shared, token) = (shared.clone(), Arc::clone(&token));
+                async move { Ok::<_, Infallible>(authorized(request, &shared, &token).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -67,6 +106,33 @@ pub(crate) async fn serve(listener: TcpListener, shared: Shared, stop: Cancellat
             }
         });
     }
+}
+
+/// The request handled when it carries the token; 401 otherwise.
+async fn authorized(
+    request: Request<Incoming>,
+    shared: &Shared,
+    token: &str,
+) -> Response<Full<Bytes>> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AccessDeniedException",
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+    }
+    handle(request, shared).await
+}
+
+/// Compares in time independent of where the inputs differ, so the token cannot be guessed
+/// byte by byte from response times.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]
@@ -108,8 +174,15 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
             &format!("missing X-Amz-Target header ({TARGET_PREFIX}<Operation>)"),
         );
     };
-    let body = match request.into_body().collect().await {
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "InvalidInput",
+                &format!("request body over {MAX_BODY} bytes"),
+            );
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidInput", &e.to_string()),
     };
     let Ok(mut registry) = shared.registry().inspect_err(|error| {

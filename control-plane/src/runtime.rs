@@ -34,10 +34,28 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The service registry file (Cloud Map stand-in), watched like the mesh.
     pub registry: Option<PathBuf>,
-    /// Where to serve the Cloud Map–style registry API, if at all.
-    pub registry_api: Option<SocketAddr>,
+    /// The Cloud Map–style registry API, if it is served.
+    pub registry_api: Option<RegistryApiOptions>,
     /// The SDS secrets file; it and the PEM files it names are watched.
     pub secrets: Option<PathBuf>,
+}
+
+/// Where the registry API listens and the token its callers must present.
+#[derive(Clone)]
+pub struct RegistryApiOptions {
+    pub listen: SocketAddr,
+    /// Callers send `Authorization: Bearer <token>`: registering an instance moves traffic,
+    /// so the API is never open to whoever can reach the address.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RegistryApiOptions {
+    // The token stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryApiOptions")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,11 +143,12 @@ impl ControlPlane {
         let stop = CancellationToken::new();
         let registry_api = match registry_api {
             Some(api) => {
-                let api_listener = bind(api, "the registry API").await?;
+                let api_listener = bind(api.listen, "the registry API").await?;
                 let bound = api_listener.local_addr()?;
                 tokio::spawn(registry_api::serve(
                     api_listener,
                     shared.clone(),
+                    api.token,
                     stop.clone(),
                 ));
                 Some(bound)

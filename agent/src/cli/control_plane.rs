@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use control_plane::{ControlPlane, Options, runtime::StartError};
+use control_plane::{ControlPlane, Options, RegistryApiOptions, runtime::StartError};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::mesh::InputArgs;
@@ -25,8 +25,12 @@ pub struct ControlPlaneArgs {
     registry: Option<PathBuf>,
     /// Serve the Cloud Map–style registry API (RegisterInstance, DeregisterInstance,
     /// DiscoverInstances) on this address; port 0 picks one, printed on start.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", requires = "registry_api_token_file")]
     registry_api: Option<SocketAddr>,
+    /// The bearer token registry API callers must send (`Authorization: Bearer <token>`),
+    /// read from this file (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE", requires = "registry_api")]
+    registry_api_token_file: Option<PathBuf>,
     /// SDS secrets file (stand-in for a SPIRE agent): JSON `{"secrets": {NAME:
     /// {"certificateChain": PEM, "privateKey": PEM} | {"trustedCa": PEM}}}`; served to the
     /// nodes whose TLS contexts name them; it and the PEM files are watched (rotation).
@@ -37,16 +41,38 @@ pub struct ControlPlaneArgs {
 }
 
 impl ControlPlaneArgs {
-    fn options(&self) -> Options {
-        Options {
+    fn options(&self) -> anyhow::Result<Options> {
+        let registry_api = match (self.registry_api, &self.registry_api_token_file) {
+            (Some(listen), Some(file)) => Some(RegistryApiOptions {
+                listen,
+                token: read_token(file)?,
+            }),
+            // clap requires the two together.
+            _ => None,
+        };
+        Ok(Options {
             paths: self.paths.clone(),
             input: self.input.options(),
             listen: self.listen,
             registry: self.registry.clone(),
-            registry_api: self.registry_api,
+            registry_api,
             secrets: self.secrets.clone(),
-        }
+        })
     }
+}
+
+fn read_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("--registry-api-token-file {}", file.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "--registry-api-token-file {}: the token must be at least 16 characters",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 pub fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
@@ -54,7 +80,7 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args.options()))
+    runtime.block_on(serve(args.options()?))
 }
 
 async fn serve(options: Options) -> anyhow::Result<()> {
