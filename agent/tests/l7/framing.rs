@@ -245,3 +245,117 @@ async fn upgrades_other_than_websocket_are_refused() {
     assert!(response.starts_with("HTTP/1.1 403"), "{response}");
     assert_eq!(mesh.server("v1").hits(), 0);
 }
+
+#[tokio::test]
+async fn grpc_timeout_is_forwarded_and_the_route_timeout_answers_deadline_exceeded() {
+    let mesh = Mesh::start(Spec {
+        protocol: "grpc",
+        routes: vec![route_of_kind(
+            "grpcRoute",
+            "echo",
+            None,
+            serde_json::json!({"serviceName": "test.Echo"}),
+            &[("v1", 1)],
+            serde_json::json!({"timeout": {"perRequest": {"unit": "ms", "value": 300}}}),
+        )],
+        ..Spec::default()
+    })
+    .await;
+    let client = Http2::connect(mesh.listener(PORT)).await;
+    let call = |delay_ms: &'static str| {
+        let request = http::Request::post(format!("http://{SERVICE}:{PORT}/test.Echo/Say"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "5S")
+            .header("x-delay-ms", delay_ms)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let mut client = client.clone();
+        async move { timed(client.send(request)).await }
+    };
+    // The caller's deadline travels to the endpoint unchanged (it enforces it), with TE.
+    let (reply, _) = call("0").await;
+    assert_eq!(reply.header("grpc-status"), "0", "{reply:?}");
+    let names = reply.header("x-echo-header-names");
+    assert!(names.split(',').any(|n| n == "grpc-timeout"), "{names}");
+    assert_eq!(reply.header("x-echo-te"), "trailers");
+    // The route's own timeout still applies, answered as DEADLINE_EXCEEDED (4), trailers-only.
+    let (reply, took) = call("2000").await;
+    assert_eq!(
+        (reply.status, reply.header("grpc-status")),
+        (200, "4"),
+        "{reply:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(280) && took < std::time::Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoints_reset_reaches_the_client_as_a_reset_not_a_clean_end() {
+    let mesh = Mesh::start(Spec {
+        protocol: "http2",
+        routes: all_to_v1_over_http2(),
+        ..Spec::default()
+    })
+    .await;
+    let mut client = Http2::connect(mesh.listener(PORT)).await;
+    let request = mesh
+        .get("/reset")
+        .uri(format!("http://{SERVICE}:{PORT}/reset"))
+        .header("x-body-reset", "1")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let reply = client.send(request).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // The part that was sent arrives... and then the stream fails, as it did upstream; the
+    // client must not take a truncated body for a whole one.
+    assert!(reply.body_error.is_some(), "{reply:?}");
+    // The connection itself is fine: another stream on it works.
+    let request = mesh
+        .get("/after")
+        .uri(format!("http://{SERVICE}:{PORT}/after"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(client.send(request).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_large_streamed_body_passes_under_http2_flow_control() {
+    let mesh = Mesh::start(Spec {
+        protocol: "http2",
+        routes: all_to_v1_over_http2(),
+        ..Spec::default()
+    })
+    .await;
+    let stream = TcpStream::connect(mesh.listener(PORT)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // 16 MiB in 64 KiB frames: far beyond HTTP/2's initial 64 KiB window on both hops, so
+    // it only passes if each hop's window updates flow.
+    let frames = Frames(
+        (0..256u32)
+            .map(|i| Frame::data(Bytes::from(vec![(i % 251) as u8; 64 * 1024])))
+            .collect(),
+    );
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{SERVICE}:{PORT}/big"))
+        .body(frames)
+        .unwrap();
+    let response = tokio::time::timeout(TIMEOUT, sender.send_request(request))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-body-length"],
+        (16u32 << 20).to_string()
+    );
+}

@@ -600,7 +600,8 @@ impl Http2 {
 /// A loopback HTTP/1.1 and HTTP/2 (prior knowledge) server answering as its name:
 /// `x-served-by: NAME` and `hello from NAME path=PATH`. Request headers steer it:
 /// `x-status` (the status), `x-delay-ms` (before the headers), `x-body-delay-ms` (between
-/// headers and body), `x-grpc-status` (for gRPC requests, trailers-only). It echoes
+/// headers and body), `x-body-reset` (the body fails after its first part: a reset),
+/// `x-grpc-status` (for gRPC requests, trailers-only). It echoes
 /// `x-request-id` and `traceparent` as `x-echo-*`, the names of the request headers it got
 /// as `x-echo-header-names` (and of its trailers as `x-echo-trailer-names`), its TE header
 /// as `x-echo-te`, and the request body's length as `x-body-length`. `/health` answers 200
@@ -746,7 +747,7 @@ fn try_listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-type ServerBody = BoxBody<Bytes, Infallible>;
+type ServerBody = BoxBody<Bytes, std::io::Error>;
 
 fn header_number(request: &Request<Incoming>, name: &str) -> Option<u64> {
     request.headers().get(name)?.to_str().ok()?.parse().ok()
@@ -789,6 +790,7 @@ async fn answer(counters: &Counters, request: Request<Incoming>) -> Response<Ser
     let status = header_number(&request, "x-status").unwrap_or(200);
     let delay = header_number(&request, "x-delay-ms").map(Duration::from_millis);
     let body_delay = header_number(&request, "x-body-delay-ms").map(Duration::from_millis);
+    let reset = request.headers().contains_key("x-body-reset");
     let grpc_status = request
         .headers()
         .get("x-grpc-status")
@@ -832,36 +834,44 @@ async fn answer(counters: &Counters, request: Request<Incoming>) -> Response<Ser
             .unwrap();
     }
     let text = format!("hello from {} path={path}\n", counters.name);
-    let body = match body_delay {
-        Some(delay) => Delayed {
-            sleep: Box::pin(tokio::time::sleep(delay)),
+    let body = match (body_delay, reset) {
+        (None, false) => full(text),
+        (delay, then_reset) => Delayed {
+            sleep: Box::pin(tokio::time::sleep(delay.unwrap_or_default())),
             data: Some(Bytes::from(text)),
+            then_reset,
         }
         .boxed(),
-        None => full(text),
     };
     response.status(status as u16).body(body).unwrap()
 }
 
 fn full(text: impl Into<Bytes>) -> ServerBody {
-    Full::new(text.into()).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
-/// A body that arrives after a while.
+/// A body that arrives after a while, and then, when asked, fails: the server resets the
+/// stream (HTTP/2 RST_STREAM) or the connection (HTTP/1.1) instead of ending it.
 struct Delayed {
     sleep: Pin<Box<tokio::time::Sleep>>,
     data: Option<Bytes>,
+    then_reset: bool,
 }
 
 impl hyper::body::Body for Delayed {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if self.data.is_none() {
+            if std::mem::take(&mut self.then_reset) {
+                return Poll::Ready(Some(Err(std::io::Error::other("reset as asked"))));
+            }
             return Poll::Ready(None);
         }
         ready!(self.sleep.as_mut().poll(cx));
