@@ -43,13 +43,13 @@ else
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-# Interoperability peers the project did not write: gRPC's C core (grpcio) and a WebSocket
-# implementation (websockets), driven by tests/interop/*.py.
-if python3 -c 'import grpc, websockets' >/dev/null 2>&1; then
-  step "python grpcio and websockets present"
+# Interoperability peers the project did not write: gRPC's C core (grpcio), a WebSocket
+# implementation (websockets) and an HTTP/2 client (httpx with h2), driven by the interop tests.
+if python3 -c 'import grpc, websockets, httpx, h2' >/dev/null 2>&1; then
+  step "python grpcio, websockets and httpx present"
 else
-  step "installing python grpcio and websockets (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13'
+  step "installing python grpcio, websockets and httpx (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27'
 fi
 
 if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then

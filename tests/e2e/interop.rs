@@ -401,6 +401,52 @@ fn http_clients_see_the_same_through_the_mesh_as_direct() {
     assert_eq!(h2load_outcome(&meshed), h2load_outcome(&direct), "{meshed}");
     assert_eq!(h2load_outcome(&direct), "600 succeeded, 0 failed");
 
+    // Python's httpx over HTTP/2 (prior knowledge): a GET and a streamed POST.
+    let script = "import httpx, sys\n\
+        with httpx.Client(http1=False, http2=True, timeout=10) as c:\n\
+        \x20   for method, body in [('GET', None), ('POST', b'x' * 100000)]:\n\
+        \x20       r = c.request(method, 'http://' + sys.argv[1] + ':8080/httpx', content=body,\n\
+        \x20                     headers={'host': 'api.m.local:8080'})\n\
+        \x20       print(r.status_code, r.http_version, r.headers.get('x-served-by'), r.text.strip())\n";
+    let httpx = |pod: &str, host: &str| run(&mesh, pod, "python3", &["-c", script, host]);
+    let direct = httpx("outside", &outside);
+    let meshed = httpx("client", SERVICE_VIP);
+    assert_eq!(without_client(&meshed), without_client(&direct));
+    assert_eq!(
+        without_client(&direct),
+        "200 HTTP/2 app hello from app path=/httpx\n200 HTTP/2 app hello from app path=/httpx"
+    );
+
+    // wrk (HTTP/1.1 keep-alive load): two seconds, every answer a 2xx both ways.
+    let wrk = |pod: &str, host: &str| {
+        run(
+            &mesh,
+            pod,
+            "wrk",
+            &[
+                "-t1",
+                "-c4",
+                "-d2s",
+                "-H",
+                &format!("Host: {SERVICE}:{PORT}"),
+                &format!("http://{host}:{PORT}/wrk"),
+            ],
+        )
+    };
+    for (side, summary) in [
+        ("direct", wrk("outside", &outside)),
+        ("mesh", wrk("client", SERVICE_VIP)),
+    ] {
+        assert!(!summary.contains("Non-2xx"), "{side}: {summary}");
+        assert!(!summary.contains("Socket errors"), "{side}: {summary}");
+        let requests: u64 = summary
+            .lines()
+            .find_map(|line| line.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{side}: no request count in {summary}"));
+        assert!(requests > 100, "{side}: {summary}");
+    }
+
     // Python's http.client: a GET and a chunked POST on one keep-alive connection.
     let script = "import http.client, sys\n\
         c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=10)\n\

@@ -20,7 +20,8 @@ use tests::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
 enum Cli {
     /// HTTP/1.1 and HTTP/2 (prior knowledge) server answering every request with
     /// `hello from NAME path=PATH` and an `x-served-by: NAME` header. Request headers steer
-    /// it: `x-meshtb-status: CODE` answers CODE, `x-meshtb-delay-ms: N` waits first.
+    /// it: `x-meshtb-status: CODE` answers CODE, `x-meshtb-delay-ms: N` waits first. The
+    /// request body is read whole first; its length comes back as `x-meshtb-body-length`.
     HttpServer {
         /// Port to listen on; repeat to listen on several.
         #[arg(long = "port", required = true)]
@@ -192,6 +193,14 @@ async fn answer(
         request.uri().path()
     );
     let body_delay = header("x-meshtb-body-delay-ms").map(Duration::from_millis);
+    // Read the request body whole before answering, as a real application does: answering
+    // early and closing would break a client still sending it.
+    let (parts, request_body) = request.into_parts();
+    let request_length = match http_body_util::BodyExt::collect(request_body).await {
+        Ok(collected) => collected.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let request = Request::from_parts(parts, ());
     let mut response = Response::new(LateBody {
         delay: body_delay.map(|d| Box::pin(tokio::time::sleep(d))),
         data: Some(Bytes::from(body)),
@@ -200,6 +209,9 @@ async fn answer(
     if let Ok(name) = hyper::header::HeaderValue::from_str(&behaviour.name) {
         response.headers_mut().insert("x-served-by", name);
     }
+    response
+        .headers_mut()
+        .insert("x-meshtb-body-length", request_length.into());
     // Echo the correlation headers the request arrived with, so tests see what hops added.
     for (seen, echo) in [
         ("x-request-id", "x-meshtb-request-id"),
