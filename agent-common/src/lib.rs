@@ -96,7 +96,7 @@ pub struct PodConnectKey {
     pub _pad: u8,
 }
 
-/// Where redirected connections go and which sockets are the proxy's own.
+/// Where redirected connections go.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RedirectConfig {
@@ -105,8 +105,6 @@ pub struct RedirectConfig {
     /// Proxy listen port, network byte order.
     pub proxy_port: u16,
     pub _pad: u16,
-    /// SO_MARK carried by the proxy's upstream sockets; they are never redirected.
-    pub proxy_mark: u32,
 }
 
 /// Indexes into the [`maps::COUNTERS`] per-CPU array.
@@ -119,18 +117,15 @@ pub enum Counter {
     Excluded = 1,
     /// Connects from namespaces that are not enrolled.
     NotEnrolled = 2,
-    /// Connects by the proxy's own (marked) sockets.
-    ProxyOwn = 3,
     /// Redirects whose original destination could not be recorded (map full).
-    RecordFailed = 4,
+    RecordFailed = 3,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 4] = [
         Counter::Redirected,
         Counter::Excluded,
         Counter::NotEnrolled,
-        Counter::ProxyOwn,
         Counter::RecordFailed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;

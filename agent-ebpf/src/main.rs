@@ -163,11 +163,9 @@ fn redirect_target(
         count(Counter::NotEnrolled);
         return None;
     };
-    let sk = unsafe { addr.__bindgen_anon_1.sk };
-    if !sk.is_null() && unsafe { (*sk).mark } == cfg.proxy_mark {
-        count(Counter::ProxyOwn);
-        return None;
-    }
+    // No socket mark exempts a connect: the agent's own sockets live in its namespace, which
+    // is never enrolled, and in an enrolled one a mark proves nothing (a pod with NET_ADMIN
+    // sets any mark it likes).
     if dst_ip4 == cfg.proxy_ip4 && dst_port == cfg.proxy_port {
         return None;
     }

@@ -30,7 +30,7 @@ use crate::{
     listen::bind_listener,
     proxy::{ProxyInputs, ProxySettings, inbound, outbound::Outbound},
     redirect::{
-        Enrollments, RedirectCounters, RedirectTarget, Redirector, cgroup,
+        Enrollments, RedirectCounters, Redirector, cgroup,
         metrics::{PodConnectCollector, RedirectCollector},
         namespaces, preflight,
     },
@@ -57,13 +57,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         )
     })?;
 
-    let mut redirector = Redirector::load(
-        &cgroup,
-        RedirectTarget {
-            proxy: config.proxy.outbound_addr,
-            mark: config.proxy.mark,
-        },
-    )?;
+    let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr)?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
     mesh_xds::memory::release_free_heap();
     let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();

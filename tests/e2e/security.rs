@@ -110,3 +110,36 @@ fn enrolling_a_fifo_is_refused_at_once_and_nothing_stalls() {
     assert_eq!(status, 200);
     assert_eq!(mesh.served_by("/", &[]), "v1");
 }
+
+#[test]
+fn a_socket_carrying_the_proxys_mark_is_redirected_all_the_same() {
+    let mesh = mesh("secmark");
+    // A pod with NET_ADMIN (the test runs as root) marks its socket as the proxy's upstream
+    // sockets are marked (proxy.mark's default), then connects to a pod outside the mesh on a
+    // port no route takes (9000).
+    let s3 = mesh.node.pod("s3").expect("s3").ip;
+    let script = "import socket, sys\n\
+        s = socket.socket()\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x4d410001)\n\
+        s.settimeout(5)\n\
+        s.connect((sys.argv[1], 9000))\n\
+        s.sendall(b'GET /marked HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n')\n\
+        print(s.makefile('rb').read().decode())\n";
+    let output = mesh
+        .node
+        .run_in_pod(
+            "client",
+            "python3",
+            &["-c", script, &s3.to_string()],
+            Duration::from_secs(10),
+        )
+        .expect("python runs");
+    let answer = String::from_utf8_lossy(&output.stdout);
+    // Through the proxy (ALLOW_ALL passes it on), the server sees the node's address, not
+    // the pod's: the mark bought no way around the mesh.
+    assert!(
+        answer.contains(&format!("(client {}:", tests::node::NODE_IP)),
+        "{answer}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -39,7 +39,6 @@ fn counter_label(counter: Counter) -> &'static str {
         Counter::Redirected => "redirected",
         Counter::Excluded => "excluded",
         Counter::NotEnrolled => "not_enrolled",
-        Counter::ProxyOwn => "proxy_own",
         Counter::RecordFailed => "record_failed",
     }
 }

@@ -88,13 +88,6 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> RedirectError {
     move |source| RedirectError::Map { map, source }
 }
 
-/// Where redirected connections go and which sockets to leave alone.
-#[derive(Debug, Clone, Copy)]
-pub struct RedirectTarget {
-    pub proxy: SocketAddrV4,
-    pub mark: u32,
-}
-
 /// The loaded and attached programs and the maps the agent uses.
 pub struct Redirector {
     /// Owns the programs and their links; dropping the last handle detaches them (enrollment
@@ -106,13 +99,14 @@ pub struct Redirector {
     orig_dst: Arc<OrigDstMap>,
     counters: Arc<RedirectCounters>,
     enrolled: Option<HashMap<MapData, u64, agent_common::Enrollment>>,
-    target: RedirectTarget,
+    /// Where redirected connections go: the proxy's listener.
+    proxy: SocketAddrV4,
 }
 
 impl Redirector {
     /// Loads the programs and attaches them to `cgroup`. Redirecting starts with
     /// [`Redirector::start`], once the proxy is listening.
-    pub fn load(cgroup: &Path, target: RedirectTarget) -> Result<Self, RedirectError> {
+    pub fn load(cgroup: &Path, proxy: SocketAddrV4) -> Result<Self, RedirectError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         start_ebpf_logger(&mut ebpf);
         let mut redirector = Self {
@@ -127,7 +121,7 @@ impl Redirector {
             }),
             enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
             ebpf: Arc::new(Mutex::new(ebpf)),
-            target,
+            proxy,
         };
         redirector.attach(cgroup)?;
         Ok(redirector)
@@ -172,10 +166,9 @@ impl Redirector {
     /// Turns redirection on: connects from enrolled pods now go to the proxy.
     pub fn start(&mut self) -> Result<(), RedirectError> {
         let value = RedirectConfig {
-            proxy_ip4: u32::from_ne_bytes(self.target.proxy.ip().octets()),
-            proxy_port: self.target.proxy.port().to_be(),
+            proxy_ip4: u32::from_ne_bytes(self.proxy.ip().octets()),
+            proxy_port: self.proxy.port().to_be(),
             _pad: 0,
-            proxy_mark: self.target.mark,
         };
         self.config
             .set(0, value, 0)
@@ -189,7 +182,6 @@ impl Redirector {
             proxy_ip4: 0,
             proxy_port: 0,
             _pad: 0,
-            proxy_mark: 0,
         };
         self.config
             .set(0, off, 0)
