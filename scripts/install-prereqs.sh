@@ -76,3 +76,12 @@ else
   LLVM_PREFIX="$LLVM_PREFIX_DIR" cargo install --locked bpf-linker --force \
     --no-default-features --features llvm-22
 fi
+
+# cargo-fuzz runs the fuzz targets in fuzz/ (`cargo xtask fuzz`, and briefly in
+# `cargo xtask check`) on the nightly toolchain; built from crates.io in about a minute.
+if have cargo-fuzz; then
+  step "cargo-fuzz present"
+else
+  step "installing cargo-fuzz (about a minute)"
+  cargo install cargo-fuzz --locked
+fi

@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use mesh_agent_fuzz::{definitions, origin};
 use mesh_model::{
     report::Diagnostic,
     source::{LoadOptions, api_resource},
 };
-use mesh_agent_fuzz::{definitions, origin};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -4,8 +4,8 @@
 //! planned).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mesh_model::{cloudformation, source::LoadOptions};
 use mesh_agent_fuzz::{definitions, origin};
+use mesh_model::{cloudformation, source::LoadOptions};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

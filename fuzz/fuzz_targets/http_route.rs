@@ -5,8 +5,8 @@
 #![no_main]
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use libfuzzer_sys::fuzz_target;
-use mesh_xds::plan::route::{RequestView, RouteTable};
 use mesh_agent_fuzz::{requests, split_route_input};
+use mesh_xds::plan::route::{RequestView, RouteTable};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

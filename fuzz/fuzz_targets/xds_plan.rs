@@ -6,12 +6,12 @@
 #![no_main]
 use envoy_types::pb::google::protobuf::Any;
 use libfuzzer_sys::fuzz_target;
+use mesh_agent_fuzz::xds_records;
 use mesh_xds::{
     client::{check_resource, endpoint_names, route_names, secret_names},
     plan::NodePlan,
     resources::ResourceSet,
 };
-use mesh_agent_fuzz::xds_records;
 
 fuzz_target!(|data: &[u8]| {
     let mut accepted = ResourceSet::default();

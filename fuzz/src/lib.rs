@@ -128,7 +128,9 @@ pub fn encode_xds_records(records: &[(u8, Vec<u8>)]) -> Vec<u8> {
 /// requests as text (see [`requests`]).
 pub fn split_route_input(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = data.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?.min(rest.len());
+    let len = usize::try_from(u32::from_le_bytes(*len))
+        .ok()?
+        .min(rest.len());
     Some(rest.split_at(len))
 }
 

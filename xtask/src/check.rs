@@ -1,11 +1,15 @@
 //! `cargo xtask check`: everything that needs no root — formatting, clippy (the host crates
-//! and the eBPF crate for its own target), the import graph, unit and in-process tests.
+//! and the eBPF crate for its own target), the import graph, unit and in-process tests, and
+//! a short run of every fuzz target.
 use std::process::Command;
 
 use crate::{
     build::{cargo, install_prerequisites, run, step},
-    imports,
+    fuzz, imports,
 };
+
+/// Seconds each fuzz target runs in a check (six targets: about a minute, builds cached).
+const FUZZ_SECONDS: u32 = 10;
 
 /// Where the eBPF crate's clippy builds: its target and flags differ from the host build's,
 /// so sharing the host's target dir would rebuild both each time.
@@ -38,7 +42,8 @@ pub fn run_checks() -> anyhow::Result<()> {
         "xtask",
     ]))?;
     // The test bed's own unit tests; its end-to-end target needs root (`cargo xtask test`).
-    run(cargo().args(["test", "--package", "tests", "--lib", "--bins"]))
+    run(cargo().args(["test", "--package", "tests", "--lib", "--bins"]))?;
+    fuzz::run_fuzz(FUZZ_SECONDS, None)
 }
 
 fn ebpf_clippy() -> Command {

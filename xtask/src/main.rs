@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask build | check | test | imports | sandbox | bench | bench-l7 | bench-xds`.
+//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-xds`.
 mod bench;
 mod bench_l7;
 mod bench_xds;
 mod build;
 mod check;
+mod fuzz;
 mod imports;
 mod sandbox;
 mod test;
@@ -26,6 +27,16 @@ enum Task {
     /// Everything CI checks: formatting, clippy (warnings denied), unit tests, and the
     /// end-to-end tests with real eBPF (root). Fails if any end-to-end test did not run.
     Test,
+    /// Build the cargo-fuzz targets (nightly) and run each for a bounded time, one at a time;
+    /// fails on a crash, panic, hang or out-of-memory (docs/fuzzing.md).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only this target (e.g. `http_route`).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// The file-level import graph of every crate: fails if files import each other in a loop.
     Imports {
         /// Another checkout to look at (e.g. an older commit's worktree); default: this one.
@@ -76,6 +87,10 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Task::Test => test::run(),
         Task::Check => check::run_checks(),
+        Task::Fuzz { seconds, target } => {
+            build::install_prerequisites()?;
+            fuzz::run_fuzz(seconds, target.as_deref())
+        }
         Task::Imports { root } => imports::run(root.as_deref()),
         Task::Sandbox { once } => sandbox::run(once),
         Task::Bench {
