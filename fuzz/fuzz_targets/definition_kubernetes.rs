@@ -3,8 +3,8 @@
 //! resources go the control plane's way (validated, compiled, planned).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mesh_agent_fuzz::{definitions, origin, yaml_documents};
-use mesh_model::{kubernetes, report::Diagnostic};
+use mesh_agent_fuzz::{definitions, origin};
+use mesh_model::{kubernetes, report::Diagnostic, source::yaml_documents};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -68,27 +68,6 @@ pub fn definitions(resources: &[Resource], mut diagnostics: Vec<Diagnostic>, len
     );
 }
 
-/// A Kubernetes manifest's documents with the 1-based line each starts on, split as
-/// mesh-model's manifest reader splits them (`---` lines).
-pub fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
-    let mut documents = Vec::new();
-    let mut start = 0;
-    let mut start_line = 1;
-    let mut offset = 0;
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") {
-            documents.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = index + 2;
-        }
-        offset += line.len();
-    }
-    documents.push((start_line, &text[start..]));
-    documents.retain(|(_, chunk)| !chunk.trim().is_empty());
-    documents
-}
-
 /// The type URL of an xDS record's tag: the five types the node subscribes to, and (tag 5)
 /// one it does not know.
 pub fn type_url(tag: u8) -> &'static str {

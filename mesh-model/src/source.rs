@@ -10,6 +10,9 @@ pub mod limits;
 mod manifest;
 mod placeholders;
 
+/// How a Kubernetes manifest is split into documents (the fuzz targets split it the same way).
+pub use manifest::yaml_documents;
+
 use std::{
     fs,
     io::Read as _,

@@ -43,7 +43,7 @@ pub fn run_checks() -> anyhow::Result<()> {
     ]))?;
     // The test bed's own unit tests; its end-to-end target needs root (`cargo xtask test`).
     run(cargo().args(["test", "--package", "tests", "--lib", "--bins"]))?;
-    fuzz::run_fuzz(FUZZ_SECONDS, None)
+    fuzz::run_fuzz(FUZZ_SECONDS, None, fuzz::Build::Quick)
 }
 
 fn ebpf_clippy() -> Command {

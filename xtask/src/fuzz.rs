@@ -50,11 +50,31 @@ const TARGETS: [Target; 6] = [
     },
 ];
 
+/// How the targets are built.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Build {
+    /// Optimised, with AddressSanitizer: for long runs (`cargo xtask fuzz`).
+    Thorough,
+    /// Unoptimised, no sanitizer: builds in about a quarter of the time, for the short run
+    /// every check makes (Rust's own checks still turn memory errors into panics).
+    Quick,
+}
+
+impl Build {
+    /// `cargo fuzz` flags; build and run must get the same, or run rebuilds.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Thorough => &[],
+            Self::Quick => &["--dev", "--sanitizer", "none"],
+        }
+    }
+}
+
 /// Memory one run may use (RSS), and per-input time before it counts as a hang.
 const RSS_LIMIT_MB: u32 = 2_048;
 const INPUT_TIMEOUT_SECONDS: u32 = 10;
 
-pub fn run_fuzz(seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
+pub fn run_fuzz(seconds: u32, only: Option<&str>, build: Build) -> anyhow::Result<()> {
     let targets: Vec<&Target> = TARGETS
         .iter()
         .filter(|t| only.is_none_or(|name| t.name == name))
@@ -67,15 +87,17 @@ pub fn run_fuzz(seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
             names.join(", ")
         );
     }
-    step("building the fuzz targets (nightly, cargo-fuzz)");
-    run(cargo_fuzz().arg("build"))
+    step(&format!(
+        "building the fuzz targets (nightly, cargo-fuzz, {build:?})"
+    ));
+    run(cargo_fuzz().arg("build").args(build.flags()))
         .context("building the fuzz targets (cargo-fuzz comes from scripts/install-prereqs.sh)")?;
     let root = workspace_root();
     let mut summaries = Vec::new();
     for target in targets {
-        replay_regressions(&root, target)?;
+        replay_regressions(&root, target, build)?;
         step(&format!("fuzzing {} for {seconds} s", target.name));
-        summaries.push((target.name, fuzz_one(&root, target, seconds)?));
+        summaries.push((target.name, fuzz_one(&root, target, seconds, build)?));
     }
     step("fuzzing summary");
     for (name, summary) in summaries {
@@ -101,7 +123,7 @@ fn cargo_fuzz() -> Command {
 
 /// Saved reproducers of past findings (`fuzz/artifacts-regressions/<target>/`) run once each:
 /// they must pass.
-fn replay_regressions(root: &Path, target: &Target) -> anyhow::Result<()> {
+fn replay_regressions(root: &Path, target: &Target, build: Build) -> anyhow::Result<()> {
     let dir = root.join("fuzz/artifacts-regressions").join(target.name);
     let Ok(entries) = fs::read_dir(&dir) else {
         return Ok(());
@@ -119,6 +141,7 @@ fn replay_regressions(root: &Path, target: &Target) -> anyhow::Result<()> {
     ));
     run(cargo_fuzz()
         .args(["run", target.name])
+        .args(build.flags())
         .args(&inputs)
         .arg("--")
         .args(limits(target)))
@@ -134,7 +157,7 @@ fn limits(target: &Target) -> Vec<String> {
 
 /// One bounded run; its libFuzzer log goes to `target/fuzz-logs/<target>.log`. Returns the
 /// final figures (runs, coverage, corpus, exec/s).
-fn fuzz_one(root: &Path, target: &Target, seconds: u32) -> anyhow::Result<String> {
+fn fuzz_one(root: &Path, target: &Target, seconds: u32, build: Build) -> anyhow::Result<String> {
     let corpus = root.join("target/fuzz-corpus").join(target.name);
     let seeds = root.join("fuzz/corpus").join(target.name);
     let logs = root.join("target/fuzz-logs");
@@ -146,6 +169,7 @@ fn fuzz_one(root: &Path, target: &Target, seconds: u32) -> anyhow::Result<String
     let mut command = cargo_fuzz();
     command
         .args(["run", target.name])
+        .args(build.flags())
         .arg(&corpus)
         .arg(&seeds)
         .arg("--")

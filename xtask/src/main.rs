@@ -36,6 +36,9 @@ enum Task {
         /// Only this target (e.g. `http_route`).
         #[arg(long)]
         target: Option<String>,
+        /// Build unoptimised without AddressSanitizer (what `check` runs): quicker to build.
+        #[arg(long)]
+        quick: bool,
     },
     /// The file-level import graph of every crate: fails if files import each other in a loop.
     Imports {
@@ -87,9 +90,18 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Task::Test => test::run(),
         Task::Check => check::run_checks(),
-        Task::Fuzz { seconds, target } => {
+        Task::Fuzz {
+            seconds,
+            target,
+            quick,
+        } => {
             build::install_prerequisites()?;
-            fuzz::run_fuzz(seconds, target.as_deref())
+            let build = if quick {
+                fuzz::Build::Quick
+            } else {
+                fuzz::Build::Thorough
+            };
+            fuzz::run_fuzz(seconds, target.as_deref(), build)
         }
         Task::Imports { root } => imports::run(root.as_deref()),
         Task::Sandbox { once } => sandbox::run(once),

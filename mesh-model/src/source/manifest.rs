@@ -70,7 +70,7 @@ fn is_app_mesh_document(raw: &str) -> bool {
 }
 
 /// The documents of a YAML stream with the 1-based line each starts on.
-fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
+pub fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
     let mut documents = Vec::new();
     let mut start = 0;
     let mut start_line = 1;
