@@ -443,28 +443,49 @@ fn distinct<T: Ord + Clone>(items: &[T]) -> usize {
     sorted.len()
 }
 
-fn validate_xds(xds: &XdsConfig) -> Result<(), (&'static str, String)> {
-    // The xDS client would retry an unusable address forever, logging the same error, so
-    // it is refused here, where the operator sees it once.
-    let address = &xds.address;
-    let uri: http::Uri = address
-        .parse()
-        .map_err(|error| ("xds.address", format!("{address:?} is not a URL: {error}")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err((
-            "xds.address",
-            format!("{address:?} must be an http:// or https:// URL"),
-        ));
+/// Why an address cannot be the control plane's; the one rule for `xds.address` and
+/// `run --control-plane`.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsAddressError {
+    #[error("{0:?} is not a URL: {1}")]
+    NotUrl(String, String),
+    #[error("{0:?} must be an http:// URL")]
+    Scheme(String),
+    /// Fail closed: an https:// address that connected in plain text would send the mesh's
+    /// configuration (and secrets) unencrypted while the operator believes otherwise.
+    #[error(
+        "{0:?}: https:// is not supported yet — the xDS client speaks plain text and would \
+         send everything unencrypted; use http:// on a network you trust (docs/security.md)"
+    )]
+    Tls(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?} needs a port other than 0")]
+    PortZero(String),
+}
+
+/// Checks an xDS address. The xDS client would retry an unusable one forever, logging the
+/// same error, so it is refused where the operator sees it once.
+pub fn check_xds_address(address: &str) -> Result<(), XdsAddressError> {
+    let uri: http::Uri = address.parse().map_err(|error: http::uri::InvalidUri| {
+        XdsAddressError::NotUrl(address.to_owned(), error.to_string())
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(XdsAddressError::Tls(address.to_owned())),
+        _ => return Err(XdsAddressError::Scheme(address.to_owned())),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(("xds.address", format!("{address:?} has no host")));
+        return Err(XdsAddressError::NoHost(address.to_owned()));
     }
     if uri.port_u16() == Some(0) {
-        return Err((
-            "xds.address",
-            format!("{address:?} needs a port other than 0"),
-        ));
+        return Err(XdsAddressError::PortZero(address.to_owned()));
     }
+    Ok(())
+}
+
+fn validate_xds(xds: &XdsConfig) -> Result<(), (&'static str, String)> {
+    check_xds_address(&xds.address).map_err(|error| ("xds.address", error.to_string()))?;
     // The control plane splits each at its first `/` and matches both halves exactly
     // (control-plane/src/ads), so anything but `mesh/name` would match no virtual node.
     let is_mesh_name = |v: &str| {
@@ -823,9 +844,10 @@ mod tests {
             ("http://[::1:15010", "is not a URL"),
             ("http://cp:15010 x", "is not a URL"),
             ("http://", "is not a URL"),
-            ("ftp://cp:15010", "http:// or https://"),
-            ("cp:15010", "http:// or https://"),
+            ("ftp://cp:15010", "must be an http:// URL"),
+            ("cp:15010", "must be an http:// URL"),
             ("http://cp:0", "port other than 0"),
+            ("https://cp:15010", "would send everything unencrypted"),
         ] {
             let err = rejected_field(
                 &format!("{MINIMAL}xds:\n  address: \"{address}\"\n"),
@@ -836,7 +858,7 @@ mod tests {
         for address in [
             "http://[::1]:15010",
             "http://cp.mesh.svc:15010",
-            "https://cp",
+            "http://cp",
         ] {
             parse(&format!("{MINIMAL}xds:\n  address: \"{address}\"\n")).unwrap();
         }

@@ -147,9 +147,8 @@ fn run(
 ) -> anyhow::Result<()> {
     let mut config = config::Config::load(config_path)?;
     if let Some(address) = control_plane {
-        if !(address.starts_with("http://") || address.starts_with("https://")) {
-            anyhow::bail!("--control-plane {address:?} must be an http:// or https:// URL");
-        }
+        config::check_xds_address(&address)
+            .map_err(|error| anyhow::anyhow!("--control-plane {error}"))?;
         let xds = config.xds.get_or_insert_with(|| config::XdsConfig {
             address: address.clone(),
             node_id: None,

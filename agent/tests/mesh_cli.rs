@@ -205,12 +205,29 @@ fn check_config_rejects_what_start_up_or_reload_would() {
             format!("{PROXY}cgroup_path: {}\n", file.path().display()),
             "is not a directory",
         ),
+        (
+            format!("{PROXY}xds:\n  address: \"https://cp:15010\"\n"),
+            "would send everything unencrypted",
+        ),
     ];
     for (config, expected) in cases {
         let (code, err) = check_config(&config);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(expected), "expected {expected:?} in {err}");
     }
+    // `run --control-plane` takes the same rule, before anything is loaded or attached.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, PROXY).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--control-plane", "https://cp:15010"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("would send everything unencrypted"), "{err}");
 }
 
 /// `mesh-agent compile … | head -c 10` (issue 11, finding 9): the reader leaving early ends
