@@ -100,17 +100,10 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         drain: CancellationToken::new(),
         cut: CancellationToken::new(),
     };
-    let stop_proxy = inputs.drain.clone();
     let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
-    let proxy_task = tokio::spawn(outbound.run(stop_proxy.clone(), config.proxy.drain_timeout));
-    let inbound_task = inbound_ports.map(|ports| {
-        tokio::spawn(inbound::run(
-            inbound_rx,
-            ports,
-            inputs.clone(),
-            stop_proxy.clone(),
-        ))
-    });
+    let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
+    let inbound_task =
+        inbound_ports.map(|ports| tokio::spawn(inbound::run(inbound_rx, ports, inputs.clone())));
     redirector.start()?;
 
     if let Some(pattern) = &config.enrollment.discover {
@@ -119,7 +112,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             inputs.state.clone(),
             config.enrollment.netns_dir.clone(),
             pattern.clone(),
-            stop_proxy.clone(),
+            inputs.drain.clone(),
         ));
     }
     let xds = start_xds(&config);
@@ -179,7 +172,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     ready.store(false, Ordering::Relaxed);
     redirector.stop()?;
     tokio::time::sleep(REDIRECT_SETTLE).await;
-    stop_proxy.cancel();
+    inputs.drain.cancel();
     // Inbound connections got the same drain period alongside; what is still open now (idle
     // keep-alive connections from callers' pools, too) is cut.
     let report = proxy_task.await.context("outbound proxy task")?;

@@ -84,14 +84,14 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PORTS_RECHECK: Duration = Duration::from_millis(500);
 
 /// Serves captured pods as enrollment hands them over, and keeps the captured ports equal to
-/// what the pods' virtual nodes listen on, until `stop`; live connections end when
-/// `inputs.cut` fires.
+/// what the pods' virtual nodes listen on, until the drain begins (`inputs.drain`); live
+/// connections end when `inputs.cut` fires.
 pub async fn run(
     mut pods: mpsc::UnboundedReceiver<InboundPod>,
     ports: InboundPorts,
     inputs: ProxyInputs,
-    stop: CancellationToken,
 ) {
+    let stop = inputs.drain.clone();
     let inputs = Arc::new(inputs);
     let mut applied = inputs.state.subscribe();
     // Endpoints (which say what virtual node a pod is) also change between applies, as DNS

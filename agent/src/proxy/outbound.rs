@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use mesh_xds::plan::{PortPlan, cluster::Discovery};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::{
@@ -48,15 +48,16 @@ impl Outbound {
         }
     }
 
-    /// Accepts until `stop` fires, then takes what is already queued, then waits up to
-    /// `drain_timeout` for live connections before cutting them (and, through the shared
-    /// cut, the inbound side's).
-    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) -> DrainReport {
+    /// Accepts until the drain begins (`inputs.drain`), then takes what is already queued,
+    /// then waits up to `drain_timeout` for live connections before cutting them (and,
+    /// through the shared cut, the inbound side's).
+    pub async fn run(mut self, drain_timeout: Duration) -> DrainReport {
         let tracker = TaskTracker::new();
+        let drain = self.shared.inputs.drain.clone();
         loop {
             tokio::select! {
                 (stream, peer) = self.acceptor.accept() => self.spawn(&tracker, stream, peer),
-                () = stop.cancelled() => break,
+                () = drain.cancelled() => break,
             }
         }
         // Connections redirected before the redirect stopped may still sit in the accept
@@ -186,6 +187,7 @@ mod tests {
     use std::time::Instant;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
 
     use std::{io, net::SocketAddrV4};
 
@@ -227,13 +229,10 @@ mod tests {
             mark: None,
             connect_timeout: Duration::from_secs(2),
         };
-        let outbound = Outbound::new(
-            listener,
-            Arc::new(FixedOrigDst(destination)),
-            ProxyInputs::new(settings, metrics.proxy.clone()),
-        );
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(outbound.run(stop.clone(), drain));
+        let inputs = ProxyInputs::new(settings, metrics.proxy.clone());
+        let stop = inputs.drain.clone();
+        let outbound = Outbound::new(listener, Arc::new(FixedOrigDst(destination)), inputs);
+        let task = tokio::spawn(outbound.run(drain));
         Harness {
             proxy,
             metrics,

@@ -9,12 +9,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn http2_connections_get_a_goaway_and_streams_in_flight_finish() {
-    let mesh = Mesh::start(Spec {
-        protocol: "http2",
-        routes: all_to_v1_over_http2(),
-        ..Spec::default()
-    })
-    .await;
+    let mesh = Mesh::start(Spec::http2_to_v1()).await;
     let mut client = Http2::connect(mesh.listener(PORT)).await;
     let slow = mesh
         .get("/slow")

@@ -176,20 +176,8 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
 
 #[tokio::test]
 async fn request_trailers_and_streamed_bodies_pass_over_http2() {
-    let mesh = Mesh::start(Spec {
-        protocol: "http2",
-        routes: all_to_v1_over_http2(),
-        ..Spec::default()
-    })
-    .await;
-    let stream = TcpStream::connect(mesh.listener(PORT)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mesh = Mesh::start(Spec::http2_to_v1()).await;
+    let mut sender = streaming_http2(&mesh).await;
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().unwrap());
     let frames = Frames(VecDeque::from([
@@ -213,6 +201,19 @@ async fn request_trailers_and_streamed_bodies_pass_over_http2() {
     // An HTTP/2 hop carries :authority, not a Host header (RFC 9113 §8.3.1).
     let names = headers["x-echo-header-names"].to_str().unwrap();
     assert!(!names.split(',').any(|n| n == "host"), "{names}");
+}
+
+/// An HTTP/2 connection to the proxy whose requests carry [`Frames`] bodies.
+async fn streaming_http2(mesh: &Mesh) -> hyper::client::conn::http2::SendRequest<Frames> {
+    let stream = TcpStream::connect(mesh.listener(PORT)).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
 }
 
 /// A request body of the frames given, data and trailers, with no length known ahead.
@@ -294,12 +295,7 @@ async fn grpc_timeout_is_forwarded_and_the_route_timeout_answers_deadline_exceed
 
 #[tokio::test]
 async fn an_endpoints_reset_reaches_the_client_as_a_reset_not_a_clean_end() {
-    let mesh = Mesh::start(Spec {
-        protocol: "http2",
-        routes: all_to_v1_over_http2(),
-        ..Spec::default()
-    })
-    .await;
+    let mesh = Mesh::start(Spec::http2_to_v1()).await;
     let mut client = Http2::connect(mesh.listener(PORT)).await;
     let request = mesh
         .get("/reset")
@@ -323,20 +319,8 @@ async fn an_endpoints_reset_reaches_the_client_as_a_reset_not_a_clean_end() {
 
 #[tokio::test]
 async fn a_large_streamed_body_passes_under_http2_flow_control() {
-    let mesh = Mesh::start(Spec {
-        protocol: "http2",
-        routes: all_to_v1_over_http2(),
-        ..Spec::default()
-    })
-    .await;
-    let stream = TcpStream::connect(mesh.listener(PORT)).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mesh = Mesh::start(Spec::http2_to_v1()).await;
+    let mut sender = streaming_http2(&mesh).await;
     // 16 MiB in 64 KiB frames: far beyond HTTP/2's initial 64 KiB window on both hops, so
     // it only passes if each hop's window updates flow.
     let frames = Frames(

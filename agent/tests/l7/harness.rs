@@ -59,6 +59,9 @@ pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 200, 1);
 /// The workload id the fixed original-destination source gives every connection.
 const CLIENT_WORKLOAD: u32 = 7;
 
+/// How long live connections may finish once a test starts the drain.
+const DRAIN_PERIOD: Duration = Duration::from_secs(5);
+
 /// Generous bound for anything that should be quick.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,6 +124,17 @@ pub struct Spec {
     /// The endpoints of v1 and of v2.
     pub v1: Vec<ServerSpec>,
     pub v2: Vec<ServerSpec>,
+}
+
+impl Spec {
+    /// HTTP/2 listeners, every request to v1.
+    pub fn http2_to_v1() -> Self {
+        Self {
+            protocol: "http2",
+            routes: all_to_v1_over_http2(),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Spec {
@@ -299,13 +313,13 @@ impl Proxy {
         proxy
     }
 
-    /// Hands `next` to the data plane and waits until it is applied.
-    /// Starts the drain, as the agent does on SIGTERM: HTTP/2 connections get a GOAWAY,
-    /// HTTP/1.1 ones close after the response in flight.
+    /// Starts the drain, as the agent does on SIGTERM: the listeners stop accepting,
+    /// HTTP/2 connections get a GOAWAY, HTTP/1.1 ones close after the response in flight.
     pub fn drain(&self) {
         self.inputs.drain.cancel();
     }
 
+    /// Hands `next` to the data plane and waits until it is applied.
     pub async fn apply(&self, next: XdsState) {
         let mut applied = self.state.subscribe();
         applied.borrow_and_update();
@@ -325,7 +339,8 @@ impl Proxy {
             Arc::new(FixedOrigDst(destination)),
             self.inputs.clone(),
         );
-        tokio::spawn(outbound.run(self.stop.clone(), Duration::from_millis(100)));
+        // A drain period longer than any request a test keeps in flight through a drain.
+        tokio::spawn(outbound.run(DRAIN_PERIOD));
         addr
     }
 
@@ -363,6 +378,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.inputs.drain.cancel();
     }
 }
 
