@@ -35,6 +35,7 @@ use crate::{
         namespaces, preflight,
     },
     telemetry::{access_log::AccessLogWriters, metrics::Metrics},
+    tls::TlsStore,
 };
 
 /// Between turning the redirect off and closing the listener: connects rewritten just before
@@ -83,6 +84,8 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         xds: Arc::clone(&xds_watch),
     };
     sources.register(&mut metrics);
+    let tls = TlsStore::default();
+    tls.metrics.register(&mut metrics);
     let metrics = Arc::new(metrics);
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
@@ -93,6 +96,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         metrics: metrics.proxy.clone(),
         mesh_metrics: metrics.mesh.clone(),
         access_logs: metrics.access_logs.clone(),
+        tls,
         settings: ProxySettings {
             mark: Some(config.proxy.mark),
             connect_timeout: config.proxy.connect_timeout,
@@ -125,9 +129,11 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
                 mark: Some(config.proxy.mark),
                 metrics: metrics.mesh.clone(),
                 resolver: resolver(&config.discovery.resolv_conf),
+                tls: inputs.tls.clone(),
             },
             xds.stop.clone(),
         ));
+        tokio::spawn(inputs.tls.clone().follow_files(xds.stop.clone()));
     }
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();

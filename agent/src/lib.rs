@@ -3,7 +3,7 @@
 //! the proxy without a node to run on; the `mesh-agent` binary adds its command line.
 //!
 //! Dependencies point one way: `app` → `admin` → `proxy` → `redirect` → `dataplane` →
-//! `telemetry`; `config`, `host` and `listen` are leaves anyone may use.
+//! `tls` → `telemetry`; `config`, `host` and `listen` are leaves anyone may use.
 pub mod admin;
 pub mod app;
 pub mod config;
@@ -13,3 +13,4 @@ pub mod listen;
 pub mod proxy;
 pub mod redirect;
 pub mod telemetry;
+pub mod tls;

@@ -77,10 +77,12 @@ pub enum Operator {
     Hostname,
     /// The virtual node whose listener took the request (mesh-agent's own).
     VirtualNode,
+    /// The caller's virtual node as its TLS certificate names it (mesh-agent's own).
+    SourceVirtualNode,
 }
 
 /// Operators that take no argument, by name.
-const PLAIN_OPERATORS: [(&str, Operator); 24] = [
+const PLAIN_OPERATORS: [(&str, Operator); 25] = [
     ("PROTOCOL", Operator::Protocol),
     ("RESPONSE_CODE", Operator::ResponseCode),
     ("RESPONSE_CODE_DETAILS", Operator::ResponseCodeDetails),
@@ -119,6 +121,7 @@ const PLAIN_OPERATORS: [(&str, Operator); 24] = [
     ("GRPC_STATUS_NUMBER", Operator::GrpcStatusNumber),
     ("HOSTNAME", Operator::Hostname),
     ("VIRTUAL_NODE", Operator::VirtualNode),
+    ("SOURCE_VIRTUAL_NODE", Operator::SourceVirtualNode),
     ("START_TIME", Operator::StartTime(None)),
 ];
 

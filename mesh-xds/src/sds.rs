@@ -36,9 +36,13 @@ pub fn referenced_by(socket: &TransportSocket, names: &mut BTreeSet<String>) {
             .into_iter()
             .map(|sds| sds.name),
     );
-    if let Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) =
-        common.validation_context_type
-    {
-        names.insert(sds.name);
+    match common.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            names.insert(sds.name);
+        }
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            names.extend(combined.validation_context_sds_secret_config.map(|sds| sds.name));
+        }
+        _ => {}
     }
 }

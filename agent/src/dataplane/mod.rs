@@ -25,7 +25,10 @@ pub mod workloads;
 use upstream::{EndpointChanges, Upstream};
 use workloads::Workload;
 
-use crate::telemetry::{lock_poisoned, metrics::MeshMetrics};
+use crate::{
+    telemetry::{lock_poisoned, metrics::MeshMetrics},
+    tls::TlsStore,
+};
 
 #[derive(Default)]
 pub struct DataPlane {
@@ -166,6 +169,8 @@ pub struct UpstreamSettings {
     pub mark: Option<u32>,
     pub metrics: MeshMetrics,
     pub resolver: dns::Resolver,
+    /// TLS material and configurations of the clusters that originate TLS.
+    pub tls: TlsStore,
 }
 
 /// Applies every state the xDS client accepts until `stop`.
@@ -183,7 +188,17 @@ pub async fn follow(
             .as_ref()
             .is_none_or(|last| last.resources != accepted.resources)
         {
-            apply(&accepted, &state, &settings);
+            let (plan, errors) = NodePlan::from_resources(&accepted.resources);
+            for error in errors {
+                // The client NACKs what does not convert, so this is a bug, not bad input.
+                error!(%error, "accepted resource does not convert; skipped");
+            }
+            // The certificates and keys the state names are read before anything uses them.
+            settings
+                .tls
+                .update(plan.secrets.clone(), crate::tls::files_of(&plan))
+                .await;
+            apply(plan, &state, &settings);
             applied = Some(accepted);
         }
         tokio::select! {
@@ -193,12 +208,7 @@ pub async fn follow(
     }
 }
 
-fn apply(accepted: &XdsState, state: &MeshState, settings: &UpstreamSettings) {
-    let (plan, errors) = NodePlan::from_resources(&accepted.resources);
-    for error in errors {
-        // The client NACKs what does not convert, so this is a bug, not bad input.
-        error!(%error, "accepted resource does not convert; skipped");
-    }
+fn apply(plan: NodePlan, state: &MeshState, settings: &UpstreamSettings) {
     // The state cannot be replaced either (said once): keep following, apply nothing.
     let Ok(current) = state.current() else {
         return;
@@ -239,7 +249,11 @@ fn start_cluster(
     changes: EndpointChanges,
 ) -> Arc<Upstream> {
     let metrics = settings.metrics.cluster(&plan.name);
-    let upstream = Arc::new(Upstream::new(plan, settings.mark, metrics).counting_changes(changes));
+    let upstream = Arc::new(
+        Upstream::new(plan, settings.mark, metrics)
+            .with_tls(&settings.tls)
+            .counting_changes(changes),
+    );
     match &upstream.plan.discovery {
         Discovery::Static(addrs) => upstream.set_endpoints(addrs.clone()),
         Discovery::Dns { .. } => {
@@ -275,7 +289,7 @@ mod tests {
             balancer: Balancer::RoundRobin,
             connect_timeout: Duration::from_secs(1),
             http2: false,
-            upstream_tls: false,
+            upstream_tls: None,
             outlier: None,
             limits: Limits {
                 max_connections: 8,

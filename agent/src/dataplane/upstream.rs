@@ -20,14 +20,20 @@ use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
 };
-use mesh_xds::plan::cluster::{Balancer, ClusterPlan, OutlierPlan};
+use mesh_xds::plan::{
+    cluster::{Balancer, ClusterPlan, OutlierPlan},
+    tls::ClientTlsPlan,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::telemetry::{lock_poisoned, metrics::ClusterMetrics};
+use crate::{
+    telemetry::{lock_poisoned, metrics::ClusterMetrics},
+    tls::{Alpn, TlsStore, stream::MaybeTls},
+};
 
 /// Request bodies sent upstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -49,13 +55,23 @@ impl SocketFactory for HostSockets {
     }
 }
 
-/// Opens upstream connections to one endpoint, marked so the redirect leaves them alone.
+/// Opens upstream connections to one endpoint, marked so the redirect leaves them alone,
+/// with TLS when the cluster originates it.
 #[derive(Clone)]
 pub struct Connector {
     addr: SocketAddr,
     mark: Option<u32>,
     timeout: Duration,
     sockets: Arc<dyn SocketFactory>,
+    tls: Option<UpstreamTls>,
+}
+
+/// The TLS a cluster's connections originate, and where its configuration comes from.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    plan: Arc<ClientTlsPlan>,
+    store: TlsStore,
+    alpn: Alpn,
 }
 
 impl Connector {
@@ -75,7 +91,14 @@ impl Connector {
             mark,
             timeout,
             sockets,
+            tls: None,
         }
+    }
+
+    /// The same connector, originating `tls` on its connections.
+    pub fn with_tls(mut self, tls: Option<UpstreamTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The same socket settings toward another address (a health check's port).
@@ -86,7 +109,21 @@ impl Connector {
         }
     }
 
-    pub async fn connect(&self) -> io::Result<TcpStream> {
+    /// A connection to the endpoint, TLS established when the cluster originates it; a
+    /// failed handshake is an error whose source is the [`crate::tls::HandshakeFailed`].
+    pub async fn connect(&self) -> io::Result<MaybeTls> {
+        let tcp = self.connect_tcp().await?;
+        let Some(tls) = &self.tls else {
+            return Ok(MaybeTls::Plain(tcp));
+        };
+        match tls.store.connect(&tls.plan, tls.alpn, tcp, self.addr).await {
+            Ok(stream) => Ok(MaybeTls::Client(Box::new(stream))),
+            Err(failed) => Err(io::Error::other(failed)),
+        }
+    }
+
+    /// A plain TCP connection to the endpoint.
+    pub async fn connect_tcp(&self) -> io::Result<TcpStream> {
         let socket = self.sockets.stream_socket(self.addr)?;
         if let Some(mark) = self.mark {
             socket.set_mark(mark)?;
@@ -103,7 +140,7 @@ impl Connector {
 /// hyper's pool asks for a connection per URI; every URI of this endpoint's pool goes to the
 /// endpoint, so requests keep their own Host/:authority.
 impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<MaybeTls>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -231,6 +268,7 @@ pub struct Upstream {
     mark: Option<u32>,
     /// Where the endpoints' sockets are made (the inbound side: inside the pod).
     sockets: Arc<dyn SocketFactory>,
+    tls: Option<UpstreamTls>,
     /// Bumped when the endpoint addresses change.
     changes: EndpointChanges,
     pub metrics: ClusterMetrics,
@@ -273,6 +311,7 @@ impl Upstream {
             next: AtomicUsize::new(0),
             mark,
             sockets: Arc::new(HostSockets),
+            tls: None,
             changes: EndpointChanges::default(),
             metrics,
             tasks: CancellationToken::new(),
@@ -282,6 +321,21 @@ impl Upstream {
     /// The cluster with its endpoints' sockets made by `sockets` (e.g. inside a pod).
     pub fn with_sockets(mut self, sockets: Arc<dyn SocketFactory>) -> Self {
         self.sockets = sockets;
+        self
+    }
+
+    /// The cluster originating the TLS its plan asks for, configured from `store`.
+    pub fn with_tls(mut self, store: &TlsStore) -> Self {
+        let alpn = if self.plan.http2 {
+            Alpn::Http2
+        } else {
+            Alpn::Http1
+        };
+        self.tls = self.plan.upstream_tls.clone().map(|plan| UpstreamTls {
+            plan,
+            store: store.clone(),
+            alpn,
+        });
         self
     }
 
@@ -335,7 +389,8 @@ impl Upstream {
                             self.mark,
                             self.plan.connect_timeout,
                             Arc::clone(&self.sockets),
-                        );
+                        )
+                        .with_tls(self.tls.clone());
                         Arc::new(Endpoint::new(connector, &self.plan))
                     })
             })
@@ -509,7 +564,7 @@ mod tests {
             balancer,
             connect_timeout: Duration::from_secs(1),
             http2: false,
-            upstream_tls: false,
+            upstream_tls: None,
             outlier,
             limits,
             health_check: None,

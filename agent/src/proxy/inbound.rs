@@ -10,8 +10,11 @@ use std::{
     time::Duration,
 };
 
-use mesh_xds::plan::PortPlan;
-use tokio::{net::TcpListener, sync::mpsc};
+use mesh_xds::plan::{InboundPort, PortPlan, TlsChain};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
@@ -29,6 +32,7 @@ use crate::{
     listen::Acceptor,
     redirect::{InboundPod, InboundPorts, netns::PodNet},
     telemetry::metrics::{FailureReason, MeshMetrics},
+    tls::{Alpn, stream::MaybeTls},
 };
 
 /// A captured pod as its connections need it.
@@ -81,6 +85,8 @@ impl Upstreams for PodUpstreams {
 
 /// How long the application on the pod's loopback may take to accept.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PERMISSIVE ports: how long a client may stay silent before it is taken for plain text.
+const PERMISSIVE_DETECT: Duration = Duration::from_secs(5);
 const PORTS_RECHECK: Duration = Duration::from_millis(500);
 
 /// Serves captured pods as enrollment hands them over, and keeps the captured ports equal to
@@ -192,7 +198,7 @@ async fn accept(pod: InboundPod, inputs: Arc<ProxyInputs>, stop: CancellationTok
 }
 
 async fn handle(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     pod: Arc<PodContext>,
     inputs: Arc<ProxyInputs>,
@@ -227,76 +233,156 @@ async fn handle(
         return reset(stream);
     };
     let node = workload.and_then(|workload| plane.virtual_node_of(&workload));
-    let plan = node
+    let listener_port = node
         .as_ref()
         .and_then(|node| plane.inbound.get(node))
         .and_then(|inbound| inbound.ports.get(&port));
-    let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    match (plan, node) {
-        (Some(Some(PortPlan::Http(plan))), Some(node)) => {
-            let _ = stream.set_nodelay(true);
+    match (listener_port, node) {
+        (Some(listener_port), Some(node)) => {
+            let accepted = AcceptedOn { peer, port, node };
+            serve_listener_port(stream, accepted, listener_port, &plane, &pod, &inputs).await;
+        }
+        // Not (or no longer) a mesh port of this pod: straight to the application.
+        _ => to_application(stream, peer, port, &pod, &inputs).await,
+    }
+}
+
+/// Who connected, on which listener port, of which virtual node.
+struct AcceptedOn {
+    peer: SocketAddr,
+    port: u16,
+    node: String,
+}
+
+/// A connection on a listener port: through its TLS chain or its plain one, as the
+/// listener's TLS mode has it, then HTTP or TCP toward the application.
+async fn serve_listener_port(
+    stream: TcpStream,
+    accepted: AcceptedOn,
+    listener_port: &InboundPort,
+    plane: &DataPlane,
+    pod: &Arc<PodContext>,
+    inputs: &Arc<ProxyInputs>,
+) {
+    let AcceptedOn { peer, port, node } = accepted;
+    let chain = match (&listener_port.tls, &listener_port.plain) {
+        (Some(tls), Some(plain)) => match speaks_tls(&stream).await {
+            true => Chain::Tls(tls),
+            false => Chain::Plain(plain),
+        },
+        (Some(tls), None) => Chain::Tls(tls),
+        (None, Some(plain)) => Chain::Plain(plain),
+        (None, None) => return reset(stream),
+    };
+    let accepted_on = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    let (client, plan) = match chain {
+        Chain::Plain(plan) => (MaybeTls::Plain(stream), plan),
+        Chain::Tls(chain) => {
+            let alpn = match chain.plan {
+                PortPlan::Http(_) => Alpn::Http,
+                PortPlan::Tcp { .. } => Alpn::None,
+            };
+            match inputs.tls.accept(&chain.tls, alpn, stream, peer).await {
+                Ok(tls) => (MaybeTls::Server(Box::new(tls)), &chain.plan),
+                Err(failed) => {
+                    // Counted and said (once per kind) by the store; the client is gone.
+                    debug!(netns = %pod.netns, port, %failed, "inbound TLS refused");
+                    inputs
+                        .metrics
+                        .failed(&format!("127.0.0.1:{port}"), FailureReason::tls);
+                    return;
+                }
+            }
+        }
+    };
+    // The caller as its certificate names it; plain text says nothing about who it is.
+    let source = client.peer_identity().unwrap_or_else(|| "unknown".into());
+    match plan {
+        PortPlan::Http(plan) => {
+            let _ = client.tcp().set_nodelay(true);
             let upstreams = Arc::new(PodUpstreams {
-                pod: Arc::clone(&pod),
+                pod: Arc::clone(pod),
                 port,
             });
             let side = Side::inbound(node, upstreams);
-            let accepted_on = stream
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(local));
-            let context = HttpContext::new(&inputs, side, "unknown".into(), port, plan)
-                .between(peer, accepted_on);
-            http::serve(stream, Arc::new(context)).await;
+            let context =
+                HttpContext::new(inputs, side, source, port, plan).between(peer, accepted_on);
+            http::serve(client, Arc::new(context)).await;
         }
-        (
-            Some(Some(PortPlan::Tcp {
-                clusters,
-                idle_timeout,
-                access_logs,
-            })),
-            node,
-        ) => {
+        PortPlan::Tcp {
+            clusters,
+            idle_timeout,
+            access_logs,
+        } => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
-            match pod.local_upstream(&plane, cluster, port) {
-                Some(upstream) => {
-                    let log = ConnectionLog::new(
-                        inputs.access_logs.loggers(access_logs),
-                        peer,
-                        stream
-                            .local_addr()
-                            .unwrap_or_else(|_| SocketAddr::from(local)),
-                        node.as_deref().unwrap_or("unknown"),
-                    );
-                    let ends = RelayEnds::new(&inputs, *idle_timeout, log);
-                    relay_to_cluster(stream, peer_v4(peer), &upstream, ends).await
-                }
-                None => reset(stream),
-            }
+            let Some(upstream) = pod.local_upstream(plane, cluster, port) else {
+                return reset(client);
+            };
+            let log = ConnectionLog::new(
+                inputs.access_logs.loggers(access_logs),
+                peer,
+                accepted_on,
+                &node,
+            )
+            .map(|log| log.from_peer(&source));
+            let ends = RelayEnds::new(inputs, *idle_timeout, log);
+            relay_to_cluster(client, peer_v4(peer), &upstream, ends).await
         }
-        (Some(None), _) => {
-            warn!(netns = %pod.netns, port, client = %peer, "the listener requires TLS (STRICT), which this agent does not terminate yet; resetting");
+    }
+}
+
+/// Which chain of a listener port takes a connection.
+enum Chain<'a> {
+    Plain(&'a PortPlan),
+    Tls(&'a TlsChain),
+}
+
+/// PERMISSIVE: whether the client opens with a TLS handshake record (content type 22). A
+/// client that says nothing for a while is taken for plain text (protocols where the server
+/// speaks first).
+async fn speaks_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(PERMISSIVE_DETECT, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
+}
+
+/// A connection to a port that is not a listener port of the pod's virtual node.
+async fn to_application(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    pod: &PodContext,
+    inputs: &ProxyInputs,
+) {
+    let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let app = Connector::with_sockets(
+        local.into(),
+        inputs.settings.mark,
+        APP_CONNECT_TIMEOUT,
+        Arc::clone(&pod.net) as _,
+    );
+    match app.connect_tcp().await {
+        Ok(app) => {
+            let ends = RelayEnds::new(inputs, None, None);
+            relay_connection(
+                stream.into(),
+                peer_v4(peer),
+                app.into(),
+                &local.to_string(),
+                ends,
+            )
+            .await
+        }
+        Err(error) => {
+            inputs
+                .metrics
+                .failed(&local.to_string(), FailureReason::refused);
+            debug!(%error, port, "application refused an inbound connection");
             reset(stream);
-        }
-        // Not (or no longer) a mesh port of this pod: straight to the application.
-        _ => {
-            let app = Connector::with_sockets(
-                local.into(),
-                inputs.settings.mark,
-                APP_CONNECT_TIMEOUT,
-                Arc::clone(&pod.net) as _,
-            );
-            match app.connect().await {
-                Ok(app) => {
-                    let ends = RelayEnds::new(&inputs, None, None);
-                    relay_connection(stream, peer_v4(peer), app, &local.to_string(), ends).await
-                }
-                Err(error) => {
-                    inputs
-                        .metrics
-                        .failed(&local.to_string(), FailureReason::refused);
-                    debug!(%error, port, "application refused an inbound connection");
-                    reset(stream);
-                }
-            }
         }
     }
 }

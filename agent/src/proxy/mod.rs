@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dataplane::{MeshState, workloads::Workloads},
+    tls::TlsStore,
     telemetry::{
         access_log::AccessLogWriters,
         metrics::{MeshMetrics, ProxyMetrics},
@@ -34,6 +35,8 @@ pub struct ProxyInputs {
     /// Per-service request series.
     pub mesh_metrics: MeshMetrics,
     pub access_logs: AccessLogWriters,
+    /// Certificates and TLS configurations of listeners that terminate TLS.
+    pub tls: TlsStore,
     pub settings: ProxySettings,
     /// Fired when the drain begins: listeners stop accepting, HTTP/2 connections get a
     /// GOAWAY and HTTP/1.1 connections close after the request in flight.
@@ -51,6 +54,7 @@ impl ProxyInputs {
             metrics,
             mesh_metrics: MeshMetrics::default(),
             access_logs: AccessLogWriters::default(),
+            tls: TlsStore::default(),
             settings,
             drain: CancellationToken::new(),
             cut: CancellationToken::new(),

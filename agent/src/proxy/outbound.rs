@@ -143,7 +143,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let side = Side::outbound(source.clone(), Arc::new(MeshClusters));
             let context = HttpContext::new(inputs, side, source, port, plan)
                 .between(peer.into(), destination.into());
-            http::serve(client, Arc::new(context)).await;
+            http::serve(client.into(), Arc::new(context)).await;
         }
         Some(PortPlan::Tcp {
             clusters,
@@ -163,7 +163,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
                 Some(upstream) => {
                     let ends = RelayEnds::new(inputs, *idle_timeout, log);
-                    relay_to_cluster(client, peer, upstream, ends).await
+                    relay_to_cluster(client.into(), peer, upstream, ends).await
                 }
                 None => {
                     inputs.metrics.failed(cluster, FailureReason::other);

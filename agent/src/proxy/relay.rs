@@ -1,7 +1,7 @@
 //! Relaying bytes between the client and the destination: both directions at once, each
 //! end's FIN passed on as a FIN (half-close), a reset on either side passed on as a reset.
 //!
-//! Bytes move with splice(2) through a pipe per direction: socket → pipe → socket without
+//! Between plain sockets, bytes move with splice(2) through a pipe per direction: socket → pipe → socket without
 //! copying payload into user space, which is what keeps single-stream throughput close to a
 //! direct connection. An idle connection holds no buffer memory (pipes allocate pages only
 //! while data is in flight), at the price of four extra file descriptors.
@@ -16,14 +16,19 @@ use std::{
 use nix::fcntl::OFlag;
 use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
-use tokio::{io::Interest, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest},
+    net::TcpStream,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::metrics::ConnectionMetrics;
+use crate::{telemetry::metrics::ConnectionMetrics, tls::stream::MaybeTls};
 
 /// Pipe capacity per direction; larger pipes let one splice move more of a fast stream.
 /// The kernel may refuse the resize (pipe-max-size, per-user limits): the default 64 KiB works.
 const PIPE_SIZE: libc::c_int = 256 * 1024;
+/// Per direction when bytes pass through user space: one TLS record's worth.
+const COPY_BUFFER: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -42,30 +47,61 @@ pub enum RelayError {
 /// Runs until both directions have seen EOF, or one side fails, or `cut` fires, or (with
 /// `idle`) no byte has moved either way for that long (noticed within a quarter more). On
 /// error the caller resets both sockets.
+///
+/// Plain text on both sides moves by splice(2); with TLS on either side the bytes pass
+/// through user space to be encrypted or decrypted.
 pub async fn relay(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut MaybeTls,
+    upstream: &mut MaybeTls,
     metrics: &ConnectionMetrics,
     transferred: &Transferred,
     cut: &CancellationToken,
     idle: Option<Duration>,
 ) -> Result<(), RelayError> {
-    let to_destination_pipe = Pipe::new().map_err(RelayError::Pipe)?;
-    let to_client_pipe = Pipe::new().map_err(RelayError::Pipe)?;
-    let to_destination = splice_half(
-        client,
-        upstream,
-        &to_destination_pipe,
+    if let (MaybeTls::Plain(client), MaybeTls::Plain(upstream)) = (&*client, &*upstream) {
+        let to_destination_pipe = Pipe::new().map_err(RelayError::Pipe)?;
+        let to_client_pipe = Pipe::new().map_err(RelayError::Pipe)?;
+        let to_destination = splice_half(
+            client,
+            upstream,
+            &to_destination_pipe,
+            &metrics.sent,
+            &transferred.sent,
+        );
+        let to_client = splice_half(
+            upstream,
+            client,
+            &to_client_pipe,
+            &metrics.received,
+            &transferred.received,
+        );
+        return both_ways(to_destination, to_client, transferred, cut, idle).await;
+    }
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let to_destination = copy_half(
+        client_read,
+        upstream_write,
         &metrics.sent,
         &transferred.sent,
     );
-    let to_client = splice_half(
-        upstream,
-        client,
-        &to_client_pipe,
+    let to_client = copy_half(
+        upstream_read,
+        client_write,
         &metrics.received,
         &transferred.received,
     );
+    both_ways(to_destination, to_client, transferred, cut, idle).await
+}
+
+/// Drives both directions until both are done, one fails, the relay is cut or idle.
+async fn both_ways(
+    to_destination: impl Future<Output = Result<(), Side>>,
+    to_client: impl Future<Output = Result<(), Side>>,
+    transferred: &Transferred,
+    cut: &CancellationToken,
+    idle: Option<Duration>,
+) -> Result<(), RelayError> {
     tokio::pin!(to_destination, to_client);
     let mut watch = idle.map(IdleWatch::new);
     let (mut sent_done, mut received_done) = (false, false);
@@ -90,6 +126,27 @@ pub async fn relay(
         }
     }
     Ok(())
+}
+
+/// One direction through user space (TLS on a side): read, write, until EOF on `from`
+/// (then a close_notify and FIN on `to`).
+async fn copy_half(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    counter: &Counter,
+    moved: &AtomicU64,
+) -> Result<(), Side> {
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    loop {
+        let read = from.read(&mut buffer).await.map_err(Side::Read)?;
+        if read == 0 {
+            return to.shutdown().await.map_err(Side::Write);
+        }
+        to.write_all(&buffer[..read]).await.map_err(Side::Write)?;
+        to.flush().await.map_err(Side::Write)?;
+        counter.inc_by(read as u64);
+        moved.fetch_add(read as u64, Ordering::Relaxed);
+    }
 }
 
 /// The bytes one connection moved, each way.

@@ -23,6 +23,7 @@ use crate::{
         access_log::{Entry, Loggers, ResponseFlags},
         metrics::{FailureReason, ProxyMetrics},
     },
+    tls::{HandshakeFailed, stream::MaybeTls},
 };
 
 /// Plain TCP to where the application connected.
@@ -38,7 +39,7 @@ pub async fn relay_to(
     match connect_upstream(destination, &inputs.settings).await {
         Ok(upstream) => {
             let ends = RelayEnds::new(inputs, idle, log);
-            relay_connection(client, peer, upstream, &label, ends).await
+            relay_connection(client.into(), peer, upstream.into(), &label, ends).await
         }
         Err(error) => {
             let reason = failure_reason(&error);
@@ -60,7 +61,7 @@ pub async fn relay_to(
 /// TCP to an endpoint of a mesh cluster (a TCP route's target, or an inbound TCP
 /// listener's application).
 pub async fn relay_to_cluster(
-    client: TcpStream,
+    client: MaybeTls,
     peer: SocketAddrV4,
     upstream: &Upstream,
     ends: RelayEnds<'_>,
@@ -124,6 +125,14 @@ impl ConnectionLog {
         })
     }
 
+    /// The caller as its certificate names it (`unknown`: not known).
+    pub fn from_peer(mut self, source: &str) -> Self {
+        if source != "unknown" {
+            self.entry.source_virtual_node = Some(source.to_owned());
+        }
+        self
+    }
+
     fn finish(
         mut self,
         upstream: Option<SocketAddr>,
@@ -168,20 +177,20 @@ impl<'a> RelayEnds<'a> {
 
 /// Relays until both sides are done (or cut, or idle too long), counting under `label`.
 pub async fn relay_connection(
-    client: TcpStream,
+    mut client: MaybeTls,
     peer: SocketAddrV4,
-    upstream: TcpStream,
+    mut upstream: MaybeTls,
     label: &str,
     ends: RelayEnds<'_>,
 ) {
-    let _ = client.set_nodelay(true);
+    let _ = client.tcp().set_nodelay(true);
     let metrics = ends.metrics.opened(label);
     let transferred = Transferred::default();
-    let upstream_addr = upstream.peer_addr().ok();
+    let upstream_addr = upstream.tcp().peer_addr().ok();
     debug!(client = %peer, destination = label, "relaying");
     let result = relay::relay(
-        &client,
-        &upstream,
+        &mut client,
+        &mut upstream,
         &metrics,
         &transferred,
         ends.cut,
@@ -220,6 +229,9 @@ async fn connect_upstream(
 }
 
 pub fn failure_reason(error: &io::Error) -> FailureReason {
+    if HandshakeFailed::find(error).is_some() {
+        return FailureReason::tls;
+    }
     match error.kind() {
         io::ErrorKind::ConnectionRefused => FailureReason::refused,
         io::ErrorKind::TimedOut => FailureReason::timeout,
@@ -231,7 +243,8 @@ pub fn failure_reason(error: &io::Error) -> FailureReason {
 }
 
 /// Closes with RST rather than FIN, so the client learns at once that the connection failed.
-pub fn reset(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+pub fn reset(stream: impl Into<MaybeTls>) {
+    let stream = stream.into();
+    let _ = SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

@@ -42,6 +42,9 @@ pub enum FailureReason {
     unreachable,
     /// Accepted a connection that has no original destination record (not redirected).
     no_original_destination,
+    /// The TLS handshake toward the destination failed (mesh_agent_tls_handshakes_total says
+    /// why).
+    tls,
     /// Anything else; the log line says what.
     other,
 }
@@ -431,6 +434,16 @@ impl Metrics {
     /// the data plane's endpoints, the xDS session).
     pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
         self.registry.register_collector(collector);
+    }
+
+    /// Adds a metric another subsystem records into (e.g. TLS handshakes).
+    pub fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.register(name, help, metric);
     }
 
     /// OpenMetrics text exposition.

@@ -299,9 +299,11 @@ impl Proxy {
                 mark: None,
                 metrics: metrics.mesh.clone(),
                 resolver: Resolver::hosts_only(),
+                tls: inputs.tls.clone(),
             },
             stop.clone(),
         ));
+        tokio::spawn(inputs.tls.clone().follow_files(stop.clone()));
         let proxy = Self {
             state,
             metrics,

@@ -16,7 +16,8 @@ use envoy_types::{
             extensions::transport_sockets::tls::v3::{
                 CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
                 SdsSecretConfig, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
-                common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
+                common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+                subject_alt_name_matcher::SanType,
             },
             r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
         },
@@ -122,9 +123,7 @@ pub fn server(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<Tran
             ListenerTlsValidationContextTrust::File(file) => {
                 validate_with_file(&file.certificate_chain, sans)
             }
-            ListenerTlsValidationContextTrust::Sds(sds) => {
-                validate_with_sds(&sds.secret_name, &sans, what, issues)
-            }
+            ListenerTlsValidationContextTrust::Sds(sds) => validate_with_sds(&sds.secret_name, sans),
         });
         // A validation context on a listener means mutual TLS: clients must present a certificate.
         require_client_certificate = Some(BoolValue { value: true });
@@ -158,9 +157,7 @@ pub fn client(
     let sans = san_matchers(policy.validation.subject_alternative_names.as_ref());
     common.validation_context_type = Some(match &policy.validation.trust {
         TlsValidationContextTrust::File(file) => validate_with_file(&file.certificate_chain, sans),
-        TlsValidationContextTrust::Sds(sds) => {
-            validate_with_sds(&sds.secret_name, &sans, what, issues)
-        }
+        TlsValidationContextTrust::Sds(sds) => validate_with_sds(&sds.secret_name, sans),
         TlsValidationContextTrust::Acm(_) => {
             issues.push(format!(
                 "{what}: ACM Private CA trust exists only inside AWS; give a file or SDS trust. Not routed"
@@ -218,16 +215,20 @@ fn validate_with_file(ca: &str, sans: Vec<SubjectAltNameMatcher>) -> ValidationC
     })
 }
 
-fn validate_with_sds(
-    secret: &str,
-    sans: &[SubjectAltNameMatcher],
-    what: &str,
-    issues: &mut Issues,
-) -> ValidationContextType {
-    if !sans.is_empty() {
-        issues.push(format!("{what}: subject alternative names with an SDS trust are checked by the SDS validation context"));
+/// Trust from the SDS secret; the subject alternative names, when given, in the default
+/// context combined with it (Envoy's combined validation context).
+fn validate_with_sds(secret: &str, sans: Vec<SubjectAltNameMatcher>) -> ValidationContextType {
+    if sans.is_empty() {
+        return ValidationContextType::ValidationContextSdsSecretConfig(sds_secret(secret));
     }
-    ValidationContextType::ValidationContextSdsSecretConfig(sds_secret(secret))
+    ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_typed_subject_alt_names: sans,
+            ..Default::default()
+        }),
+        validation_context_sds_secret_config: Some(sds_secret(secret)),
+        ..Default::default()
+    })
 }
 
 fn file_source(path: &str) -> DataSource {

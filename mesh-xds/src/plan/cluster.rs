@@ -1,6 +1,6 @@
 //! Clusters as the node proxy applies them: how endpoints are found, how they are balanced,
 //! limited, health-checked and ejected, and which protocol speaks to them.
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::{
     config::{
@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::{
 };
 use prost::Message;
 
-use super::{PlanError, duration};
+use super::{PlanError, duration, tls::ClientTlsPlan};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -43,8 +43,8 @@ pub struct ClusterPlan {
     pub connect_timeout: Duration,
     /// Upstream speaks HTTP/2 (prior knowledge); else HTTP/1.1.
     pub http2: bool,
-    /// The cluster wants TLS toward its endpoints (an UpstreamTlsContext).
-    pub upstream_tls: bool,
+    /// TLS toward its endpoints (an UpstreamTlsContext).
+    pub upstream_tls: Option<Arc<ClientTlsPlan>>,
     pub outlier: Option<OutlierPlan>,
     pub limits: Limits,
     pub health_check: Option<HealthCheckPlan>,
@@ -189,10 +189,8 @@ impl ClusterPlan {
                 .map(duration)
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             http2: http2(cluster)?,
-            upstream_tls: cluster
-                .transport_socket
-                .as_ref()
-                .is_some_and(|t| t.name != "envoy.transport_sockets.raw_buffer"),
+            upstream_tls: ClientTlsPlan::from_socket(cluster.transport_socket.as_ref())?
+                .map(Arc::new),
             outlier: cluster.outlier_detection.as_ref().map(|o| OutlierPlan {
                 consecutive_5xx: o.consecutive_5xx.map_or(5, |v| v.value),
                 interval: o

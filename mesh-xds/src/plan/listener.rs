@@ -29,6 +29,7 @@ use super::{
     access_log::AccessLogPlan,
     duration,
     route::{RouteTable, WeightedClusters},
+    tls::ServerTlsPlan,
 };
 use crate::names;
 
@@ -74,14 +75,27 @@ pub struct HttpPlan {
 /// The access logs of one filter, shared by every connection it takes.
 pub type AccessLogs = Arc<[AccessLogPlan]>;
 
-/// What a virtual node's pods take in, by port: the plain-text chain's plan, or nothing but
-/// TLS (a STRICT listener: the proxy does not terminate TLS yet, so such a port refuses
-/// plain text rather than pass it).
+/// What a virtual node's pods take in, by port.
 #[derive(Debug)]
 pub struct InboundPlan {
     pub listener: String,
     pub virtual_node: String,
-    pub ports: BTreeMap<u16, Option<PortPlan>>,
+    pub ports: BTreeMap<u16, InboundPort>,
+}
+
+/// One listener port under its TLS mode: plain text only (DISABLED), TLS only (STRICT), or
+/// both, told apart by the first bytes (PERMISSIVE).
+#[derive(Debug, Default)]
+pub struct InboundPort {
+    pub plain: Option<PortPlan>,
+    pub tls: Option<TlsChain>,
+}
+
+/// A filter chain behind TLS termination.
+#[derive(Debug)]
+pub struct TlsChain {
+    pub tls: Arc<ServerTlsPlan>,
+    pub plan: PortPlan,
 }
 
 /// A listener decoded and checked; `outbound` / `inbound` when the proxy applies it, and any
@@ -95,16 +109,22 @@ pub struct ListenerPlan {
 impl ListenerPlan {
     pub fn from_proto(listener: &Listener) -> Result<Self, PlanError> {
         let mut inline_routes = Vec::new();
-        let mut ports = BTreeMap::new();
-        let mut tls_ports = Vec::new();
+        let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
         for (index, chain) in listener.filter_chains.iter().enumerate() {
-            let plan = chain_plan(chain, &mut inline_routes)
-                .map_err(|e| e.within(format!("filter_chains[{index}]")))?;
-            let tls = chain.transport_socket.is_some()
-                || chain
-                    .filter_chain_match
-                    .as_ref()
-                    .is_some_and(|m| m.transport_protocol == "tls");
+            let within = |e: PlanError| e.within(format!("filter_chains[{index}]"));
+            let plan = chain_plan(chain, &mut inline_routes).map_err(within)?;
+            let tls = ServerTlsPlan::from_socket(chain.transport_socket.as_ref()).map_err(within)?;
+            let transport = chain
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.transport_protocol.as_str())
+                .unwrap_or_default();
+            if tls.is_none() && transport == "tls" {
+                return Err(within(PlanError::new(
+                    "filter_chain_match.transport_protocol",
+                    "TLS without a transport socket (passthrough) is not supported",
+                )));
+            }
             let port = chain
                 .filter_chain_match
                 .as_ref()
@@ -117,12 +137,23 @@ impl ListenerPlan {
                         "out of range",
                     )
                 })?;
-            match port {
-                Some(port) if tls => tls_ports.push(port),
-                Some(port) => {
-                    ports.insert(port, plan);
-                }
-                None => {}
+            let Some(port) = port else { continue };
+            let entry = ports.entry(port).or_default();
+            let taken = match tls {
+                Some(tls) => entry
+                    .tls
+                    .replace(TlsChain {
+                        tls: Arc::new(tls),
+                        plan,
+                    })
+                    .is_some(),
+                None => entry.plain.replace(plan).is_some(),
+            };
+            if taken {
+                return Err(within(PlanError::new(
+                    "filter_chain_match",
+                    format!("a second chain for port {port} and the same transport"),
+                )));
             }
         }
         let other_ports = listener
@@ -144,26 +175,33 @@ impl ListenerPlan {
         let mut outbound = None;
         let mut inbound = None;
         if direction == TrafficDirection::Outbound as i32 {
+            let mut plain = BTreeMap::new();
+            for (port, chains) in ports {
+                if chains.tls.is_some() {
+                    return Err(PlanError::new(
+                        "filter_chains",
+                        format!("port {port}: an outbound listener does not terminate TLS"),
+                    ));
+                }
+                plain.extend(chains.plain.map(|plan| (port, plan)));
+            }
             outbound = Some(OutboundPlan {
                 listener: listener.name.clone(),
                 virtual_node: named(
                     names::virtual_node_of_outbound_listener,
                     "<virtual node>/outbound",
                 )?,
-                ports,
+                ports: plain,
                 other_ports,
             });
         } else if direction == TrafficDirection::Inbound as i32 {
-            let mut by_port: BTreeMap<u16, Option<PortPlan>> =
-                tls_ports.into_iter().map(|port| (port, None)).collect();
-            by_port.extend(ports.into_iter().map(|(port, plan)| (port, Some(plan))));
             inbound = Some(InboundPlan {
                 listener: listener.name.clone(),
                 virtual_node: named(
                     names::virtual_node_of_inbound_listener,
                     "<virtual node>/inbound",
                 )?,
-                ports: by_port,
+                ports,
             });
         }
         Ok(Self {

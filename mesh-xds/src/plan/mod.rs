@@ -6,16 +6,17 @@ pub mod access_log;
 pub mod cluster;
 pub mod listener;
 pub mod route;
+pub mod tls;
 
 use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use envoy_types::pb::{
     envoy::{
         config::{
-            cluster::v3::Cluster, core::v3::DataSource, endpoint::v3::ClusterLoadAssignment,
+            cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment,
             listener::v3::Listener, route::v3::RouteConfiguration,
         },
-        extensions::transport_sockets::tls::v3::{Secret, secret},
+        extensions::transport_sockets::tls::v3::Secret,
     },
     google::protobuf::{Any, Duration as PbDuration},
 };
@@ -23,7 +24,7 @@ use prost::Message;
 
 pub use access_log::AccessLogPlan;
 pub use cluster::ClusterPlan;
-pub use listener::{AccessLogs, HttpPlan, InboundPlan, OutboundPlan, PortPlan};
+pub use listener::{AccessLogs, HttpPlan, InboundPlan, InboundPort, OutboundPlan, PortPlan, TlsChain};
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};
@@ -76,6 +77,8 @@ pub struct NodePlan {
     pub clusters: HashMap<String, ClusterPlan>,
     /// EDS assignments by service name: IP endpoints.
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
+    /// SDS secrets by name.
+    pub secrets: HashMap<String, tls::SecretPlan>,
 }
 
 /// One decoded resource.
@@ -84,8 +87,8 @@ pub enum Planned {
     Listener(listener::ListenerPlan),
     Routes(RouteTable),
     Endpoints(String, Vec<SocketAddr>),
-    /// An SDS secret: checked and held (the proxy does not terminate or originate TLS yet).
-    Secret,
+    /// An SDS secret: a certificate with its key, or trusted CAs.
+    Secret(tls::SecretPlan),
 }
 
 impl Planned {
@@ -148,11 +151,15 @@ impl Planned {
             }
             SECRET => {
                 let secret: Secret = decode(any)?;
-                check_secret(&secret).map_err(|source| ResourceError::Secret {
-                    name: secret.name.clone(),
-                    source,
-                })?;
-                Ok((secret.name, Self::Secret))
+                if secret.name.is_empty() {
+                    return Err(ResourceError::UnnamedSecret);
+                }
+                let plan =
+                    tls::SecretPlan::from_secret(&secret).map_err(|source| ResourceError::Secret {
+                        name: secret.name.clone(),
+                        source,
+                    })?;
+                Ok((secret.name, Self::Secret(plan)))
             }
             other => Err(ResourceError::UnsupportedType(other.to_owned())),
         }
@@ -180,23 +187,12 @@ pub enum ResourceError {
     UnnamedAssignment,
     #[error("cluster load assignment {cluster}: {source}")]
     Assignment { cluster: String, source: PlanError },
+    #[error("secret without a name")]
+    UnnamedSecret,
     #[error("secret {name}: {source}")]
-    Secret { name: String, source: InvalidSecret },
+    Secret { name: String, source: PlanError },
     #[error("resource type {0} is not supported")]
     UnsupportedType(String),
-}
-
-/// What an SDS secret lacks.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidSecret {
-    #[error("no name")]
-    NoName,
-    #[error("tls_certificate needs certificate_chain and private_key")]
-    IncompleteCertificate,
-    #[error("validation_context needs trusted_ca")]
-    NoTrustedCa,
-    #[error("only tls_certificate and validation_context secrets are supported")]
-    UnsupportedType,
 }
 
 impl NodePlan {
@@ -228,7 +224,9 @@ impl NodePlan {
                 Ok((name, Planned::Endpoints(_, endpoints))) => {
                     plan.endpoints.insert(name, endpoints);
                 }
-                Ok((_, Planned::Secret)) => {}
+                Ok((name, Planned::Secret(secret))) => {
+                    plan.secrets.insert(name, secret);
+                }
                 Err(error) => errors.push(error),
             }
         }
@@ -236,28 +234,3 @@ impl NodePlan {
     }
 }
 
-/// A secret is a certificate with its key, or a validation context with trusted CAs, its
-/// material inline or in files.
-fn check_secret(secret: &Secret) -> Result<(), InvalidSecret> {
-    if secret.name.is_empty() {
-        return Err(InvalidSecret::NoName);
-    }
-    let present =
-        |source: &Option<DataSource>| source.as_ref().is_some_and(|s| s.specifier.is_some());
-    match &secret.r#type {
-        Some(secret::Type::TlsCertificate(certificate)) => {
-            if !present(&certificate.certificate_chain) || !present(&certificate.private_key) {
-                return Err(InvalidSecret::IncompleteCertificate);
-            }
-        }
-        Some(secret::Type::ValidationContext(context)) => {
-            if !present(&context.trusted_ca) {
-                return Err(InvalidSecret::NoTrustedCa);
-            }
-        }
-        _ => {
-            return Err(InvalidSecret::UnsupportedType);
-        }
-    }
-    Ok(())
-}

@@ -59,6 +59,8 @@ impl Exchange {
         let entry = context.loggers.as_ref().map(|_| {
             let mut entry = Entry::new(context.peer, context.local, context.virtual_node());
             entry.protocol = Some(protocol(parts.version));
+            entry.source_virtual_node =
+                Some(context.source.clone()).filter(|source| source != "unknown");
             entry.request = Some(RequestHead {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),

@@ -23,6 +23,7 @@ use super::{
 use crate::{
     dataplane::upstream::{Body, BoxError, InFlight, Outcome, PickError, Upstream},
     telemetry::access_log::ResponseFlags,
+    tls::HandshakeFailed,
 };
 
 /// Envoy's retry back-off: 25 ms base, doubling, jittered, at most 250 ms.
@@ -38,16 +39,6 @@ pub async fn forward(
     route: &Route,
     upstream: &Arc<Upstream>,
 ) -> Result<Response<Body>, LocalReply> {
-    if upstream.plan.upstream_tls {
-        return Err(LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "cluster {} requires upstream TLS, which this agent does not originate yet",
-                upstream.name()
-            ),
-            ResponseFlags::UPSTREAM_CONNECT_FAILURE,
-        ));
-    }
     let action = &route.action;
     let deadline = action.timeout.map(|t| Instant::now() + t);
     let mut body = match &action.retry {
@@ -259,6 +250,9 @@ async fn try_once(
         }
         Err(error) => {
             upstream.record(&in_flight.endpoint, Outcome::Error);
+            if let Some(failed) = HandshakeFailed::find(&error) {
+                return TryResult::ConnectFailed(failed.to_string());
+            }
             let detail = format!("{} ({error:?})", in_flight.endpoint.addr);
             if error.is_connect() {
                 TryResult::ConnectFailed(detail)

@@ -22,7 +22,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_xds::plan::{HttpPlan, route::RequestView};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -41,6 +40,7 @@ use crate::{
         lock_poisoned,
         metrics::{MeshMetrics, RequestOutcome, RouteLabels, RouteRecorder},
     },
+    tls::stream::MaybeTls,
 };
 
 /// Where a route's target cluster is found: the data plane's clusters (outbound), or a
@@ -101,7 +101,7 @@ pub struct HttpContext {
     state: MeshState,
     metrics: MeshMetrics,
     side: Side,
-    /// The caller's virtual node (`unknown` until identities travel with connections).
+    /// The caller's virtual node as its certificate names it (`unknown` without one).
     source: String,
     port: u16,
     /// The route table of the listener.
@@ -324,7 +324,7 @@ impl HttpContext {
 
 /// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or the
 /// drain cuts it.
-pub async fn serve(client: TcpStream, context: Arc<HttpContext>) {
+pub async fn serve(client: MaybeTls, context: Arc<HttpContext>) {
     let (drain, cut) = (context.drain.clone(), context.cut.clone());
     let service = hyper::service::service_fn(move |request| {
         let context = Arc::clone(&context);

@@ -150,6 +150,8 @@ pub struct Entry {
     pub route: Option<String>,
     pub grpc_status: Option<u32>,
     pub virtual_node: String,
+    /// The caller's virtual node, as its certificate names it (None without one).
+    pub source_virtual_node: Option<String>,
 }
 
 /// The request line and headers, kept only when a format reads them.
@@ -188,6 +190,7 @@ impl Entry {
             route: None,
             grpc_status: None,
             virtual_node: virtual_node.to_owned(),
+            source_virtual_node: None,
         }
     }
 }

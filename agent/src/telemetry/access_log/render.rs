@@ -137,6 +137,10 @@ fn operator<'a>(operator: &Operator, entry: &'a Entry) -> Field<'a> {
             .map_or(Field::Missing, |c| Field::Number(u64::from(c))),
         Operator::Hostname => text(crate::host::hostname().unwrap_or("-")),
         Operator::VirtualNode => text(&entry.virtual_node),
+        Operator::SourceVirtualNode => match &entry.source_virtual_node {
+            Some(source) => text(source),
+            None => Field::Missing,
+        },
     }
 }
 
