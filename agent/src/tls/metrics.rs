@@ -59,6 +59,13 @@ impl TlsMetrics {
         );
     }
 
+    #[cfg(test)]
+    pub fn encode_for_test(&self) -> String {
+        let mut metrics = Metrics::default();
+        self.register(&mut metrics);
+        metrics.encode().unwrap_or_default()
+    }
+
     /// Counts a handshake; true the first time a failure of this kind is seen on this side.
     pub fn record(&self, side: &'static str, result: HandshakeResult) -> bool {
         self.handshakes

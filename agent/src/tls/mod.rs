@@ -11,6 +11,8 @@ pub mod identity;
 mod material;
 mod metrics;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::{
