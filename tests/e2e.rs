@@ -24,6 +24,8 @@ mod l7;
 mod observability;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/two_nodes.rs"]
+mod two_nodes;
 
 const MEGABYTES_10: usize = 10 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);

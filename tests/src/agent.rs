@@ -8,10 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    node::{NODE_IP, Node},
-    process::Proc,
-};
+use crate::{node::Node, process::Proc};
 
 pub const PROXY_PORT: u16 = 15001;
 pub const ADMIN_PORT: u16 = 15020;
@@ -42,8 +39,9 @@ pub fn config_for(node: &Node, pods: &[&str], extra: &str) -> anyhow::Result<Str
         netns.push(node.pod(pod)?.netns_name().to_owned());
     }
     Ok(format!(
-        "cgroup_path: {cgroup}\nproxy:\n  outbound_addr: {NODE_IP}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\n  socket: {socket}\nenrollment:\n  netns: [{netns}]\n{extra}",
+        "cgroup_path: {cgroup}\nproxy:\n  outbound_addr: {node_ip}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\n  socket: {socket}\nenrollment:\n  netns: [{netns}]\n{extra}",
         cgroup = node.cgroup_path().display(),
+        node_ip = node.ip(),
         socket = node.admin_socket().display(),
         netns = netns.join(", "),
     ))
@@ -147,4 +145,49 @@ pub fn metric_value(metrics: &str, sample: &str) -> f64 {
         .lines()
         .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The sum of the samples of metric `name` whose labels include every `label="value"` of
+/// `labels` (other labels may be anything): counts that stay right when a label the test does
+/// not care about changes (e.g. `source_virtual_node` once the peer's identity is known).
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.rsplit_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let set = format!(",{set},");
+            labels
+                .iter()
+                .all(|(key, value)| set.contains(&format!(",{key}=\"{value}\",")))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_the_samples_with_the_given_labels() {
+        let metrics = "# HELP x\n\
+            mesh_requests_total{reporter=\"inbound\",source=\"unknown\",code=\"200\"} 2\n\
+            mesh_requests_total{reporter=\"inbound\",source=\"m/client\",code=\"200\"} 3\n\
+            mesh_requests_total{reporter=\"inbound\",source=\"m/client\",code=\"503\"} 7\n\
+            mesh_requests_total{reporter=\"outbound\",source=\"m/client\",code=\"200\"} 11\n\
+            mesh_requests_total_other{reporter=\"inbound\",code=\"200\"} 100\n\
+            plain 4\n";
+        let sum = |labels: &[(&str, &str)]| metric_sum(metrics, "mesh_requests_total", labels);
+        assert_eq!(sum(&[("reporter", "inbound"), ("code", "200")]), 5.0);
+        assert_eq!(sum(&[("reporter", "inbound")]), 12.0);
+        assert_eq!(sum(&[]), 23.0);
+        assert_eq!(sum(&[("code", "20")]), 0.0);
+        assert_eq!(metric_sum(metrics, "plain", &[]), 4.0);
+        assert_eq!(metric_sum(metrics, "missing", &[]), 0.0);
+    }
 }

@@ -19,8 +19,16 @@ use crate::{
 /// Every test node's resources carry this prefix and the pid of the process that made them,
 /// so a later run can tell leftovers (dead pid) from a concurrent run's (live pid).
 const PREFIX: &str = "meshtb";
-/// The bridge subnet inside every node namespace (nodes are isolated from one another).
-pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// The bridge address of a node made by [`Node::create`] (node number 0). A numbered node's is
+/// [`node_ip`]`(n)`; use [`Node::ip`] for a given node.
+pub const NODE_IP: Ipv4Addr = node_ip(0);
+/// Node numbers stop below 200: 10.77.200.1 is the tests' virtual-service address.
+pub const MAX_NODE_NUMBER: u8 = 199;
+
+/// The bridge address of node number `n`: 10.77.n.1 (its subnet 10.77.n.0/24).
+pub const fn node_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, n, 1)
+}
 
 pub struct Pod {
     pub name: String,
@@ -40,6 +48,7 @@ impl Pod {
 
 pub struct Node {
     tag: String,
+    number: u8,
     // Field order is drop order: pods before the node namespace, the cgroup last.
     pods: Vec<Pod>,
     netns: NetNs,
@@ -47,30 +56,68 @@ pub struct Node {
 }
 
 impl Node {
-    /// Creates an empty node; `label` tells nodes of one run apart.
+    /// Creates an empty node, number 0 (bridge 10.77.0.1/24); `label` tells nodes of one run
+    /// apart.
     pub fn create(label: &str) -> anyhow::Result<Self> {
+        Self::create_numbered(label, 0)
+    }
+
+    /// Creates an empty node number `number`: bridge 10.77.`number`.1/24, pods at
+    /// 10.77.`number`.(10 + index). Nodes of one test that are linked ([`crate::NodeLink`])
+    /// need distinct numbers; `label`s must differ in any case.
+    pub fn create_numbered(label: &str, number: u8) -> anyhow::Result<Self> {
+        if number > MAX_NODE_NUMBER {
+            bail!("node number {number} is above {MAX_NODE_NUMBER}");
+        }
         remove_leftovers();
         let tag = format!("{PREFIX}{}-{label}", std::process::id());
         let netns = NetNs::create(&format!("{tag}-node"))?;
         let cgroup = TestCgroup::create(&tag)?;
         netns.ip(&["link", "add", "br0", "type", "bridge"])?;
-        netns.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", node_ip(number)),
+            "dev",
+            "br0",
+        ])?;
         netns.ip(&["link", "set", "br0", "up"])?;
         Ok(Self {
             tag,
+            number,
             pods: Vec::new(),
             netns,
             cgroup,
         })
     }
 
-    /// Adds a pod at 10.77.0.(10 + index) wired to the node's bridge.
+    /// The node's number (0 for [`Node::create`]).
+    pub fn number(&self) -> u8 {
+        self.number
+    }
+
+    /// The node's address on its bridge (the pods' gateway): 10.77.`number`.1.
+    pub fn ip(&self) -> Ipv4Addr {
+        node_ip(self.number)
+    }
+
+    /// The pods' subnet, `10.77.number.0/24`.
+    pub fn subnet(&self) -> String {
+        format!("10.77.{}.0/24", self.number)
+    }
+
+    /// What tells this node's namespaces, cgroup and admin socket apart: `meshtb<pid>-<label>`.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Adds a pod at 10.77.`number`.(10 + index) wired to the node's bridge.
     pub fn add_pod(&mut self, name: &str) -> anyhow::Result<&Pod> {
         let index = self.pods.len();
         if index >= 200 {
             bail!("too many pods");
         }
-        let ip = Ipv4Addr::new(10, 77, 0, 10 + index as u8);
+        let ip = Ipv4Addr::new(10, 77, self.number, 10 + index as u8);
         let pod_ns = NetNs::create(&format!("{}-{name}", self.tag))?;
         let host_if = format!("veth{index}");
         self.netns.ip(&[
@@ -89,7 +136,7 @@ impl Node {
             .ip(&["link", "set", &host_if, "master", "br0", "up"])?;
         pod_ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         pod_ns.ip(&["link", "set", "eth0", "up"])?;
-        pod_ns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
+        pod_ns.ip(&["route", "add", "default", "via", &self.ip().to_string()])?;
         self.pods.push(Pod {
             name: name.to_owned(),
             ip,
