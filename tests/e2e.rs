@@ -20,6 +20,8 @@ use tests::{
 mod interop;
 #[path = "e2e/l7.rs"]
 mod l7;
+#[path = "e2e/mtls.rs"]
+mod mtls;
 #[path = "e2e/observability.rs"]
 mod observability;
 #[path = "e2e/security.rs"]

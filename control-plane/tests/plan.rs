@@ -60,7 +60,10 @@ fn compiled_mesh_converts_and_routes() {
     // web's pods take HTTP in on 8080 through its inbound listener.
     let inbound = &plan.inbound["shop/web"];
     assert!(matches!(
-        inbound.ports.get(&8080).and_then(|port| port.plain.as_ref()),
+        inbound
+            .ports
+            .get(&8080)
+            .and_then(|port| port.plain.as_ref()),
         Some(PortPlan::Http(_))
     ));
 }

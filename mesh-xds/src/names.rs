@@ -7,6 +7,20 @@ pub fn virtual_node(mesh: &str, node: &str) -> String {
     format!("{mesh}/{node}")
 }
 
+/// A virtual node's identity in certificates (a URI SAN):
+/// `spiffe://<trust domain>/mesh/<mesh>/virtualNode/<node>`.
+pub fn spiffe_id(trust_domain: &str, mesh: &str, node: &str) -> String {
+    format!("spiffe://{trust_domain}/mesh/{mesh}/virtualNode/{node}")
+}
+
+/// The virtual node (`mesh/node`, as [`virtual_node`]) a [`spiffe_id`] names.
+pub fn virtual_node_of_spiffe_id(uri: &str) -> Option<String> {
+    let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let (mesh, node) = path.strip_prefix("mesh/")?.split_once("/virtualNode/")?;
+    let valid = !mesh.is_empty() && !node.is_empty() && !mesh.contains('/') && !node.contains('/');
+    valid.then(|| virtual_node(mesh, node))
+}
+
 /// The cluster of one listener port of a virtual node: `mesh/node/port`.
 pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
     format!("{mesh}/{node}/{port}")

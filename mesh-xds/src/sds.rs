@@ -41,7 +41,11 @@ pub fn referenced_by(socket: &TransportSocket, names: &mut BTreeSet<String>) {
             names.insert(sds.name);
         }
         Some(ValidationContextType::CombinedValidationContext(combined)) => {
-            names.extend(combined.validation_context_sds_secret_config.map(|sds| sds.name));
+            names.extend(
+                combined
+                    .validation_context_sds_secret_config
+                    .map(|sds| sds.name),
+            );
         }
         _ => {}
     }

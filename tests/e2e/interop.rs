@@ -17,7 +17,7 @@ use super::{
     meshtb,
 };
 
-fn peer(script: &str) -> String {
+pub(super) fn peer(script: &str) -> String {
     format!("{}/interop/{script}", env!("CARGO_MANIFEST_DIR"))
 }
 

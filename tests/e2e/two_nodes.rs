@@ -32,6 +32,10 @@ pub struct TwoNodeSpec {
     pub edit_mesh: Box<dyn Fn(&mut MeshFiles)>,
     /// Appended to each node's agent config (YAML), node 1's then node 2's.
     pub agent_extra: [String; 2],
+    /// More `run` arguments for both agents (e.g. `--secrets FILE`).
+    pub agent_args: Vec<String>,
+    /// More pods on node 2, not enrolled (workloads outside the mesh).
+    pub node2_pods: Vec<&'static str>,
 }
 
 impl Default for TwoNodeSpec {
@@ -41,6 +45,8 @@ impl Default for TwoNodeSpec {
             protocol: "http",
             edit_mesh: Box::new(|_| {}),
             agent_extra: [String::new(), String::new()],
+            agent_args: Vec::new(),
+            node2_pods: Vec::new(),
         }
     }
 }
@@ -55,8 +61,8 @@ pub struct TwoNodes {
     pub link: NodeLink,
     pub node1: Node,
     pub node2: Node,
-    /// The mesh definitions both agents read (`--mesh`).
-    _mesh_dir: tempfile::TempDir,
+    /// The mesh definitions both agents read (`--mesh`, watched).
+    pub mesh_dir: tempfile::TempDir,
     /// Scratch space: agent configs and logs (`node1/`, `node2/`), captures.
     pub work: tempfile::TempDir,
 }
@@ -69,6 +75,9 @@ impl TwoNodes {
             node1.add_pod(pod).expect("pod on node 1");
         }
         node2.add_pod("s1").expect("pod on node 2");
+        for pod in &spec.node2_pods {
+            node2.add_pod(pod).expect("pod on node 2");
+        }
         let link = NodeLink::connect(&node1, &node2).expect("link the nodes");
         let s1_ip = node2.pod("s1").unwrap().ip;
         let server = node2
@@ -135,11 +144,13 @@ impl TwoNodes {
 
         let work = tempfile::tempdir().unwrap();
         let mesh_arg = mesh_dir.path().to_str().unwrap().to_owned();
+        let mut args = vec!["--mesh", mesh_arg.as_str()];
+        args.extend(spec.agent_args.iter().map(String::as_str));
         let start_agent = |node: &Node, pod: &str, extra: &str, dir: &str| {
             let dir = work.path().join(dir);
             std::fs::create_dir(&dir).unwrap();
             let config = config_for(node, &[pod], extra).unwrap();
-            Agent::start_with_args(node, &config, &dir, &["--mesh", &mesh_arg])
+            Agent::start_with_args(node, &config, &dir, &args)
                 .unwrap_or_else(|e| panic!("agent on {}: {e:#}", node.tag()))
         };
         let agent1 = start_agent(&node1, "client", &spec.agent_extra[0], "node1");
@@ -151,7 +162,7 @@ impl TwoNodes {
             link,
             node1,
             node2,
-            _mesh_dir: mesh_dir,
+            mesh_dir,
             work,
         };
         for (agent, node) in [(&this.agent1, &this.node1), (&this.agent2, &this.node2)] {
@@ -218,9 +229,21 @@ impl TwoNodes {
     /// curl from the client pod on node 1 to `http://api.m.local:8080{path}` with `args`:
     /// (status, body, headers).
     pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
+        self.curl_service(SERVICE, PORT, path, args)
+    }
+
+    /// curl from the client pod on node 1 to `http://{service}:{port}{path}`, the name
+    /// resolving to an address only the mesh routes: (status, body, headers).
+    pub fn curl_service(
+        &self,
+        service: &str,
+        port: u16,
+        path: &str,
+        args: &[&str],
+    ) -> (u16, String, String) {
         let headers_file = self.work.path().join("headers.txt");
-        let url = format!("http://{SERVICE}:{PORT}{path}");
-        let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
+        let url = format!("http://{service}:{port}{path}");
+        let resolve = format!("{service}:{port}:{SERVICE_VIP}");
         let mut all = vec![
             "-sS",
             "--max-time",
@@ -250,6 +273,15 @@ impl TwoNodes {
     }
 
     /// Runs `f` while the link is captured (TCP only); the packets.
+    /// Replaces one mesh definition (file stem as in [`MeshFiles`]); both agents' embedded
+    /// control planes notice and push the change.
+    pub fn write_mesh_file(&self, name: &str, value: &Value) {
+        let path = self.mesh_dir.path().join(format!("{name}.json"));
+        let staged = self.mesh_dir.path().join(format!(".{name}.json.tmp"));
+        std::fs::write(&staged, serde_json::to_string_pretty(value).unwrap()).unwrap();
+        std::fs::rename(staged, path).unwrap();
+    }
+
     pub fn captured_while<T>(&self, name: &str, f: impl FnOnce() -> T) -> (T, Captured) {
         let capture = self
             .link

@@ -143,7 +143,7 @@ pub fn trust_bundle(cas: &[&TestCa]) -> String {
 #[derive(Clone, Debug)]
 pub struct IssueSpec {
     pub common_name: String,
-    /// e.g. `spiffe://m/v1` (see [`spiffe_id`]).
+    /// e.g. `spiffe://td/mesh/m/virtualNode/v1` (see [`spiffe_id`]).
     pub uri_sans: Vec<String>,
     pub dns_sans: Vec<String>,
     pub ip_sans: Vec<IpAddr>,
@@ -206,9 +206,10 @@ impl IssueSpec {
     }
 }
 
-/// The SPIFFE-style identity of virtual node `node` of mesh `mesh`: `spiffe://mesh/node`.
+/// The identity of virtual node `node` of mesh `m` in the tests' trust domain `td`, as the
+/// agent reads it from a certificate.
 pub fn spiffe_id(mesh: &str, node: &str) -> String {
-    format!("spiffe://{mesh}/{node}")
+    mesh_xds::names::spiffe_id("td", mesh, node)
 }
 
 /// A signed leaf certificate and its private key.

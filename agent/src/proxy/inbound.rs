@@ -326,7 +326,7 @@ async fn serve_listener_port(
                 accepted_on,
                 &node,
             )
-            .map(|log| log.from_peer(&source));
+            .map(|log| log.with_source(&source));
             let ends = RelayEnds::new(inputs, *idle_timeout, log);
             relay_to_cluster(client, peer_v4(peer), &upstream, ends).await
         }

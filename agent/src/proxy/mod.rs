@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dataplane::{MeshState, workloads::Workloads},
-    tls::TlsStore,
     telemetry::{
         access_log::AccessLogWriters,
         metrics::{MeshMetrics, ProxyMetrics},
     },
+    tls::TlsStore,
 };
 
 /// What both peers are given: the mesh they apply, who the workloads are, what they record

@@ -126,7 +126,7 @@ impl ConnectionLog {
     }
 
     /// The caller as its certificate names it (`unknown`: not known).
-    pub fn from_peer(mut self, source: &str) -> Self {
+    pub fn with_source(mut self, source: &str) -> Self {
         if source != "unknown" {
             self.entry.source_virtual_node = Some(source.to_owned());
         }

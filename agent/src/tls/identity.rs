@@ -2,9 +2,9 @@
 //! (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>` → `mesh/name`, the form metrics
 //! and access logs use), else the first URI or DNS subject alternative name as presented —
 //! App Mesh users' certificates often carry only a DNS name.
-use mesh_xds::plan::tls::SanKind;
+use mesh_xds::{names::virtual_node_of_spiffe_id, plan::tls::SanKind};
 use rustls::pki_types::CertificateDer;
-use x509_parser::{extensions::GeneralName, prelude::FromDer, certificate::X509Certificate};
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
 /// The URI and DNS subject alternative names of a DER certificate (none if it does not parse:
 /// the chain check has already refused such a certificate).
@@ -27,11 +27,6 @@ pub fn subject_alt_names(certificate: &CertificateDer<'_>) -> Vec<(SanKind, Stri
         .collect()
 }
 
-/// The SPIFFE ID of a virtual node.
-pub fn spiffe_id(trust_domain: &str, mesh: &str, node: &str) -> String {
-    format!("spiffe://{trust_domain}/mesh/{mesh}/virtualNode/{node}")
-}
-
 /// The peer as metrics and access logs name it.
 pub fn peer_identity(sans: &[(SanKind, String)]) -> Option<String> {
     let virtual_node = sans.iter().find_map(|(kind, name)| {
@@ -46,15 +41,10 @@ pub fn peer_identity(sans: &[(SanKind, String)]) -> Option<String> {
         .or_else(|| sans.first().map(|(_, name)| name.clone()))
 }
 
-/// `mesh/name` from `spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>`.
-fn virtual_node_of_spiffe_id(uri: &str) -> Option<String> {
-    let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
-    let (mesh, node) = path.strip_prefix("mesh/")?.split_once("/virtualNode/")?;
-    (!mesh.is_empty() && !node.is_empty() && !node.contains('/')).then(|| format!("{mesh}/{node}"))
-}
-
 #[cfg(test)]
 mod tests {
+    use mesh_xds::names::spiffe_id;
+
     use super::*;
 
     #[test]
@@ -74,6 +64,10 @@ mod tests {
             Some("colorteller.default.svc.cluster.local")
         );
         assert_eq!(peer_identity(&[]), None);
-        assert_eq!(virtual_node_of_spiffe_id("spiffe://td/mesh/m/virtualNode/a/b"), None);
+        assert_eq!(
+            peer_identity(&[(SanKind::Uri, "spiffe://td/mesh/m/virtualNode/a/b".into())])
+                .as_deref(),
+            Some("spiffe://td/mesh/m/virtualNode/a/b")
+        );
     }
 }

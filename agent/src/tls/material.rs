@@ -21,6 +21,9 @@ use tracing::info;
 /// the agent's memory).
 const MAX_PEM_FILE: u64 = 1024 * 1024;
 
+/// The contents of a PEM file or inline source.
+pub type PemBytes = Arc<[u8]>;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MaterialError {
     #[error("SDS secret {0:?} has not been received")]
@@ -98,7 +101,7 @@ impl Material {
     pub fn key_pair(
         &self,
         source: &CertificateSource,
-    ) -> Result<(Arc<[u8]>, Arc<[u8]>), MaterialError> {
+    ) -> Result<(PemBytes, PemBytes), MaterialError> {
         let pair = match source {
             CertificateSource::Given(pair) => pair,
             CertificateSource::Sds(name) => match self.secret(name)? {
@@ -119,7 +122,7 @@ impl Material {
     pub fn validation(
         &self,
         validation: &Validation,
-    ) -> Result<(Arc<[u8]>, Vec<SanMatcher>), MaterialError> {
+    ) -> Result<(PemBytes, Vec<SanMatcher>), MaterialError> {
         match &validation.trust {
             TrustSource::Given(pem) => Ok((self.pem(pem)?, validation.sans.clone())),
             TrustSource::Sds(name) => match self.secret(name)? {
@@ -208,11 +211,19 @@ fn read(path: &Path) -> FileEntry {
 /// Every file the TLS contexts and secrets of a plan name.
 pub fn files_of(plan: &NodePlan) -> Vec<PathBuf> {
     let mut files = Files::default();
-    for tls in plan.clusters.values().filter_map(|c| c.upstream_tls.as_ref()) {
+    for tls in plan
+        .clusters
+        .values()
+        .filter_map(|c| c.upstream_tls.as_ref())
+    {
         files.certificate(tls.certificate.as_ref());
         files.validation(tls.validation.as_ref());
     }
-    for port in plan.inbound.values().flat_map(|inbound| inbound.ports.values()) {
+    for port in plan
+        .inbound
+        .values()
+        .flat_map(|inbound| inbound.ports.values())
+    {
         if let Some(chain) = &port.tls {
             files.certificate(Some(&chain.tls.certificate));
             files.validation(chain.tls.validation.as_ref());

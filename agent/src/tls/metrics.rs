@@ -108,9 +108,10 @@ pub fn classify(error: &io::Error) -> (HandshakeResult, String) {
 
 fn certificate_error(error: &CertificateError) -> (HandshakeResult, String) {
     match error {
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            (HandshakeResult::expired, format!("certificate expired ({error:?})"))
-        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => (
+            HandshakeResult::expired,
+            format!("certificate expired ({error:?})"),
+        ),
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => (
             HandshakeResult::expired,
             format!("certificate not valid yet ({error:?})"),
@@ -121,9 +122,15 @@ fn certificate_error(error: &CertificateError) -> (HandshakeResult, String) {
         ),
         CertificateError::Other(other) => match other.0.downcast_ref::<SanMismatch>() {
             Some(mismatch) => (HandshakeResult::san_mismatch, mismatch.to_string()),
-            None => (HandshakeResult::other, format!("certificate refused: {other}")),
+            None => (
+                HandshakeResult::other,
+                format!("certificate refused: {other}"),
+            ),
         },
-        other => (HandshakeResult::other, format!("certificate refused: {other:?}")),
+        other => (
+            HandshakeResult::other,
+            format!("certificate refused: {other:?}"),
+        ),
     }
 }
 

@@ -100,6 +100,24 @@ impl HandshakeFailed {
         }
     }
 
+    /// A refusal that arrives after the client's side of the handshake finished (TLS 1.3: the
+    /// server checks the client's certificate then, and says no with an alert on the first
+    /// read), as the failure it is; None for other errors.
+    pub fn late(peer: SocketAddr, error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(io) = error.downcast_ref::<io::Error>()
+                && io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return Some(Self::new(peer, io));
+            }
+            current = error.source();
+        }
+        None
+    }
+
     /// The handshake failure behind an I/O error (a connect through hyper), if it is one.
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
         let mut current = Some(error);
@@ -108,7 +126,9 @@ impl HandshakeFailed {
                 return Some(failed);
             }
             // An io::Error's source() skips the error it wraps: look inside.
-            let wrapped = error.downcast_ref::<io::Error>().and_then(io::Error::get_ref);
+            let wrapped = error
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref);
             if let Some(failed) = wrapped.and_then(|inner| inner.downcast_ref::<Self>()) {
                 return Some(failed);
             }
@@ -212,9 +232,12 @@ impl TlsStore {
         alpn: Alpn,
     ) -> Result<Arc<ClientConfig>, SetupError> {
         let material = self.material();
-        cached(&self.clients, material.generation, (plan.clone(), alpn), || {
-            self.build_client(plan, alpn, &material)
-        })
+        cached(
+            &self.clients,
+            material.generation,
+            (plan.clone(), alpn),
+            || self.build_client(plan, alpn, &material),
+        )
     }
 
     /// The server configuration for a listener chain's TLS.
@@ -224,9 +247,12 @@ impl TlsStore {
         alpn: Alpn,
     ) -> Result<Arc<ServerConfig>, SetupError> {
         let material = self.material();
-        cached(&self.servers, material.generation, (plan.clone(), alpn), || {
-            self.build_server(plan, alpn, &material)
-        })
+        cached(
+            &self.servers,
+            material.generation,
+            (plan.clone(), alpn),
+            || self.build_server(plan, alpn, &material),
+        )
     }
 
     fn build_client(

@@ -4,8 +4,8 @@
 use std::{path::Path, time::Duration};
 
 use mesh_xds::plan::tls::{
-    CertificateSource, ClientTlsPlan, KeyPair, Pem, SanKind, SanMatcher, SanPattern,
-    ServerTlsPlan, TrustSource, Validation, Versions,
+    CertificateSource, ClientTlsPlan, KeyPair, Pem, SanKind, SanMatcher, SanPattern, ServerTlsPlan,
+    TrustSource, Validation, Versions,
 };
 use tests::certs::{IssueSpec, Leaf, TestCa};
 use tokio::{
@@ -14,7 +14,8 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Alpn, HandshakeResult, TlsStore, identity::spiffe_id, stream::MaybeTls};
+use super::{Alpn, HandshakeResult, TlsStore, stream::MaybeTls};
+use mesh_xds::names::spiffe_id;
 
 fn inline(pem: &str) -> Pem {
     Pem::Inline(pem.as_bytes().into())
@@ -146,7 +147,11 @@ async fn each_refusal_is_named() {
 
     // Expired.
     let expired = ca
-        .issue(&IssueSpec::new("api").uri(&spiffe_id("td", "m", "api")).expired())
+        .issue(
+            &IssueSpec::new("api")
+                .uri(&spiffe_id("td", "m", "api"))
+                .expired(),
+        )
         .unwrap();
     let (client, _) = handshake(
         &store,
@@ -184,7 +189,10 @@ async fn a_rotated_certificate_file_is_used_by_the_next_connection() {
     });
     let store = TlsStore::default();
     store
-        .update(Default::default(), vec![files.cert.clone(), files.key.clone()])
+        .update(
+            Default::default(),
+            vec![files.cert.clone(), files.key.clone()],
+        )
         .await;
     let stop = CancellationToken::new();
     tokio::spawn(store.clone().follow_files(stop.clone()));
@@ -194,8 +202,7 @@ async fn a_rotated_certificate_file_is_used_by_the_next_connection() {
     assert_eq!(handshake(&store, &server, &wants("api")).await.0, Ok(()));
     rotate(&ca, dir.path(), "api-v2").await;
     assert!(
-        wait_for(|| async { handshake(&store, &server, &wants("api-v2")).await.0.is_ok() })
-            .await,
+        wait_for(|| async { handshake(&store, &server, &wants("api-v2")).await.0.is_ok() }).await,
         "the rotated certificate is presented within seconds"
     );
     assert!(handshake(&store, &server, &wants("api")).await.0.is_err());
@@ -243,6 +250,9 @@ async fn an_unreadable_file_names_itself_and_a_fifo_does_not_hang() {
         }),
         None,
     );
-    let error = store.server_config(&plan, Alpn::None).unwrap_err().to_string();
+    let error = store
+        .server_config(&plan, Alpn::None)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("fifo.pem: not a regular file"), "{error}");
 }

@@ -4,6 +4,7 @@
 //! certificate for a virtual node is accepted wherever that node's SAN is expected.
 use std::{fmt, sync::Arc};
 
+use mesh_xds::plan::tls::{SanKind, SanMatcher};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
     SignatureScheme,
@@ -15,7 +16,6 @@ use rustls::{
         danger::{ClientCertVerified, ClientCertVerifier},
     },
 };
-use mesh_xds::plan::tls::{SanKind, SanMatcher};
 
 use super::identity::subject_alt_names;
 

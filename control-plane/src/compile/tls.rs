@@ -123,7 +123,9 @@ pub fn server(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<Tran
             ListenerTlsValidationContextTrust::File(file) => {
                 validate_with_file(&file.certificate_chain, sans)
             }
-            ListenerTlsValidationContextTrust::Sds(sds) => validate_with_sds(&sds.secret_name, sans),
+            ListenerTlsValidationContextTrust::Sds(sds) => {
+                validate_with_sds(&sds.secret_name, sans)
+            }
         });
         // A validation context on a listener means mutual TLS: clients must present a certificate.
         require_client_certificate = Some(BoolValue { value: true });

@@ -113,7 +113,8 @@ impl ListenerPlan {
         for (index, chain) in listener.filter_chains.iter().enumerate() {
             let within = |e: PlanError| e.within(format!("filter_chains[{index}]"));
             let plan = chain_plan(chain, &mut inline_routes).map_err(within)?;
-            let tls = ServerTlsPlan::from_socket(chain.transport_socket.as_ref()).map_err(within)?;
+            let tls =
+                ServerTlsPlan::from_socket(chain.transport_socket.as_ref()).map_err(within)?;
             let transport = chain
                 .filter_chain_match
                 .as_ref()

@@ -13,8 +13,8 @@ use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration}
 use envoy_types::pb::{
     envoy::{
         config::{
-            cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment,
-            listener::v3::Listener, route::v3::RouteConfiguration,
+            cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+            route::v3::RouteConfiguration,
         },
         extensions::transport_sockets::tls::v3::Secret,
     },
@@ -24,7 +24,9 @@ use prost::Message;
 
 pub use access_log::AccessLogPlan;
 pub use cluster::ClusterPlan;
-pub use listener::{AccessLogs, HttpPlan, InboundPlan, InboundPort, OutboundPlan, PortPlan, TlsChain};
+pub use listener::{
+    AccessLogs, HttpPlan, InboundPlan, InboundPort, OutboundPlan, PortPlan, TlsChain,
+};
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};
@@ -154,11 +156,12 @@ impl Planned {
                 if secret.name.is_empty() {
                     return Err(ResourceError::UnnamedSecret);
                 }
-                let plan =
-                    tls::SecretPlan::from_secret(&secret).map_err(|source| ResourceError::Secret {
+                let plan = tls::SecretPlan::from_secret(&secret).map_err(|source| {
+                    ResourceError::Secret {
                         name: secret.name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 Ok((secret.name, Self::Secret(plan)))
             }
             other => Err(ResourceError::UnsupportedType(other.to_owned())),
@@ -233,4 +236,3 @@ impl NodePlan {
         (plan, errors)
     }
 }
-

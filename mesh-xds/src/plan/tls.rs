@@ -203,7 +203,8 @@ impl ServerTlsPlan {
                 "a server needs a certificate (tls_certificates or tls_certificate_sds_secret_configs)",
             )
         })?;
-        let require_client_certificate = context.require_client_certificate.is_some_and(|v| v.value);
+        let require_client_certificate =
+            context.require_client_certificate.is_some_and(|v| v.value);
         if require_client_certificate && common.validation.is_none() {
             return Err(PlanError::new(
                 "require_client_certificate",
@@ -240,9 +241,9 @@ impl ClientTlsPlan {
 impl SecretPlan {
     pub fn from_secret(secret: &Secret) -> Result<Self, PlanError> {
         match &secret.r#type {
-            Some(secret::Type::TlsCertificate(certificate)) => {
-                key_pair(certificate).map(Self::Certificate).map_err(|e| e.within("tls_certificate"))
-            }
+            Some(secret::Type::TlsCertificate(certificate)) => key_pair(certificate)
+                .map(Self::Certificate)
+                .map_err(|e| e.within("tls_certificate")),
             Some(secret::Type::ValidationContext(context)) => validation(context)
                 .map(Self::Trust)
                 .map_err(|e| e.within("validation_context")),
@@ -312,7 +313,9 @@ fn common(context: Option<&CommonTlsContext>) -> Result<Common, PlanError> {
             let field = "combined_validation_context";
             #[allow(deprecated)] // still on the wire from older control planes
             let providers = combined.validation_context_certificate_provider.is_some()
-                || combined.validation_context_certificate_provider_instance.is_some();
+                || combined
+                    .validation_context_certificate_provider_instance
+                    .is_some();
             if providers {
                 return Err(within(PlanError::new(
                     field,
@@ -323,7 +326,10 @@ fn common(context: Option<&CommonTlsContext>) -> Result<Common, PlanError> {
                 .validation_context_sds_secret_config
                 .as_ref()
                 .ok_or_else(|| {
-                    within(PlanError::new(field, "no validation_context_sds_secret_config"))
+                    within(PlanError::new(
+                        field,
+                        "no validation_context_sds_secret_config",
+                    ))
                 })?;
             let sans = match &combined.default_validation_context {
                 Some(default) => {
@@ -409,7 +415,8 @@ fn key_pair(certificate: &TlsCertificate) -> Result<KeyPair, PlanError> {
         ));
     }
     Ok(KeyPair {
-        chain: pem(certificate.certificate_chain.as_ref()).map_err(|e| e.within("certificate_chain"))?,
+        chain: pem(certificate.certificate_chain.as_ref())
+            .map_err(|e| e.within("certificate_chain"))?,
         key: pem(certificate.private_key.as_ref()).map_err(|e| e.within("private_key"))?,
     })
 }
@@ -427,14 +434,19 @@ fn validation(context: &CertificateValidationContext) -> Result<Validation, Plan
         ));
     }
     Ok(Validation {
-        trust: TrustSource::Given(pem(context.trusted_ca.as_ref()).map_err(|e| e.within("trusted_ca"))?),
+        trust: TrustSource::Given(
+            pem(context.trusted_ca.as_ref()).map_err(|e| e.within("trusted_ca"))?,
+        ),
         sans: san_matchers(context)?,
     })
 }
 
 fn san_matchers(context: &CertificateValidationContext) -> Result<Vec<SanMatcher>, PlanError> {
     #[allow(deprecated)] // still sent by older control planes: DNS names
-    let legacy = context.match_subject_alt_names.iter().map(|m| (SanKind::Dns, m));
+    let legacy = context
+        .match_subject_alt_names
+        .iter()
+        .map(|m| (SanKind::Dns, m));
     let typed = context
         .match_typed_subject_alt_names
         .iter()
@@ -574,7 +586,10 @@ mod tests {
             })
         );
         let validation = plan.validation.unwrap();
-        assert_eq!(validation.trust, TrustSource::Given(Pem::File("/certs/ca.pem".into())));
+        assert_eq!(
+            validation.trust,
+            TrustSource::Given(Pem::File("/certs/ca.pem".into()))
+        );
         assert!(validation.sans[0].matches(SanKind::Uri, "spiffe://shop/api"));
         assert!(!validation.sans[0].matches(SanKind::Dns, "spiffe://shop/api"));
     }
@@ -607,7 +622,10 @@ mod tests {
         let plan = ClientTlsPlan::from_socket(Some(&socket(pack_any(context))))
             .unwrap()
             .unwrap();
-        assert_eq!(plan.certificate, Some(CertificateSource::Sds("spiffe://shop/web".into())));
+        assert_eq!(
+            plan.certificate,
+            Some(CertificateSource::Sds("spiffe://shop/web".into()))
+        );
         let validation = plan.validation.unwrap();
         assert_eq!(validation.trust, TrustSource::Sds("spiffe://shop".into()));
         assert_eq!(validation.sans.len(), 1);
@@ -631,11 +649,18 @@ mod tests {
             ..Default::default()
         };
         let error = ServerTlsPlan::from_socket(Some(&socket(pack_any(context)))).unwrap_err();
-        assert_eq!(error.field, "transport_socket.common_tls_context.tls_params");
+        assert_eq!(
+            error.field,
+            "transport_socket.common_tls_context.tls_params"
+        );
 
         let no_certificate = DownstreamTlsContext::default();
-        let error = ServerTlsPlan::from_socket(Some(&socket(pack_any(no_certificate)))).unwrap_err();
-        assert!(error.reason.contains("a server needs a certificate"), "{error}");
+        let error =
+            ServerTlsPlan::from_socket(Some(&socket(pack_any(no_certificate)))).unwrap_err();
+        assert!(
+            error.reason.contains("a server needs a certificate"),
+            "{error}"
+        );
 
         let plain = TransportSocket {
             name: RAW_BUFFER.into(),

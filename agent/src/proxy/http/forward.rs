@@ -250,7 +250,11 @@ async fn try_once(
         }
         Err(error) => {
             upstream.record(&in_flight.endpoint, Outcome::Error);
+            let peer = in_flight.endpoint.addr;
             if let Some(failed) = HandshakeFailed::find(&error) {
+                return TryResult::ConnectFailed(failed.to_string());
+            }
+            if let Some(failed) = HandshakeFailed::late(peer, &error) {
                 return TryResult::ConnectFailed(failed.to_string());
             }
             let detail = format!("{} ({error:?})", in_flight.endpoint.addr);
