@@ -22,7 +22,7 @@ use crate::{
     admin::{self, AdminState},
     config::Config,
     dataplane::{
-        self, MeshState, UpstreamSettings, dns,
+        self, MeshState, UpstreamSettings, dns, identity,
         metrics::{EndpointCollector, XdsCollector, XdsWatch, XdsWatchPoisoned},
         workloads::Workloads,
     },
@@ -134,6 +134,14 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             xds.stop.clone(),
         ));
         tokio::spawn(inputs.tls.clone().follow_files(xds.stop.clone()));
+        // Automatic mTLS: workload keys made here, signed by the control plane.
+        tokio::spawn(identity::keep_certificates(
+            inputs.state.clone(),
+            inputs.workloads.clone(),
+            inputs.tls.clone(),
+            xds.signer.clone(),
+            xds.stop.clone(),
+        ));
     }
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
@@ -206,6 +214,8 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
 /// The xDS client, running.
 struct Xds {
     state: watch::Receiver<Arc<XdsState>>,
+    /// Where workload certificates are signed (the same control plane).
+    signer: identity::Signer,
     stop: CancellationToken,
 }
 
@@ -230,7 +240,15 @@ fn start_xds(config: &Config) -> Option<Xds> {
     };
     tokio::spawn(mesh_xds::client::run(settings, sender, stop.clone()));
     info!(%address, node = %node_id, "taking the mesh from xDS");
-    Some(Xds { state, stop })
+    let signer = identity::Signer {
+        endpoint: address,
+        node_id,
+    };
+    Some(Xds {
+        state,
+        signer,
+        stop,
+    })
 }
 
 /// The DNS client of service discovery; without a usable resolv.conf, host files and address

@@ -50,14 +50,14 @@ pub enum NetnsSpecError {
 #[error("environment variable {0} is not set")]
 struct UnsetVariable(String);
 
-/// A duration that is not `<number><ms|s|m>`.
+/// A duration that is not `<number><ms|s|m|h>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum DurationError {
-    #[error("duration {0:?} needs a unit: ms, s or m")]
+pub enum DurationError {
+    #[error("duration {0:?} needs a unit: ms, s, m or h")]
     NoUnit(String),
     #[error("duration {0:?} does not start with a number")]
     NoNumber(String),
-    #[error("duration {text:?} has unit {unit:?}; use ms, s or m")]
+    #[error("duration {text:?} has unit {unit:?}; use ms, s, m or h")]
     Unit { text: String, unit: String },
 }
 
@@ -610,13 +610,14 @@ fn drain_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
     duration(deserializer, "drain_timeout")
 }
 
-/// Accepts `250ms`, `5s`, `2m`.
+/// Accepts what [`parse_duration`] does.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D, field: &str) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(|reason| serde::de::Error::custom(format!("{field}: {reason}")))
 }
 
-fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+/// `250ms`, `5s`, `2m`, `24h`.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| DurationError::NoUnit(text.to_owned()))?;
@@ -628,6 +629,7 @@ fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(value.saturating_mul(3600))),
         _ => Err(DurationError::Unit {
             text: text.to_owned(),
             unit: unit.to_owned(),

@@ -52,6 +52,9 @@ enum Command {
         /// `control-plane --secrets`.
         #[arg(long, value_name = "FILE", requires = "mesh")]
         secrets: Option<PathBuf>,
+        /// With --mesh: automatic mTLS, as for `control-plane`.
+        #[command(flatten)]
+        auto_mtls: cli::control_plane::AutoMtlsArgs,
         /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010; overrides
         /// `xds.address` in the config file.
         #[arg(long, value_name = "URL")]
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             mesh,
             registry,
             secrets,
+            auto_mtls,
             control_plane,
         } => run(
             &config,
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
                 registry,
                 registry_api: None,
                 secrets,
+                auto_mtls: auto_mtls.options(),
             }),
             control_plane,
         ),

@@ -6,6 +6,7 @@
 
 pub mod ads;
 pub mod compile;
+pub mod identity;
 pub mod load;
 pub mod registry;
 mod registry_api;

@@ -16,7 +16,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     ads::{AdsServer, MeshSource, Publisher},
-    compile::MeshIndex,
+    compile::{MeshIndex, Serving},
+    identity::{AutoMtls, AutoMtlsOptions, CaError, IdentityService},
     load::{InputOptions, load},
     registry::{Registry, RegistryFileError},
     registry_api::{self, Shared},
@@ -38,6 +39,8 @@ pub struct Options {
     pub registry_api: Option<RegistryApiOptions>,
     /// The SDS secrets file; it and the PEM files it names are watched.
     pub secrets: Option<PathBuf>,
+    /// Automatic mTLS between meshed workloads, with the CA that signs their certificates.
+    pub auto_mtls: Option<AutoMtlsOptions>,
 }
 
 /// Where the registry API listens and the token its callers must present.
@@ -67,6 +70,8 @@ pub enum StartError {
     Registry(#[from] RegistryFileError),
     #[error(transparent)]
     Secrets(#[from] SecretError),
+    #[error("automatic mTLS: {0}")]
+    Ca(#[from] CaError),
     #[error("cannot listen on {addr} for {what}")]
     Listen {
         addr: SocketAddr,
@@ -111,6 +116,7 @@ impl ControlPlane {
             registry: registry_file,
             registry_api,
             secrets: secrets_file,
+            auto_mtls,
         } = options;
         // Parsing and compiling read files and may take a while: not on the runtime's threads.
         let index = {
@@ -133,10 +139,23 @@ impl ControlPlane {
             Some(file) => Arc::new(SecretStore::load(file)?),
             None => Arc::default(),
         };
+        let mtls = match auto_mtls {
+            // The CA's files are read (or made) off the runtime's threads.
+            Some(options) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || AutoMtls::load(options))
+                    .await
+                    .map_err(StartError::Task)??,
+            )),
+            None => None,
+        };
+        let serving = Serving {
+            secrets: Arc::clone(&secrets),
+            mtls: mtls.clone(),
+        };
         let (server, publisher) = AdsServer::new(MeshSource::Mesh(
             Arc::clone(&index),
             Arc::new(registry),
-            Arc::clone(&secrets),
+            serving,
         ));
         let listener = bind(listen, "xDS").await?;
         let addr = listener.local_addr()?;
@@ -164,6 +183,7 @@ impl ControlPlane {
             index,
             shared,
             secrets,
+            mtls,
         };
         let task = tokio::spawn(serve(server, publisher, listener, watched, stop.clone()));
         Ok(Self {
@@ -273,6 +293,7 @@ struct Watched {
     shared: Shared,
     /// The last good secrets.
     secrets: Arc<SecretStore>,
+    mtls: Option<Arc<AutoMtls>>,
 }
 
 impl Watched {
@@ -345,10 +366,14 @@ impl Watched {
                 return;
             }
         };
+        let serving = Serving {
+            secrets: Arc::clone(&self.secrets),
+            mtls: self.mtls.clone(),
+        };
         publisher.publish(MeshSource::Mesh(
             Arc::clone(&self.index),
             Arc::new(registry),
-            Arc::clone(&self.secrets),
+            serving,
         ));
     }
 }
@@ -361,9 +386,15 @@ async fn serve(
     stop: CancellationToken,
 ) -> Result<(), StopError> {
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    // Workload certificates are signed beside ADS when automatic mTLS is on.
+    let identity = watched
+        .mtls
+        .clone()
+        .map(|mtls| IdentityService::new(mtls, server.published()));
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server.into_service())
+            .add_optional_service(identity)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 async {
@@ -441,6 +472,7 @@ mod tests {
             registry: None,
             registry_api: None,
             secrets: None,
+            auto_mtls: None,
         })
         .await
         .unwrap();

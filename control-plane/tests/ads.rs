@@ -12,7 +12,7 @@ use std::{
 
 use control_plane::{
     ads::{AdsServer, MeshSource, Publisher, Stats},
-    compile::{MeshIndex, Workloads, compile, compile_with_secrets},
+    compile::{MeshIndex, Serving, Workloads, compile, compile_served},
     registry::Registry,
     secrets::SecretStore,
 };
@@ -198,11 +198,18 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
     );
 }
 
+fn served(secrets: SecretStore) -> Serving {
+    Serving {
+        secrets: Arc::new(secrets),
+        mtls: None,
+    }
+}
+
 fn mesh(index: MeshIndex) -> MeshSource {
     MeshSource::Mesh(
         Arc::new(index),
         Arc::new(Registry::default()),
-        Arc::default(),
+        Serving::default(),
     )
 }
 
@@ -896,10 +903,10 @@ async fn sds_secrets_named_by_tls_contexts_are_served_and_rotated() {
     let index = Arc::new(index_of(dir.path()));
 
     // Named but not in the secrets file: an issue naming it.
-    let missing = compile_with_secrets(
+    let missing = compile_served(
         &index,
         &Registry::default(),
-        &SecretStore::default(),
+        &Serving::default(),
         &Workloads::All,
     );
     assert!(
@@ -916,7 +923,7 @@ async fn sds_secrets_named_by_tls_contexts_are_served_and_rotated() {
     let source = MeshSource::Mesh(
         Arc::clone(&index),
         Arc::new(Registry::default()),
-        Arc::new(store),
+        served(store),
     );
     let mut control = start_server("127.0.0.1:0".parse().unwrap(), source).await;
     let (mut state, stop_client) = start_client(control.addr, client::node("node-1", &[]));
@@ -944,7 +951,7 @@ async fn sds_secrets_named_by_tls_contexts_are_served_and_rotated() {
     control.publisher.publish(MeshSource::Mesh(
         Arc::clone(&index),
         Arc::new(Registry::default()),
-        Arc::new(rotated),
+        served(rotated),
     ));
     let rotated = wait_for(&mut state, |s| {
         chain_of(s).is_some_and(|chain| String::from_utf8_lossy(&chain).contains("second"))

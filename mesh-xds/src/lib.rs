@@ -4,6 +4,7 @@
 //! node's end: its ADS client ([`client`]) and the plan its proxy evaluates ([`plan`]). The
 //! control plane's end (compiler, ADS server) is the `control-plane` crate.
 pub mod client;
+pub mod identity;
 pub mod json;
 pub mod memory;
 pub mod metadata;

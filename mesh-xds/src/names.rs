@@ -21,6 +21,24 @@ pub fn virtual_node_of_spiffe_id(uri: &str) -> Option<String> {
     valid.then(|| virtual_node(mesh, node))
 }
 
+/// The SDS name of a virtual node's automatic mTLS certificate: never sent by the control
+/// plane; the agent that runs the node's workloads makes the key and has it signed.
+pub fn identity_secret(spiffe_id: &str) -> String {
+    format!("{IDENTITY_SECRET}{spiffe_id}")
+}
+
+/// The SPIFFE ID an [`identity_secret`] name asks a certificate for.
+pub fn spiffe_id_of_identity_secret(name: &str) -> Option<&str> {
+    name.strip_prefix(IDENTITY_SECRET)
+}
+
+const IDENTITY_SECRET: &str = "mesh-agent/identity/";
+
+/// The SDS name of a trust domain's CA bundle (automatic mTLS), served by the control plane.
+pub fn trust_bundle_secret(trust_domain: &str) -> String {
+    format!("mesh-agent/trust/{trust_domain}")
+}
+
 /// The cluster of one listener port of a virtual node: `mesh/node/port`.
 pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
     format!("{mesh}/{node}/{port}")
@@ -30,6 +48,14 @@ pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
 /// [`gateway_copy`], [`gateway_tls_copy`]), whose names end in the caller or gateway.
 pub fn cluster_port(name: &str) -> Option<i32> {
     name.rsplit('/').next()?.parse().ok()
+}
+
+/// The `(mesh, node)` a cluster named by [`cluster`] reaches (not its copies).
+pub fn virtual_node_of_cluster(name: &str) -> Option<(&str, &str)> {
+    cluster_port(name)?;
+    let mut parts = name.splitn(3, '/');
+    let (mesh, node, _port) = (parts.next()?, parts.next()?, parts.next()?);
+    (!mesh.is_empty() && !node.is_empty()).then_some((mesh, node))
 }
 
 /// The copy of `cluster` one calling virtual node reaches it through (TLS origination from
@@ -120,6 +146,30 @@ mod tests {
         assert_eq!(
             gateway_tls_copy(&original, "ingress"),
             "shop/api/9090/via/ingress/tls"
+        );
+        assert_eq!(virtual_node_of_cluster(&original), Some(("shop", "api")));
+        assert_eq!(
+            virtual_node_of_cluster(&caller_copy(&original, "web")),
+            None
+        );
+    }
+
+    #[test]
+    fn identities_parse_back() {
+        let id = spiffe_id("td", "shop", "web");
+        assert_eq!(id, "spiffe://td/mesh/shop/virtualNode/web");
+        assert_eq!(virtual_node_of_spiffe_id(&id).as_deref(), Some("shop/web"));
+        assert_eq!(
+            spiffe_id_of_identity_secret(&identity_secret(&id)),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            spiffe_id_of_identity_secret(&trust_bundle_secret("td")),
+            None
+        );
+        assert_eq!(
+            virtual_node_of_spiffe_id("spiffe://td/mesh/m/virtualNode/a/b"),
+            None
         );
     }
 

@@ -521,3 +521,121 @@ impl TwoNodes {
         }
     }
 }
+
+/// Two nodes under automatic mTLS (the CA made by node 1's control plane in a directory both
+/// share), the mesh with no TLS settings at all.
+fn start_auto(label: &str, ca_dir: &std::path::Path, extra: &[&str]) -> TwoNodes {
+    let mut agent_args = vec![
+        "--auto-mtls-ca-dir".to_owned(),
+        ca_dir.display().to_string(),
+        "--trust-domain".into(),
+        "td".into(),
+    ];
+    agent_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let nodes = TwoNodes::start(
+        label,
+        TwoNodeSpec {
+            agent_args,
+            ..TwoNodeSpec::default()
+        },
+    );
+    // Each node has its workload's certificate signed once its pod is known.
+    for (metrics, node) in [
+        (TwoNodes::metrics1 as fn(&TwoNodes) -> String, 1),
+        (TwoNodes::metrics2, 2),
+    ] {
+        eventually(
+            &format!("node {node}'s workload certificate"),
+            &nodes,
+            || {
+                let text = metrics(&nodes);
+                (metric_value(
+                    &text,
+                    r#"mesh_agent_workload_certificate_requests_total{result="ok"}"#,
+                ) >= 1.0)
+                    .then_some(())
+            },
+        );
+    }
+    nodes
+}
+
+#[test]
+fn automatic_mtls_encrypts_cross_node_traffic_with_no_tls_in_the_mesh() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca");
+    let nodes = start_auto("automtls", &ca, &[]);
+    let before2 = nodes.metrics2();
+    let marker = format!("auto-marker-{}", std::process::id());
+    let ((status, body, headers), captured) = nodes.captured_while("auto", || {
+        nodes.curl(
+            "/auto",
+            &["-H", "Content-Type: text/plain", "--data-binary", &marker],
+        )
+    });
+    assert_eq!(status, 200, "{body}\n{headers}\n{}", nodes.logs());
+    assert!(captured.packet_count() >= 6, "{}", captured.summary());
+    assert!(
+        !captured.contains(marker.as_bytes()) && !captured.contains(b"POST /auto"),
+        "plain text on the wire: {}",
+        captured.summary()
+    );
+    let after2 = nodes.metrics2();
+    let inbound = [
+        ("reporter", "inbound"),
+        ("source_virtual_node", "m/client"),
+        ("destination_virtual_node", "m/v1"),
+    ];
+    assert_eq!(
+        metric_sum(&after2, "mesh_requests_total", &inbound)
+            - metric_sum(&before2, "mesh_requests_total", &inbound),
+        1.0,
+        "{after2}"
+    );
+    // Each node holds only the identity of the workloads it runs.
+    for text in [nodes.metrics1(), after2] {
+        assert_eq!(
+            metric_value(
+                &text,
+                r#"mesh_agent_workload_certificate_requests_total{result="ok"}"#
+            ),
+            1.0,
+            "{text}"
+        );
+    }
+    // STRICT by default: plain text from outside the mesh is refused.
+    let (answer, error) = nodes.curl_s1_directly("outside", PORT, "/plain");
+    assert!(!answer.contains("hello from v1"), "{answer}{error}");
+    // The CA was made with its key readable by its owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(ca.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "ca.key mode {mode:o}");
+}
+
+#[test]
+fn a_permissive_mesh_also_takes_plain_text_from_outside_the_mesh() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let nodes = start_auto(
+        "automtlsp",
+        &ca_dir.path().join("ca"),
+        &["--auto-mtls-permissive", "m"],
+    );
+    let marker = format!("permissive-marker-{}", std::process::id());
+    let ((status, body, _), captured) = nodes.captured_while("permissive", || {
+        nodes.curl("/meshed", &["--data-binary", &marker])
+    });
+    assert_eq!(status, 200, "{body}\n{}", nodes.logs());
+    assert!(
+        !captured.contains(marker.as_bytes()),
+        "{}",
+        captured.summary()
+    );
+    let (answer, error) = nodes.curl_s1_directly("outside", PORT, "/plain");
+    assert!(
+        answer.contains("hello from v1 path=/plain"),
+        "{answer}{error}"
+    );
+}

@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-xds`.
+//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-mtls | bench-xds`.
 mod bench;
 mod bench_l7;
+mod bench_mtls;
 mod bench_xds;
 mod build;
 mod check;
@@ -76,6 +77,21 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// Benchmark mutual TLS between node proxies: two nodes with an agent each, a client pod
+    /// on node 1 reaching a server pod on node 2 directly, through both proxies in plain text,
+    /// and through both with mTLS between them: single-stream throughput, 1 KiB round trip,
+    /// new connections/s, proxy CPU per GB; ratios against direct and the peer bar.
+    BenchMtls {
+        /// Rounds per measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per load-generator run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Only scenarios whose name contains this text (e.g. `iperf3`, `req/resp`, `new connection`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Benchmark the control plane and a node's xDS client (separate processes, gRPC) on a
     /// generated mesh: start-up, first sync, change propagation, memory.
     BenchXds {
@@ -111,6 +127,11 @@ fn main() -> anyhow::Result<()> {
             only,
         } => bench::run(rounds, seconds, only.as_deref()),
         Task::BenchL7 { rounds, seconds } => bench_l7::run(rounds, seconds),
+        Task::BenchMtls {
+            rounds,
+            seconds,
+            only,
+        } => bench_mtls::run(rounds, seconds, only.as_deref()),
         Task::BenchXds { services } => bench_xds::run(services),
     }
 }

@@ -5,7 +5,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use control_plane::{ControlPlane, Options, RegistryApiOptions, runtime::StartError};
+use control_plane::{
+    ControlPlane, Options, RegistryApiOptions, identity::AutoMtlsOptions, runtime::StartError,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::mesh::InputArgs;
@@ -37,7 +39,51 @@ pub struct ControlPlaneArgs {
     #[arg(long, value_name = "FILE")]
     secrets: Option<PathBuf>,
     #[command(flatten)]
+    auto_mtls: AutoMtlsArgs,
+    #[command(flatten)]
     input: InputArgs,
+}
+
+/// Automatic mTLS: on when a CA directory is given.
+#[derive(Args, Clone)]
+pub struct AutoMtlsArgs {
+    /// Turn on automatic mutual TLS between meshed workloads (STRICT unless a mesh is listed
+    /// by --auto-mtls-permissive), with the CA in this directory: `ca.pem` and `ca.key`
+    /// (made there at first start when absent; an external CA's intermediate and key work
+    /// too, with its roots in `trust.pem`). Agents make their workloads' keys and have them
+    /// signed over the xDS connection.
+    #[arg(long = "auto-mtls-ca-dir", value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// The trust domain of workload identities (`spiffe://DOMAIN/mesh/M/virtualNode/N`).
+    #[arg(
+        long,
+        default_value = "mesh.local",
+        value_name = "DOMAIN",
+        requires = "ca_dir"
+    )]
+    trust_domain: String,
+    /// A mesh whose destinations also take plain text (callers outside the mesh, during a
+    /// migration). Repeatable.
+    #[arg(
+        long = "auto-mtls-permissive",
+        value_name = "MESH",
+        requires = "ca_dir"
+    )]
+    permissive: Vec<String>,
+    /// How long workload certificates are valid (agents renew at half); e.g. 24h, 90m.
+    #[arg(long, default_value = "24h", value_parser = mesh_agent::config::parse_duration, requires = "ca_dir")]
+    certificate_lifetime: std::time::Duration,
+}
+
+impl AutoMtlsArgs {
+    pub fn options(&self) -> Option<AutoMtlsOptions> {
+        Some(AutoMtlsOptions {
+            ca_dir: self.ca_dir.clone()?,
+            trust_domain: self.trust_domain.clone(),
+            permissive_meshes: self.permissive.iter().cloned().collect(),
+            lifetime: self.certificate_lifetime,
+        })
+    }
 }
 
 impl ControlPlaneArgs {
@@ -57,6 +103,7 @@ impl ControlPlaneArgs {
             registry: self.registry.clone(),
             registry_api,
             secrets: self.secrets.clone(),
+            auto_mtls: self.auto_mtls.options(),
         })
     }
 }

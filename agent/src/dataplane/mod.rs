@@ -18,6 +18,7 @@ use tracing::{error, info};
 
 pub mod dns;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod upstream;
 pub mod workloads;

@@ -26,7 +26,7 @@ pub type PemBytes = Arc<[u8]>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MaterialError {
-    #[error("SDS secret {0:?} has not been received")]
+    #[error("SDS secret {0:?} has not been received (or, for a workload certificate, signed) yet")]
     NoSecret(String),
     #[error("SDS secret {name:?} is not {wanted}")]
     WrongSecret { name: String, wanted: &'static str },
@@ -52,6 +52,8 @@ struct FileEntry {
 pub struct Material {
     pub generation: u64,
     secrets: HashMap<String, SecretPlan>,
+    /// Secrets made on this node (automatic mTLS workload certificates), by SDS name.
+    local: HashMap<String, SecretPlan>,
     files: HashMap<PathBuf, FileEntry>,
 }
 
@@ -75,7 +77,26 @@ impl Material {
         Some(Self {
             generation: self.generation + 1,
             secrets,
+            local: self.local.clone(),
             files,
+        })
+    }
+
+    /// The material with the local secret `name` set (or removed); None when unchanged.
+    pub fn with_local(&self, name: &str, secret: Option<SecretPlan>) -> Option<Self> {
+        if self.local.get(name) == secret.as_ref() {
+            return None;
+        }
+        let mut local = self.local.clone();
+        match secret {
+            Some(secret) => local.insert(name.to_owned(), secret),
+            None => local.remove(name),
+        };
+        Some(Self {
+            generation: self.generation + 1,
+            secrets: self.secrets.clone(),
+            local,
+            files: self.files.clone(),
         })
     }
 
@@ -93,6 +114,7 @@ impl Material {
         changed.then(|| Self {
             generation: self.generation + 1,
             secrets: self.secrets.clone(),
+            local: self.local.clone(),
             files,
         })
     }
@@ -151,6 +173,7 @@ impl Material {
     fn secret(&self, name: &str) -> Result<&SecretPlan, MaterialError> {
         self.secrets
             .get(name)
+            .or_else(|| self.local.get(name))
             .ok_or_else(|| MaterialError::NoSecret(name.to_owned()))
     }
 

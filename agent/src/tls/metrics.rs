@@ -43,9 +43,16 @@ struct HandshakeLabels {
     result: HandshakeResult,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    /// `ok` or `error`.
+    result: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct TlsMetrics {
     handshakes: Family<HandshakeLabels, Counter>,
+    certificates: Family<CertificateLabels, Counter>,
     /// (side, result) failures already said in the log.
     said: Arc<Mutex<HashSet<(&'static str, HandshakeResult)>>>,
 }
@@ -57,6 +64,18 @@ impl TlsMetrics {
             "TLS handshakes by side (server: terminated by the proxy, client: originated) and result",
             self.handshakes.clone(),
         );
+        metrics.register(
+            "mesh_agent_workload_certificate_requests",
+            "Automatic mTLS: workload certificates asked of the control plane's CA, by result",
+            self.certificates.clone(),
+        );
+    }
+
+    /// Counts a workload certificate request (`ok` or `error`).
+    pub fn certificate(&self, result: &'static str) {
+        self.certificates
+            .get_or_create(&CertificateLabels { result })
+            .inc();
     }
 
     #[cfg(test)]

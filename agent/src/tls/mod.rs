@@ -206,6 +206,15 @@ impl TlsStore {
         }
     }
 
+    /// Sets (or, with None, removes) a secret made on this node: a workload certificate of
+    /// automatic mTLS, its key generated here.
+    pub async fn set_local(&self, name: &str, secret: Option<mesh_xds::plan::tls::SecretPlan>) {
+        let _writing = self.writer.lock().await;
+        if let Some(next) = self.material().with_local(name, secret) {
+            self.install(next);
+        }
+    }
+
     /// Re-reads changed files every second until `stop`: a rotated certificate is used by
     /// the connections that start after it.
     pub async fn follow_files(self, stop: CancellationToken) {

@@ -38,9 +38,8 @@ use tonic::{
 use tracing::{debug, info};
 
 use crate::{
-    compile::{self, MeshIndex, Workloads},
+    compile::{self, MeshIndex, Serving, Workloads},
     registry::Registry,
-    secrets::SecretStore,
 };
 use session::{Protocol, Session};
 
@@ -53,16 +52,15 @@ pub struct Published {
 /// What a stream serves: a mesh (with the service registry) compiled per node, or (for tests
 /// of clients) fixed resources.
 pub enum MeshSource {
-    Mesh(Arc<MeshIndex>, Arc<Registry>, Arc<SecretStore>),
+    Mesh(Arc<MeshIndex>, Arc<Registry>, Serving),
     Fixed(ResourceSet),
 }
 
 impl Published {
     fn resources_for(&self, node: &Node) -> ResourceSet {
         match &self.mesh {
-            MeshSource::Mesh(index, registry, secrets) => {
-                compile::compile_with_secrets(index, registry, secrets, &workloads_of(node))
-                    .resources
+            MeshSource::Mesh(index, registry, serving) => {
+                compile::compile_served(index, registry, serving, &workloads_of(node)).resources
             }
             MeshSource::Fixed(resources) => resources.clone(),
         }
@@ -144,6 +142,11 @@ impl AdsServer {
                 next_version: 1,
             },
         )
+    }
+
+    /// The mesh as last published.
+    pub fn published(&self) -> watch::Receiver<Arc<Published>> {
+        self.published.clone()
     }
 
     pub fn stats(&self) -> Arc<Stats> {

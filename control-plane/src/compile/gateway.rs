@@ -97,7 +97,12 @@ pub fn gateway(
             ..Default::default()
         });
         let filter = http_connection_manager(table.clone(), rds(table.clone()));
-        let filter_chains = tls::chains(port, &filter, tls.as_ref(), &what, issues);
+        // Gateways take no automatic mTLS from callers outside the mesh.
+        let source = tls::ListenerTlsSource {
+            tls: tls.as_ref(),
+            auto: None,
+        };
+        let filter_chains = tls::chains(port, &filter, source, &what, issues);
         if filter_chains.is_empty() {
             // Fail closed: TLS that cannot be terminated is not served in plain text.
             continue;

@@ -47,6 +47,18 @@ impl Hosts {
         change: &ClusterVariant,
         variants: &mut Vec<(String, String, ClusterVariant)>,
     ) {
+        self.through_variants_by(copy_name, ports, |_| Some(change.clone()), variants);
+    }
+
+    /// [`Self::through_variants`] with a change per cluster; a cluster `change` gives none
+    /// for stays as it is.
+    pub(super) fn through_variants_by(
+        &mut self,
+        copy_name: impl Fn(&str) -> String,
+        ports: Option<&[i32]>,
+        change: impl Fn(&str) -> Option<ClusterVariant>,
+        variants: &mut Vec<(String, String, ClusterVariant)>,
+    ) {
         let mut rename = |cluster: &mut String| {
             // A copy (its name does not end in a port) stays as it is.
             let Some(port) = names::cluster_port(cluster) else {
@@ -55,8 +67,11 @@ impl Hosts {
             if ports.is_some_and(|ports| !ports.contains(&port)) {
                 return;
             }
+            let Some(change) = change(cluster) else {
+                return;
+            };
             let variant = copy_name(cluster);
-            variants.push((variant.clone(), cluster.clone(), change.clone()));
+            variants.push((variant.clone(), cluster.clone(), change));
             *cluster = variant;
         };
         for route in self

@@ -22,7 +22,7 @@ use mesh_model::types::{
 use mesh_xds::{metadata, names};
 
 use super::{
-    Issues, cluster,
+    AutoMtls, Issues, cluster,
     listener::{http_connection_manager, tcp_proxy},
     route, tls,
     values::{duration, socket_address},
@@ -34,6 +34,7 @@ pub const INBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15006);
 /// A virtual node's inbound listener and its clusters toward the local application.
 pub fn inbound(
     node: &CreateVirtualNodeInput,
+    mtls: Option<&AutoMtls>,
     issues: &mut Issues,
 ) -> (Option<Listener>, Vec<Cluster>) {
     let (mesh, name) = (&node.mesh_name, &node.virtual_node_name);
@@ -50,13 +51,11 @@ pub fn inbound(
             _ => http_filter_for(&local, listener),
         };
         let what = format!("VirtualNode {name} listener {port}");
-        chains.extend(tls::chains(
-            port,
-            &filter,
-            listener.tls.as_ref(),
-            &what,
-            issues,
-        ));
+        let source = tls::ListenerTlsSource {
+            tls: listener.tls.as_ref(),
+            auto: mtls.map(|mtls| (mtls, mesh.as_str(), name.as_str())),
+        };
+        chains.extend(tls::chains(port, &filter, source, &what, issues));
     }
     if chains.is_empty() {
         return (None, clusters);

@@ -18,7 +18,7 @@ mod route;
 mod tls;
 mod values;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use envoy_types::{pb::envoy::config::accesslog::v3::AccessLog, util::pack_any};
 use mesh_model::types::CreateVirtualNodeInput;
@@ -27,7 +27,7 @@ use mesh_xds::{
     resources::{ResourceSet, SECRET},
 };
 
-use crate::{registry::Registry, secrets::SecretStore};
+use crate::{identity::AutoMtls, registry::Registry, secrets::SecretStore};
 use output::Output;
 
 pub use inbound::INBOUND_ADDRESS;
@@ -63,27 +63,37 @@ pub struct Compiled {
     pub issues: Issues,
 }
 
+/// What compiled resources rely on beyond the mesh: the SDS secrets served with them, and
+/// automatic mTLS when it is on.
+#[derive(Clone, Default)]
+pub struct Serving {
+    pub secrets: Arc<SecretStore>,
+    pub mtls: Option<Arc<AutoMtls>>,
+}
+
 /// The xDS resources `workloads` need: their inbound listeners and local-application
 /// clusters, their outbound listeners and routes, their gateways, and the clusters (and EDS
 /// assignments, from `registry`) those reach.
 pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
-    compile_with_secrets(index, registry, &SecretStore::default(), workloads)
+    compile_served(index, registry, &Serving::default(), workloads)
 }
 
-/// [`compile`], serving the SDS secrets the compiled TLS contexts name from `secrets`.
-pub fn compile_with_secrets(
+/// [`compile`] with what `serving` adds: the SDS secrets the TLS contexts name, automatic
+/// mTLS.
+pub fn compile_served(
     index: &MeshIndex,
     registry: &Registry,
-    secrets: &SecretStore,
+    serving: &Serving,
     workloads: &Workloads,
 ) -> Compiled {
     let mut out = Output::default();
+    let mtls = serving.mtls.as_deref();
     for (_, node) in index
         .nodes
         .iter()
         .filter(|(key, _)| workloads.contains(key))
     {
-        node_resources(index, node, &mut out);
+        node_resources(index, node, mtls, &mut out);
     }
     for (key, gateway) in index
         .gateways
@@ -99,7 +109,14 @@ pub fn compile_with_secrets(
     }
     output::reached_clusters(index, registry, &mut out);
     for name in std::mem::take(&mut out.secrets) {
-        match secrets.get(&name) {
+        // Workload certificates of automatic mTLS are made by the agents, never sent.
+        if names::spiffe_id_of_identity_secret(&name).is_some() {
+            continue;
+        }
+        let bundle = mtls
+            .map(AutoMtls::trust_bundle)
+            .filter(|bundle| bundle.name == name);
+        match bundle.as_ref().or_else(|| serving.secrets.get(&name)) {
             Some(secret) => out.resources.insert(SECRET, name, pack_any(secret.clone())),
             None => out.issues.push(format!(
                 "SDS secret {name:?} is named by a TLS context but not in the secrets file; that TLS cannot start until it is"
@@ -113,9 +130,14 @@ pub fn compile_with_secrets(
 }
 
 /// A virtual node's inbound side, and its outbound listener and routes.
-fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Output) {
+fn node_resources(
+    index: &MeshIndex,
+    node: &CreateVirtualNodeInput,
+    mtls: Option<&AutoMtls>,
+    out: &mut Output,
+) {
     let logs = node_access_logs(node);
-    let (inbound, local_clusters) = inbound::inbound(node, &mut out.issues);
+    let (inbound, local_clusters) = inbound::inbound(node, mtls, &mut out.issues);
     if let Some(mut listener) = inbound {
         access_log::attach(&mut listener, &logs);
         out.listener(listener);
@@ -131,7 +153,7 @@ fn node_resources(index: &MeshIndex, node: &CreateVirtualNodeInput, out: &mut Ou
                 listener.port_mapping.port,
             )
         }));
-    let outbound = outbound::outbound_for(index, node, &mut out.issues);
+    let outbound = outbound::outbound_for(index, node, mtls, &mut out.issues);
     out.reached.extend(outbound.clusters);
     out.add_variants(outbound.variants);
     outbound.routes.into_iter().for_each(|r| out.routes(r));

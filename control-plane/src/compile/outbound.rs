@@ -7,7 +7,7 @@ use mesh_model::types::{CreateVirtualNodeInput, EgressFilterType};
 use mesh_xds::names;
 
 use super::{
-    Issues,
+    AutoMtls, Issues,
     hosts::{Hosts, hosts_of},
     index::MeshIndex,
     listener::{self, PortTraffic},
@@ -22,6 +22,7 @@ pub const OUTBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15001);
 pub(super) fn outbound_for(
     index: &MeshIndex,
     node: &CreateVirtualNodeInput,
+    mtls: Option<&AutoMtls>,
     issues: &mut Issues,
 ) -> Outbound {
     let mesh = &node.mesh_name;
@@ -39,13 +40,29 @@ pub(super) fn outbound_for(
         let name = backend.virtual_service_name.as_str();
         let mut service = hosts_of(index, mesh, std::iter::once(name), &what, issues);
         // The backend's own client policy, else the node's backend defaults; enforce: false
-        // turns TLS origination off.
-        let policy = backend
+        // turns TLS origination off, automatic mTLS included.
+        let explicit = backend
             .client_policy
             .as_ref()
             .or(defaults)
-            .and_then(|p| p.tls.as_ref())
-            .filter(|tls| tls.enforce != Some(false));
+            .and_then(|p| p.tls.as_ref());
+        let policy = explicit.filter(|tls| tls.enforce != Some(false));
+        if let (None, Some(mtls)) = (explicit, mtls) {
+            // Automatic mTLS: each cluster's copy checks its own virtual node's identity.
+            let change = |cluster: &str| {
+                let (mesh, destination) = names::virtual_node_of_cluster(cluster)?;
+                Some(ClusterVariant {
+                    transport_socket: Some(tls::auto_client(mtls, mesh, caller, destination)),
+                    ..Default::default()
+                })
+            };
+            service.through_variants_by(
+                |cluster| names::caller_copy(cluster, caller),
+                None,
+                change,
+                &mut variants,
+            );
+        }
         if let Some(policy) = policy {
             let Some(socket) = tls::client(policy, &format!("{what} backend {name}"), issues)
             else {

@@ -29,13 +29,23 @@ use mesh_model::types::{
     ClientPolicyTls, ClientTlsCertificate, ListenerTls, ListenerTlsCertificate, ListenerTlsMode,
     ListenerTlsValidationContextTrust, SubjectAlternativeNames, TlsValidationContextTrust,
 };
+use mesh_xds::names;
 
 use super::{
     Issues,
     values::{ads, u32_value},
 };
+use crate::identity::{AutoMtls, MtlsMode};
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// How a listener port terminates TLS: its App Mesh `tls` when it has one (DISABLED: plain
+/// text, even under automatic mTLS), else automatic mTLS when the mesh is under it.
+pub struct ListenerTlsSource<'a> {
+    pub tls: Option<&'a ListenerTls>,
+    /// (settings, mesh, virtual node) when automatic mTLS applies.
+    pub auto: Option<(&'a AutoMtls, &'a str, &'a str)>,
+}
 
 /// The filter chains of one listener port under its TLS mode: plain text (no TLS, DISABLED),
 /// TLS only (STRICT), or TLS and plain text told apart by the TLS inspector (PERMISSIVE).
@@ -43,7 +53,7 @@ const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 pub fn chains(
     port: i32,
     filter: &Filter,
-    tls: Option<&ListenerTls>,
+    source: ListenerTlsSource<'_>,
     what: &str,
     issues: &mut Issues,
 ) -> Vec<FilterChain> {
@@ -56,13 +66,19 @@ pub fn chains(
         filters: vec![filter.clone()],
         ..Default::default()
     };
-    let Some(tls) = tls.filter(|tls| tls.mode != ListenerTlsMode::Disabled) else {
-        return vec![plain("")];
+    let (socket, permissive) = match (source.tls, source.auto) {
+        (Some(tls), _) if tls.mode == ListenerTlsMode::Disabled => return vec![plain("")],
+        (Some(tls), _) => match server(tls, what, issues) {
+            Some(socket) => (socket, tls.mode == ListenerTlsMode::Permissive),
+            None => return Vec::new(),
+        },
+        (None, Some((mtls, mesh, node))) => (
+            auto_server(mtls, mesh, node),
+            mtls.mode(mesh) == MtlsMode::Permissive,
+        ),
+        (None, None) => return vec![plain("")],
     };
-    let Some(socket) = server(tls, what, issues) else {
-        return Vec::new();
-    };
-    if tls.mode == ListenerTlsMode::Permissive {
+    if permissive {
         vec![
             FilterChain {
                 transport_socket: Some(socket),
@@ -75,6 +91,55 @@ pub fn chains(
             transport_socket: Some(socket),
             ..plain("")
         }]
+    }
+}
+
+/// Automatic mTLS, server side: the virtual node's own certificate (its agent makes it), and
+/// callers' certificates required, of the same mesh.
+fn auto_server(mtls: &AutoMtls, mesh: &str, node: &str) -> TransportSocket {
+    let same_mesh = MatchPattern::Prefix(format!("spiffe://{}/mesh/{mesh}/", mtls.trust_domain()));
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(auto_common(mtls, mesh, node, same_mesh)),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    socket(pack_any(context))
+}
+
+/// Automatic mTLS, client side: `caller`'s certificate, the destination's identity checked.
+pub fn auto_client(
+    mtls: &AutoMtls,
+    mesh: &str,
+    caller: &str,
+    destination: &str,
+) -> TransportSocket {
+    let expected = MatchPattern::Exact(names::spiffe_id(mtls.trust_domain(), mesh, destination));
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(auto_common(mtls, mesh, caller, expected)),
+        ..Default::default()
+    };
+    socket(pack_any(context))
+}
+
+/// `node`'s identity certificate and the trust domain's bundle, the peer's URI SAN matched
+/// by `peer`.
+fn auto_common(mtls: &AutoMtls, mesh: &str, node: &str, peer: MatchPattern) -> CommonTlsContext {
+    let id = names::spiffe_id(mtls.trust_domain(), mesh, node);
+    let peer = SubjectAltNameMatcher {
+        san_type: SanType::Uri as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(peer),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds_secret(&names::identity_secret(&id))],
+        validation_context_type: Some(validate_with_sds(
+            &names::trust_bundle_secret(mtls.trust_domain()),
+            vec![peer],
+        )),
+        ..Default::default()
     }
 }
 

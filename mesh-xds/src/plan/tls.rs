@@ -27,11 +27,21 @@ pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
 
 /// Where PEM bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Pem {
     /// A file on the node, read by the agent and re-read when it changes.
     File(PathBuf),
     Inline(Arc<[u8]>),
+}
+
+/// Inline bytes may be a private key: their length only.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Inline(bytes) => write!(f, "Inline({} bytes)", bytes.len()),
+        }
+    }
 }
 
 /// A certificate chain with its private key.

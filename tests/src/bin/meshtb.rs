@@ -20,8 +20,9 @@ use tests::pattern::{CLIENT_SEED, Pattern, SERVER_SEED, hex};
 enum Cli {
     /// HTTP/1.1 and HTTP/2 (prior knowledge) server answering every request with
     /// `hello from NAME path=PATH` and an `x-served-by: NAME` header. Request headers steer
-    /// it: `x-meshtb-status: CODE` answers CODE, `x-meshtb-delay-ms: N` waits first. The
-    /// request body is read whole first; its length comes back as `x-meshtb-body-length`.
+    /// it: `x-meshtb-status: CODE` answers CODE, `x-meshtb-delay-ms: N` waits first,
+    /// `x-meshtb-reply-bytes: N` pads the body to N bytes. The request body is read whole
+    /// first; its length comes back as `x-meshtb-body-length`.
     HttpServer {
         /// Port to listen on; repeat to listen on several.
         #[arg(long = "port", required = true)]
@@ -72,6 +73,12 @@ enum Cli {
         /// Host header (HTTP/1.1) or :authority (HTTP/2); default: the URL's.
         #[arg(long)]
         host: Option<String>,
+        /// POST a body of this many bytes (0: GET without a body).
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
+        /// Ask the server for a response body of this many bytes (`x-meshtb-reply-bytes`).
+        #[arg(long)]
+        reply_bytes: Option<usize>,
     },
     /// gRPC server (tonic) with the standard health service: the service named NAME (and
     /// the server as a whole) is SERVING, any other name is unknown, so a client can tell
@@ -115,7 +122,19 @@ fn main() -> anyhow::Result<()> {
             seconds,
             http2,
             host,
-        } => load(&url, rate, seconds, http2, host),
+            body_bytes,
+            reply_bytes,
+        } => load(
+            &url,
+            rate,
+            seconds,
+            http2,
+            host,
+            LoadBody {
+                body_bytes,
+                reply_bytes,
+            },
+        ),
         Cli::GrpcCheck {
             to,
             authority,
@@ -187,11 +206,17 @@ async fn answer(
     };
     // The client address as this server sees it: the proxy's when traffic went through the
     // mesh, the pod's own when it went direct.
-    let body = format!(
+    let mut body = format!(
         "hello from {} path={} (client {peer})\n",
         behaviour.name,
         request.uri().path()
     );
+    if let Some(length) = header("x-meshtb-reply-bytes") {
+        // Capped: a benchmark's reply size, not a way to make the server allocate gigabytes.
+        let length = length.min(16 << 20) as usize;
+        body.truncate(length);
+        body.extend(std::iter::repeat_n('.', length - body.len()));
+    }
     let body_delay = header("x-meshtb-body-delay-ms").map(Duration::from_millis);
     // Read the request body whole before answering, as a real application does: answering
     // early and closing would break a client still sending it.
@@ -278,14 +303,27 @@ impl tower_service::Service<hyper::Uri> for FixedTarget {
     }
 }
 
+/// What `load` sends and asks for besides the request line.
+struct LoadBody {
+    body_bytes: usize,
+    reply_bytes: Option<usize>,
+}
+
 fn load(
     url: &str,
     rate: u32,
     seconds: u32,
     http2: bool,
     host: Option<String>,
+    options: LoadBody,
 ) -> anyhow::Result<()> {
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Full};
+    let payload = Bytes::from(vec![b'x'; options.body_bytes]);
+    let method = if options.body_bytes > 0 {
+        hyper::Method::POST
+    } else {
+        hyper::Method::GET
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -307,7 +345,7 @@ fn load(
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(http2)
-                .build::<_, Empty<Bytes>>(connector);
+                .build::<_, Full<Bytes>>(connector);
         let total = u64::from(rate) * u64::from(seconds);
         let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
         let start = tokio::time::Instant::now();
@@ -315,7 +353,15 @@ fn load(
         for i in 0..total {
             let scheduled = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(scheduled).await;
-            let mut request = hyper::Request::get(uri.clone()).body(Empty::new())?;
+            let mut request = hyper::Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .body(Full::new(payload.clone()))?;
+            if let Some(length) = options.reply_bytes {
+                request
+                    .headers_mut()
+                    .insert("x-meshtb-reply-bytes", length.into());
+            }
             if let (Some(host), false) = (&host, http2) {
                 request
                     .headers_mut()

@@ -1,0 +1,90 @@
+//! The signing method, served beside ADS: agents' certificate signing requests checked
+//! against the mesh being served and signed by the CA.
+use std::{
+    convert::Infallible,
+    future::{Ready, ready},
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use mesh_xds::identity::{MAX_MESSAGE, SERVICE, SIGN_PATH, SignRequest, SignResponse};
+use tokio::sync::watch;
+use tonic::{
+    Status,
+    body::Body,
+    codegen::{BoxFuture, Service, http},
+    server::{Grpc, NamedService, UnaryService},
+};
+use tracing::{info, warn};
+
+use super::AutoMtls;
+use crate::ads::{MeshSource, Published};
+
+#[derive(Clone)]
+pub struct IdentityService {
+    mtls: Arc<AutoMtls>,
+    published: watch::Receiver<Arc<Published>>,
+}
+
+impl IdentityService {
+    pub fn new(mtls: Arc<AutoMtls>, published: watch::Receiver<Arc<Published>>) -> Self {
+        Self { mtls, published }
+    }
+
+    fn sign(&self, request: SignRequest) -> Result<SignResponse, Status> {
+        let published = Arc::clone(&self.published.borrow());
+        let MeshSource::Mesh(index, ..) = &published.mesh else {
+            return Err(Status::failed_precondition("no mesh is served"));
+        };
+        match self.mtls.sign(&request.csr_pem, index) {
+            Ok(chain_pem) => {
+                info!(node = %request.node_id, "workload certificate signed");
+                Ok(SignResponse { chain_pem })
+            }
+            Err(error) => {
+                warn!(node = %request.node_id, %error, "certificate signing request refused");
+                Err(Status::permission_denied(error.to_string()))
+            }
+        }
+    }
+}
+
+impl NamedService for IdentityService {
+    const NAME: &'static str = SERVICE;
+}
+
+impl Service<http::Request<Body>> for IdentityService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != SIGN_PATH {
+            let unknown = Status::unimplemented(format!("no method {}", request.uri().path()));
+            return Box::pin(async move { Ok(unknown.into_http()) });
+        }
+        let method = Sign(self.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<SignResponse, SignRequest>::default();
+            let mut grpc = Grpc::new(codec)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+struct Sign(IdentityService);
+
+impl UnaryService<SignRequest> for Sign {
+    type Response = SignResponse;
+    type Future = Ready<Result<tonic::Response<SignResponse>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<SignRequest>) -> Self::Future {
+        ready(self.0.sign(request.into_inner()).map(tonic::Response::new))
+    }
+}
