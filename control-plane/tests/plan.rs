@@ -4,17 +4,27 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use control_plane::{
-    compile::{MeshIndex, Workloads, compile},
+    compile::{MeshIndex, Serving, Workloads, compile, compile_served},
+    identity::{AutoMtls, AutoMtlsOptions},
     registry::Registry,
 };
 use mesh_model::{
     source::{self, LoadOptions},
     validate::{self, Options},
 };
-use mesh_xds::plan::{HttpPlan, NodePlan, PortPlan, route::RequestView};
+use mesh_xds::{
+    plan::{
+        HttpPlan, NodePlan, PortPlan,
+        route::RequestView,
+        tls::{CertificateSource, SanKind, TrustSource},
+    },
+    resources::SECRET,
+};
 
-fn shop_plan() -> NodePlan {
+fn shop_index() -> MeshIndex {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
     let loaded = source::load(&[dir], &LoadOptions::default());
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
@@ -23,11 +33,102 @@ fn shop_plan() -> NodePlan {
         lenient: false,
     };
     assert!(validate::validate(&loaded.resources, options).is_empty());
-    let index = MeshIndex::new(&loaded.resources).unwrap();
-    let output = compile(&index, &Registry::default(), &Workloads::All);
-    let (plan, errors) = NodePlan::from_resources(&output.resources);
+    MeshIndex::new(&loaded.resources).unwrap()
+}
+
+fn plan_of(resources: &mesh_xds::resources::ResourceSet) -> NodePlan {
+    let (plan, errors) = NodePlan::from_resources(resources);
     assert!(errors.is_empty(), "{errors:#?}");
     plan
+}
+
+fn shop_plan() -> NodePlan {
+    plan_of(&compile(&shop_index(), &Registry::default(), &Workloads::All).resources)
+}
+
+/// The shop mesh under automatic mTLS (trust domain `td`, `permissive` meshes PERMISSIVE).
+fn auto_mtls_plan(permissive: &[&str]) -> NodePlan {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let mtls = AutoMtls::load(AutoMtlsOptions {
+        trust_domain: "td".into(),
+        permissive_meshes: permissive.iter().map(|m| (*m).to_owned()).collect(),
+        ca_dir: ca_dir.path().join("ca"),
+        lifetime: std::time::Duration::from_secs(3600),
+    })
+    .unwrap();
+    let serving = Serving {
+        mtls: Some(Arc::new(mtls)),
+        ..Serving::default()
+    };
+    let compiled = compile_served(
+        &shop_index(),
+        &Registry::default(),
+        &serving,
+        &Workloads::All,
+    );
+    assert!(
+        !compiled.issues.iter().any(|i| i.contains("SDS secret")),
+        "identity and trust secrets are not missing: {:?}",
+        compiled.issues
+    );
+    let bundle = compiled
+        .resources
+        .of_type(SECRET)
+        .and_then(|secrets| secrets.get("mesh-agent/trust/td"));
+    assert!(bundle.is_some(), "the trust bundle is served");
+    plan_of(&compiled.resources)
+}
+
+#[test]
+fn automatic_mtls_terminates_every_listener_and_checks_each_destination() {
+    let plan = auto_mtls_plan(&[]);
+    // api-v1 takes TLS only (STRICT), with a certificate its agent makes, callers of the
+    // same mesh required.
+    let port = &plan.inbound["shop/api-v1"].ports[&9090];
+    assert!(port.plain.is_none(), "STRICT: no plain-text chain");
+    let server = &port.tls.as_ref().expect("a TLS chain").tls;
+    assert!(server.require_client_certificate);
+    assert_eq!(
+        server.certificate,
+        CertificateSource::Sds(
+            "mesh-agent/identity/spiffe://td/mesh/shop/virtualNode/api-v1".into()
+        )
+    );
+    let validation = server.validation.as_ref().unwrap();
+    assert_eq!(
+        validation.trust,
+        TrustSource::Sds("mesh-agent/trust/td".into())
+    );
+    assert!(validation.sans[0].matches(SanKind::Uri, "spiffe://td/mesh/shop/virtualNode/web"));
+    assert!(!validation.sans[0].matches(SanKind::Uri, "spiffe://td/mesh/other/virtualNode/web"));
+
+    // web reaches each api version through its own copy, checking that version's identity.
+    for version in ["api-v1", "api-v2"] {
+        let cluster = &plan.clusters[&format!("shop/{version}/9090/from/web")];
+        let client = cluster
+            .upstream_tls
+            .as_ref()
+            .expect("TLS toward the destination");
+        assert_eq!(
+            client.certificate,
+            Some(CertificateSource::Sds(
+                "mesh-agent/identity/spiffe://td/mesh/shop/virtualNode/web".into()
+            ))
+        );
+        let sans = &client.validation.as_ref().unwrap().sans;
+        let expected = format!("spiffe://td/mesh/shop/virtualNode/{version}");
+        assert!(
+            sans.len() == 1 && sans[0].matches(SanKind::Uri, &expected),
+            "{sans:?}"
+        );
+    }
+}
+
+#[test]
+fn a_permissive_mesh_keeps_a_plain_text_chain_beside_tls() {
+    let plan = auto_mtls_plan(&["shop"]);
+    let port = &plan.inbound["shop/api-v1"].ports[&9090];
+    assert!(port.plain.is_some() && port.tls.is_some());
 }
 
 #[test]

@@ -262,3 +262,81 @@ fn serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     SerialNumber::from_slice(&bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use mesh_model::source::{self, LoadOptions};
+
+    use super::*;
+
+    fn shop() -> MeshIndex {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+        MeshIndex::new(&source::load(&[dir], &LoadOptions::default()).resources).unwrap()
+    }
+
+    fn options(dir: &Path) -> AutoMtlsOptions {
+        AutoMtlsOptions {
+            trust_domain: "td".into(),
+            permissive_meshes: BTreeSet::new(),
+            ca_dir: dir.join("ca"),
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    /// A CSR for these URI SANs.
+    fn csr(uris: &[&str]) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI((*uri).try_into().unwrap()))
+            .collect();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn the_ca_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = AutoMtls::load(options(dir.path())).unwrap();
+        let key = dir.path().join("ca/ca.key");
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let again = AutoMtls::load(options(dir.path())).unwrap();
+        assert_eq!(first.trust_pem, again.trust_pem, "loaded, not made again");
+        assert!(!format!("{first:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn only_an_existing_virtual_nodes_identity_is_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mtls = AutoMtls::load(options(dir.path())).unwrap();
+        let index = shop();
+        let chain = mtls
+            .sign(&csr(&["spiffe://td/mesh/shop/virtualNode/web"]), &index)
+            .unwrap();
+        assert!(chain.starts_with("-----BEGIN CERTIFICATE-----"));
+        let refused = |uris: &[&str]| mtls.sign(&csr(uris), &index).unwrap_err().to_string();
+        assert!(refused(&["spiffe://td/mesh/shop/virtualNode/nobody"]).contains("not in the mesh"));
+        assert!(
+            refused(&["spiffe://other/mesh/shop/virtualNode/web"])
+                .contains("not the SPIFFE ID of a virtual node in trust domain td")
+        );
+        assert!(
+            refused(&[
+                "spiffe://td/mesh/shop/virtualNode/web",
+                "spiffe://td/mesh/shop/virtualNode/db"
+            ])
+            .contains("exactly one SPIFFE ID")
+        );
+        assert!(
+            mtls.sign("not a CSR", &index)
+                .unwrap_err()
+                .to_string()
+                .contains("does not parse")
+        );
+    }
+}
