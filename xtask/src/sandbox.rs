@@ -76,7 +76,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     let registry = workdir.join("registry.json");
     std::fs::write(&registry, registry_json(&ips))?;
     step(
-        "starting mesh-agent: the mesh from deploy/examples/sandbox (embedded control plane), pod addresses from a Cloud Map-style registry",
+        "starting mesh-agent: the mesh from deploy/examples/sandbox (embedded control plane), pod addresses from a Cloud Map-style registry, automatic mTLS (a CA made in the work directory)",
     );
     println!("{}", indent(&registry_json(&ips)));
     // Every pod but legacy is enrolled; which virtual node each is comes from the mesh's
@@ -91,6 +91,8 @@ pub fn run(once: bool) -> anyhow::Result<()> {
             mesh_dir.to_str().context("mesh path")?,
             "--registry",
             registry.to_str().context("registry path")?,
+            "--auto-mtls-ca-dir",
+            workdir.join("ca").to_str().context("CA path")?,
         ],
     )?;
     println!(
@@ -99,6 +101,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         agent.log_path.display()
     );
     wait_for_endpoints(&node, &agent)?;
+    wait_for_certificates(&node, &agent)?;
     check(&interrupted)?;
 
     step(&format!(
@@ -139,9 +142,26 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stdout).trim(),
         String::from_utf8_lossy(&output.stderr).trim()
     );
+    step(&format!(
+        "legacy (outside the mesh) -> products pod on port {PORT} in plain text: refused, the mesh takes only mutual TLS there (STRICT)"
+    ));
+    let products = format!("http://{}:{PORT}/", ips["products"]);
+    let output = node.run_in_pod(
+        "legacy",
+        "curl",
+        &["-sS", "--max-time", "5", &products],
+        SHORT,
+    )?;
+    println!(
+        "  {}{}",
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
     check(&interrupted)?;
 
-    step("per-service counts from the agent's /metrics");
+    step(
+        "per-service counts from the agent's /metrics (inbound sources: the callers' certificates)",
+    );
     print_service_counts(&agent.metrics(&node)?);
     step(
         "the client's access log (logging.accessLog.file: /dev/stdout, Envoy's default format), last 3 lines",
@@ -224,6 +244,19 @@ fn wait_for_endpoints(node: &Node, agent: &Agent) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until the four enrolled virtual nodes have their workload certificates.
+fn wait_for_certificates(node: &Node, agent: &Agent) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + SHORT;
+    let sample = "mesh_agent_workload_certificate_requests_total{result=\"ok\"} 4";
+    while !agent.metrics(node)?.contains(sample) {
+        if std::time::Instant::now() >= deadline {
+            bail!("workload certificates not issued after {SHORT:?}:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// curl from the client pod to `http://service:8080{path}` (URL globbing allowed).
 fn curl(node: &Node, service: &str, path: &str, args: &[&str]) -> anyhow::Result<String> {
     let resolve = format!("{service}:{PORT}:{SERVICE_VIP}");
@@ -268,7 +301,9 @@ fn print_service_counts(metrics: &str) {
         );
     }
     for line in metrics.lines().filter(|l| {
-        l.starts_with("mesh_denied_connections_total")
+        l.starts_with("mesh_agent_tls_handshakes_total")
+            || l.starts_with("mesh_agent_workload_certificate_requests_total")
+            || l.starts_with("mesh_denied_connections_total")
             || l.starts_with("mesh_request_retries_total")
             || l.starts_with("mesh_agent_pod_connects_total")
     }) {
