@@ -45,6 +45,7 @@ pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
         }
         if let Some(spec) = resource.spec() {
             spec_rules(resource, spec, &mut out);
+            acm_notes(resource, spec, &Path::root("spec"), &mut out);
         }
     }
     duplicates(resources, &mut out);
@@ -52,6 +53,35 @@ pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
         references(resources, &mut out);
     }
     out
+}
+
+/// ACM certificates and ACM Private CA trust are valid App Mesh but exist only inside AWS:
+/// said at validation, with what to use instead (compiling then fails closed on them).
+fn acm_notes(resource: &Resource, value: &Value, path: &Path, out: &mut Vec<Diagnostic>) {
+    match value {
+        Value::Object(fields) => {
+            for (name, child) in fields {
+                let path = path.field(name);
+                if name == "acm" {
+                    out.push(
+                        Diagnostic::note(
+                            "ACM certificates and ACM Private CA trust exist only inside AWS: mesh-agent serves no TLS from them (a listener is not served, a backend not routed); give a file or SDS certificate or trust instead, or use automatic mTLS (docs/migrating-from-app-mesh.md)",
+                        )
+                        .on(resource)
+                        .path(path.to_string()),
+                    );
+                } else {
+                    acm_notes(resource, child, &path, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                acm_notes(resource, item, &path.index(index), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn get<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {

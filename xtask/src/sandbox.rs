@@ -250,7 +250,10 @@ fn wait_for_certificates(node: &Node, agent: &Agent) -> anyhow::Result<()> {
     let sample = "mesh_agent_workload_certificate_requests_total{result=\"ok\"} 4";
     while !agent.metrics(node)?.contains(sample) {
         if std::time::Instant::now() >= deadline {
-            bail!("workload certificates not issued after {SHORT:?}:\n{}", agent.log());
+            bail!(
+                "workload certificates not issued after {SHORT:?}:\n{}",
+                agent.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
