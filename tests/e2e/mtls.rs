@@ -315,6 +315,7 @@ fn a_listener_requiring_client_certificates_refuses_a_caller_without_one() {
         },
     );
     nodes.wait_for_inbound_capture_tls();
+    let before1 = nodes.metrics1();
     let before2 = nodes.metrics2();
     let (status, body, headers) = nodes.curl("/no-certificate", &[]);
     assert_eq!(status, 503, "{body}\n{headers}");
@@ -327,6 +328,12 @@ fn a_listener_requiring_client_certificates_refuses_a_caller_without_one() {
     assert!(
         handshakes(&before2, &after2, "server", "no_certificate") >= 1.0,
         "{after2}"
+    );
+    // The client side learns it after its handshake (TLS 1.3), and counts it too.
+    let after1 = nodes.metrics1();
+    assert!(
+        handshakes(&before1, &after1, "client", "no_certificate") >= 1.0,
+        "{after1}"
     );
 
     let mut client = client_definition(&nodes);
@@ -525,6 +532,15 @@ impl TwoNodes {
 /// Two nodes under automatic mTLS (the CA made by node 1's control plane in a directory both
 /// share), the mesh with no TLS settings at all.
 fn start_auto(label: &str, ca_dir: &std::path::Path, extra: &[&str]) -> TwoNodes {
+    start_auto_with(label, ca_dir, extra, TwoNodeSpec::default())
+}
+
+fn start_auto_with(
+    label: &str,
+    ca_dir: &std::path::Path,
+    extra: &[&str],
+    spec: TwoNodeSpec,
+) -> TwoNodes {
     let mut agent_args = vec![
         "--auto-mtls-ca-dir".to_owned(),
         ca_dir.display().to_string(),
@@ -532,13 +548,7 @@ fn start_auto(label: &str, ca_dir: &std::path::Path, extra: &[&str]) -> TwoNodes
         "td".into(),
     ];
     agent_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    let nodes = TwoNodes::start(
-        label,
-        TwoNodeSpec {
-            agent_args,
-            ..TwoNodeSpec::default()
-        },
-    );
+    let nodes = TwoNodes::start(label, TwoNodeSpec { agent_args, ..spec });
     // Each node has its workload's certificate signed once its pod is known.
     for (metrics, node) in [
         (TwoNodes::metrics1 as fn(&TwoNodes) -> String, 1),
@@ -638,4 +648,61 @@ fn a_permissive_mesh_also_takes_plain_text_from_outside_the_mesh() {
         answer.contains("hello from v1 path=/plain"),
         "{answer}{error}"
     );
+}
+
+/// HTTP/2 (negotiated by ALPN between the proxies) and TCP routes cross the nodes inside
+/// automatic mTLS too.
+#[test]
+fn http2_and_tcp_routes_cross_nodes_inside_automatic_mtls() {
+    let tcp_route = tests::mesh::route_of_kind(
+        "tcpRoute",
+        "all",
+        None,
+        Value::Null,
+        &[("v1", 1)],
+        json!({}),
+    );
+    for (label, protocol, routes) in [
+        ("automtlsh2", "http2", tests::mesh::all_to_v1_over_http2()),
+        ("automtlstcp", "tcp", vec![tcp_route]),
+    ] {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let spec = TwoNodeSpec {
+            protocol,
+            routes,
+            ..TwoNodeSpec::default()
+        };
+        let nodes = start_auto_with(label, &ca_dir.path().join("ca"), &[], spec);
+        let marker = format!("{protocol}-marker-{}", std::process::id());
+        let ((status, body, headers), captured) =
+            nodes.captured_while(label, || nodes.curl("/inside", &["--data-binary", &marker]));
+        assert_eq!(
+            status,
+            200,
+            "{protocol}: {body}\n{headers}\n{}",
+            nodes.logs()
+        );
+        assert!(
+            body.contains("hello from v1 path=/inside"),
+            "{protocol}: {body}"
+        );
+        assert!(
+            captured.packet_count() >= 6,
+            "{protocol}: {}",
+            captured.summary()
+        );
+        assert!(
+            !captured.contains(marker.as_bytes()),
+            "{protocol}: plain text on the wire: {}",
+            captured.summary()
+        );
+        let ok = |text: &str, side: &str| {
+            metric_value(
+                text,
+                &format!(r#"mesh_agent_tls_handshakes_total{{side="{side}",result="ok"}}"#),
+            )
+        };
+        assert!(ok(&nodes.metrics1(), "client") >= 1.0, "{protocol}");
+        assert!(ok(&nodes.metrics2(), "server") >= 1.0, "{protocol}");
+    }
 }

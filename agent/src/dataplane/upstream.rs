@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::{
     telemetry::{lock_poisoned, metrics::ClusterMetrics},
-    tls::{Alpn, TlsStore, stream::MaybeTls},
+    tls::{Alpn, HandshakeFailed, TlsStore, stream::MaybeTls},
 };
 
 /// Request bodies sent upstream.
@@ -337,6 +337,15 @@ impl Upstream {
             alpn,
         });
         self
+    }
+
+    /// Counts (and says once) a TLS refusal the endpoint sent after the handshake (TLS 1.3:
+    /// our client certificate refused on the first read).
+    pub fn tls_refused(&self, failed: HandshakeFailed) -> HandshakeFailed {
+        match &self.tls {
+            Some(tls) => tls.store.failed("client", failed),
+            None => failed,
+        }
     }
 
     /// The cluster with endpoint changes counted in `changes`.

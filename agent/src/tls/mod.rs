@@ -381,7 +381,7 @@ impl TlsStore {
 
     /// Counts a failure and says it the first time its kind is seen on this side (each
     /// handshake would flood the log otherwise; the counter has them all).
-    fn failed(&self, side: &'static str, failed: HandshakeFailed) -> HandshakeFailed {
+    pub fn failed(&self, side: &'static str, failed: HandshakeFailed) -> HandshakeFailed {
         if self.metrics.record(side, failed.result) {
             warn!(side, peer = %failed.peer, reason = %failed.reason, "TLS handshake failed (further failures of this kind are counted in mesh_agent_tls_handshakes_total)");
         }

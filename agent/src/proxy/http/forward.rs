@@ -255,7 +255,7 @@ async fn try_once(
                 return TryResult::ConnectFailed(failed.to_string());
             }
             if let Some(failed) = HandshakeFailed::late(peer, &error) {
-                return TryResult::ConnectFailed(failed.to_string());
+                return TryResult::ConnectFailed(upstream.tls_refused(failed).to_string());
             }
             let detail = format!("{} ({error:?})", in_flight.endpoint.addr);
             if error.is_connect() {
