@@ -402,6 +402,12 @@ fn sds_certificates_rotate_without_a_restart_or_a_broken_connection() {
     // Meanwhile the mesh keeps serving (the pooled connection from node 1 is still good).
     let (status, body, _) = nodes.curl("/after", &[]);
     assert_eq!(status, 200, "{body}\n{}", nodes.logs());
+    // The keys the SDS secrets carried are in neither agent's log nor on the admin socket.
+    let (_, dump) = nodes.node2.admin("GET", "/config_dump").unwrap();
+    assert!(dump.contains(&v1_id()), "the dump names the secret: {dump}");
+    for text in [nodes.logs(), dump] {
+        assert!(!text.contains("PRIVATE KEY"), "a key is exposed:\n{text}");
+    }
 }
 
 /// The common name of the certificate s1's port presents to a new connection (OpenSSL's
