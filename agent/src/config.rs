@@ -33,11 +33,14 @@ pub enum ConfigError {
     },
 }
 
-/// Why a namespace spec (`name`, `/path`, either with `=mesh/node`) is not usable; the
+/// Why a namespace spec (`name`, `/path`, either with `=mesh/node` or `=mesh/gateway/name`)
+/// is not usable; the
 /// config error and the admin API name the key or parameter before this text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetnsSpecError {
-    #[error("{spec:?}: the virtual node after `=` is written mesh/name")]
+    #[error(
+        "{spec:?}: after `=` comes a virtual node, mesh/name, or a virtual gateway, mesh/gateway/name"
+    )]
     VirtualNode { spec: String },
     #[error("contains an empty name")]
     EmptyName,
@@ -538,9 +541,13 @@ impl NetnsRef {
     pub fn parse(spec: &str, netns_dir: &Path) -> Result<Self, NetnsSpecError> {
         let (spec, virtual_node) = match spec.split_once('=') {
             Some((ns, node)) => {
-                let valid = node.split_once('/').is_some_and(|(mesh, name)| {
-                    !mesh.is_empty() && !name.is_empty() && !name.contains('/')
-                });
+                // `mesh/name` (a virtual node) or `mesh/gateway/name` (a virtual gateway).
+                let parts: Vec<&str> = node.split('/').collect();
+                let valid = match parts.as_slice() {
+                    [mesh, name] => !mesh.is_empty() && !name.is_empty(),
+                    [mesh, "gateway", name] => !mesh.is_empty() && !name.is_empty(),
+                    _ => false,
+                };
                 if !valid {
                     return Err(NetnsSpecError::VirtualNode {
                         spec: spec.to_owned(),

@@ -122,10 +122,27 @@ pub fn gateway_ingress(mesh: &str, gateway: &str, port: i32) -> String {
     format!("{mesh}/{gateway}/ingress/{port}")
 }
 
+/// The gateway (as [`virtual_gateway`] names it) and port of a [`gateway_ingress`] name.
+pub fn gateway_of_ingress(name: &str) -> Option<(String, u16)> {
+    let mut parts = name.split('/');
+    let (mesh, gateway, ingress, port) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || ingress != "ingress" {
+        return None;
+    }
+    Some((virtual_gateway(mesh, gateway), port.parse().ok()?))
+}
+
 /// The internal listener, its routes and the cluster that reaches it, through which a virtual
 /// gateway hands requests to virtual services: `mesh/gateway/internal`.
 pub fn gateway_internal(mesh: &str, gateway: &str) -> String {
     format!("{mesh}/{gateway}/internal")
+}
+
+/// A virtual gateway as the data plane names it (and as a workload is pinned to it):
+/// `mesh/gateway/name` — three parts, so it is never taken for a virtual node's `mesh/node`.
+pub fn virtual_gateway(mesh: &str, gateway: &str) -> String {
+    format!("{mesh}/gateway/{gateway}")
 }
 
 #[cfg(test)]
@@ -152,6 +169,19 @@ mod tests {
             virtual_node_of_cluster(&caller_copy(&original, "web")),
             None
         );
+    }
+
+    #[test]
+    fn gateway_listeners_parse_back() {
+        assert_eq!(
+            gateway_of_ingress(&gateway_ingress("shop", "ingress", 8088)),
+            Some(("shop/gateway/ingress".to_owned(), 8088))
+        );
+        assert_eq!(
+            gateway_of_ingress(&gateway_internal("shop", "ingress")),
+            None
+        );
+        assert_eq!(gateway_of_ingress(&inbound_listener("shop", "web")), None);
     }
 
     #[test]

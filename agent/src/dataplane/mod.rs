@@ -3,14 +3,16 @@
 //! connections and requests already running keep the one they started with, clusters whose
 //! configuration did not change carry over with their endpoints, pools and health.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     sync::{Arc, Mutex, RwLock, atomic::AtomicBool},
 };
 
 use mesh_xds::{
     client::XdsState,
-    plan::{InboundPlan, NodePlan, OutboundPlan, RouteTable, cluster::Discovery},
+    plan::{
+        HttpPlan, InboundPlan, InboundPort, NodePlan, OutboundPlan, RouteTable, cluster::Discovery,
+    },
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,10 @@ pub struct DataPlane {
     pub outbound: HashMap<String, OutboundPlan>,
     /// By virtual node.
     pub inbound: HashMap<String, InboundPlan>,
+    /// Virtual gateways' listener ports, by gateway (`mesh/gateway/name`).
+    pub gateways: HashMap<String, BTreeMap<u16, InboundPort>>,
+    /// Internal listeners (a gateway's second table), by name.
+    pub internal: HashMap<String, HttpPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<Upstream>>,
     /// Endpoint address → virtual node, built on first use and again once endpoints moved
@@ -234,6 +240,8 @@ fn apply(plan: NodePlan, state: &MeshState, settings: &UpstreamSettings) {
     let next = DataPlane {
         outbound: plan.outbound,
         inbound: plan.inbound,
+        gateways: plan.gateways,
+        internal: plan.internal,
         routes: plan.routes,
         clusters,
         ..DataPlane::default()

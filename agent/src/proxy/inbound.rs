@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     ProxyInputs,
-    http::{self, HttpContext, Side, Upstreams},
+    http::{self, HttpContext, MeshClusters, Side, Upstreams},
     tcp::{ConnectionLog, RelayEnds, relay_connection, relay_to_cluster, reset},
 };
 use crate::{
@@ -139,21 +139,24 @@ pub async fn run(
     tracker.wait().await;
 }
 
-/// (pod address, port) for every listener port of every enrolled pod's virtual node.
+/// (pod address, port) for every listener port of every enrolled pod's virtual node (or
+/// virtual gateway).
 fn captured_ports(
     plane: &DataPlane,
     workloads: &Workloads,
 ) -> Result<HashSet<(Ipv4Addr, u16)>, WorkloadsPoisoned> {
     let mut ports = HashSet::new();
     for (_, workload) in workloads.all()? {
-        let Some(inbound) = plane
-            .virtual_node_of(&workload)
-            .and_then(|node| plane.inbound.get(&node))
-        else {
+        let Some(node) = plane.virtual_node_of(&workload) else {
             continue;
         };
-        for port in inbound.ports.keys() {
-            ports.extend(workload.addresses.iter().map(|ip| (*ip, *port)));
+        let listening = match (plane.inbound.get(&node), plane.gateways.get(&node)) {
+            (Some(inbound), _) => inbound.ports.keys().copied().collect(),
+            (None, Some(gateway)) => gateway.keys().copied().collect(),
+            (None, None) => Vec::new(),
+        };
+        for port in listening {
+            ports.extend(workload.addresses.iter().map(|ip| (*ip, port)));
         }
     }
     Ok(ports)
@@ -233,25 +236,44 @@ async fn handle(
         return reset(stream);
     };
     let node = workload.and_then(|workload| plane.virtual_node_of(&workload));
-    let listener_port = node
-        .as_ref()
-        .and_then(|node| plane.inbound.get(node))
-        .and_then(|inbound| inbound.ports.get(&port));
+    let listener_port = node.as_ref().and_then(|node| {
+        let of_node = plane.inbound.get(node).and_then(|i| i.ports.get(&port));
+        let of_gateway = plane.gateways.get(node).and_then(|g| g.get(&port));
+        of_node
+            .map(|chains| (Listening::VirtualNode, chains))
+            .or(of_gateway.map(|chains| (Listening::Gateway, chains)))
+    });
     match (listener_port, node) {
-        (Some(listener_port), Some(node)) => {
-            let accepted = AcceptedOn { peer, port, node };
-            serve_listener_port(stream, accepted, listener_port, &plane, &pod, &inputs).await;
+        (Some((listening, chains)), Some(node)) => {
+            let accepted = AcceptedOn {
+                peer,
+                port,
+                node,
+                listening,
+            };
+            serve_listener_port(stream, accepted, chains, &plane, &pod, &inputs).await;
         }
         // Not (or no longer) a mesh port of this pod: straight to the application.
         _ => to_application(stream, peer, port, &pod, &inputs).await,
     }
 }
 
-/// Who connected, on which listener port, of which virtual node.
+/// Who connected, on which listener port, of which virtual node or gateway.
 struct AcceptedOn {
     peer: SocketAddr,
     port: u16,
     node: String,
+    listening: Listening,
+}
+
+/// Whose listener a captured port is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listening {
+    /// A virtual node's: toward the pod's application.
+    VirtualNode,
+    /// A virtual gateway's (the pod is enrolled as one): through its gateway routes into
+    /// the mesh.
+    Gateway,
 }
 
 /// A connection on a listener port: through its TLS chain or its plain one, as the
@@ -264,7 +286,12 @@ async fn serve_listener_port(
     pod: &Arc<PodContext>,
     inputs: &Arc<ProxyInputs>,
 ) {
-    let AcceptedOn { peer, port, node } = accepted;
+    let AcceptedOn {
+        peer,
+        port,
+        node,
+        listening,
+    } = accepted;
     let chain = match (&listener_port.tls, &listener_port.plain) {
         (Some(tls), Some(plain)) => match speaks_tls(&stream).await {
             true => Chain::Tls(tls),
@@ -298,15 +325,24 @@ async fn serve_listener_port(
         }
     };
     // The caller as its certificate names it; plain text says nothing about who it is.
-    let source = client.peer_identity().unwrap_or_else(|| "unknown".into());
+    // Through a gateway, the gateway is the mesh's caller.
+    let source = match listening {
+        Listening::Gateway => node.clone(),
+        Listening::VirtualNode => client.peer_identity().unwrap_or_else(|| "unknown".into()),
+    };
     match plan {
         PortPlan::Http(plan) => {
             let _ = client.tcp().set_nodelay(true);
-            let upstreams = Arc::new(PodUpstreams {
-                pod: Arc::clone(pod),
-                port,
-            });
-            let side = Side::inbound(node, upstreams);
+            let side = match listening {
+                Listening::Gateway => Side::gateway(node, Arc::new(MeshClusters)),
+                Listening::VirtualNode => Side::inbound(
+                    node,
+                    Arc::new(PodUpstreams {
+                        pod: Arc::clone(pod),
+                        port,
+                    }),
+                ),
+            };
             let context =
                 HttpContext::new(inputs, side, source, port, plan).between(peer, accepted_on);
             http::serve(client, Arc::new(context)).await;

@@ -98,11 +98,24 @@ pub struct TlsChain {
     pub plan: PortPlan,
 }
 
-/// A listener decoded and checked; `outbound` / `inbound` when the proxy applies it, and any
-/// inline route tables it carries (applied by name like RDS ones).
+/// One listener port of a virtual gateway (`mesh/gateway/ingress/port`): HTTP through the
+/// gateway routes, behind the port's TLS.
+#[derive(Debug)]
+pub struct GatewayPortPlan {
+    /// The gateway as [`names::virtual_gateway`] names it.
+    pub gateway: String,
+    pub port: u16,
+    pub chains: InboundPort,
+}
+
+/// A listener decoded and checked; `outbound` / `inbound` / `gateway` / `internal` when the
+/// proxy applies it, and any inline route tables it carries (applied by name like RDS ones).
 pub struct ListenerPlan {
     pub outbound: Option<OutboundPlan>,
     pub inbound: Option<InboundPlan>,
+    pub gateway: Option<GatewayPortPlan>,
+    /// An internal listener (no socket; a gateway's second table), by name.
+    pub internal: Option<(String, HttpPlan)>,
     pub inline_routes: Vec<RouteTable>,
 }
 
@@ -175,7 +188,16 @@ impl ListenerPlan {
         };
         let mut outbound = None;
         let mut inbound = None;
-        if direction == TrafficDirection::Outbound as i32 {
+        let mut gateway = None;
+        let mut internal = None;
+        if listener.listener_specifier.is_some() {
+            internal = Some((
+                listener.name.clone(),
+                internal_plan(listener, &mut inline_routes)?,
+            ));
+        } else if let Some((name, port)) = names::gateway_of_ingress(&listener.name) {
+            gateway = Some(gateway_port(name, port, ports)?);
+        } else if direction == TrafficDirection::Outbound as i32 {
             let mut plain = BTreeMap::new();
             for (port, chains) in ports {
                 if chains.tls.is_some() {
@@ -208,8 +230,73 @@ impl ListenerPlan {
         Ok(Self {
             outbound,
             inbound,
+            gateway,
+            internal,
             inline_routes,
         })
+    }
+}
+
+/// A gateway ingress listener's one port: HTTP only (gateway routes are HTTP, HTTP/2, gRPC).
+fn gateway_port(
+    gateway: String,
+    port: u16,
+    mut ports: BTreeMap<u16, InboundPort>,
+) -> Result<GatewayPortPlan, PlanError> {
+    let chains = ports.remove(&port).unwrap_or_default();
+    if !ports.is_empty() {
+        return Err(PlanError::new(
+            "filter_chains",
+            format!("a gateway ingress listener serves its own port {port} only"),
+        ));
+    }
+    let tcp = |plan: Option<&PortPlan>| matches!(plan, Some(PortPlan::Tcp { .. }));
+    if tcp(chains.plain.as_ref()) || tcp(chains.tls.as_ref().map(|chain| &chain.plan)) {
+        return Err(PlanError::new(
+            "filter_chains",
+            "a gateway listener routes HTTP; a TCP proxy is not supported there",
+        ));
+    }
+    Ok(GatewayPortPlan {
+        gateway,
+        port,
+        chains,
+    })
+}
+
+/// An internal listener: one filter chain with an HTTP connection manager, no TLS.
+fn internal_plan(
+    listener: &Listener,
+    inline_routes: &mut Vec<RouteTable>,
+) -> Result<HttpPlan, PlanError> {
+    use envoy_types::pb::envoy::config::listener::v3::listener::ListenerSpecifier;
+    if !matches!(
+        listener.listener_specifier,
+        Some(ListenerSpecifier::InternalListener(_))
+    ) {
+        return Err(PlanError::new(
+            "listener_specifier",
+            "only internal listeners are supported",
+        ));
+    }
+    let [chain] = listener.filter_chains.as_slice() else {
+        return Err(PlanError::new(
+            "filter_chains",
+            "an internal listener has exactly one filter chain",
+        ));
+    };
+    if chain.transport_socket.is_some() {
+        return Err(PlanError::new(
+            "filter_chains[0].transport_socket",
+            "an internal listener carries no TLS",
+        ));
+    }
+    match chain_plan(chain, inline_routes).map_err(|e| e.within("filter_chains[0]"))? {
+        PortPlan::Http(plan) => Ok(plan),
+        PortPlan::Tcp { .. } => Err(PlanError::new(
+            "filter_chains[0]",
+            "an internal listener routes HTTP",
+        )),
     }
 }
 

@@ -8,7 +8,13 @@ pub mod listener;
 pub mod route;
 pub mod tls;
 
-use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use envoy_types::pb::{
     envoy::{
@@ -75,6 +81,10 @@ pub struct NodePlan {
     pub outbound: HashMap<String, OutboundPlan>,
     /// By virtual node.
     pub inbound: HashMap<String, InboundPlan>,
+    /// Virtual gateways' listener ports, by gateway (`mesh/gateway/name`) and port.
+    pub gateways: HashMap<String, BTreeMap<u16, InboundPort>>,
+    /// Internal listeners (a gateway's second table), by name.
+    pub internal: HashMap<String, HttpPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, ClusterPlan>,
     /// EDS assignments by service name: IP endpoints.
@@ -219,6 +229,15 @@ impl NodePlan {
                     }
                     if let Some(inbound) = listener.inbound {
                         plan.inbound.insert(inbound.virtual_node.clone(), inbound);
+                    }
+                    if let Some(port) = listener.gateway {
+                        plan.gateways
+                            .entry(port.gateway)
+                            .or_default()
+                            .insert(port.port, port.chains);
+                    }
+                    if let Some((name, internal)) = listener.internal {
+                        plan.internal.insert(name, internal);
                     }
                 }
                 Ok((name, Planned::Routes(table))) => {

@@ -150,20 +150,52 @@ struct UpstreamTarget {
     upgrade: Option<HeaderValue>,
 }
 
+/// The path (with the query) and authority a request that took `route` goes on with: the
+/// route's path and host rewrites applied.
+fn rewritten(parts: &http::request::Parts, route: &Route) -> (String, String) {
+    let action = &route.action;
+    let path = action
+        .rewrite_path(route, parts.uri.path())
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let authority = action
+        .host_rewrite
+        .clone()
+        .unwrap_or_else(|| authority(parts).to_owned());
+    (path_and_query, authority)
+}
+
+/// The request as an internal listener takes it after `route` (a gateway route's rewrites:
+/// path and Host); its new authority.
+pub fn rewrite_for_internal(
+    parts: &mut http::request::Parts,
+    route: &Route,
+) -> Result<String, LocalReply> {
+    let (path_and_query, authority) = rewritten(parts, route);
+    let invalid = |what: &str| {
+        LocalReply::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "route {} rewrites the request to an invalid {what}",
+                route.name
+            ),
+            ResponseFlags::default(),
+        )
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(path_and_query.parse().map_err(|_| invalid("path"))?);
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| invalid("path"))?;
+    let host = HeaderValue::from_str(&authority).map_err(|_| invalid("host"))?;
+    parts.headers.insert(header::HOST, host);
+    Ok(authority.to_ascii_lowercase())
+}
+
 impl UpstreamTarget {
     fn new(parts: &http::request::Parts, route: &Route, upstream: &Upstream) -> Self {
-        let action = &route.action;
-        let path = action
-            .rewrite_path(route, parts.uri.path())
-            .unwrap_or_else(|| parts.uri.path().to_owned());
-        let path_and_query = match parts.uri.query() {
-            Some(query) => format!("{path}?{query}"),
-            None => path,
-        };
-        let authority = action
-            .host_rewrite
-            .clone()
-            .unwrap_or_else(|| authority(parts).to_owned());
+        let (path_and_query, authority) = rewritten(parts, route);
         Self {
             authority,
             path_and_query,

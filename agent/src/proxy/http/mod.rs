@@ -14,14 +14,19 @@ mod upgrade;
 
 use std::{
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, atomic::AtomicBool},
 };
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_xds::plan::{HttpPlan, route::RequestView};
+use mesh_xds::{
+    names,
+    plan::{HttpPlan, cluster::Discovery, route::RequestView},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -60,7 +65,7 @@ impl Upstreams for MeshClusters {
 
 /// Which listener took the connection, as the engine needs to know it.
 pub struct Side {
-    /// `outbound` or `inbound`: the `reporter` label of the request series.
+    /// `outbound`, `inbound` or `gateway`: the `reporter` label of the request series.
     pub reporter: &'static str,
     /// The virtual node whose listener took the connection.
     pub virtual_node: String,
@@ -78,6 +83,18 @@ impl Side {
         Self {
             reporter: "outbound",
             virtual_node,
+            knows_service: true,
+            assigns_request_id: true,
+            upstreams,
+        }
+    }
+
+    /// Into the mesh through virtual gateway `gateway` (`mesh/gateway/name`): its gateway
+    /// routes, then the target virtual services' own routing.
+    pub fn gateway(gateway: String, upstreams: Arc<dyn Upstreams>) -> Self {
+        Self {
+            reporter: "gateway",
+            virtual_node: gateway,
             knows_service: true,
             assigns_request_id: true,
             upstreams,
@@ -231,7 +248,7 @@ impl HttpContext {
         ))
     }
 
-    /// Picks the virtual host, route and cluster, and forwards.
+    /// Picks the virtual host, route and cluster of the listener's table, and forwards.
     async fn route(
         &self,
         exchange: &mut Exchange,
@@ -239,86 +256,139 @@ impl HttpContext {
         body: CountedBody,
         authority: &str,
     ) -> Result<Response<Body>, LocalReply> {
-        let Ok(plane) = self.state.current() else {
-            return Err(LocalReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the data plane cannot be read (its lock is poisoned)",
-                ResponseFlags::NO_ROUTE,
-            ));
-        };
-        let Some(table) = plane.routes.get(&self.routes) else {
-            return Err(LocalReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("route table {} is not loaded yet", self.routes),
-                ResponseFlags::NO_ROUTE,
-            ));
-        };
-        let Some(host) = table.virtual_host(authority) else {
-            return Err(LocalReply::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no virtual service {authority:?} among the backends of {} on port {}",
-                    self.source, self.port
-                ),
-                ResponseFlags::NO_ROUTE,
-            ));
-        };
-        let service = host.name.split(':').next().unwrap_or(&host.name).to_owned();
-        exchange.labels = self.unrouted(&service);
-        let view = RequestView {
-            method: parts.method.as_str(),
-            scheme: parts.uri.scheme_str().unwrap_or("http"),
-            authority,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            headers: &parts.headers,
-        };
-        let with_service = |mut reply: LocalReply| {
-            reply.service = Some(service.clone());
-            reply
-        };
-        let Some(route) = host.route(&view) else {
-            return Err(with_service(LocalReply::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no route of virtual service {service} matches {} {}",
-                    parts.method,
-                    parts.uri.path()
-                ),
-                ResponseFlags::NO_ROUTE,
-            )));
-        };
-        let clusters = &route.action.clusters;
-        let cluster = clusters.pick(rand::random_range(0..clusters.total()));
-        let Some(upstream) = self.side.upstreams.upstream(&plane, cluster) else {
-            return Err(with_service(LocalReply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "route {} targets cluster {cluster}, which is not loaded",
-                    route.name
-                ),
-                ResponseFlags::NO_CLUSTER,
-            )));
-        };
-        exchange.labels = RouteLabels {
-            reporter: self.side.reporter,
-            source_virtual_node: self.source.clone(),
-            destination_virtual_service: match self.side.knows_service {
-                true => service.clone(),
-                false => "unknown".into(),
-            },
-            destination_virtual_node: upstream.virtual_node().to_owned(),
-            route: route.name.clone(),
-        };
-        if self.loggers.is_some() {
-            exchange.upstream_cluster = Some(upstream.name().to_owned());
-        }
-        forward::forward(self, exchange, parts, body, route, &upstream)
-            .await
-            .map_err(|reply| {
-                warn!(source = %self.source, route = %route.name, cluster = %upstream.name(), status = %reply.status, reason = %reply.reason, "request failed");
-                with_service(reply)
-            })
+        self.route_in(
+            &self.routes,
+            exchange,
+            parts,
+            body,
+            authority.to_owned(),
+            true,
+        )
+        .await
+    }
+
+    /// Routes by `table`; a route to an internal listener (a gateway's second table) goes on
+    /// through that listener's table, once (`may_enter_internal`).
+    fn route_in<'a>(
+        &'a self,
+        table: &'a str,
+        exchange: &'a mut Exchange,
+        parts: http::request::Parts,
+        body: CountedBody,
+        authority: String,
+        may_enter_internal: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, LocalReply>> + Send + 'a>> {
+        Box::pin(async move {
+            let Ok(plane) = self.state.current() else {
+                return Err(LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the data plane cannot be read (its lock is poisoned)",
+                    ResponseFlags::NO_ROUTE,
+                ));
+            };
+            let Some(routes) = plane.routes.get(table) else {
+                return Err(LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("route table {table} is not loaded yet"),
+                    ResponseFlags::NO_ROUTE,
+                ));
+            };
+            let Some(host) = routes.virtual_host(&authority) else {
+                return Err(LocalReply::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no virtual service {authority:?} among the backends of {} on port {}",
+                        self.source, self.port
+                    ),
+                    ResponseFlags::NO_ROUTE,
+                ));
+            };
+            // A gateway's own table is not a virtual service: its requests have none yet.
+            let gateway_table = names::gateway_of_ingress(&host.name).is_some();
+            let service = match gateway_table {
+                true => "unknown".to_owned(),
+                false => host.name.split(':').next().unwrap_or(&host.name).to_owned(),
+            };
+            exchange.labels = self.unrouted(&service);
+            let view = RequestView {
+                method: parts.method.as_str(),
+                scheme: parts.uri.scheme_str().unwrap_or("http"),
+                authority: &authority,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+            };
+            let with_service = |mut reply: LocalReply| {
+                reply.service = Some(service.clone());
+                reply
+            };
+            let Some(route) = host.route(&view) else {
+                return Err(with_service(LocalReply::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no route of {} matches {} {}",
+                        match gateway_table {
+                            true => format!("virtual gateway {}", self.side.virtual_node),
+                            false => format!("virtual service {service}"),
+                        },
+                        parts.method,
+                        parts.uri.path()
+                    ),
+                    ResponseFlags::NO_ROUTE,
+                )));
+            };
+            let clusters = &route.action.clusters;
+            let cluster = clusters.pick(rand::random_range(0..clusters.total()));
+            let Some(upstream) = self.side.upstreams.upstream(&plane, cluster) else {
+                return Err(with_service(LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "route {} targets cluster {cluster}, which is not loaded",
+                        route.name
+                    ),
+                    ResponseFlags::NO_CLUSTER,
+                )));
+            };
+            if let Discovery::InternalListener(listener) = &upstream.plan.discovery {
+                let Some(internal) = plane.internal.get(listener).filter(|_| may_enter_internal)
+                else {
+                    return Err(with_service(LocalReply::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "route {} targets internal listener {listener}, which is not loaded (or is reached from an internal listener)",
+                            route.name
+                        ),
+                        ResponseFlags::NO_CLUSTER,
+                    )));
+                };
+                let mut parts = parts;
+                let authority = forward::rewrite_for_internal(&mut parts, route)?;
+                let internal_table = internal.routes.clone();
+                drop(plane);
+                return self
+                    .route_in(&internal_table, exchange, parts, body, authority, false)
+                    .await;
+            }
+            exchange.labels = RouteLabels {
+                reporter: self.side.reporter,
+                source_virtual_node: self.source.clone(),
+                destination_virtual_service: match self.side.knows_service {
+                    true => service.clone(),
+                    false => "unknown".into(),
+                },
+                destination_virtual_node: upstream.virtual_node().to_owned(),
+                route: route.name.clone(),
+            };
+            if self.loggers.is_some() {
+                exchange.upstream_cluster = Some(upstream.name().to_owned());
+            }
+            forward::forward(self, exchange, parts, body, route, &upstream)
+                .await
+                .map_err(|reply| {
+                    warn!(source = %self.source, route = %route.name, cluster = %upstream.name(), status = %reply.status, reason = %reply.reason, "request failed");
+                    with_service(reply)
+                })
+        })
     }
 }
 
