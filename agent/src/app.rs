@@ -35,7 +35,7 @@ use crate::{
         namespaces, preflight,
     },
     telemetry::{access_log::AccessLogWriters, metrics::Metrics},
-    tls::TlsStore,
+    tls::{TlsMetrics, TlsStore},
 };
 
 /// Between turning the redirect off and closing the listener: connects rewritten just before
@@ -76,7 +76,9 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let xds_watch = XdsWatch::default();
     let workloads = enrollments.workloads();
     let mut metrics = Metrics::default();
+    let tls = TlsStore::default();
     let sources = MetricSources {
+        tls: tls.metrics.clone(),
         enrolled: enrollments.gauge(),
         redirect: Some(redirector.counters()),
         state: mesh_state.clone(),
@@ -84,8 +86,6 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         xds: Arc::clone(&xds_watch),
     };
     sources.register(&mut metrics);
-    let tls = TlsStore::default();
-    tls.metrics.register(&mut metrics);
     let metrics = Arc::new(metrics);
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
@@ -263,6 +263,7 @@ fn resolver(resolv_conf: &Path) -> dns::Resolver {
 /// What /metrics reads at scrape time from the other subsystems.
 struct MetricSources {
     enrolled: Arc<AtomicI64>,
+    tls: TlsMetrics,
     /// None where no programs are loaded (the in-process test of the documented names).
     redirect: Option<Arc<RedirectCounters>>,
     state: MeshState,
@@ -272,6 +273,7 @@ struct MetricSources {
 
 impl MetricSources {
     fn register(self, metrics: &mut Metrics) {
+        self.tls.register(metrics);
         if let Some(counters) = &self.redirect {
             metrics.register_collector(Box::new(PodConnectCollector::new(
                 Arc::clone(counters),
@@ -425,6 +427,7 @@ mod tests {
         let mut metrics = Metrics::default();
         MetricSources {
             enrolled: Arc::default(),
+            tls: TlsMetrics::default(),
             redirect: None,
             state: MeshState::default(),
             workloads: Workloads::default(),

@@ -935,6 +935,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5d").is_err());
     }
 }

@@ -95,8 +95,8 @@ pub struct NodePlan {
 
 /// One decoded resource.
 pub enum Planned {
-    Cluster(ClusterPlan),
-    Listener(listener::ListenerPlan),
+    Cluster(Box<ClusterPlan>),
+    Listener(Box<listener::ListenerPlan>),
     Routes(RouteTable),
     Endpoints(String, Vec<SocketAddr>),
     /// An SDS secret: a certificate with its key, or trusted CAs.
@@ -124,7 +124,7 @@ impl Planned {
                         name: cluster.name.clone(),
                         source,
                     })?;
-                Ok((cluster.name, Self::Cluster(plan)))
+                Ok((cluster.name, Self::Cluster(Box::new(plan))))
             }
             LISTENER => {
                 let listener: Listener = decode(any)?;
@@ -134,7 +134,7 @@ impl Planned {
                         source,
                     }
                 })?;
-                Ok((listener.name, Self::Listener(plan)))
+                Ok((listener.name, Self::Listener(Box::new(plan))))
             }
             ROUTE => {
                 let routes: RouteConfiguration = decode(any)?;
@@ -217,9 +217,10 @@ impl NodePlan {
         for any in resources.by_type.values().flat_map(|r| r.values()) {
             match Planned::from_any(any) {
                 Ok((name, Planned::Cluster(cluster))) => {
-                    plan.clusters.insert(name, cluster);
+                    plan.clusters.insert(name, *cluster);
                 }
                 Ok((_, Planned::Listener(listener))) => {
+                    let listener = *listener;
                     for table in listener.inline_routes {
                         plan.routes.insert(table.name.clone(), Arc::new(table));
                     }
