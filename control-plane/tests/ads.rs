@@ -48,7 +48,8 @@ fn index_of(dir: &std::path::Path) -> MeshIndex {
             lenient: false,
         },
     );
-    assert!(found.is_empty(), "{found:?}");
+    // Notes (ACM exists only on AWS) do not stop a mesh.
+    assert!(!found.iter().any(|d| d.is_error()), "{found:?}");
     MeshIndex::new(&loaded.resources).unwrap()
 }
 

@@ -13,12 +13,26 @@ pub fn spiffe_id(trust_domain: &str, mesh: &str, node: &str) -> String {
     format!("spiffe://{trust_domain}/mesh/{mesh}/virtualNode/{node}")
 }
 
-/// The virtual node (`mesh/node`, as [`virtual_node`]) a [`spiffe_id`] names.
-pub fn virtual_node_of_spiffe_id(uri: &str) -> Option<String> {
+/// A virtual gateway's identity in certificates:
+/// `spiffe://<trust domain>/mesh/<mesh>/virtualGateway/<gateway>`.
+pub fn gateway_spiffe_id(trust_domain: &str, mesh: &str, gateway: &str) -> String {
+    format!("spiffe://{trust_domain}/mesh/{mesh}/virtualGateway/{gateway}")
+}
+
+/// The workload a [`spiffe_id`] or [`gateway_spiffe_id`] names, as the data plane names it:
+/// `mesh/node` ([`virtual_node`]) or `mesh/gateway/name` ([`virtual_gateway`]).
+pub fn workload_of_spiffe_id(uri: &str) -> Option<String> {
     let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
-    let (mesh, node) = path.strip_prefix("mesh/")?.split_once("/virtualNode/")?;
-    let valid = !mesh.is_empty() && !node.is_empty() && !mesh.contains('/') && !node.contains('/');
-    valid.then(|| virtual_node(mesh, node))
+    let mut parts = path.split('/');
+    let (root, mesh, kind, name) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if root != "mesh" || mesh.is_empty() || name.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    match kind {
+        "virtualNode" => Some(virtual_node(mesh, name)),
+        "virtualGateway" => Some(virtual_gateway(mesh, name)),
+        _ => None,
+    }
 }
 
 /// The SDS name of a virtual node's automatic mTLS certificate: never sent by the control
@@ -188,7 +202,11 @@ mod tests {
     fn identities_parse_back() {
         let id = spiffe_id("td", "shop", "web");
         assert_eq!(id, "spiffe://td/mesh/shop/virtualNode/web");
-        assert_eq!(virtual_node_of_spiffe_id(&id).as_deref(), Some("shop/web"));
+        assert_eq!(workload_of_spiffe_id(&id).as_deref(), Some("shop/web"));
+        assert_eq!(
+            workload_of_spiffe_id(&gateway_spiffe_id("td", "shop", "in")).as_deref(),
+            Some("shop/gateway/in")
+        );
         assert_eq!(
             spiffe_id_of_identity_secret(&identity_secret(&id)),
             Some(id.as_str())
@@ -198,7 +216,7 @@ mod tests {
             None
         );
         assert_eq!(
-            virtual_node_of_spiffe_id("spiffe://td/mesh/m/virtualNode/a/b"),
+            workload_of_spiffe_id("spiffe://td/mesh/m/virtualNode/a/b"),
             None
         );
     }

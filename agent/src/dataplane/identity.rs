@@ -130,7 +130,7 @@ fn wanted(plane: &DataPlane, workloads: &Workloads) -> BTreeSet<String> {
         })
         .filter(|name| {
             names::spiffe_id_of_identity_secret(name)
-                .and_then(names::virtual_node_of_spiffe_id)
+                .and_then(names::workload_of_spiffe_id)
                 .is_some_and(|node| local.contains(&node))
         })
         .cloned()

@@ -1,8 +1,8 @@
-//! Who a peer is, from its certificate: the virtual node its SPIFFE ID names
-//! (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>` → `mesh/name`, the form metrics
-//! and access logs use), else the first URI or DNS subject alternative name as presented —
+//! Who a peer is, from its certificate: the virtual node (or gateway) its SPIFFE ID names
+//! (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>` → `mesh/name`,
+//! `…/virtualGateway/<name>` → `mesh/gateway/name`, the forms metrics and access logs use), else the first URI or DNS subject alternative name as presented —
 //! App Mesh users' certificates often carry only a DNS name.
-use mesh_xds::{names::virtual_node_of_spiffe_id, plan::tls::SanKind};
+use mesh_xds::{names::workload_of_spiffe_id, plan::tls::SanKind};
 use rustls::pki_types::CertificateDer;
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
@@ -29,9 +29,9 @@ pub fn subject_alt_names(certificate: &CertificateDer<'_>) -> Vec<(SanKind, Stri
 
 /// The peer as metrics and access logs name it.
 pub fn peer_identity(sans: &[(SanKind, String)]) -> Option<String> {
-    let virtual_node = sans.iter().find_map(|(kind, name)| {
-        (*kind == SanKind::Uri).then(|| virtual_node_of_spiffe_id(name))?
-    });
+    let virtual_node = sans
+        .iter()
+        .find_map(|(kind, name)| (*kind == SanKind::Uri).then(|| workload_of_spiffe_id(name))?);
     virtual_node
         .or_else(|| {
             sans.iter()

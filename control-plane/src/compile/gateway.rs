@@ -38,7 +38,7 @@ use mesh_model::types::{
 use mesh_xds::names;
 
 use super::{
-    Issues, access_log,
+    AutoMtls, Issues, access_log,
     cluster::circuit_breakers,
     hosts::hosts_of,
     index::MeshIndex,
@@ -402,6 +402,7 @@ pub(super) fn resources(
     index: &MeshIndex,
     virtual_gateway: &CreateVirtualGatewayInput,
     gateway_routes: Option<&[CreateGatewayRouteInput]>,
+    mtls: Option<&AutoMtls>,
     out: &mut Output,
 ) {
     let compiled = gateway(
@@ -424,6 +425,12 @@ pub(super) fn resources(
     let mut variants = Vec::new();
     // TLS ports first (with the pool too), then the pool alone on the rest: a copy is not
     // copied again.
+    let explicit_tls = virtual_gateway
+        .spec
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref())
+        .is_some_and(|p| p.tls.is_some());
     if let Some((socket, ports)) = tls {
         let change = ClusterVariant {
             transport_socket: Some(socket),
@@ -433,6 +440,25 @@ pub(super) fn resources(
             |cluster| names::gateway_tls_copy(cluster, gateway_name),
             ports.as_deref(),
             &change,
+            &mut variants,
+        );
+    } else if let (false, Some(mtls)) = (explicit_tls, mtls) {
+        // Automatic mTLS: the gateway calls meshed services with its own identity.
+        let id = names::gateway_spiffe_id(
+            mtls.trust_domain(),
+            &virtual_gateway.mesh_name,
+            gateway_name,
+        );
+        let change = |cluster: &str| {
+            Some(ClusterVariant {
+                transport_socket: Some(tls::auto_variant(mtls, index, &id, cluster)?),
+                ..pool.clone().unwrap_or_default()
+            })
+        };
+        hosts.through_variants_by(
+            |cluster| names::gateway_tls_copy(cluster, gateway_name),
+            None,
+            change,
             &mut variants,
         );
     }

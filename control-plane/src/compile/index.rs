@@ -97,6 +97,31 @@ impl MeshIndex {
         self.nodes.keys()
     }
 
+    /// Whether virtual node `node`'s listener on `port` has TLS settings of its own; None
+    /// when there is no such listener.
+    pub fn listener_tls(&self, mesh: &str, node: &str, port: i32) -> Option<bool> {
+        let node = self.nodes.get(&(mesh.to_owned(), node.to_owned()))?;
+        let listener = node
+            .spec
+            .listeners
+            .iter()
+            .flatten()
+            .find(|l| l.port_mapping.port == port)?;
+        Some(listener.tls.is_some())
+    }
+
+    /// Whether a workload as the data plane names it (`mesh/node`, `mesh/gateway/name`) is a
+    /// virtual node or gateway of this mesh.
+    pub fn has_workload(&self, workload: &str) -> bool {
+        match workload.split('/').collect::<Vec<_>>().as_slice() {
+            [mesh, node] => self.nodes.contains_key(&((*mesh).into(), (*node).into())),
+            [mesh, "gateway", name] => self
+                .gateways
+                .contains_key(&((*mesh).into(), (*name).into())),
+            _ => false,
+        }
+    }
+
     /// The cluster a weighted target or a provider reaches: the node's listener on `port`,
     /// or its only listener.
     pub(super) fn target_cluster(

@@ -104,6 +104,7 @@ pub fn compile_served(
             index,
             gateway,
             index.gateway_routes.get(key).map(Vec::as_slice),
+            mtls,
             &mut out,
         );
     }

@@ -49,10 +49,10 @@ pub(super) fn outbound_for(
         let policy = explicit.filter(|tls| tls.enforce != Some(false));
         if let (None, Some(mtls)) = (explicit, mtls) {
             // Automatic mTLS: each cluster's copy checks its own virtual node's identity.
+            let id = names::spiffe_id(mtls.trust_domain(), mesh, caller);
             let change = |cluster: &str| {
-                let (mesh, destination) = names::virtual_node_of_cluster(cluster)?;
                 Some(ClusterVariant {
-                    transport_socket: Some(tls::auto_client(mtls, mesh, caller, destination)),
+                    transport_socket: Some(tls::auto_variant(mtls, index, &id, cluster)?),
                     ..Default::default()
                 })
             };

@@ -33,6 +33,7 @@ use mesh_xds::names;
 
 use super::{
     Issues,
+    index::MeshIndex,
     values::{ads, u32_value},
 };
 use crate::identity::{AutoMtls, MtlsMode};
@@ -98,33 +99,34 @@ pub fn chains(
 /// callers' certificates required, of the same mesh.
 fn auto_server(mtls: &AutoMtls, mesh: &str, node: &str) -> TransportSocket {
     let same_mesh = MatchPattern::Prefix(format!("spiffe://{}/mesh/{mesh}/", mtls.trust_domain()));
+    let id = names::spiffe_id(mtls.trust_domain(), mesh, node);
     let context = DownstreamTlsContext {
-        common_tls_context: Some(auto_common(mtls, mesh, node, same_mesh)),
+        common_tls_context: Some(auto_common(mtls, &id, same_mesh)),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
     socket(pack_any(context))
 }
 
-/// Automatic mTLS, client side: `caller`'s certificate, the destination's identity checked.
+/// Automatic mTLS, client side: the certificate of the caller whose SPIFFE ID is `caller`
+/// (a virtual node or gateway), the destination virtual node's identity checked.
 pub fn auto_client(
     mtls: &AutoMtls,
-    mesh: &str,
     caller: &str,
+    mesh: &str,
     destination: &str,
 ) -> TransportSocket {
     let expected = MatchPattern::Exact(names::spiffe_id(mtls.trust_domain(), mesh, destination));
     let context = UpstreamTlsContext {
-        common_tls_context: Some(auto_common(mtls, mesh, caller, expected)),
+        common_tls_context: Some(auto_common(mtls, caller, expected)),
         ..Default::default()
     };
     socket(pack_any(context))
 }
 
-/// `node`'s identity certificate and the trust domain's bundle, the peer's URI SAN matched
-/// by `peer`.
-fn auto_common(mtls: &AutoMtls, mesh: &str, node: &str, peer: MatchPattern) -> CommonTlsContext {
-    let id = names::spiffe_id(mtls.trust_domain(), mesh, node);
+/// The certificate of identity `id` and the trust domain's bundle, the peer's URI SAN
+/// matched by `peer`.
+fn auto_common(mtls: &AutoMtls, id: &str, peer: MatchPattern) -> CommonTlsContext {
     let peer = SubjectAltNameMatcher {
         san_type: SanType::Uri as i32,
         matcher: Some(StringMatcher {
@@ -134,7 +136,7 @@ fn auto_common(mtls: &AutoMtls, mesh: &str, node: &str, peer: MatchPattern) -> C
         ..Default::default()
     };
     CommonTlsContext {
-        tls_certificate_sds_secret_configs: vec![sds_secret(&names::identity_secret(&id))],
+        tls_certificate_sds_secret_configs: vec![sds_secret(&names::identity_secret(id))],
         validation_context_type: Some(validate_with_sds(
             &names::trust_bundle_secret(mtls.trust_domain()),
             vec![peer],
@@ -310,4 +312,20 @@ fn sds_secret(name: &str) -> SdsSecretConfig {
         name: name.to_owned(),
         sds_config: Some(ads()),
     }
+}
+
+/// Automatic mTLS from `caller` (a SPIFFE ID) to the destination of `cluster`, unless that
+/// destination's listener on the cluster's port has TLS settings of its own (App Mesh's TLS
+/// wins: such a listener does not take the automatic certificates), or the cluster is not a
+/// virtual node's.
+pub fn auto_variant(
+    mtls: &AutoMtls,
+    index: &MeshIndex,
+    caller: &str,
+    cluster: &str,
+) -> Option<TransportSocket> {
+    let (mesh, destination) = names::virtual_node_of_cluster(cluster)?;
+    let port = names::cluster_port(cluster)?;
+    let explicit = index.listener_tls(mesh, destination, port)?;
+    (!explicit).then(|| auto_client(mtls, caller, mesh, destination))
 }

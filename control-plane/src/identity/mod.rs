@@ -5,8 +5,8 @@
 //! definitions take precedence where a mesh has them.
 //!
 //! Agents make their workloads' keys and send signing requests (see [`mesh_xds::identity`]);
-//! the CA signs a request only for the SPIFFE ID of a virtual node that exists in a mesh
-//! under automatic mTLS, for a short lifetime; agents renew at half of it.
+//! the CA signs a request only for the SPIFFE ID of a virtual node or gateway that exists in
+//! the mesh, for a short lifetime; agents renew at half of it.
 //!
 //! The CA is `ca.pem` + `ca.key` in the CA directory (made at first start when absent, the
 //! key readable by the owner only); an external CA plugs in as those files, its certificate
@@ -79,9 +79,9 @@ pub enum SignError {
         "the request must name exactly one SPIFFE ID (a URI subject alternative name) and nothing else"
     )]
     Names,
-    #[error("{0} is not the SPIFFE ID of a virtual node in trust domain {1}")]
+    #[error("{0} is not the SPIFFE ID of a virtual node or gateway in trust domain {1}")]
     NotAVirtualNode(String, String),
-    #[error("virtual node {0} is not in the mesh")]
+    #[error("{0} is not a virtual node or gateway of the mesh")]
     Unknown(String),
     #[error("signing: {0}")]
     Sign(rcgen::Error),
@@ -172,18 +172,15 @@ impl AutoMtls {
             return Err(SignError::Names);
         };
         let id = uri.as_str().to_owned();
-        let node = names::virtual_node_of_spiffe_id(&id)
+        let workload = names::workload_of_spiffe_id(&id)
             .filter(|_| {
                 id.strip_prefix("spiffe://")
                     .and_then(|rest| rest.split_once('/'))
                     .is_some_and(|(domain, _)| domain == self.trust_domain())
             })
             .ok_or_else(|| SignError::NotAVirtualNode(id.clone(), self.trust_domain().into()))?;
-        let known = node
-            .split_once('/')
-            .is_some_and(|(mesh, name)| index.virtual_nodes().any(|(m, n)| m == mesh && n == name));
-        if !known {
-            return Err(SignError::Unknown(node));
+        if !index.has_workload(&workload) {
+            return Err(SignError::Unknown(workload));
         }
         let params = &mut request.params;
         let now = SystemTime::now();
@@ -320,10 +317,21 @@ mod tests {
             .unwrap();
         assert!(chain.starts_with("-----BEGIN CERTIFICATE-----"));
         let refused = |uris: &[&str]| mtls.sign(&csr(uris), &index).unwrap_err().to_string();
-        assert!(refused(&["spiffe://td/mesh/shop/virtualNode/nobody"]).contains("not in the mesh"));
+        assert!(
+            refused(&["spiffe://td/mesh/shop/virtualNode/nobody"])
+                .contains("not a virtual node or gateway of the mesh")
+        );
+        assert!(
+            mtls.sign(
+                &csr(&["spiffe://td/mesh/shop/virtualGateway/ingress"]),
+                &index
+            )
+            .is_ok(),
+            "the shop's gateway"
+        );
         assert!(
             refused(&["spiffe://other/mesh/shop/virtualNode/web"])
-                .contains("not the SPIFFE ID of a virtual node in trust domain td")
+                .contains("not the SPIFFE ID of a virtual node or gateway in trust domain td")
         );
         assert!(
             refused(&[
