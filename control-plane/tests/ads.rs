@@ -681,21 +681,23 @@ fn listener_tls_terminates_at_the_inbound_side() {
         "Some(Exact(\"spiffe://shop/web\"))"
     );
 
-    // An ACM certificate cannot be served here: the listener is left out, with the reason.
+    // An ACM certificate cannot be served here: the port's TLS refuses (a certificate that
+    // cannot be had), with the reason; the port is still captured.
     let text = std::fs::read_to_string(&api).unwrap().replace(
         r#""certificate": {"file": {"certificateChain": "/certs/api.pem", "privateKey": "/certs/api.key"}}"#,
         r#""certificate": {"acm": {"certificateArn": "arn:aws:acm:us-west-2:1:certificate/x"}}"#,
     );
     std::fs::write(&api, text).unwrap();
     let compiled = compile(&index_of(dir.path()), &Registry::default(), &Workloads::All);
-    assert!(
-        compiled
-            .resources
-            .of_type(LISTENER)
-            .unwrap()
-            .get("shop/api-v1/inbound")
-            .is_none()
-    );
+    let (plan, errors) = mesh_xds::plan::NodePlan::from_resources(&compiled.resources);
+    assert!(errors.is_empty(), "{errors:?}");
+    // (PERMISSIVE here: plain text stays as the mode says; TLS is refused.)
+    let port = &plan.inbound["shop/api-v1"].ports[&9090];
+    assert!(matches!(
+        &port.tls.as_ref().unwrap().tls.certificate,
+        mesh_xds::plan::tls::CertificateSource::Sds(name)
+            if mesh_xds::names::unavailable_secret_reason(name).is_some()
+    ));
     assert!(
         compiled.issues[0]
             .contains("VirtualNode api-v1 listener 9090: ACM certificates exist only inside AWS"),

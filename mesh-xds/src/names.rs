@@ -48,6 +48,19 @@ pub fn spiffe_id_of_identity_secret(name: &str) -> Option<&str> {
 
 const IDENTITY_SECRET: &str = "mesh-agent/identity/";
 
+/// The SDS name of a certificate that cannot exist here (an ACM certificate off AWS): a
+/// listener naming it refuses every connection instead of serving plain text (fail closed).
+pub fn unavailable_secret(what: &str) -> String {
+    format!("{UNAVAILABLE_SECRET}{what}")
+}
+
+/// What an [`unavailable_secret`] name stands for.
+pub fn unavailable_secret_reason(name: &str) -> Option<&str> {
+    name.strip_prefix(UNAVAILABLE_SECRET)
+}
+
+const UNAVAILABLE_SECRET: &str = "mesh-agent/unavailable/";
+
 /// The SDS name of a trust domain's CA bundle (automatic mTLS), served by the control plane.
 pub fn trust_bundle_secret(trust_domain: &str) -> String {
     format!("mesh-agent/trust/{trust_domain}")

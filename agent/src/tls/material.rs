@@ -28,6 +28,8 @@ pub type PemBytes = Arc<[u8]>;
 pub enum MaterialError {
     #[error("SDS secret {0:?} has not been received (or, for a workload certificate, signed) yet")]
     NoSecret(String),
+    #[error("no certificate can be had here: the listener names {0}")]
+    Unavailable(String),
     #[error("SDS secret {name:?} is not {wanted}")]
     WrongSecret { name: String, wanted: &'static str },
     #[error("{path}: {reason}")]
@@ -171,6 +173,9 @@ impl Material {
     }
 
     fn secret(&self, name: &str) -> Result<&SecretPlan, MaterialError> {
+        if let Some(reason) = mesh_xds::names::unavailable_secret_reason(name) {
+            return Err(MaterialError::Unavailable(reason.to_owned()));
+        }
         self.secrets
             .get(name)
             .or_else(|| self.local.get(name))

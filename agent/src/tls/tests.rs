@@ -256,3 +256,18 @@ async fn an_unreadable_file_names_itself_and_a_fifo_does_not_hang() {
         .to_string();
     assert!(error.contains("fifo.pem: not a regular file"), "{error}");
 }
+
+#[test]
+fn a_certificate_that_cannot_exist_here_is_named() {
+    let store = TlsStore::default();
+    let name = mesh_xds::names::unavailable_secret("an ACM certificate");
+    let plan = server_plan(CertificateSource::Sds(name), None);
+    let error = store
+        .server_config(&plan, Alpn::None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "no certificate can be had here: the listener names an ACM certificate"
+    );
+}

@@ -642,9 +642,23 @@ mod tests {
     fn acm_certificates_fail_closed_with_an_issue() {
         let (compiled, issues) = gateway_with_tls(json!({"mode": "STRICT",
             "certificate": {"acm": {"certificateArn": "arn:aws:acm:eu-west-1:1:certificate/x"}}}));
-        assert!(ingress(&compiled).is_none());
+        // The port is served and refuses: its only chain is TLS with a certificate that
+        // cannot be had, never plain text.
+        let listener = ingress(&compiled).expect("the port is still served");
+        let [chain] = listener.filter_chains.as_slice() else {
+            panic!("one chain: {listener:?}")
+        };
+        let mut secrets = std::collections::BTreeSet::new();
+        mesh_xds::sds::referenced_by(chain.transport_socket.as_ref().unwrap(), &mut secrets);
         assert!(
-            issues[0].contains("VirtualGateway ingress listener 8443"),
+            secrets
+                .iter()
+                .all(|s| names::unavailable_secret_reason(s).is_some()),
+            "{secrets:?}"
+        );
+        assert!(
+            issues[0].contains("VirtualGateway ingress listener 8443")
+                && issues[0].contains("refuses every connection"),
             "{issues:?}"
         );
     }

@@ -110,8 +110,11 @@ pub fn compile_served(
     }
     output::reached_clusters(index, registry, &mut out);
     for name in std::mem::take(&mut out.secrets) {
-        // Workload certificates of automatic mTLS are made by the agents, never sent.
-        if names::spiffe_id_of_identity_secret(&name).is_some() {
+        // Workload certificates of automatic mTLS are made by the agents, never sent; an
+        // unavailable certificate never exists.
+        if names::spiffe_id_of_identity_secret(&name).is_some()
+            || names::unavailable_secret_reason(&name).is_some()
+        {
             continue;
         }
         let bundle = mtls

@@ -178,9 +178,15 @@ pub fn server(tls: &ListenerTls, what: &str, issues: &mut Issues) -> Option<Tran
             .push(sds_secret(&sds.secret_name)),
         ListenerTlsCertificate::Acm(_) => {
             issues.push(format!(
-                "{what}: ACM certificates exist only inside AWS; give a file or SDS certificate. The listener is not served"
+                "{what}: ACM certificates exist only inside AWS; give a file or SDS certificate. Until then the port refuses every connection"
             ));
-            return None;
+            // Fail closed: the port is still taken from the application and refuses, rather
+            // than let plain text reach it.
+            common
+                .tls_certificate_sds_secret_configs
+                .push(sds_secret(&names::unavailable_secret(
+                    "an ACM certificate, which exists only inside AWS",
+                )));
         }
     }
     let mut require_client_certificate = None;
