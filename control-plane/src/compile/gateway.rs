@@ -368,6 +368,8 @@ fn host_rewrite_of(rewrite: Option<&mesh_model::types::GatewayRouteHostnameRewri
 
 /// Path rewrites: `path.exact` replaces the path; `prefix.value` replaces the matched prefix;
 /// by default (prefix routes) the matched prefix becomes `/`, unless `defaultPrefix: DISABLED`.
+/// The default leaves one `/` where the prefix was, as App Mesh documents it: with the match
+/// `/red`, `/red/tell` goes on as `/tell` (not `//tell`), `/red1` as `/1`, `/red` as `/`.
 fn rewrite_path(
     http: &HttpGatewayRoute,
     rewrite: Option<&HttpGatewayRouteRewrite>,
@@ -383,9 +385,9 @@ fn rewrite_path(
         });
         return;
     }
-    if http.r#match.prefix.is_none() {
+    let Some(matched) = &http.r#match.prefix else {
         return;
-    }
+    };
     let prefix = rewrite.and_then(|r| r.prefix.as_ref());
     match (
         prefix.and_then(|p| p.value.clone()),
@@ -393,7 +395,17 @@ fn rewrite_path(
     ) {
         (Some(value), _) => action.prefix_rewrite = value,
         (None, Some(DefaultGatewayRouteRewrite::Disabled)) => {}
-        (None, _) => action.prefix_rewrite = "/".into(),
+        (None, _) if matched.ends_with('/') => action.prefix_rewrite = "/".into(),
+        // A prefix rewrite would keep the `/` that follows the prefix after the new `/`.
+        (None, _) => {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(route::regex_matcher(&format!(
+                    "^{}/?",
+                    regex::escape(matched)
+                ))),
+                substitution: "/".into(),
+            });
+        }
     }
 }
 
@@ -636,6 +648,66 @@ mod tests {
             .collect();
         assert_eq!(transports, ["tls", "raw_buffer"]);
         assert_eq!(listener.listener_filters.len(), 1, "the TLS inspector");
+    }
+
+    /// The path rewrite of an httpRoute gateway route, as (prefix_rewrite, regex_rewrite).
+    fn path_rewrite(route: serde_json::Value) -> (String, Option<(String, String)>) {
+        let http: HttpGatewayRoute = serde_json::from_value(route).unwrap();
+        let mut action = RouteAction::default();
+        rewrite_path(&http, http.action.rewrite.as_ref(), &mut action);
+        let regex = action.regex_rewrite.map(|r| {
+            (
+                r.pattern.map(|p| p.regex).unwrap_or_default(),
+                r.substitution,
+            )
+        });
+        (action.prefix_rewrite, regex)
+    }
+
+    fn to(matching: serde_json::Value, rewrite: serde_json::Value) -> serde_json::Value {
+        json!({"match": matching, "action": {"rewrite": rewrite,
+            "target": {"virtualService": {"virtualServiceName": "api.m.local"}}}})
+    }
+
+    #[test]
+    fn the_default_prefix_rewrite_leaves_one_slash_where_the_prefix_was() {
+        // `/api/` + `/api/items` → `/items`: a prefix rewrite does it.
+        assert_eq!(
+            path_rewrite(to(json!({"prefix": "/api/"}), json!(null))),
+            ("/".into(), None)
+        );
+        // `/red` + `/red/tell` → `/tell`, `/red1` → `/1`, `/red` → `/` (App Mesh's user
+        // guide); a prefix rewrite to `/` would send `//tell`.
+        let (prefix, regex) = path_rewrite(to(json!({"prefix": "/red.v1"}), json!(null)));
+        assert_eq!(prefix, "");
+        let (pattern, substitution) = regex.unwrap();
+        assert_eq!(
+            (pattern.as_str(), substitution.as_str()),
+            (r"^/red\.v1/?", "/")
+        );
+        let regex = regex::Regex::new(&pattern).unwrap();
+        for (path, rewritten) in [
+            ("/red.v1/tell", "/tell"),
+            ("/red.v11", "/1"),
+            ("/red.v1", "/"),
+        ] {
+            assert_eq!(regex.replace_all(path, substitution.as_str()), rewritten);
+        }
+        // DISABLED keeps the path; a value replaces the prefix as given.
+        assert_eq!(
+            path_rewrite(to(
+                json!({"prefix": "/red"}),
+                json!({"prefix": {"defaultPrefix": "DISABLED"}})
+            )),
+            (String::new(), None)
+        );
+        assert_eq!(
+            path_rewrite(to(
+                json!({"prefix": "/maroon/"}),
+                json!({"prefix": {"value": "/red/"}})
+            )),
+            ("/red/".into(), None)
+        );
     }
 
     #[test]

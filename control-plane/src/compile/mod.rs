@@ -108,7 +108,7 @@ pub fn compile_served(
             &mut out,
         );
     }
-    output::reached_clusters(index, registry, &mut out);
+    output::reached_clusters(index, registry, mtls, &mut out);
     for name in std::mem::take(&mut out.secrets) {
         // Workload certificates of automatic mTLS are made by the agents, never sent; an
         // unavailable certificate never exists.

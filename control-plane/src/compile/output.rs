@@ -18,8 +18,13 @@ use mesh_xds::{
     sds,
 };
 
+use mesh_model::types::{Listener as AppMeshListener, ListenerTlsMode};
+
 use super::{Issues, cluster, index::MeshIndex};
-use crate::registry::Registry;
+use crate::{
+    identity::{AutoMtls, MtlsMode},
+    registry::Registry,
+};
 
 /// What compiling accumulates: resources, issues, and the clusters routes reach (emitted last,
 /// once each).
@@ -95,8 +100,22 @@ impl ClusterVariant {
     }
 }
 
+/// Whether a virtual node's listener takes plain text: no TLS of its own and no STRICT
+/// automatic mTLS, or a PERMISSIVE or DISABLED mode.
+fn takes_plain_text(mesh: &str, listener: &AppMeshListener, mtls: Option<&AutoMtls>) -> bool {
+    match &listener.tls {
+        Some(tls) => tls.mode != ListenerTlsMode::Strict,
+        None => mtls.is_none_or(|mtls| mtls.mode(mesh) == MtlsMode::Permissive),
+    }
+}
+
 /// The clusters routes reach (and their EDS assignments), and the passthrough clusters.
-pub(super) fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut Output) {
+pub(super) fn reached_clusters(
+    index: &MeshIndex,
+    registry: &Registry,
+    mtls: Option<&AutoMtls>,
+    out: &mut Output,
+) {
     for node in index.nodes.values() {
         for listener in node.spec.listeners.iter().flatten() {
             let name = names::cluster(
@@ -121,6 +140,12 @@ pub(super) fn reached_clusters(index: &MeshIndex, registry: &Registry, out: &mut
                 out.cluster(change.apply(variant, &cluster));
             }
             if out.reached.contains(&name) {
+                let mut cluster = cluster;
+                if !takes_plain_text(&node.mesh_name, listener, mtls) {
+                    // Plain-text probes of a port that takes only TLS would fail; the copies
+                    // callers reach it through (with TLS) keep the health check.
+                    cluster.health_checks.clear();
+                }
                 out.cluster(cluster);
             }
             if let Some(assignment) = assignment {
