@@ -71,7 +71,8 @@ const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
-    pub enrollments: Arc<Mutex<Enrollments>>,
+    /// None where nothing is enrolled (a standalone gateway).
+    pub enrollments: Option<Arc<Mutex<Enrollments>>>,
     pub netns_dir: PathBuf,
     /// The configuration taken from the control plane, when there is one.
     pub xds: Option<watch::Receiver<Arc<XdsState>>>,
@@ -252,7 +253,13 @@ async fn route(
 }
 
 fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Response<Full<Bytes>> {
-    let Ok(mut enrollments) = state.enrollments.lock() else {
+    let Some(enrollments) = &state.enrollments else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "nothing is enrolled here: this process serves a gateway\n".into(),
+        );
+    };
+    let Ok(mut enrollments) = enrollments.lock() else {
         error!("enrollment table lock poisoned; admin enrollment request refused");
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,

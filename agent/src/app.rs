@@ -1,7 +1,9 @@
 //! `mesh-agent run`: start-up in an order that fails early and cleanly, the signal loop
-//! (SIGHUP reloads, SIGTERM/SIGINT stop), and the shutdown sequence.
+//! (SIGHUP reloads, SIGTERM/SIGINT stop), and the shutdown sequence; and `mesh-agent
+//! gateway`, a virtual gateway served standalone.
 use std::{
-    path::Path,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -20,15 +22,15 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminState},
-    config::Config,
+    config::{Config, XdsConfig},
     dataplane::{
         self, MeshState, UpstreamSettings, dns, identity,
         metrics::{EndpointCollector, XdsCollector, XdsWatch, XdsWatchPoisoned},
-        workloads::Workloads,
+        workloads::{Workload, Workloads},
     },
     host,
     listen::bind_listener,
-    proxy::{ProxyInputs, ProxySettings, inbound, outbound::Outbound},
+    proxy::{ProxyInputs, ProxySettings, gateway, inbound, outbound::Outbound},
     redirect::{
         Enrollments, RedirectCounters, Redirector, cgroup,
         metrics::{PodConnectCollector, RedirectCollector},
@@ -119,36 +121,22 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             inputs.drain.clone(),
         ));
     }
-    let xds = start_xds(&config);
+    let xds = config.xds.as_ref().map(start_xds);
     if let Some(xds) = &xds {
         *xds_watch.lock().map_err(|_| XdsWatchPoisoned)? = Some(xds.state.clone());
-        tokio::spawn(dataplane::follow(
-            xds.state.clone(),
-            inputs.state.clone(),
-            UpstreamSettings {
-                mark: Some(config.proxy.mark),
-                metrics: metrics.mesh.clone(),
-                resolver: resolver(&config.discovery.resolv_conf),
-                tls: inputs.tls.clone(),
-            },
-            xds.stop.clone(),
-        ));
-        tokio::spawn(inputs.tls.clone().follow_files(xds.stop.clone()));
-        // Automatic mTLS: workload keys made here, signed by the control plane.
-        tokio::spawn(identity::keep_certificates(
-            inputs.state.clone(),
-            inputs.workloads.clone(),
-            inputs.tls.clone(),
-            xds.signer.clone(),
-            xds.stop.clone(),
-        ));
+        follow_mesh(
+            xds,
+            &inputs,
+            &metrics,
+            resolver(&config.discovery.resolv_conf),
+        );
     }
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
     let admin_state = Arc::new(AdminState {
         metrics,
         ready: Arc::clone(&ready),
-        enrollments: Arc::clone(&enrollments),
+        enrollments: Some(Arc::clone(&enrollments)),
         netns_dir: config.enrollment.netns_dir.clone(),
         xds: xds.as_ref().map(|x| x.state.clone()),
     });
@@ -219,19 +207,146 @@ struct Xds {
     stop: CancellationToken,
 }
 
-/// Starts the xDS client when `xds.address` names a control plane.
-fn start_xds(config: &Config) -> Option<Xds> {
-    let address = config.xds.as_ref()?.address.clone();
-    let node_id = config
-        .xds
-        .as_ref()
-        .and_then(|x| x.node_id.clone())
+/// What `mesh-agent gateway` serves, and where.
+pub struct GatewayOptions {
+    /// The virtual gateway, `mesh/gateway/name`.
+    pub gateway: String,
+    /// The address its listener ports are bound on.
+    pub listen: IpAddr,
+    /// /metrics, /healthz, /readyz.
+    pub admin: SocketAddr,
+    pub xds: XdsConfig,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Serves one virtual gateway on this host — no redirect, no privileges: its listener ports
+/// bound on `options.listen`, the mesh from `options.xds`. SIGTERM or SIGINT drain it.
+pub async fn run_gateway(options: GatewayOptions) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let admin_listener = bind_listener("--admin", options.admin)?;
+    let mesh_state = MeshState::default();
+    let workloads = Workloads::default();
+    // The gateway is this process's one workload: its automatic mTLS certificate is made here.
+    workloads.insert(
+        1,
+        Workload {
+            netns: "standalone gateway".into(),
+            virtual_node: Some(options.gateway.clone()),
+            addresses: Vec::new(),
+        },
+    );
+    let xds_watch = XdsWatch::default();
+    let tls = TlsStore::default();
+    let mut metrics = Metrics::default();
+    MetricSources {
+        enrolled: Arc::default(),
+        tls: tls.metrics.clone(),
+        redirect: None,
+        state: mesh_state.clone(),
+        workloads: workloads.clone(),
+        xds: Arc::clone(&xds_watch),
+    }
+    .register(&mut metrics);
+    let metrics = Arc::new(metrics);
+    let inputs = ProxyInputs {
+        state: mesh_state,
+        workloads,
+        metrics: metrics.proxy.clone(),
+        mesh_metrics: metrics.mesh.clone(),
+        access_logs: metrics.access_logs.clone(),
+        tls,
+        settings: ProxySettings {
+            mark: None,
+            connect_timeout: options.connect_timeout,
+        },
+        drain: CancellationToken::new(),
+        cut: CancellationToken::new(),
+    };
+    let xds = start_xds(&options.xds);
+    *xds_watch.lock().map_err(|_| XdsWatchPoisoned)? = Some(xds.state.clone());
+    follow_mesh(
+        &xds,
+        &inputs,
+        &metrics,
+        resolver(Path::new("/etc/resolv.conf")),
+    );
+    let gateway_task = tokio::spawn(gateway::run(
+        options.gateway.clone(),
+        options.listen,
+        inputs.clone(),
+    ));
+    let ready = Arc::new(AtomicBool::new(true));
+    let stop_admin = CancellationToken::new();
+    let admin_state = Arc::new(AdminState {
+        metrics,
+        ready: Arc::clone(&ready),
+        enrollments: None,
+        netns_dir: PathBuf::new(),
+        xds: Some(xds.state.clone()),
+    });
+    let admin_task = tokio::spawn(admin::serve_tcp(
+        admin_listener,
+        admin_state,
+        stop_admin.clone(),
+    ));
+    info!(gateway = %options.gateway, listen = %options.listen, admin = %options.admin, "mesh-agent gateway running");
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    info!("stopping: draining connections");
+    ready.store(false, Ordering::Relaxed);
+    inputs.drain.cancel();
+    if tokio::time::timeout(options.drain_timeout, gateway_task)
+        .await
+        .is_err()
+    {
+        info!("drain period over; cutting what is still open");
+    }
+    inputs.cut.cancel();
+    xds.stop.cancel();
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    info!("mesh-agent gateway stopped");
+    Ok(())
+}
+
+/// Applies what the control plane sends to the proxy's inputs: the data plane, TLS files
+/// re-read as they change, workload certificates (automatic mTLS), until `xds.stop`.
+fn follow_mesh(xds: &Xds, inputs: &ProxyInputs, metrics: &Metrics, resolver: dns::Resolver) {
+    tokio::spawn(dataplane::follow(
+        xds.state.clone(),
+        inputs.state.clone(),
+        UpstreamSettings {
+            mark: inputs.settings.mark,
+            metrics: metrics.mesh.clone(),
+            resolver,
+            tls: inputs.tls.clone(),
+        },
+        xds.stop.clone(),
+    ));
+    tokio::spawn(inputs.tls.clone().follow_files(xds.stop.clone()));
+    // Automatic mTLS: workload keys made here, signed by the control plane.
+    tokio::spawn(identity::keep_certificates(
+        inputs.state.clone(),
+        inputs.workloads.clone(),
+        inputs.tls.clone(),
+        xds.signer.clone(),
+        xds.stop.clone(),
+    ));
+}
+
+/// Starts the xDS client toward the control plane `xds` names.
+fn start_xds(xds: &XdsConfig) -> Xds {
+    let address = xds.address.clone();
+    let node_id = xds
+        .node_id
+        .clone()
         .unwrap_or_else(|| host::hostname().unwrap_or("mesh-agent").to_owned());
-    let virtual_nodes = config
-        .xds
-        .as_ref()
-        .map(|x| x.virtual_nodes.clone())
-        .unwrap_or_default();
+    let virtual_nodes = xds.virtual_nodes.clone();
     let (sender, state) = watch::channel(Arc::new(XdsState::default()));
     let stop = CancellationToken::new();
     let settings = Settings {
@@ -244,11 +359,11 @@ fn start_xds(config: &Config) -> Option<Xds> {
         endpoint: address,
         node_id,
     };
-    Some(Xds {
+    Xds {
         state,
         signer,
         stop,
-    })
+    }
 }
 
 /// The DNS client of service discovery; without a usable resolv.conf, host files and address

@@ -1,10 +1,6 @@
 //! mesh-agent: a sidecarless, eBPF-accelerated service mesh node agent.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use cli::{mesh, xds_dump};
@@ -40,21 +36,8 @@ enum Command {
         /// The agent's YAML configuration file (see docs/config.md).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
-        /// Embed a control plane serving these App Mesh definitions (files or directories,
-        /// any format `validate` reads) and take the mesh from it; instead of `xds.address`.
-        #[arg(long = "mesh", value_name = "PATH", conflicts_with = "control_plane")]
-        mesh: Vec<PathBuf>,
-        /// With --mesh: the Cloud Map stand-in's instances (JSON, watched), as for
-        /// `control-plane --registry`.
-        #[arg(long, value_name = "FILE", requires = "mesh")]
-        registry: Option<PathBuf>,
-        /// With --mesh: SDS secrets (JSON naming PEM files, watched), as for
-        /// `control-plane --secrets`.
-        #[arg(long, value_name = "FILE", requires = "mesh")]
-        secrets: Option<PathBuf>,
-        /// With --mesh: automatic mTLS, as for `control-plane`.
         #[command(flatten)]
-        auto_mtls: cli::control_plane::AutoMtlsArgs,
+        embedded: cli::control_plane::EmbeddedArgs,
         /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010; overrides
         /// `xds.address` in the config file.
         #[arg(long, value_name = "URL")]
@@ -69,6 +52,10 @@ enum Command {
     /// Compile valid App Mesh definitions to the xDS resources a node agent gets, and print
     /// them as JSON (Envoy's config-dump form) for inspection.
     Compile(mesh::CompileArgs),
+    /// Serve one virtual gateway standalone on this host (no eBPF, no privileges): its
+    /// listener ports bound here, its gateway routes into the mesh. For a Deployment behind a
+    /// load balancer, or any host.
+    Gateway(cli::gateway::GatewayArgs),
     /// Serve App Mesh definitions to node agents over xDS (ADS, gRPC). Watches the files:
     /// a valid change is pushed to every agent, an invalid one is reported and the last good
     /// mesh keeps being served.
@@ -105,24 +92,10 @@ fn main() -> ExitCode {
         Command::XdsDump(args) => xds_dump::run(args),
         Command::Run {
             config,
-            mesh,
-            registry,
-            secrets,
-            auto_mtls,
+            embedded,
             control_plane,
-        } => run(
-            &config,
-            (!mesh.is_empty()).then(|| control_plane::Options {
-                paths: mesh,
-                input: control_plane::InputOptions::default(),
-                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                registry,
-                registry_api: None,
-                secrets,
-                auto_mtls: auto_mtls.options(),
-            }),
-            control_plane,
-        ),
+        } => run(&config, embedded.options(), control_plane),
+        Command::Gateway(args) => cli::gateway::run(args),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {
                 println!(
@@ -175,17 +148,17 @@ fn run(
         let Some(options) = embedded else {
             return app::run(config_path, config).await;
         };
-        let embedded = cli::control_plane::start(options).await?;
-        // The config names no control plane (refused above), so no node id or virtual nodes
-        // either: the agent presents its host name and takes every virtual node's resources.
-        config.xds = Some(config::XdsConfig {
-            address: format!("http://{}", embedded.addr),
-            node_id: None,
-            virtual_nodes: Vec::new(),
-        });
-        let ran = app::run(config_path, config).await;
-        let stopped = embedded.stop().await;
-        ran?;
-        Ok(stopped?)
+        cli::control_plane::with_embedded(options, |address| {
+            // The config names no control plane (refused above), so no node id or virtual
+            // nodes either: the agent presents its host name and takes every virtual node's
+            // resources.
+            config.xds = Some(config::XdsConfig {
+                address,
+                node_id: None,
+                virtual_nodes: Vec::new(),
+            });
+            app::run(config_path, config)
+        })
+        .await
     })
 }

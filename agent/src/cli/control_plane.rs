@@ -44,6 +44,56 @@ pub struct ControlPlaneArgs {
     input: InputArgs,
 }
 
+/// A control plane embedded in the agent's process (`run --mesh`, `gateway --mesh`).
+#[derive(Args)]
+pub struct EmbeddedArgs {
+    /// Embed a control plane serving these App Mesh definitions (files or directories, any
+    /// format `validate` reads) and take the mesh from it; instead of a control plane's
+    /// address.
+    #[arg(long = "mesh", value_name = "PATH", conflicts_with = "control_plane")]
+    mesh: Vec<PathBuf>,
+    /// With --mesh: the Cloud Map stand-in's instances (JSON, watched), as for
+    /// `control-plane --registry`.
+    #[arg(long, value_name = "FILE", requires = "mesh")]
+    registry: Option<PathBuf>,
+    /// With --mesh: SDS secrets (JSON naming PEM files, watched), as for
+    /// `control-plane --secrets`.
+    #[arg(long, value_name = "FILE", requires = "mesh")]
+    secrets: Option<PathBuf>,
+    /// With --mesh: automatic mTLS, as for `control-plane`.
+    #[command(flatten)]
+    auto_mtls: AutoMtlsArgs,
+}
+
+impl EmbeddedArgs {
+    /// The embedded control plane's options, if --mesh asks for one (on a free loopback port).
+    pub fn options(&self) -> Option<Options> {
+        (!self.mesh.is_empty()).then(|| Options {
+            paths: self.mesh.clone(),
+            input: control_plane::InputOptions::default(),
+            listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            registry: self.registry.clone(),
+            registry_api: None,
+            secrets: self.secrets.clone(),
+            auto_mtls: self.auto_mtls.options(),
+        })
+    }
+}
+
+/// Runs `serve` with the address of a control plane started in this process from
+/// `options`, and stops that control plane after.
+pub async fn with_embedded<F, Fut>(options: Options, serve: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let embedded = start(options).await?;
+    let served = serve(format!("http://{}", embedded.addr)).await;
+    let stopped = embedded.stop().await;
+    served?;
+    Ok(stopped?)
+}
+
 /// Automatic mTLS: on when a CA directory is given.
 #[derive(Args, Clone)]
 pub struct AutoMtlsArgs {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_xds::plan::{InboundPort, PortPlan, TlsChain};
+use mesh_xds::plan::{InboundPort, PortPlan};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
@@ -19,7 +19,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    ProxyInputs,
+    ProxyInputs, chains,
     http::{self, HttpContext, MeshClusters, Side, Upstreams},
     tcp::{ConnectionLog, RelayEnds, relay_connection, relay_to_cluster, reset},
 };
@@ -32,7 +32,6 @@ use crate::{
     listen::Acceptor,
     redirect::{InboundPod, InboundPorts, netns::PodNet},
     telemetry::metrics::{FailureReason, MeshMetrics},
-    tls::{Alpn, stream::MaybeTls},
 };
 
 /// A captured pod as its connections need it.
@@ -85,8 +84,6 @@ impl Upstreams for PodUpstreams {
 
 /// How long the application on the pod's loopback may take to accept.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// PERMISSIVE ports: how long a client may stay silent before it is taken for plain text.
-const PERMISSIVE_DETECT: Duration = Duration::from_secs(5);
 const PORTS_RECHECK: Duration = Duration::from_millis(500);
 
 /// Serves captured pods as enrollment hands them over, and keeps the captured ports equal to
@@ -292,37 +289,11 @@ async fn serve_listener_port(
         node,
         listening,
     } = accepted;
-    let chain = match (&listener_port.tls, &listener_port.plain) {
-        (Some(tls), Some(plain)) => match speaks_tls(&stream).await {
-            true => Chain::Tls(tls),
-            false => Chain::Plain(plain),
-        },
-        (Some(tls), None) => Chain::Tls(tls),
-        (None, Some(plain)) => Chain::Plain(plain),
-        (None, None) => return reset(stream),
-    };
     let accepted_on = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    let (client, plan) = match chain {
-        Chain::Plain(plan) => (MaybeTls::Plain(stream), plan),
-        Chain::Tls(chain) => {
-            let alpn = match chain.plan {
-                PortPlan::Http(_) => Alpn::Http,
-                PortPlan::Tcp { .. } => Alpn::None,
-            };
-            match inputs.tls.accept(&chain.tls, alpn, stream, peer).await {
-                Ok(tls) => (MaybeTls::Server(Box::new(tls)), &chain.plan),
-                Err(failed) => {
-                    // Counted and said (once per kind) by the store; the client is gone.
-                    debug!(netns = %pod.netns, port, %failed, "inbound TLS refused");
-                    inputs
-                        .metrics
-                        .failed(&format!("127.0.0.1:{port}"), FailureReason::tls);
-                    return;
-                }
-            }
-        }
+    let Some((client, plan)) = chains::accept(stream, peer, listener_port, inputs).await else {
+        return;
     };
     // The caller as its certificate names it; plain text says nothing about who it is.
     // Through a gateway, the gateway is the mesh's caller.
@@ -367,23 +338,6 @@ async fn serve_listener_port(
             relay_to_cluster(client, peer_v4(peer), &upstream, ends).await
         }
     }
-}
-
-/// Which chain of a listener port takes a connection.
-enum Chain<'a> {
-    Plain(&'a PortPlan),
-    Tls(&'a TlsChain),
-}
-
-/// PERMISSIVE: whether the client opens with a TLS handshake record (content type 22). A
-/// client that says nothing for a while is taken for plain text (protocols where the server
-/// speaks first).
-async fn speaks_tls(stream: &TcpStream) -> bool {
-    let mut first = [0u8; 1];
-    matches!(
-        tokio::time::timeout(PERMISSIVE_DETECT, stream.peek(&mut first)).await,
-        Ok(Ok(1)) if first[0] == 0x16
-    )
 }
 
 /// A connection to a port that is not a listener port of the pod's virtual node.

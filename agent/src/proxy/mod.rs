@@ -5,6 +5,8 @@
 //!
 //! [`outbound`] and [`inbound`] are peers: accept loops that pick a plan per connection and
 //! hand it to the shared engines, [`tcp`] (with [`relay`]) and [`http`].
+mod chains;
+pub mod gateway;
 pub mod http;
 pub mod inbound;
 pub mod outbound;
