@@ -1,6 +1,7 @@
 //! `cargo xtask sandbox`: a throwaway mesh node running an App Mesh mesh — a client pod
-//! calling `products` and `prices`, prices split 80/20 between v1 and v2 — through the real
-//! redirect and node proxy, with per-service counts from the agent's /metrics.
+//! calling `products` and `prices`, prices split 80/20 between v1 and v2, and a virtual
+//! gateway taking an `internet` pod outside the mesh to both — through the real redirect and
+//! node proxy, with per-service counts from the agent's /metrics.
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
@@ -25,6 +26,9 @@ const PRODUCTS: &str = "products.sandbox.local";
 const PRICES: &str = "prices.sandbox.local";
 /// A port no virtual node of the mesh listens on.
 const LEGACY_PORT: u16 = 7000;
+/// Virtual gateway `ingress`'s listener port (deploy/examples/sandbox/vg-ingress.json).
+const GATEWAY: &str = "sandbox/gateway/ingress";
+const GATEWAY_PORT: u16 = 8088;
 
 pub fn run(once: bool) -> anyhow::Result<()> {
     build::require_root("the sandbox")?;
@@ -43,7 +47,15 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     step("creating the sandbox node (leftovers of earlier runs are removed first)");
     let mut node = Node::create("sandbox")?;
     let mut ips = BTreeMap::new();
-    for pod in ["client", "products", "prices-v1", "prices-v2", "legacy"] {
+    for pod in [
+        "client",
+        "products",
+        "prices-v1",
+        "prices-v2",
+        "legacy",
+        "ingress",
+        "internet",
+    ] {
         let ip = node.add_pod(pod)?.ip;
         println!(
             "  pod {pod:<10} {ip:<12} netns {}",
@@ -79,9 +91,16 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         "starting mesh-agent: the mesh from deploy/examples/sandbox (embedded control plane), pod addresses from a Cloud Map-style registry, automatic mTLS (a CA made in the work directory)",
     );
     println!("{}", indent(&registry_json(&ips)));
-    // Every pod but legacy is enrolled; which virtual node each is comes from the mesh's
-    // endpoints (their addresses in the registry).
-    let config = config_for(&node, &["client", "products", "prices-v1", "prices-v2"], "")?;
+    // Every pod but legacy and internet is enrolled; which virtual node each is comes from
+    // the mesh's endpoints (their addresses in the registry), but for the ingress pod, which
+    // is enrolled as the virtual gateway.
+    let config = config_for(&node, &["client", "products", "prices-v1", "prices-v2"], "")?.replace(
+        "netns: [",
+        &format!(
+            "netns: [\"{}={GATEWAY}\", ",
+            node.pod("ingress")?.netns_name()
+        ),
+    );
     let mut agent = Agent::start_with_args(
         &node,
         &config,
@@ -102,6 +121,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     );
     wait_for_endpoints(&node, &agent)?;
     wait_for_certificates(&node, &agent)?;
+    wait_for_gateway(&node, &agent, ips["ingress"])?;
     check(&interrupted)?;
 
     step(&format!(
@@ -159,26 +179,69 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     );
     check(&interrupted)?;
 
+    let ingress = format!("http://{}:{GATEWAY_PORT}", ips["ingress"]);
+    step(&format!(
+        "internet (outside the mesh) -> virtual gateway ingress ({ingress}): 1000 requests to /prices/..., gateway route `prices` (the prefix becomes /, the Host {PRICES}), then prices' canary 80/20"
+    ));
+    let answers = internet_curl(&node, &format!("{ingress}/prices/[1-1000]"), &[])?;
+    for version in ["prices-v1", "prices-v2"] {
+        println!(
+            "  {version}: {}",
+            answers.matches(&format!("hello from {version} ")).count()
+        );
+    }
     step(
-        "per-service counts from the agent's /metrics (inbound sources: the callers' certificates)",
+        "internet -> ingress with Host: shop.example.com: gateway route `shop` (hostname match) to products",
+    );
+    let answer = internet_curl(
+        &node,
+        &format!("{ingress}/"),
+        &["-H", "Host: shop.example.com"],
+    )?;
+    println!("  {}", answer.trim());
+    step(
+        "internet -> ingress /catalog: gateway route `catalog` (path rewrite to /products/list) to products",
+    );
+    let answer = internet_curl(&node, &format!("{ingress}/catalog"), &[])?;
+    println!("  {}", answer.trim());
+    step("internet -> ingress /nothing: no gateway route matches, 404 said by the gateway");
+    let answer = internet_curl(
+        &node,
+        &format!("{ingress}/nothing"),
+        &["-o", "/dev/null", "-D", "-"],
+    )?;
+    for line in answer
+        .lines()
+        .filter(|l| l.starts_with("HTTP/") || l.starts_with("x-mesh-"))
+    {
+        println!("  {}", line.trim());
+    }
+    check(&interrupted)?;
+
+    step(
+        "per-service counts from the agent's /metrics (inbound sources: the callers' certificates; reporter gateway: requests through the ingress gateway)",
     );
     print_service_counts(&agent.metrics(&node)?);
     step(
-        "the client's access log (logging.accessLog.file: /dev/stdout, Envoy's default format), last 3 lines",
+        "access logs (logging.accessLog.file: /dev/stdout): the client's in Envoy's default format, the gateway's in its own text format; the last 3 lines of each",
     );
     let log = agent.log();
-    let access: Vec<&str> = log.lines().filter(|l| l.starts_with("[20")).collect();
-    for line in &access[access.len().saturating_sub(3)..] {
-        println!("  {line}");
+    for tag in ["[20", "ingress ["] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with(tag)).collect();
+        for line in &lines[lines.len().saturating_sub(3)..] {
+            println!("  {line}");
+        }
     }
 
     if !once {
         println!(
             "\nThe mesh keeps serving. Try, in another shell:\n  \
              nsenter --net={client} sh -c 'echo $$ > {cgroup}/cgroup.procs; curl -s --resolve {PRICES}:{PORT}:{SERVICE_VIP} http://{PRICES}:{PORT}/'\n  \
+             nsenter --net={internet} curl -s {ingress}/prices/\n  \
              nsenter --net={node_ns} curl -s http://127.0.0.1:15020/metrics | grep ^mesh_requests\n\
              Ctrl-C ends it.",
             client = node.pod("client")?.netns_path().display(),
+            internet = node.pod("internet")?.netns_path().display(),
             cgroup = node.cgroup_path().display(),
             node_ns = node.netns().path().display(),
         );
@@ -244,10 +307,11 @@ fn wait_for_endpoints(node: &Node, agent: &Agent) -> anyhow::Result<()> {
     }
 }
 
-/// Waits until the four enrolled virtual nodes have their workload certificates.
+/// Waits until the four enrolled virtual nodes and the gateway have their workload
+/// certificates.
 fn wait_for_certificates(node: &Node, agent: &Agent) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + SHORT;
-    let sample = "mesh_agent_workload_certificate_requests_total{result=\"ok\"} 4";
+    let sample = "mesh_agent_workload_certificate_requests_total{result=\"ok\"} 5";
     while !agent.metrics(node)?.contains(sample) {
         if std::time::Instant::now() >= deadline {
             bail!(
@@ -258,6 +322,40 @@ fn wait_for_certificates(node: &Node, agent: &Agent) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Waits until the ingress pod's gateway port is captured: a connection from outside is
+/// taken by the proxy instead of refused (nothing in the pod listens).
+fn wait_for_gateway(node: &Node, agent: &Agent, ingress: Ipv4Addr) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + SHORT;
+    let url = format!("http://{ingress}:{GATEWAY_PORT}/");
+    loop {
+        let output =
+            node.run_in_pod("internet", "curl", &["-s", "--max-time", "2", &url], SHORT)?;
+        // 7: could not connect.
+        if output.status.code() != Some(7) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the gateway port {GATEWAY_PORT} of the ingress pod is not captured after {SHORT:?}:\n{}",
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// curl from the internet pod (outside the mesh) to `url` (URL globbing allowed).
+fn internet_curl(node: &Node, url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["-sS", "--max-time", "30"];
+    all.extend_from_slice(args);
+    all.push(url);
+    let output = node.run_in_pod("internet", "curl", &all, Duration::from_secs(60))?;
+    if !output.status.success() {
+        bail!("curl {url}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// curl from the client pod to `http://service:8080{path}` (URL globbing allowed).
@@ -277,7 +375,7 @@ fn curl(node: &Node, service: &str, path: &str, args: &[&str]) -> anyhow::Result
 /// `mesh_requests_total` summed per source, service, target node and code.
 fn print_service_counts(metrics: &str) {
     println!(
-        "  {:<9} {:<16} {:<24} {:<20} {:<32} {:<5} {:>6}",
+        "  {:<9} {:<24} {:<24} {:<20} {:<32} {:<5} {:>6}",
         "reporter", "source", "virtual service", "virtual node", "route", "code", "count"
     );
     for line in metrics
@@ -293,7 +391,7 @@ fn print_service_counts(metrics: &str) {
         };
         let count = line.rsplit(' ').next().unwrap_or("?");
         println!(
-            "  {:<9} {:<16} {:<24} {:<20} {:<32} {:<5} {:>6}",
+            "  {:<9} {:<24} {:<24} {:<20} {:<32} {:<5} {:>6}",
             label("reporter"),
             label("source_virtual_node"),
             label("destination_virtual_service"),

@@ -9,7 +9,9 @@ use std::{
     io,
     net::Shutdown,
     os::fd::{AsRawFd, OwnedFd, RawFd},
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -17,7 +19,7 @@ use nix::fcntl::OFlag;
 use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf},
     net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
@@ -27,8 +29,13 @@ use crate::{telemetry::metrics::ConnectionMetrics, tls::stream::MaybeTls};
 /// Pipe capacity per direction; larger pipes let one splice move more of a fast stream.
 /// The kernel may refuse the resize (pipe-max-size, per-user limits): the default 64 KiB works.
 const PIPE_SIZE: libc::c_int = 256 * 1024;
-/// Per direction when bytes pass through user space: one TLS record's worth.
+/// Per direction when bytes pass through user space: a connection starts with one TLS
+/// record's worth...
 const COPY_BUFFER: usize = 16 * 1024;
+/// ...and grows to this once a read fills it (a bulk transfer): one read then takes several
+/// records and one write hands the kernel one large segment, instead of a system call each
+/// way and a 16 KiB segment through every hop per record.
+const COPY_BUFFER_BULK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -130,6 +137,9 @@ async fn both_ways(
 
 /// One direction through user space (TLS on a side): read, write, until EOF on `from`
 /// (then a close_notify and FIN on `to`).
+///
+/// A TLS stream hands out at most one record (16 KiB) per read, so after the read that waited,
+/// what else is ready is taken too — without waiting — and written at once.
 async fn copy_half(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
@@ -138,15 +148,50 @@ async fn copy_half(
 ) -> Result<(), Side> {
     let mut buffer = vec![0u8; COPY_BUFFER];
     loop {
-        let read = from.read(&mut buffer).await.map_err(Side::Read)?;
-        if read == 0 {
+        let mut filled = from.read(&mut buffer).await.map_err(Side::Read)?;
+        if filled == 0 {
             return to.shutdown().await.map_err(Side::Write);
         }
-        to.write_all(&buffer[..read]).await.map_err(Side::Write)?;
+        let mut ended = false;
+        while filled < buffer.len() {
+            match read_now(&mut from, &mut buffer[filled..]).await {
+                Some(Ok(0)) => ended = true,
+                Some(Ok(read)) => {
+                    filled += read;
+                    continue;
+                }
+                Some(Err(error)) => return Err(Side::Read(error)),
+                None => {}
+            }
+            break;
+        }
+        to.write_all(&buffer[..filled]).await.map_err(Side::Write)?;
         to.flush().await.map_err(Side::Write)?;
-        counter.inc_by(read as u64);
-        moved.fetch_add(read as u64, Ordering::Relaxed);
+        counter.inc_by(filled as u64);
+        moved.fetch_add(filled as u64, Ordering::Relaxed);
+        if ended {
+            return to.shutdown().await.map_err(Side::Write);
+        }
+        if filled == buffer.len() && buffer.len() < COPY_BUFFER_BULK {
+            buffer.resize(COPY_BUFFER_BULK, 0);
+        }
     }
+}
+
+/// One read if it completes without waiting (None if it would wait; the task is then woken
+/// when `from` is ready, which the next read that waits covers anyway).
+async fn read_now(
+    from: &mut (impl AsyncRead + Unpin),
+    buffer: &mut [u8],
+) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut read = ReadBuf::new(buffer);
+        match Pin::new(&mut *from).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(result) => Poll::Ready(Some(result.map(|()| read.filled().len()))),
+        }
+    })
+    .await
 }
 
 /// The bytes one connection moved, each way.

@@ -257,6 +257,12 @@ pub fn files_of(plan: &NodePlan) -> Vec<PathBuf> {
             files.validation(chain.tls.validation.as_ref());
         }
     }
+    for port in plan.gateways.values().flat_map(|ports| ports.values()) {
+        if let Some(chain) = &port.tls {
+            files.certificate(Some(&chain.tls.certificate));
+            files.validation(chain.tls.validation.as_ref());
+        }
+    }
     for secret in plan.secrets.values() {
         match secret {
             SecretPlan::Certificate(pair) => files.key_pair(pair),

@@ -587,7 +587,7 @@ impl RouteAction {
                     .map(|p| p.regex.as_str())
                     .unwrap_or_default();
                 Regex::new(pattern)
-                    .map(|regex| (regex, r.substitution.clone()))
+                    .map(|regex| (regex, substitution(&r.substitution)))
                     .map_err(|e| {
                         PlanError::new(
                             "route.regex_rewrite",
@@ -634,6 +634,31 @@ impl RouteAction {
             regex.replace_all(path, substitution.as_str()).into_owned()
         })
     }
+}
+
+/// Envoy's (RE2's) substitution syntax in the regex crate's: `\N` is capture group N, and
+/// `$` is a literal dollar (the regex crate would take `$name` for a group).
+fn substitution(envoy: &str) -> String {
+    let mut out = String::with_capacity(envoy.len());
+    let mut chars = envoy.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(digit) if digit.is_ascii_digit() => {
+                    out.push_str(&format!("${{{digit}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn retry_policy(policy: &pb::RetryPolicy) -> Result<RetryPolicy, PlanError> {
@@ -704,6 +729,18 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn envoy_substitutions_mean_the_same_here() {
+        assert_eq!(substitution("/price$tag"), "/price$$tag");
+        assert_eq!(substitution("/v2/\\1/x"), "/v2/${1}/x");
+        assert_eq!(substitution("a\\\\b"), "a\\b");
+        let regex = regex::Regex::new("^/old/(.*)$").unwrap();
+        assert_eq!(
+            regex.replace_all("/old/a", substitution("/new$/\\1").as_str()),
+            "/new$/a"
+        );
+    }
 
     fn request<'a>(
         path: &'a str,

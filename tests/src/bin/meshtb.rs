@@ -22,7 +22,8 @@ enum Cli {
     /// `hello from NAME path=PATH` and an `x-served-by: NAME` header. Request headers steer
     /// it: `x-meshtb-status: CODE` answers CODE, `x-meshtb-delay-ms: N` waits first,
     /// `x-meshtb-reply-bytes: N` pads the body to N bytes. The request body is read whole
-    /// first; its length comes back as `x-meshtb-body-length`.
+    /// first; its length comes back as `x-meshtb-body-length`, the Host (or HTTP/2
+    /// :authority) it arrived with as `x-meshtb-host`.
     HttpServer {
         /// Port to listen on; repeat to listen on several.
         #[arg(long = "port", required = true)]
@@ -237,6 +238,19 @@ async fn answer(
     response
         .headers_mut()
         .insert("x-meshtb-body-length", request_length.into());
+    // The Host the request arrived with (HTTP/2: its :authority), so tests see what a host
+    // rewrite made of it.
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .cloned()
+        .or_else(|| {
+            let authority = request.uri().authority()?;
+            hyper::header::HeaderValue::from_str(authority.as_str()).ok()
+        });
+    if let Some(host) = host {
+        response.headers_mut().insert("x-meshtb-host", host);
+    }
     // Echo the correlation headers the request arrived with, so tests see what hops added.
     for (seen, echo) in [
         ("x-request-id", "x-meshtb-request-id"),

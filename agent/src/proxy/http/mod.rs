@@ -318,8 +318,9 @@ impl HttpContext {
                 query: parts.uri.query(),
                 headers: &parts.headers,
             };
+            // The gateway's own table names no service yet: its replies say none.
             let with_service = |mut reply: LocalReply| {
-                reply.service = Some(service.clone());
+                reply.service = (!gateway_table).then(|| service.clone());
                 reply
             };
             let Some(route) = host.route(&view) else {
