@@ -92,20 +92,11 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
 
-    let inputs = ProxyInputs {
-        state: mesh_state,
-        workloads,
-        metrics: metrics.proxy.clone(),
-        mesh_metrics: metrics.mesh.clone(),
-        access_logs: metrics.access_logs.clone(),
-        tls,
-        settings: ProxySettings {
-            mark: Some(config.proxy.mark),
-            connect_timeout: config.proxy.connect_timeout,
-        },
-        drain: CancellationToken::new(),
-        cut: CancellationToken::new(),
+    let settings = ProxySettings {
+        mark: Some(config.proxy.mark),
+        connect_timeout: config.proxy.connect_timeout,
     };
+    let inputs = ProxyInputs::recording(mesh_state, workloads, &metrics, tls, settings);
     let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
     let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
     let inbound_task =
@@ -249,20 +240,11 @@ pub async fn run_gateway(options: GatewayOptions) -> anyhow::Result<()> {
     }
     .register(&mut metrics);
     let metrics = Arc::new(metrics);
-    let inputs = ProxyInputs {
-        state: mesh_state,
-        workloads,
-        metrics: metrics.proxy.clone(),
-        mesh_metrics: metrics.mesh.clone(),
-        access_logs: metrics.access_logs.clone(),
-        tls,
-        settings: ProxySettings {
-            mark: None,
-            connect_timeout: options.connect_timeout,
-        },
-        drain: CancellationToken::new(),
-        cut: CancellationToken::new(),
+    let settings = ProxySettings {
+        mark: None,
+        connect_timeout: options.connect_timeout,
     };
+    let inputs = ProxyInputs::recording(mesh_state, workloads, &metrics, tls, settings);
     let xds = start_xds(&options.xds);
     *xds_watch.lock().map_err(|_| XdsWatchPoisoned)? = Some(xds.state.clone());
     follow_mesh(

@@ -291,30 +291,11 @@ impl MeshNode {
     /// curl from the client pod to `http://api.m.local:8080{path}` with `args`; returns
     /// (status, body, headers).
     pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
-        let headers_file = self._work.path().join("headers.txt");
-        let url = format!("http://{SERVICE}:{PORT}{path}");
-        let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
-        let mut all = vec![
-            "-sS",
-            "--max-time",
-            "20",
-            "--resolve",
-            &resolve,
-            "-D",
-            headers_file.to_str().unwrap(),
-            "-w",
-            "\n%{http_code}",
-        ];
-        all.extend_from_slice(args);
-        all.push(&url);
-        let output = self
-            .node
-            .run_in_pod("client", "curl", &all, TIMEOUT)
-            .expect("curl runs");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        let headers = std::fs::read_to_string(&headers_file).unwrap_or_default();
-        (status.trim().parse().unwrap_or(0), body.to_owned(), headers)
+        let scratch = self._work.path().join("headers.txt");
+        let target = (SERVICE, PORT, SERVICE_VIP);
+        self.node
+            .curl_service("client", target, path, args, &scratch, TIMEOUT)
+            .expect("curl runs")
     }
 
     /// Which virtual node answered `path` with curl `args` (panics on a non-200 answer).

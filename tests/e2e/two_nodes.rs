@@ -241,30 +241,11 @@ impl TwoNodes {
         path: &str,
         args: &[&str],
     ) -> (u16, String, String) {
-        let headers_file = self.work.path().join("headers.txt");
-        let url = format!("http://{service}:{port}{path}");
-        let resolve = format!("{service}:{port}:{SERVICE_VIP}");
-        let mut all = vec![
-            "-sS",
-            "--max-time",
-            "20",
-            "--resolve",
-            &resolve,
-            "-D",
-            headers_file.to_str().unwrap(),
-            "-w",
-            "\n%{http_code}",
-        ];
-        all.extend_from_slice(args);
-        all.push(&url);
-        let output = self
-            .node1
-            .run_in_pod("client", "curl", &all, TIMEOUT)
-            .expect("curl runs");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        let headers = std::fs::read_to_string(&headers_file).unwrap_or_default();
-        (status.trim().parse().unwrap_or(0), body.to_owned(), headers)
+        let scratch = self.work.path().join("headers.txt");
+        let target = (service, port, SERVICE_VIP);
+        self.node1
+            .curl_service("client", target, path, args, &scratch, TIMEOUT)
+            .expect("curl runs")
     }
 
     /// A pcap file in the work directory.

@@ -203,6 +203,41 @@ impl Node {
         output_within(command, timeout)
     }
 
+    /// curl from `pod` to `http://{service}:{port}{path}` with `args`, the name resolving to
+    /// `vip` (an address only the mesh routes): (status, body, response headers); the
+    /// headers go through `scratch` (a file path).
+    pub fn curl_service(
+        &self,
+        pod: &str,
+        (service, port, vip): (&str, u16, &str),
+        path: &str,
+        args: &[&str],
+        scratch: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<(u16, String, String)> {
+        let url = format!("http://{service}:{port}{path}");
+        let resolve = format!("{service}:{port}:{vip}");
+        let headers_file = scratch.to_str().context("scratch path")?;
+        let mut all = vec![
+            "-sS",
+            "--max-time",
+            "20",
+            "--resolve",
+            &resolve,
+            "-D",
+            headers_file,
+            "-w",
+            "\n%{http_code}",
+        ];
+        all.extend_from_slice(args);
+        all.push(&url);
+        let output = self.run_in_pod(pod, "curl", &all, timeout)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let headers = fs::read_to_string(scratch).unwrap_or_default();
+        Ok((status.trim().parse().unwrap_or(0), body.to_owned(), headers))
+    }
+
     /// Waits until something listens on `addr` (reachable from the node namespace).
     pub fn wait_for_listener(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + timeout;

@@ -21,7 +21,7 @@ use crate::{
     dataplane::{MeshState, workloads::Workloads},
     telemetry::{
         access_log::AccessLogWriters,
-        metrics::{MeshMetrics, ProxyMetrics},
+        metrics::{MeshMetrics, Metrics, ProxyMetrics},
     },
     tls::TlsStore,
 };
@@ -48,6 +48,28 @@ pub struct ProxyInputs {
 }
 
 impl ProxyInputs {
+    /// Inputs applying `state` to `workloads`, recording into `metrics`, with fresh drain and
+    /// cut signals.
+    pub fn recording(
+        state: MeshState,
+        workloads: Workloads,
+        metrics: &Metrics,
+        tls: TlsStore,
+        settings: ProxySettings,
+    ) -> Self {
+        Self {
+            state,
+            workloads,
+            metrics: metrics.proxy.clone(),
+            mesh_metrics: metrics.mesh.clone(),
+            access_logs: metrics.access_logs.clone(),
+            tls,
+            settings,
+            drain: CancellationToken::new(),
+            cut: CancellationToken::new(),
+        }
+    }
+
     /// Inputs with no mesh loaded yet: every connection is plain TCP to its destination.
     pub fn new(settings: ProxySettings, metrics: ProxyMetrics) -> Self {
         Self {
