@@ -46,6 +46,8 @@ pub struct GatewaySpec {
     pub workloads: Vec<Workload>,
     /// More mesh definitions (virtual services of the workloads).
     pub files: Vec<Value>,
+    /// More `run` arguments for the agent (e.g. automatic mTLS).
+    pub agent_args: Vec<String>,
 }
 
 /// One node: pod `gw` (enrolled as virtual gateway `gw`), `s1` (v1, behind `api.m.local`),
@@ -158,13 +160,9 @@ impl GatewayNode {
         let config = config_for(&node, &[], "")
             .unwrap()
             .replace("netns: []", &format!("netns: [{}]", netns.join(", ")));
-        let agent = Agent::start_with_args(
-            &node,
-            &config,
-            dir.path(),
-            &["--mesh", mesh.to_str().unwrap()],
-        )
-        .expect("agent");
+        let mut args = vec!["--mesh", mesh.to_str().unwrap()];
+        args.extend(spec.agent_args.iter().map(String::as_str));
+        let agent = Agent::start_with_args(&node, &config, dir.path(), &args).expect("agent");
         let mut clusters = vec![format!("m/v1/{PORT}")];
         clusters.extend(
             spec.workloads
@@ -1005,4 +1003,56 @@ fn grpc_calls_go_through_a_grpc_gateway_listener_as_direct() {
     assert!(count("peer.m.local") >= 7.0, "{after}");
     assert_eq!(count("tonic.m.local"), 2.0, "{after}");
     drop(twin);
+}
+
+/// Under automatic mTLS the gateway calls the meshed service with its own identity
+/// (`spiffe://…/virtualGateway/gw`, its key made by the agent that serves it), and the
+/// service's inbound side names it.
+#[test]
+fn under_automatic_mtls_the_gateway_calls_with_its_own_identity() {
+    let ca = tempfile::tempdir().unwrap();
+    let gateway = GatewayNode::start_with(
+        "gwmtls",
+        GatewaySpec {
+            listeners: vec![json!({"portMapping": {"port": GATEWAY_PORT, "protocol": "http"}})],
+            gateway_routes: vec![gateway_route("api", to_api(json!({"prefix": "/"}), None))],
+            agent_args: vec![
+                "--auto-mtls-ca-dir".into(),
+                ca.path().join("ca").display().to_string(),
+            ],
+            ..Default::default()
+        },
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    let body = loop {
+        // The gateway's and v1's certificates are signed once their pods are known.
+        let (status, body, _) = gateway.curl("/secured", &[]);
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{status} {body}\n{}",
+            gateway.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("hello from v1 path=/secured"), "{body}");
+    let metrics = gateway.agent.metrics(&gateway.node).unwrap();
+    let inbound = [
+        ("reporter", "inbound"),
+        ("source_virtual_node", "m/gateway/gw"),
+        ("destination_virtual_node", "m/v1"),
+        ("response_code", "200"),
+    ];
+    assert!(
+        metric_sum(&metrics, "mesh_requests_total", &inbound) >= 1.0,
+        "{metrics}"
+    );
+    let sample = r#"mesh_agent_workload_certificate_requests_total{result="ok"}"#;
+    assert_eq!(
+        tests::agent::metric_value(&metrics, sample),
+        2.0,
+        "the gateway's and v1's: {metrics}"
+    );
 }
