@@ -30,8 +30,6 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use crate::compile::MeshIndex;
-
 mod service;
 
 pub use service::IdentityService;
@@ -164,8 +162,9 @@ impl AutoMtls {
         }
     }
 
-    /// Signs `csr_pem` if it asks for the SPIFFE ID of a virtual node of `index`: the chain.
-    pub fn sign(&self, csr_pem: &str, index: &MeshIndex) -> Result<String, SignError> {
+    /// Signs `csr_pem` if it asks for the SPIFFE ID of a workload (`mesh/node`,
+    /// `mesh/gateway/name`) the mesh has (`known`): the chain.
+    pub fn sign(&self, csr_pem: &str, known: impl Fn(&str) -> bool) -> Result<String, SignError> {
         let mut request =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(SignError::Csr)?;
         let [SanType::URI(uri)] = request.params.subject_alt_names.as_slice() else {
@@ -179,7 +178,7 @@ impl AutoMtls {
                     .is_some_and(|(domain, _)| domain == self.trust_domain())
             })
             .ok_or_else(|| SignError::NotAVirtualNode(id.clone(), self.trust_domain().into()))?;
-        if !index.has_workload(&workload) {
+        if !known(&workload) {
             return Err(SignError::Unknown(workload));
         }
         let params = &mut request.params;
@@ -267,6 +266,7 @@ mod tests {
     use mesh_model::source::{self, LoadOptions};
 
     use super::*;
+    use crate::compile::MeshIndex;
 
     fn shop() -> MeshIndex {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
@@ -312,11 +312,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mtls = AutoMtls::load(options(dir.path())).unwrap();
         let index = shop();
+        let known = |workload: &str| index.has_workload(workload);
         let chain = mtls
-            .sign(&csr(&["spiffe://td/mesh/shop/virtualNode/web"]), &index)
+            .sign(&csr(&["spiffe://td/mesh/shop/virtualNode/web"]), known)
             .unwrap();
         assert!(chain.starts_with("-----BEGIN CERTIFICATE-----"));
-        let refused = |uris: &[&str]| mtls.sign(&csr(uris), &index).unwrap_err().to_string();
+        let refused = |uris: &[&str]| mtls.sign(&csr(uris), known).unwrap_err().to_string();
         assert!(
             refused(&["spiffe://td/mesh/shop/virtualNode/nobody"])
                 .contains("not a virtual node or gateway of the mesh")
@@ -324,7 +325,7 @@ mod tests {
         assert!(
             mtls.sign(
                 &csr(&["spiffe://td/mesh/shop/virtualGateway/ingress"]),
-                &index
+                known
             )
             .is_ok(),
             "the shop's gateway"
@@ -341,7 +342,7 @@ mod tests {
             .contains("exactly one SPIFFE ID")
         );
         assert!(
-            mtls.sign("not a CSR", &index)
+            mtls.sign("not a CSR", known)
                 .unwrap_err()
                 .to_string()
                 .contains("does not parse")

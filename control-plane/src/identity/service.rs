@@ -36,7 +36,10 @@ impl IdentityService {
         let MeshSource::Mesh(index, ..) = &published.mesh else {
             return Err(Status::failed_precondition("no mesh is served"));
         };
-        match self.mtls.sign(&request.csr_pem, index) {
+        match self
+            .mtls
+            .sign(&request.csr_pem, |workload| index.has_workload(workload))
+        {
             Ok(chain_pem) => {
                 info!(node = %request.node_id, "workload certificate signed");
                 Ok(SignResponse { chain_pem })
