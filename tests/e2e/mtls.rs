@@ -712,3 +712,49 @@ fn http2_and_tcp_routes_cross_nodes_inside_automatic_mtls() {
         assert!(ok(&nodes.metrics2(), "server") >= 1.0, "{protocol}");
     }
 }
+
+/// App Mesh's PERMISSIVE listener takes TLS and plain text on the same port; a client policy
+/// applies on its `ports` only, and `enforce: false` turns it off.
+#[test]
+fn a_permissive_listener_takes_both_and_client_policies_keep_to_their_ports() {
+    let pki = Pki::new();
+    let nodes = start(
+        "mtlsperm",
+        &pki.files,
+        TwoNodeSpec::default(),
+        |files, mesh| {
+            let mut listener = files.strict_listener(&[client_id()]);
+            listener["mode"] = json!("PERMISSIVE");
+            set_listener_tls(mesh, listener);
+            // TLS on another port only: 8080 goes in plain text.
+            let mut policy = files.client_policy(&[v1_id()], true);
+            policy["clientPolicy"]["tls"]["ports"] = json!([9999]);
+            set_backend_defaults(mesh, policy);
+        },
+    );
+    let marker = format!("permissive-{}", std::process::id());
+    let send = |name: &str| {
+        let ((status, body, _), captured) = nodes.captured_while(name, || {
+            nodes.curl("/permissive", &["--data-binary", &marker])
+        });
+        assert_eq!(status, 200, "{name}: {body}\n{}", nodes.logs());
+        captured.contains(marker.as_bytes())
+    };
+    assert!(
+        send("plain"),
+        "policy on other ports: plain text, which PERMISSIVE takes"
+    );
+
+    let mut client = client_definition(&nodes);
+    client["spec"]["backendDefaults"]["clientPolicy"]["tls"]["ports"] = json!([PORT]);
+    nodes.write_mesh_file("vn-client", &client);
+    eventually("TLS on the policy's port", &nodes, || {
+        (!send("tls")).then_some(())
+    });
+
+    client["spec"]["backendDefaults"]["clientPolicy"]["tls"]["enforce"] = json!(false);
+    nodes.write_mesh_file("vn-client", &client);
+    eventually("enforce: false turns the policy off", &nodes, || {
+        send("off").then_some(())
+    });
+}
