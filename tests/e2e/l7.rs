@@ -244,6 +244,16 @@ impl MeshNode {
             _work: work,
         };
         this.wait_for_endpoints();
+        // One listener port for each enrolled pod that is a virtual node (client, v1, v2).
+        let virtual_nodes = if spec.discover {
+            3
+        } else {
+            let nodes = ["client", "s1", "s2"];
+            spec.enrolled.iter().filter(|pod| nodes.contains(pod)).count()
+        };
+        this.agent
+            .wait_for_inbound_ports(&this.node, virtual_nodes)
+            .expect("inbound ports captured");
         this
     }
 

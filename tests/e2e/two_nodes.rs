@@ -134,6 +134,12 @@ impl TwoNodes {
             files.insert(format!("route-{index}"), route);
         }
         (spec.edit_mesh)(&mut files);
+        let listeners = |file: &str| {
+            files[file]["spec"]["listeners"]
+                .as_array()
+                .map_or(0, Vec::len)
+        };
+        let inbound_ports = [listeners("vn-client"), listeners("vn-v1")];
         for (name, value) in files {
             std::fs::write(
                 mesh_dir.path().join(format!("{name}.json")),
@@ -172,6 +178,14 @@ impl TwoNodes {
                     r#"mesh_upstream_endpoints{cluster="m/v1/8080",state="available"}"#,
                 ) >= 1.0
             });
+        }
+        for (agent, node, ports) in [
+            (&this.agent1, &this.node1, inbound_ports[0]),
+            (&this.agent2, &this.node2, inbound_ports[1]),
+        ] {
+            agent
+                .wait_for_inbound_ports(node, ports)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", node.tag()));
         }
         this
     }

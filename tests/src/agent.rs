@@ -113,6 +113,26 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent captures `count` inbound listener ports (pod address and port):
+    /// until then a connection to an enrolled pod reaches its application directly.
+    pub fn wait_for_inbound_ports(&self, node: &Node, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics(node).unwrap_or_default();
+            let captured = metric_value(&metrics, "mesh_agent_inbound_ports_captured");
+            if captured >= count as f64 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{captured} inbound ports captured, not {count}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

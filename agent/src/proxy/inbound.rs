@@ -127,9 +127,12 @@ pub async fn run(
         let Ok(desired) = captured_ports(&plane, &inputs.workloads) else {
             continue;
         };
-        if let Err(error) = ports.sync(&desired) {
-            error!(%error, "captured inbound ports no longer follow the mesh");
-            ports_poisoned = true;
+        match ports.sync(&desired) {
+            Ok(captured) => inputs.metrics.inbound_ports_captured(captured),
+            Err(error) => {
+                error!(%error, "captured inbound ports no longer follow the mesh");
+                ports_poisoned = true;
+            }
         }
     }
     tracker.close();

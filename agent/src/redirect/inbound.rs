@@ -82,8 +82,9 @@ pub struct Captured {
 pub struct InboundPorts(Arc<Mutex<HashMap<MapData, InboundKey, u8>>>);
 
 impl InboundPorts {
-    /// Makes the captured ports exactly `desired` (pod address, port).
-    pub fn sync(&self, desired: &HashSet<(Ipv4Addr, u16)>) -> Result<(), PortsPoisoned> {
+    /// Makes the captured ports exactly `desired` (pod address, port); how many are captured
+    /// now (fewer than desired if the map refused some).
+    pub fn sync(&self, desired: &HashSet<(Ipv4Addr, u16)>) -> Result<usize, PortsPoisoned> {
         let mut map = self.0.lock().map_err(|_| PortsPoisoned)?;
         let want: HashSet<InboundKey> = desired.iter().map(|(ip, port)| key(*ip, *port)).collect();
         let have: HashSet<InboundKey> = map.keys().filter_map(Result::ok).collect();
@@ -95,7 +96,7 @@ impl InboundPorts {
                 warn!(%error, port = new.port, "cannot capture an inbound port");
             }
         }
-        Ok(())
+        Ok(map.keys().filter(Result::is_ok).count())
     }
 
     fn forget(&self, addresses: &[Ipv4Addr]) -> Result<(), PortsPoisoned> {

@@ -70,6 +70,7 @@ pub struct ProxyMetrics {
     bytes: Family<BytesLabels, Counter>,
     active: Gauge,
     accept_errors: Family<ListenerLabels, Counter>,
+    inbound_ports: Gauge,
 }
 
 /// The counters of one proxied connection, resolved once so the copy loop only touches atomics.
@@ -121,7 +122,18 @@ impl ProxyMetrics {
             .clone()
     }
 
+    /// How many (pod address, listener port) pairs the inbound capture holds now.
+    pub fn inbound_ports_captured(&self, count: usize) {
+        self.inbound_ports
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mesh_agent_inbound_ports_captured",
+            "Listener ports of enrolled pods (one per pod address and port) whose connections the node proxy captures; a port not yet captured reaches the application directly",
+            self.inbound_ports.clone(),
+        );
         registry.register(
             "mesh_agent_accept_errors",
             "accept() failures by listener (e.g. out of file descriptors); each is waited out with a back-off",
