@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminState},
-    config::{Config, XdsConfig},
+    config::{Config, XdsConfig, XdsTlsConfig},
     dataplane::{
         self, MeshState, UpstreamSettings, dns, identity,
         metrics::{EndpointCollector, XdsCollector, XdsWatch, XdsWatchPoisoned},
@@ -331,14 +331,17 @@ fn start_xds(xds: &XdsConfig) -> Xds {
     let virtual_nodes = xds.virtual_nodes.clone();
     let (sender, state) = watch::channel(Arc::new(XdsState::default()));
     let stop = CancellationToken::new();
+    let tls = xds.tls.as_ref().map(XdsTlsConfig::settings);
     let settings = Settings {
         endpoint: address.clone(),
+        tls: tls.clone(),
         node: mesh_xds::client::node(&node_id, &virtual_nodes),
     };
     tokio::spawn(mesh_xds::client::run(settings, sender, stop.clone()));
-    info!(%address, node = %node_id, "taking the mesh from xDS");
+    info!(%address, node = %node_id, tls = tls.is_some(), "taking the mesh from xDS");
     let signer = identity::Signer {
         endpoint: address,
+        tls,
         node_id,
     };
     Xds {

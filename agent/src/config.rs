@@ -9,6 +9,7 @@ use std::{
 
 use agent_common::{MAX_ENROLLED_NETNS, MAX_EXCLUSIONS};
 use ipnet::Ipv4Net;
+use mesh_xds::channel::{ControlPlaneTls, NodeCertificate, check_address};
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,46 @@ pub struct XdsConfig {
     /// control plane sends only what they need; empty: everything.
     #[serde(default)]
     pub virtual_nodes: Vec<String>,
+    /// TLS toward the control plane (with an `https://` address).
+    #[serde(default)]
+    pub tls: Option<XdsTlsConfig>,
+}
+
+/// TLS toward the control plane; the files are read at each connect (rotation needs no
+/// restart).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTlsConfig {
+    /// PEM: the CA certificates the control plane's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// This node's certificate (PEM chain), for a control plane that authenticates nodes: it
+    /// names the node id (`spiffe://<trust domain>/node/<id>`, or a DNS name that is the id).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the control plane's certificate must carry; default: the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl XdsTlsConfig {
+    /// The xDS client's settings (cert and key are checked to come together).
+    pub fn settings(&self) -> ControlPlaneTls {
+        let node_certificate = match (&self.cert_file, &self.key_file) {
+            (Some(chain), Some(key)) => Some(NodeCertificate {
+                chain: chain.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        ControlPlaneTls {
+            ca: self.ca_file.clone(),
+            node_certificate,
+            server_name: self.server_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -446,49 +487,17 @@ fn distinct<T: Ord + Clone>(items: &[T]) -> usize {
     sorted.len()
 }
 
-/// Why an address cannot be the control plane's; the one rule for `xds.address` and
-/// `run --control-plane`.
-#[derive(Debug, thiserror::Error)]
-pub enum XdsAddressError {
-    #[error("{0:?} is not a URL: {1}")]
-    NotUrl(String, String),
-    #[error("{0:?} must be an http:// URL")]
-    Scheme(String),
-    /// Fail closed: an https:// address that connected in plain text would send the mesh's
-    /// configuration (and secrets) unencrypted while the operator believes otherwise.
-    #[error(
-        "{0:?}: https:// is not supported yet — the xDS client speaks plain text and would \
-         send everything unencrypted; use http:// on a network you trust (docs/security.md)"
-    )]
-    Tls(String),
-    #[error("{0:?} has no host")]
-    NoHost(String),
-    #[error("{0:?} needs a port other than 0")]
-    PortZero(String),
-}
-
-/// Checks an xDS address. The xDS client would retry an unusable one forever, logging the
-/// same error, so it is refused where the operator sees it once.
-pub fn check_xds_address(address: &str) -> Result<(), XdsAddressError> {
-    let uri: http::Uri = address.parse().map_err(|error: http::uri::InvalidUri| {
-        XdsAddressError::NotUrl(address.to_owned(), error.to_string())
-    })?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(XdsAddressError::Tls(address.to_owned())),
-        _ => return Err(XdsAddressError::Scheme(address.to_owned())),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(XdsAddressError::NoHost(address.to_owned()));
-    }
-    if uri.port_u16() == Some(0) {
-        return Err(XdsAddressError::PortZero(address.to_owned()));
-    }
-    Ok(())
-}
-
 fn validate_xds(xds: &XdsConfig) -> Result<(), (&'static str, String)> {
-    check_xds_address(&xds.address).map_err(|error| ("xds.address", error.to_string()))?;
+    check_address(&xds.address, xds.tls.is_some())
+        .map_err(|error| ("xds.address", error.to_string()))?;
+    if let Some(tls) = &xds.tls
+        && tls.cert_file.is_some() != tls.key_file.is_some()
+    {
+        return Err((
+            "xds.tls",
+            "cert_file and key_file go together (the node's certificate and its key)".to_owned(),
+        ));
+    }
     // The control plane splits each at its first `/` and matches both halves exactly
     // (control-plane/src/ads), so anything but `mesh/name` would match no virtual node.
     let is_mesh_name = |v: &str| {
@@ -853,10 +862,10 @@ mod tests {
             ("http://[::1:15010", "is not a URL"),
             ("http://cp:15010 x", "is not a URL"),
             ("http://", "is not a URL"),
-            ("ftp://cp:15010", "must be an http:// URL"),
-            ("cp:15010", "must be an http:// URL"),
+            ("ftp://cp:15010", "must be an http:// or https:// URL"),
+            ("cp:15010", "must be an http:// or https:// URL"),
             ("http://cp:0", "port other than 0"),
-            ("https://cp:15010", "would send everything unencrypted"),
+            ("https://cp:15010", "no TLS settings"),
         ] {
             let err = rejected_field(
                 &format!("{MINIMAL}xds:\n  address: \"{address}\"\n"),
@@ -871,6 +880,33 @@ mod tests {
         ] {
             parse(&format!("{MINIMAL}xds:\n  address: \"{address}\"\n")).unwrap();
         }
+    }
+
+    #[test]
+    fn tls_toward_the_control_plane_goes_with_https() {
+        let tls = "  tls:\n    ca_file: /etc/mesh/cp-ca.pem\n    cert_file: /etc/mesh/node.pem\n    key_file: /etc/mesh/node.key\n";
+        let config = parse(&format!(
+            "{MINIMAL}xds:\n  address: https://cp.mesh.svc:15010\n{tls}"
+        ))
+        .unwrap();
+        let settings = config.xds.unwrap().tls.unwrap().settings();
+        assert_eq!(settings.ca, PathBuf::from("/etc/mesh/cp-ca.pem"));
+        assert_eq!(
+            settings.node_certificate.map(|n| n.key),
+            Some(PathBuf::from("/etc/mesh/node.key"))
+        );
+        let err = rejected_field(
+            &format!("{MINIMAL}xds:\n  address: http://cp:15010\n{tls}"),
+            "xds.address",
+        );
+        assert!(err.contains("use https://"), "{err}");
+        let err = rejected_field(
+            &format!(
+                "{MINIMAL}xds:\n  address: https://cp:15010\n  tls:\n    ca_file: /ca.pem\n    cert_file: /node.pem\n"
+            ),
+            "xds.tls",
+        );
+        assert!(err.contains("go together"), "{err}");
     }
 
     #[test]

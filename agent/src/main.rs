@@ -125,12 +125,14 @@ fn run(
 ) -> anyhow::Result<()> {
     let mut config = config::Config::load(config_path)?;
     if let Some(address) = control_plane {
-        config::check_xds_address(&address)
+        let tls = config.xds.as_ref().and_then(|xds| xds.tls.as_ref());
+        mesh_xds::channel::check_address(&address, tls.is_some())
             .map_err(|error| anyhow::anyhow!("--control-plane {error}"))?;
         let xds = config.xds.get_or_insert_with(|| config::XdsConfig {
             address: address.clone(),
             node_id: None,
             virtual_nodes: Vec::new(),
+            tls: None,
         });
         xds.address = address;
     }
@@ -156,6 +158,7 @@ fn run(
                 address,
                 node_id: None,
                 virtual_nodes: Vec::new(),
+                tls: None,
             });
             app::run(config_path, config)
         })

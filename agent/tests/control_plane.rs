@@ -340,3 +340,184 @@ fn an_invalid_mesh_is_not_served_and_an_unreachable_control_plane_is_named() {
         "{stderr}"
     );
 }
+
+/// `xds-dump` (the node's xDS client) against `url` with `args`, until synced or `timeout_s`:
+/// (exit code, standard output, standard error).
+fn xds_dump<S: AsRef<std::ffi::OsStr>>(
+    url: &str,
+    args: &[S],
+    timeout_s: &str,
+) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["xds-dump", "--control-plane", url, "--timeout", timeout_s])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// ADS over TLS with node authentication (issue 11, finding 5): only a caller holding a node
+/// certificate gets anything, and only as the node that certificate names; plain text and
+/// callers without a certificate are refused in the handshake — seen by OpenSSL's own client
+/// as well as by the agent's.
+#[test]
+fn ads_over_mutual_tls_serves_only_the_node_its_certificate_names() {
+    use tests::certs::{IssueSpec, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh");
+    std::fs::create_dir(&mesh).unwrap();
+    copy_shop(&mesh);
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let server_ca = TestCa::new("control plane CA").unwrap();
+    let node_ca = TestCa::new("node CA").unwrap();
+    let server_ca_file = server_ca.write_as(&pki, "server-ca.pem").unwrap();
+    let node_ca_file = node_ca.write_as(&pki, "node-ca.pem").unwrap();
+    let server = server_ca
+        .issue(&IssueSpec::new("control plane").ip("127.0.0.1".parse().unwrap()))
+        .unwrap()
+        .write_to(&pki, "server")
+        .unwrap();
+    let node_a = node_ca
+        .issue(&IssueSpec::new("node a").uri("spiffe://cluster.local/node/node-a"))
+        .unwrap()
+        .write_to(&pki, "node-a")
+        .unwrap();
+    // Signed by the control plane's CA, not the node CA: not a node certificate.
+    let stranger = server_ca
+        .issue(&IssueSpec::new("stranger").uri("spiffe://cluster.local/node/node-a"))
+        .unwrap()
+        .write_to(&pki, "stranger")
+        .unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let control = Running::start(&[
+        "control-plane",
+        "--mesh",
+        &path(&mesh),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &path(&server.cert),
+        "--tls-key",
+        &path(&server.key),
+        "--node-ca",
+        &path(&node_ca_file),
+        "--auto-mtls-ca-dir",
+        &path(&dir.path().join("mesh-ca")),
+    ]);
+    let serving = control
+        .line_with("serving ADS on", WAIT)
+        .expect("control plane serving");
+    let addr = serving.rsplit(' ').next().unwrap().to_owned();
+    let https = format!("https://{addr}");
+    let tls_as = |files: &tests::certs::LeafFiles, node: &str| {
+        vec![
+            "--control-plane-ca".to_owned(),
+            path(&server_ca_file),
+            "--node-cert".to_owned(),
+            path(&files.cert),
+            "--node-key".to_owned(),
+            path(&files.key),
+            "--node".to_owned(),
+            node.to_owned(),
+        ]
+    };
+
+    // The node its certificate names: served.
+    let (code, out, err) = xds_dump(&https, &tls_as(&node_a, "node-a"), "10");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"RouteConfiguration\""), "{out}");
+
+    // Another node id with node a's certificate: refused, and the control plane says why.
+    let (code, _, err) = xds_dump(&https, &tls_as(&node_a, "node-b"), "2");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not synced"), "{err}");
+    let refused = control
+        .line_with("ADS stream refused", WAIT)
+        .expect("refusal logged");
+    assert!(
+        refused.contains("is not the node the client certificate names (node-a)")
+            && refused.contains("node-b"),
+        "{refused}"
+    );
+
+    // A certificate from another CA, no certificate at all, plain text: nothing.
+    let (code, out, _) = xds_dump(&https, &tls_as(&stranger, "node-a"), "2");
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    let ca_only = [
+        "--control-plane-ca",
+        server_ca_file.to_str().unwrap(),
+        "--node",
+        "node-a",
+    ];
+    let (code, out, _) = xds_dump(&https, &ca_only, "2");
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    let (code, out, _) = xds_dump(&format!("http://{addr}"), &["--node", "node-a"], "2");
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+
+    // Certificate signing, on the same port: only as the node the certificate names.
+    let sign_as = |node: &str| {
+        let tls = mesh_xds::channel::ControlPlaneTls {
+            ca: server_ca_file.clone(),
+            node_certificate: Some(mesh_xds::channel::NodeCertificate {
+                chain: node_a.cert.clone(),
+                key: node_a.key.clone(),
+            }),
+            server_name: None,
+        };
+        let request = mesh_xds::identity::SignRequest {
+            csr_pem: "not a CSR".into(),
+            node_id: node.into(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(mesh_xds::identity::sign(&https, Some(&tls), request, WAIT))
+            .unwrap_err()
+    };
+    let refused = sign_as("node-b");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("(node-a)"), "{refused:?}");
+    // As itself it gets as far as the request's contents.
+    let bad_csr = sign_as("node-a");
+    assert!(
+        !bad_csr.message().contains("client certificate"),
+        "{bad_csr:?}"
+    );
+
+    // OpenSSL's client: the handshake needs a node certificate; with one it agrees on h2.
+    let openssl = |extra: &[&str]| {
+        let mut command = Command::new("openssl");
+        command
+            .args(["s_client", "-connect", &addr, "-alpn", "h2", "-CAfile"])
+            .arg(&server_ca_file)
+            .args(extra)
+            .stdin(Stdio::null());
+        let output = command.output().expect("openssl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let without = openssl(&[]);
+    assert!(
+        without.contains("alert certificate required")
+            || without.contains("alert handshake failure"),
+        "{without}"
+    );
+    let with = openssl(&[
+        "-cert",
+        node_a.cert.to_str().unwrap(),
+        "-key",
+        node_a.key.to_str().unwrap(),
+    ]);
+    assert!(with.contains("ALPN protocol: h2"), "{with}");
+    assert!(with.contains("Verify return code: 0 (ok)"), "{with}");
+}

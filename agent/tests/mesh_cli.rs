@@ -207,7 +207,7 @@ fn check_config_rejects_what_start_up_or_reload_would() {
         ),
         (
             format!("{PROXY}xds:\n  address: \"https://cp:15010\"\n"),
-            "would send everything unencrypted",
+            "no TLS settings name the CA",
         ),
     ];
     for (config, expected) in cases {
@@ -227,7 +227,7 @@ fn check_config_rejects_what_start_up_or_reload_would() {
         .unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{err}");
-    assert!(err.contains("would send everything unencrypted"), "{err}");
+    assert!(err.contains("no TLS settings name the CA"), "{err}");
 }
 
 /// `mesh-agent compile … | head -c 10` (issue 11, finding 9): the reader leaving early ends

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ads;
+mod caller;
 pub mod compile;
 pub mod identity;
 pub mod load;
@@ -15,4 +16,4 @@ pub mod secrets;
 mod watch;
 
 pub use load::{InputOptions, load};
-pub use runtime::{ControlPlane, Options, RegistryApiOptions};
+pub use runtime::{ControlPlane, Options, RegistryApiOptions, ServerTlsOptions};

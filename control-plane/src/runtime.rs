@@ -12,6 +12,7 @@ use mesh_model::report::Diagnostic;
 use mesh_xds::memory::release_free_heap;
 use tokio::{net::TcpListener, sync::Notify, task::JoinError};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -41,6 +42,37 @@ pub struct Options {
     pub secrets: Option<PathBuf>,
     /// Automatic mTLS between meshed workloads, with the CA that signs their certificates.
     pub auto_mtls: Option<AutoMtlsOptions>,
+    /// TLS on the ADS port (ADS and certificate signing); plain text without it.
+    pub tls: Option<ServerTlsOptions>,
+}
+
+/// The control plane's certificate, and the CA of node certificates: with it, every caller
+/// must present a certificate that CA signed, naming the node it connects as (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct ServerTlsOptions {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsOptions {
+    /// The files read and checked (off the runtime's threads: called from a blocking task).
+    fn load(&self) -> Result<ServerTlsConfig, StartError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| StartError::TlsFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(&self.certificate)?,
+            read(&self.key)?,
+        ));
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(config)
+    }
 }
 
 /// Where the registry API listens and the token its callers must present.
@@ -72,6 +104,14 @@ pub enum StartError {
     Secrets(#[from] SecretError),
     #[error("automatic mTLS: {0}")]
     Ca(#[from] CaError),
+    #[error("TLS for ADS: reading {}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS for ADS: the certificate, key or client CA is not usable")]
+    Tls(#[source] tonic::transport::Error),
     #[error("cannot listen on {addr} for {what}")]
     Listen {
         addr: SocketAddr,
@@ -117,6 +157,7 @@ impl ControlPlane {
             registry_api,
             secrets: secrets_file,
             auto_mtls,
+            tls,
         } = options;
         // Parsing and compiling read files and may take a while: not on the runtime's threads.
         let index = {
@@ -157,6 +198,15 @@ impl ControlPlane {
             Arc::new(registry),
             serving,
         ));
+        let tls = match tls {
+            Some(tls) => Some(
+                tokio::task::spawn_blocking(move || tls.load())
+                    .await
+                    .map_err(StartError::Task)??,
+            ),
+            None => None,
+        };
+        let grpc = grpc_server(tls)?;
         let listener = bind(listen, "xDS").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -185,7 +235,14 @@ impl ControlPlane {
             secrets,
             mtls,
         };
-        let task = tokio::spawn(serve(server, publisher, listener, watched, stop.clone()));
+        let task = tokio::spawn(serve(
+            grpc,
+            server,
+            publisher,
+            listener,
+            watched,
+            stop.clone(),
+        ));
         Ok(Self {
             addr,
             registry_api,
@@ -378,7 +435,19 @@ impl Watched {
     }
 }
 
+/// The gRPC server, with TLS if asked for: a certificate that does not match its key, or a
+/// client CA that is not PEM, is refused at start.
+fn grpc_server(tls: Option<ServerTlsConfig>) -> Result<Server, StartError> {
+    match tls {
+        Some(config) => Server::builder()
+            .tls_config(config)
+            .map_err(StartError::Tls),
+        None => Ok(Server::builder()),
+    }
+}
+
 async fn serve(
+    mut grpc: Server,
     server: AdsServer,
     mut publisher: Publisher,
     listener: TcpListener,
@@ -392,8 +461,7 @@ async fn serve(
         .clone()
         .map(|mtls| IdentityService::new(mtls, server.published()));
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server.into_service())
+        grpc.add_service(server.into_service())
             .add_optional_service(identity)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
@@ -473,6 +541,7 @@ mod tests {
             registry_api: None,
             secrets: None,
             auto_mtls: None,
+            tls: None,
         })
         .await
         .unwrap();

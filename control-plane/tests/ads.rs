@@ -254,6 +254,7 @@ fn start_client(
     let stop = CancellationToken::new();
     let settings = Settings {
         endpoint: format!("http://{addr}"),
+        tls: None,
         node,
     };
     tokio::spawn(client::run(settings, sender, stop.clone()));

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    channel::{self, ChannelError, ControlPlaneTls},
     plan::{Planned, ResourceError},
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
     sds,
@@ -88,8 +89,10 @@ impl XdsState {
 }
 
 pub struct Settings {
-    /// `http://host:port` of the ADS server.
+    /// `http://host:port` or `https://host:port` of the ADS server.
     pub endpoint: String,
+    /// TLS toward it (with `https://`).
+    pub tls: Option<ControlPlaneTls>,
     pub node: Node,
 }
 
@@ -157,7 +160,7 @@ impl Backoff {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] ChannelError),
     #[error("stream: {0}")]
     Stream(#[from] tonic::Status),
     #[error("request channel closed")]
@@ -168,9 +171,9 @@ async fn session(
     settings: &Settings,
     state: &watch::Sender<Arc<XdsState>>,
 ) -> Result<(), SessionError> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(settings.endpoint.clone())
-        .await?
-        .max_decoding_message_size(256 * 1024 * 1024);
+    let channel = channel::connect(&settings.endpoint, settings.tls.as_ref(), None).await?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let (requests, receiver) = mpsc::channel(16);
     let mut subscriptions = Subscriptions::default();
     // Resume from the last good state: known versions, and the names it needs.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tonic::{Status, codegen::http};
 
+use crate::channel::{self, ControlPlaneTls};
+
 /// The gRPC service's name.
 pub const SERVICE: &str = "meshagent.identity.v1.Identity";
 /// The signing method's path.
@@ -31,19 +33,17 @@ pub struct SignResponse {
     pub chain_pem: String,
 }
 
-/// Asks the control plane at `endpoint` (the xDS address) to sign `request`.
+/// Asks the control plane at `endpoint` (the xDS address, with its TLS settings) to sign
+/// `request`.
 pub async fn sign(
     endpoint: &str,
+    tls: Option<&ControlPlaneTls>,
     request: SignRequest,
     timeout: Duration,
 ) -> Result<SignResponse, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| Status::invalid_argument(format!("control plane address: {e}")))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
+    let channel = channel::connect(endpoint, tls, Some(timeout))
         .await
-        .map_err(|e| Status::unavailable(format!("connecting to {endpoint}: {e}")))?;
+        .map_err(|e| Status::unavailable(format!("connecting to the control plane: {e}")))?;
     let mut grpc = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -3,6 +3,8 @@
 //! ([`sds`]), resources as proto3 JSON ([`json`]), and memory housekeeping ([`memory`]); and the
 //! node's end: its ADS client ([`client`]) and the plan its proxy evaluates ([`plan`]). The
 //! control plane's end (compiler, ADS server) is the `control-plane` crate.
+pub mod certificate;
+pub mod channel;
 pub mod client;
 pub mod identity;
 pub mod json;

@@ -19,6 +19,19 @@ pub fn gateway_spiffe_id(trust_domain: &str, mesh: &str, gateway: &str) -> Strin
     format!("spiffe://{trust_domain}/mesh/{mesh}/virtualGateway/{gateway}")
 }
 
+/// A node agent's identity toward the control plane, in its client certificate:
+/// `spiffe://<trust domain>/node/<node id>`.
+pub fn node_spiffe_id(trust_domain: &str, node: &str) -> String {
+    format!("spiffe://{trust_domain}/node/{node}")
+}
+
+/// The node id a [`node_spiffe_id`] names.
+pub fn node_of_spiffe_id(uri: &str) -> Option<&str> {
+    let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let node = path.strip_prefix("node/")?;
+    (!node.is_empty() && !node.contains('/')).then_some(node)
+}
+
 /// The workload a [`spiffe_id`] or [`gateway_spiffe_id`] names, as the data plane names it:
 /// `mesh/node` ([`virtual_node`]) or `mesh/gateway/name` ([`virtual_gateway`]).
 pub fn workload_of_spiffe_id(uri: &str) -> Option<String> {
@@ -196,6 +209,21 @@ mod tests {
             virtual_node_of_cluster(&caller_copy(&original, "web")),
             None
         );
+    }
+
+    #[test]
+    fn node_identities_parse_back() {
+        let id = node_spiffe_id("td", "ip-10-0-0-1");
+        assert_eq!(id, "spiffe://td/node/ip-10-0-0-1");
+        assert_eq!(node_of_spiffe_id(&id), Some("ip-10-0-0-1"));
+        for other in [
+            spiffe_id("td", "m", "web"),
+            "spiffe://td/node/".to_owned(),
+            "spiffe://td/node/a/b".to_owned(),
+            "https://td/node/a".to_owned(),
+        ] {
+            assert_eq!(node_of_spiffe_id(&other), None, "{other}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 use control_plane::{
-    ControlPlane, Options, RegistryApiOptions, identity::AutoMtlsOptions, runtime::StartError,
+    ControlPlane, Options, RegistryApiOptions, ServerTlsOptions, identity::AutoMtlsOptions,
+    runtime::StartError,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -41,7 +42,37 @@ pub struct ControlPlaneArgs {
     #[command(flatten)]
     auto_mtls: AutoMtlsArgs,
     #[command(flatten)]
+    tls: ServerTlsArgs,
+    #[command(flatten)]
     input: InputArgs,
+}
+
+/// TLS on the ADS port, and node authentication.
+#[derive(Args)]
+struct ServerTlsArgs {
+    /// Serve ADS (and certificate signing) over TLS with this certificate (PEM chain); agents
+    /// then connect to https://.
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Authenticate node agents: each must present a certificate this CA (PEM) signed, naming
+    /// the node id it connects as (spiffe://<trust domain>/node/<id>, or a DNS name that is
+    /// the id); it gets only that node's configuration and may have certificates signed only
+    /// as that node.
+    #[arg(long = "node-ca", value_name = "FILE", requires = "tls_cert")]
+    node_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    fn options(&self) -> Option<ServerTlsOptions> {
+        Some(ServerTlsOptions {
+            certificate: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.node_ca.clone(),
+        })
+    }
 }
 
 /// A control plane embedded in the agent's process (`run --mesh`, `gateway --mesh`).
@@ -76,6 +107,8 @@ impl EmbeddedArgs {
             registry_api: None,
             secrets: self.secrets.clone(),
             auto_mtls: self.auto_mtls.options(),
+            // In the agent's process, reached on loopback only.
+            tls: None,
         })
     }
 }
@@ -154,6 +187,7 @@ impl ControlPlaneArgs {
             registry_api,
             secrets: self.secrets.clone(),
             auto_mtls: self.auto_mtls.options(),
+            tls: self.tls.options(),
         })
     }
 }

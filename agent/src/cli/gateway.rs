@@ -11,9 +11,12 @@ use mesh_agent::{
     app::{self, GatewayOptions},
     config::{self, XdsConfig},
 };
-use mesh_xds::names;
+use mesh_xds::{channel::check_address, names};
 
-use super::control_plane::{EmbeddedArgs, with_embedded};
+use super::{
+    control_plane::{EmbeddedArgs, with_embedded},
+    xds_tls::XdsTlsArgs,
+};
 
 #[derive(Args)]
 pub struct GatewayArgs {
@@ -25,6 +28,8 @@ pub struct GatewayArgs {
     /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010.
     #[arg(long, value_name = "URL", required_unless_present = "mesh")]
     control_plane: Option<String>,
+    #[command(flatten)]
+    tls: XdsTlsArgs,
     /// The node id presented to the control plane; default: the host name.
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -54,8 +59,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             )
         })?;
     let gateway = names::virtual_gateway(mesh, name);
+    let tls = args.tls.config();
     if let Some(address) = &args.control_plane {
-        config::check_xds_address(address)
+        check_address(address, tls.is_some())
             .map_err(|error| anyhow::anyhow!("--control-plane {error}"))?;
     }
     let options = |address: String| GatewayOptions {
@@ -66,6 +72,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             address,
             node_id: args.node_id.clone(),
             virtual_nodes: Vec::new(),
+            tls: tls.clone(),
         },
         connect_timeout: args.connect_timeout,
         drain_timeout: args.drain_timeout,

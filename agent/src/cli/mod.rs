@@ -4,3 +4,4 @@ pub mod control_plane;
 pub mod gateway;
 pub mod mesh;
 pub mod xds_dump;
+pub mod xds_tls;

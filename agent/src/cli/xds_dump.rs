@@ -4,15 +4,22 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use mesh_xds::client::{self, Settings, XdsState};
+use mesh_xds::{
+    channel::check_address,
+    client::{self, Settings, XdsState},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use super::xds_tls::XdsTlsArgs;
 
 #[derive(Args)]
 pub struct XdsDumpArgs {
     /// The ADS server, e.g. http://127.0.0.1:15010.
     #[arg(long, value_name = "URL")]
     control_plane: String,
+    #[command(flatten)]
+    tls: XdsTlsArgs,
     /// Node id to present.
     #[arg(long, default_value = "xds-dump")]
     node: String,
@@ -40,8 +47,12 @@ pub fn run(args: XdsDumpArgs) -> anyhow::Result<()> {
 async fn dump(args: XdsDumpArgs) -> anyhow::Result<()> {
     let (sender, mut state) = watch::channel(Arc::new(XdsState::default()));
     let stop = CancellationToken::new();
+    let tls = args.tls.config().map(|tls| tls.settings());
+    check_address(&args.control_plane, tls.is_some())
+        .map_err(|error| anyhow::anyhow!("--control-plane {error}"))?;
     let settings = Settings {
         endpoint: args.control_plane.clone(),
+        tls,
         node: client::node(&args.node, &args.virtual_nodes),
     };
     let client = tokio::spawn(client::run(settings, sender, stop.clone()));

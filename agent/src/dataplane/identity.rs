@@ -10,6 +10,7 @@ use std::{
 };
 
 use mesh_xds::{
+    channel::ControlPlaneTls,
     identity::{SignRequest, sign},
     names,
     plan::tls::{CertificateSource, KeyPair, Pem, SecretPlan},
@@ -27,10 +28,12 @@ const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MOST: Duration = Duration::from_secs(30);
 
-/// Where certificates are signed: the control plane's address and this node's id.
+/// Where certificates are signed: the control plane's address (and TLS toward it) and this
+/// node's id.
 #[derive(Clone)]
 pub struct Signer {
     pub endpoint: String,
+    pub tls: Option<ControlPlaneTls>,
     pub node_id: String,
 }
 
@@ -145,7 +148,7 @@ async fn issue(name: &str, signer: &Signer, store: &TlsStore) -> Result<Duration
         csr_pem,
         node_id: signer.node_id.clone(),
     };
-    let signed = sign(&signer.endpoint, request, SIGN_TIMEOUT)
+    let signed = sign(&signer.endpoint, signer.tls.as_ref(), request, SIGN_TIMEOUT)
         .await
         .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
     let not_after = not_after(&signed.chain_pem).ok_or("the signed certificate does not parse")?;

@@ -2,29 +2,12 @@
 //! (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>` → `mesh/name`,
 //! `…/virtualGateway/<name>` → `mesh/gateway/name`, the forms metrics and access logs use), else the first URI or DNS subject alternative name as presented —
 //! App Mesh users' certificates often carry only a DNS name.
-use mesh_xds::{names::workload_of_spiffe_id, plan::tls::SanKind};
+use mesh_xds::{certificate, names::workload_of_spiffe_id, plan::tls::SanKind};
 use rustls::pki_types::CertificateDer;
-use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-/// The URI and DNS subject alternative names of a DER certificate (none if it does not parse:
-/// the chain check has already refused such a certificate).
+/// The URI and DNS subject alternative names of a certificate.
 pub fn subject_alt_names(certificate: &CertificateDer<'_>) -> Vec<(SanKind, String)> {
-    let Ok((_, parsed)) = X509Certificate::from_der(certificate.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(extension)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    extension
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some((SanKind::Uri, (*uri).to_owned())),
-            GeneralName::DNSName(dns) => Some((SanKind::Dns, (*dns).to_owned())),
-            _ => None,
-        })
-        .collect()
+    certificate::subject_alt_names(certificate.as_ref())
 }
 
 /// The peer as metrics and access logs name it.

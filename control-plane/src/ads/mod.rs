@@ -38,6 +38,7 @@ use tonic::{
 use tracing::{debug, info};
 
 use crate::{
+    caller::Caller,
     compile::{self, MeshIndex, Serving, Workloads},
     registry::Registry,
 };
@@ -173,7 +174,8 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let output = self.spawn_session::<sotw::StateOfTheWorld>(request.into_inner());
+        let caller = Caller::of(&request);
+        let output = self.spawn_session::<sotw::StateOfTheWorld>(caller, request.into_inner());
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -181,7 +183,8 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        let output = self.spawn_session::<delta::Delta>(request.into_inner());
+        let caller = Caller::of(&request);
+        let output = self.spawn_session::<delta::Delta>(caller, request.into_inner());
         Ok(Response::new(Box::pin(output)))
     }
 }
@@ -191,14 +194,23 @@ impl AdsServer {
     /// channel that becomes the gRPC response stream.
     fn spawn_session<P: Protocol>(
         &self,
+        caller: Caller,
         requests: Streaming<P::Request>,
     ) -> ReceiverStream<Result<P::Response, Status>> {
         let (sender, receiver) = mpsc::channel(16);
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
-        let session = Session::<P>::new(self.published.clone(), Arc::clone(&self.stats), sender);
+        let session = Session::<P>::new(
+            self.published.clone(),
+            caller,
+            Arc::clone(&self.stats),
+            sender.clone(),
+        );
         tokio::spawn(async move {
             if let Err(status) = session.run(requests).await {
                 debug!(kind = P::NAME, %status, "ADS stream ended");
+                // The node hears why (a refused node id, a malformed request) before the
+                // stream ends, rather than a bare end of stream.
+                let _ = sender.send(Err(status)).await;
             }
         });
         ReceiverStream::new(receiver)

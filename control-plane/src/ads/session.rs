@@ -10,9 +10,10 @@ use envoy_types::pb::{envoy::config::core::v3::Node, google::protobuf::Any};
 use mesh_xds::resources::{CLUSTER, LISTENER, ResourceSet};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Published, Stats};
+use crate::caller::Caller;
 
 /// A protocol over a [`Session`]: state of the world or delta.
 pub(super) trait Protocol: Sized + Send + 'static {
@@ -45,6 +46,8 @@ pub(super) fn wildcard_by_default(type_url: &str) -> bool {
 
 pub(super) struct Session<P: Protocol> {
     published: watch::Receiver<Arc<Published>>,
+    /// Who connected, as the TLS handshake proved it.
+    caller: Caller,
     node: Option<Node>,
     /// The mesh version and the resources compiled from it for the node.
     current: (u64, ResourceSet),
@@ -57,11 +60,13 @@ pub(super) struct Session<P: Protocol> {
 impl<P: Protocol> Session<P> {
     pub(super) fn new(
         published: watch::Receiver<Arc<Published>>,
+        caller: Caller,
         stats: Arc<Stats>,
         sender: mpsc::Sender<Result<P::Response, Status>>,
     ) -> Self {
         Self {
             published,
+            caller,
             node: None,
             current: (0, ResourceSet::default()),
             stats,
@@ -101,6 +106,10 @@ impl<P: Protocol> Session<P> {
                 P::REQUEST
             )));
         };
+        if let Err(refused) = self.caller.admit(&node.id) {
+            warn!(node = %node.id, reason = refused.message(), "ADS stream refused");
+            return Err(refused);
+        }
         info!(node = %node.id, cluster = %node.cluster, request_kind = P::REQUEST, "node connected");
         self.node = Some(node.clone());
         self.recompile();

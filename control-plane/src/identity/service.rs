@@ -18,7 +18,10 @@ use tonic::{
 use tracing::{info, warn};
 
 use super::AutoMtls;
-use crate::ads::{MeshSource, Published};
+use crate::{
+    ads::{MeshSource, Published},
+    caller::Caller,
+};
 
 #[derive(Clone)]
 pub struct IdentityService {
@@ -31,7 +34,11 @@ impl IdentityService {
         Self { mtls, published }
     }
 
-    fn sign(&self, request: SignRequest) -> Result<SignResponse, Status> {
+    fn sign(&self, caller: &Caller, request: SignRequest) -> Result<SignResponse, Status> {
+        if let Err(refused) = caller.admit(&request.node_id) {
+            warn!(node = %request.node_id, reason = refused.message(), "certificate signing request refused");
+            return Err(refused);
+        }
         let published = Arc::clone(&self.published.borrow());
         let MeshSource::Mesh(index, ..) = &published.mesh else {
             return Err(Status::failed_precondition("no mesh is served"));
@@ -88,6 +95,11 @@ impl UnaryService<SignRequest> for Sign {
     type Future = Ready<Result<tonic::Response<SignResponse>, Status>>;
 
     fn call(&mut self, request: tonic::Request<SignRequest>) -> Self::Future {
-        ready(self.0.sign(request.into_inner()).map(tonic::Response::new))
+        let caller = Caller::of(&request);
+        ready(
+            self.0
+                .sign(&caller, request.into_inner())
+                .map(tonic::Response::new),
+        )
     }
 }
