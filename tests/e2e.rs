@@ -582,7 +582,7 @@ fn bad_configs_and_environments_give_named_errors() {
         ],
     );
     assert!(
-        stderr.contains("missing: CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF"),
+        stderr.contains("missing: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN"),
         "{stderr}"
     );
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dataplane;
 mod host;
 pub mod listen;
+pub mod privileges;
 pub mod proxy;
 pub mod redirect;
 pub mod telemetry;

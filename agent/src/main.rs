@@ -141,6 +141,9 @@ fn run(
             "--mesh embeds a control plane; the config file also names one in xds.address: use one"
         );
     }
+    // Before the runtime's threads start: they inherit what is kept.
+    mesh_agent::privileges::keep_only(mesh_agent::privileges::NODE_AGENT)
+        .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.proxy.worker_threads)
         .enable_all()

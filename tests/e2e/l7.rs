@@ -249,7 +249,10 @@ impl MeshNode {
             3
         } else {
             let nodes = ["client", "s1", "s2"];
-            spec.enrolled.iter().filter(|pod| nodes.contains(pod)).count()
+            spec.enrolled
+                .iter()
+                .filter(|pod| nodes.contains(pod))
+                .count()
         };
         this.agent
             .wait_for_inbound_ports(&this.node, virtual_nodes)

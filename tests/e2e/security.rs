@@ -143,3 +143,68 @@ fn a_socket_carrying_the_proxys_mark_is_redirected_all_the_same() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The capability bits of a `/proc/PID/status` line (`CapEff:`, `CapBnd:`, ...).
+fn capability_mask(status: &str, line: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {line} in {status}"))
+}
+
+/// The agent, started as root, keeps CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_BPF and
+/// nothing else, in every set, with no_new_privs — and still enrolls a pod after the drop
+/// (namespace entered, listener opened, sk_lookup attached).
+#[test]
+fn the_agent_keeps_only_the_capabilities_it_uses() {
+    let mesh = mesh("seccaps");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mesh.agent.pid()))
+        .expect("the agent's status");
+    let kept: u64 = [12, 21, 39].iter().map(|bit| 1u64 << bit).sum();
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(capability_mask(&status, set), kept, "{set} of\n{status}");
+    }
+    for set in ["CapInh:", "CapAmb:"] {
+        assert_eq!(capability_mask(&status, set), 0, "{set} of\n{status}");
+    }
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+
+    // s2 (virtual node v2) enrolled now: its listener port is captured from the first request.
+    let captured = || metric_value(&mesh.metrics(), "mesh_agent_inbound_ports_captured");
+    let before = captured();
+    let s2 = mesh.node.pod("s2").expect("s2");
+    let (status, body) = mesh
+        .node
+        .admin(
+            "POST",
+            &format!("/enrollment?netns={}", s2.netns_path().display()),
+        )
+        .expect("the admin socket answers");
+    assert_eq!(status, 200, "{body}\n{}", mesh.agent.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while captured() < before + 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "s2 not captured\n{}",
+            mesh.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = mesh
+        .node
+        .run_in_pod(
+            "s3",
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{}:8080/who", s2.ip),
+            ],
+            Duration::from_secs(10),
+        )
+        .expect("curl runs");
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(answer.contains("(client 127.0.0.1:"), "{answer}");
+}

@@ -10,6 +10,7 @@ use clap::Args;
 use mesh_agent::{
     app::{self, GatewayOptions},
     config::{self, XdsConfig},
+    privileges,
 };
 use mesh_xds::{channel::check_address, names};
 
@@ -77,6 +78,8 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         drain_timeout: args.drain_timeout,
     };
+    // Before the runtime's threads start: they inherit what is kept.
+    privileges::keep_only(privileges::GATEWAY).context("dropping capabilities")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
