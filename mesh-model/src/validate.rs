@@ -55,6 +55,22 @@ pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
     out
 }
 
+/// `--lenient`: the unknown fields of Kubernetes resources (reported as notes by
+/// [`validate`]) removed, so that what is compiled or converted is what the controller
+/// would have sent App Mesh.
+pub fn drop_unknown_kubernetes_fields(resources: &mut [Resource]) {
+    for resource in resources
+        .iter_mut()
+        .filter(|r| r.format == Format::Kubernetes)
+    {
+        let mut body = Value::Object(std::mem::take(&mut resource.body));
+        schema::model().remove_unknown(&resource.kind.create_shape(), &mut body);
+        if let Value::Object(body) = body {
+            resource.body = body;
+        }
+    }
+}
+
 /// ACM certificates and ACM Private CA trust are valid App Mesh but exist only inside AWS:
 /// said at validation, with what to use instead (compiling then fails closed on them).
 fn acm_notes(resource: &Resource, value: &Value, path: &Path, out: &mut Vec<Diagnostic>) {
