@@ -52,6 +52,15 @@ else
   python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27'
 fi
 
+# App Mesh users' own tools, for the definition tests: a YAML 1.1 reader (PyYAML, as kubectl
+# reads) for converted manifests, and the AWS CLI against the Cloud Map-style registry API.
+if python3 -c 'import yaml' >/dev/null 2>&1 && have aws; then
+  step "python PyYAML and awscli present"
+else
+  step "installing python PyYAML and awscli (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'PyYAML>=6' 'awscli>=1.32'
+fi
+
 if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
   step "rust-src for $NIGHTLY present"
 else

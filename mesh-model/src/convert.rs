@@ -40,7 +40,7 @@ pub enum ToKubernetesError {
     #[error("routes refer to VirtualRouter {router}, which is not among the inputs")]
     UnknownRouter { router: String },
     #[error(transparent)]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_saphyr::SerializeError),
 }
 
 /// The resources as one multi-document manifest in `namespace`: a Namespace labelled into
@@ -72,7 +72,9 @@ pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, 
     let mut manifest = String::new();
     for document in documents {
         manifest.push_str("---\n");
-        manifest.push_str(&serde_yaml::to_string(&document)?);
+        // serde-saphyr quotes strings a YAML 1.1 reader (kubectl, PyYAML) would take for
+        // another type: `exact: "yes"` stays a string.
+        manifest.push_str(&serde_saphyr::to_string(&document)?);
     }
     Ok(manifest)
 }
@@ -82,6 +84,7 @@ fn routes_by_router(resources: &[Resource]) -> BTreeMap<&str, Vec<Value>> {
     let mut routes: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for route in resources.iter().filter(|r| r.kind == Kind::Route) {
         let mut spec = api_spec(route);
+        match_everything_explicitly(Kind::Route, &mut spec);
         spec.insert("name".into(), json!(route.name().unwrap_or_default()));
         routes
             .entry(route.parent().unwrap_or_default())
@@ -130,6 +133,7 @@ fn crd_document(
             metadata["namespace"] = json!(namespace);
         }
         Kind::GatewayRoute => {
+            match_everything_explicitly(Kind::GatewayRoute, &mut spec);
             metadata["namespace"] = json!(namespace);
             metadata["labels"] =
                 json!({GATEWAY_LABEL: object_name(resource.parent().unwrap_or_default())});
@@ -145,6 +149,26 @@ fn crd_document(
         "metadata": metadata,
         "spec": spec,
     })
+}
+
+/// The controller's webhooks require an HTTP match to name a path (`prefix` or `path`; a
+/// gateway route may name a `hostname` instead), where the API does not: a match on `port`
+/// or headers alone gets `prefix: /`, which matches every path, as the API's match did.
+fn match_everything_explicitly(kind: Kind, spec: &mut Map<String, Value>) {
+    for route_type in ["httpRoute", "http2Route"] {
+        let Some(Value::Object(matching)) = spec
+            .get_mut(route_type)
+            .and_then(|route| route.get_mut("match"))
+        else {
+            continue;
+        };
+        let names_path = matching.contains_key("prefix")
+            || matching.contains_key("path")
+            || (kind == Kind::GatewayRoute && matching.contains_key("hostname"));
+        if !names_path {
+            matching.insert("prefix".into(), json!("/"));
+        }
+    }
 }
 
 fn api_spec(resource: &Resource) -> Map<String, Value> {
