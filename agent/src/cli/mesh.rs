@@ -43,6 +43,9 @@ pub struct InputArgs {
     /// `AWS::StackName=shop`); overrides the template's Default. Repeatable.
     #[arg(long = "parameter", value_name = "NAME=VALUE", value_parser = parse_parameter)]
     parameters: Vec<(String, String)>,
+    /// Another stack's export for CloudFormation's `!ImportValue`, `Name=value`. Repeatable.
+    #[arg(long = "import", value_name = "NAME=VALUE", value_parser = parse_parameter)]
+    imports: Vec<(String, String)>,
     /// The input is part of a mesh defined elsewhere: do not require referenced meshes,
     /// nodes, services, routers and gateways to be among the inputs.
     #[arg(long)]
@@ -141,6 +144,7 @@ impl InputArgs {
                 name: self.name.clone(),
                 parent: self.parent.clone(),
                 parameters: self.parameters.clone(),
+                imports: self.imports.clone(),
             },
             partial: self.partial,
             lenient: self.lenient,
