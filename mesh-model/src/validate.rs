@@ -1,6 +1,8 @@
 //! Validation of a set of resources: the API model's constraints on every field, then the
 //! rules App Mesh enforces beyond its model (one route type per route, regexes that compile,
 //! ranges, weights, unique names and ports, references to resources that exist).
+mod documented;
+
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
@@ -162,6 +164,7 @@ fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    documented::check(resource.kind, spec, &mut error);
     if resource.format == Format::Kubernetes {
         controller_rules(resource, spec, &spec_path, &mut error);
     }
