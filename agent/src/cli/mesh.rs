@@ -280,6 +280,7 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
         }
         anyhow::bail!("{errors} error(s): nothing compiled");
     }
+    let index = MeshIndex::new(&resources)?;
     let workloads = if args.nodes.is_empty() {
         Workloads::All
     } else {
@@ -289,11 +290,14 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
                 .split_once('/')
                 .filter(|(m, n)| !m.is_empty() && !n.is_empty())
                 .with_context(|| format!("--node {node:?} is not mesh/name"))?;
+            anyhow::ensure!(
+                index.has_node_or_gateway(mesh, name),
+                "--node {node}: mesh {mesh:?} has no virtual node or virtual gateway {name:?} in the input"
+            );
             selected.insert((mesh.to_owned(), name.to_owned()));
         }
         Workloads::Only(selected)
     };
-    let index = MeshIndex::new(&resources)?;
     let compiled = control_plane::compile::compile(&index, &Registry::default(), &workloads);
     for issue in &compiled.issues {
         err(&format!("note: {issue}"));

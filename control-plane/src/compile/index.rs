@@ -118,6 +118,12 @@ impl MeshIndex {
         }
     }
 
+    /// Whether `mesh` has a virtual node or a virtual gateway called `name`.
+    pub fn has_node_or_gateway(&self, mesh: &str, name: &str) -> bool {
+        let key = (mesh.to_owned(), name.to_owned());
+        self.nodes.contains_key(&key) || self.gateways.contains_key(&key)
+    }
+
     pub fn virtual_nodes(&self) -> impl Iterator<Item = &(String, String)> {
         self.nodes.keys()
     }
