@@ -347,3 +347,59 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
         assert_eq!(output.status.code(), Some(141), "{args:?}: {err}");
     }
 }
+
+/// Errors the command line reports are said once, durations read as humantime writes them,
+/// and an xds-dump address without a scheme is refused at once instead of retried forever.
+#[test]
+fn command_line_errors_are_said_once_and_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["check-config", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "said once: {err}"
+    );
+
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "proxy:\n  outbound_addr: 10.0.0.1:15001\n  connect_timeout: 1m30s\n  drain_timeout: 1h\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args([
+            "xds-dump",
+            "--control-plane",
+            "127.0.0.1:15010",
+            "--timeout",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--control-plane: \"127.0.0.1:15010\" must be an http:// URL"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

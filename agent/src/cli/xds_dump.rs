@@ -29,6 +29,8 @@ pub struct XdsDumpArgs {
 }
 
 pub fn run(args: XdsDumpArgs) -> anyhow::Result<()> {
+    // The client would retry an unusable address forever ("transport error"): said once here.
+    mesh_agent::config::check_xds_address(&args.control_plane).context("--control-plane")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
