@@ -239,7 +239,7 @@ enum ResolveError {
     #[error("!GetAtt {target}: no resource {} in this template", target.id)]
     NoSuchResource { target: AttributeRef },
     #[error(
-        "!GetAtt {target}: {} is a {resource_type}, not an App Mesh resource",
+        "!GetAtt {target}: {} is a {resource_type}, not an App Mesh resource; give what deploying it would give with --parameter {target}=VALUE",
         target.id
     )]
     NotAppMesh {
@@ -249,7 +249,7 @@ enum ResolveError {
     #[error("!GetAtt {target} is {found}, not a name")]
     NotAName { target: AttributeRef, found: String },
     #[error(
-        "!GetAtt {target} is only known after deployment (names are: MeshName, VirtualNodeName, ...)"
+        "!GetAtt {target} is only known after deployment (names are: MeshName, VirtualNodeName, ...); give it with --parameter {target}=VALUE"
     )]
     AfterDeployment { target: AttributeRef },
 }
@@ -526,6 +526,14 @@ impl<'a> Resolver<'a> {
             id: id.to_owned(),
             attribute: attribute.to_owned(),
         };
+        // What deploying would tell (a load balancer's DNSName), given as
+        // `--parameter Id.Attribute=value`.
+        if let Some(given) = self.parameters.get(&format!("{id}.{attribute}")) {
+            return Ok(match given {
+                Json::String(text) => text.clone(),
+                other => other.to_string(),
+            });
+        }
         let Some(resource_type) = self.resource_type(id) else {
             return Err(ResolveError::NoSuchResource { target: target() }.at(path));
         };
@@ -803,6 +811,25 @@ Resources:
             "node.example.com"
         );
         assert_eq!(resources[2].name(), Some("colors"));
+
+        // What only deploying tells is given as Id.Attribute.
+        let text = STATIC_FUNCTIONS.replace(
+            "DNS: {Hostname: !Ref Record}",
+            "DNS: {Hostname: !GetAtt Balancer.DNSName}",
+        );
+        let (resources, errors) = convert_with_imports(
+            &text,
+            &[
+                ("TlsMode", "on"),
+                ("Balancer.DNSName", "lb-1.elb.amazonaws.com"),
+            ],
+            &[("prod:MeshName", "imported")],
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(
+            resources[1].spec().unwrap()["serviceDiscovery"]["dns"]["hostname"],
+            "lb-1.elb.amazonaws.com"
+        );
 
         // A false condition leaves the member out (AWS::NoValue).
         let (resources, errors) = convert_with_imports(

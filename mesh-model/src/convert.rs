@@ -61,8 +61,15 @@ pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, 
         "metadata": {"name": namespace, "labels": {MESH_LABEL: object_name(mesh_name)}}
     })];
     let mut routes = routes_by_router(resources);
+    let targets = Targets {
+        mesh: mesh_name,
+        names: resources
+            .iter()
+            .filter_map(|r| Some((r.kind, r.name()?)))
+            .collect(),
+    };
     for resource in resources.iter().filter(|r| r.kind != Kind::Route) {
-        documents.push(crd_document(resource, mesh_name, namespace, &mut routes));
+        documents.push(crd_document(resource, &targets, namespace, &mut routes));
     }
     if let Some(router) = routes.keys().next() {
         return Err(ToKubernetesError::UnknownRouter {
@@ -98,11 +105,12 @@ fn routes_by_router(resources: &[Resource]) -> BTreeMap<&str, Vec<Value>> {
 /// VirtualRouter).
 fn crd_document(
     resource: &Resource,
-    mesh_name: &str,
+    targets: &Targets<'_>,
     namespace: &str,
     routes: &mut BTreeMap<&str, Vec<Value>>,
 ) -> Value {
     let name = resource.name().unwrap_or_default();
+    let mesh_name = targets.mesh;
     let mut spec = api_spec(resource);
     let mut metadata = json!({"name": object_name(name)});
     match resource.kind {
@@ -142,7 +150,7 @@ fn crd_document(
     }
     spec.insert("awsName".into(), json!(name));
     let mut spec = Value::Object(spec);
-    to_crd_spelling(&mut spec);
+    to_crd_spelling(&mut spec, targets);
     json!({
         "apiVersion": format!("{API_GROUP}/v1beta2"),
         "kind": resource.kind.name(),
@@ -179,18 +187,46 @@ fn api_spec(resource: &Resource) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// API names to CRD references (`virtualServiceName: x` → `virtualServiceRef: {name: x'}`)
-/// and ARN spellings, in place.
-fn to_crd_spelling(value: &mut Value) {
+/// What references can name: the mesh, and the resources among the inputs (kind, name).
+struct Targets<'a> {
+    mesh: &'a str,
+    names: std::collections::HashSet<(Kind, &'a str)>,
+}
+
+/// API names to CRD references, in place: `virtualServiceName: x` → `virtualServiceRef:
+/// {name: x'}` for a resource among the inputs (its object carries the exact name as
+/// `awsName`), `virtualServiceARN` for one defined elsewhere (an object reference would
+/// name it by the controller's default instead); ARN spellings.
+fn to_crd_spelling(value: &mut Value, targets: &Targets<'_>) {
     rename_members(value, false, &mut |key, child, in_weighted_target| {
-        let reference = || Some(json!({"name": object_name(child.as_str().unwrap_or_default())}));
+        let name = child.as_str().unwrap_or_default();
+        let reference = |kind: Kind, ref_key: &str, arn_key: &str| {
+            if targets.names.contains(&(kind, name)) {
+                (ref_key.to_owned(), Some(json!({"name": object_name(name)})))
+            } else {
+                let arn = format!(
+                    "arn:aws:appmesh:us-east-1:123456789012:mesh/{}/{}/{name}",
+                    targets.mesh,
+                    crate::kubernetes::arn_segment(kind)
+                );
+                (arn_key.to_owned(), Some(json!(arn)))
+            }
+        };
         match key {
             "certificateArn" => ("certificateARN".to_owned(), None),
             "certificateAuthorityArns" => ("certificateAuthorityARNs".to_owned(), None),
-            "virtualServiceName" => ("virtualServiceRef".to_owned(), reference()),
-            "virtualRouterName" => ("virtualRouterRef".to_owned(), reference()),
-            "virtualNodeName" => ("virtualNodeRef".to_owned(), reference()),
-            "virtualNode" if in_weighted_target => ("virtualNodeRef".to_owned(), reference()),
+            "virtualServiceName" => reference(
+                Kind::VirtualService,
+                "virtualServiceRef",
+                "virtualServiceARN",
+            ),
+            "virtualRouterName" => {
+                reference(Kind::VirtualRouter, "virtualRouterRef", "virtualRouterARN")
+            }
+            "virtualNodeName" => reference(Kind::VirtualNode, "virtualNodeRef", "virtualNodeARN"),
+            "virtualNode" if in_weighted_target => {
+                reference(Kind::VirtualNode, "virtualNodeRef", "virtualNodeARN")
+            }
             _ => (key.to_owned(), None),
         }
     });

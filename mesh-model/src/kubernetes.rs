@@ -192,7 +192,7 @@ fn name_from_arn(field: &str, arn: &str, kind: Kind) -> Result<String, ConvertEr
 }
 
 /// How an ARN names a resource kind (`mesh/m/virtualNode/n`).
-fn arn_segment(kind: Kind) -> &'static str {
+pub(crate) fn arn_segment(kind: Kind) -> &'static str {
     match kind {
         Kind::Mesh => "mesh",
         Kind::VirtualNode => "virtualNode",
