@@ -207,7 +207,7 @@ fn to_crd_spelling(value: &mut Value, targets: &Targets<'_>) {
                 let arn = format!(
                     "arn:aws:appmesh:us-east-1:123456789012:mesh/{}/{}/{name}",
                     targets.mesh,
-                    crate::kubernetes::arn_segment(kind)
+                    kind.describe_key()
                 );
                 (arn_key.to_owned(), Some(json!(arn)))
             }

@@ -155,7 +155,8 @@ enum ConvertError {
 /// `arn:PARTITION:appmesh:REGION:ACCOUNT:mesh/MESH[@OWNER]/SEGMENT/NAME`, as the controller
 /// parses it (`^mesh/([^/]+)/([^/]+)/([^/]+)$` on the resource part).
 fn name_from_arn(field: &str, arn: &str, kind: Kind) -> Result<String, ConvertError> {
-    let segment = arn_segment(kind);
+    // An ARN names the kind as `describe-*` does (`mesh/m/virtualNode/n`).
+    let segment = kind.describe_key();
     let not_an_arn = || ConvertError::NotAnArn {
         field: field.to_owned(),
         arn: arn.to_owned(),
@@ -188,19 +189,6 @@ fn name_from_arn(field: &str, arn: &str, kind: Kind) -> Result<String, ConvertEr
             Ok((*name).to_owned())
         }
         _ => Err(not_an_arn()),
-    }
-}
-
-/// How an ARN names a resource kind (`mesh/m/virtualNode/n`).
-pub(crate) fn arn_segment(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Mesh => "mesh",
-        Kind::VirtualNode => "virtualNode",
-        Kind::VirtualService => "virtualService",
-        Kind::VirtualRouter => "virtualRouter",
-        Kind::Route => "route",
-        Kind::VirtualGateway => "virtualGateway",
-        Kind::GatewayRoute => "gatewayRoute",
     }
 }
 
