@@ -52,6 +52,16 @@ else
   python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27'
 fi
 
+# App Mesh users' own tools, for the definition tests: a YAML 1.1 reader (PyYAML, as kubectl
+# reads) for converted manifests, and the AWS CLI against the Cloud Map-style registry API.
+# (An AWS CLI whose botocore knows AWS_DISABLE_HOST_PREFIX_INJECTION: see docs/appmesh-xds.md.)
+if python3 -c 'import yaml; from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES as v; assert "disable_host_prefix_injection" in v' >/dev/null 2>&1 && have aws; then
+  step "python PyYAML and awscli present"
+else
+  step "installing python PyYAML and awscli (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'PyYAML>=6' 'awscli>=1.45'
+fi
+
 if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
   step "rust-src for $NIGHTLY present"
 else

@@ -14,15 +14,17 @@ use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The underlying error is part of the message and not a `source`: error chains
+    // (`{:#}`) would print it twice.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {error}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     #[error("config file {path}: environment variable {name} (used as ${{{name}}}) is not set")]
     UnsetVariable { path: PathBuf, name: String },
@@ -54,15 +56,17 @@ pub enum NetnsSpecError {
 #[error("environment variable {0} is not set")]
 struct UnsetVariable(String);
 
-/// A duration that is not `<number><ms|s|m|h>`.
+/// A duration that is not a sequence of `<number><ms|s|m|h|d>` (`250ms`, `1m30s`, `1h`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
-    #[error("duration {0:?} needs a unit: ms, s, m or h")]
+    #[error("duration {0:?} needs a unit after each number: ms, s, m, h or d (e.g. 1m30s)")]
     NoUnit(String),
-    #[error("duration {0:?} does not start with a number")]
+    #[error("duration {0:?}: expected a number (e.g. 500ms, 5s, 1m30s, 1h)")]
     NoNumber(String),
-    #[error("duration {text:?} has unit {unit:?}; use ms, s, m or h")]
+    #[error("duration {text:?} has unit {unit:?}; use ms, s, m, h or d")]
     Unit { text: String, unit: String },
+    #[error("duration {0:?} is too long")]
+    TooLong(String),
 }
 
 /// The whole configuration file.
@@ -285,9 +289,9 @@ fn default_netns_dir() -> PathBuf {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
@@ -302,9 +306,9 @@ impl Config {
                     name,
                 }
             })?;
-        let config: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Config = serde_yaml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         config
             .validate()
@@ -632,25 +636,55 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D, field: &str) -> Result<D
     parse_duration(&text).map_err(|reason| serde::de::Error::custom(format!("{field}: {reason}")))
 }
 
-/// `250ms`, `5s`, `2m`, `24h`.
+/// `250ms`, `5s`, `2m`, `24h`, and sums of them as humantime writes them: `1m30s`,
+/// `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| DurationError::NoUnit(text.to_owned()))?;
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| DurationError::NoNumber(text.to_owned()))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(value.saturating_mul(3600))),
-        _ => Err(DurationError::Unit {
-            text: text.to_owned(),
-            unit: unit.to_owned(),
-        }),
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(DurationError::NoNumber(text.to_owned()));
     }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(DurationError::NoNumber(text.to_owned()));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| DurationError::TooLong(text.to_owned()))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+        let seconds_per = match unit {
+            "" => return Err(DurationError::NoUnit(text.to_owned())),
+            "ms" => {
+                total = total
+                    .checked_add(Duration::from_millis(value))
+                    .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+                continue;
+            }
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => {
+                return Err(DurationError::Unit {
+                    text: text.to_owned(),
+                    unit: unit.to_owned(),
+                });
+            }
+        };
+        total = value
+            .checked_mul(seconds_per)
+            .and_then(|seconds| total.checked_add(Duration::from_secs(seconds)))
+            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -972,6 +1006,22 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("s").is_err());
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("1m30"),
+            Err(DurationError::NoUnit("1m30".into()))
+        );
+        assert!(matches!(
+            parse_duration("5w"),
+            Err(DurationError::Unit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("99999999999999999999h"),
+            Err(DurationError::TooLong(_))
+        ));
+        assert!(parse_duration("").is_err());
     }
 }

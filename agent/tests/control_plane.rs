@@ -521,3 +521,204 @@ fn ads_over_mutual_tls_serves_only_the_node_its_certificate_names() {
     assert!(with.contains("ALPN protocol: h2"), "{with}");
     assert!(with.contains("Verify return code: 0 (ok)"), "{with}");
 }
+
+/// The AWS CLI (awscli from PyPI) against the registry API as an App Mesh user's scripts
+/// call Cloud Map: ids looked up first, then instances registered, inspected, marked
+/// unhealthy, discovered by health, deregistered; signed with SigV4, the token as the secret.
+struct AwsCli {
+    endpoint: String,
+    secret: String,
+}
+
+impl AwsCli {
+    /// `aws servicediscovery <args>`: Ok(JSON answer) or Err(stderr).
+    fn call(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let output = Command::new("aws")
+            .arg("servicediscovery")
+            .args(args)
+            .args(["--endpoint-url", &self.endpoint, "--output", "json"])
+            .env("AWS_ACCESS_KEY_ID", "mesh-agent")
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            // DiscoverInstances goes to the host `data-<endpoint host>` unless told not to.
+            .env("AWS_DISABLE_HOST_PREFIX_INJECTION", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .output()
+            .expect("the AWS CLI (scripts/install-prereqs.sh installs awscli)");
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        Ok(if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        })
+    }
+}
+
+#[test]
+fn the_aws_cli_manages_the_registry_like_cloud_map() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_shop(dir.path());
+    let registry = dir.path().join("registry.json");
+    // The service exists before any instance (as `aws servicediscovery create-service`
+    // would have made it).
+    std::fs::write(&registry, r#"{"namespaces": {"shop.local": {"db": {}}}}"#).unwrap();
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), REGISTRY_TOKEN).unwrap();
+    let control = Running::start(&[
+        "control-plane",
+        "--mesh",
+        dir.path().join("mesh.json").to_str().unwrap(),
+        "--mesh",
+        dir.path().join("vn-db.json").to_str().unwrap(),
+        "--registry",
+        registry.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--registry-api",
+        "127.0.0.1:0",
+        "--registry-api-token-file",
+        token_file.path().to_str().unwrap(),
+    ]);
+    let api_line = control
+        .line_with("serving the registry API on", WAIT)
+        .expect("registry API");
+    let cli = AwsCli {
+        endpoint: format!("http://{}", api_line.rsplit(' ').next().unwrap()),
+        secret: REGISTRY_TOKEN.into(),
+    };
+
+    let namespaces = cli.call(&["list-namespaces"]).unwrap();
+    let namespace = &namespaces["Namespaces"][0];
+    assert_eq!(namespace["Name"], "shop.local", "{namespaces}");
+    let namespace_id = namespace["Id"].as_str().unwrap();
+    assert!(namespace_id.starts_with("ns-"), "{namespace_id}");
+    let got = cli.call(&["get-namespace", "--id", namespace_id]).unwrap();
+    assert_eq!(got["Namespace"]["Name"], "shop.local");
+
+    let filter = format!("Name=NAMESPACE_ID,Values={namespace_id},Condition=EQ");
+    let services = cli.call(&["list-services", "--filters", &filter]).unwrap();
+    let service_id = services["Services"][0]["Id"].as_str().unwrap().to_owned();
+    assert!(service_id.starts_with("srv-"), "{services}");
+    let service = cli.call(&["get-service", "--id", &service_id]).unwrap();
+    assert_eq!(service["Service"]["Name"], "db");
+    assert_eq!(service["Service"]["NamespaceId"], namespace_id);
+
+    for (instance, ip) in [("db-1", "10.1.0.1"), ("db-2", "10.1.0.2")] {
+        let attributes = format!("AWS_INSTANCE_IPV4={ip},AWS_INSTANCE_PORT=5432,zone=a");
+        let registered = cli
+            .call(&[
+                "register-instance",
+                "--service-id",
+                &service_id,
+                "--instance-id",
+                instance,
+                "--attributes",
+                &attributes,
+            ])
+            .unwrap();
+        let operation = registered["OperationId"].as_str().unwrap();
+        let status = cli
+            .call(&["get-operation", "--operation-id", operation])
+            .unwrap();
+        assert_eq!(status["Operation"]["Status"], "SUCCESS", "{status}");
+        assert_eq!(status["Operation"]["Type"], "REGISTER_INSTANCE");
+    }
+    let listed = cli
+        .call(&["list-instances", "--service-id", &service_id])
+        .unwrap();
+    assert_eq!(listed["Instances"].as_array().unwrap().len(), 2, "{listed}");
+    let one = cli
+        .call(&[
+            "get-instance",
+            "--service-id",
+            &service_id,
+            "--instance-id",
+            "db-1",
+        ])
+        .unwrap();
+    assert_eq!(
+        one["Instance"]["Attributes"]["AWS_INSTANCE_IPV4"],
+        "10.1.0.1"
+    );
+
+    cli.call(&[
+        "update-instance-custom-health-status",
+        "--service-id",
+        &service_id,
+        "--instance-id",
+        "db-1",
+        "--status",
+        "UNHEALTHY",
+    ])
+    .unwrap();
+    let discover = |health: &str| -> Vec<String> {
+        let found = cli
+            .call(&[
+                "discover-instances",
+                "--namespace-name",
+                "shop.local",
+                "--service-name",
+                "db",
+                "--query-parameters",
+                "zone=a",
+                "--health-status",
+                health,
+            ])
+            .unwrap();
+        found["Instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    i["InstanceId"].as_str().unwrap(),
+                    i["HealthStatus"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(discover("HEALTHY"), ["db-2 HEALTHY"]);
+    assert_eq!(discover("UNHEALTHY"), ["db-1 UNHEALTHY"]);
+    assert_eq!(discover("ALL"), ["db-1 UNHEALTHY", "db-2 HEALTHY"]);
+    assert_eq!(discover("HEALTHY_OR_ELSE_ALL"), ["db-2 HEALTHY"]);
+
+    cli.call(&[
+        "deregister-instance",
+        "--service-id",
+        &service_id,
+        "--instance-id",
+        "db-2",
+    ])
+    .unwrap();
+    assert_eq!(
+        discover("HEALTHY_OR_ELSE_ALL"),
+        ["db-1 UNHEALTHY"],
+        "fails open"
+    );
+    let missing = cli
+        .call(&["get-service", "--id", "srv-aaaaaaaaaaaaaaaa"])
+        .unwrap_err();
+    assert!(missing.contains("ServiceNotFound"), "{missing}");
+
+    // Signed with another secret: refused, nothing changed.
+    let intruder = AwsCli {
+        endpoint: cli.endpoint.clone(),
+        secret: "not-the-token-0123456789".into(),
+    };
+    let refused = intruder
+        .call(&[
+            "deregister-instance",
+            "--service-id",
+            &service_id,
+            "--instance-id",
+            "db-1",
+        ])
+        .unwrap_err();
+    assert!(refused.contains("AccessDeniedException"), "{refused}");
+    assert_eq!(discover("ALL"), ["db-1 UNHEALTHY"]);
+}

@@ -153,6 +153,65 @@ fn compile_prints_the_xds_resources_as_json() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--node \"web\" is not mesh/name"));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["compile", "--node", "shop/missing"])
+        .arg(&shop)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(
+            "--node shop/missing: mesh \"shop\" has no virtual node or virtual gateway \"missing\""
+        ),
+        "{err}"
+    );
+}
+
+/// An input with no App Mesh resource (an empty directory, unrelated YAML, an empty List)
+/// is an error, not "0 resources, 0 errors"; a `kind: List` (as `kubectl get -o yaml`
+/// prints) is read item by item.
+#[test]
+fn inputs_without_app_mesh_resources_are_errors_and_lists_are_read() {
+    let none = "error: no App Mesh resource in the input";
+    let (code, out) = validate(&[], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(none), "{out}");
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n";
+    let (code, out) = validate(&[], &[("app.yaml", deployment)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(none) && out.contains("skipped Deployment web"),
+        "{out}"
+    );
+    let (code, out) = validate(
+        &[],
+        &[("list.yaml", "apiVersion: v1\nkind: List\nitems: []\n")],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(none), "{out}");
+
+    let exported = r#"apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+- apiVersion: appmesh.k8s.aws/v1beta2
+  kind: Mesh
+  metadata: {name: demo, uid: 0b0c}
+  spec:
+    namespaceSelector: {matchLabels: {mesh: demo}}
+- apiVersion: appmesh.k8s.aws/v1beta2
+  kind: VirtualNode
+  metadata: {name: a, namespace: shop}
+  spec:
+    listeners: [{portMapping: {port: 80, protocol: http}}]
+    serviceDiscovery: {dns: {hostname: a.shop}}
+"#;
+    let (code, out) = validate(&[], &[("export.yaml", exported)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 resources, 0 errors"), "{out}");
 }
 
 /// `mesh-agent check-config` on `config`: exit code and stderr.
@@ -287,4 +346,60 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(output.status.code(), Some(141), "{args:?}: {err}");
     }
+}
+
+/// Errors the command line reports are said once, durations read as humantime writes them,
+/// and an xds-dump address without a scheme is refused at once instead of retried forever.
+#[test]
+fn command_line_errors_are_said_once_and_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["check-config", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "said once: {err}"
+    );
+
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "proxy:\n  outbound_addr: 10.0.0.1:15001\n  connect_timeout: 1m30s\n  drain_timeout: 1h\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args([
+            "xds-dump",
+            "--control-plane",
+            "127.0.0.1:15010",
+            "--timeout",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--control-plane \"127.0.0.1:15010\" must be an http:// or https:// URL"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

@@ -27,13 +27,76 @@ pub struct InputOptions {
 /// about them.
 pub fn load(paths: &[PathBuf], options: &InputOptions) -> (Vec<Resource>, Vec<Diagnostic>) {
     let loaded = source::load(paths, &options.source);
+    let mut resources = loaded.resources;
     let mut diagnostics = loaded.diagnostics;
     diagnostics.extend(validate::validate(
-        &loaded.resources,
+        &resources,
         Options {
             check_references: !options.partial,
             lenient: options.lenient,
         },
     ));
-    (loaded.resources, diagnostics)
+    if options.lenient {
+        validate::drop_unknown_kubernetes_fields(&mut resources);
+    }
+    (resources, diagnostics)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::compile::MeshIndex;
+
+    const MANIFEST: &str = "\
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: Mesh
+metadata: {name: m}
+spec:
+  egressFilter: {type: ALLOW_ALL, surprise: 1}
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: {name: n, namespace: x}
+spec:
+  listeners: [{portMapping: {port: 80, protocol: http}}]
+  serviceDiscovery: {dns: {hostname: n.x}}
+  backendDefaults:
+    clientPolicy: {tls: {mode: STRICT, validation: {trust: {file: {certificateChain: /ca.pem}}}}}
+";
+
+    #[test]
+    fn lenient_drops_unknown_kubernetes_fields_for_everything_after_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, MANIFEST).unwrap();
+        let strict = InputOptions::default();
+        let (_, diagnostics) = load(std::slice::from_ref(&file), &strict);
+        assert_eq!(diagnostics.iter().filter(|d| d.is_error()).count(), 2);
+
+        let lenient = InputOptions {
+            lenient: true,
+            ..InputOptions::default()
+        };
+        let (resources, diagnostics) = load(&[file], &lenient);
+        assert!(
+            !diagnostics.iter().any(Diagnostic::is_error),
+            "{diagnostics:?}"
+        );
+        let notes: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("spec.egressFilter.surprise")),
+            "{notes:?}"
+        );
+        assert_eq!(
+            resources[0].spec().unwrap()["egressFilter"],
+            serde_json::json!({"type": "ALLOW_ALL"})
+        );
+        let policy = &resources[1].spec().unwrap()["backendDefaults"]["clientPolicy"]["tls"];
+        assert!(policy.get("mode").is_none(), "{policy}");
+        // What is compiled is what is valid.
+        MeshIndex::new(&resources).unwrap();
+    }
 }

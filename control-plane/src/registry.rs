@@ -4,9 +4,11 @@
 //! attributes match the node's `attributes` filter, as EDS endpoints.
 //!
 //! The registry is read from a file and changed through a Cloud Map–style API
-//! (RegisterInstance, DeregisterInstance, DiscoverInstances), served by the control plane.
+//! ([`crate::registry_api`]), served by the control plane. Instances have a custom health
+//! status (UpdateInstanceCustomHealthStatus); endpoints are the healthy instances, or all of
+//! them when none is healthy (Cloud Map's HEALTHY_OR_ELSE_ALL: failing open).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -25,6 +27,29 @@ pub type Attributes = BTreeMap<String, String>;
 pub struct Registry {
     #[serde(default)]
     pub namespaces: BTreeMap<String, BTreeMap<String, BTreeMap<String, Attributes>>>,
+    /// (namespace, service, instance) reported unhealthy; every other instance is healthy.
+    #[serde(skip)]
+    unhealthy: BTreeSet<(String, String, String)>,
+}
+
+/// An instance's custom health status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthStatus {
+    Healthy,
+    Unhealthy,
+}
+
+/// Which instances DiscoverInstances returns by health (Cloud Map's `HealthStatus`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthFilter {
+    Healthy,
+    Unhealthy,
+    All,
+    /// Healthy ones, or all when none is healthy.
+    #[default]
+    HealthyOrElseAll,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +101,7 @@ pub struct Instance {
     pub instance_id: String,
     pub namespace_name: String,
     pub service_name: String,
+    pub health_status: HealthStatus,
     pub attributes: Attributes,
 }
 
@@ -120,6 +146,9 @@ impl Registry {
         attributes: Attributes,
     ) -> Result<(), RegistryError> {
         check_instance(id, &attributes)?;
+        // A (re-)registered instance starts healthy, as in Cloud Map.
+        self.unhealthy
+            .remove(&(namespace.to_owned(), service.to_owned(), id.to_owned()));
         self.namespaces
             .entry(namespace.to_owned())
             .or_default()
@@ -145,12 +174,57 @@ impl Registry {
             .get_mut(namespace)
             .and_then(|s| s.get_mut(service))
             .ok_or_else(not_found)?;
-        instances.remove(id).map(drop).ok_or_else(not_found)
+        instances.remove(id).ok_or_else(not_found)?;
+        self.unhealthy
+            .remove(&(namespace.to_owned(), service.to_owned(), id.to_owned()));
+        Ok(())
     }
 
-    /// The instances of a service whose attributes include every `filter` pair.
+    /// Sets an instance's custom health status.
+    pub fn set_health(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        id: &str,
+        status: HealthStatus,
+    ) -> Result<(), RegistryError> {
+        let exists = self
+            .namespaces
+            .get(namespace)
+            .and_then(|s| s.get(service))
+            .is_some_and(|instances| instances.contains_key(id));
+        if !exists {
+            return Err(RegistryError::NotFound {
+                namespace: namespace.to_owned(),
+                service: service.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+        let key = (namespace.to_owned(), service.to_owned(), id.to_owned());
+        match status {
+            HealthStatus::Healthy => self.unhealthy.remove(&key),
+            HealthStatus::Unhealthy => self.unhealthy.insert(key),
+        };
+        Ok(())
+    }
+
+    /// The endpoints of a service: its instances whose attributes include every `filter`
+    /// pair, healthy ones (or all when none is).
     pub fn discover(&self, namespace: &str, service: &str, filter: &Attributes) -> Vec<Instance> {
-        self.namespaces
+        self.discover_by_health(namespace, service, filter, HealthFilter::HealthyOrElseAll)
+    }
+
+    /// The instances of a service whose attributes include every `filter` pair and whose
+    /// health passes `health`.
+    pub fn discover_by_health(
+        &self,
+        namespace: &str,
+        service: &str,
+        filter: &Attributes,
+        health: HealthFilter,
+    ) -> Vec<Instance> {
+        let matching: Vec<Instance> = self
+            .namespaces
             .get(namespace)
             .and_then(|s| s.get(service))
             .into_iter()
@@ -160,9 +234,29 @@ impl Registry {
                 instance_id: id.clone(),
                 namespace_name: namespace.to_owned(),
                 service_name: service.to_owned(),
+                health_status: self.health(namespace, service, id),
                 attributes: attributes.clone(),
             })
-            .collect()
+            .collect();
+        let healthy = |i: &Instance| i.health_status == HealthStatus::Healthy;
+        match health {
+            HealthFilter::All => matching,
+            HealthFilter::Healthy => matching.into_iter().filter(healthy).collect(),
+            HealthFilter::Unhealthy => matching.into_iter().filter(|i| !healthy(i)).collect(),
+            HealthFilter::HealthyOrElseAll if matching.iter().any(healthy) => {
+                matching.into_iter().filter(healthy).collect()
+            }
+            HealthFilter::HealthyOrElseAll => matching,
+        }
+    }
+
+    pub fn health(&self, namespace: &str, service: &str, id: &str) -> HealthStatus {
+        let key = (namespace.to_owned(), service.to_owned(), id.to_owned());
+        if self.unhealthy.contains(&key) {
+            HealthStatus::Unhealthy
+        } else {
+            HealthStatus::Healthy
+        }
     }
 }
 
@@ -245,6 +339,54 @@ mod tests {
             registry.deregister("shop.local", "db", "db-1"),
             Err(RegistryError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn endpoints_are_the_healthy_instances_or_else_all() {
+        let mut registry = Registry::default();
+        for (id, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
+            registry
+                .register("n", "s", id, attrs(&[(IPV4, ip)]))
+                .unwrap();
+        }
+        let ids = |instances: Vec<Instance>| -> Vec<String> {
+            instances.into_iter().map(|i| i.instance_id).collect()
+        };
+        let none = Attributes::new();
+        registry
+            .set_health("n", "s", "a", HealthStatus::Unhealthy)
+            .unwrap();
+        assert_eq!(ids(registry.discover("n", "s", &none)), ["b"]);
+        assert_eq!(
+            ids(registry.discover_by_health("n", "s", &none, HealthFilter::Unhealthy)),
+            ["a"]
+        );
+        assert_eq!(
+            ids(registry.discover_by_health("n", "s", &none, HealthFilter::All)),
+            ["a", "b"]
+        );
+        registry
+            .set_health("n", "s", "b", HealthStatus::Unhealthy)
+            .unwrap();
+        assert_eq!(
+            ids(registry.discover("n", "s", &none)),
+            ["a", "b"],
+            "fails open"
+        );
+        assert!(
+            registry
+                .discover_by_health("n", "s", &none, HealthFilter::Healthy)
+                .is_empty()
+        );
+        assert!(matches!(
+            registry.set_health("n", "s", "c", HealthStatus::Healthy),
+            Err(RegistryError::NotFound { .. })
+        ));
+        // Registering again starts healthy.
+        registry
+            .register("n", "s", "a", attrs(&[(IPV4, "10.0.0.1")]))
+            .unwrap();
+        assert_eq!(registry.health("n", "s", "a"), HealthStatus::Healthy);
     }
 
     #[test]

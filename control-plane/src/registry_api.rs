@@ -1,33 +1,37 @@
 //! The control plane's Cloud Map–style API over its service registry: the AWS JSON protocol
-//! (`POST /` with `X-Amz-Target: Route53AutoNaming_v20170314.<Operation>`) for
-//! RegisterInstance, DeregisterInstance and DiscoverInstances. A service is named
-//! `namespace/service` where Cloud Map takes a ServiceId.
+//! (`POST /` with `X-Amz-Target: Route53AutoNaming_v20170314.<Operation>`), the operations
+//! App Mesh users' scripts and SDKs call ([`catalog`]): ListNamespaces, GetNamespace,
+//! ListServices, GetService (ids `ns-…`, `srv-…`), RegisterInstance, DeregisterInstance,
+//! ListInstances, GetInstance, GetOperation, DiscoverInstances (attribute and health
+//! filters), UpdateInstanceCustomHealthStatus. A ServiceId may also be `namespace/service`.
 //!
 //! Registering an instance moves a service's traffic, so every request must carry the
-//! configured bearer token (Cloud Map signs with SigV4; this stand-in takes a token). The
-//! server bounds what a caller can hold: connections, the time to send a request head, and
-//! request bodies.
+//! configured token: as a bearer token, or as the secret access key of an AWS Signature
+//! Version 4 ([`sigv4`]), which is how the AWS CLI and SDKs sign. The server bounds what a
+//! caller can hold: connections, the time to send a request head, and request bodies.
+mod catalog;
+mod sigv4;
+
 use std::{
-    collections::BTreeMap,
     convert::Infallible,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper::{Request, Response, StatusCode, body::Incoming, header, http::request::Parts};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::{
     net::TcpListener,
     sync::{Notify, Semaphore},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::registry::{Attributes, Registry};
+use crate::registry::Registry;
+pub(crate) use catalog::Operations;
 
 const TARGET_PREFIX: &str = "Route53AutoNaming_v20170314.";
 /// Cloud Map's own limit for a request is far below this; a registration is a few hundred bytes.
@@ -41,6 +45,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Shared {
     pub(crate) registry: Arc<Mutex<Registry>>,
     pub(crate) changed: Arc<Notify>,
+    /// What GetOperation answers about.
+    pub(crate) operations: Arc<Mutex<Operations>>,
 }
 
 /// A thread panicked holding the registry: it can no longer be trusted, so it is neither
@@ -108,73 +114,16 @@ pub(crate) async fn serve(
     }
 }
 
-/// The request handled when it carries the token; 401 otherwise.
+/// The request handled when it carries the token (as a bearer token, or as the secret key
+/// of an AWS Signature Version 4); 401 otherwise.
 async fn authorized(
     request: Request<Incoming>,
     shared: &Shared,
     token: &str,
 ) -> Response<Full<Bytes>> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes())) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "AccessDeniedException",
-            "missing or wrong bearer token (Authorization: Bearer <token>)",
-        );
-    }
-    handle(request, shared).await
-}
-
-/// Compares in time independent of where the inputs differ, so the token cannot be guessed
-/// byte by byte from response times.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RegisterInstance {
-    service_id: String,
-    instance_id: String,
-    #[serde(default)]
-    attributes: Attributes,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DeregisterInstance {
-    service_id: String,
-    instance_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DiscoverInstances {
-    namespace_name: String,
-    service_name: String,
-    #[serde(default)]
-    query_parameters: BTreeMap<String, String>,
-}
-
-async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    let target = request
-        .headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
-        .map(str::to_owned);
-    let Some(operation) = target else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InvalidInput",
-            &format!("missing X-Amz-Target header ({TARGET_PREFIX}<Operation>)"),
-        );
-    };
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+    let (parts, body) = request.into_parts();
+    // The signature covers the body: read it (bounded) first.
+    let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return error(
@@ -185,56 +134,74 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidInput", &e.to_string()),
     };
-    let Ok(mut registry) = shared.registry().inspect_err(|error| {
-        tracing::error!(%error, operation, "registry API request refused");
-    }) else {
+    let presented = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let allowed = match presented.strip_prefix("Bearer ") {
+        Some(bearer) => same_secret(bearer.as_bytes(), token.as_bytes()),
+        None => match sigv4::verify(&parts, &body, presented, token, SystemTime::now()) {
+            Ok(()) => true,
+            Err(problem) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "AccessDeniedException",
+                    &format!("{problem}; or send Authorization: Bearer <token>"),
+                );
+            }
+        },
+    };
+    if !allowed {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AccessDeniedException",
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+    }
+    handle(&parts, &body, shared)
+}
+
+/// Compares in time independent of where the inputs differ, so the token cannot be guessed
+/// byte by byte from response times.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn handle(parts: &Parts, body: &[u8], shared: &Shared) -> Response<Full<Bytes>> {
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix(TARGET_PREFIX));
+    let Some(operation) = target else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            &format!("missing X-Amz-Target header ({TARGET_PREFIX}<Operation>)"),
+        );
+    };
+    let (Ok(mut registry), Ok(mut operations)) = (shared.registry(), shared.operations.lock())
+    else {
+        tracing::error!(
+            operation,
+            "registry API request refused: a lock is poisoned"
+        );
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceException",
             "registry lock poisoned",
         );
     };
-    let result = match operation.as_str() {
-        "RegisterInstance" => parse::<RegisterInstance>(&body).and_then(|r| {
-            let (namespace, service) = split_service(&r.service_id)?;
-            registry
-                .register(namespace, service, &r.instance_id, r.attributes)
-                .map_err(|e| (StatusCode::BAD_REQUEST, "InvalidInput", e.to_string()))?;
-            info!(namespace, service, instance = %r.instance_id, "instance registered");
-            Ok((
-                json!({"OperationId": format!("register-{}", r.instance_id)}),
-                true,
-            ))
-        }),
-        "DeregisterInstance" => parse::<DeregisterInstance>(&body).and_then(|r| {
-            let (namespace, service) = split_service(&r.service_id)?;
-            registry
-                .deregister(namespace, service, &r.instance_id)
-                .map_err(|e| (StatusCode::NOT_FOUND, "InstanceNotFound", e.to_string()))?;
-            info!(namespace, service, instance = %r.instance_id, "instance deregistered");
-            Ok((
-                json!({"OperationId": format!("deregister-{}", r.instance_id)}),
-                true,
-            ))
-        }),
-        "DiscoverInstances" => parse::<DiscoverInstances>(&body).map(|r| {
-            let instances =
-                registry.discover(&r.namespace_name, &r.service_name, &r.query_parameters);
-            (json!({"Instances": instances}), false)
-        }),
-        other => Err((
-            StatusCode::BAD_REQUEST,
-            "InvalidInput",
-            format!("unknown operation {other}"),
-        )),
-    };
+    let result = catalog::call(operation, body, &mut registry, &mut operations);
+    drop(operations);
     drop(registry);
     match result {
-        Ok((body, changed)) => {
-            if changed {
+        Ok(answer) => {
+            if answer.changed {
                 shared.changed.notify_one();
             }
-            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+            let mut response = Response::new(Full::new(Bytes::from(answer.body.to_string())));
             response.headers_mut().insert(
                 "content-type",
                 hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
@@ -243,30 +210,6 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
         }
         Err((status, kind, message)) => error(status, kind, &message),
     }
-}
-
-type Failure = (StatusCode, &'static str, String);
-
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            "InvalidInput",
-            format!("request body: {e}"),
-        )
-    })
-}
-
-fn split_service(id: &str) -> Result<(&str, &str), Failure> {
-    id.split_once('/')
-        .filter(|(n, s)| !n.is_empty() && !s.is_empty())
-        .ok_or_else(|| {
-            (
-                StatusCode::BAD_REQUEST,
-                "InvalidInput",
-                format!("ServiceId {id:?} must be namespace/service"),
-            )
-        })
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>> {

@@ -175,6 +175,7 @@ impl ControlPlane {
         let shared = Shared {
             registry: Arc::new(Mutex::new(registry.clone())),
             changed: Arc::new(Notify::new()),
+            operations: Arc::default(),
         };
         let secrets = match &secrets_file {
             Some(file) => Arc::new(SecretStore::load(file)?),

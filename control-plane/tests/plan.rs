@@ -168,3 +168,56 @@ fn compiled_mesh_converts_and_routes() {
         Some(PortPlan::Http(_))
     ));
 }
+
+/// App Mesh `sds` trust with subject alternative names (SPIRE's setup): both checks reach
+/// the node, the trust by SDS and the names beside it (Envoy's combined validation context).
+#[test]
+fn sds_trust_keeps_its_subject_alternative_names() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+    let mut resources = source::load(&[dir], &LoadOptions::default()).resources;
+    let validation = |san: &str| {
+        serde_json::json!({"trust": {"sds": {"secretName": "spiffe://td"}},
+                           "subjectAlternativeNames": {"match": {"exact": [san]}}})
+    };
+    for resource in &mut resources {
+        let name = resource.name().map(str::to_owned);
+        let spec = resource.body.get_mut("spec").unwrap();
+        match name.as_deref() {
+            Some("api-v1") => {
+                spec["listeners"][0]["tls"] = serde_json::json!({"mode": "STRICT",
+                    "certificate": {"sds": {"secretName": "spiffe://td/api-v1"}},
+                    "validation": validation("spiffe://td/web")});
+            }
+            Some("web") => {
+                spec["backendDefaults"] = serde_json::json!({"clientPolicy": {"tls": {
+                    "validation": validation("spiffe://td/api-v1")}}});
+            }
+            _ => {}
+        }
+    }
+    let options = Options {
+        check_references: true,
+        lenient: false,
+    };
+    let errors = validate::validate(&resources, options);
+    assert!(!errors.iter().any(|d| d.is_error()), "{errors:?}");
+    let index = MeshIndex::new(&resources).unwrap();
+    let plan = plan_of(&compile(&index, &Registry::default(), &Workloads::All).resources);
+
+    let server = &plan.inbound["shop/api-v1"].ports[&9090]
+        .tls
+        .as_ref()
+        .expect("a TLS chain")
+        .tls;
+    let checked = server.validation.as_ref().unwrap();
+    assert_eq!(checked.trust, TrustSource::Sds("spiffe://td".into()));
+    assert!(checked.sans.len() == 1 && checked.sans[0].matches(SanKind::Uri, "spiffe://td/web"));
+
+    let client = plan.clusters["shop/api-v1/9090/from/web"]
+        .upstream_tls
+        .as_ref()
+        .expect("TLS toward api-v1");
+    let checked = client.validation.as_ref().unwrap();
+    assert_eq!(checked.trust, TrustSource::Sds("spiffe://td".into()));
+    assert!(checked.sans.len() == 1 && checked.sans[0].matches(SanKind::Uri, "spiffe://td/api-v1"));
+}

@@ -1,9 +1,13 @@
 //! CloudFormation templates: `AWS::AppMesh::*` resources converted to the API's form.
 //! Keys are matched to the API's members case-insensitively, guided by the API model (so
 //! `AWSCloudMap`, `DNS`, `TLS`, `HTTP2` and `HttpRoute` all find their member); `!Ref` and
-//! `!GetAtt` to App Mesh resources of the same template, `!Sub` over them, and parameters
-//! (their defaults, or values given with `--parameter`) are resolved; anything else — `!If`,
-//! `!ImportValue`, attributes only known after deployment — is reported as unresolvable.
+//! `!GetAtt` to App Mesh resources of the same template, `!Sub` over them, parameters
+//! (their defaults, or values given with `--parameter`), pseudo parameters (defaults below),
+//! `Conditions` with `!If` and resources' `Condition`, `!Join`, `!Select`, `AWS::NoValue`,
+//! `!ImportValue` of exports given with `--import` ([`functions`]) are resolved; anything
+//! else — attributes only known after deployment — is reported as unresolvable.
+mod functions;
+
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
@@ -76,9 +80,22 @@ pub fn convert(
                 .or(origin.line),
         };
         let label = format!("{kind} {id}");
+        let created = match resource.get("Condition").and_then(Yaml::as_str) {
+            Some(condition) => resolver.condition_named(condition, &Path::root("Condition"), 0),
+            None => Ok(true),
+        };
         let properties = resource.get("Properties").cloned().unwrap_or(Yaml::Null);
-        let resolved = match resolver.resolve(&properties, &Path::root(""), 0) {
-            Ok(value) => value,
+        let resolved = match created.and_then(|created| {
+            if created {
+                resolver.resolve(&properties, &Path::root(""), 0)
+            } else {
+                Ok(None)
+            }
+        }) {
+            Ok(Some(value)) => value,
+            // Its Condition is false: CloudFormation does not create it.
+            Ok(None) if resource.get("Condition").is_some() => continue,
+            Ok(None) => Json::Null,
             Err(Unresolved { path, problem }) => {
                 diagnostics.push(
                     Diagnostic::error(problem.to_string())
@@ -193,9 +210,20 @@ enum ResolveError {
     #[error("!Sub {text:?}: unclosed ${{")]
     SubUnclosed { text: String },
     #[error(
-        "!{function} cannot be resolved without deploying the template; only !Ref, !GetAtt and !Sub over this template's App Mesh resources and parameters are"
+        "!{function} cannot be resolved without deploying the template; only !Ref, !GetAtt, !Sub, !If, !Join, !Select and !ImportValue (with --import) over this template's App Mesh resources, parameters and conditions are"
     )]
     Unsupported { function: String },
+    #[error("!{function}: {problem}")]
+    BadArgument {
+        function: &'static str,
+        problem: &'static str,
+    },
+    #[error("condition {name} is not in the template's Conditions")]
+    UnknownCondition { name: String },
+    #[error("!ImportValue {name}: no export of that name; give it with --import {name}=VALUE")]
+    UnknownImport { name: String },
+    #[error("!Select index {index} is out of range for a list of {len}")]
+    SelectOutOfRange { index: usize, len: usize },
     #[error(
         "!Ref {name} gives the ARN of the {resource_type}, not its name; use !GetAtt {name}.{name_attribute}"
     )]
@@ -211,7 +239,7 @@ enum ResolveError {
     #[error("!GetAtt {target}: no resource {} in this template", target.id)]
     NoSuchResource { target: AttributeRef },
     #[error(
-        "!GetAtt {target}: {} is a {resource_type}, not an App Mesh resource",
+        "!GetAtt {target}: {} is a {resource_type}, not an App Mesh resource; give what deploying it would give with --parameter {target}=VALUE",
         target.id
     )]
     NotAppMesh {
@@ -221,7 +249,7 @@ enum ResolveError {
     #[error("!GetAtt {target} is {found}, not a name")]
     NotAName { target: AttributeRef, found: String },
     #[error(
-        "!GetAtt {target} is only known after deployment (names are: MeshName, VirtualNodeName, ...)"
+        "!GetAtt {target} is only known after deployment (names are: MeshName, VirtualNodeName, ...); give it with --parameter {target}=VALUE"
     )]
     AfterDeployment { target: AttributeRef },
 }
@@ -248,9 +276,25 @@ impl ResolveError {
     }
 }
 
+/// Pseudo parameters a template may name without declaring, with the values a template is
+/// read with unless `--parameter` gives others (an account id and a region AWS's own
+/// examples use).
+const PSEUDO_PARAMETERS: &[(&str, &str)] = &[
+    ("AWS::AccountId", "123456789012"),
+    ("AWS::Region", "us-east-1"),
+    ("AWS::Partition", "aws"),
+    ("AWS::URLSuffix", "amazonaws.com"),
+    ("AWS::StackName", "stack"),
+];
+
+/// `!Ref AWS::NoValue`: the member or item it stands for is left out.
+const NO_VALUE: &str = "AWS::NoValue";
+
 struct Resolver<'a> {
     template: &'a Yaml,
     parameters: HashMap<String, Json>,
+    /// Other stacks' exports (`--import Name=value`), for `!ImportValue`.
+    imports: HashMap<String, String>,
     /// Bytes the intrinsic functions may still produce (of [`MAX_EXPANSION_BYTES`]).
     budget: Cell<usize>,
     /// Names already resolved (`Id.Attribute`): a name used many times is expanded once.
@@ -272,12 +316,16 @@ impl<'a> Resolver<'a> {
                 ))
             })
             .collect();
+        for (name, value) in PSEUDO_PARAMETERS {
+            parameters.insert((*name).to_owned(), Json::String((*value).to_owned()));
+        }
         for (name, value) in &options.parameters {
             parameters.insert(name.clone(), Json::String(value.clone()));
         }
         Self {
             template,
             parameters,
+            imports: options.imports.iter().cloned().collect(),
             budget: Cell::new(MAX_EXPANSION_BYTES),
             attributes: RefCell::default(),
         }
@@ -302,7 +350,8 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn resolve(&self, value: &Yaml, path: &Path, depth: usize) -> Result<Json, Unresolved> {
+    /// The value of `value` with every intrinsic function applied; None for `AWS::NoValue`.
+    fn resolve(&self, value: &Yaml, path: &Path, depth: usize) -> Result<Option<Json>, Unresolved> {
         if depth > MAX_DEPTH {
             return Err(ResolveError::TooDeep.at(path));
         }
@@ -327,26 +376,34 @@ impl<'a> Resolver<'a> {
                             .trim()
                             .to_owned(),
                     };
-                    let child = self.resolve(child, &path.field(&key), depth)?;
-                    object.insert(key, child);
+                    if let Some(child) = self.resolve(child, &path.field(&key), depth)? {
+                        object.insert(key, child);
+                    }
                 }
-                Ok(Json::Object(object))
+                Ok(Some(Json::Object(object)))
             }
-            Yaml::Sequence(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| self.resolve(item, &path.index(i), depth))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Json::Array),
-            Yaml::Null => Ok(Json::Null),
-            Yaml::Bool(b) => Ok(Json::Bool(*b)),
-            Yaml::Number(n) => Ok(n
-                .as_i64()
-                .map(Number::from)
-                .or_else(|| n.as_f64().and_then(Number::from_f64))
-                .map_or(Json::Null, Json::Number)),
-            Yaml::String(s) => Ok(Json::String(s.clone())),
+            Yaml::Sequence(items) => {
+                let mut resolved = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    resolved.extend(self.resolve(item, &path.index(i), depth)?);
+                }
+                Ok(Some(Json::Array(resolved)))
+            }
+            Yaml::Null => Ok(Some(Json::Null)),
+            Yaml::Bool(b) => Ok(Some(Json::Bool(*b))),
+            Yaml::Number(n) => Ok(Some(
+                n.as_i64()
+                    .map(Number::from)
+                    .or_else(|| n.as_f64().and_then(Number::from_f64))
+                    .map_or(Json::Null, Json::Number),
+            )),
+            Yaml::String(s) => Ok(Some(Json::String(s.clone()))),
         }
+    }
+
+    /// A value that must be there (not `AWS::NoValue`).
+    fn resolve_present(&self, value: &Yaml, path: &Path, depth: usize) -> Result<Json, Unresolved> {
+        Ok(self.resolve(value, path, depth)?.unwrap_or(Json::Null))
     }
 
     fn intrinsic(
@@ -355,14 +412,17 @@ impl<'a> Resolver<'a> {
         argument: &Yaml,
         path: &Path,
         depth: usize,
-    ) -> Result<Json, Unresolved> {
+    ) -> Result<Option<Json>, Unresolved> {
         let fail = |problem: ResolveError| Err(problem.at(path));
         match function {
             "Ref" => {
                 let Some(name) = argument.as_str() else {
                     return fail(ResolveError::RefArgument);
                 };
-                self.reference(name, path)
+                if name == NO_VALUE {
+                    return Ok(None);
+                }
+                self.reference(name, path).map(Some)
             }
             "GetAtt" => {
                 let (id, attribute) = match argument {
@@ -380,7 +440,8 @@ impl<'a> Resolver<'a> {
                     }
                     _ => return fail(ResolveError::GetAttArgument),
                 };
-                self.attribute(id, attribute, path, depth).map(Json::String)
+                self.attribute(id, attribute, path, depth)
+                    .map(|name| Some(Json::String(name)))
             }
             "Sub" => {
                 let (text, variables) = match argument {
@@ -392,8 +453,12 @@ impl<'a> Resolver<'a> {
                     _ => return fail(ResolveError::SubArgument),
                 };
                 self.substitute(text, variables, path, depth)
-                    .map(Json::String)
+                    .map(|text| Some(Json::String(text)))
             }
+            "If" => self.if_then_else(argument, path, depth),
+            "Join" => self.join(argument, path, depth).map(Some),
+            "Select" => self.select(argument, path, depth).map(Some),
+            "ImportValue" => self.import(argument, path, depth).map(Some),
             other => fail(ResolveError::Unsupported {
                 function: other.to_owned(),
             }),
@@ -407,6 +472,9 @@ impl<'a> Resolver<'a> {
             return Ok(value.clone());
         }
         if let Some(resource_type) = self.resource_type(name) {
+            if let Some(value) = self.resource_ref(name, resource_type, path)? {
+                return Ok(value);
+            }
             return Err(ResolveError::RefGivesArn {
                 name: name.to_owned(),
                 resource_type: resource_type.to_owned(),
@@ -458,10 +526,21 @@ impl<'a> Resolver<'a> {
             id: id.to_owned(),
             attribute: attribute.to_owned(),
         };
+        // What deploying would tell (a load balancer's DNSName), given as
+        // `--parameter Id.Attribute=value`.
+        if let Some(given) = self.parameters.get(&format!("{id}.{attribute}")) {
+            return Ok(match given {
+                Json::String(text) => text.clone(),
+                other => other.to_string(),
+            });
+        }
         let Some(resource_type) = self.resource_type(id) else {
             return Err(ResolveError::NoSuchResource { target: target() }.at(path));
         };
-        if kind_of(resource_type).is_none() {
+        // A Cloud Map service's name is its Name property (`!GetAtt Service.Name`).
+        let named_by_property =
+            resource_type == "AWS::ServiceDiscovery::Service" && attribute == "Name";
+        if kind_of(resource_type).is_none() && !named_by_property {
             return Err(ResolveError::NotAppMesh {
                 target: target(),
                 resource_type: resource_type.to_owned(),
@@ -472,7 +551,7 @@ impl<'a> Resolver<'a> {
             .get("Properties")
             .and_then(|p| p.get(attribute));
         match property {
-            Some(value) => match self.resolve(value, path, depth + 1)? {
+            Some(value) => match self.resolve_present(value, path, depth + 1)? {
                 Json::String(text) => Ok(text),
                 other => Err(ResolveError::NotAName {
                     target: target(),
@@ -513,7 +592,7 @@ impl<'a> Resolver<'a> {
                 let text = match resolved.get(name) {
                     Some(text) => text,
                     None => {
-                        let text = match self.resolve(value, path, depth + 1)? {
+                        let text = match self.resolve_present(value, path, depth + 1)? {
                             Json::String(s) => s,
                             other => other.to_string(),
                         };
@@ -560,12 +639,25 @@ mod tests {
     use super::*;
 
     fn convert_text(text: &str, parameters: &[(&str, &str)]) -> (Vec<Resource>, Vec<String>) {
+        convert_with_imports(text, parameters, &[])
+    }
+
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn convert_with_imports(
+        text: &str,
+        parameters: &[(&str, &str)],
+        imports: &[(&str, &str)],
+    ) -> (Vec<Resource>, Vec<String>) {
         let template: Yaml = serde_yaml::from_str(text).unwrap();
         let options = LoadOptions {
-            parameters: parameters
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            parameters: pairs(parameters),
+            imports: pairs(imports),
             ..Default::default()
         };
         let mut diagnostics = Vec::new();
@@ -638,12 +730,139 @@ Resources:
         assert_eq!(resources[1].origin.line, Some(11));
     }
 
+    const STATIC_FUNCTIONS: &str = r#"
+Parameters:
+  Env: {Type: String, Default: prod}
+  TlsMode: {Type: String}
+Conditions:
+  Prod: !Equals [!Ref Env, prod]
+  UseTls: !And [!Not [!Equals [!Ref TlsMode, off]], {Condition: Prod}]
+  Never: !Or [!Equals [a, b], !Equals [1, "2"]]
+Resources:
+  Mesh:
+    Type: AWS::AppMesh::Mesh
+    Properties:
+      MeshName: !Join ["-", [!Ref "AWS::StackName", !Ref "AWS::Region", !Select [1, [x, mesh]]]]
+  Cert:
+    Type: AWS::CertificateManager::Certificate
+    Properties: {DomainName: a.local}
+  Authority:
+    Type: AWS::ACMPCA::CertificateAuthority
+  Record:
+    Type: AWS::Route53::RecordSet
+    Properties: {Name: node.example.com., Type: A}
+  Discovery:
+    Type: AWS::ServiceDiscovery::Service
+    Properties: {Name: colors}
+  Node:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: !ImportValue {"Fn::Sub": "${Env}:MeshName"}
+      VirtualNodeName: !Sub "${Discovery.Name}-node"
+      Spec:
+        Listeners:
+          - PortMapping: {Port: 8080, Protocol: http}
+            TLS: !If
+              - UseTls
+              - {Mode: STRICT, Certificate: {ACM: {CertificateArn: !Ref Cert}}}
+              - !Ref AWS::NoValue
+        BackendDefaults:
+          ClientPolicy: {TLS: {Validation: {Trust: {ACM: {CertificateAuthorityArns: [!Ref Authority]}}}}}
+        ServiceDiscovery:
+          DNS: {Hostname: !Ref Record}
+  Cloud:
+    Type: AWS::AppMesh::VirtualNode
+    Condition: Never
+    Properties: {MeshName: m, VirtualNodeName: never}
+  Other:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: m
+      VirtualNodeName: !GetAtt Discovery.Name
+"#;
+
+    #[test]
+    fn resolves_what_is_known_before_deployment() {
+        let (resources, errors) = convert_with_imports(
+            STATIC_FUNCTIONS,
+            &[("TlsMode", "on"), ("AWS::Region", "eu-west-1")],
+            &[("prod:MeshName", "imported")],
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(resources.len(), 3, "the Never node is not created");
+        assert_eq!(resources[0].name(), Some("stack-eu-west-1-mesh"));
+        let node = &resources[1];
+        assert_eq!(
+            (node.mesh(), node.name()),
+            (Some("imported"), Some("colors-node"))
+        );
+        let spec = node.spec().unwrap();
+        assert_eq!(
+            spec["listeners"][0]["tls"]["certificate"]["acm"]["certificateArn"],
+            "arn:aws:acm:eu-west-1:123456789012:certificate/Cert"
+        );
+        assert_eq!(
+            spec["backendDefaults"]["clientPolicy"]["tls"]["validation"]["trust"]["acm"]["certificateAuthorityArns"]
+                [0],
+            "arn:aws:acmpca:eu-west-1:123456789012:certificateauthority/Authority"
+        );
+        assert_eq!(
+            spec["serviceDiscovery"]["dns"]["hostname"],
+            "node.example.com"
+        );
+        assert_eq!(resources[2].name(), Some("colors"));
+
+        // What only deploying tells is given as Id.Attribute.
+        let text = STATIC_FUNCTIONS.replace(
+            "DNS: {Hostname: !Ref Record}",
+            "DNS: {Hostname: !GetAtt Balancer.DNSName}",
+        );
+        let (resources, errors) = convert_with_imports(
+            &text,
+            &[
+                ("TlsMode", "on"),
+                ("Balancer.DNSName", "lb-1.elb.amazonaws.com"),
+            ],
+            &[("prod:MeshName", "imported")],
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(
+            resources[1].spec().unwrap()["serviceDiscovery"]["dns"]["hostname"],
+            "lb-1.elb.amazonaws.com"
+        );
+
+        // A false condition leaves the member out (AWS::NoValue).
+        let (resources, errors) = convert_with_imports(
+            STATIC_FUNCTIONS,
+            &[("TlsMode", "off")],
+            &[("prod:MeshName", "imported")],
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert!(
+            resources[1].spec().unwrap()["listeners"][0]
+                .get("tls")
+                .is_none()
+        );
+
+        // An export not given is named, with the flag that gives it.
+        let (_, errors) = convert_with_imports(STATIC_FUNCTIONS, &[("TlsMode", "on")], &[]);
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "MeshName: !ImportValue prod:MeshName: no export of that name; give it with --import prod:MeshName=VALUE"
+            )),
+            "{errors:?}"
+        );
+    }
+
     #[test]
     fn unresolvable_intrinsics_are_named() {
-        let (resources, errors) = convert_text(TEMPLATE, &[]);
+        let (resources, errors) = convert_text(
+            &TEMPLATE.replace("!Ref AWS::StackName", "!Ref Missing"),
+            &[],
+        );
         assert_eq!(resources.len(), 0, "{errors:?}");
         assert!(
-            errors[0].contains("Mesh Mesh: MeshName: !Ref AWS::StackName cannot be resolved"),
+            errors[0].contains("Mesh Mesh: MeshName: !Ref Missing cannot be resolved"),
             "{errors:?}"
         );
         let text = TEMPLATE
@@ -652,13 +871,23 @@ Resources:
         let (_, errors) = convert_text(&text, &[]);
         assert!(errors.iter().any(|e| e.contains("!Ref Node gives the ARN of the AWS::AppMesh::VirtualNode, not its name; use !GetAtt Node.VirtualNodeName")), "{errors:?}");
         let text = TEMPLATE
+            .replace("VirtualNodeName: node", "VirtualNodeName: !GetAZs ''")
+            .replace("!Ref AWS::StackName", "m");
+        let (_, errors) = convert_text(&text, &[]);
+        assert!(
+            errors.iter().any(
+                |e| e.contains("VirtualNode Node: VirtualNodeName: !GetAZs cannot be resolved")
+            ),
+            "{errors:?}"
+        );
+        let text = TEMPLATE
             .replace("VirtualNodeName: node", "VirtualNodeName: !If [c, a, b]")
             .replace("!Ref AWS::StackName", "m");
         let (_, errors) = convert_text(&text, &[]);
         assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("VirtualNode Node: VirtualNodeName: !If cannot be resolved")),
+            errors.iter().any(|e| e.contains(
+                "VirtualNode Node: VirtualNodeName: condition c is not in the template's Conditions"
+            )),
             "{errors:?}"
         );
     }

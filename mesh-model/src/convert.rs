@@ -40,7 +40,7 @@ pub enum ToKubernetesError {
     #[error("routes refer to VirtualRouter {router}, which is not among the inputs")]
     UnknownRouter { router: String },
     #[error(transparent)]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_saphyr::SerializeError),
 }
 
 /// The resources as one multi-document manifest in `namespace`: a Namespace labelled into
@@ -61,8 +61,15 @@ pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, 
         "metadata": {"name": namespace, "labels": {MESH_LABEL: object_name(mesh_name)}}
     })];
     let mut routes = routes_by_router(resources);
+    let targets = Targets {
+        mesh: mesh_name,
+        names: resources
+            .iter()
+            .filter_map(|r| Some((r.kind, r.name()?)))
+            .collect(),
+    };
     for resource in resources.iter().filter(|r| r.kind != Kind::Route) {
-        documents.push(crd_document(resource, mesh_name, namespace, &mut routes));
+        documents.push(crd_document(resource, &targets, namespace, &mut routes));
     }
     if let Some(router) = routes.keys().next() {
         return Err(ToKubernetesError::UnknownRouter {
@@ -72,7 +79,9 @@ pub fn to_kubernetes(resources: &[Resource], namespace: &str) -> Result<String, 
     let mut manifest = String::new();
     for document in documents {
         manifest.push_str("---\n");
-        manifest.push_str(&serde_yaml::to_string(&document)?);
+        // serde-saphyr quotes strings a YAML 1.1 reader (kubectl, PyYAML) would take for
+        // another type: `exact: "yes"` stays a string.
+        manifest.push_str(&serde_saphyr::to_string(&document)?);
     }
     Ok(manifest)
 }
@@ -82,6 +91,7 @@ fn routes_by_router(resources: &[Resource]) -> BTreeMap<&str, Vec<Value>> {
     let mut routes: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for route in resources.iter().filter(|r| r.kind == Kind::Route) {
         let mut spec = api_spec(route);
+        match_everything_explicitly(Kind::Route, &mut spec);
         spec.insert("name".into(), json!(route.name().unwrap_or_default()));
         routes
             .entry(route.parent().unwrap_or_default())
@@ -95,11 +105,12 @@ fn routes_by_router(resources: &[Resource]) -> BTreeMap<&str, Vec<Value>> {
 /// VirtualRouter).
 fn crd_document(
     resource: &Resource,
-    mesh_name: &str,
+    targets: &Targets<'_>,
     namespace: &str,
     routes: &mut BTreeMap<&str, Vec<Value>>,
 ) -> Value {
     let name = resource.name().unwrap_or_default();
+    let mesh_name = targets.mesh;
     let mut spec = api_spec(resource);
     let mut metadata = json!({"name": object_name(name)});
     match resource.kind {
@@ -130,6 +141,7 @@ fn crd_document(
             metadata["namespace"] = json!(namespace);
         }
         Kind::GatewayRoute => {
+            match_everything_explicitly(Kind::GatewayRoute, &mut spec);
             metadata["namespace"] = json!(namespace);
             metadata["labels"] =
                 json!({GATEWAY_LABEL: object_name(resource.parent().unwrap_or_default())});
@@ -138,13 +150,33 @@ fn crd_document(
     }
     spec.insert("awsName".into(), json!(name));
     let mut spec = Value::Object(spec);
-    to_crd_spelling(&mut spec);
+    to_crd_spelling(&mut spec, targets);
     json!({
         "apiVersion": format!("{API_GROUP}/v1beta2"),
         "kind": resource.kind.name(),
         "metadata": metadata,
         "spec": spec,
     })
+}
+
+/// The controller's webhooks require an HTTP match to name a path (`prefix` or `path`; a
+/// gateway route may name a `hostname` instead), where the API does not: a match on `port`
+/// or headers alone gets `prefix: /`, which matches every path, as the API's match did.
+fn match_everything_explicitly(kind: Kind, spec: &mut Map<String, Value>) {
+    for route_type in ["httpRoute", "http2Route"] {
+        let Some(Value::Object(matching)) = spec
+            .get_mut(route_type)
+            .and_then(|route| route.get_mut("match"))
+        else {
+            continue;
+        };
+        let names_path = matching.contains_key("prefix")
+            || matching.contains_key("path")
+            || (kind == Kind::GatewayRoute && matching.contains_key("hostname"));
+        if !names_path {
+            matching.insert("prefix".into(), json!("/"));
+        }
+    }
 }
 
 fn api_spec(resource: &Resource) -> Map<String, Value> {
@@ -155,18 +187,46 @@ fn api_spec(resource: &Resource) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-/// API names to CRD references (`virtualServiceName: x` → `virtualServiceRef: {name: x'}`)
-/// and ARN spellings, in place.
-fn to_crd_spelling(value: &mut Value) {
+/// What references can name: the mesh, and the resources among the inputs (kind, name).
+struct Targets<'a> {
+    mesh: &'a str,
+    names: std::collections::HashSet<(Kind, &'a str)>,
+}
+
+/// API names to CRD references, in place: `virtualServiceName: x` → `virtualServiceRef:
+/// {name: x'}` for a resource among the inputs (its object carries the exact name as
+/// `awsName`), `virtualServiceARN` for one defined elsewhere (an object reference would
+/// name it by the controller's default instead); ARN spellings.
+fn to_crd_spelling(value: &mut Value, targets: &Targets<'_>) {
     rename_members(value, false, &mut |key, child, in_weighted_target| {
-        let reference = || Some(json!({"name": object_name(child.as_str().unwrap_or_default())}));
+        let name = child.as_str().unwrap_or_default();
+        let reference = |kind: Kind, ref_key: &str, arn_key: &str| {
+            if targets.names.contains(&(kind, name)) {
+                (ref_key.to_owned(), Some(json!({"name": object_name(name)})))
+            } else {
+                let arn = format!(
+                    "arn:aws:appmesh:us-east-1:123456789012:mesh/{}/{}/{name}",
+                    targets.mesh,
+                    kind.describe_key()
+                );
+                (arn_key.to_owned(), Some(json!(arn)))
+            }
+        };
         match key {
             "certificateArn" => ("certificateARN".to_owned(), None),
             "certificateAuthorityArns" => ("certificateAuthorityARNs".to_owned(), None),
-            "virtualServiceName" => ("virtualServiceRef".to_owned(), reference()),
-            "virtualRouterName" => ("virtualRouterRef".to_owned(), reference()),
-            "virtualNodeName" => ("virtualNodeRef".to_owned(), reference()),
-            "virtualNode" if in_weighted_target => ("virtualNodeRef".to_owned(), reference()),
+            "virtualServiceName" => reference(
+                Kind::VirtualService,
+                "virtualServiceRef",
+                "virtualServiceARN",
+            ),
+            "virtualRouterName" => {
+                reference(Kind::VirtualRouter, "virtualRouterRef", "virtualRouterARN")
+            }
+            "virtualNodeName" => reference(Kind::VirtualNode, "virtualNodeRef", "virtualNodeARN"),
+            "virtualNode" if in_weighted_target => {
+                reference(Kind::VirtualNode, "virtualNodeRef", "virtualNodeARN")
+            }
             _ => (key.to_owned(), None),
         }
     });

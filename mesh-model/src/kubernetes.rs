@@ -140,6 +140,56 @@ enum ConvertError {
     NoGateway,
     #[error("several VirtualGateways select this GatewayRoute; the controller rejects that")]
     SeveralGateways,
+    #[error(
+        "{field}: {arn:?} is not an App Mesh {kind} ARN (arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/{segment}/NAME)"
+    )]
+    NotAnArn {
+        field: String,
+        arn: String,
+        kind: Kind,
+        segment: &'static str,
+    },
+}
+
+/// The name an App Mesh ARN gives a resource of `kind`: the last segment of
+/// `arn:PARTITION:appmesh:REGION:ACCOUNT:mesh/MESH[@OWNER]/SEGMENT/NAME`, as the controller
+/// parses it (`^mesh/([^/]+)/([^/]+)/([^/]+)$` on the resource part).
+fn name_from_arn(field: &str, arn: &str, kind: Kind) -> Result<String, ConvertError> {
+    // An ARN names the kind as `describe-*` does (`mesh/m/virtualNode/n`).
+    let segment = kind.describe_key();
+    let not_an_arn = || ConvertError::NotAnArn {
+        field: field.to_owned(),
+        arn: arn.to_owned(),
+        kind,
+        segment,
+    };
+    let mut parts = arn.splitn(6, ':');
+    let (
+        Some("arn"),
+        Some(_partition),
+        Some("appmesh"),
+        Some(_region),
+        Some(_account),
+        Some(resource),
+    ) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    )
+    else {
+        return Err(not_an_arn());
+    };
+    match resource.split('/').collect::<Vec<_>>().as_slice() {
+        ["mesh", mesh, found, name]
+            if !mesh.is_empty() && *found == segment && !name.is_empty() =>
+        {
+            Ok((*name).to_owned())
+        }
+        _ => Err(not_an_arn()),
+    }
 }
 
 /// The CRD's spec members made the API's, in place: controller-only members dropped, a
@@ -268,7 +318,7 @@ impl<'a> Context<'a> {
         };
         let routes = to_api_members(kind, &mut spec)?;
         let mut spec = Value::Object(spec);
-        self.to_api_spelling(&mut spec, namespace);
+        self.to_api_spelling(&mut spec, namespace)?;
         let mut body = Map::new();
         body.insert("meshName".into(), Value::String(mesh.clone()));
         body.insert(kind.name_field().into(), Value::String(name.clone()));
@@ -307,7 +357,7 @@ impl<'a> Context<'a> {
         namespace: &str,
     ) -> Result<Map<String, Value>, ConvertError> {
         let mut route = route.clone();
-        self.to_api_spelling(&mut route, namespace);
+        self.to_api_spelling(&mut route, namespace)?;
         let Value::Object(mut route) = route else {
             return Err(ConvertError::RouteNotObject);
         };
@@ -396,12 +446,27 @@ impl<'a> Context<'a> {
             .unwrap_or_else(|| aws_name(kind, name, namespace, None))
     }
 
-    /// Renames the CRD's spellings to the API's and resolves references in place.
-    fn to_api_spelling(&self, value: &mut Value, namespace: &str) {
-        rename_members(value, false, &mut |key, child, in_weighted_target| {
-            let (key, resolved) = self.rename(key, child, namespace, in_weighted_target);
-            (key, resolved.map(Value::String))
-        });
+    /// Renames the CRD's spellings to the API's and resolves references in place; the first
+    /// reference that cannot be resolved (an ARN that is not one) is the error.
+    fn to_api_spelling(&self, value: &mut Value, namespace: &str) -> Result<(), ConvertError> {
+        let mut first_error = None;
+        rename_members(
+            value,
+            false,
+            &mut |key, child, in_weighted_target| match self.rename(
+                key,
+                child,
+                namespace,
+                in_weighted_target,
+            ) {
+                Ok((key, resolved)) => (key, resolved.map(Value::String)),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    (key.to_owned(), None)
+                }
+            },
+        );
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The API key for a CRD key, and the resolved name when the key is a reference.
@@ -411,7 +476,7 @@ impl<'a> Context<'a> {
         value: &Value,
         namespace: &str,
         in_weighted_target: bool,
-    ) -> (String, Option<String>) {
+    ) -> Result<(String, Option<String>), ConvertError> {
         let reference = |kind: Kind| -> Option<String> {
             let name = value.get("name")?.as_str()?;
             let ns = value
@@ -420,19 +485,18 @@ impl<'a> Context<'a> {
                 .unwrap_or(namespace);
             Some(self.reference(kind, ns, name))
         };
-        let from_arn = || {
-            value
-                .as_str()
-                .and_then(|arn| arn.rsplit('/').next())
-                .map(str::to_owned)
+        let from_arn = |kind: Kind| match value {
+            Value::String(arn) => name_from_arn(key, arn, kind).map(Some),
+            // Not a string: left for validation to report with the field's path.
+            _ => Ok(None),
         };
-        match key {
+        Ok(match key {
             "certificateARN" => ("certificateArn".into(), None),
             "certificateAuthorityARNs" => ("certificateAuthorityArns".into(), None),
             "virtualServiceRef" => ("virtualServiceName".into(), reference(Kind::VirtualService)),
-            "virtualServiceARN" => ("virtualServiceName".into(), from_arn()),
+            "virtualServiceARN" => ("virtualServiceName".into(), from_arn(Kind::VirtualService)?),
             "virtualRouterRef" => ("virtualRouterName".into(), reference(Kind::VirtualRouter)),
-            "virtualRouterARN" => ("virtualRouterName".into(), from_arn()),
+            "virtualRouterARN" => ("virtualRouterName".into(), from_arn(Kind::VirtualRouter)?),
             "virtualNodeRef" | "virtualNodeARN" => {
                 // A weighted target names its node `virtualNode`; providers `virtualNodeName`.
                 let api = if in_weighted_target {
@@ -443,12 +507,12 @@ impl<'a> Context<'a> {
                 let resolved = if key == "virtualNodeRef" {
                     reference(Kind::VirtualNode)
                 } else {
-                    from_arn()
+                    from_arn(Kind::VirtualNode)?
                 };
                 (api.into(), resolved)
             }
             _ => (key.to_owned(), None),
-        }
+        })
     }
 }
 
@@ -619,6 +683,42 @@ mod tests {
             node["backends"][0]["virtualService"],
             json!({"virtualServiceName": "other.local"})
         );
+    }
+
+    #[test]
+    fn arn_references_are_parsed_as_arns() {
+        let node = |arn: &str| {
+            json!({"apiVersion": API_VERSION, "kind": "VirtualNode", "metadata": {"name": "n"}, "spec": {
+                "backends": [{"virtualService": {"virtualServiceARN": arn}}]}})
+        };
+        let mesh = json!({"apiVersion": API_VERSION, "kind": "Mesh", "metadata": {"name": "m"}});
+        let (resources, diagnostics) = convert_all(vec![
+            mesh.clone(),
+            node(
+                "arn:aws:appmesh:us-west-2:123456789012:mesh/m@210987654321/virtualService/s.local",
+            ),
+        ]);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(
+            resources[1].spec().unwrap()["backends"][0]["virtualService"],
+            json!({"virtualServiceName": "s.local"})
+        );
+        for wrong in [
+            "colorapp-service-ARN",
+            "arn:aws:appmesh:us-west-2:123456789012:mesh/m/virtualNode/s.local",
+            "arn:aws:s3:::bucket/virtualService/s.local",
+            "arn:aws:appmesh:us-west-2:123456789012:mesh/m/virtualService/",
+        ] {
+            let (_, diagnostics) = convert_all(vec![mesh.clone(), node(wrong)]);
+            let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+            assert!(
+                text.len() == 1
+                    && text[0].contains(&format!(
+                        "VirtualNode n: virtualServiceARN: \"{wrong}\" is not an App Mesh VirtualService ARN"
+                    )),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

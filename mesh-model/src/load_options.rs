@@ -48,4 +48,6 @@ pub struct LoadOptions {
     /// CloudFormation parameter values (`--parameter Name=value`), pseudo parameters such as
     /// `AWS::StackName` included; they override a parameter's Default.
     pub parameters: Vec<(String, String)>,
+    /// Other stacks' exports for CloudFormation's `!ImportValue` (`--import Name=value`).
+    pub imports: Vec<(String, String)>,
 }

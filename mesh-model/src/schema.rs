@@ -193,6 +193,32 @@ impl Model {
         }
     }
 
+    /// Removes every member of `value` that shape `shape` does not have, at any depth (what
+    /// a CRD that preserves unknown fields hands the controller, which ignores them).
+    pub fn remove_unknown(&self, shape_name: &str, value: &mut Value) {
+        let Some(shape) = self.shapes.get(shape_name) else {
+            return;
+        };
+        match value {
+            Value::Object(object) if shape.kind == "structure" => {
+                object.retain(|key, _| shape.members.contains_key(key));
+                for (key, child) in object.iter_mut() {
+                    if let Some(member) = shape.members.get(key) {
+                        self.remove_unknown(&member.shape, child);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(member) = &shape.member {
+                    for item in items {
+                        self.remove_unknown(&member.shape, item);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn check_string(&self, name: &str, shape: &Shape, text: &str, fail: &mut impl FnMut(String)) {
         if let Some(values) = &shape.values
             && !values.iter().any(|v| v == text)

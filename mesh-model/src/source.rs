@@ -52,6 +52,11 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
         &mut loaded.diagnostics,
     );
     loaded.resources.extend(converted);
+    if loaded.resources.is_empty() && !loaded.diagnostics.iter().any(Diagnostic::is_error) {
+        loaded.diagnostics.push(Diagnostic::error(
+            "no App Mesh resource in the input: nothing to validate, convert or serve",
+        ));
+    }
     loaded
 }
 

@@ -1,6 +1,8 @@
 //! Validation of a set of resources: the API model's constraints on every field, then the
 //! rules App Mesh enforces beyond its model (one route type per route, regexes that compile,
 //! ranges, weights, unique names and ports, references to resources that exist).
+mod documented;
+
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
@@ -53,6 +55,22 @@ pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
         references(resources, &mut out);
     }
     out
+}
+
+/// `--lenient`: the unknown fields of Kubernetes resources (reported as notes by
+/// [`validate`]) removed, so that what is compiled or converted is what the controller
+/// would have sent App Mesh.
+pub fn drop_unknown_kubernetes_fields(resources: &mut [Resource]) {
+    for resource in resources
+        .iter_mut()
+        .filter(|r| r.format == Format::Kubernetes)
+    {
+        let mut body = Value::Object(std::mem::take(&mut resource.body));
+        schema::model().remove_unknown(&resource.kind.create_shape(), &mut body);
+        if let Value::Object(body) = body {
+            resource.body = body;
+        }
+    }
 }
 
 /// ACM certificates and ACM Private CA trust are valid App Mesh but exist only inside AWS:
@@ -146,6 +164,7 @@ fn spec_rules(resource: &Resource, spec: &Value, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    documented::check(resource.kind, spec, &mut error);
     if resource.format == Format::Kubernetes {
         controller_rules(resource, spec, &spec_path, &mut error);
     }

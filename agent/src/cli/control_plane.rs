@@ -94,6 +94,10 @@ pub struct EmbeddedArgs {
     /// With --mesh: automatic mTLS, as for `control-plane`.
     #[command(flatten)]
     auto_mtls: AutoMtlsArgs,
+    /// With --mesh: unknown fields in Kubernetes resources are ignored with a note, as the
+    /// CRDs and the controller do (as for `validate --lenient`).
+    #[arg(long, requires = "mesh")]
+    lenient: bool,
 }
 
 impl EmbeddedArgs {
@@ -101,7 +105,10 @@ impl EmbeddedArgs {
     pub fn options(&self) -> Option<Options> {
         (!self.mesh.is_empty()).then(|| Options {
             paths: self.mesh.clone(),
-            input: control_plane::InputOptions::default(),
+            input: control_plane::InputOptions {
+                lenient: self.lenient,
+                ..control_plane::InputOptions::default()
+            },
             listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             registry: self.registry.clone(),
             registry_api: None,

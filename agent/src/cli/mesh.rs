@@ -43,6 +43,9 @@ pub struct InputArgs {
     /// `AWS::StackName=shop`); overrides the template's Default. Repeatable.
     #[arg(long = "parameter", value_name = "NAME=VALUE", value_parser = parse_parameter)]
     parameters: Vec<(String, String)>,
+    /// Another stack's export for CloudFormation's `!ImportValue`, `Name=value`. Repeatable.
+    #[arg(long = "import", value_name = "NAME=VALUE", value_parser = parse_parameter)]
+    imports: Vec<(String, String)>,
     /// The input is part of a mesh defined elsewhere: do not require referenced meshes,
     /// nodes, services, routers and gateways to be among the inputs.
     #[arg(long)]
@@ -141,6 +144,7 @@ impl InputArgs {
                 name: self.name.clone(),
                 parent: self.parent.clone(),
                 parameters: self.parameters.clone(),
+                imports: self.imports.clone(),
             },
             partial: self.partial,
             lenient: self.lenient,
@@ -276,6 +280,7 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
         }
         anyhow::bail!("{errors} error(s): nothing compiled");
     }
+    let index = MeshIndex::new(&resources)?;
     let workloads = if args.nodes.is_empty() {
         Workloads::All
     } else {
@@ -285,11 +290,14 @@ pub fn compile(args: CompileArgs) -> anyhow::Result<()> {
                 .split_once('/')
                 .filter(|(m, n)| !m.is_empty() && !n.is_empty())
                 .with_context(|| format!("--node {node:?} is not mesh/name"))?;
+            anyhow::ensure!(
+                index.has_node_or_gateway(mesh, name),
+                "--node {node}: mesh {mesh:?} has no virtual node or virtual gateway {name:?} in the input"
+            );
             selected.insert((mesh.to_owned(), name.to_owned()));
         }
         Workloads::Only(selected)
     };
-    let index = MeshIndex::new(&resources)?;
     let compiled = control_plane::compile::compile(&index, &Registry::default(), &workloads);
     for issue in &compiled.issues {
         err(&format!("note: {issue}"));

@@ -36,6 +36,9 @@ pub struct XdsDumpArgs {
 }
 
 pub fn run(args: XdsDumpArgs) -> anyhow::Result<()> {
+    // The client would retry an unusable address forever ("transport error"): said once here.
+    check_address(&args.control_plane, args.tls.config().is_some())
+        .map_err(|error| anyhow::anyhow!("--control-plane {error}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -48,8 +51,6 @@ async fn dump(args: XdsDumpArgs) -> anyhow::Result<()> {
     let (sender, mut state) = watch::channel(Arc::new(XdsState::default()));
     let stop = CancellationToken::new();
     let tls = args.tls.config().map(|tls| tls.settings());
-    check_address(&args.control_plane, tls.is_some())
-        .map_err(|error| anyhow::anyhow!("--control-plane {error}"))?;
     let settings = Settings {
         endpoint: args.control_plane.clone(),
         tls,

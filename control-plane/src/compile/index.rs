@@ -6,6 +6,7 @@ use mesh_model::{
     types::{
         CreateGatewayRouteInput, CreateMeshInput, CreateRouteInput, CreateVirtualGatewayInput,
         CreateVirtualNodeInput, CreateVirtualRouterInput, CreateVirtualServiceInput,
+        ServiceDiscovery,
     },
 };
 use mesh_xds::names;
@@ -78,6 +79,7 @@ impl MeshIndex {
                 }
             }
         }
+        index.inherit_ip_preference();
         // Lower priority value first, routes without one last (as App Mesh orders them).
         for routes in index.routes.values_mut() {
             routes.sort_by_key(|r| (r.spec.priority.unwrap_or(i32::MAX), r.route_name.clone()));
@@ -91,6 +93,35 @@ impl MeshIndex {
             });
         }
         Ok(index)
+    }
+
+    /// App Mesh applies the mesh's `serviceDiscovery.ipPreference` to every virtual node
+    /// whose service discovery does not set its own: done once here, so every compiler
+    /// reads the node's effective preference.
+    fn inherit_ip_preference(&mut self) {
+        for ((mesh, _), node) in &mut self.nodes {
+            let Some(preference) = self
+                .meshes
+                .get(mesh)
+                .and_then(|m| m.spec.as_ref())
+                .and_then(|s| s.service_discovery.as_ref())
+                .and_then(|d| d.ip_preference)
+            else {
+                continue;
+            };
+            let own = match &mut node.spec.service_discovery {
+                Some(ServiceDiscovery::Dns(dns)) => &mut dns.ip_preference,
+                Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => &mut cloud_map.ip_preference,
+                None => continue,
+            };
+            own.get_or_insert(preference);
+        }
+    }
+
+    /// Whether `mesh` has a virtual node or a virtual gateway called `name`.
+    pub fn has_node_or_gateway(&self, mesh: &str, name: &str) -> bool {
+        let key = (mesh.to_owned(), name.to_owned());
+        self.nodes.contains_key(&key) || self.gateways.contains_key(&key)
     }
 
     pub fn virtual_nodes(&self) -> impl Iterator<Item = &(String, String)> {
@@ -137,5 +168,70 @@ impl MeshIndex {
             None => listeners.first()?,
         };
         Some(names::cluster(mesh, node, listener.port_mapping.port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use mesh_model::{
+        resource::{Format, Kind, Origin, Resource},
+        types::IpPreference,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    fn resource(kind: Kind, body: serde_json::Value) -> Resource {
+        Resource {
+            kind,
+            body: body.as_object().unwrap().clone(),
+            origin: Origin {
+                file: "m.json".into(),
+                line: None,
+            },
+            format: Format::ApiJson,
+        }
+    }
+
+    fn node(name: &str, discovery: serde_json::Value) -> Resource {
+        resource(
+            Kind::VirtualNode,
+            json!({"meshName": "m", "virtualNodeName": name, "spec": {"serviceDiscovery": discovery}}),
+        )
+    }
+
+    fn preference(index: &MeshIndex, name: &str) -> Option<IpPreference> {
+        match &index.nodes[&("m".to_owned(), name.to_owned())]
+            .spec
+            .service_discovery
+        {
+            Some(ServiceDiscovery::Dns(dns)) => dns.ip_preference,
+            Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => cloud_map.ip_preference,
+            None => None,
+        }
+    }
+
+    #[test]
+    fn nodes_inherit_the_mesh_ip_preference_unless_they_set_their_own() {
+        let index = MeshIndex::new(&[
+            resource(
+                Kind::Mesh,
+                json!({"meshName": "m", "spec": {"serviceDiscovery": {"ipPreference": "IPv6_ONLY"}}}),
+            ),
+            node("dns", json!({"dns": {"hostname": "a.local"}})),
+            node(
+                "map",
+                json!({"awsCloudMap": {"namespaceName": "ns", "serviceName": "s"}}),
+            ),
+            node(
+                "own",
+                json!({"dns": {"hostname": "b.local", "ipPreference": "IPv4_ONLY"}}),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(preference(&index, "dns"), Some(IpPreference::Ipv6Only));
+        assert_eq!(preference(&index, "map"), Some(IpPreference::Ipv6Only));
+        assert_eq!(preference(&index, "own"), Some(IpPreference::Ipv4Only));
     }
 }

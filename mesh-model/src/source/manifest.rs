@@ -30,15 +30,15 @@ pub(super) fn read(
             Err(_) => raw.to_owned(),
         };
         match parse_document(&substituted, origin) {
-            Ok(Some(document)) => manifests.push(document),
-            Ok(None) => {}
+            Ok(documents) => manifests.extend(documents),
             Err(diagnostic) => diagnostics.push(diagnostic),
         }
     }
 }
 
-/// One document, which starts at `origin`; `None` for an empty one.
-fn parse_document(chunk: &str, origin: Origin) -> Result<Option<kubernetes::Document>, Diagnostic> {
+/// The objects of one document, which starts at `origin`: none for an empty one, the items
+/// of a `kind: List` (what `kubectl get ... -o yaml` prints), else the document itself.
+fn parse_document(chunk: &str, origin: Origin) -> Result<Vec<kubernetes::Document>, Diagnostic> {
     let value: serde_yaml::Value = match serde_yaml::from_str(chunk) {
         Ok(value) => value,
         Err(error) => {
@@ -51,19 +51,37 @@ fn parse_document(chunk: &str, origin: Origin) -> Result<Option<kubernetes::Docu
         }
     };
     if value.is_null() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    match serde_json::to_value(&value) {
-        Ok(value) => Ok(Some(kubernetes::Document { value, origin })),
-        Err(error) => {
-            Err(Diagnostic::error(format!("cannot read this document: {error}")).at(&origin))
-        }
+    let value = serde_json::to_value(&value).map_err(|error| {
+        Diagnostic::error(format!("cannot read this document: {error}")).at(&origin)
+    })?;
+    let is_list = value.get("kind").and_then(serde_json::Value::as_str) == Some("List")
+        && value.get("apiVersion").and_then(serde_json::Value::as_str) == Some("v1");
+    match value {
+        serde_json::Value::Object(mut list) if is_list => match list.remove("items") {
+            Some(serde_json::Value::Array(items)) => Ok(items
+                .into_iter()
+                .map(|value| kubernetes::Document {
+                    value,
+                    origin: origin.clone(),
+                })
+                .collect()),
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(_) => Err(Diagnostic::error("a List's items must be a list").at(&origin)),
+        },
+        value => Ok(vec![kubernetes::Document { value, origin }]),
     }
 }
 
 fn is_app_mesh_document(raw: &str) -> bool {
     raw.lines().any(|line| {
-        line.strip_prefix("apiVersion:")
+        // `- apiVersion:` starts an item of a List.
+        let line = line.trim_start();
+        line.strip_prefix("- ")
+            .unwrap_or(line)
+            .trim_start()
+            .strip_prefix("apiVersion:")
             .map(|v| v.trim().trim_matches(['"', '\'']))
             .is_some_and(|v| v.starts_with(kubernetes::API_GROUP))
     })
