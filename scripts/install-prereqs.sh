@@ -44,12 +44,13 @@ else
 fi
 
 # Interoperability peers the project did not write: gRPC's C core (grpcio), a WebSocket
-# implementation (websockets) and an HTTP/2 client (httpx with h2), driven by the interop tests.
-if python3 -c 'import grpc, websockets, httpx, h2' >/dev/null 2>&1; then
-  step "python grpcio, websockets and httpx present"
+# implementation (websockets), an HTTP/2 client (httpx with h2), and OpenTelemetry's own
+# protobuf definitions (opentelemetry-proto) for the OTLP receiver of the tracing tests.
+if python3 -c 'import grpc, websockets, httpx, h2, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+  step "python grpcio, websockets, httpx and opentelemetry-proto present"
 else
-  step "installing python grpcio, websockets and httpx (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27'
+  step "installing python grpcio, websockets, httpx and opentelemetry-proto (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27' 'opentelemetry-proto>=1.27'
 fi
 
 if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
