@@ -70,7 +70,9 @@ for comp in rustfmt clippy; do
 done
 
 # bpf-linker must link with LLVM 22; a bpf-linker built against another LLVM fails to link.
-if have bpf-linker && ldd "$(command -v bpf-linker)" 2>/dev/null | grep -q 'libLLVM.so.22'; then
+# grep reads all of ldd's output: with -q it could exit first, and pipefail would take
+# ldd's SIGPIPE for a missing LLVM 22 and rebuild bpf-linker for nothing.
+if have bpf-linker && ldd "$(command -v bpf-linker)" 2>/dev/null | grep 'libLLVM.so.22' >/dev/null; then
   step "bpf-linker (LLVM 22) present"
 else
   step "building bpf-linker against LLVM 22 (1-3 minutes)"

@@ -445,6 +445,7 @@ fn reload(
         (new.admin != config.admin, "admin"),
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
         (new.discovery != config.discovery, "discovery"),
+        (new.tracing != config.tracing, "tracing"),
     ] {
         if changed {
             warn!(

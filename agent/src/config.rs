@@ -756,11 +756,11 @@ fn validate_tracing(tracing: &TracingConfig) -> Result<(), (&'static str, String
             "must be between 1 and max_queue_spans".into(),
         ));
     }
-    if tracing.batch_delay.is_zero() || tracing.export_timeout.is_zero() {
-        return Err((
-            "tracing.batch_delay",
-            "batch_delay and export_timeout must be greater than 0".into(),
-        ));
+    if tracing.batch_delay.is_zero() {
+        return Err(("tracing.batch_delay", "must be greater than 0".into()));
+    }
+    if tracing.export_timeout.is_zero() {
+        return Err(("tracing.export_timeout", "must be greater than 0".into()));
     }
     Ok(())
 }
@@ -1003,6 +1003,85 @@ mod tests {
         parse(&format!("{MINIMAL}cgroup_path: {}\n", dir.path().display())).unwrap();
         // Whether it exists (and is a cgroup) is checked on the node at start-up.
         parse(&format!("{MINIMAL}cgroup_path: /nonexistent/cgroup\n")).unwrap();
+    }
+
+    #[test]
+    fn tracing_gets_defaults_and_reads_every_key() {
+        let config = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://collector:4317\n"
+        ))
+        .unwrap();
+        let tracing = config.tracing.unwrap();
+        assert_eq!(tracing.protocol, OtlpProtocol::Grpc);
+        assert_eq!(tracing.sampling_rate, 1.0);
+        assert_eq!(tracing.propagation, [Propagation::W3c]);
+        assert_eq!(tracing.batch_delay, Duration::from_secs(1));
+        let config = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://collector:4318\n  protocol: http\n  sampling_rate: 0.05\n  propagation: [xray, b3, b3multi, w3c]\n  max_queue_spans: 100\n  max_batch_spans: 10\n  batch_delay: 200ms\n  export_timeout: 2s\n  resource: {{deployment.environment: prod}}\n"
+        ))
+        .unwrap();
+        let tracing = config.tracing.unwrap();
+        assert_eq!(tracing.protocol, OtlpProtocol::Http);
+        assert_eq!(tracing.propagation.len(), 4);
+        assert_eq!(tracing.export_timeout, Duration::from_secs(2));
+        assert_eq!(tracing.resource["deployment.environment"], "prod");
+    }
+
+    #[test]
+    fn bad_tracing_settings_are_named() {
+        for (settings, field, why) in [
+            (
+                "endpoint: collector:4317",
+                "tracing.endpoint",
+                "must be an http:// URL",
+            ),
+            (
+                "endpoint: https://c:4317",
+                "tracing.endpoint",
+                "https:// is not supported",
+            ),
+            (
+                "endpoint: http://c:0",
+                "tracing.endpoint",
+                "port other than 0",
+            ),
+            (
+                "endpoint: http://c:4317\n  sampling_rate: 1.5",
+                "tracing.sampling_rate",
+                "from 0 to 1",
+            ),
+            (
+                "endpoint: http://c:4317\n  max_queue_spans: 0",
+                "tracing.max_queue_spans",
+                "between 1",
+            ),
+            (
+                "endpoint: http://c:4317\n  max_queue_spans: 10\n  max_batch_spans: 20",
+                "tracing.max_batch_spans",
+                "max_queue_spans",
+            ),
+            (
+                "endpoint: http://c:4317\n  batch_delay: 0s",
+                "tracing.batch_delay",
+                "greater than 0",
+            ),
+        ] {
+            let err = rejected_field(&format!("{MINIMAL}tracing:\n  {settings}\n"), field);
+            assert!(err.contains(why), "{settings}: {err}");
+        }
+        let err = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://c:4317\n  propagation: [jaeger]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `jaeger`"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://c:4317\n  export_timeout: 5 s\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("export_timeout"), "{err}");
     }
 
     #[test]

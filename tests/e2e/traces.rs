@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tests::{
-    Node, Proc,
+    Agent, Node, Proc,
     agent::metric_value,
     mesh::{PORT, all_to_v1},
     node::NODE_IP,
@@ -17,6 +17,7 @@ use tests::{
 
 use super::{
     TIMEOUT,
+    gateway::{GatewayNode, GatewaySpec, gateway_route, to_api},
     interop::peer,
     l7::{MeshNode, MeshSpec},
 };
@@ -70,7 +71,7 @@ impl Collector {
     }
 
     /// The spans of `trace`, once `count` of them arrived.
-    fn trace(&self, trace: &str, count: usize, mesh: &MeshNode) -> Vec<Value> {
+    fn trace(&self, trace: &str, count: usize, agent: &Agent) -> Vec<Value> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let spans: Vec<Value> = self
@@ -85,7 +86,7 @@ impl Collector {
                 Instant::now() < deadline,
                 "{} of {count} spans of trace {trace} arrived: {spans:#?}\nagent log:\n{}",
                 spans.len(),
-                mesh.agent.log()
+                agent.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -166,7 +167,7 @@ fn one_request_is_one_trace_of_client_server_and_application_spans() {
     // No context arrives: the client's outbound starts the trace.
     let seen = call(&mesh, &[]);
     let trace = traceparent_trace(&seen);
-    let spans = collector.trace(&trace, 3, &mesh);
+    let spans = collector.trace(&trace, 3, &mesh.agent);
     let client = with_kind(&spans, "m/client", "CLIENT");
     let server = with_kind(&spans, "m/v1", "SERVER");
     let app = with_kind(&spans, "app-v1", "SERVER");
@@ -222,7 +223,7 @@ fn one_request_is_one_trace_of_client_server_and_application_spans() {
     let header = format!("X-Amzn-Trace-Id: Root={root};Parent=53995c3f42cd8ad8;Sampled=1");
     let seen = call(&mesh, &["-H", &header]);
     let trace = format!("{now:08x}0123456789abcdef01234567");
-    let spans = collector.trace(&trace, 3, &mesh);
+    let spans = collector.trace(&trace, 3, &mesh.agent);
     let client = with_kind(&spans, "m/client", "CLIENT");
     let server = with_kind(&spans, "m/v1", "SERVER");
     assert_eq!(client["parent_span_id"], "53995c3f42cd8ad8");
@@ -253,7 +254,7 @@ fn http_export_b3_context_sampling_and_a_collector_that_is_down() {
     // A caller's B3 decision to sample stands.
     let trace = "80f198ee56343ba864fe8b2a57d3eff7";
     let seen = call(&mesh, &["-H", &format!("b3: {trace}-e457b5a2e4d86bd1-1")]);
-    let spans = collector.trace(trace, 2, &mesh);
+    let spans = collector.trace(trace, 2, &mesh.agent);
     let client = with_kind(&spans, "m/client", "CLIENT");
     let server = with_kind(&spans, "m/v1", "SERVER");
     assert_eq!(client["parent_span_id"], "e457b5a2e4d86bd1");
@@ -302,4 +303,61 @@ fn http_export_b3_context_sampling_and_a_collector_that_is_down() {
         assert!(Instant::now() < deadline, "no dropped spans:\n{metrics}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_gateway_request_is_the_gateways_span_then_the_destinations() {
+    let gateway = GatewayNode::start_with(
+        "trgw",
+        GatewaySpec {
+            gateway_routes: vec![gateway_route("api", to_api(json!({"prefix": "/"}), None))],
+            agent_config: format!(
+                "tracing:\n  endpoint: http://{NODE_IP}:{GRPC_PORT}\n  batch_delay: 100ms\n  propagation: [xray]\n"
+            ),
+            ..Default::default()
+        },
+    );
+    // The collector comes up after the gateway's readiness probes failed to export: the
+    // exporter waits that out, then spans flow again; requests go on until one's arrive.
+    let collector = Collector::start(&gateway.node);
+    let deadline = Instant::now() + TIMEOUT;
+    let trace = loop {
+        let (status, body, _) = gateway.curl("/items", &[]);
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+        let received = collector.received();
+        let entry = received
+            .iter()
+            .find(|s| s["service"] == "m/gateway/gw" && s["attributes"]["url.path"] == "/items");
+        if let Some(span) = entry {
+            break span["trace_id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gateway span: {received:#?}\n{}",
+            gateway.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The X-Ray header alone carries the context from the gateway to v1's inbound side.
+    let spans = collector.trace(&trace, 2, &gateway.agent);
+    let entry = with_kind(&spans, "m/gateway/gw", "SERVER");
+    let destination = with_kind(&spans, "m/v1", "SERVER");
+    assert_eq!(
+        entry["parent_span_id"], "",
+        "the trace starts at the gateway"
+    );
+    assert_eq!(destination["parent_span_id"], entry["span_id"]);
+    let attributes = &entry["attributes"];
+    for (key, value) in [
+        ("appmesh.reporter", "gateway"),
+        ("appmesh.virtual_node", "m/gateway/gw"),
+        ("appmesh.virtual_service", "api.m.local"),
+        ("appmesh.destination_virtual_node", "m/v1"),
+        ("appmesh.cluster", "m/v1/8080"),
+        ("url.path", "/items"),
+    ] {
+        assert_eq!(attributes[key], value, "{key}: {entry:#}");
+    }
+    assert_eq!(destination["attributes"]["url.path"], "/items");
 }
