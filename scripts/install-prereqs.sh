@@ -44,12 +44,13 @@ else
 fi
 
 # Interoperability peers the project did not write: gRPC's C core (grpcio), a WebSocket
-# implementation (websockets) and an HTTP/2 client (httpx with h2), driven by the interop tests.
-if python3 -c 'import grpc, websockets, httpx, h2' >/dev/null 2>&1; then
-  step "python grpcio, websockets and httpx present"
+# implementation (websockets), an HTTP/2 client (httpx with h2), and OpenTelemetry's own
+# protobuf definitions (opentelemetry-proto) for the OTLP receiver of the tracing tests.
+if python3 -c 'import grpc, websockets, httpx, h2, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' >/dev/null 2>&1; then
+  step "python grpcio, websockets, httpx and opentelemetry-proto present"
 else
-  step "installing python grpcio, websockets and httpx (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27'
+  step "installing python grpcio, websockets, httpx and opentelemetry-proto (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'grpcio>=1.60' 'websockets>=13' 'httpx[http2]>=0.27' 'opentelemetry-proto>=1.27'
 fi
 
 # App Mesh users' own tools, for the definition tests: a YAML 1.1 reader (PyYAML, as kubectl
@@ -79,7 +80,9 @@ for comp in rustfmt clippy; do
 done
 
 # bpf-linker must link with LLVM 22; a bpf-linker built against another LLVM fails to link.
-if have bpf-linker && ldd "$(command -v bpf-linker)" 2>/dev/null | grep -q 'libLLVM.so.22'; then
+# grep reads all of ldd's output: with -q it could exit first, and pipefail would take
+# ldd's SIGPIPE for a missing LLVM 22 and rebuild bpf-linker for nothing.
+if have bpf-linker && ldd "$(command -v bpf-linker)" 2>/dev/null | grep 'libLLVM.so.22' >/dev/null; then
   step "bpf-linker (LLVM 22) present"
 else
   step "building bpf-linker against LLVM 22 (1-3 minutes)"

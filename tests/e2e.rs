@@ -28,6 +28,8 @@ mod mtls;
 mod observability;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/traces.rs"]
+mod traces;
 #[path = "e2e/two_nodes.rs"]
 mod two_nodes;
 

@@ -36,7 +36,7 @@ use crate::{
         metrics::{PodConnectCollector, RedirectCollector},
         namespaces, preflight,
     },
-    telemetry::{access_log::AccessLogWriters, metrics::Metrics},
+    telemetry::{access_log::AccessLogWriters, metrics::Metrics, trace::Tracer},
     tls::{TlsMetrics, TlsStore},
 };
 
@@ -96,7 +96,16 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         mark: Some(config.proxy.mark),
         connect_timeout: config.proxy.connect_timeout,
     };
-    let inputs = ProxyInputs::recording(mesh_state, workloads, &metrics, tls, settings);
+    let mut inputs = ProxyInputs::recording(mesh_state, workloads, &metrics, tls, settings);
+    let trace_export = match &config.tracing {
+        Some(tracing) => {
+            let (tracer, export) = Tracer::spawn(tracing, metrics.traces.clone())?;
+            inputs.tracer = Some(tracer);
+            info!(endpoint = %tracing.endpoint, protocol = ?tracing.protocol, sampling_rate = tracing.sampling_rate, "exporting spans");
+            Some(export)
+        }
+        None => None,
+    };
     let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
     let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
     let inbound_task =
@@ -174,6 +183,9 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         let _ = task.await;
     }
     drop(redirector);
+    if let Some(export) = trace_export {
+        export.finish(TRACE_FLUSH).await;
+    }
     if let Some(xds) = xds {
         xds.stop.cancel();
     }
@@ -189,6 +201,9 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// How long the spans of the last requests may take to reach the collector at shutdown.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
 /// The xDS client, running.
 struct Xds {
@@ -433,6 +448,7 @@ fn reload(
         (new.admin != config.admin, "admin"),
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
         (new.discovery != config.discovery, "discovery"),
+        (new.tracing != config.tracing, "tracing"),
     ] {
         if changed {
             warn!(

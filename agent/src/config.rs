@@ -1,6 +1,7 @@
 //! The agent's configuration file (YAML). Every key is documented in docs/config.md; unknown
 //! keys are rejected with their name and position.
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -90,6 +91,9 @@ pub struct Config {
     /// `run --mesh` embeds a control plane.
     #[serde(default)]
     pub xds: Option<XdsConfig>,
+    /// Spans of proxied requests, exported over OTLP (docs/tracing.md); absent: none.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -330,6 +334,9 @@ impl Config {
         self.validate_enrollment()?;
         if let Some(xds) = &self.xds {
             validate_xds(xds)?;
+        }
+        if let Some(tracing) = &self.tracing {
+            validate_tracing(tracing)?;
         }
         if let Some(path) = &self.cgroup_path {
             validate_cgroup_path(path)?;
@@ -620,6 +627,157 @@ fn expand_env(
     Ok(out)
 }
 
+/// Where the proxy's spans go and how traces are sampled and propagated (docs/tracing.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The OTLP collector: `http://host:4317` for gRPC, `http://host:4318` for HTTP (the
+    /// path `/v1/traces` is added unless the URL has a path).
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// The share of traces started here that are recorded, 0 to 1 (App Mesh's
+    /// `XRAY_SAMPLING_RATE`). A request that arrives with a sampling decision keeps it.
+    #[serde(default = "default_sampling_rate")]
+    pub sampling_rate: f64,
+    /// The context headers written on requests the proxy forwards, so the applications'
+    /// own spans join the trace; formats that arrived on the request are rewritten too.
+    #[serde(default = "default_propagation")]
+    pub propagation: Vec<Propagation>,
+    /// Spans waiting for export at most; more are dropped (counted), never waited for.
+    #[serde(default = "default_max_queue_spans")]
+    pub max_queue_spans: usize,
+    /// Spans per export request at most.
+    #[serde(default = "default_max_batch_spans")]
+    pub max_batch_spans: usize,
+    /// How long a span may wait for a batch to fill.
+    #[serde(default = "default_batch_delay", deserialize_with = "batch_delay")]
+    pub batch_delay: Duration,
+    /// How long one export may take before its spans are dropped.
+    #[serde(
+        default = "default_export_timeout",
+        deserialize_with = "export_timeout"
+    )]
+    pub export_timeout: Duration,
+    /// Resource attributes added to every span (e.g. `deployment.environment: prod`).
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+}
+
+/// OTLP's transports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`POST /v1/traces`).
+    Http,
+}
+
+/// Trace context header formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Propagation {
+    /// W3C Trace Context: `traceparent`, `tracestate`.
+    W3c,
+    /// AWS X-Ray: `X-Amzn-Trace-Id`.
+    Xray,
+    /// Zipkin B3, one header: `b3`.
+    B3,
+    /// Zipkin B3, several headers: `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, ...
+    B3multi,
+}
+
+fn default_sampling_rate() -> f64 {
+    1.0
+}
+fn default_propagation() -> Vec<Propagation> {
+    vec![Propagation::W3c]
+}
+fn default_max_queue_spans() -> usize {
+    2048
+}
+fn default_max_batch_spans() -> usize {
+    512
+}
+fn default_batch_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn batch_delay<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    duration(deserializer, "batch_delay")
+}
+
+fn export_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    duration(deserializer, "export_timeout")
+}
+
+/// The most spans the export queue may hold: about 1 KiB each, so at most 64 MiB.
+const MAX_QUEUE_SPANS: usize = 65_536;
+
+fn validate_tracing(tracing: &TracingConfig) -> Result<(), (&'static str, String)> {
+    let endpoint = &tracing.endpoint;
+    let uri: http::Uri = endpoint.parse().map_err(|error| {
+        (
+            "tracing.endpoint",
+            format!("{endpoint:?} is not a URL: {error}"),
+        )
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err((
+                "tracing.endpoint",
+                format!(
+                    "{endpoint:?}: https:// is not supported yet; run the collector on the node \
+                     (or beside it) and give its http:// address"
+                ),
+            ));
+        }
+        _ => {
+            return Err((
+                "tracing.endpoint",
+                format!("{endpoint:?} must be an http:// URL"),
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16() == Some(0) {
+        return Err((
+            "tracing.endpoint",
+            format!("{endpoint:?} needs a host and a port other than 0"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&tracing.sampling_rate) {
+        return Err((
+            "tracing.sampling_rate",
+            format!("is {}; give a share from 0 to 1", tracing.sampling_rate),
+        ));
+    }
+    if !(1..=MAX_QUEUE_SPANS).contains(&tracing.max_queue_spans) {
+        return Err((
+            "tracing.max_queue_spans",
+            format!("must be between 1 and {MAX_QUEUE_SPANS}"),
+        ));
+    }
+    if !(1..=tracing.max_queue_spans).contains(&tracing.max_batch_spans) {
+        return Err((
+            "tracing.max_batch_spans",
+            "must be between 1 and max_queue_spans".into(),
+        ));
+    }
+    if tracing.batch_delay.is_zero() {
+        return Err(("tracing.batch_delay", "must be greater than 0".into()));
+    }
+    if tracing.export_timeout.is_zero() {
+        return Err(("tracing.export_timeout", "must be greater than 0".into()));
+    }
+    Ok(())
+}
+
 // serde_yaml locates errors raised inside a value at the enclosing mapping, so each duration
 // field names itself in its error.
 fn connect_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -888,6 +1046,85 @@ mod tests {
         parse(&format!("{MINIMAL}cgroup_path: {}\n", dir.path().display())).unwrap();
         // Whether it exists (and is a cgroup) is checked on the node at start-up.
         parse(&format!("{MINIMAL}cgroup_path: /nonexistent/cgroup\n")).unwrap();
+    }
+
+    #[test]
+    fn tracing_gets_defaults_and_reads_every_key() {
+        let config = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://collector:4317\n"
+        ))
+        .unwrap();
+        let tracing = config.tracing.unwrap();
+        assert_eq!(tracing.protocol, OtlpProtocol::Grpc);
+        assert_eq!(tracing.sampling_rate, 1.0);
+        assert_eq!(tracing.propagation, [Propagation::W3c]);
+        assert_eq!(tracing.batch_delay, Duration::from_secs(1));
+        let config = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://collector:4318\n  protocol: http\n  sampling_rate: 0.05\n  propagation: [xray, b3, b3multi, w3c]\n  max_queue_spans: 100\n  max_batch_spans: 10\n  batch_delay: 200ms\n  export_timeout: 2s\n  resource: {{deployment.environment: prod}}\n"
+        ))
+        .unwrap();
+        let tracing = config.tracing.unwrap();
+        assert_eq!(tracing.protocol, OtlpProtocol::Http);
+        assert_eq!(tracing.propagation.len(), 4);
+        assert_eq!(tracing.export_timeout, Duration::from_secs(2));
+        assert_eq!(tracing.resource["deployment.environment"], "prod");
+    }
+
+    #[test]
+    fn bad_tracing_settings_are_named() {
+        for (settings, field, why) in [
+            (
+                "endpoint: collector:4317",
+                "tracing.endpoint",
+                "must be an http:// URL",
+            ),
+            (
+                "endpoint: https://c:4317",
+                "tracing.endpoint",
+                "https:// is not supported",
+            ),
+            (
+                "endpoint: http://c:0",
+                "tracing.endpoint",
+                "port other than 0",
+            ),
+            (
+                "endpoint: http://c:4317\n  sampling_rate: 1.5",
+                "tracing.sampling_rate",
+                "from 0 to 1",
+            ),
+            (
+                "endpoint: http://c:4317\n  max_queue_spans: 0",
+                "tracing.max_queue_spans",
+                "between 1",
+            ),
+            (
+                "endpoint: http://c:4317\n  max_queue_spans: 10\n  max_batch_spans: 20",
+                "tracing.max_batch_spans",
+                "max_queue_spans",
+            ),
+            (
+                "endpoint: http://c:4317\n  batch_delay: 0s",
+                "tracing.batch_delay",
+                "greater than 0",
+            ),
+        ] {
+            let err = rejected_field(&format!("{MINIMAL}tracing:\n  {settings}\n"), field);
+            assert!(err.contains(why), "{settings}: {err}");
+        }
+        let err = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://c:4317\n  propagation: [jaeger]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `jaeger`"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}tracing:\n  endpoint: http://c:4317\n  export_timeout: 5 s\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("export_timeout"), "{err}");
     }
 
     #[test]

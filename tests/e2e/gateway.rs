@@ -48,6 +48,8 @@ pub struct GatewaySpec {
     pub files: Vec<Value>,
     /// More `run` arguments for the agent (e.g. automatic mTLS).
     pub agent_args: Vec<String>,
+    /// More of the agent's configuration (YAML, appended).
+    pub agent_config: String,
 }
 
 /// One node: pod `gw` (enrolled as virtual gateway `gw`), `s1` (v1, behind `api.m.local`),
@@ -157,7 +159,7 @@ impl GatewayNode {
         for pod in std::iter::once("s1").chain(spec.workloads.iter().map(|w| w.pod)) {
             netns.push(node.pod(pod).unwrap().netns_name().to_owned());
         }
-        let config = config_for(&node, &[], "")
+        let config = config_for(&node, &[], &spec.agent_config)
             .unwrap()
             .replace("netns: []", &format!("netns: [{}]", netns.join(", ")));
         let mut args = vec!["--mesh", mesh.to_str().unwrap()];
@@ -273,7 +275,7 @@ impl GatewayNode {
     }
 }
 
-fn gateway_route(name: &str, http_route: Value) -> Value {
+pub(super) fn gateway_route(name: &str, http_route: Value) -> Value {
     gateway_route_of("httpRoute", name, None, http_route)
 }
 
@@ -286,7 +288,7 @@ fn gateway_route_of(kind: &str, name: &str, priority: Option<i64>, route: Value)
     json!({"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": name, "spec": spec})
 }
 
-fn to_api(matching: Value, rewrite: Option<Value>) -> Value {
+pub(super) fn to_api(matching: Value, rewrite: Option<Value>) -> Value {
     let mut action = json!({"target": {"virtualService": {"virtualServiceName": SERVICE}}});
     if let Some(rewrite) = rewrite {
         action["rewrite"] = rewrite;

@@ -56,6 +56,8 @@ pub struct MeshSpec {
     /// Starts the application of pod s1 (v1), s2 (v2) and s3 (outside the mesh), given the
     /// node, the pod and the name to answer as: meshtb http-server unless a test says.
     pub server: fn(&Node, &str, &str) -> Proc,
+    /// More of the agent's configuration (YAML, appended).
+    pub agent_config: String,
 }
 
 /// A DNS server for the test node, answering from a hosts file it re-reads on SIGHUP.
@@ -79,6 +81,7 @@ impl Default for MeshSpec {
             logging: Vec::new(),
             dns: false,
             server: start_server,
+            agent_config: String::new(),
         }
     }
 }
@@ -213,7 +216,8 @@ impl MeshNode {
             ),
             None => String::new(),
         };
-        let mut config = config_for(&node, spec.enrolled, &resolver).unwrap();
+        let extra = format!("{resolver}{}", spec.agent_config);
+        let mut config = config_for(&node, spec.enrolled, &extra).unwrap();
         if spec.discover {
             // Every namespace of this node; the mesh decides which are in it.
             let client = node.pod("client").unwrap().netns_name().to_owned();

@@ -3,10 +3,16 @@
 //! configured with the same routing — against the direct connection, in one run on one test
 //! node. Reports maximum requests/s (closed loop: wrk, h2load), requests/s per proxy core
 //! (from the proxy's CPU time), p50/p99 at a fixed 1000 requests/s (open loop: meshtb load,
-//! which sends on schedule whatever is outstanding), and the proxies' memory.
+//! which sends on schedule whatever is outstanding), and the proxies' memory. A fourth path,
+//! `mesh+traces`, is mesh-agent recording a span of every request (sampling rate 1) for a
+//! collector that is down: the cost of the span path when its spans cannot leave (the agent
+//! is restarted with that configuration around it).
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
 
-use ::tests::{Agent, Node, Proc, agent::config_for};
+use ::tests::{
+    Agent, Node, Proc,
+    agent::{config_for, metric_value},
+};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
@@ -31,13 +37,20 @@ enum Via {
     Direct,
     Haproxy,
     Mesh,
+    /// mesh-agent recording every request's span, its collector down.
+    MeshTraced,
 }
 
-const PATHS: [(Via, &str); 3] = [
+const PATHS: [(Via, &str); 4] = [
     (Via::Direct, "direct"),
     (Via::Haproxy, "haproxy"),
     (Via::Mesh, "mesh-agent"),
+    (Via::MeshTraced, "mesh+traces"),
 ];
+
+/// Every request sampled, exported to a port nothing listens on.
+const TRACING_COLLECTOR_DOWN: &str =
+    "tracing:\n  endpoint: http://127.0.0.1:4317\n  sampling_rate: 1.0\n";
 
 struct Scenario {
     name: &'static str,
@@ -80,6 +93,9 @@ struct Target {
 struct L7Bench {
     node: Node,
     agent: Agent,
+    /// The running agent records spans (for a collector that is down).
+    traced: bool,
+    workdir: std::path::PathBuf,
     haproxy: Proc,
     ips: BTreeMap<&'static str, Ipv4Addr>,
     meshtb: String,
@@ -126,17 +142,12 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
         &["-db", "-f", haproxy_cfg.to_str().context("path")?],
     )?;
     node.wait_for_listener((ips["lb"], HAPROXY_H1).into(), Duration::from_secs(10))?;
-    let config = config_for(&node, &[], "")?;
-    let mesh_dir = workdir.join("mesh");
-    let agent = Agent::start_with_args(
-        &node,
-        &config,
-        &workdir,
-        &["--mesh", mesh_dir.to_str().context("path")?],
-    )?;
-    let bench = L7Bench {
+    let agent = start_agent(&node, &workdir, false)?;
+    let mut bench = L7Bench {
         node,
         agent,
+        traced: false,
+        workdir: workdir.clone(),
         haproxy,
         ips,
         meshtb,
@@ -152,20 +163,24 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    let mut table: Vec<(&str, String, [f64; 3])> = Vec::new();
+    let mut table: Vec<(&str, String, [f64; 4])> = Vec::new();
     for scenario in &SCENARIOS {
         step(scenario.name);
         // samples[path][metric]
-        let mut samples: [Vec<(&'static str, Vec<f64>)>; 3] = Default::default();
-        let mut cores = [Vec::new(), Vec::new(), Vec::new()];
+        let mut samples: [Vec<(&'static str, Vec<f64>)>; 4] = Default::default();
+        let mut cores: [Vec<f64>; 4] = Default::default();
         for round in 0..rounds {
             for (index, (path, name)) in PATHS.iter().enumerate() {
-                bench.enroll_client(*path == Via::Mesh)?;
+                let meshed = matches!(path, Via::Mesh | Via::MeshTraced);
+                if meshed {
+                    bench.use_agent(*path == Via::MeshTraced)?;
+                }
+                bench.enroll_client(meshed)?;
                 let target = bench.target(*path, scenario.name.starts_with("HTTP/2"));
                 let proxy_pid = match path {
                     Via::Direct => None,
                     Via::Haproxy => Some(bench.haproxy.pid()),
-                    Via::Mesh => Some(bench.agent.pid()),
+                    Via::Mesh | Via::MeshTraced => Some(bench.agent.pid()),
                 };
                 let cpu_before = proxy_pid.map(cpu_seconds).transpose()?;
                 let result = (scenario.run)(&bench, target, seconds)?;
@@ -195,47 +210,69 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
             table.push((
                 scenario.name,
                 (*metric).to_owned(),
-                [median(direct), value(1), value(2)],
+                [median(direct), value(1), value(2), value(3)],
             ));
             if scenario.per_core && *metric == "requests/s" {
                 let per_core = |i: usize| value(i) / median(&cores[i]).max(f64::EPSILON);
                 table.push((
                     scenario.name,
                     "req/s per proxy core".into(),
-                    [0.0, per_core(1), per_core(2)],
+                    [0.0, per_core(1), per_core(2), per_core(3)],
                 ));
             }
         }
         table.push((
             scenario.name,
             "proxy CPU cores busy".into(),
-            [0.0, median(&cores[1]), median(&cores[2])],
+            [0.0, median(&cores[1]), median(&cores[2]), median(&cores[3])],
         ));
     }
     bench.enroll_client(false)?;
 
     step("results (medians)");
     println!(
-        "  {:<46} {:<22} {:>10} {:>10} {:>10} {:>9} {:>10}",
-        "scenario", "metric", "direct", "haproxy", "mesh", "vs direct", "vs haproxy"
+        "  {:<46} {:<22} {:>10} {:>10} {:>10} {:>9} {:>10} {:>12} {:>10}",
+        "scenario",
+        "metric",
+        "direct",
+        "haproxy",
+        "mesh",
+        "vs direct",
+        "vs haproxy",
+        "mesh+traces",
+        "vs mesh"
     );
-    for (scenario, metric, [direct, haproxy, mesh]) in &table {
-        let ratio = |base: f64| {
+    for (scenario, metric, [direct, haproxy, mesh, traced]) in &table {
+        let ratio = |value: f64, base: f64| {
             if base > 0.0 {
-                format!("{:.2}x", mesh / base)
+                format!("{:.2}x", value / base)
             } else {
                 "-".into()
             }
         };
         println!(
-            "  {scenario:<46} {metric:<22} {direct:>10.1} {haproxy:>10.1} {mesh:>10.1} {:>9} {:>10}",
-            ratio(*direct),
-            ratio(*haproxy)
+            "  {scenario:<46} {metric:<22} {direct:>10.1} {haproxy:>10.1} {mesh:>10.1} {:>9} {:>10} {traced:>12.1} {:>10}",
+            ratio(*mesh, *direct),
+            ratio(*mesh, *haproxy),
+            ratio(*traced, *mesh)
         );
     }
+    bench.use_agent(true)?;
+    let metrics = bench.agent.metrics(&bench.node)?;
+    println!(
+        "  mesh+traces: the last run's agent dropped {} spans (export_failed) and {} (queue_full)",
+        metric_value(
+            &metrics,
+            r#"mesh_agent_trace_spans_dropped_total{reason="export_failed"}"#
+        ),
+        metric_value(
+            &metrics,
+            r#"mesh_agent_trace_spans_dropped_total{reason="queue_full"}"#
+        )
+    );
     let pid = bench.agent.pid();
     println!(
-        "  mesh-agent RSS: idle {idle_rss} KiB, after the runs {} KiB (peak {} KiB: start-up BTF parsing); haproxy RSS {} KiB",
+        "  mesh-agent RSS: idle {idle_rss} KiB, after the runs (the last mesh+traces agent) {} KiB (peak {} KiB: start-up BTF parsing); haproxy RSS {} KiB",
         status_kib(pid, "VmRSS:").unwrap_or(0),
         status_kib(pid, "VmHWM:").unwrap_or(0),
         status_kib(bench.haproxy.pid(), "VmRSS:").unwrap_or(0),
@@ -245,7 +282,34 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// mesh-agent on the node with the benchmark's mesh, `traced` or not.
+fn start_agent(node: &Node, workdir: &Path, traced: bool) -> anyhow::Result<Agent> {
+    let extra = if traced { TRACING_COLLECTOR_DOWN } else { "" };
+    let config = config_for(node, &[], extra)?;
+    let mesh_dir = workdir.join("mesh");
+    Agent::start_with_args(
+        node,
+        &config,
+        workdir,
+        &["--mesh", mesh_dir.to_str().context("path")?],
+    )
+}
+
 impl L7Bench {
+    /// Restarts the agent when it is not the one asked for (its endpoints resolved again
+    /// before it is measured).
+    fn use_agent(&mut self, traced: bool) -> anyhow::Result<()> {
+        if self.traced == traced {
+            return Ok(());
+        }
+        self.agent.signal(libc::SIGKILL)?;
+        self.agent.wait_exit(Duration::from_secs(10))?;
+        self.agent = start_agent(&self.node, &self.workdir, traced)?;
+        self.traced = traced;
+        self.enroll_client(true)?;
+        self.check_routing()
+    }
+
     fn enroll_client(&self, enrolled: bool) -> anyhow::Result<()> {
         set_client_enrolled(&self.node, enrolled)
     }
@@ -265,7 +329,7 @@ impl L7Bench {
                 url: format!("http://{}:{haproxy_port}/", self.ips["lb"]),
                 host: None,
             },
-            Via::Mesh => Target {
+            Via::Mesh | Via::MeshTraced => Target {
                 url: format!("http://{VIP}:{port}/"),
                 host: Some(format!("{service}:{port}")),
             },

@@ -1,7 +1,8 @@
 //! `cargo xtask sandbox`: a throwaway mesh node running an App Mesh mesh — a client pod
 //! calling `products` and `prices`, prices split 80/20 between v1 and v2, and a virtual
 //! gateway taking an `internet` pod outside the mesh to both — through the real redirect and
-//! node proxy, with per-service counts from the agent's /metrics.
+//! node proxy, with per-service counts from the agent's /metrics and the trace of one request
+//! as an OTLP receiver got it.
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
@@ -12,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use ::tests::{Agent, Node, Proc, agent::config_for};
+use ::tests::{Agent, Node, Proc, agent::config_for, node::NODE_IP};
 use anyhow::{Context as _, bail};
 
 use crate::build::{self, Profile, step};
@@ -94,7 +95,14 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     // Every pod but legacy and internet is enrolled; which virtual node each is comes from
     // the mesh's endpoints (their addresses in the registry), but for the ingress pod, which
     // is enrolled as the virtual gateway.
-    let config = config_for(&node, &["client", "products", "prices-v1", "prices-v2"], "")?.replace(
+    let (receiver, spans) = start_trace_receiver(&node, &workdir)?;
+    servers.push(receiver);
+    let config = config_for(
+        &node,
+        &["client", "products", "prices-v1", "prices-v2"],
+        &tracing_config(),
+    )?
+    .replace(
         "netns: [",
         &format!(
             "netns: [\"{}={GATEWAY}\", ",
@@ -232,6 +240,21 @@ pub fn run(once: bool) -> anyhow::Result<()> {
             println!("  {line}");
         }
     }
+
+    step(
+        "traces (tracing: OTLP to a receiver on the node, sampling_rate 0): client -> prices and internet -> ingress /catalog, each with a sampled traceparent of its caller; each trace as the receiver got it",
+    );
+    let caller_span = "00f067aa0ba902b7";
+    let client_trace = trace_id(1);
+    let traceparent = format!("traceparent: 00-{client_trace}-{caller_span}-01");
+    curl(&node, PRICES, "/traced", &["-H", &traceparent])?;
+    let gateway_trace = trace_id(2);
+    let traceparent = format!("traceparent: 00-{gateway_trace}-{caller_span}-01");
+    internet_curl(&node, &format!("{ingress}/catalog"), &["-H", &traceparent])?;
+    for trace in [client_trace, gateway_trace] {
+        println!("{}", indent(&trace_tree(&spans, &trace)?));
+    }
+    check(&interrupted)?;
 
     if !once {
         println!(
@@ -410,6 +433,75 @@ fn print_service_counts(metrics: &str) {
     }) {
         println!("  {line}");
     }
+}
+
+const OTLP_GRPC_PORT: u16 = 4317;
+
+/// The OTLP receiver of the tests (tests/interop/otlp_receiver.py) on the node's address;
+/// the file it writes the spans to.
+fn start_trace_receiver(
+    node: &Node,
+    workdir: &std::path::Path,
+) -> anyhow::Result<(Proc, std::path::PathBuf)> {
+    let spans = workdir.join("spans.jsonl");
+    let mut command = node.node_command("python3")?;
+    command
+        .arg(receiver_script())
+        .args(["serve", "--host", &NODE_IP.to_string()])
+        .args(["--grpc-port", &OTLP_GRPC_PORT.to_string(), "--out"])
+        .arg(&spans)
+        .stdout(std::process::Stdio::null());
+    let receiver = Proc::spawn("otlp receiver", command)?;
+    node.wait_for_listener((NODE_IP, OTLP_GRPC_PORT).into(), SHORT)?;
+    Ok((receiver, spans))
+}
+
+fn receiver_script() -> std::path::PathBuf {
+    build::workspace_root().join("tests/interop/otlp_receiver.py")
+}
+
+/// Spans only of requests whose caller sampled them, exported quickly.
+fn tracing_config() -> String {
+    format!(
+        "tracing:\n  endpoint: http://{NODE_IP}:{OTLP_GRPC_PORT}\n  sampling_rate: 0\n  batch_delay: 200ms\n"
+    )
+}
+
+/// A trace id of this run: the time, then `n`.
+fn trace_id(n: u8) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:08x}{:022x}{n:02x}", now.as_secs(), now.subsec_nanos())
+}
+
+/// `trace` as a tree of its spans, once at least two arrived.
+fn trace_tree(spans: &std::path::Path, trace: &str) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + SHORT;
+    loop {
+        let received = std::fs::read_to_string(spans).unwrap_or_default();
+        if received
+            .matches(&format!("\"trace_id\": \"{trace}\""))
+            .count()
+            >= 2
+        {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("the spans of trace {trace} did not arrive in {SHORT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = std::process::Command::new("python3")
+        .arg(receiver_script())
+        .args(["tree", "--trace", trace, "--spans"])
+        .arg(spans)
+        .output()
+        .context("python3 otlp_receiver.py tree")?;
+    if !output.status.success() {
+        bail!("tree: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ pub mod outbound;
 mod relay;
 mod tcp;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,7 @@ use crate::{
     telemetry::{
         access_log::AccessLogWriters,
         metrics::{MeshMetrics, Metrics, ProxyMetrics},
+        trace::Tracer,
     },
     tls::TlsStore,
 };
@@ -37,6 +38,8 @@ pub struct ProxyInputs {
     /// Per-service request series.
     pub mesh_metrics: MeshMetrics,
     pub access_logs: AccessLogWriters,
+    /// Spans of HTTP requests, when tracing is configured.
+    pub tracer: Option<Arc<Tracer>>,
     /// Certificates and TLS configurations of listeners that terminate TLS.
     pub tls: TlsStore,
     pub settings: ProxySettings,
@@ -63,6 +66,7 @@ impl ProxyInputs {
             metrics: metrics.proxy.clone(),
             mesh_metrics: metrics.mesh.clone(),
             access_logs: metrics.access_logs.clone(),
+            tracer: None,
             tls,
             settings,
             drain: CancellationToken::new(),
@@ -78,6 +82,7 @@ impl ProxyInputs {
             metrics,
             mesh_metrics: MeshMetrics::default(),
             access_logs: AccessLogWriters::default(),
+            tracer: None,
             tls: TlsStore::default(),
             settings,
             drain: CancellationToken::new(),

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{access_log::AccessLogWriters, process::ProcessCollector};
+use super::{access_log::AccessLogWriters, process::ProcessCollector, trace::TraceMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationLabels {
@@ -420,6 +420,7 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
     pub mesh: MeshMetrics,
     pub access_logs: AccessLogWriters,
+    pub traces: TraceMetrics,
 }
 
 impl Default for Metrics {
@@ -431,12 +432,15 @@ impl Default for Metrics {
         mesh.register(&mut registry);
         let access_logs = AccessLogWriters::default();
         access_logs.register(&mut registry);
+        let traces = TraceMetrics::default();
+        traces.register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             proxy,
             mesh,
             access_logs,
+            traces,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! What the agent reports, as leaves the rest records into: the metrics registry and the
-//! recording handles the proxy is given, the process's own series, and access logs.
+//! recording handles the proxy is given, the process's own series, access logs and traces.
 pub mod access_log;
 pub mod metrics;
 pub mod process;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,8 +1,9 @@
 //! One request through the proxy, observed from its arrival to the last byte of its response
 //! (or the client giving up): the request and response sizes, the gRPC status (headers or
 //! trailers), what went wrong (Envoy's response flags) and which endpoint answered. When it
-//! completes, it is counted in the per-service metrics and written to the access logs —
-//! exactly once, whether the response body ended or was dropped.
+//! completes, it is counted in the per-service metrics, written to the access logs and, when
+//! its trace is sampled, recorded as a span — exactly once, whether the response body ended
+//! or was dropped.
 use std::{
     net::SocketAddr,
     pin::Pin,
@@ -11,7 +12,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -19,12 +20,16 @@ use http::{HeaderMap, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
-use super::{HttpContext, headers::grpc_status};
+use super::{
+    HttpContext,
+    headers::{REQUEST_ID, grpc_status},
+};
 use crate::{
     dataplane::upstream::{Body, BoxError},
     telemetry::{
         access_log::{Entry, RequestHead, ResponseFlags},
         metrics::{RequestOutcome, RouteLabels},
+        trace::{MeshNames, Outcome, RequestFacts, RequestSpan, SpanPlace},
     },
 };
 
@@ -45,7 +50,17 @@ pub struct Exchange {
     grpc_status: Option<u32>,
     /// Kept only when an access log is written.
     entry: Option<Box<Entry>>,
+    /// Kept only when the request's trace is sampled.
+    span: Option<Box<TracedRequest>>,
     completed: bool,
+}
+
+/// A sampled request's span, as far as its start tells it.
+struct TracedRequest {
+    place: SpanPlace,
+    start: SystemTime,
+    first_byte: Option<Duration>,
+    request: RequestFacts,
 }
 
 impl Exchange {
@@ -55,6 +70,7 @@ impl Exchange {
         parts: &http::request::Parts,
         authority: &str,
         grpc: bool,
+        span: Option<SpanPlace>,
     ) -> Self {
         let entry = context.loggers.as_ref().map(|_| {
             let mut entry = Entry::new(context.peer, context.local, context.virtual_node());
@@ -68,6 +84,25 @@ impl Exchange {
                 headers: parts.headers.clone(),
             });
             Box::new(entry)
+        });
+        let span = span.map(|place| {
+            Box::new(TracedRequest {
+                place,
+                start: SystemTime::now(),
+                first_byte: None,
+                request: RequestFacts {
+                    method: parts.method.clone(),
+                    path: parts.uri.path().to_owned(),
+                    authority: authority.to_owned(),
+                    protocol: protocol(parts.version).trim_start_matches("HTTP/"),
+                    request_id: parts
+                        .headers
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    client: context.peer,
+                },
+            })
         });
         Self {
             started: Instant::now(),
@@ -84,8 +119,14 @@ impl Exchange {
             response_bytes: 0,
             grpc_status: None,
             entry,
+            span,
             completed: false,
         }
+    }
+
+    /// Whether the request's trace is sampled (its span will be recorded).
+    pub fn traced(&self) -> bool {
+        self.span.is_some()
     }
 
     /// The request body, counted as it is read.
@@ -108,6 +149,9 @@ impl Exchange {
         if let Some(entry) = &mut self.entry {
             entry.response_headers = Some(response.headers().clone());
             entry.response_duration = Some(to_headers);
+        }
+        if let Some(span) = &mut self.span {
+            span.first_byte = Some(to_headers);
         }
         response.map(|body| {
             ObservedBody {
@@ -153,6 +197,7 @@ impl Exchange {
                 response_bytes: self.response_bytes,
             },
         );
+        self.record_span(request_bytes, grpc_status);
         if let (Some(loggers), Some(mut entry)) = (&self.context.loggers, self.entry.take()) {
             entry.response_code = Some(self.response_code);
             entry.flags = self.flags;
@@ -166,6 +211,48 @@ impl Exchange {
             entry.grpc_status = grpc_status;
             loggers.log(&entry);
         }
+    }
+}
+
+impl Exchange {
+    /// Hands a sampled request's span to the tracer.
+    fn record_span(&mut self, request_bytes: u64, grpc_status: Option<u32>) {
+        let (Some(tracer), Some(span)) = (&self.context.tracer, self.span.take()) else {
+            return;
+        };
+        let known = |name: &String| Some(name.clone()).filter(|n| n != "unknown");
+        let side = &self.context.side;
+        tracer.record(RequestSpan {
+            trace_id: span.place.trace_id,
+            span_id: span.place.span_id,
+            parent: span.place.parent,
+            kind: side.span_kind,
+            start: span.start,
+            first_byte: span.first_byte,
+            duration: self.started.elapsed(),
+            request: span.request,
+            names: MeshNames {
+                reporter: side.reporter,
+                virtual_node: side.virtual_node.clone(),
+                source_virtual_node: known(&self.labels.source_virtual_node),
+                virtual_service: known(&self.labels.destination_virtual_service),
+                destination_virtual_node: known(&self.labels.destination_virtual_node),
+                route: known(&self.labels.route),
+                cluster: self.upstream_cluster.clone(),
+                upstream_host: self.upstream_host,
+            },
+            outcome: Outcome {
+                response_code: self.response_code,
+                grpc_status,
+                retries: self.attempts.saturating_sub(1),
+                request_bytes,
+                response_bytes: self.response_bytes,
+                flags: match self.flags == ResponseFlags::default() {
+                    true => String::new(),
+                    false => self.flags.to_text(),
+                },
+            },
+        });
     }
 }
 

@@ -13,7 +13,7 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
 ];
 
-const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// Host (HTTP/1.1) or :authority (HTTP/2).
 pub fn authority(parts: &http::request::Parts) -> &str {
@@ -32,7 +32,8 @@ pub fn authority(parts: &http::request::Parts) -> &str {
 
 /// Gives a request that has none an `x-request-id` (a random UUID, as Envoy does), so every
 /// hop and log line of it can be correlated. Trace headers (`traceparent`, `tracestate`,
-/// `x-amzn-trace-id`, B3) pass through unchanged.
+/// `x-amzn-trace-id`, B3) pass through unchanged, unless tracing is configured: then the
+/// tracer writes the proxy's own span into them (docs/tracing.md).
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(REQUEST_ID) {
         return;

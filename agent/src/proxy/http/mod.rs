@@ -44,6 +44,7 @@ use crate::{
         access_log::{Loggers, ResponseFlags},
         lock_poisoned,
         metrics::{MeshMetrics, RequestOutcome, RouteLabels, RouteRecorder},
+        trace::{SpanKind, Tracer},
     },
     tls::stream::MaybeTls,
 };
@@ -74,6 +75,8 @@ pub struct Side {
     pub knows_service: bool,
     /// Requests enter the mesh through this listener and get their `x-request-id` here.
     pub assigns_request_id: bool,
+    /// The side of the call its spans record.
+    pub span_kind: SpanKind,
     pub upstreams: Arc<dyn Upstreams>,
 }
 
@@ -85,6 +88,7 @@ impl Side {
             virtual_node,
             knows_service: true,
             assigns_request_id: true,
+            span_kind: SpanKind::Client,
             upstreams,
         }
     }
@@ -97,6 +101,7 @@ impl Side {
             virtual_node: gateway,
             knows_service: true,
             assigns_request_id: true,
+            span_kind: SpanKind::Server,
             upstreams,
         }
     }
@@ -108,6 +113,7 @@ impl Side {
             virtual_node,
             knows_service: false,
             assigns_request_id: false,
+            span_kind: SpanKind::Server,
             upstreams,
         }
     }
@@ -134,6 +140,7 @@ pub struct HttpContext {
     peer: SocketAddr,
     local: SocketAddr,
     loggers: Option<Loggers>,
+    tracer: Option<Arc<Tracer>>,
     /// The series of the route this connection's requests last took.
     recorder: Mutex<Option<RouteRecorder>>,
 }
@@ -159,6 +166,7 @@ impl HttpContext {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
             loggers: inputs.access_logs.loggers(&plan.access_logs),
+            tracer: inputs.tracer.clone(),
             recorder: Mutex::default(),
         }
     }
@@ -214,8 +222,13 @@ impl HttpContext {
             ensure_request_id(&mut parts.headers);
         }
         let authority = authority(&parts).to_ascii_lowercase();
+        let span = self
+            .tracer
+            .as_ref()
+            .and_then(|tracer| tracer.begin(&mut parts.headers));
         let unrouted = self.unrouted("unknown");
-        let mut exchange = Exchange::start(Arc::clone(&self), unrouted, &parts, &authority, grpc);
+        let mut exchange =
+            Exchange::start(Arc::clone(&self), unrouted, &parts, &authority, grpc, span);
         let body = exchange.count_request(body);
         let routed = match self.refused_upgrade(&parts) {
             Some(refused) => Err(refused),
@@ -380,7 +393,7 @@ impl HttpContext {
                 destination_virtual_node: upstream.virtual_node().to_owned(),
                 route: route.name.clone(),
             };
-            if self.loggers.is_some() {
+            if self.loggers.is_some() || exchange.traced() {
                 exchange.upstream_cluster = Some(upstream.name().to_owned());
             }
             forward::forward(self, exchange, parts, body, route, &upstream)
