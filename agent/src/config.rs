@@ -85,6 +85,9 @@ pub struct Config {
     /// `run --mesh` embeds a control plane.
     #[serde(default)]
     pub xds: Option<XdsConfig>,
+    /// The DNS server for enrolled pods (mesh names answered, the rest forwarded).
+    #[serde(default)]
+    pub dns: crate::dns::DnsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -283,6 +286,8 @@ impl Config {
         self.validate_admin()?;
         self.validate_redirect()?;
         self.validate_enrollment()?;
+        self.dns
+            .validate(self.proxy.outbound_addr.port(), &self.excluded_cidrs())?;
         if let Some(xds) = &self.xds {
             validate_xds(xds)?;
         }
@@ -618,7 +623,10 @@ fn drain_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
 }
 
 /// Accepts what [`parse_duration`] does.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D, field: &str) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &str,
+) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(|reason| serde::de::Error::custom(format!("{field}: {reason}")))
 }

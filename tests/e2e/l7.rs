@@ -249,7 +249,10 @@ impl MeshNode {
             3
         } else {
             let nodes = ["client", "s1", "s2"];
-            spec.enrolled.iter().filter(|pod| nodes.contains(pod)).count()
+            spec.enrolled
+                .iter()
+                .filter(|pod| nodes.contains(pod))
+                .count()
         };
         this.agent
             .wait_for_inbound_ports(&this.node, virtual_nodes)
@@ -296,6 +299,11 @@ impl MeshNode {
 
     pub fn metrics(&self) -> String {
         self.agent.metrics(&self.node).expect("metrics")
+    }
+
+    /// The App Mesh definitions the agent's embedded control plane watches.
+    pub fn mesh_dir(&self) -> &std::path::Path {
+        self._mesh.path()
     }
 
     /// curl from the client pod to `http://api.m.local:8080{path}` with `args`; returns
