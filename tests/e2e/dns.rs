@@ -285,3 +285,68 @@ fn a_removed_virtual_service_stops_resolving() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_tcp_virtual_service_resolves_and_is_reached_by_name() {
+    let tcp_route = json!({"meshName": "m", "virtualRouterName": "api", "routeName": "tcp", "spec": {"tcpRoute": {
+        "action": {"weightedTargets": [{"virtualNode": "v2", "weight": 1}]}}}});
+    let mesh = MeshNode::start(
+        "dnstcpservice",
+        MeshSpec {
+            protocol: "tcp",
+            routes: vec![tcp_route],
+            ..Default::default()
+        },
+    );
+    let resolver = start_pod_resolver(&mesh.node);
+    let conf = &resolver.resolv_conf;
+    let node = &mesh.node;
+    // A TCP service has no Host to route by: its name comes from the outbound filter chain
+    // of its port, and the connect to the VIP is routed by that port.
+    let a = dig_short(node, "client", conf, &["api.m.local"]);
+    assert!(in_vip_range(&a), "{a:?}\n{}", mesh.agent.log());
+    let output = in_pod(
+        node,
+        "client",
+        conf,
+        "curl",
+        &["-sS", "--max-time", "10", "http://api.m.local:8080/"],
+    );
+    let body = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        body.contains("hello from v2"),
+        "{body}\n{}",
+        mesh.agent.log()
+    );
+}
+
+#[test]
+fn an_opted_out_pod_keeps_its_resolver() {
+    let mesh = MeshNode::start_with_config(
+        "dnsoptout",
+        MeshSpec {
+            routes: all_to_v1(),
+            ..Default::default()
+        },
+        |node| {
+            let client = node.pod("client").unwrap().netns_name().to_owned();
+            format!("dns:\n  opt_out: [{client}]\n")
+        },
+    );
+    let resolver = start_pod_resolver(&mesh.node);
+    let conf = &resolver.resolv_conf;
+    // Still enrolled (its connects go through the proxy), but its DNS is its own.
+    assert_eq!(
+        dig_short(&mesh.node, "client", conf, &["api.m.local"]),
+        [RESOLVER_SERVICE_IP]
+    );
+    let metrics = mesh.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "mesh_agent_dns_queries_total{result=\"answered\",query_type=\"A\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -128,6 +128,16 @@ fn start_dns(node: &Node, dir: &std::path::Path, v1_ip: &str) -> Dns {
 
 impl MeshNode {
     pub fn start(label: &str, spec: MeshSpec) -> Self {
+        Self::start_with_config(label, spec, |_| String::new())
+    }
+
+    /// As [`MeshNode::start`], with `config(node)` appended to the agent's configuration.
+    pub fn start_with_config(
+        label: &str,
+        spec: MeshSpec,
+        config: impl Fn(&Node) -> String,
+    ) -> Self {
+        let extra_config = config;
         let mut node = Node::create(label).expect("test node");
         for pod in ["client", "s1", "s2", "s3", "outside"] {
             node.add_pod(pod).expect("pod");
@@ -213,7 +223,8 @@ impl MeshNode {
             ),
             None => String::new(),
         };
-        let mut config = config_for(&node, spec.enrolled, &resolver).unwrap();
+        let extra = format!("{resolver}{}", extra_config(&node));
+        let mut config = config_for(&node, spec.enrolled, &extra).unwrap();
         if spec.discover {
             // Every namespace of this node; the mesh decides which are in it.
             let client = node.pod("client").unwrap().netns_name().to_owned();

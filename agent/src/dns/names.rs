@@ -1,5 +1,6 @@
 //! Which names are mesh names for a pod, and their VIPs: the virtual services its virtual
-//! node may reach (its outbound listener's HTTP virtual hosts, by their exact domains), read
+//! node may reach (its outbound listener's HTTP virtual hosts, by their exact domains, and
+//! the services of its TCP ports, by the filter chains' names), read
 //! from the current data plane. The names of each virtual node are worked out once per data
 //! plane; a new plane drops them all, so a removed service stops resolving with the plane that
 //! removes it, and its VIP is freed.
@@ -111,16 +112,21 @@ impl Cache {
     }
 }
 
-/// The exact host names of a virtual node's HTTP backends.
+/// The names of a virtual node's backends: the exact host names of its HTTP ports' virtual
+/// hosts, and the services of its TCP ports.
 fn names_of(plane: &DataPlane, plan: &OutboundPlan) -> HashSet<String> {
-    plan.ports
-        .values()
-        .filter_map(|port| match port {
-            PortPlan::Http(http) => plane.routes.get(&http.routes),
-            PortPlan::Tcp { .. } => None,
-        })
-        .flat_map(|table| table.virtual_hosts.iter())
-        .flat_map(|host| host.exact_names())
-        .map(str::to_owned)
-        .collect()
+    let mut names = HashSet::new();
+    for port in plan.ports.values() {
+        match port {
+            PortPlan::Http(http) => {
+                let hosts = plane.routes.get(&http.routes).into_iter();
+                let exact = hosts.flat_map(|table| &table.virtual_hosts);
+                names.extend(exact.flat_map(|host| host.exact_names()).map(str::to_owned));
+            }
+            PortPlan::Tcp { service, .. } => {
+                names.extend(service.as_deref().map(str::to_ascii_lowercase));
+            }
+        }
+    }
+    names
 }
