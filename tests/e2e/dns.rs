@@ -1,10 +1,9 @@
 //! DNS for enrolled pods, end to end: the eBPF capture of port 53 (UDP and TCP) into the
 //! agent's DNS server, mesh names answered with a VIP the redirect routes, everything else
 //! forwarded to the pod's own resolver (a dnsmasq on the node), with `dig`, `curl` and the
-//! C library's resolver as the clients. The pods' resolv.conf names the dnsmasq (bind-mounted
-//! over /etc/resolv.conf in a mount namespace of the command, as a container runtime does);
-//! the agent never touches it.
-use std::{net::Ipv4Addr, path::Path, process::Output, time::Duration};
+//! C library's resolver as the clients. The pods' resolv.conf names the dnsmasq
+//! ([`Node::run_in_pod_resolving`]); the agent never touches it.
+use std::{net::Ipv4Addr, process::Output, time::Duration};
 
 use serde_json::json;
 use tests::{Node, Proc, agent::metric_value, node::NODE_IP};
@@ -24,11 +23,10 @@ const BIG_NAME: &str = "big.example.test";
 /// The first two octets of the default VIP range, 240.240.0.0/16.
 const VIP_PREFIX: [u8; 2] = [240, 240];
 
-/// The pods' own resolver: dnsmasq on the node's address, port 53.
+/// The pods' own resolver: dnsmasq on the node's address, port 53 (where the pods'
+/// resolv.conf points).
 struct PodResolver {
     _server: Proc,
-    _dir: tempfile::TempDir,
-    resolv_conf: std::path::PathBuf,
 }
 
 fn big_txt_chunk(index: usize) -> String {
@@ -36,13 +34,6 @@ fn big_txt_chunk(index: usize) -> String {
 }
 
 fn start_pod_resolver(node: &Node) -> PodResolver {
-    let dir = tempfile::tempdir().unwrap();
-    let resolv_conf = dir.path().join("resolv.conf");
-    std::fs::write(
-        &resolv_conf,
-        format!("nameserver {NODE_IP}\noptions timeout:2 attempts:2\n"),
-    )
-    .unwrap();
     let mut command = node.node_command("dnsmasq").expect("dnsmasq command");
     let txt: Vec<String> = (0..4).map(big_txt_chunk).collect();
     command.args([
@@ -62,27 +53,13 @@ fn start_pod_resolver(node: &Node) -> PodResolver {
     let server = Proc::spawn("dnsmasq", command).expect("dnsmasq starts");
     node.wait_for_listener(format!("{NODE_IP}:53").parse().unwrap(), TIMEOUT)
         .expect("dnsmasq listening");
-    PodResolver {
-        _server: server,
-        _dir: dir,
-        resolv_conf,
-    }
+    PodResolver { _server: server }
 }
 
-/// Runs `program args` in `pod` with `resolv_conf` as its /etc/resolv.conf.
-fn in_pod(node: &Node, pod: &str, resolv_conf: &Path, program: &str, args: &[&str]) -> Output {
-    let mut all = vec![
-        "--mount",
-        "--",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
-        resolv_conf.to_str().unwrap(),
-        program,
-    ];
-    all.extend_from_slice(args);
+/// Runs `program args` in `pod`, resolving with the pods' resolv.conf.
+fn in_pod(node: &Node, pod: &str, program: &str, args: &[&str]) -> Output {
     let output = node
-        .run_in_pod(pod, "unshare", &all, TIMEOUT)
+        .run_in_pod_resolving(pod, program, args, TIMEOUT)
         .expect("command runs");
     assert!(
         output.status.success() || program == "curl",
@@ -93,10 +70,10 @@ fn in_pod(node: &Node, pod: &str, resolv_conf: &Path, program: &str, args: &[&st
 }
 
 /// `dig +short` in `pod`: the answer lines.
-fn dig_short(node: &Node, pod: &str, resolv_conf: &Path, args: &[&str]) -> Vec<String> {
+fn dig_short(node: &Node, pod: &str, args: &[&str]) -> Vec<String> {
     let mut all = vec!["+short", "+time=3", "+tries=1"];
     all.extend_from_slice(args);
-    let output = in_pod(node, pod, resolv_conf, "dig", &all);
+    let output = in_pod(node, pod, "dig", &all);
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(str::to_owned)
@@ -121,38 +98,34 @@ fn start_mesh(label: &str) -> (MeshNode, PodResolver) {
 
 #[test]
 fn enrolled_pods_resolve_mesh_names_and_everything_else_as_before() {
-    let (mesh, resolver) = start_mesh("dnsnames");
-    let conf = &resolver.resolv_conf;
+    let (mesh, _resolver) = start_mesh("dnsnames");
     let node = &mesh.node;
 
     // The mesh name: a VIP from the agent, not the resolver's record; AAAA: no record.
-    let a = dig_short(node, "client", conf, &["api.m.local"]);
+    let a = dig_short(node, "client", &["api.m.local"]);
     assert!(
         in_vip_range(&a),
         "api.m.local from the client: {a:?}\n{}",
         mesh.agent.log()
     );
     assert_eq!(
-        dig_short(node, "client", conf, &["api.m.local"]),
+        dig_short(node, "client", &["api.m.local"]),
         a,
         "a stable VIP"
     );
     assert_eq!(
-        dig_short(node, "client", conf, &["API.M.Local"]),
+        dig_short(node, "client", &["API.M.Local"]),
         a,
         "names are case-blind"
     );
-    assert!(dig_short(node, "client", conf, &["AAAA", "api.m.local"]).is_empty());
-    let aaaa = in_pod(node, "client", conf, "dig", &["AAAA", "api.m.local"]);
+    assert!(dig_short(node, "client", &["AAAA", "api.m.local"]).is_empty());
+    let aaaa = in_pod(node, "client", "dig", &["AAAA", "api.m.local"]);
     let aaaa = String::from_utf8_lossy(&aaaa.stdout);
     assert!(aaaa.contains("status: NOERROR"), "{aaaa}");
 
     // Any other name: the pod's resolver answers, through the agent.
-    assert_eq!(
-        dig_short(node, "client", conf, &[OUTSIDE_NAME]),
-        [OUTSIDE_IP]
-    );
-    let missing = in_pod(node, "client", conf, "dig", &["nothing.example.test"]);
+    assert_eq!(dig_short(node, "client", &[OUTSIDE_NAME]), [OUTSIDE_IP]);
+    let missing = in_pod(node, "client", "dig", &["nothing.example.test"]);
     let missing = String::from_utf8_lossy(&missing.stdout);
     assert!(
         missing.contains("status: NXDOMAIN") || missing.contains("status: REFUSED"),
@@ -161,20 +134,16 @@ fn enrolled_pods_resolve_mesh_names_and_everything_else_as_before() {
 
     // A pod outside the mesh sees its resolver's answers, the mesh name included.
     assert_eq!(
-        dig_short(node, "outside", conf, &["api.m.local"]),
+        dig_short(node, "outside", &["api.m.local"]),
         [RESOLVER_SERVICE_IP]
     );
-    assert_eq!(
-        dig_short(node, "outside", conf, &[OUTSIDE_NAME]),
-        [OUTSIDE_IP]
-    );
+    assert_eq!(dig_short(node, "outside", &[OUTSIDE_NAME]), [OUTSIDE_IP]);
 
     // An application calls the service by name: the C library's resolver, then the VIP,
     // redirected into the proxy and routed by Host.
     let output = in_pod(
         node,
         "client",
-        conf,
         "curl",
         &["-sS", "--max-time", "10", "http://api.m.local:8080/hello"],
     );
@@ -219,21 +188,19 @@ fn enrolled_pods_resolve_mesh_names_and_everything_else_as_before() {
 
 #[test]
 fn a_truncated_answer_is_fetched_again_over_tcp() {
-    let (mesh, resolver) = start_mesh("dnstcp");
-    let conf = &resolver.resolv_conf;
+    let (mesh, _resolver) = start_mesh("dnstcp");
     let node = &mesh.node;
     // Over UDP without EDNS the resolver's answer does not fit: it comes back truncated.
     let udp = in_pod(
         node,
         "client",
-        conf,
         "dig",
         &["+noedns", "+ignore", "+time=3", "+tries=1", "TXT", BIG_NAME],
     );
     let udp = String::from_utf8_lossy(&udp.stdout);
     assert!(udp.contains(" tc "), "a truncated UDP answer: {udp}");
     // dig then retries over TCP, which is captured too, and gets all of it.
-    let full = dig_short(node, "client", conf, &["+noedns", "TXT", BIG_NAME]);
+    let full = dig_short(node, "client", &["+noedns", "TXT", BIG_NAME]);
     let joined = full.join("\n");
     for index in 0..4 {
         assert!(
@@ -253,15 +220,9 @@ fn a_truncated_answer_is_fetched_again_over_tcp() {
 
 #[test]
 fn a_removed_virtual_service_stops_resolving() {
-    let (mesh, resolver) = start_mesh("dnsremoved");
-    let conf = &resolver.resolv_conf;
+    let (mesh, _resolver) = start_mesh("dnsremoved");
     let node = &mesh.node;
-    assert!(in_vip_range(&dig_short(
-        node,
-        "client",
-        conf,
-        &["api.m.local"]
-    )));
+    assert!(in_vip_range(&dig_short(node, "client", &["api.m.local"])));
     // The client's virtual node no longer has the service as a backend.
     let client_ip = node.pod("client").unwrap().ip.to_string();
     let vn = json!({"meshName": "m", "virtualNodeName": "client", "spec": {
@@ -273,7 +234,7 @@ fn a_removed_virtual_service_stops_resolving() {
     std::fs::rename(&staged, &path).unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let answer = dig_short(node, "client", conf, &["api.m.local"]);
+        let answer = dig_short(node, "client", &["api.m.local"]);
         if answer == [RESOLVER_SERVICE_IP] {
             break;
         }
@@ -298,17 +259,15 @@ fn a_tcp_virtual_service_resolves_and_is_reached_by_name() {
             ..Default::default()
         },
     );
-    let resolver = start_pod_resolver(&mesh.node);
-    let conf = &resolver.resolv_conf;
+    let _resolver = start_pod_resolver(&mesh.node);
     let node = &mesh.node;
     // A TCP service has no Host to route by: its name comes from the outbound filter chain
     // of its port, and the connect to the VIP is routed by that port.
-    let a = dig_short(node, "client", conf, &["api.m.local"]);
+    let a = dig_short(node, "client", &["api.m.local"]);
     assert!(in_vip_range(&a), "{a:?}\n{}", mesh.agent.log());
     let output = in_pod(
         node,
         "client",
-        conf,
         "curl",
         &["-sS", "--max-time", "10", "http://api.m.local:8080/"],
     );
@@ -333,11 +292,10 @@ fn an_opted_out_pod_keeps_its_resolver() {
             format!("dns:\n  opt_out: [{client}]\n")
         },
     );
-    let resolver = start_pod_resolver(&mesh.node);
-    let conf = &resolver.resolv_conf;
+    let _resolver = start_pod_resolver(&mesh.node);
     // Still enrolled (its connects go through the proxy), but its DNS is its own.
     assert_eq!(
-        dig_short(&mesh.node, "client", conf, &["api.m.local"]),
+        dig_short(&mesh.node, "client", &["api.m.local"]),
         [RESOLVER_SERVICE_IP]
     );
     let metrics = mesh.metrics();

@@ -32,6 +32,8 @@ pub struct MeshNode {
     /// Held for their lifetime: dropping a Proc stops it.
     _servers: BTreeMap<&'static str, Proc>,
     dns: Option<Dns>,
+    /// The client pod is enrolled (configured or by discovery): it resolves mesh names.
+    client_enrolled: bool,
     _mesh: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -251,6 +253,7 @@ impl MeshNode {
             node,
             _servers: servers,
             dns,
+            client_enrolled: spec.discover || spec.enrolled.contains(&"client"),
             _mesh: mesh,
             _work: work,
         };
@@ -318,10 +321,11 @@ impl MeshNode {
     }
 
     /// curl from the client pod to `http://api.m.local:8080{path}` with `args`; returns
-    /// (status, body, headers).
+    /// (status, body, headers). An enrolled client resolves the name through the agent's
+    /// DNS; one outside the mesh is given [`SERVICE_VIP`].
     pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
         let scratch = self._work.path().join("headers.txt");
-        let target = (SERVICE, PORT, SERVICE_VIP);
+        let target = (SERVICE, PORT, self.client_vip());
         self.node
             .curl_service("client", target, path, args, &scratch, TIMEOUT)
             .expect("curl runs")
@@ -460,15 +464,26 @@ impl MeshNode {
     /// `count` requests over one keep-alive connection (curl URL globbing); the answers.
     pub fn load(&self, count: usize, args: &[&str]) -> String {
         let url = format!("http://{SERVICE}:{PORT}/load/[1-{count}]");
-        let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
-        let mut all = vec!["-sS", "--resolve", &resolve];
+        let mut all = vec!["-sS"];
+        let resolve = self
+            .client_vip()
+            .map(|vip| format!("{SERVICE}:{PORT}:{vip}"));
+        if let Some(resolve) = &resolve {
+            all.extend(["--resolve", resolve.as_str()]);
+        }
         all.extend_from_slice(args);
         all.push(&url);
         let output = self
             .node
-            .run_in_pod("client", "curl", &all, Duration::from_secs(120))
+            .run_in_pod_resolving("client", "curl", &all, Duration::from_secs(120))
             .expect("curl runs");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The address the client pod is given for the service: none when it is enrolled (the
+    /// agent's DNS answers the name), [`SERVICE_VIP`] otherwise.
+    fn client_vip(&self) -> Option<&'static str> {
+        (!self.client_enrolled).then_some(SERVICE_VIP)
     }
 }
 
