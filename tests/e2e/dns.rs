@@ -80,6 +80,20 @@ fn dig_short(node: &Node, pod: &str, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The TTLs of the answer records `dig` gets for `name` in `pod`.
+fn answer_ttls(node: &Node, pod: &str, name: &str) -> Vec<String> {
+    let output = in_pod(
+        node,
+        pod,
+        "dig",
+        &["+noall", "+answer", "+time=3", "+tries=1", name],
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_owned))
+        .collect()
+}
+
 fn in_vip_range(answer: &[String]) -> bool {
     matches!(answer, [one] if one.parse::<Ipv4Addr>().is_ok_and(|ip| ip.octets()[..2] == VIP_PREFIX))
 }
@@ -131,6 +145,11 @@ fn enrolled_pods_resolve_mesh_names_and_everything_else_as_before() {
         missing.contains("status: NXDOMAIN") || missing.contains("status: REFUSED"),
         "{missing}"
     );
+
+    // Answers carry their TTLs: the agent's for mesh names (dns.ttl), the resolver's as it
+    // gave them for the rest.
+    assert_eq!(answer_ttls(node, "client", "api.m.local"), ["5"]);
+    assert_eq!(answer_ttls(node, "client", OUTSIDE_NAME), ["60"]);
 
     // A pod outside the mesh sees its resolver's answers, the mesh name included.
     assert_eq!(

@@ -36,6 +36,9 @@ pub struct DnsConfig {
     /// TCP connections to the DNS server at once.
     #[serde(default = "default_max_tcp_connections")]
     pub max_tcp_connections: usize,
+    /// TCP connections to the DNS server at once per pod.
+    #[serde(default = "default_max_tcp_connections_per_pod")]
+    pub max_tcp_connections_per_pod: usize,
     /// Enrolled pods whose DNS is not captured, as enrolled (name under `netns_dir`, or path).
     #[serde(default)]
     pub opt_out: BTreeSet<String>,
@@ -52,6 +55,7 @@ impl Default for DnsConfig {
             max_in_flight: default_max_in_flight(),
             max_in_flight_per_pod: default_max_in_flight_per_pod(),
             max_tcp_connections: default_max_tcp_connections(),
+            max_tcp_connections_per_pod: default_max_tcp_connections_per_pod(),
             opt_out: BTreeSet::new(),
         }
     }
@@ -88,6 +92,10 @@ fn default_max_in_flight_per_pod() -> usize {
 
 fn default_max_tcp_connections() -> usize {
     256
+}
+
+fn default_max_tcp_connections_per_pod() -> usize {
+    32
 }
 
 fn ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -158,6 +166,10 @@ impl DnsConfig {
             ("dns.max_in_flight", self.max_in_flight),
             ("dns.max_in_flight_per_pod", self.max_in_flight_per_pod),
             ("dns.max_tcp_connections", self.max_tcp_connections),
+            (
+                "dns.max_tcp_connections_per_pod",
+                self.max_tcp_connections_per_pod,
+            ),
         ] {
             if !(1..=65_536).contains(&value) {
                 return Err((field, format!("is {value}; use 1 to 65536")));

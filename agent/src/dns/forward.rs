@@ -4,10 +4,8 @@
 //! which is captured too) or TCP. Every forward is bounded in time, and in number — node-wide
 //! and per pod — so no pod can hold the server's resources.
 use std::{
-    collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddrV4},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -15,6 +13,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
 };
+
+use super::limits::{Slot, Slots};
 
 /// The largest DNS message (TCP's two-byte length; UDP's datagram limit is above it).
 pub const MAX_MESSAGE: usize = 65_535;
@@ -35,48 +35,21 @@ pub enum ForwardError {
 
 pub struct Forwarder {
     timeout: Duration,
-    in_flight: InFlight,
-}
-
-/// A forward's place among those in flight; dropping it frees the place.
-pub struct Permit {
-    in_flight: InFlight,
-    workload_id: u32,
-}
-
-#[derive(Clone)]
-struct InFlight {
-    limits: (usize, usize),
-    /// (node-wide, per workload id).
-    counts: Arc<Mutex<(usize, HashMap<u32, usize>)>>,
+    in_flight: Slots,
 }
 
 impl Forwarder {
     pub fn new(timeout: Duration, max_in_flight: usize, max_per_pod: usize) -> Self {
         Self {
             timeout,
-            in_flight: InFlight {
-                limits: (max_in_flight, max_per_pod),
-                counts: Arc::default(),
-            },
+            in_flight: Slots::new(max_in_flight, max_per_pod),
         }
     }
 
     /// A place for one more forward of `workload_id`, or `None` when it or the node is at
     /// its limit.
-    pub fn permit(&self, workload_id: u32) -> Option<Permit> {
-        let mut counts = self.in_flight.counts.lock().ok()?;
-        let (total, per_pod) = &mut *counts;
-        let mine = per_pod.entry(workload_id).or_default();
-        if *total >= self.in_flight.limits.0 || *mine >= self.in_flight.limits.1 {
-            return None;
-        }
-        *mine += 1;
-        *total += 1;
-        Some(Permit {
-            in_flight: self.in_flight.clone(),
-            workload_id,
-        })
+    pub fn permit(&self, workload_id: u32) -> Option<Slot> {
+        self.in_flight.take(workload_id)
     }
 
     pub async fn udp(&self, resolver: SocketAddrV4, query: &[u8]) -> Result<Vec<u8>, ForwardError> {
@@ -124,22 +97,6 @@ impl Forwarder {
     }
 }
 
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let Ok(mut counts) = self.in_flight.counts.lock() else {
-            return;
-        };
-        let (total, per_pod) = &mut *counts;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = per_pod.get_mut(&self.workload_id) {
-            *mine = mine.saturating_sub(1);
-            if *mine == 0 {
-                per_pod.remove(&self.workload_id);
-            }
-        }
-    }
-}
-
 /// A DNS message over TCP: its length in two bytes, then the message (RFC 1035 §4.2.2).
 pub async fn read_framed(stream: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Vec<u8>> {
     let len = usize::from(stream.read_u16().await?);
@@ -165,18 +122,6 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-
-    #[test]
-    fn permits_are_bounded_per_pod_and_node_wide() {
-        let forwarder = Forwarder::new(Duration::from_secs(1), 3, 2);
-        let a1 = forwarder.permit(1).unwrap();
-        let _a2 = forwarder.permit(1).unwrap();
-        assert!(forwarder.permit(1).is_none(), "pod 1 at its limit");
-        let _b1 = forwarder.permit(2).unwrap();
-        assert!(forwarder.permit(3).is_none(), "node at its limit");
-        drop(a1);
-        assert!(forwarder.permit(3).is_some());
-    }
 
     #[tokio::test]
     async fn udp_takes_only_the_answer_with_the_query_id_in_time() {

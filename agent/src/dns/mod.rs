@@ -6,12 +6,14 @@
 //! * [`config`]: the `dns` section of the configuration file;
 //! * [`names`] and [`vip`]: which names are mesh names for a pod, and their addresses;
 //! * [`handler`] and [`answer`]: answering or forwarding one query;
-//! * [`forward`]: the exchange with the pod's resolver, bounded;
+//! * [`forward`]: the exchange with the pod's resolver, bounded; [`limits`]: what is in
+//!   flight, node-wide and per pod;
 //! * [`server`]: the sockets and their limits; [`metrics`]: counters and the failure log.
 pub mod answer;
 pub mod config;
 pub mod forward;
 pub mod handler;
+pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod server;
@@ -93,6 +95,9 @@ pub fn start(
         Acceptor::new(sockets.tcp, "dns", accept_errors),
         origins.tcp,
         handler,
-        config.max_tcp_connections,
+        limits::Slots::new(
+            config.max_tcp_connections,
+            config.max_tcp_connections_per_pod,
+        ),
     ));
 }

@@ -1,7 +1,8 @@
 //! The DNS server's sockets: UDP and TCP on one address, taking only queries the capture
 //! brought (anything else is REFUSED: the server is no open resolver), each query on a task of
 //! its own so a slow resolver holds up no other pod. Limits: UDP queries up to
-//! [`MAX_UDP_QUERY`] bytes; `dns.max_tcp_connections` TCP connections, each closed after
+//! [`MAX_UDP_QUERY`] bytes; `dns.max_tcp_connections` TCP connections (a pod at most
+//! `dns.max_tcp_connections_per_pod` of them), each closed after
 //! [`TCP_IDLE`] without a query; forwards bounded as [`super::forward`] says.
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -10,16 +11,14 @@ use std::{
 };
 
 use hickory_proto::op::ResponseCode;
-use tokio::{
-    net::{TcpStream, UdpSocket},
-    sync::Semaphore,
-};
+use tokio::net::{TcpStream, UdpSocket};
 use tracing::warn;
 
 use super::{
     answer::error_answer,
     forward::{read_framed, write_framed},
     handler::{Handler, Transport},
+    limits::Slots,
     metrics::FailureReason,
 };
 use crate::{
@@ -77,30 +76,29 @@ pub async fn serve_udp(socket: UdpSocket, origins: Arc<dyn OrigDstSource>, handl
     }
 }
 
-/// Serves TCP connections on `listener` (at most `max_connections` at once) until the
-/// runtime ends.
+/// Serves TCP connections on `listener` (at most as many at once as `slots` allow, node-wide
+/// and per pod) until the runtime ends.
 pub async fn serve_tcp(
     mut acceptor: Acceptor,
     origins: Arc<dyn OrigDstSource>,
     handler: Arc<Handler>,
-    max_connections: usize,
+    slots: Slots,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, client) = acceptor.accept().await;
         let SocketAddr::V4(client) = client else {
             continue;
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let Some(origin) = captured(origins.as_ref(), client, &handler) else {
+            continue;
+        };
+        let Some(slot) = slots.take(origin.workload_id) else {
             handler.metrics.failed(
                 FailureReason::overloaded,
                 None,
                 client,
-                &"TCP connection refused: dns.max_tcp_connections reached",
+                &"TCP connection closed: dns.max_tcp_connections (or the pod's share) reached",
             );
-            continue;
-        };
-        let Some(origin) = captured(origins.as_ref(), client, &handler) else {
             continue;
         };
         let handler = Arc::clone(&handler);
