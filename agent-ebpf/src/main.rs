@@ -211,16 +211,22 @@ fn dns_target(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Option<&'st
     if this_host || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some() {
         return None;
     }
+    // Without a record the agent would not know where to forward: leave the query alone.
+    record_orig_dst(ctx, dst_ip4, dst_port, enrollment.workload_id).then_some(dns)
+}
+
+/// Records where the socket of `ctx` was going (both network order), by socket cookie;
+/// false when the map refused it.
+#[inline(always)]
+fn record_orig_dst(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16, workload_id: u32) -> bool {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let orig = OrigDst {
         ip4: dst_ip4,
         port: dst_port,
         _pad: 0,
-        workload_id: enrollment.workload_id,
+        workload_id,
     };
-    // Without a record the agent would not know where to forward: leave the query alone.
-    ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).ok()?;
-    Some(dns)
+    ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_ok()
 }
 
 /// The agent's DNS server sees a UDP query's source address and port only; the capture
@@ -313,14 +319,7 @@ fn redirect_target(
         count_pod(Counter::Excluded, enrollment.workload_id, dst_ip4, dst_port);
         return None;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let orig = OrigDst {
-        ip4: dst_ip4,
-        port: dst_port,
-        _pad: 0,
-        workload_id: enrollment.workload_id,
-    };
-    if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
+    if !record_orig_dst(ctx, dst_ip4, dst_port, enrollment.workload_id) {
         // Without a record the proxy could not forward: leave this connect alone.
         count_pod(
             Counter::RecordFailed,

@@ -6,7 +6,7 @@
 use std::{net::Ipv4Addr, process::Output, time::Duration};
 
 use serde_json::json;
-use tests::{Node, Proc, agent::metric_value, node::NODE_IP};
+use tests::{Node, Proc, agent::metric_value};
 
 use super::{
     TIMEOUT,
@@ -34,25 +34,14 @@ fn big_txt_chunk(index: usize) -> String {
 }
 
 fn start_pod_resolver(node: &Node) -> PodResolver {
-    let mut command = node.node_command("dnsmasq").expect("dnsmasq command");
     let txt: Vec<String> = (0..4).map(big_txt_chunk).collect();
-    command.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--local-ttl=60",
-        "--bind-interfaces",
-        "--user=root",
-        "--pid-file=",
-        "--log-facility=/dev/null",
-    ]);
-    command.arg(format!("--listen-address={NODE_IP}"));
-    command.arg(format!("--host-record={OUTSIDE_NAME},{OUTSIDE_IP}"));
-    command.arg(format!("--host-record=api.m.local,{RESOLVER_SERVICE_IP}"));
-    command.arg(format!("--txt-record={BIG_NAME},{}", txt.join(",")));
-    let server = Proc::spawn("dnsmasq", command).expect("dnsmasq starts");
-    node.wait_for_listener(format!("{NODE_IP}:53").parse().unwrap(), TIMEOUT)
-        .expect("dnsmasq listening");
+    let records = [
+        "--local-ttl=60".to_owned(),
+        format!("--host-record={OUTSIDE_NAME},{OUTSIDE_IP}"),
+        format!("--host-record=api.m.local,{RESOLVER_SERVICE_IP}"),
+        format!("--txt-record={BIG_NAME},{}", txt.join(",")),
+    ];
+    let server = tests::dnsmasq::start(node, &records).expect("dnsmasq starts");
     PodResolver { _server: server }
 }
 

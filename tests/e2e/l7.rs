@@ -109,22 +109,11 @@ fn start_dns(node: &Node, dir: &std::path::Path, v1_ip: &str) -> Dns {
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, format!("{v1_ip} {DNS_NAME}\n")).unwrap();
     std::fs::write(dir.join("resolv.conf"), format!("nameserver {NODE_IP}\n")).unwrap();
-    let mut command = node.node_command("dnsmasq").expect("dnsmasq command");
-    command.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--local-ttl=1",
-        "--bind-interfaces",
-        "--user=root",
-        "--pid-file=",
-        "--log-facility=/dev/null",
-    ]);
-    command.arg(format!("--listen-address={NODE_IP}"));
-    command.arg(format!("--addn-hosts={}", hosts.display()));
-    let server = Proc::spawn("dnsmasq", command).expect("dnsmasq starts");
-    node.wait_for_listener(format!("{NODE_IP}:53").parse().unwrap(), TIMEOUT)
-        .expect("dnsmasq listening");
+    let records = [
+        "--local-ttl=1".to_owned(),
+        format!("--addn-hosts={}", hosts.display()),
+    ];
+    let server = tests::dnsmasq::start(node, &records).expect("dnsmasq starts");
     Dns { server, hosts }
 }
 

@@ -233,23 +233,12 @@ fn write_mesh(dir: &Path, client: Ipv4Addr, v1: Ipv4Addr) -> anyhow::Result<()> 
 
 /// dnsmasq on the node's address answering [`OUTSIDE_NAME`] (the pods' resolver).
 fn start_resolver(node: &Node) -> anyhow::Result<Proc> {
-    let mut command = node.node_command("dnsmasq")?;
-    command.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--local-ttl=60",
-        "--bind-interfaces",
-        "--user=root",
-        "--pid-file=",
-        "--log-facility=/dev/null",
-        "--dns-forward-max=1000",
-    ]);
-    command.arg(format!("--listen-address={NODE_IP}"));
-    command.arg(format!("--host-record={OUTSIDE_NAME},10.77.0.99"));
-    let server = Proc::spawn("dnsmasq", command)?;
-    node.wait_for_listener(format!("{NODE_IP}:53").parse()?, Duration::from_secs(10))?;
-    Ok(server)
+    let records = [
+        "--local-ttl=60".to_owned(),
+        "--dns-forward-max=1000".to_owned(),
+        format!("--host-record={OUTSIDE_NAME},10.77.0.99"),
+    ];
+    ::tests::dnsmasq::start(node, &records)
 }
 
 /// Waits until the client's virtual node is known (its endpoint resolved) and the agent

@@ -414,6 +414,7 @@ fn print_service_counts(metrics: &str) {
             || l.starts_with("mesh_denied_connections_total")
             || l.starts_with("mesh_request_retries_total")
             || l.starts_with("mesh_agent_pod_connects_total")
+            || l.starts_with("mesh_agent_dns_")
     }) {
         println!("  {line}");
     }
