@@ -16,6 +16,8 @@ use tests::{
     pattern::{CLIENT_SEED, SERVER_SEED, sha256_of},
 };
 
+#[path = "e2e/dns.rs"]
+mod dns;
 #[path = "e2e/gateway.rs"]
 mod gateway;
 #[path = "e2e/interop.rs"]

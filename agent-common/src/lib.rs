@@ -28,7 +28,15 @@ pub mod maps {
     /// LRU per-CPU hash [`crate::PodConnectKey`] -> u64: connects of enrolled pods by
     /// destination and outcome.
     pub const POD_CONNECTS: &str = "POD_CONNECTS";
+    /// Single-entry array holding the [`crate::DnsConfig`]: where captured DNS queries go.
+    pub const DNS_CONFIG: &str = "DNS_CONFIG";
+    /// LRU hash [`crate::PeerKey`] (the querying socket's address as the agent's DNS server
+    /// sees it) -> [`crate::OrigDst`] (the resolver the pod sent the UDP query to).
+    pub const DNS_QUERY_ORIGINS: &str = "DNS_QUERY_ORIGINS";
 }
+
+/// The DNS port whose queries enrolled pods send to the agent instead (UDP and TCP).
+pub const DNS_PORT: u16 = 53;
 
 /// Capacity of the maps that hold one entry per live redirected connection.
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
@@ -46,6 +54,25 @@ pub const MAX_POD_CONNECT_KEYS: u32 = 16_384;
 pub struct Enrollment {
     /// Agent-assigned workload id, for counters and logs.
     pub workload_id: u32,
+    /// [`Enrollment::CAPTURE_DNS`] and future per-pod switches.
+    pub flags: u32,
+}
+
+impl Enrollment {
+    /// The pod's DNS queries (port 53, UDP and TCP) go to the agent's DNS server.
+    pub const CAPTURE_DNS: u32 = 1;
+}
+
+/// Where the agent's DNS server listens, for the capture programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Server IPv4 address, network byte order.
+    pub server_ip4: u32,
+    /// Server port (UDP and TCP), network byte order.
+    pub server_port: u16,
+    /// 1: new queries are captured; 0: not (replies to captured ones are still restored).
+    pub capture: u16,
 }
 
 /// The destination an application asked for before the connect was rewritten.
@@ -141,4 +168,5 @@ mod pod {
     unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::PodConnectKey {}
     unsafe impl aya::Pod for super::RedirectConfig {}
+    unsafe impl aya::Pod for super::DnsConfig {}
 }

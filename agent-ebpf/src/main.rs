@@ -15,12 +15,18 @@
 //!   inbound listener inside that namespace; the connection keeps its addresses, so the proxy
 //!   reads the original destination from its local address. Loopback is never taken: the
 //!   proxy reaches the application there.
+//! * DNS capture, for enrolled pods that have it (`Enrollment::CAPTURE_DNS`): `connect4` sends
+//!   TCP and connected-UDP connects to port 53, and `sendmsg4` unconnected UDP datagrams to
+//!   port 53, to the agent's DNS server instead, keeping the resolver asked by socket cookie;
+//!   `recvmsg4` makes the replies come from that resolver again; `dns_query_origin`
+//!   (cgroup_skb egress) re-keys the resolver by the query's source address and port, which
+//!   is all the agent's server sees of a UDP query.
 #![no_std]
 #![no_main]
 
 use agent_common::{
-    Counter, Enrollment, InboundKey, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS, MAX_POD_CONNECT_KEYS,
-    MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey, PodConnectKey, RedirectConfig,
+    Counter, DNS_PORT, DnsConfig, Enrollment, InboundKey, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS,
+    MAX_POD_CONNECT_KEYS, MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey, PodConnectKey, RedirectConfig,
 };
 use aya_ebpf::{
     bindings::{
@@ -28,15 +34,16 @@ use aya_ebpf::{
         BPF_TCP_CLOSE, bpf_sock_addr,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash, lpm_trie::Key,
     },
-    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 /// cgroup/connect4 and getpeername4 return 1 to let the call proceed.
 const ALLOW: i32 = 1;
 
@@ -75,7 +82,19 @@ static INBOUND_SOCKETS: SockHash<u32> = SockHash::with_max_entries(MAX_ENROLLED_
 #[map]
 static INBOUND_PORTS: HashMap<InboundKey, u8> = HashMap::with_max_entries(MAX_INBOUND_PORTS, 0);
 
+#[map]
+static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static DNS_QUERY_ORIGINS: LruHashMap<PeerKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+
 const MAX_INBOUND_PORTS: u32 = MAX_ENROLLED_NETNS * 8;
+/// cgroup_skb programs return 1 to let the packet pass.
+const SKB_PASS: i32 = 1;
+/// ETH_P_IP as `__sk_buff.protocol` holds it (network order).
+const ETH_P_IP_BE: u32 = (0x0800_u16).to_be() as u32;
+const IPPROTO_UDP: u8 = 17;
 /// 127.0.0.0/8, network order: the proxy's own way to the application.
 const LOOPBACK_NET: u32 = u32::from_be_bytes([127, 0, 0, 0]);
 const SK_PASS: u32 = 1;
@@ -119,11 +138,131 @@ fn redirect_config() -> Option<&'static RedirectConfig> {
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if let Some(proxy) = redirect_target(&ctx, addr.user_ip4, addr.user_port as u16) {
-        addr.user_ip4 = proxy.proxy_ip4;
-        addr.user_port = u32::from(proxy.proxy_port);
+    if let Some((ip4, port)) = connect_target(&ctx, addr.user_ip4, addr.user_port as u16) {
+        addr.user_ip4 = ip4;
+        addr.user_port = u32::from(port);
     }
     ALLOW
+}
+
+/// Where a connect to `dst_ip4:dst_port` goes instead, if anywhere: a captured DNS query to
+/// the agent's DNS server, other TCP to the proxy.
+#[inline(always)]
+fn connect_target(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Option<(u32, u16)> {
+    if let Some(dns) = dns_target(ctx, dst_ip4, dst_port) {
+        return Some((dns.server_ip4, dns.server_port));
+    }
+    redirect_target(ctx, dst_ip4, dst_port).map(|proxy| (proxy.proxy_ip4, proxy.proxy_port))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    if let Some(dns) = dns_target(&ctx, addr.user_ip4, addr.user_port as u16) {
+        addr.user_ip4 = dns.server_ip4;
+        addr.user_port = u32::from(dns.server_port);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    if is_dns_server(addr.user_ip4, addr.user_port as u16)
+        && let Some(orig) = redirected_from(&ctx)
+    {
+        addr.user_ip4 = orig.ip4;
+        addr.user_port = u32::from(orig.port);
+    }
+    ALLOW
+}
+
+/// Whether `ip4:port` (network order) is the agent's DNS server.
+#[inline(always)]
+fn is_dns_server(ip4: u32, port: u16) -> bool {
+    DNS_CONFIG
+        .get(0)
+        .is_some_and(|dns| dns.server_port != 0 && dns.server_ip4 == ip4 && dns.server_port == port)
+}
+
+/// Whether a UDP datagram or a TCP/UDP connect to `dst_ip4:dst_port` (network order) is a DNS
+/// query the agent takes; if so, records the resolver asked by socket cookie and returns
+/// where the query goes instead.
+#[inline(always)]
+fn dns_target(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Option<&'static DnsConfig> {
+    if dst_port != DNS_PORT.to_be() {
+        return None;
+    }
+    let addr: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    if addr.type_ != SOCK_STREAM && addr.type_ != SOCK_DGRAM {
+        return None;
+    }
+    let dns = DNS_CONFIG
+        .get(0)
+        .filter(|dns| dns.capture != 0 && dns.server_port != 0)?;
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let enrollment = unsafe { ENROLLED_NETNS.get(netns) }?;
+    if enrollment.flags & Enrollment::CAPTURE_DNS == 0 {
+        return None;
+    }
+    // The pod's own loopback (a local resolver such as systemd-resolved's 127.0.0.53) and
+    // "this host" stay the pod's; so does whatever the node excludes from redirect.
+    let this_host = u32::from_be(dst_ip4) >> 24 == 0;
+    if this_host || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some() {
+        return None;
+    }
+    // Without a record the agent would not know where to forward: leave the query alone.
+    record_orig_dst(ctx, dst_ip4, dst_port, enrollment.workload_id).then_some(dns)
+}
+
+/// Records where the socket of `ctx` was going (both network order), by socket cookie;
+/// false when the map refused it.
+#[inline(always)]
+fn record_orig_dst(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16, workload_id: u32) -> bool {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let orig = OrigDst {
+        ip4: dst_ip4,
+        port: dst_port,
+        _pad: 0,
+        workload_id,
+    };
+    ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_ok()
+}
+
+/// The agent's DNS server sees a UDP query's source address and port only; the capture
+/// recorded the resolver by socket cookie. A query leaving for the server carries both, so
+/// here the record is re-keyed by what the server sees. Every other packet passes untouched
+/// after a header read.
+#[cgroup_skb(egress)]
+pub fn dns_query_origin(ctx: SkBuffContext) -> i32 {
+    if ctx.skb.protocol() == ETH_P_IP_BE {
+        note_dns_query(&ctx);
+    }
+    SKB_PASS
+}
+
+#[inline(always)]
+fn note_dns_query(ctx: &SkBuffContext) -> Option<()> {
+    let dns = DNS_CONFIG.get(0).filter(|dns| dns.server_port != 0)?;
+    // IPv4 header: byte 0 version and length, 9 protocol, 12 source, 16 destination.
+    let daddr: u32 = ctx.load(16).ok()?;
+    if daddr != dns.server_ip4 || ctx.load::<u8>(9).ok()? != IPPROTO_UDP {
+        return None;
+    }
+    let header_len = usize::from(ctx.load::<u8>(0).ok()? & 0x0f) * 4;
+    let dport: u16 = ctx.load(header_len + 2).ok()?;
+    if dport != dns.server_port {
+        return None;
+    }
+    let sport: u16 = ctx.load(header_len).ok()?;
+    let saddr: u32 = ctx.load(12).ok()?;
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let orig = unsafe { ORIG_DST_BY_COOKIE.get(cookie) }?;
+    let peer = PeerKey {
+        ip4: saddr,
+        port: u32::from(u16::from_be(sport)),
+    };
+    DNS_QUERY_ORIGINS.insert(peer, *orig, 0).ok()
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -180,14 +319,7 @@ fn redirect_target(
         count_pod(Counter::Excluded, enrollment.workload_id, dst_ip4, dst_port);
         return None;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let orig = OrigDst {
-        ip4: dst_ip4,
-        port: dst_port,
-        _pad: 0,
-        workload_id: enrollment.workload_id,
-    };
-    if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
+    if !record_orig_dst(ctx, dst_ip4, dst_port, enrollment.workload_id) {
         // Without a record the proxy could not forward: leave this connect alone.
         count_pod(
             Counter::RecordFailed,
@@ -212,7 +344,11 @@ fn redirect_target(
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    if let Some(orig) = redirected_from(&ctx) {
+    let addr: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    // A UDP socket's record outlives its DNS query (UDP has no close callback): it only
+    // speaks for the socket while the socket's peer is the DNS server.
+    let stale = addr.type_ == SOCK_DGRAM && !is_dns_server(addr.user_ip4, addr.user_port as u16);
+    if !stale && let Some(orig) = redirected_from(&ctx) {
         let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
         addr.user_ip4 = orig.ip4;
         addr.user_port = u32::from(orig.port);

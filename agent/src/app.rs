@@ -2,7 +2,7 @@
 //! (SIGHUP reloads, SIGTERM/SIGINT stop), and the shutdown sequence; and `mesh-agent
 //! gateway`, a virtual gateway served standalone.
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -28,6 +28,7 @@ use crate::{
         metrics::{EndpointCollector, XdsCollector, XdsWatch, XdsWatchPoisoned},
         workloads::{Workload, Workloads},
     },
+    dns::{self as dns_server, DnsMetrics, DnsSockets},
     host,
     listen::bind_listener,
     proxy::{ProxyInputs, ProxySettings, gateway, inbound, outbound::Outbound},
@@ -59,6 +60,13 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             config.admin.socket.display()
         )
     })?;
+    let dns_sockets = match config.dns.enabled {
+        true => {
+            let addr = SocketAddrV4::new(*config.proxy.outbound_addr.ip(), config.dns.port);
+            Some(DnsSockets::bind(addr).await?)
+        }
+        false => None,
+    };
 
     let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr)?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
@@ -71,15 +79,18 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             (Some(hooks), Some(ports))
         }
     };
-    let enrollments = redirector
+    let mut enrollments = redirector
         .take_enrollments(hooks)
         .context("enrollment map already taken")?;
+    enrollments.set_dns_capture(config.dns.capture_policy());
     let mesh_state = MeshState::default();
     let xds_watch = XdsWatch::default();
     let workloads = enrollments.workloads();
     let mut metrics = Metrics::default();
     let tls = TlsStore::default();
+    let dns_metrics = DnsMetrics::default();
     let sources = MetricSources {
+        dns: dns_metrics.clone(),
         tls: tls.metrics.clone(),
         enrolled: enrollments.gauge(),
         redirect: Some(redirector.counters()),
@@ -111,6 +122,23 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let inbound_task =
         inbound_ports.map(|ports| tokio::spawn(inbound::run(inbound_rx, ports, inputs.clone())));
     redirector.start()?;
+    if let Some(sockets) = dns_sockets {
+        let addr = sockets.addr;
+        let origins = dns_server::Origins {
+            udp: redirector.dns_origins(),
+            tcp: redirector.orig_dst(),
+        };
+        dns_server::start(
+            sockets,
+            &config.dns,
+            origins,
+            inputs.state.clone(),
+            inputs.workloads.clone(),
+            dns_metrics,
+            inputs.metrics.accept_errors("dns"),
+        );
+        redirector.capture_dns(addr)?;
+    }
 
     if let Some(pattern) = &config.enrollment.discover {
         tokio::spawn(namespaces::run(
@@ -246,6 +274,7 @@ pub async fn run_gateway(options: GatewayOptions) -> anyhow::Result<()> {
     let tls = TlsStore::default();
     let mut metrics = Metrics::default();
     MetricSources {
+        dns: DnsMetrics::default(),
         enrolled: Arc::default(),
         tls: tls.metrics.clone(),
         redirect: None,
@@ -377,6 +406,8 @@ fn resolver(resolv_conf: &Path) -> dns::Resolver {
 
 /// What /metrics reads at scrape time from the other subsystems.
 struct MetricSources {
+    /// The DNS server's counters (registered even where it does not run: always zero there).
+    dns: DnsMetrics,
     enrolled: Arc<AtomicI64>,
     tls: TlsMetrics,
     /// None where no programs are loaded (the in-process test of the documented names).
@@ -388,6 +419,7 @@ struct MetricSources {
 
 impl MetricSources {
     fn register(self, metrics: &mut Metrics) {
+        self.dns.register(metrics);
         self.tls.register(metrics);
         if let Some(counters) = &self.redirect {
             metrics.register_collector(Box::new(PodConnectCollector::new(
@@ -449,6 +481,7 @@ fn reload(
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
         (new.discovery != config.discovery, "discovery"),
         (new.tracing != config.tracing, "tracing"),
+        (new.dns != config.dns, "dns"),
     ] {
         if changed {
             warn!(
@@ -542,6 +575,7 @@ mod tests {
     fn docs_list_exactly_what_is_served() {
         let mut metrics = Metrics::default();
         MetricSources {
+            dns: DnsMetrics::default(),
             enrolled: Arc::default(),
             tls: TlsMetrics::default(),
             redirect: None,

@@ -94,6 +94,9 @@ pub struct Config {
     /// Spans of proxied requests, exported over OTLP (docs/tracing.md); absent: none.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// The DNS server for enrolled pods (mesh names answered, the rest forwarded).
+    #[serde(default)]
+    pub dns: crate::dns::DnsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -332,6 +335,8 @@ impl Config {
         self.validate_admin()?;
         self.validate_redirect()?;
         self.validate_enrollment()?;
+        self.dns
+            .validate(self.proxy.outbound_addr.port(), &self.excluded_cidrs())?;
         if let Some(xds) = &self.xds {
             validate_xds(xds)?;
         }
@@ -789,7 +794,10 @@ fn drain_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
 }
 
 /// Accepts what [`parse_duration`] does.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D, field: &str) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &str,
+) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(|reason| serde::de::Error::custom(format!("{field}: {reason}")))
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dataplane;
+pub mod dns;
 mod host;
 pub mod listen;
 pub mod privileges;

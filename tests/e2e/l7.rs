@@ -32,6 +32,8 @@ pub struct MeshNode {
     /// Held for their lifetime: dropping a Proc stops it.
     _servers: BTreeMap<&'static str, Proc>,
     dns: Option<Dns>,
+    /// The client pod is enrolled (configured or by discovery): it resolves mesh names.
+    client_enrolled: bool,
     _mesh: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -56,8 +58,6 @@ pub struct MeshSpec {
     /// Starts the application of pod s1 (v1), s2 (v2) and s3 (outside the mesh), given the
     /// node, the pod and the name to answer as: meshtb http-server unless a test says.
     pub server: fn(&Node, &str, &str) -> Proc,
-    /// More of the agent's configuration (YAML, appended).
-    pub agent_config: String,
 }
 
 /// A DNS server for the test node, answering from a hosts file it re-reads on SIGHUP.
@@ -81,7 +81,6 @@ impl Default for MeshSpec {
             logging: Vec::new(),
             dns: false,
             server: start_server,
-            agent_config: String::new(),
         }
     }
 }
@@ -110,27 +109,26 @@ fn start_dns(node: &Node, dir: &std::path::Path, v1_ip: &str) -> Dns {
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, format!("{v1_ip} {DNS_NAME}\n")).unwrap();
     std::fs::write(dir.join("resolv.conf"), format!("nameserver {NODE_IP}\n")).unwrap();
-    let mut command = node.node_command("dnsmasq").expect("dnsmasq command");
-    command.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--local-ttl=1",
-        "--bind-interfaces",
-        "--user=root",
-        "--pid-file=",
-        "--log-facility=/dev/null",
-    ]);
-    command.arg(format!("--listen-address={NODE_IP}"));
-    command.arg(format!("--addn-hosts={}", hosts.display()));
-    let server = Proc::spawn("dnsmasq", command).expect("dnsmasq starts");
-    node.wait_for_listener(format!("{NODE_IP}:53").parse().unwrap(), TIMEOUT)
-        .expect("dnsmasq listening");
+    let records = [
+        "--local-ttl=1".to_owned(),
+        format!("--addn-hosts={}", hosts.display()),
+    ];
+    let server = tests::dnsmasq::start(node, &records).expect("dnsmasq starts");
     Dns { server, hosts }
 }
 
 impl MeshNode {
     pub fn start(label: &str, spec: MeshSpec) -> Self {
+        Self::start_with_config(label, spec, |_| String::new())
+    }
+
+    /// As [`MeshNode::start`], with `config(node)` appended to the agent's configuration.
+    pub fn start_with_config(
+        label: &str,
+        spec: MeshSpec,
+        config: impl Fn(&Node) -> String,
+    ) -> Self {
+        let extra_config = config;
         let mut node = Node::create(label).expect("test node");
         for pod in ["client", "s1", "s2", "s3", "outside"] {
             node.add_pod(pod).expect("pod");
@@ -216,7 +214,7 @@ impl MeshNode {
             ),
             None => String::new(),
         };
-        let extra = format!("{resolver}{}", spec.agent_config);
+        let extra = format!("{resolver}{}", extra_config(&node));
         let mut config = config_for(&node, spec.enrolled, &extra).unwrap();
         if spec.discover {
             // Every namespace of this node; the mesh decides which are in it.
@@ -244,6 +242,7 @@ impl MeshNode {
             node,
             _servers: servers,
             dns,
+            client_enrolled: spec.discover || spec.enrolled.contains(&"client"),
             _mesh: mesh,
             _work: work,
         };
@@ -305,11 +304,17 @@ impl MeshNode {
         self.agent.metrics(&self.node).expect("metrics")
     }
 
+    /// The App Mesh definitions the agent's embedded control plane watches.
+    pub fn mesh_dir(&self) -> &std::path::Path {
+        self._mesh.path()
+    }
+
     /// curl from the client pod to `http://api.m.local:8080{path}` with `args`; returns
-    /// (status, body, headers).
+    /// (status, body, headers). An enrolled client resolves the name through the agent's
+    /// DNS; one outside the mesh is given [`SERVICE_VIP`].
     pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String, String) {
         let scratch = self._work.path().join("headers.txt");
-        let target = (SERVICE, PORT, SERVICE_VIP);
+        let target = (SERVICE, PORT, self.client_vip());
         self.node
             .curl_service("client", target, path, args, &scratch, TIMEOUT)
             .expect("curl runs")
@@ -448,15 +453,26 @@ impl MeshNode {
     /// `count` requests over one keep-alive connection (curl URL globbing); the answers.
     pub fn load(&self, count: usize, args: &[&str]) -> String {
         let url = format!("http://{SERVICE}:{PORT}/load/[1-{count}]");
-        let resolve = format!("{SERVICE}:{PORT}:{SERVICE_VIP}");
-        let mut all = vec!["-sS", "--resolve", &resolve];
+        let mut all = vec!["-sS"];
+        let resolve = self
+            .client_vip()
+            .map(|vip| format!("{SERVICE}:{PORT}:{vip}"));
+        if let Some(resolve) = &resolve {
+            all.extend(["--resolve", resolve.as_str()]);
+        }
         all.extend_from_slice(args);
         all.push(&url);
         let output = self
             .node
-            .run_in_pod("client", "curl", &all, Duration::from_secs(120))
+            .run_in_pod_resolving("client", "curl", &all, Duration::from_secs(120))
             .expect("curl runs");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The address the client pod is given for the service: none when it is enrolled (the
+    /// agent's DNS answers the name), [`SERVICE_VIP`] otherwise.
+    fn client_vip(&self) -> Option<&'static str> {
+        (!self.client_enrolled).then_some(SERVICE_VIP)
     }
 }
 

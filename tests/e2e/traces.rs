@@ -121,16 +121,17 @@ fn instrumented_app(node: &Node, pod: &str, name: &str) -> Proc {
 /// The mesh of l7.rs with every virtual node's pod enrolled (the request passes the client's
 /// outbound and v1's inbound), v1 running the instrumented application, and `tracing`.
 fn traced_mesh(label: &str, tracing: &str) -> MeshNode {
-    MeshNode::start(
+    // The application's own exports go straight to the collector.
+    let config = format!("{tracing}redirect:\n  exclude_ports: [{GRPC_PORT}]\n");
+    MeshNode::start_with_config(
         label,
         MeshSpec {
             routes: all_to_v1(),
             enrolled: &["client", "s1", "s2"],
             server: instrumented_app,
-            // The application's own exports go straight to the collector.
-            agent_config: format!("{tracing}redirect:\n  exclude_ports: [{GRPC_PORT}]\n"),
             ..Default::default()
         },
+        |_| config.clone(),
     )
 }
 

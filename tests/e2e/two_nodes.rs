@@ -15,7 +15,7 @@ use tests::{
     mesh::{PORT, SERVICE, all_to_v1},
 };
 
-use super::{TIMEOUT, l7::SERVICE_VIP, meshtb};
+use super::{TIMEOUT, meshtb};
 
 /// The mesh definitions by file stem, as written to the `--mesh` directory.
 pub type MeshFiles = BTreeMap<String, Value>;
@@ -246,8 +246,8 @@ impl TwoNodes {
         self.curl_service(SERVICE, PORT, path, args)
     }
 
-    /// curl from the client pod on node 1 to `http://{service}:{port}{path}`, the name
-    /// resolving to an address only the mesh routes: (status, body, headers).
+    /// curl from the client pod on node 1 (enrolled) to `http://{service}:{port}{path}`, the
+    /// name resolved by node 1's agent: (status, body, headers).
     pub fn curl_service(
         &self,
         service: &str,
@@ -256,7 +256,7 @@ impl TwoNodes {
         args: &[&str],
     ) -> (u16, String, String) {
         let scratch = self.work.path().join("headers.txt");
-        let target = (service, port, SERVICE_VIP);
+        let target = (service, port, None);
         self.node1
             .curl_service("client", target, path, args, &scratch, TIMEOUT)
             .expect("curl runs")

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod capture;
 pub mod certs;
 pub mod cgroup;
+pub mod dnsmasq;
 pub mod link;
 pub mod mesh;
 pub mod netns;

@@ -203,35 +203,76 @@ impl Node {
         output_within(command, timeout)
     }
 
-    /// curl from `pod` to `http://{service}:{port}{path}` with `args`, the name resolving to
-    /// `vip` (an address only the mesh routes): (status, body, response headers); the
-    /// headers go through `scratch` (a file path).
+    /// Where the pods' resolv.conf is: the node's address as their nameserver (see
+    /// [`Node::run_in_pod_resolving`]).
+    pub fn pods_resolv_conf(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-resolv.conf", self.tag))
+    }
+
+    /// Runs a short command in a pod as its applications run: with a resolv.conf of the pod's
+    /// own (bind-mounted over /etc/resolv.conf in a mount namespace of the command, as a
+    /// container runtime does) naming the node's address as the nameserver — whatever the
+    /// host's resolv.conf says (a loopback resolver such as systemd-resolved's would be the
+    /// pod's own loopback).
+    pub fn run_in_pod_resolving(
+        &self,
+        pod: &str,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let resolv_conf = self.pods_resolv_conf();
+        fs::write(
+            &resolv_conf,
+            format!("nameserver {}\noptions timeout:2 attempts:2\n", self.ip()),
+        )?;
+        let mut all = vec![
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+            resolv_conf.to_str().context("resolv.conf path")?,
+            program,
+        ];
+        all.extend_from_slice(args);
+        self.run_in_pod(pod, "unshare", &all, timeout)
+    }
+
+    /// curl from `pod` to `http://{service}:{port}{path}` with `args`: (status, body,
+    /// response headers); the headers go through `scratch` (a file path). With `vip` (an
+    /// address only the mesh routes) the name resolves to it (`--resolve`); without, the pod
+    /// resolves it (an enrolled pod: the agent's DNS answers mesh names).
     pub fn curl_service(
         &self,
         pod: &str,
-        (service, port, vip): (&str, u16, &str),
+        (service, port, vip): (&str, u16, Option<&str>),
         path: &str,
         args: &[&str],
         scratch: &Path,
         timeout: Duration,
     ) -> anyhow::Result<(u16, String, String)> {
         let url = format!("http://{service}:{port}{path}");
-        let resolve = format!("{service}:{port}:{vip}");
         let headers_file = scratch.to_str().context("scratch path")?;
         let mut all = vec![
             "-sS",
             "--max-time",
             "20",
-            "--resolve",
-            &resolve,
             "-D",
             headers_file,
             "-w",
             "\n%{http_code}",
         ];
+        let resolve = vip.map(|vip| format!("{service}:{port}:{vip}"));
+        if let Some(resolve) = &resolve {
+            all.extend(["--resolve", resolve.as_str()]);
+        }
         all.extend_from_slice(args);
         all.push(&url);
-        let output = self.run_in_pod(pod, "curl", &all, timeout)?;
+        let output = match vip {
+            Some(_) => self.run_in_pod(pod, "curl", &all, timeout)?,
+            None => self.run_in_pod_resolving(pod, "curl", &all, timeout)?,
+        };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
         let headers = fs::read_to_string(scratch).unwrap_or_default();
@@ -307,6 +348,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         // The agent removes its socket when it stops; not when it was killed.
         let _ = fs::remove_file(self.admin_socket());
+        let _ = fs::remove_file(self.pods_resolv_conf());
     }
 }
 

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-mtls | bench-xds`.
+//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-mtls | bench-xds | bench-dns`.
 mod bench;
+mod bench_dns;
 mod bench_l7;
 mod bench_mtls;
 mod bench_xds;
@@ -92,6 +93,16 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Benchmark the agent's DNS server with dnsperf: queries/s answered for a mesh name, and
+    /// a forwarded query vs asking the pod's resolver directly (queries/s, added latency).
+    BenchDns {
+        /// Rounds per measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per dnsperf run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
     /// Benchmark the control plane and a node's xDS client (separate processes, gRPC) on a
     /// generated mesh: start-up, first sync, change propagation, memory.
     BenchXds {
@@ -133,5 +144,6 @@ fn main() -> anyhow::Result<()> {
             only,
         } => bench_mtls::run(rounds, seconds, only.as_deref()),
         Task::BenchXds { services } => bench_xds::run(services),
+        Task::BenchDns { rounds, seconds } => bench_dns::run(rounds, seconds),
     }
 }

@@ -19,9 +19,6 @@ use anyhow::{Context as _, bail};
 use crate::build::{self, Profile, step};
 
 const SHORT: Duration = Duration::from_secs(10);
-/// Where the client sends virtual-service traffic: any address does, the connect is
-/// redirected before it is routed (App Mesh only needed the names to resolve).
-const SERVICE_VIP: &str = "10.77.200.1";
 const PORT: u16 = 8080;
 const PRODUCTS: &str = "products.sandbox.local";
 const PRICES: &str = "prices.sandbox.local";
@@ -133,7 +130,17 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     check(&interrupted)?;
 
     step(&format!(
-        "client -> {PRODUCTS}: routed by Host to virtual node products"
+        "client resolves {PRODUCTS} and {PRICES}: the agent's DNS answers mesh names with VIPs (dig)"
+    ));
+    for name in [PRODUCTS, PRICES] {
+        let output = node.run_in_pod_resolving("client", "dig", &["+short", name], SHORT)?;
+        println!(
+            "  {name}: {}",
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+    }
+    step(&format!(
+        "client -> {PRODUCTS}: plain curl by name, routed by Host to virtual node products"
     ));
     let answer = curl(&node, PRODUCTS, "/", &[])?;
     println!("  {}", answer.trim());
@@ -259,7 +266,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     if !once {
         println!(
             "\nThe mesh keeps serving. Try, in another shell:\n  \
-             nsenter --net={client} sh -c 'echo $$ > {cgroup}/cgroup.procs; curl -s --resolve {PRICES}:{PORT}:{SERVICE_VIP} http://{PRICES}:{PORT}/'\n  \
+             nsenter --net={client} sh -c 'echo $$ > {cgroup}/cgroup.procs; curl -s http://{PRICES}:{PORT}/'\n  \
              nsenter --net={internet} curl -s {ingress}/prices/\n  \
              nsenter --net={node_ns} curl -s http://127.0.0.1:15020/metrics | grep ^mesh_requests\n\
              Ctrl-C ends it.",
@@ -381,14 +388,14 @@ fn internet_curl(node: &Node, url: &str, args: &[&str]) -> anyhow::Result<String
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// curl from the client pod to `http://service:8080{path}` (URL globbing allowed).
+/// curl from the client pod to `http://service:8080{path}` (URL globbing allowed), by name:
+/// the agent's DNS answers it, as it would for any application in the pod.
 fn curl(node: &Node, service: &str, path: &str, args: &[&str]) -> anyhow::Result<String> {
-    let resolve = format!("{service}:{PORT}:{SERVICE_VIP}");
     let url = format!("http://{service}:{PORT}{path}");
-    let mut all = vec!["-sS", "--max-time", "30", "--resolve", &resolve];
+    let mut all = vec!["-sS", "--max-time", "30"];
     all.extend_from_slice(args);
     all.push(&url);
-    let output = node.run_in_pod("client", "curl", &all, Duration::from_secs(60))?;
+    let output = node.run_in_pod_resolving("client", "curl", &all, Duration::from_secs(60))?;
     if !output.status.success() {
         bail!("curl {url}: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -430,6 +437,7 @@ fn print_service_counts(metrics: &str) {
             || l.starts_with("mesh_denied_connections_total")
             || l.starts_with("mesh_request_retries_total")
             || l.starts_with("mesh_agent_pod_connects_total")
+            || l.starts_with("mesh_agent_dns_")
     }) {
         println!("  {line}");
     }

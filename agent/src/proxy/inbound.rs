@@ -325,6 +325,7 @@ async fn serve_listener_port(
             clusters,
             idle_timeout,
             access_logs,
+            ..
         } => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             let Some(upstream) = pod.local_upstream(plane, cluster, port) else {

@@ -149,6 +149,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             clusters,
             idle_timeout,
             access_logs,
+            ..
         }) => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             let log = ConnectionLog::new(

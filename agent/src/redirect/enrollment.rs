@@ -57,6 +57,26 @@ pub struct Enrollments {
     captured: BTreeMap<String, (u64, Captured)>,
     /// Enrolled by discovery (the mesh's endpoints), not by configuration: a reload keeps them.
     discovered: BTreeSet<String>,
+    /// Which pods' DNS queries the agent answers.
+    dns: DnsCapturePolicy,
+}
+
+/// Which enrolled pods get DNS capture: all of them while it is on, except those opted out
+/// (by the namespace as enrolled: a name under the netns directory, or a path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsCapturePolicy {
+    pub enabled: bool,
+    pub opt_out: BTreeSet<String>,
+}
+
+impl DnsCapturePolicy {
+    fn flags(&self, spec: &str) -> u32 {
+        if self.enabled && !self.opt_out.contains(spec) {
+            Enrollment::CAPTURE_DNS
+        } else {
+            0
+        }
+    }
 }
 
 impl Enrollments {
@@ -73,7 +93,14 @@ impl Enrollments {
             inbound,
             captured: BTreeMap::new(),
             discovered: BTreeSet::new(),
+            dns: DnsCapturePolicy::default(),
         }
+    }
+
+    /// Sets which pods get DNS capture; enrolled pods get it (or lose it) at their next
+    /// enrollment, which [`Enrollments::sync`] redoes for every configured one.
+    pub fn set_dns_capture(&mut self, policy: DnsCapturePolicy) {
+        self.dns = policy;
     }
 
     /// The enrolled workloads by id, kept current, for the proxy.
@@ -114,14 +141,17 @@ impl Enrollments {
                 self.next_workload_id - 1
             }
         };
-        self.map.insert(cookie, Enrollment { workload_id }, 0)?;
+        let flags = self.dns.flags(&ns.spec);
+        self.map
+            .insert(cookie, Enrollment { workload_id, flags }, 0)?;
         // A namespace re-created under the same name has a new cookie: drop the old one.
         if let Some(old) = self.by_spec.get(&ns.spec)
             && old.cookie != cookie
         {
             let _ = self.map.remove(&old.cookie);
         }
-        info!(netns = %ns.spec, path = %ns.path.display(), cookie, workload_id, ?addresses, virtual_node = ?ns.virtual_node, "enrolled");
+        let dns = flags & Enrollment::CAPTURE_DNS != 0;
+        info!(netns = %ns.spec, path = %ns.path.display(), cookie, workload_id, ?addresses, virtual_node = ?ns.virtual_node, dns, "enrolled");
         self.capture_inbound(ns, cookie, workload_id, &addresses);
         self.workloads.insert(
             workload_id,

@@ -26,17 +26,19 @@ use std::{
     },
 };
 
-use agent_common::{Counter, PodConnectKey, RedirectConfig, maps};
+use agent_common::{Counter, DnsConfig, PodConnectKey, RedirectConfig, maps};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+    },
 };
 use ipnet::Ipv4Net;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-pub use enrollment::Enrollments;
+pub use enrollment::{DnsCapturePolicy, Enrollments};
 pub use exclusions::ExclusionError;
 pub use inbound::{CaptureError, InboundHooks, InboundPod, InboundPorts, PortsPoisoned};
 use orig_dst::OrigDstMap;
@@ -44,10 +46,19 @@ use orig_dst::OrigDstMap;
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// The programs, in attach order: the connect programs go last so nothing is redirected
-/// before the programs that track and hide the redirect are in place.
+/// The programs, in attach order: the connect (and sendmsg) programs go last so nothing is
+/// redirected before the programs that track and hide the redirect are in place.
 const SOCKOPS: &str = "track_orig_dst";
-const SOCK_ADDR_PROGRAMS: [&str; 4] = ["getpeername4", "getpeername6", "connect4", "connect6"];
+/// Re-keys captured UDP DNS queries by their source address (cgroup_skb egress).
+const DNS_QUERY_ORIGIN: &str = "dns_query_origin";
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+    "getpeername4",
+    "getpeername6",
+    "recvmsg4",
+    "sendmsg4",
+    "connect4",
+    "connect6",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -97,6 +108,9 @@ pub struct Redirector {
     excluded_cidrs: LpmTrie<MapData, u32, u8>,
     excluded_ports: HashMap<MapData, u16, u8>,
     orig_dst: Arc<OrigDstMap>,
+    dns_config: Array<MapData, DnsConfig>,
+    /// The resolver each captured UDP DNS query was sent to, by the query's source.
+    dns_origins: Arc<OrigDstMap>,
     counters: Arc<RedirectCounters>,
     enrolled: Option<HashMap<MapData, u64, agent_common::Enrollment>>,
     /// Where redirected connections go: the proxy's listener.
@@ -114,6 +128,8 @@ impl Redirector {
             excluded_cidrs: take_map(&mut ebpf, maps::EXCLUDED_CIDRS)?,
             excluded_ports: take_map(&mut ebpf, maps::EXCLUDED_PORTS)?,
             orig_dst: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?)),
+            dns_config: take_map(&mut ebpf, maps::DNS_CONFIG)?,
+            dns_origins: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::DNS_QUERY_ORIGINS)?)),
             counters: Arc::new(RedirectCounters {
                 node: take_map(&mut ebpf, maps::COUNTERS)?,
                 pods: take_map(&mut ebpf, maps::POD_CONNECTS)?,
@@ -153,13 +169,18 @@ impl Redirector {
         sockops
             .attach(cgroup_dir.as_fd(), mode)
             .map_err(attach_err(SOCKOPS))?;
+        let origin: &mut CgroupSkb = program(&mut ebpf, DNS_QUERY_ORIGIN)?;
+        origin.load().map_err(load_err(DNS_QUERY_ORIGIN))?;
+        origin
+            .attach(cgroup_dir.as_fd(), CgroupSkbAttachType::Egress, mode)
+            .map_err(attach_err(DNS_QUERY_ORIGIN))?;
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(load_err(name))?;
             prog.attach(cgroup_dir.as_fd(), mode)
                 .map_err(attach_err(name))?;
         }
-        info!(cgroup = %cgroup_name, sockops = SOCKOPS, programs = ?SOCK_ADDR_PROGRAMS, "eBPF programs attached");
+        info!(cgroup = %cgroup_name, sockops = SOCKOPS, skb = DNS_QUERY_ORIGIN, programs = ?SOCK_ADDR_PROGRAMS, "eBPF programs attached");
         Ok(())
     }
 
@@ -176,7 +197,8 @@ impl Redirector {
     }
 
     /// Turns redirection off without detaching: new connects go direct, while connections
-    /// already in the proxy keep their original-destination records (getpeername still works).
+    /// already in the proxy keep their original-destination records (getpeername still works);
+    /// new DNS queries go to the pods' resolvers, replies to captured ones are still restored.
     pub fn stop(&mut self) -> Result<(), RedirectError> {
         let off = RedirectConfig {
             proxy_ip4: 0,
@@ -185,7 +207,32 @@ impl Redirector {
         };
         self.config
             .set(0, off, 0)
-            .map_err(map_err(maps::REDIRECT_CONFIG))
+            .map_err(map_err(maps::REDIRECT_CONFIG))?;
+        if let Ok(mut dns) = self.dns_config.get(&0, 0) {
+            dns.capture = 0;
+            self.dns_config
+                .set(0, dns, 0)
+                .map_err(map_err(maps::DNS_CONFIG))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the DNS queries of enrolled pods that have DNS capture to `server` (UDP and
+    /// TCP), once the agent's DNS server listens there.
+    pub fn capture_dns(&mut self, server: SocketAddrV4) -> Result<(), RedirectError> {
+        let value = DnsConfig {
+            server_ip4: u32::from_ne_bytes(server.ip().octets()),
+            server_port: server.port().to_be(),
+            capture: 1,
+        };
+        self.dns_config
+            .set(0, value, 0)
+            .map_err(map_err(maps::DNS_CONFIG))
+    }
+
+    /// Where each captured UDP DNS query was going, by its source address and port.
+    pub fn dns_origins(&self) -> Arc<OrigDstMap> {
+        Arc::clone(&self.dns_origins)
     }
 
     /// Replaces the exclusion lists (loopback is always added): either both maps hold the
@@ -358,7 +405,8 @@ impl RedirectCounters {
     /// Attached programs by name: the cgroup programs once each (attached at load, for the
     /// agent's lifetime), the inbound lookup once per captured pod.
     pub fn attached_programs(&self) -> Vec<(&'static str, i64)> {
-        let mut attached: Vec<(&'static str, i64)> = std::iter::once(SOCKOPS)
+        let mut attached: Vec<(&'static str, i64)> = [SOCKOPS, DNS_QUERY_ORIGIN]
+            .into_iter()
             .chain(SOCK_ADDR_PROGRAMS)
             .map(|name| (name, 1))
             .collect();

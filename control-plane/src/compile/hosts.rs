@@ -180,6 +180,8 @@ type ServicePort = (i32, PortProtocol, Vec<Route>, TcpTargets);
 /// Where a TCP port's connections go: weighted clusters, and the route's idle timeout.
 #[derive(Clone, Default)]
 pub(super) struct TcpTargets {
+    /// The virtual service these targets serve (its name is what its clients resolve).
+    pub(super) service: String,
     pub(super) clusters: Vec<(String, u32)>,
     pub(super) idle: Option<PbDuration>,
 }
@@ -208,6 +210,7 @@ fn service_ports(
                     let cluster = names::cluster(mesh, &provider.virtual_node_name, port);
                     let route = route::to_cluster(&service.virtual_service_name, cluster.clone());
                     let tcp = TcpTargets {
+                        service: service.virtual_service_name.clone(),
                         clusters: vec![(cluster, 1)],
                         idle: None,
                     };
@@ -270,7 +273,12 @@ fn service_ports(
                             })
                         })
                         .collect();
-                    (port, protocol, http, TcpTargets { clusters, idle })
+                    let tcp = TcpTargets {
+                        service: service.virtual_service_name.clone(),
+                        clusters,
+                        idle,
+                    };
+                    (port, protocol, http, tcp)
                 })
                 .collect()
         }

@@ -30,8 +30,10 @@ use super::values::{ads, socket_address, u32_value};
 pub enum PortTraffic {
     /// HTTP-family traffic, routed by the named RouteConfiguration.
     Http { routes: String },
-    /// TCP to weighted clusters, cut after the idle timeout.
+    /// TCP to weighted clusters, cut after the idle timeout; the chain is named after the
+    /// virtual service (the node's DNS answers that name).
     Tcp {
+        service: String,
         clusters: Vec<(String, u32)>,
         idle_timeout: Option<PbDuration>,
     },
@@ -45,21 +47,30 @@ pub fn outbound(
 ) -> Listener {
     let mut filter_chains: Vec<FilterChain> = ports
         .into_iter()
-        .map(|(port, plan)| FilterChain {
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: u32_value(i64::from(port)),
-                ..Default::default()
-            }),
-            filters: vec![match plan {
-                PortTraffic::Http { routes } => {
-                    http_connection_manager(format!("{name}/{port}"), rds(routes))
-                }
+        .map(|(port, plan)| {
+            let (chain_name, filter) = match plan {
+                PortTraffic::Http { routes } => (
+                    String::new(),
+                    http_connection_manager(format!("{name}/{port}"), rds(routes)),
+                ),
                 PortTraffic::Tcp {
+                    service,
                     clusters,
                     idle_timeout,
-                } => tcp_proxy(format!("{name}/{port}"), clusters, idle_timeout),
-            }],
-            ..Default::default()
+                } => (
+                    service,
+                    tcp_proxy(format!("{name}/{port}"), clusters, idle_timeout),
+                ),
+            };
+            FilterChain {
+                name: chain_name,
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: u32_value(i64::from(port)),
+                    ..Default::default()
+                }),
+                filters: vec![filter],
+                ..Default::default()
+            }
         })
         .collect();
     let default_filter_chain = passthrough.map(|cluster| FilterChain {

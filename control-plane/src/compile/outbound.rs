@@ -116,6 +116,7 @@ pub(super) fn outbound_for(
         .collect();
     ports.extend(tcp.into_iter().map(|(port, targets)| {
         let plan = PortTraffic::Tcp {
+            service: targets.service,
             clusters: targets.clusters,
             idle_timeout: targets.idle,
         };

@@ -58,6 +58,9 @@ pub enum PortPlan {
         clusters: WeightedClusters,
         idle_timeout: Option<Duration>,
         access_logs: AccessLogs,
+        /// The virtual service behind an outbound TCP port (the filter chain's name), whose
+        /// name the node's DNS answers.
+        service: Option<String>,
     },
 }
 
@@ -394,6 +397,7 @@ fn chain_plan(
                 clusters,
                 idle_timeout,
                 access_logs: access_logs.into(),
+                service: Some(chain.name.clone()).filter(|name| !name.is_empty()),
             })
         }
         other => Err(PlanError::new(

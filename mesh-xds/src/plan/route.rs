@@ -324,6 +324,18 @@ impl VirtualHost {
         })
     }
 
+    /// The host names this virtual host serves exactly, lower case, a `:port` taken off
+    /// (`service` for the domains `service` and `service:8080`); wildcard domains name none.
+    pub fn exact_names(&self) -> impl Iterator<Item = &str> {
+        self.domains.iter().filter_map(|domain| match domain {
+            Domain::Exact(name) => Some(match name.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => name.as_str(),
+            }),
+            _ => None,
+        })
+    }
+
     /// The first route that matches, in order (App Mesh priorities are already the order).
     pub fn route(&self, request: &RequestView<'_>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(request))
