@@ -10,7 +10,6 @@
 //!   flight, node-wide and per pod;
 //! * [`server`]: the sockets and their limits; [`metrics`]: counters and the failure log.
 pub mod answer;
-pub mod config;
 pub mod forward;
 pub mod handler;
 pub mod limits;
@@ -24,7 +23,17 @@ use std::{
     sync::Arc,
 };
 
-pub use config::DnsConfig;
+pub use crate::config::dns::DnsConfig;
+
+impl DnsConfig {
+    /// The enrollment policy this configuration gives.
+    pub fn capture_policy(&self) -> crate::redirect::DnsCapturePolicy {
+        crate::redirect::DnsCapturePolicy {
+            enabled: self.enabled,
+            opt_out: self.opt_out.clone(),
+        }
+    }
+}
 pub use metrics::DnsMetrics;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, UdpSocket};
