@@ -178,6 +178,12 @@ impl GatewayNode {
             ports,
             _dir: dir,
         };
+        // The gateway's listener ports, s1's and each workload's one port, before any request:
+        // the gateway's pooled connection to a port not yet captured would bypass its pod's
+        // inbound side for as long as it lives.
+        this.agent
+            .wait_for_inbound_ports(&this.node, this.ports.len() + 1 + spec.workloads.len())
+            .expect("inbound ports captured");
         this.wait_for_gateway();
         this.wait_for_endpoints(&clusters);
         this
