@@ -63,6 +63,22 @@ else
   python3 -m pip install --quiet --disable-pip-version-check 'PyYAML>=6' 'awscli>=1.45'
 fi
 
+# The Kubernetes install's checks: kubectl renders it (its built-in kustomize, offline) and
+# kubernetes-validate checks every object against the Kubernetes OpenAPI schemas (it brings
+# jsonschema, which checks custom resources against the CRDs).
+have kubectl || {
+  step "installing kubectl (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq kubectl >/dev/null
+}
+if python3 -c 'import kubernetes_validate, jsonschema' >/dev/null 2>&1; then
+  step "python kubernetes-validate present"
+else
+  step "installing python kubernetes-validate (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate>=1.30'
+fi
+
 if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
   step "rust-src for $NIGHTLY present"
 else

@@ -1,6 +1,6 @@
 //! mesh-agent: a sidecarless, eBPF-accelerated service mesh node agent.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use cli::{mesh, xds_dump};
@@ -22,6 +22,16 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (coloured only on a terminal) or as one JSON object each, for log
+    /// collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MESH_AGENT_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +72,13 @@ enum Command {
     ControlPlane(cli::control_plane::ControlPlaneArgs),
     /// Connect to an xDS server as a node agent and print the configuration it serves.
     XdsDump(xds_dump::XdsDumpArgs),
+    /// Print the appmesh.k8s.aws/v1beta2 CustomResourceDefinitions generated from the App Mesh
+    /// API model (the ones deploy/kubernetes/crds holds), or write one file per kind to --out.
+    Crds {
+        /// Directory to write `appmesh.k8s.aws_<plural>.yaml` files into.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
     CheckConfig {
         /// The agent's YAML configuration file (see docs/config.md).
@@ -72,12 +89,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Validate(args) => {
             return if mesh::validate(args) {
@@ -96,16 +108,8 @@ fn main() -> ExitCode {
             control_plane,
         } => run(&config, embedded.options(), control_plane),
         Command::Gateway(args) => cli::gateway::run(args),
-        Command::CheckConfig { config } => config::Config::load(&config)
-            .map(|c| {
-                println!(
-                    "{}: valid ({} namespaces to enroll, proxy on {})",
-                    config.display(),
-                    c.enrollment.netns.len(),
-                    c.proxy.outbound_addr
-                );
-            })
-            .map_err(anyhow::Error::from),
+        Command::Crds { out } => mesh::crds(out.as_deref()),
+        Command::CheckConfig { config } => check_config(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +117,42 @@ fn main() -> ExitCode {
             eprintln!("error: {}", cli::error_line(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check-config`: the file as `run` would take it, and where the mesh would come from.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::Config::load(path)?;
+    let source = match &config.xds {
+        Some(xds) => format!("mesh from {}", xds.address),
+        None => {
+            eprintln!(
+                "warning: no xds.address: this agent serves a mesh only when started with --mesh or --control-plane"
+            );
+            "no mesh source".to_owned()
+        }
+    };
+    println!(
+        "{}: valid ({} namespaces to enroll, proxy on {}, {source})",
+        path.display(),
+        config.enrollment.netns.len(),
+        config.proxy.outbound_addr
+    );
+    Ok(())
+}
+
+/// Logs on standard error, filtered by RUST_LOG (default info); colour codes only when it is
+/// a terminal, so files and collectors get plain text.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -15,6 +15,12 @@ use crate::{
 pub const API_GROUP: &str = "appmesh.k8s.aws";
 const API_VERSION: &str = "appmesh.k8s.aws/v1beta2";
 
+/// API members whose CRD spelling differs only in case: (API, CRD).
+pub const ARN_SPELLINGS: [(&str, &str); 2] = [
+    ("certificateArn", "certificateARN"),
+    ("certificateAuthorityArns", "certificateAuthorityARNs"),
+];
+
 /// One document of a manifest.
 #[derive(Clone, Debug)]
 pub struct Document {
@@ -490,9 +496,10 @@ impl<'a> Context<'a> {
             // Not a string: left for validation to report with the field's path.
             _ => Ok(None),
         };
+        if let Some((api, _)) = ARN_SPELLINGS.iter().find(|(_, crd)| *crd == key) {
+            return Ok(((*api).to_owned(), None));
+        }
         Ok(match key {
-            "certificateARN" => ("certificateArn".into(), None),
-            "certificateAuthorityARNs" => ("certificateAuthorityArns".into(), None),
             "virtualServiceRef" => ("virtualServiceName".into(), reference(Kind::VirtualService)),
             "virtualServiceARN" => ("virtualServiceName".into(), from_arn(Kind::VirtualService)?),
             "virtualRouterRef" => ("virtualRouterName".into(), reference(Kind::VirtualRouter)),

@@ -18,6 +18,7 @@
 pub mod access_log;
 pub mod cloudformation;
 pub mod convert;
+pub mod crd;
 pub mod kubernetes;
 pub mod load_options;
 pub mod report;

@@ -40,6 +40,8 @@ pub struct Shape {
 #[derive(Debug, Deserialize)]
 pub struct Member {
     pub shape: String,
+    /// The API reference's text for the member (HTML).
+    pub documentation: Option<String>,
 }
 
 pub struct Model {

@@ -2,7 +2,7 @@
 //! reported (every problem found), converted between formats, or compiled to xDS.
 use std::{
     io::{self, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
@@ -208,16 +208,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         Target::ApiJson => {
             let files = convert::to_api_json(&resources);
             match args.out {
-                Some(dir) => {
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                    for (name, text) in files {
-                        let path = dir.join(name);
-                        std::fs::write(&path, text)
-                            .with_context(|| format!("writing {}", path.display()))?;
-                        out(&format!("{}\n", path.display()));
-                    }
-                }
+                Some(dir) => write_files(&dir, files)?,
                 None => {
                     let bodies: Vec<serde_json::Value> = resources
                         .iter()
@@ -227,6 +218,31 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `crds`: the CustomResourceDefinitions, on standard output or one file each in `out`.
+pub fn crds(out_dir: Option<&Path>) -> anyhow::Result<()> {
+    let files = mesh_model::crd::manifests().context("writing the CRDs as YAML")?;
+    match out_dir {
+        Some(dir) => write_files(dir, files),
+        None => {
+            for (_, text) in files {
+                out(&format!("---\n{text}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes each (file name, text) into `dir`, printing the paths written.
+fn write_files(dir: &Path, files: Vec<(String, String)>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        out(&format!("{}\n", path.display()));
     }
     Ok(())
 }
