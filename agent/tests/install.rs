@@ -194,3 +194,36 @@ fn the_alerting_rules_pass_promtool_and_match_the_podmonitors_job() {
     std::fs::write(&file, rules).unwrap();
     succeed(Command::new("promtool").args(["check", "rules"]).arg(&file));
 }
+
+#[test]
+fn the_crds_refuse_what_app_mesh_refuses_naming_the_field() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("objects.json");
+    let route = serde_json::json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "VirtualRouter",
+        "metadata": {"name": "r"}, "spec": {
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "htp"}}],
+            "routes": [{"name": "a", "httpRoute": {"match": {"prefix": "/"}, "action": {
+                "weightedTargets": [{"virtualNodeRef": {"name": "v1"}, "weight": 101}]}}}]}});
+    std::fs::write(
+        &file,
+        serde_json::json!([{"origin": "test", "object": route}]).to_string(),
+    )
+    .unwrap();
+    let output = Command::new("python3")
+        .arg(repo("tests/install/validate_manifests.py"))
+        .args(["resources", "--crds"])
+        .arg(repo("deploy/kubernetes/crds"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{report}");
+    assert!(
+        report.contains("spec/listeners/0/portMapping/protocol: 'htp' is not one of"),
+        "{report}"
+    );
+    assert!(
+        report.contains("weightedTargets/0/weight: 101 is greater than the maximum of 100"),
+        "{report}"
+    );
+}

@@ -231,6 +231,8 @@ fn parameters(template: &str, given: &BTreeMap<String, String>) -> Vec<(String, 
 /// What reading one input found.
 struct Outcome {
     format: Format,
+    /// A Kubernetes input's text as applied (placeholders filled).
+    manifest: Option<String>,
     resources: Vec<Resource>,
     errors: Vec<Diagnostic>,
 }
@@ -240,12 +242,17 @@ fn read(corpus: &Path, file: &str, entry: &Entry, scratch: &Path) -> Outcome {
     let text = std::fs::read_to_string(&original).unwrap();
     let format = format_of(file, &text);
     // Placeholders are filled as the scripts fill them; a template's own `${}` is its Sub.
+    let mut manifest = None;
     let path = if format == Format::CloudFormation {
         original
     } else {
         let name = Path::new(file).file_name().unwrap();
         let copy = scratch.join(name);
-        std::fs::write(&copy, fill(&text, &entry.env, format == Format::Json)).unwrap();
+        let filled = fill(&text, &entry.env, format == Format::Json);
+        std::fs::write(&copy, &filled).unwrap();
+        if format == Format::Kubernetes {
+            manifest = Some(filled);
+        }
         copy
     };
     let stem = Path::new(file)
@@ -284,6 +291,7 @@ fn read(corpus: &Path, file: &str, entry: &Entry, scratch: &Path) -> Outcome {
     }
     Outcome {
         format,
+        manifest,
         resources,
         errors: diagnostics
             .into_iter()
@@ -363,7 +371,9 @@ fn load_valid(path: &Path, like: &[Resource]) -> Vec<Resource> {
 /// Accepted resources compile into what a node accepts, and come back the same through
 /// API JSON and through a Kubernetes manifest (when they form one: a manifest embeds routes
 /// in their router). Returns whether the Kubernetes leg ran.
-fn compile_and_round_trip(file: &str, resources: &[Resource], scratch: &Path) -> bool {
+/// The Kubernetes round trip's manifest, when there is one (routes whose router is in
+/// another file have none).
+fn compile_and_round_trip(file: &str, resources: &[Resource], scratch: &Path) -> Option<String> {
     let index = MeshIndex::new(resources).unwrap_or_else(|e| panic!("{file}: {e}"));
     let compiled = compile(&index, &Registry::default(), &Workloads::All);
     let (_plan, errors) = NodePlan::from_resources(&compiled.resources);
@@ -390,7 +400,7 @@ fn compile_and_round_trip(file: &str, resources: &[Resource], scratch: &Path) ->
                 .any(|r| r.kind == Kind::VirtualRouter && r.name() == route.parent())
         });
     if !routers_present {
-        return false;
+        return None;
     }
     let manifest = to_kubernetes(resources, "corpus").unwrap_or_else(|e| panic!("{file}: {e}"));
     let path = scratch.join("converted.yaml");
@@ -401,7 +411,47 @@ fn compile_and_round_trip(file: &str, resources: &[Resource], scratch: &Path) ->
         "{file}: Kubernetes round trip:\n{manifest}"
     );
     std::fs::remove_file(&path).unwrap();
-    true
+    Some(manifest)
+}
+
+/// The App Mesh objects of a manifest, each with where it came from, for the CRD check.
+fn custom_resources(manifest: &str, origin: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(manifest)
+        .filter_map(|document| serde_json::Value::deserialize(document).ok())
+        .flat_map(|document| match document["kind"].as_str() {
+            Some("List") => document["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![document],
+        })
+        .filter(|object| {
+            object["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("appmesh.k8s.aws/"))
+        })
+        .map(|object| serde_json::json!({"object": object, "origin": origin}))
+        .collect()
+}
+
+/// Every object against the CRDs of deploy/kubernetes/crds, by jsonschema (Python): what
+/// applied to the App Mesh controller's CRDs, and what `convert` writes, applies to ours.
+fn check_against_the_crds(objects: &[serde_json::Value]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("objects.json");
+    std::fs::write(&file, serde_json::to_string(objects).unwrap()).unwrap();
+    let output = std::process::Command::new("python3")
+        .arg(root.join("tests/install/validate_manifests.py"))
+        .args(["resources", "--crds"])
+        .arg(root.join("deploy/kubernetes/crds"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    eprintln!("CRD check: {}", report.lines().last().unwrap_or_default());
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -419,6 +469,7 @@ fn every_real_input_gets_its_verdict() {
     let mut mismatches = Vec::new();
     let mut counts: BTreeMap<(Format, Verdict), usize> = BTreeMap::new();
     let (mut compiled, mut kubernetes_round_trips) = (0, 0);
+    let mut crd_objects = Vec::new();
     for file in &files {
         let scratch = tempfile::tempdir().unwrap();
         let entry = verdicts.inputs.get(file).cloned().unwrap_or_default();
@@ -442,8 +493,14 @@ fn every_real_input_gets_its_verdict() {
         *counts.entry((outcome.format, found.0)).or_default() += 1;
         if found.0 == Verdict::Accepted {
             compiled += 1;
-            if compile_and_round_trip(file, &outcome.resources, scratch.path()) {
+            if let Some(manifest) = &outcome.manifest {
+                crd_objects.extend(custom_resources(manifest, file));
+            }
+            if let Some(converted) =
+                compile_and_round_trip(file, &outcome.resources, scratch.path())
+            {
                 kubernetes_round_trips += 1;
+                crd_objects.extend(custom_resources(&converted, &format!("{file} (converted)")));
             }
         }
         if record {
@@ -476,4 +533,5 @@ fn every_real_input_gets_its_verdict() {
         return;
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    check_against_the_crds(&crd_objects);
 }
