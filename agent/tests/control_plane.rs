@@ -574,28 +574,32 @@ fn the_aws_cli_manages_the_registry_like_cloud_map() {
     std::fs::write(&registry, r#"{"namespaces": {"shop.local": {"db": {}}}}"#).unwrap();
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), REGISTRY_TOKEN).unwrap();
-    let control = Running::start(&[
-        "control-plane",
-        "--mesh",
-        dir.path().join("mesh.json").to_str().unwrap(),
-        "--mesh",
-        dir.path().join("vn-db.json").to_str().unwrap(),
-        "--registry",
-        registry.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--registry-api",
-        "127.0.0.1:0",
-        "--registry-api-token-file",
-        token_file.path().to_str().unwrap(),
-    ]);
-    let api_line = control
-        .line_with("serving the registry API on", WAIT)
-        .expect("registry API");
-    let cli = AwsCli {
-        endpoint: format!("http://{}", api_line.rsplit(' ').next().unwrap()),
-        secret: REGISTRY_TOKEN.into(),
+    let start = || {
+        let control = Running::start(&[
+            "control-plane",
+            "--mesh",
+            dir.path().join("mesh.json").to_str().unwrap(),
+            "--mesh",
+            dir.path().join("vn-db.json").to_str().unwrap(),
+            "--registry",
+            registry.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--registry-api",
+            "127.0.0.1:0",
+            "--registry-api-token-file",
+            token_file.path().to_str().unwrap(),
+        ]);
+        let api_line = control
+            .line_with("serving the registry API on", WAIT)
+            .expect("registry API");
+        let cli = AwsCli {
+            endpoint: format!("http://{}", api_line.rsplit(' ').next().unwrap()),
+            secret: REGISTRY_TOKEN.into(),
+        };
+        (control, cli)
     };
+    let (control, cli) = start();
 
     let namespaces = cli.call(&["list-namespaces"]).unwrap();
     let namespace = &namespaces["Namespaces"][0];
@@ -727,4 +731,29 @@ fn the_aws_cli_manages_the_registry_like_cloud_map() {
         .unwrap_err();
     assert!(refused.contains("AccessDeniedException"), "{refused}");
     assert_eq!(discover("ALL"), ["db-1 UNHEALTHY"]);
+
+    // What the API was told is in the registry file: a restarted control plane has it.
+    drop(control);
+    let (_control, cli) = start();
+    let listed = cli
+        .call(&["list-instances", "--service-id", &service_id])
+        .unwrap();
+    let instances = listed["Instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{listed}");
+    assert_eq!(instances[0]["Id"], "db-1");
+    let found = cli
+        .call(&[
+            "discover-instances",
+            "--namespace-name",
+            "shop.local",
+            "--service-name",
+            "db",
+            "--health-status",
+            "ALL",
+        ])
+        .unwrap();
+    assert_eq!(
+        found["Instances"][0]["HealthStatus"], "UNHEALTHY",
+        "{found}"
+    );
 }

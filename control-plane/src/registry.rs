@@ -28,7 +28,8 @@ pub struct Registry {
     #[serde(default)]
     pub namespaces: BTreeMap<String, BTreeMap<String, BTreeMap<String, Attributes>>>,
     /// (namespace, service, instance) reported unhealthy; every other instance is healthy.
-    #[serde(skip)]
+    /// Kept in the file with the instances, so a restart keeps what the API was told.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     unhealthy: BTreeSet<(String, String, String)>,
 }
 
@@ -86,6 +87,12 @@ pub enum RegistryFileError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot write registry {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("registry {}", path.display())]
     Invalid {
         path: PathBuf,
@@ -124,6 +131,25 @@ impl Registry {
                 source,
             })?;
         Ok(registry)
+    }
+
+    /// Writes the registry to `path` whole or not at all (a temporary file beside it, renamed
+    /// over it): a crash mid-write leaves the previous registry, never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), RegistryFileError> {
+        let write_error = |source| RegistryFileError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let text =
+            serde_json::to_string_pretty(self).map_err(|source| RegistryFileError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let temporary = PathBuf::from(temporary);
+        std::fs::write(&temporary, text + "\n").map_err(write_error)?;
+        std::fs::rename(&temporary, path).map_err(write_error)
     }
 
     /// Checks every instance (an address, a numeric port), naming the first bad one.
@@ -387,6 +413,24 @@ mod tests {
             .register("n", "s", "a", attrs(&[(IPV4, "10.0.0.1")]))
             .unwrap();
         assert_eq!(registry.health("n", "s", "a"), HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn a_saved_registry_loads_back_with_its_health() {
+        let mut registry = Registry::default();
+        let attributes = attrs(&[(IPV4, "10.0.0.1"), (PORT, "80")]);
+        registry.register("ns", "svc", "a", attributes).unwrap();
+        registry
+            .set_health("ns", "svc", "a", HealthStatus::Unhealthy)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        registry.save(&path).unwrap();
+        assert_eq!(Registry::load(&path).unwrap(), registry);
+        assert!(!dir.path().join("registry.json.tmp").exists());
+        let unwritable = dir.path().join("missing").join("registry.json");
+        let error = registry.save(&unwritable).unwrap_err().to_string();
+        assert!(error.contains("cannot write registry"), "{error}");
     }
 
     #[test]

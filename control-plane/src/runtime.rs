@@ -221,6 +221,11 @@ impl ControlPlane {
                     api.token,
                     stop.clone(),
                 ));
+                if registry_file.is_none() {
+                    warn!(
+                        "no registry file: what the registry API registers is lost when the control plane restarts (--registry FILE keeps it)"
+                    );
+                }
                 Some(bound)
             }
             None => None,
@@ -375,6 +380,26 @@ impl Watched {
         }
     }
 
+    /// Writes what the registry API changed into the registry file, so registrations and
+    /// health survive a restart (the watcher then reads back what the registry already
+    /// holds). Without a file they live in memory only. Written off the runtime's threads,
+    /// one write at a time, so an older snapshot never lands after a newer one.
+    async fn persist_registry(&self) {
+        let Some(path) = self.registry_file.clone() else {
+            return;
+        };
+        let Ok(snapshot) = self.shared.registry().map(|r| r.clone()) else {
+            // Poisoned: `publish` said so; nothing trustworthy to write.
+            return;
+        };
+        let saved = tokio::task::spawn_blocking(move || snapshot.save(&path)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => error!(%error, "registry change not saved; it is lost at restart"),
+            Err(error) => error!(%error, "registry save task failed"),
+        }
+    }
+
     /// Applies what a reload read: publishes what is good, keeps the rest.
     fn reload(&mut self, reloaded: Reloaded, publisher: &mut Publisher) {
         match reloaded.mesh {
@@ -504,7 +529,10 @@ async fn serve(
                     Err(error) => error!(%error, "reading the changed files failed; still serving the last good mesh"),
                 }
             }
-            () = changed.notified() => watched.publish(&mut publisher),
+            () = changed.notified() => {
+                watched.publish(&mut publisher);
+                watched.persist_registry().await;
+            }
             () = stop.cancelled() => break,
         }
     }

@@ -22,8 +22,8 @@ pub struct ControlPlaneArgs {
     #[arg(long, default_value = "127.0.0.1:15010", value_name = "ADDR")]
     listen: SocketAddr,
     /// Service registry (Cloud Map stand-in) file: JSON `{"namespaces": {NS: {SERVICE:
-    /// {INSTANCE_ID: {ATTRIBUTE: VALUE}}}}}`; watched like the mesh (a change replaces what
-    /// the API registered).
+    /// {INSTANCE_ID: {ATTRIBUTE: VALUE}}}}}`; watched like the mesh (an edit replaces what
+    /// the API registered), and where the registry API's changes are kept across restarts.
     #[arg(long, value_name = "FILE")]
     registry: Option<PathBuf>,
     /// Serve the Cloud Map–style registry API (RegisterInstance, DeregisterInstance,
