@@ -18,6 +18,8 @@ use tests::{
 
 #[path = "e2e/dns.rs"]
 mod dns;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/gateway.rs"]
 mod gateway;
 #[path = "e2e/interop.rs"]

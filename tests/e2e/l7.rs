@@ -30,7 +30,9 @@ pub struct MeshNode {
     pub agent: Agent,
     pub node: Node,
     /// Held for their lifetime: dropping a Proc stops it.
-    _servers: BTreeMap<&'static str, Proc>,
+    pub servers: BTreeMap<&'static str, Proc>,
+    /// The control plane in its own process, when the spec asks (else it is in the agent's).
+    pub control_plane: Option<ControlPlane>,
     dns: Option<Dns>,
     /// The client pod is enrolled (configured or by discovery): it resolves mesh names.
     client_enrolled: bool,
@@ -58,7 +60,20 @@ pub struct MeshSpec {
     /// Starts the application of pod s1 (v1), s2 (v2) and s3 (outside the mesh), given the
     /// node, the pod and the name to answer as: meshtb http-server unless a test says.
     pub server: fn(&Node, &str, &str) -> Proc,
+    /// The control plane runs as its own process (`control-plane`, the agent given
+    /// `--control-plane`), which a test can stop and start again.
+    pub external_control_plane: bool,
+    /// v1's endpoints are the registry's (Cloud Map) instances: s1 and s3 (answering `v1b`).
+    pub v1_cloud_map: bool,
 }
+
+/// `mesh-agent control-plane` on the node's loopback.
+pub struct ControlPlane {
+    command: Vec<String>,
+    running: Option<Proc>,
+}
+
+const CONTROL_PLANE_ADDR: &str = "127.0.0.1:15010";
 
 /// A DNS server for the test node, answering from a hosts file it re-reads on SIGHUP.
 struct Dns {
@@ -81,6 +96,8 @@ impl Default for MeshSpec {
             logging: Vec::new(),
             dns: false,
             server: start_server,
+            external_control_plane: false,
+            v1_cloud_map: false,
         }
     }
 }
@@ -115,6 +132,32 @@ fn start_dns(node: &Node, dir: &std::path::Path, v1_ip: &str) -> Dns {
     ];
     let server = tests::dnsmasq::start(node, &records).expect("dnsmasq starts");
     Dns { server, hosts }
+}
+
+impl ControlPlane {
+    /// Starts it (again), with the mesh directory as it is now.
+    pub fn start(&mut self, node: &Node) {
+        let mut command = node
+            .node_command(tests::agent::agent_binary().unwrap().to_str().unwrap())
+            .unwrap();
+        command
+            .args(&self.command)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.running = Some(Proc::spawn("control plane", command).unwrap());
+        node.wait_for_listener(CONTROL_PLANE_ADDR.parse().unwrap(), TIMEOUT)
+            .expect("control plane listening");
+    }
+
+    /// SIGKILL: no goodbye to the agent.
+    pub fn kill(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            running
+                .signal(libc::SIGKILL)
+                .expect("control plane running");
+            running.wait_timeout(TIMEOUT).expect("control plane exits");
+        }
+    }
 }
 
 impl MeshNode {
@@ -171,6 +214,8 @@ impl MeshNode {
             }
             let discovery = if spec.dns && name == "v1" {
                 json!({"dns": {"hostname": DNS_NAME}})
+            } else if spec.v1_cloud_map && name == "v1" {
+                json!({"awsCloudMap": {"namespaceName": "m.local", "serviceName": "v1"}})
             } else {
                 json!({"dns": {"hostname": ip(pod)}})
             };
@@ -225,22 +270,38 @@ impl MeshNode {
                 &format!("enrollment:\n  discover: \"{prefix}*\"\n"),
             );
         }
-        let agent = Agent::start_with_args(
-            &node,
-            &config,
-            work.path(),
-            &[
-                "--mesh",
-                mesh.path().to_str().unwrap(),
-                "--registry",
-                registry.to_str().unwrap(),
-            ],
-        )
-        .expect("agent starts");
+        let source = [
+            "--mesh",
+            mesh.path().to_str().unwrap(),
+            "--registry",
+            registry.to_str().unwrap(),
+        ];
+        let control_plane = spec.external_control_plane.then(|| {
+            let mut command = vec![
+                "control-plane".to_owned(),
+                "--listen".to_owned(),
+                CONTROL_PLANE_ADDR.to_owned(),
+            ];
+            command.extend(source.iter().map(|a| (*a).to_owned()));
+            let mut control_plane = ControlPlane {
+                command,
+                running: None,
+            };
+            control_plane.start(&node);
+            control_plane
+        });
+        let url = format!("http://{CONTROL_PLANE_ADDR}");
+        let agent_args: Vec<&str> = match control_plane {
+            Some(_) => vec!["--control-plane", &url],
+            None => source.to_vec(),
+        };
+        let agent =
+            Agent::start_with_args(&node, &config, work.path(), &agent_args).expect("agent starts");
         let this = Self {
             agent,
             node,
-            _servers: servers,
+            servers,
+            control_plane,
             dns,
             client_enrolled: spec.discover || spec.enrolled.contains(&"client"),
             _mesh: mesh,
