@@ -369,7 +369,9 @@ fn duplicates(resources: &[Resource], out: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Every name a resource refers to must exist in its mesh.
+/// Every name a resource refers to must exist in its mesh — except a virtual node's backends:
+/// App Mesh takes a node whose backend service is not created yet (walkthrough scripts create
+/// nodes before their backends' services), which is noted, and not routed until it exists.
 fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
     let names: HashSet<(Kind, Option<&str>, &str)> = resources
         .iter()
@@ -387,7 +389,7 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
         .collect();
     for resource in resources {
         let mesh = resource.mesh();
-        let mut require = |kind: Kind, name: Option<&str>, path: String| {
+        let mut check = |kind: Kind, name: Option<&str>, path: String, required: bool| {
             let Some(name) = name else { return };
             let scope = if kind == Kind::Mesh { None } else { mesh };
             if !names.contains(&(kind, scope, name)) {
@@ -395,20 +397,23 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                     (Kind::Mesh, _) | (_, None) => String::new(),
                     (_, Some(mesh)) => format!(" in mesh {mesh}"),
                 };
-                out.push(
+                let diagnostic = if required {
                     Diagnostic::error(format!(
                         "refers to {kind} {name}, which is not defined{within}"
                     ))
-                    .on(resource)
-                    .path(path),
-                );
+                } else {
+                    Diagnostic::note(format!(
+                        "refers to {kind} {name}, which is not defined{within}: not routed until it is"
+                    ))
+                };
+                out.push(diagnostic.on(resource).path(path));
             }
         };
         if resource.kind != Kind::Mesh {
-            require(Kind::Mesh, mesh, "meshName".into());
+            check(Kind::Mesh, mesh, "meshName".into(), true);
         }
         if let Some(parent) = resource.kind.parent() {
-            require(parent, resource.parent(), parent.name_field().into());
+            check(parent, resource.parent(), parent.name_field().into(), true);
         }
         let Some(spec) = resource.spec() else {
             continue;
@@ -416,15 +421,17 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
         let text = |path: &[&str]| get(spec, path).and_then(Value::as_str);
         match resource.kind {
             Kind::VirtualService => {
-                require(
+                check(
                     Kind::VirtualNode,
                     text(&["provider", "virtualNode", "virtualNodeName"]),
                     "spec.provider.virtualNode.virtualNodeName".into(),
+                    true,
                 );
-                require(
+                check(
                     Kind::VirtualRouter,
                     text(&["provider", "virtualRouter", "virtualRouterName"]),
                     "spec.provider.virtualRouter.virtualRouterName".into(),
+                    true,
                 );
             }
             Kind::VirtualNode => {
@@ -434,11 +441,12 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                     .flatten()
                     .enumerate()
                 {
-                    require(
+                    check(
                         Kind::VirtualService,
                         get(backend, &["virtualService", "virtualServiceName"])
                             .and_then(Value::as_str),
                         format!("spec.backends[{index}].virtualService.virtualServiceName"),
+                        false,
                     );
                 }
             }
@@ -452,13 +460,13 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                     {
                         let path = format!("spec.{route_type}.action.weightedTargets[{index}]");
                         let node = target.get("virtualNode").and_then(Value::as_str);
-                        require(Kind::VirtualNode, node, format!("{path}.virtualNode"));
+                        check(Kind::VirtualNode, node, format!("{path}.virtualNode"), true);
                     }
                 }
             }
             Kind::GatewayRoute => {
                 for route_type in GATEWAY_ROUTE_TYPES {
-                    require(
+                    check(
                         Kind::VirtualService,
                         text(&[
                             route_type,
@@ -470,6 +478,7 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                         format!(
                             "spec.{route_type}.action.target.virtualService.virtualServiceName"
                         ),
+                        true,
                     );
                 }
             }
