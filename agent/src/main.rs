@@ -29,9 +29,11 @@ enum Command {
     /// Run the agent: attach the redirect, serve the node proxy and the admin endpoint.
     ///
     /// Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN), cgroup v2 and a kernel with BTF.
-    /// SIGHUP reloads the config file (exclusions and enrollment); SIGTERM or SIGINT turn the
-    /// redirect off, drain live connections for proxy.drain_timeout, detach every program and
-    /// exit 0.
+    /// The redirect is pinned in bpffs (bpffs_path) and stays attached when the agent exits: a
+    /// new agent takes it over, even while the old one still runs (an upgrade without a gap).
+    /// SIGHUP reloads the config file (exclusions and enrollment); SIGTERM or SIGINT close the
+    /// listeners, drain live connections for proxy.drain_timeout and exit 0. `uninstall`
+    /// detaches the redirect.
     Run {
         /// The agent's YAML configuration file (see docs/config.md).
         #[arg(long, short, value_name = "FILE")]
@@ -62,6 +64,13 @@ enum Command {
     ControlPlane(cli::control_plane::ControlPlaneArgs),
     /// Connect to an xDS server as a node agent and print the configuration it serves.
     XdsDump(xds_dump::XdsDumpArgs),
+    /// Detach the redirect the agent of this configuration pinned (its cgroup's programs and
+    /// maps in bpffs_path), after stopping the agent: pods then connect directly again.
+    Uninstall {
+        /// The agent's YAML configuration file (see docs/config.md).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
     CheckConfig {
         /// The agent's YAML configuration file (see docs/config.md).
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
             control_plane,
         } => run(&config, embedded.options(), control_plane),
         Command::Gateway(args) => cli::gateway::run(args),
+        Command::Uninstall { config } => uninstall(&config),
         Command::CheckConfig { config } => config::Config::load(&config)
             .map(|c| {
                 println!(
@@ -114,6 +124,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `uninstall`: removes the pins of the agent `config_path` configures.
+fn uninstall(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::Config::load(config_path)?;
+    let cgroup = mesh_agent::redirect::cgroup::resolve(config.cgroup_path.as_deref())?;
+    let pins = mesh_agent::redirect::pins::Pins::for_cgroup(&config.bpffs_path, &cgroup)?;
+    let links = pins.remove()?;
+    println!(
+        "{}: {links} programs detached from {}, pins removed",
+        pins.dir().display(),
+        cgroup.display()
+    );
+    Ok(())
 }
 
 /// `run`: the agent, taking the mesh from the control plane `--control-plane` or the config
