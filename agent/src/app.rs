@@ -576,6 +576,7 @@ fn reload(
         (new.proxy != config.proxy, "proxy"),
         (new.admin != config.admin, "admin"),
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
+        (new.bpffs_path != config.bpffs_path, "bpffs_path"),
         (new.discovery != config.discovery, "discovery"),
         (new.tracing != config.tracing, "tracing"),
         (new.dns != config.dns, "dns"),

@@ -64,6 +64,13 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     "connect6",
 ];
 
+/// Every program attached to the node's cgroup (each through its pinned link).
+fn cgroup_programs() -> impl Iterator<Item = &'static str> {
+    [SOCKOPS, DNS_QUERY_ORIGIN]
+        .into_iter()
+        .chain(SOCK_ADDR_PROGRAMS)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
     #[error("cannot load the eBPF object: {0}")]
@@ -227,6 +234,7 @@ impl Redirector {
                 |p: &mut CgroupSockAddr| p.attach(cgroup_fd, mode)
             );
         }
+        pins.prune(&cgroup_programs().collect::<Vec<_>>())?;
         info!(cgroup = %cgroup_name, pins = %pins.dir().display(), sockops = SOCKOPS, skb = DNS_QUERY_ORIGIN, programs = ?SOCK_ADDR_PROGRAMS, "eBPF programs attached");
         Ok(())
     }
@@ -422,14 +430,12 @@ pub struct RedirectCounters {
 }
 
 impl RedirectCounters {
-    /// Attached programs by name: the cgroup programs once each (attached at load, for the
-    /// agent's lifetime), the inbound lookup once per captured pod.
+    /// Attached programs by name: the cgroup programs once each (attached, or swapped into
+    /// their pinned links, at load; they stay after the agent), the inbound lookup once per
+    /// captured pod.
     pub fn attached_programs(&self) -> Vec<(&'static str, i64)> {
-        let mut attached: Vec<(&'static str, i64)> = [SOCKOPS, DNS_QUERY_ORIGIN]
-            .into_iter()
-            .chain(SOCK_ADDR_PROGRAMS)
-            .map(|name| (name, 1))
-            .collect();
+        let mut attached: Vec<(&'static str, i64)> =
+            cgroup_programs().map(|name| (name, 1)).collect();
         attached.push((
             inbound::INBOUND_LOOKUP,
             self.inbound_links.load(Ordering::Relaxed),

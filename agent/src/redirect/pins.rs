@@ -141,6 +141,43 @@ impl Pins {
         })
     }
 
+    /// After a takeover: unpins the links of programs this agent does not have (an older
+    /// version's, still running its old program) and the maps of other layouts, which no
+    /// attached program uses any more.
+    pub fn prune(&self, programs: &[&str]) -> Result<(), PinError> {
+        let keep_maps = self.maps();
+        let stale = |entries: io::Result<std::fs::ReadDir>, keep: &dyn Fn(&Path) -> bool| {
+            entries
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|path| !keep(path))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let links = stale(self.links().read_dir(), &|path| {
+            path.file_name()
+                .is_some_and(|name| programs.iter().any(|p| name == *p))
+        });
+        let maps = stale(self.dir.read_dir(), &|path| {
+            path == keep_maps || !path.to_string_lossy().contains("/maps-v")
+        });
+        for path in links.iter().chain(&maps) {
+            let result = match path.is_dir() {
+                true => std::fs::remove_dir_all(path),
+                false => std::fs::remove_file(path),
+            };
+            result.map_err(|source| PinError::Remove {
+                path: path.clone(),
+                source,
+            })?;
+            info!(path = %path.display(), "removed a pin no program of this agent uses");
+        }
+        Ok(())
+    }
+
     /// Unpins everything: the links first (the programs detach), then the maps; how many
     /// links were pinned.
     pub fn remove(&self) -> Result<usize, PinError> {
@@ -277,6 +314,28 @@ mod tests {
         let err =
             Pins::for_cgroup(Path::new("/sys/fs/bpf"), Path::new("/nonexistent/cg")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/cg"), "{err}");
+    }
+
+    #[test]
+    fn prune_keeps_this_agents_programs_and_map_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins {
+            bpffs: dir.path().to_owned(),
+            dir: dir.path().join("pins"),
+        };
+        for path in [pins.links(), pins.maps(), pins.dir.join("maps-v0")] {
+            std::fs::create_dir_all(path).unwrap();
+        }
+        for name in ["connect4", "old_program"] {
+            std::fs::write(pins.links().join(name), "").unwrap();
+        }
+        std::fs::write(pins.maps().join("COUNTERS"), "").unwrap();
+        pins.prune(&["connect4"]).unwrap();
+        assert!(pins.links().join("connect4").exists());
+        assert!(!pins.links().join("old_program").exists());
+        assert!(pins.maps().join("COUNTERS").exists());
+        assert!(!pins.dir.join("maps-v0").exists());
+        assert!(pins.links().exists());
     }
 
     #[test]
