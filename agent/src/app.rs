@@ -88,15 +88,13 @@ impl Listeners {
     }
 }
 
-/// Until the control plane's first listeners and clusters are applied (bounded): a
-/// taking-over agent's listeners join its predecessor's only when it can serve what they
-/// accept.
-async fn wait_for_mesh(xds: Option<&Xds>, state: &MeshState) {
+/// Until the control plane's first mesh is received and applied (bounded): a taking-over
+/// agent's listeners join its predecessor's only when it can serve what they accept.
+async fn wait_for_mesh(xds: Option<&Xds>) {
     let Some(xds) = xds else {
         return;
     };
     let mut received = xds.state.clone();
-    let mut applied = state.subscribe();
     let wait = async {
         let _ = received
             .wait_for(|s| {
@@ -105,10 +103,9 @@ async fn wait_for_mesh(xds: Option<&Xds>, state: &MeshState) {
                     .all(|t| s.versions.contains_key(*t))
             })
             .await;
-        // The plane is built from it (TLS files read first) shortly after; if that already
-        // happened, this only waits a moment longer while the predecessor serves.
-        applied.mark_unchanged();
-        let _ = tokio::time::timeout(APPLY_WAIT, applied.changed()).await;
+        // Route tables and endpoints follow the listeners and clusters that name them; the
+        // mesh is whole once nothing more arrives for a moment (and applied within it).
+        while let Ok(Ok(())) = tokio::time::timeout(MESH_SETTLE, received.changed()).await {}
     };
     match tokio::time::timeout(TAKEOVER_MESH_WAIT, wait).await {
         Ok(()) => info!("mesh received; listening beside the previous agent"),
@@ -118,8 +115,8 @@ async fn wait_for_mesh(xds: Option<&Xds>, state: &MeshState) {
     }
 }
 
-/// How long to wait for a received mesh to be applied.
-const APPLY_WAIT: Duration = Duration::from_secs(1);
+/// How long the xDS state must stay unchanged before a taking-over agent listens.
+const MESH_SETTLE: Duration = Duration::from_millis(300);
 
 /// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP), taking the mesh
 /// from the control plane `config.xds` names (if any).
@@ -204,7 +201,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let listeners = match listeners.take() {
         Some(listeners) => listeners,
         None => {
-            wait_for_mesh(xds.as_ref(), &inputs.state).await;
+            wait_for_mesh(xds.as_ref()).await;
             Listeners::bind(&config).await?
         }
     };
@@ -215,10 +212,14 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         dns: dns_sockets,
     } = listeners;
     let admin_socket_file = admin::SocketFile::of(&config.admin.socket);
-    let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
-    let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
+    // Inbound first: during an upgrade the pods' ports then point at this agent's listeners
+    // before its outbound side pools connections to them (not to the old agent's, which
+    // close as it drains).
     let inbound_task =
         inbound_ports.map(|ports| tokio::spawn(inbound::run(inbound_rx, ports, inputs.clone())));
+    tokio::task::yield_now().await;
+    let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
+    let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
     redirector.start()?;
     if let Some(sockets) = dns_sockets {
         let addr = sockets.addr;

@@ -32,6 +32,8 @@ struct Figures {
     sent: usize,
     /// Their start times (Unix seconds) where they did not get a 200 through the mesh.
     failed: Vec<f64>,
+    /// What those got: status (0: no response) and body.
+    failures: Vec<(u16, String)>,
     /// Answered by s1 but not through the inbound proxy.
     bypassed: usize,
     /// Requests to the forbidden destination, and how many reached it.
@@ -104,6 +106,7 @@ wait
             figures.sent += 1;
             if transfer.status != 200 {
                 figures.failed.push(start);
+                figures.failures.push((transfer.status, transfer.body));
             } else if !transfer.body.contains("(client 127.0.0.1:") {
                 figures.bypassed += 1;
             }
@@ -201,12 +204,13 @@ fn upgrade_under_load_fails_no_request_and_bypasses_nothing() {
     assert!(figures.sent >= 300, "{figures:?}");
     assert!(
         figures.failed.is_empty(),
-        "failed at {:?} s; new agent started at {:.3}, running at {:.3}, TERM at {:.3}, old exited at {:.3}\n{}",
+        "failed at {:?} s ({:?}); new agent started at {:.3}, running at {:.3}, TERM at {:.3}, old exited at {:.3}\n{}",
         figures
             .failed
             .iter()
             .map(|t| t - next_started)
             .collect::<Vec<_>>(),
+        figures.failures,
         0.0,
         next_running - next_started,
         term - next_started,
