@@ -369,6 +369,10 @@ fn refused_destination_is_reported_to_the_client_fast() {
 fn after_sigterm_the_redirect_stays_and_connects_fail_closed_until_uninstall() {
     let mut setup = Setup::new("sigterm");
     assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
+    // Not under a running agent.
+    let refused = setup.agent.uninstall(&setup.node).unwrap_err().to_string();
+    assert!(refused.contains("an agent is running"), "{refused}");
+    assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
     setup.agent.signal(libc::SIGTERM).unwrap();
     let status = setup.agent.wait_exit(Duration::from_secs(10)).unwrap();
     assert_eq!(

@@ -65,7 +65,8 @@ enum Command {
     /// Connect to an xDS server as a node agent and print the configuration it serves.
     XdsDump(xds_dump::XdsDumpArgs),
     /// Detach the redirect the agent of this configuration pinned (its cgroup's programs and
-    /// maps in bpffs_path), after stopping the agent: pods then connect directly again.
+    /// maps in bpffs_path), once the agent is stopped (refused while its admin socket
+    /// answers): pods then connect directly again.
     Uninstall {
         /// The agent's YAML configuration file (see docs/config.md).
         #[arg(long, short, value_name = "FILE")]
@@ -129,6 +130,13 @@ fn main() -> ExitCode {
 /// `uninstall`: removes the pins of the agent `config_path` configures.
 fn uninstall(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::Config::load(config_path)?;
+    // Detaching under a running agent would leave it proxying nothing while pods go direct.
+    if std::os::unix::net::UnixStream::connect(&config.admin.socket).is_ok() {
+        anyhow::bail!(
+            "an agent is running (its admin.socket {} answers): stop it first",
+            config.admin.socket.display()
+        );
+    }
     let cgroup = mesh_agent::redirect::cgroup::resolve(config.cgroup_path.as_deref())?;
     let pins = mesh_agent::redirect::pins::Pins::for_cgroup(&config.bpffs_path, &cgroup)?;
     let links = pins.remove()?;
