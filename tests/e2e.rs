@@ -36,6 +36,8 @@ mod security;
 mod traces;
 #[path = "e2e/two_nodes.rs"]
 mod two_nodes;
+#[path = "e2e/upgrade.rs"]
+mod upgrade;
 
 const MEGABYTES_10: usize = 10 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,8 +108,12 @@ impl Setup {
 
     /// `meshtb send` from `pod` to `to` with 10 MB each way; returns its key=value output.
     fn send(&self, pod: &str, to: SocketAddr) -> Sent {
-        let output = self
-            .node
+        Sent::parse(&self.run_send(pod, to, MEGABYTES_10), &self.agent)
+    }
+
+    /// `meshtb send` from `pod` to `to` with `bytes` each way, whatever its outcome.
+    fn run_send(&self, pod: &str, to: SocketAddr, bytes: usize) -> Output {
+        self.node
             .run_in_pod(
                 pod,
                 meshtb(),
@@ -116,12 +122,11 @@ impl Setup {
                     "--to",
                     &to.to_string(),
                     "--bytes",
-                    &MEGABYTES_10.to_string(),
+                    &bytes.to_string(),
                 ],
                 TIMEOUT,
             )
-            .expect("send runs");
-        Sent::parse(&output, &self.agent)
+            .expect("send runs")
     }
 
     fn metrics(&self) -> String {
@@ -363,8 +368,12 @@ fn refused_destination_is_reported_to_the_client_fast() {
 }
 
 #[test]
-fn sigterm_detaches_everything_and_pods_connect_directly_again() {
+fn after_sigterm_the_redirect_stays_and_connects_fail_closed_until_uninstall() {
     let mut setup = Setup::new("sigterm");
+    assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
+    // Not under a running agent.
+    let refused = setup.agent.uninstall(&setup.node).unwrap_err().to_string();
+    assert!(refused.contains("an agent is running"), "{refused}");
     assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
     setup.agent.signal(libc::SIGTERM).unwrap();
     let status = setup.agent.wait_exit(Duration::from_secs(10)).unwrap();
@@ -374,17 +383,32 @@ fn sigterm_detaches_everything_and_pods_connect_directly_again() {
         "{}",
         setup.agent.log()
     );
+    // Pinned: still attached with no agent running, so the pod's connect goes to the
+    // proxy's address, where nothing listens — refused, never direct.
+    assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
+    assert_refused(&setup, "client");
+    let said = setup.agent.uninstall(&setup.node).unwrap();
+    assert!(said.contains("8 programs detached"), "{said}");
     let attached = bpftool_cgroup_show(&setup.node);
     assert!(attached.trim().is_empty(), "still attached:\n{attached}");
+    assert!(
+        pins_of(&setup.node).is_empty(),
+        "{:?}",
+        pins_of(&setup.node)
+    );
     let sent = setup.send("client", setup.server(9000));
     sent.assert_intact();
     assert_eq!(sent.seen_from(), setup.ip_of("client"));
+    // Nothing left to remove: a second uninstall says so and succeeds.
+    let again = setup.agent.uninstall(&setup.node).unwrap();
+    assert!(again.contains("0 programs detached"), "{again}");
 }
 
 #[test]
-fn a_killed_agent_leaves_nothing_attached() {
-    // bpf_links die with the process that holds them: no cleanup code needs to run.
+fn a_killed_agent_leaves_the_redirect_attached_and_the_next_one_takes_it_over() {
     let mut setup = Setup::new("sigkill");
+    let before = setup.send("client", setup.server(9000));
+    assert_eq!(before.seen_from(), NODE_IP.to_string());
     setup.agent.signal(libc::SIGKILL).unwrap();
     assert!(
         setup
@@ -393,11 +417,62 @@ fn a_killed_agent_leaves_nothing_attached() {
             .unwrap()
             .is_some()
     );
-    wait_until(|| bpftool_cgroup_show(&setup.node).trim().is_empty());
+    // Well past the ~0.3 s in which the links of a killed agent used to go.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
+    assert_refused(&setup, "client");
+    // The excluded port and pods outside the mesh are untouched.
     assert_eq!(
-        setup.send("client", setup.server(9000)).seen_from(),
+        setup.send("client", setup.server(9001)).seen_from(),
         setup.ip_of("client")
     );
+
+    let config = std::fs::read_to_string(&setup.agent.config_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup.agent = Agent::start(&setup.node, &config, dir.path()).expect("agent restarts");
+    assert!(
+        setup
+            .agent
+            .log()
+            .contains("taking over the pinned redirect")
+    );
+    let after = setup.send("client", setup.server(9000));
+    after.assert_intact();
+    assert_eq!(after.seen_from(), NODE_IP.to_string());
+    // The new programs replaced the old ones in the pinned links: one of each, not two.
+    let attached = bpftool_cgroup_show(&setup.node);
+    assert_eq!(
+        attached.lines().filter(|l| l.contains("connect4")).count(),
+        1,
+        "{attached}"
+    );
+    // Counters live in the pinned maps: the connect made before the kill is still counted.
+    assert!(
+        metric_value(
+            &setup.metrics(),
+            "mesh_agent_redirect_connects_total{result=\"redirected\"}"
+        ) >= 2.0,
+        "{}",
+        setup.metrics()
+    );
+}
+
+/// `pod`'s connect to the server's proxied port fails (refused at the proxy's address)
+/// rather than reaching the server directly.
+fn assert_refused(setup: &Setup, pod: &str) {
+    let output = setup.run_send(pod, setup.server(9000), 10);
+    assert!(
+        !output.status.success(),
+        "the connect went through: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// What the node's agents pinned in its bpffs.
+fn pins_of(node: &Node) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(node.bpffs().join("mesh-agent"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 #[test]

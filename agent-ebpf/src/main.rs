@@ -30,8 +30,8 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, bpf_sock_addr,
+        BPF_SK_LOOKUP_F_NO_REUSEPORT, BPF_SK_LOOKUP_F_REPLACE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, bpf_sock_addr,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_skb, cgroup_sock_addr, map, sk_lookup, sock_ops},
@@ -428,8 +428,16 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
         port: lookup.local_port,
     };
     if unsafe { INBOUND_PORTS.get(key) }.is_some() {
-        // No inbound listener (yet): the connection proceeds to whoever listens on the port.
-        let _ = INBOUND_SOCKETS.redirect_sk_lookup(&ctx, local_ip4, 0);
+        // No inbound listener (yet, or any more): the connection proceeds to whoever listens
+        // on the port. The agent's own socket, not its SO_REUSEPORT group (which the next
+        // agent's listener joins); and over what an earlier program chose: when two agents
+        // run (an upgrade), the newest one's program runs last and takes the connections once
+        // its ports are in place, so the old agent's listeners only finish what they have.
+        let _ = INBOUND_SOCKETS.redirect_sk_lookup(
+            &ctx,
+            local_ip4,
+            u64::from(BPF_SK_LOOKUP_F_NO_REUSEPORT | BPF_SK_LOOKUP_F_REPLACE),
+        );
     }
     SK_PASS
 }

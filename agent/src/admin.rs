@@ -170,6 +170,35 @@ pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The admin socket file as this agent bound it. A successor binds its own at the same path
+/// while this agent drains; at exit only a file that is still this agent's is removed.
+pub struct SocketFile {
+    path: PathBuf,
+    bound: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    pub fn of(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            bound: file_id(path),
+        }
+    }
+
+    pub fn remove_if_unchanged(&self) {
+        if self.bound.is_some() && file_id(&self.path) == self.bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 async fn route(
     request: Request<Incoming>,
     access: Access,

@@ -12,7 +12,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use mesh_xds::client::{Settings, XdsState};
+use mesh_xds::{
+    client::{Settings, XdsState},
+    resources,
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -30,20 +33,90 @@ use crate::{
     },
     dns::{self as dns_server, DnsMetrics, DnsSockets},
     host,
-    listen::bind_listener,
+    listen::{self, bind_listener},
     proxy::{ProxyInputs, ProxySettings, gateway, inbound, outbound::Outbound},
     redirect::{
         Enrollments, RedirectCounters, Redirector, cgroup,
         metrics::{PodConnectCollector, RedirectCollector},
-        namespaces, preflight,
+        namespaces,
+        pins::Pins,
+        preflight,
     },
     telemetry::{access_log::AccessLogWriters, metrics::Metrics, trace::Tracer},
     tls::{TlsMetrics, TlsStore},
 };
 
-/// Between turning the redirect off and closing the listener: connects rewritten just before
-/// the switch still reach an open listener.
-const REDIRECT_SETTLE: Duration = Duration::from_millis(50);
+/// Between withdrawing the inbound listeners from the pods' lookups and closing them.
+const INBOUND_HANDOVER: Duration = Duration::from_millis(100);
+
+/// How long a taking-over agent waits for its mesh before it listens: its predecessor serves
+/// meanwhile, and connections this agent accepted without its mesh would fail.
+const TAKEOVER_MESH_WAIT: Duration = Duration::from_secs(30);
+
+/// The sockets the agent serves on, all shared with a predecessor or successor
+/// (SO_REUSEPORT) during an upgrade.
+struct Listeners {
+    proxy: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    admin_socket: tokio::net::UnixListener,
+    dns: Option<DnsSockets>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let proxy = bind_listener("proxy.outbound_addr", config.proxy.outbound_addr.into())?;
+        let admin = bind_listener("admin.addr", config.admin.addr)?;
+        let admin_socket = admin::bind_socket(&config.admin.socket).with_context(|| {
+            format!(
+                "cannot listen on admin.socket {}",
+                config.admin.socket.display()
+            )
+        })?;
+        let dns = match config.dns.enabled {
+            true => {
+                let addr = SocketAddrV4::new(*config.proxy.outbound_addr.ip(), config.dns.port);
+                Some(DnsSockets::bind(addr).await?)
+            }
+            false => None,
+        };
+        Ok(Self {
+            proxy,
+            admin,
+            admin_socket,
+            dns,
+        })
+    }
+}
+
+/// Until the control plane's first mesh is received and applied (bounded): a taking-over
+/// agent's listeners join its predecessor's only when it can serve what they accept.
+async fn wait_for_mesh(xds: Option<&Xds>) {
+    let Some(xds) = xds else {
+        return;
+    };
+    let mut received = xds.state.clone();
+    let wait = async {
+        let _ = received
+            .wait_for(|s| {
+                [resources::LISTENER, resources::CLUSTER]
+                    .iter()
+                    .all(|t| s.versions.contains_key(*t))
+            })
+            .await;
+        // Route tables and endpoints follow the listeners and clusters that name them; the
+        // mesh is whole once nothing more arrives for a moment (and applied within it).
+        while let Ok(Ok(())) = tokio::time::timeout(MESH_SETTLE, received.changed()).await {}
+    };
+    match tokio::time::timeout(TAKEOVER_MESH_WAIT, wait).await {
+        Ok(()) => info!("mesh received; listening beside the previous agent"),
+        Err(_) => {
+            warn!(wait = ?TAKEOVER_MESH_WAIT, "no mesh from the control plane yet; listening anyway")
+        }
+    }
+}
+
+/// How long the xDS state must stay unchanged before a taking-over agent listens.
+const MESH_SETTLE: Duration = Duration::from_millis(300);
 
 /// Runs the agent with `config`, read from `config_path` (re-read on SIGHUP), taking the mesh
 /// from the control plane `config.xds` names (if any).
@@ -51,24 +124,22 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     preflight::check()?;
     raise_fd_limit();
     let cgroup = cgroup::resolve(config.cgroup_path.as_deref())?;
+    let pins = Pins::for_cgroup(&config.bpffs_path, &cgroup)?;
+    // An earlier agent's redirect is still attached: it may still be serving (an upgrade) or
+    // be gone (killed); either way pods' connects go to the proxy address, so this agent only
+    // listens once it has the mesh, and shares every port with the old one meanwhile.
+    let takeover = pins.attached();
+    listen::migrate_requests_on_close();
     // Listeners before programs: a port in use fails start-up before the kernel is touched.
-    let proxy_listener = bind_listener("proxy.outbound_addr", config.proxy.outbound_addr.into())?;
-    let admin_listener = bind_listener("admin.addr", config.admin.addr)?;
-    let admin_socket = admin::bind_socket(&config.admin.socket).with_context(|| {
-        format!(
-            "cannot listen on admin.socket {}",
-            config.admin.socket.display()
-        )
-    })?;
-    let dns_sockets = match config.dns.enabled {
+    let mut listeners = match takeover {
         true => {
-            let addr = SocketAddrV4::new(*config.proxy.outbound_addr.ip(), config.dns.port);
-            Some(DnsSockets::bind(addr).await?)
+            info!(pins = %pins.dir().display(), "taking over the pinned redirect");
+            None
         }
-        false => None,
+        false => Some(Listeners::bind(&config).await?),
     };
 
-    let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr)?;
+    let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr, &pins)?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
     mesh_xds::memory::release_free_heap();
     let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -117,10 +188,38 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
-    let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
+    let xds = config.xds.as_ref().map(start_xds);
+    if let Some(xds) = &xds {
+        *xds_watch.lock().map_err(|_| XdsWatchPoisoned)? = Some(xds.state.clone());
+        follow_mesh(
+            xds,
+            &inputs,
+            &metrics,
+            resolver(&config.discovery.resolv_conf),
+        );
+    }
+    let listeners = match listeners.take() {
+        Some(listeners) => listeners,
+        None => {
+            wait_for_mesh(xds.as_ref()).await;
+            Listeners::bind(&config).await?
+        }
+    };
+    let Listeners {
+        proxy: proxy_listener,
+        admin: admin_listener,
+        admin_socket,
+        dns: dns_sockets,
+    } = listeners;
+    let admin_socket_file = admin::SocketFile::of(&config.admin.socket);
+    // Inbound first: during an upgrade the pods' ports then point at this agent's listeners
+    // before its outbound side pools connections to them (not to the old agent's, which
+    // close as it drains).
     let inbound_task =
         inbound_ports.map(|ports| tokio::spawn(inbound::run(inbound_rx, ports, inputs.clone())));
+    tokio::task::yield_now().await;
+    let outbound = Outbound::new(proxy_listener, redirector.orig_dst(), inputs.clone());
+    let proxy_task = tokio::spawn(outbound.run(config.proxy.drain_timeout));
     redirector.start()?;
     if let Some(sockets) = dns_sockets {
         let addr = sockets.addr;
@@ -148,16 +247,6 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
             pattern.clone(),
             inputs.drain.clone(),
         ));
-    }
-    let xds = config.xds.as_ref().map(start_xds);
-    if let Some(xds) = &xds {
-        *xds_watch.lock().map_err(|_| XdsWatchPoisoned)? = Some(xds.state.clone());
-        follow_mesh(
-            xds,
-            &inputs,
-            &metrics,
-            resolver(&config.discovery.resolv_conf),
-        );
     }
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
@@ -198,10 +287,18 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
-    info!("stopping: redirect off, draining connections");
+    // The redirect stays on: a successor sharing the ports takes the new connections (and,
+    // with tcp_migrate_req, those still queued here); without one, connects are refused
+    // until an agent runs again.
+    info!("stopping: closing listeners, draining connections; the redirect stays attached");
     ready.store(false, Ordering::Relaxed);
-    redirector.stop()?;
-    tokio::time::sleep(REDIRECT_SETTLE).await;
+    // Inbound first: once the pods' lookups no longer pick this agent's listeners, the
+    // handshakes already under way complete and are accepted before the listeners close.
+    match enrollments.lock() {
+        Ok(mut enrollments) => enrollments.withdraw_inbound(),
+        Err(_) => error!("enrollment table poisoned; inbound listeners close without handover"),
+    }
+    tokio::time::sleep(INBOUND_HANDOVER).await;
     inputs.drain.cancel();
     // Inbound connections got the same drain period alongside; what is still open now (idle
     // keep-alive connections from callers' pools, too) is cut.
@@ -221,11 +318,12 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     for task in admin_tasks {
         let _ = task.await;
     }
-    // The next agent binds it again; a stale socket file would only mislead.
-    let _ = std::fs::remove_file(&config.admin.socket);
+    // A stale socket file would only mislead; a successor's is left alone.
+    admin_socket_file.remove_if_unchanged();
     info!(
         connections_cut = report.cut,
-        "mesh-agent stopped; programs detached"
+        pins = %pins.dir().display(),
+        "mesh-agent stopped; the redirect stays attached (mesh-agent uninstall removes it)"
     );
     Ok(())
 }
@@ -479,6 +577,7 @@ fn reload(
         (new.proxy != config.proxy, "proxy"),
         (new.admin != config.admin, "admin"),
         (new.cgroup_path != config.cgroup_path, "cgroup_path"),
+        (new.bpffs_path != config.bpffs_path, "bpffs_path"),
         (new.discovery != config.discovery, "discovery"),
         (new.tracing != config.tracing, "tracing"),
         (new.dns != config.dns, "dns"),

@@ -78,6 +78,10 @@ pub struct Config {
     /// found in /proc/self/mountinfo (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
     #[serde(default)]
     pub cgroup_path: Option<PathBuf>,
+    /// The BPF filesystem the redirect is pinned in (mounted there if it is not), under
+    /// `mesh-agent/cgroup-<inode of cgroup_path>/` (docs/data-plane.md).
+    #[serde(default = "default_bpffs_path")]
+    pub bpffs_path: PathBuf,
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -225,6 +229,10 @@ impl Default for DiscoveryConfig {
 }
 
 /// Where the agent reads its nameservers by default.
+fn default_bpffs_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf")
+}
+
 fn default_resolv_conf() -> PathBuf {
     PathBuf::from("/etc/resolv.conf")
 }
@@ -345,6 +353,12 @@ impl Config {
         }
         if let Some(path) = &self.cgroup_path {
             validate_cgroup_path(path)?;
+        }
+        if !self.bpffs_path.is_absolute() {
+            return Err((
+                "bpffs_path",
+                format!("{} is not an absolute path", self.bpffs_path.display()),
+            ));
         }
         Ok(())
     }

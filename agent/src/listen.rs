@@ -44,10 +44,14 @@ pub enum ListenError {
 }
 
 /// Binds a listener, turning the common failures into errors that name the setting.
+/// SO_REUSEPORT lets the next agent listen beside this one during an upgrade (the kernel
+/// spreads new connections over both until this one closes); a port held by anything that
+/// did not set it is still "in use".
 pub fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ListenError> {
     let bind = || -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(4096)?;
@@ -58,6 +62,17 @@ pub fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener
         io::ErrorKind::AddrNotAvailable => ListenError::NotLocal { what, addr },
         _ => ListenError::Other { what, addr, source },
     })
+}
+
+/// Where the kernel knows it: connections waiting in the accept queue of a listener that
+/// closes move to another listener of its SO_REUSEPORT group (net.ipv4.tcp_migrate_req,
+/// Linux 5.14+) instead of being reset — an old agent's last ones go to its successor. The
+/// setting is per network namespace and only acts on SO_REUSEPORT groups.
+pub fn migrate_requests_on_close() {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    if let Err(error) = std::fs::write(SYSCTL, "1") {
+        warn!(%error, sysctl = SYSCTL, "connections queued on a closing listener will be reset, not moved to the next agent");
+    }
 }
 
 /// A listening socket of either family the agent serves on.

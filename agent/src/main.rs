@@ -39,9 +39,11 @@ enum Command {
     /// Run the agent: attach the redirect, serve the node proxy and the admin endpoint.
     ///
     /// Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN), cgroup v2 and a kernel with BTF.
-    /// SIGHUP reloads the config file (exclusions and enrollment); SIGTERM or SIGINT turn the
-    /// redirect off, drain live connections for proxy.drain_timeout, detach every program and
-    /// exit 0.
+    /// The redirect is pinned in bpffs (bpffs_path) and stays attached when the agent exits: a
+    /// new agent takes it over, even while the old one still runs (an upgrade without a gap).
+    /// SIGHUP reloads the config file (exclusions and enrollment); SIGTERM or SIGINT close the
+    /// listeners, drain live connections for proxy.drain_timeout and exit 0. `uninstall`
+    /// detaches the redirect.
     Run {
         /// The agent's YAML configuration file (see docs/config.md).
         #[arg(long, short, value_name = "FILE")]
@@ -79,6 +81,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Detach the redirect the agent of this configuration pinned (its cgroup's programs and
+    /// maps in bpffs_path), once the agent is stopped (refused while its admin socket
+    /// answers): pods then connect directly again.
+    Uninstall {
+        /// The agent's YAML configuration file (see docs/config.md).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Check a configuration file and exit: 0 if it is valid, 1 with the offending key if not.
     CheckConfig {
         /// The agent's YAML configuration file (see docs/config.md).
@@ -109,6 +119,7 @@ fn main() -> ExitCode {
         } => run(&config, embedded.options(), control_plane),
         Command::Gateway(args) => cli::gateway::run(args),
         Command::Crds { out } => mesh::crds(out.as_deref()),
+        Command::Uninstall { config } => uninstall(&config),
         Command::CheckConfig { config } => check_config(&config),
     };
     match result {
@@ -137,6 +148,27 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         path.display(),
         config.enrollment.netns.len(),
         config.proxy.outbound_addr
+    );
+    Ok(())
+}
+
+/// `uninstall`: removes the pins of the agent `config_path` configures.
+fn uninstall(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = config::Config::load(config_path)?;
+    // Detaching under a running agent would leave it proxying nothing while pods go direct.
+    if std::os::unix::net::UnixStream::connect(&config.admin.socket).is_ok() {
+        anyhow::bail!(
+            "an agent is running (its admin.socket {} answers): stop it first",
+            config.admin.socket.display()
+        );
+    }
+    let cgroup = mesh_agent::redirect::cgroup::resolve(config.cgroup_path.as_deref())?;
+    let pins = mesh_agent::redirect::pins::Pins::for_cgroup(&config.bpffs_path, &cgroup)?;
+    let links = pins.remove()?;
+    println!(
+        "{}: {links} programs detached from {}, pins removed",
+        pins.dir().display(),
+        cgroup.display()
     );
     Ok(())
 }

@@ -102,6 +102,17 @@ fn each_install_renders_to_objects_a_cluster_accepts() {
         .filter_map(|o| o["metadata"]["name"].as_str())
         .collect();
     assert_eq!(crds.len(), 6, "{crds:?}");
+    // Uninstalling: the agents replaced by pods that detach the redirect once they are gone.
+    let uninstall = render("uninstall", scratch.path());
+    let daemonset = find(&uninstall, "DaemonSet", "mesh-agent");
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        serde_yaml::to_string(&container["args"])
+            .unwrap()
+            .contains("mesh-agent uninstall --config"),
+        "{container:?}"
+    );
+    assert!(container["readinessProbe"].is_null(), "{container:?}");
     let monitored = render("with-monitoring", scratch.path());
     for kind in ["PodMonitor", "PrometheusRule"] {
         let object = find(&monitored, kind, "mesh-agent");

@@ -268,6 +268,10 @@ fn check_config_rejects_what_start_up_or_reload_would() {
             format!("{PROXY}xds:\n  address: \"https://cp:15010\"\n"),
             "no TLS settings name the CA",
         ),
+        (
+            format!("{PROXY}bpffs_path: sys/fs/bpf\n"),
+            "sys/fs/bpf is not an absolute path",
+        ),
     ];
     for (config, expected) in cases {
         let (code, err) = check_config(&config);

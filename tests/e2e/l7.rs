@@ -357,6 +357,24 @@ impl MeshNode {
         dns.server.signal(libc::SIGHUP).expect("signal dnsmasq");
     }
 
+    /// Another agent with this one's configuration and mesh, started beside the running one
+    /// (an upgrade) or after it (a restart); its files go to the work directory's `name`.
+    pub fn next_agent(&self, name: &str) -> Agent {
+        let workdir = self._work.path().join(name);
+        std::fs::create_dir_all(&workdir).unwrap();
+        let config = std::fs::read_to_string(&self.agent.config_path).unwrap();
+        let registry = self._work.path().join("registry.json");
+        let args = [
+            "--mesh",
+            self.mesh_dir().to_str().unwrap(),
+            "--registry",
+            registry.to_str().unwrap(),
+        ];
+        let mut agent = Agent::spawn(&self.node, &config, &workdir, &args).unwrap();
+        agent.wait_running().expect("next agent starts");
+        agent
+    }
+
     pub fn signal_agent(&mut self, signal: i32) {
         self.agent.signal(signal).expect("signal the agent");
     }

@@ -39,8 +39,9 @@ pub fn config_for(node: &Node, pods: &[&str], extra: &str) -> anyhow::Result<Str
         netns.push(node.pod(pod)?.netns_name().to_owned());
     }
     Ok(format!(
-        "cgroup_path: {cgroup}\nproxy:\n  outbound_addr: {node_ip}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\n  socket: {socket}\nenrollment:\n  netns: [{netns}]\n{extra}",
+        "cgroup_path: {cgroup}\nbpffs_path: {bpffs}\nproxy:\n  outbound_addr: {node_ip}:{PROXY_PORT}\n  drain_timeout: 2s\nadmin:\n  addr: 127.0.0.1:{ADMIN_PORT}\n  socket: {socket}\nenrollment:\n  netns: [{netns}]\n{extra}",
         cgroup = node.cgroup_path().display(),
+        bpffs = node.bpffs().display(),
         node_ip = node.ip(),
         socket = node.admin_socket().display(),
         netns = netns.join(", "),
@@ -70,6 +71,27 @@ impl Agent {
         workdir: &Path,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn(node, config, workdir, args)?;
+        agent.wait_until(Duration::from_secs(20), "ready", |_| {
+            matches!(
+                node.http("GET", Self::admin_addr(), "/readyz"),
+                Ok((200, _))
+            )
+        })?;
+        Ok(agent)
+    }
+
+    /// For a second agent beside a running one, as an upgrade has: the two share their
+    /// ports, so /readyz may answer for either; this waits until this one's log says it
+    /// serves (it listens only once it has its mesh).
+    pub fn wait_running(&mut self) -> anyhow::Result<()> {
+        self.wait_until(Duration::from_secs(40), "running", |agent| {
+            agent.log().contains("mesh-agent running")
+        })
+    }
+
+    /// Starts the agent without waiting for anything (see [`Agent::wait_running`]).
+    pub fn spawn(node: &Node, config: &str, workdir: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let config_path = workdir.join("agent.yaml");
         std::fs::write(&config_path, config)?;
         let log_path = workdir.join("agent.log");
@@ -88,26 +110,48 @@ impl Agent {
             .stdout(log.try_clone()?)
             .stderr(log);
         let proc = Proc::spawn("mesh-agent", command)?;
-        let mut agent = Self {
+        Ok(Self {
             proc,
             config_path,
             log_path,
-        };
-        agent.wait_ready(node, Duration::from_secs(20))?;
-        Ok(agent)
+        })
     }
 
-    fn wait_ready(&mut self, node: &Node, timeout: Duration) -> anyhow::Result<()> {
+    /// `mesh-agent uninstall` with this agent's configuration: the pinned redirect is
+    /// detached; returns what it printed.
+    pub fn uninstall(&self, node: &Node) -> anyhow::Result<String> {
+        let mut command = node.node_command(agent_binary()?.to_str().context("path")?)?;
+        command
+            .arg("uninstall")
+            .arg("--config")
+            .arg(&self.config_path);
+        let output = crate::process::output_within(command, Duration::from_secs(20))?;
+        if !output.status.success() {
+            bail!(
+                "mesh-agent uninstall failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Until `up` holds (the agent is `state`), failing early if the agent exits.
+    fn wait_until(
+        &mut self,
+        timeout: Duration,
+        state: &str,
+        up: impl Fn(&Self) -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.proc.is_running() {
                 bail!("mesh-agent exited during start-up:\n{}", self.log());
             }
-            if let Ok((200, _)) = node.http("GET", Self::admin_addr(), "/readyz") {
+            if up(self) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("mesh-agent not ready after {timeout:?}:\n{}", self.log());
+                bail!("mesh-agent not {state} after {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -302,6 +302,13 @@ impl Node {
         std::env::temp_dir().join(format!("{}-admin.sock", self.tag))
     }
 
+    /// The BPF filesystem an agent on this node pins its redirect in (see
+    /// [`crate::agent::config_for`]): the agent mounts it; dropping the node unmounts it, so
+    /// no pin outlives the test, whatever the agent left.
+    pub fn bpffs(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-bpffs", self.tag))
+    }
+
     /// `method path` on the agent's admin socket (enrollment, config dump): the status and
     /// the body.
     pub fn admin(&self, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
@@ -349,7 +356,15 @@ impl Drop for Node {
         // The agent removes its socket when it stops; not when it was killed.
         let _ = fs::remove_file(self.admin_socket());
         let _ = fs::remove_file(self.pods_resolv_conf());
+        remove_bpffs(&self.bpffs());
     }
+}
+
+/// Unmounts a test node's BPF filesystem (its pins go with it: the programs detach) and
+/// removes the mount point.
+fn remove_bpffs(path: &Path) {
+    while nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    let _ = fs::remove_dir(path);
 }
 
 /// Removes namespaces and cgroups of test nodes whose creating process is gone.
@@ -369,6 +384,14 @@ pub fn remove_leftovers() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if dead(&name) {
                 let _ = netns::run("ip", &["netns", "del", &name]);
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-bpffs") && dead(&name) {
+                remove_bpffs(&entry.path());
             }
         }
     }

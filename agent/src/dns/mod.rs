@@ -56,15 +56,24 @@ pub struct DnsSockets {
 impl DnsSockets {
     pub async fn bind(addr: SocketAddrV4) -> Result<Self, ListenError> {
         let tcp = bind_listener("dns.port", addr.into())?;
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| ListenError::Other {
-                what: "dns.port (UDP)",
-                addr: addr.into(),
-                source,
-            })?;
+        let udp = bind_udp(addr).map_err(|source| ListenError::Other {
+            what: "dns.port (UDP)",
+            addr: addr.into(),
+            source,
+        })?;
         Ok(Self { addr, udp, tcp })
     }
+}
+
+/// The UDP socket, shared with the next agent during an upgrade as the TCP listeners are
+/// (SO_REUSEPORT).
+fn bind_udp(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&std::net::SocketAddr::from(addr).into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Where the capture says each query was going: UDP by the query's source (cgroup_skb

@@ -80,14 +80,22 @@ impl DnsCapturePolicy {
 }
 
 impl Enrollments {
+    /// The table over `map`, which an earlier agent may have filled (it is pinned): new ids
+    /// start above the ids in it.
     pub(super) fn new(
         map: HashMap<MapData, u64, Enrollment>,
         inbound: Option<InboundHooks>,
     ) -> Self {
+        let highest = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, e)| e.workload_id)
+            .max()
+            .unwrap_or(0);
         Self {
             map,
             by_spec: BTreeMap::new(),
-            next_workload_id: 1,
+            next_workload_id: highest + 1,
             gauge: Arc::new(AtomicI64::new(0)),
             workloads: Workloads::default(),
             inbound,
@@ -136,10 +144,10 @@ impl Enrollments {
         }
         let workload_id = match self.by_spec.get(&ns.spec) {
             Some(existing) => existing.workload_id,
-            None => {
+            None => self.adopted_id(cookie).unwrap_or_else(|| {
                 self.next_workload_id += 1;
                 self.next_workload_id - 1
-            }
+            }),
         };
         let flags = self.dns.flags(&ns.spec);
         self.map
@@ -169,6 +177,15 @@ impl Enrollments {
         self.by_spec.insert(ns.spec.clone(), entry.clone());
         self.update_gauge();
         Ok(entry)
+    }
+
+    /// The id an earlier agent enrolled this namespace with (the pinned map holds it), unless
+    /// this agent gave it to another one: connections that agent redirected carry it in
+    /// their original-destination records, and this one may accept them.
+    fn adopted_id(&self, cookie: u64) -> Option<u32> {
+        let id = self.map.get(&cookie, 0).ok()?.workload_id;
+        let taken = self.by_spec.values().any(|e| e.workload_id == id);
+        (!taken).then_some(id)
     }
 
     /// Enrolls a namespace discovery found to be in the mesh.
@@ -262,6 +279,16 @@ impl Enrollments {
             }
             Err(reason) => {
                 warn!(netns = %ns.spec, %reason, "inbound traffic of this pod is not captured")
+            }
+        }
+    }
+
+    /// At shutdown: every captured pod's new inbound connections go to the next agent's
+    /// listener (see [`InboundHooks::withdraw`]); the pods stay enrolled.
+    pub fn withdraw_inbound(&mut self) {
+        if let Some(hooks) = &mut self.inbound {
+            for (_, captured) in self.captured.values() {
+                hooks.withdraw(captured);
             }
         }
     }

@@ -217,14 +217,21 @@ impl InboundHooks {
         })
     }
 
+    /// Stops handing the pod's connections to this agent's listener: the next program
+    /// attached to the namespace (a successor agent's) selects from then on, or, with none,
+    /// the application's own listener. The listener stays open for what already arrived.
+    pub fn withdraw(&mut self, captured: &Captured) {
+        for ip in &captured.addresses {
+            let _ = self.sockets.remove(&u32::from_ne_bytes(ip.octets()));
+        }
+    }
+
     pub fn release(&mut self, captured: Captured) {
         captured.stop.cancel();
         if let Err(error) = self.ports.forget(&captured.addresses) {
             error!(%error, "the released pod's ports stay captured");
         }
-        for ip in &captured.addresses {
-            let _ = self.sockets.remove(&u32::from_ne_bytes(ip.octets()));
-        }
+        self.withdraw(&captured);
         let Ok(mut ebpf) = self.ebpf.lock() else {
             // The link stays attached (and counted): the namespace keeps the program until
             // it goes away.

@@ -2,9 +2,10 @@
 //! and the maps through which the agent steers them (enrollment, exclusions) and reads them
 //! (original destinations, counters).
 //!
-//! Dropping the [`Redirector`] detaches every program: aya holds each attachment as a
-//! bpf_link owned by this process, so nothing stays attached after the agent exits, even if
-//! it is killed.
+//! The cgroup programs' links and the shared maps are pinned in bpffs ([`pins`]): they stay
+//! attached after the agent exits (SIGTERM or SIGKILL alike), so pods never connect around
+//! the proxy; while no agent listens, their connects are refused. A starting agent takes
+//! over what it finds pinned; only `mesh-agent uninstall` ([`pins::Pins::remove`]) detaches.
 pub mod cgroup;
 mod enrollment;
 mod exclusions;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod netns;
 pub mod orig_dst;
+pub mod pins;
 pub mod preflight;
 
 use std::{
@@ -28,10 +30,11 @@ use std::{
 
 use agent_common::{Counter, DnsConfig, PodConnectKey, RedirectConfig, maps};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, SockOps,
+        links::FdLink,
     },
 };
 use ipnet::Ipv4Net;
@@ -42,6 +45,7 @@ pub use enrollment::{DnsCapturePolicy, Enrollments};
 pub use exclusions::ExclusionError;
 pub use inbound::{CaptureError, InboundHooks, InboundPod, InboundPorts, PortsPoisoned};
 use orig_dst::OrigDstMap;
+use pins::{PinError, Pins};
 
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -60,10 +64,29 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     "connect6",
 ];
 
+/// Every program attached to the node's cgroup (each through its pinned link).
+fn cgroup_programs() -> impl Iterator<Item = &'static str> {
+    [SOCKOPS, DNS_QUERY_ORIGIN]
+        .into_iter()
+        .chain(SOCK_ADDR_PROGRAMS)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
     #[error("cannot load the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
+    #[error("pinning the redirect: {0}")]
+    Pin(#[from] PinError),
+    #[error("cannot take over the pinned link of {program}: {source}")]
+    Takeover {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "eBPF program {0} was attached without a bpf_link (Linux 5.7+ has them): it cannot be \
+         pinned, and would detach when the agent exits"
+    )]
+    Unpinnable(&'static str),
     #[error("eBPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("eBPF object has no map {0}")]
@@ -118,10 +141,14 @@ pub struct Redirector {
 }
 
 impl Redirector {
-    /// Loads the programs and attaches them to `cgroup`. Redirecting starts with
-    /// [`Redirector::start`], once the proxy is listening.
-    pub fn load(cgroup: &Path, proxy: SocketAddrV4) -> Result<Self, RedirectError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+    /// Loads the programs and attaches them to `cgroup` through links pinned in `pins`, or,
+    /// where an earlier agent pinned links, swaps the new programs into them; the pinned maps
+    /// are reused. Redirecting starts (or goes on, to this agent) with [`Redirector::start`],
+    /// once the proxy is listening.
+    pub fn load(cgroup: &Path, proxy: SocketAddrV4, pins: &Pins) -> Result<Self, RedirectError> {
+        let mut loader = EbpfLoader::new();
+        pins.prepare(&mut loader)?;
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         start_ebpf_logger(&mut ebpf);
         let mut redirector = Self {
             config: take_map(&mut ebpf, maps::REDIRECT_CONFIG)?,
@@ -139,11 +166,11 @@ impl Redirector {
             ebpf: Arc::new(Mutex::new(ebpf)),
             proxy,
         };
-        redirector.attach(cgroup)?;
+        redirector.attach(cgroup, pins)?;
         Ok(redirector)
     }
 
-    fn attach(&mut self, cgroup: &Path) -> Result<(), RedirectError> {
+    fn attach(&mut self, cgroup: &Path, pins: &Pins) -> Result<(), RedirectError> {
         let cgroup_name = cgroup.display().to_string();
         let cgroup_dir =
             std::fs::File::open(cgroup).map_err(|source| RedirectError::OpenCgroup {
@@ -164,23 +191,51 @@ impl Redirector {
         let mode = CgroupAttachMode::default();
         let mut ebpf = self.ebpf.lock().map_err(|_| RedirectError::Poisoned)?;
 
-        let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
-        sockops.load().map_err(load_err(SOCKOPS))?;
-        sockops
-            .attach(cgroup_dir.as_fd(), mode)
-            .map_err(attach_err(SOCKOPS))?;
-        let origin: &mut CgroupSkb = program(&mut ebpf, DNS_QUERY_ORIGIN)?;
-        origin.load().map_err(load_err(DNS_QUERY_ORIGIN))?;
-        origin
-            .attach(cgroup_dir.as_fd(), CgroupSkbAttachType::Egress, mode)
-            .map_err(attach_err(DNS_QUERY_ORIGIN))?;
-        for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(load_err(name))?;
-            prog.attach(cgroup_dir.as_fd(), mode)
-                .map_err(attach_err(name))?;
+        // Each program replaces its predecessor in the pinned link, or gets a link pinned.
+        macro_rules! attach_pinned {
+            ($prog:expr, $name:expr, $attach:expr) => {{
+                let prog = $prog;
+                prog.load().map_err(load_err($name))?;
+                match pins.existing_link($name)? {
+                    Some(link) => {
+                        let fd = prog.fd().map_err(load_err($name))?;
+                        pins::replace_program(link.as_fd(), fd.as_fd()).map_err(|source| {
+                            RedirectError::Takeover {
+                                program: $name,
+                                source,
+                            }
+                        })?;
+                    }
+                    None => {
+                        let id = $attach(&mut *prog).map_err(attach_err($name))?;
+                        let link = prog.take_link(id).map_err(load_err($name))?;
+                        let link =
+                            FdLink::try_from(link).map_err(|_| RedirectError::Unpinnable($name))?;
+                        pins.pin_link($name, link)?;
+                    }
+                }
+            }};
         }
-        info!(cgroup = %cgroup_name, sockops = SOCKOPS, skb = DNS_QUERY_ORIGIN, programs = ?SOCK_ADDR_PROGRAMS, "eBPF programs attached");
+        let cgroup_fd = cgroup_dir.as_fd();
+        attach_pinned!(
+            program::<SockOps>(&mut ebpf, SOCKOPS)?,
+            SOCKOPS,
+            |p: &mut SockOps| p.attach(cgroup_fd, mode)
+        );
+        attach_pinned!(
+            program::<CgroupSkb>(&mut ebpf, DNS_QUERY_ORIGIN)?,
+            DNS_QUERY_ORIGIN,
+            |p: &mut CgroupSkb| p.attach(cgroup_fd, CgroupSkbAttachType::Egress, mode)
+        );
+        for name in SOCK_ADDR_PROGRAMS {
+            attach_pinned!(
+                program::<CgroupSockAddr>(&mut ebpf, name)?,
+                name,
+                |p: &mut CgroupSockAddr| p.attach(cgroup_fd, mode)
+            );
+        }
+        pins.prune(&cgroup_programs().collect::<Vec<_>>())?;
+        info!(cgroup = %cgroup_name, pins = %pins.dir().display(), sockops = SOCKOPS, skb = DNS_QUERY_ORIGIN, programs = ?SOCK_ADDR_PROGRAMS, "eBPF programs attached");
         Ok(())
     }
 
@@ -194,27 +249,6 @@ impl Redirector {
         self.config
             .set(0, value, 0)
             .map_err(map_err(maps::REDIRECT_CONFIG))
-    }
-
-    /// Turns redirection off without detaching: new connects go direct, while connections
-    /// already in the proxy keep their original-destination records (getpeername still works);
-    /// new DNS queries go to the pods' resolvers, replies to captured ones are still restored.
-    pub fn stop(&mut self) -> Result<(), RedirectError> {
-        let off = RedirectConfig {
-            proxy_ip4: 0,
-            proxy_port: 0,
-            _pad: 0,
-        };
-        self.config
-            .set(0, off, 0)
-            .map_err(map_err(maps::REDIRECT_CONFIG))?;
-        if let Ok(mut dns) = self.dns_config.get(&0, 0) {
-            dns.capture = 0;
-            self.dns_config
-                .set(0, dns, 0)
-                .map_err(map_err(maps::DNS_CONFIG))?;
-        }
-        Ok(())
     }
 
     /// Sends the DNS queries of enrolled pods that have DNS capture to `server` (UDP and
@@ -332,12 +366,6 @@ impl exclusions::ExclusionMaps for Redirector {
     }
 }
 
-impl Drop for Redirector {
-    fn drop(&mut self) {
-        info!("detaching eBPF programs");
-    }
-}
-
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, RedirectError>
 where
     M: TryFrom<aya::maps::Map, Error = MapError>,
@@ -402,14 +430,12 @@ pub struct RedirectCounters {
 }
 
 impl RedirectCounters {
-    /// Attached programs by name: the cgroup programs once each (attached at load, for the
-    /// agent's lifetime), the inbound lookup once per captured pod.
+    /// Attached programs by name: the cgroup programs once each (attached, or swapped into
+    /// their pinned links, at load; they stay after the agent), the inbound lookup once per
+    /// captured pod.
     pub fn attached_programs(&self) -> Vec<(&'static str, i64)> {
-        let mut attached: Vec<(&'static str, i64)> = [SOCKOPS, DNS_QUERY_ORIGIN]
-            .into_iter()
-            .chain(SOCK_ADDR_PROGRAMS)
-            .map(|name| (name, 1))
-            .collect();
+        let mut attached: Vec<(&'static str, i64)> =
+            cgroup_programs().map(|name| (name, 1)).collect();
         attached.push((
             inbound::INBOUND_LOOKUP,
             self.inbound_links.load(Ordering::Relaxed),

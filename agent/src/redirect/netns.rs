@@ -148,6 +148,9 @@ impl SocketFactory for PodNet {
 fn listen(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // The next agent listens beside this one during an upgrade; the lookup program picks
+    // each agent's own socket, never the group.
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
