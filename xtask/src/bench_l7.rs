@@ -82,6 +82,12 @@ const SCENARIOS: [Scenario; 4] = [
     },
 ];
 
+/// What one soak chunk did.
+pub(crate) struct Chunk {
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+}
+
 /// Where a client sends one protocol's requests.
 #[derive(Clone)]
 struct Target {
@@ -90,12 +96,12 @@ struct Target {
     host: Option<String>,
 }
 
-struct L7Bench {
+pub(crate) struct L7Bench {
     node: Node,
-    agent: Agent,
+    pub(crate) agent: Agent,
     /// The running agent records spans (for a collector that is down).
     traced: bool,
-    workdir: std::path::PathBuf,
+    pub(crate) workdir: std::path::PathBuf,
     haproxy: Proc,
     ips: BTreeMap<&'static str, Ipv4Addr>,
     meshtb: String,
@@ -108,52 +114,8 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
     let meshtb = binaries.meshtb.to_str().context("meshtb path")?.to_owned();
 
-    step("setting up the benchmark node: client, v1, v2, haproxy pods; mesh-agent with the mesh");
-    let mut node = Node::create("benchl7")?;
-    let mut ips = BTreeMap::new();
-    for pod in ["client", "v1", "v2", "lb"] {
-        ips.insert(pod, node.add_pod(pod)?.ip);
-    }
-    let mut servers = Vec::new();
-    for pod in ["v1", "v2"] {
-        let args = [
-            "http-server",
-            "--port",
-            "8080",
-            "--port",
-            "8090",
-            "--name",
-            pod,
-        ];
-        servers.push(quiet(&node, pod, &meshtb, &args)?);
-        for port in [H1_PORT, H2_PORT] {
-            node.wait_for_listener((ips[pod], port).into(), Duration::from_secs(10))?;
-        }
-    }
-    let workdir = std::env::temp_dir().join(format!("mesh-bench-l7-{}", std::process::id()));
-    std::fs::create_dir_all(workdir.join("mesh"))?;
-    write_mesh(&workdir.join("mesh"), &ips)?;
-    let haproxy_cfg = workdir.join("haproxy.cfg");
-    std::fs::write(&haproxy_cfg, haproxy_config(&ips))?;
-    let haproxy = quiet(
-        &node,
-        "lb",
-        "haproxy",
-        &["-db", "-f", haproxy_cfg.to_str().context("path")?],
-    )?;
-    node.wait_for_listener((ips["lb"], HAPROXY_H1).into(), Duration::from_secs(10))?;
-    let agent = start_agent(&node, &workdir, false)?;
-    let mut bench = L7Bench {
-        node,
-        agent,
-        traced: false,
-        workdir: workdir.clone(),
-        haproxy,
-        ips,
-        meshtb,
-    };
-    bench.enroll_client(true)?;
-    bench.check_routing()?;
+    let (mut bench, servers) = L7Bench::set_up(meshtb)?;
+    let workdir = bench.workdir.clone();
     bench.enroll_client(false)?;
     let idle_rss = status_kib(bench.agent.pid(), "VmRSS:").unwrap_or(0);
 
@@ -296,6 +258,60 @@ fn start_agent(node: &Node, workdir: &Path, traced: bool) -> anyhow::Result<Agen
 }
 
 impl L7Bench {
+    /// The benchmark node: client, v1, v2 (servers, returned to be held) and haproxy pods,
+    /// mesh-agent with the mesh; both proxies' routing checked.
+    pub(crate) fn set_up(meshtb: String) -> anyhow::Result<(Self, Vec<Proc>)> {
+        step(
+            "setting up the benchmark node: client, v1, v2, haproxy pods; mesh-agent with the mesh",
+        );
+        let mut node = Node::create("benchl7")?;
+        let mut ips = BTreeMap::new();
+        for pod in ["client", "v1", "v2", "lb"] {
+            ips.insert(pod, node.add_pod(pod)?.ip);
+        }
+        let mut servers = Vec::new();
+        for pod in ["v1", "v2"] {
+            let args = [
+                "http-server",
+                "--port",
+                "8080",
+                "--port",
+                "8090",
+                "--name",
+                pod,
+            ];
+            servers.push(quiet(&node, pod, &meshtb, &args)?);
+            for port in [H1_PORT, H2_PORT] {
+                node.wait_for_listener((ips[pod], port).into(), Duration::from_secs(10))?;
+            }
+        }
+        let workdir = std::env::temp_dir().join(format!("mesh-bench-l7-{}", std::process::id()));
+        std::fs::create_dir_all(workdir.join("mesh"))?;
+        write_mesh(&workdir.join("mesh"), &ips)?;
+        let haproxy_cfg = workdir.join("haproxy.cfg");
+        std::fs::write(&haproxy_cfg, haproxy_config(&ips))?;
+        let haproxy = quiet(
+            &node,
+            "lb",
+            "haproxy",
+            &["-db", "-f", haproxy_cfg.to_str().context("path")?],
+        )?;
+        node.wait_for_listener((ips["lb"], HAPROXY_H1).into(), Duration::from_secs(10))?;
+        let agent = start_agent(&node, &workdir, false)?;
+        let bench = L7Bench {
+            node,
+            agent,
+            traced: false,
+            workdir,
+            haproxy,
+            ips,
+            meshtb,
+        };
+        bench.enroll_client(true)?;
+        bench.check_routing()?;
+        Ok((bench, servers))
+    }
+
     /// Restarts the agent when it is not the one asked for (its endpoints resolved again
     /// before it is measured).
     fn use_agent(&mut self, traced: bool) -> anyhow::Result<()> {
@@ -310,7 +326,7 @@ impl L7Bench {
         self.check_routing()
     }
 
-    fn enroll_client(&self, enrolled: bool) -> anyhow::Result<()> {
+    pub(crate) fn enroll_client(&self, enrolled: bool) -> anyhow::Result<()> {
         set_client_enrolled(&self.node, enrolled)
     }
 
@@ -373,6 +389,51 @@ impl L7Bench {
         }
         args.push(&target.url);
         parse_wrk(&self.client("wrk", &args, seconds)?)
+    }
+
+    /// `seconds` of wrk through mesh-agent (HTTP/1.1, keep-alive): requests and failures.
+    pub(crate) fn soak_chunk(&self, seconds: u32) -> anyhow::Result<Chunk> {
+        let target = self.target(Via::Mesh, false);
+        let duration = format!("{seconds}s");
+        let host = format!("Host: {}", target.host.as_deref().unwrap_or_default());
+        let args = [
+            "-t",
+            "1",
+            "-c",
+            "32",
+            "-d",
+            &duration,
+            "-H",
+            &host,
+            &target.url,
+        ];
+        let text = self.client("wrk", &args, seconds)?;
+        let requests = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse().ok())
+            .with_context(|| format!("no request count in wrk output:\n{text}"))?;
+        // "Non-2xx or 3xx responses: N" and "Socket errors: connect A, read B, write C,
+        // timeout D" appear only when there were some.
+        let non_2xx: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let socket_errors: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+            .map(|errors| {
+                errors
+                    .split(',')
+                    .filter_map(|e| e.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(Chunk {
+            requests,
+            failed: non_2xx + socket_errors,
+        })
     }
 
     fn h2load(&self, target: Target, seconds: u32) -> anyhow::Result<Measurement> {

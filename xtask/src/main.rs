@@ -9,6 +9,7 @@ mod check;
 mod fuzz;
 mod imports;
 mod sandbox;
+mod soak;
 mod test;
 
 use clap::Parser;
@@ -103,6 +104,17 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         seconds: u32,
     },
+    /// Soak: a million requests (by default) through mesh-agent in chunks, its memory and
+    /// descriptors after each; then idle until pooled upstream connections close. Fails on
+    /// a failed request, memory that keeps growing, or descriptors that do not come back.
+    Soak {
+        /// Requests to send in all.
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: u64,
+        /// Seconds per chunk (one wrk run); a sample after each.
+        #[arg(long, default_value_t = 10)]
+        chunk_seconds: u32,
+    },
     /// Benchmark the control plane and a node's xDS client (separate processes, gRPC) on a
     /// generated mesh: start-up, first sync, change propagation, memory.
     BenchXds {
@@ -144,6 +156,10 @@ fn main() -> anyhow::Result<()> {
             only,
         } => bench_mtls::run(rounds, seconds, only.as_deref()),
         Task::BenchXds { services } => bench_xds::run(services),
+        Task::Soak {
+            requests,
+            chunk_seconds,
+        } => soak::run(requests, chunk_seconds),
         Task::BenchDns { rounds, seconds } => bench_dns::run(rounds, seconds),
     }
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::{
     client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use mesh_xds::plan::{
     cluster::{Balancer, ClusterPlan, OutlierPlan},
@@ -178,6 +178,9 @@ impl Endpoint {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(plan.http2)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Without a timer the pool only drops an idle connection when it is next asked
+            // for one: an endpoint no longer used kept its sockets open for good (the soak).
+            .pool_timer(TokioTimer::new())
             .build(connector.clone());
         Self {
             addr,
