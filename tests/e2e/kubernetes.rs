@@ -291,6 +291,20 @@ fn cluster_objects_route_pods_by_header_and_edits_reach_the_data_plane() {
 fn a_410_gone_makes_the_control_plane_relist_and_serve_what_changed() {
     let cluster = Cluster::start("k8sgone");
     assert_eq!(cluster.served_by("blue"), "blue");
+    // More pods than a page holds (the watcher lists 500 at a time): the relist follows
+    // the continue token.
+    let crowd: Vec<Value> = (0..600)
+        .map(|i| {
+            let mut filler = pod(
+                &format!("filler-{i}"),
+                "10.99.0.1",
+                json!({"app": "filler"}),
+            );
+            filler["metadata"]["namespace"] = json!("crowd");
+            filler
+        })
+        .collect();
+    cluster.api.put(&crowd).unwrap();
     let before = cluster.api.stats().unwrap();
     // The history is compacted and the watches end: resuming from their resourceVersion is
     // 410 Gone; only a relist sees the router changed meanwhile.
@@ -302,6 +316,14 @@ fn a_410_gone_makes_the_control_plane_relist_and_serve_what_changed() {
     cluster.wait_served_by("blue", "red");
     let after = cluster.api.stats().unwrap();
     assert!(after["gone"].as_u64() > before["gone"].as_u64(), "{after}");
-    let lists = |stats: &Value| stats["lists"]["virtualrouters"].as_u64().unwrap_or(0);
-    assert!(lists(&after) > lists(&before), "{before} {after}");
+    let lists = |stats: &Value, kind: &str| stats["lists"][kind].as_u64().unwrap_or(0);
+    assert!(
+        lists(&after, "virtualrouters") > lists(&before, "virtualrouters"),
+        "{before} {after}"
+    );
+    // Two pages of pods.
+    assert!(
+        lists(&after, "pods") >= lists(&before, "pods") + 2,
+        "{before} {after}"
+    );
 }
