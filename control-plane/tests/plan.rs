@@ -47,6 +47,16 @@ fn shop_plan() -> NodePlan {
     plan_of(&compile(&shop_index(), &Registry::default(), &Workloads::All).resources)
 }
 
+/// The shop mesh compiled for every node with what `serving` adds.
+fn shop_served(serving: Serving) -> control_plane::compile::Compiled {
+    compile_served(
+        &shop_index(),
+        &Registry::default(),
+        &serving,
+        &Workloads::All,
+    )
+}
+
 /// The shop mesh under automatic mTLS (trust domain `td`, `permissive` meshes PERMISSIVE).
 fn auto_mtls_plan(permissive: &[&str]) -> NodePlan {
     let ca_dir = tempfile::tempdir().unwrap();
@@ -57,16 +67,10 @@ fn auto_mtls_plan(permissive: &[&str]) -> NodePlan {
         lifetime: std::time::Duration::from_secs(3600),
     })
     .unwrap();
-    let serving = Serving {
+    let compiled = shop_served(Serving {
         mtls: Some(Arc::new(mtls)),
         ..Serving::default()
-    };
-    let compiled = compile_served(
-        &shop_index(),
-        &Registry::default(),
-        &serving,
-        &Workloads::All,
-    );
+    });
     assert!(
         !compiled.issues.iter().any(|i| i.contains("SDS secret")),
         "identity and trust secrets are not missing: {:?}",
@@ -233,16 +237,10 @@ fn service_endpoints_replace_the_dns_name_of_their_node() {
     ];
     let mut endpoints = ServiceEndpoints::default();
     endpoints.insert("shop", "api-v1", 9090, pods.clone());
-    let serving = Serving {
+    let compiled = shop_served(Serving {
         service_endpoints: Arc::new(endpoints),
         ..Serving::default()
-    };
-    let compiled = compile_served(
-        &shop_index(),
-        &Registry::default(),
-        &serving,
-        &Workloads::All,
-    );
+    });
     let plan = plan_of(&compiled.resources);
     let v1 = &plan.clusters["shop/api-v1/9090"];
     assert_eq!(v1.discovery, Discovery::Eds("shop/api-v1/9090".into()));
