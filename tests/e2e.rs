@@ -24,6 +24,8 @@ mod faults;
 mod gateway;
 #[path = "e2e/interop.rs"]
 mod interop;
+#[path = "e2e/kubernetes.rs"]
+mod kubernetes;
 #[path = "e2e/l7.rs"]
 mod l7;
 #[path = "e2e/mtls.rs"]

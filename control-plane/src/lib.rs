@@ -1,13 +1,14 @@
 //! The mesh's control plane: App Mesh definitions loaded ([`load`](mod@load)) and compiled to
 //! Envoy xDS ([`compile`]), served over ADS to node agents ([`ads`]) with the service registry
 //! ([`registry`], `registry_api`) and SDS secrets ([`secrets`]); [`runtime`] runs it all,
-//! watching the files (`watch`).
+//! watching the files (`watch`) or reading a Kubernetes cluster ([`kubernetes`]).
 #![forbid(unsafe_code)]
 
 pub mod ads;
 mod caller;
 pub mod compile;
 pub mod identity;
+pub mod kubernetes;
 pub mod load;
 pub mod registry;
 mod registry_api;

@@ -2,6 +2,9 @@
 //! what the command line validates, converts and compiles.
 use std::path::PathBuf;
 
+use mesh_xds::memory::release_free_heap;
+
+use crate::compile::MeshIndex;
 use mesh_model::{
     load_options::LoadOptions,
     report::Diagnostic,
@@ -27,8 +30,16 @@ pub struct InputOptions {
 /// about them.
 pub fn load(paths: &[PathBuf], options: &InputOptions) -> (Vec<Resource>, Vec<Diagnostic>) {
     let loaded = source::load(paths, &options.source);
-    let mut resources = loaded.resources;
-    let mut diagnostics = loaded.diagnostics;
+    validated(loaded.resources, loaded.diagnostics, options)
+}
+
+/// Validates resources read from any source (files, the Kubernetes API), adding to what
+/// reading them found.
+pub fn validated(
+    mut resources: Vec<Resource>,
+    mut diagnostics: Vec<Diagnostic>,
+    options: &InputOptions,
+) -> (Vec<Resource>, Vec<Diagnostic>) {
     diagnostics.extend(validate::validate(
         &resources,
         Options {
@@ -42,11 +53,24 @@ pub fn load(paths: &[PathBuf], options: &InputOptions) -> (Vec<Resource>, Vec<Di
     (resources, diagnostics)
 }
 
+/// The mesh `resources` make, compiled; the report instead when it has an error.
+pub fn compiled(
+    resources: Vec<Resource>,
+    diagnostics: &[Diagnostic],
+) -> Result<MeshIndex, Vec<Diagnostic>> {
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return Err(diagnostics.to_vec());
+    }
+    let index = MeshIndex::new(&resources).map_err(|e| vec![Diagnostic::error(e.to_string())]);
+    drop(resources);
+    release_free_heap();
+    index
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::compile::MeshIndex;
 
     const MANIFEST: &str = "\
 apiVersion: appmesh.k8s.aws/v1beta2

@@ -9,17 +9,21 @@ use std::{
 };
 
 use mesh_model::report::Diagnostic;
-use mesh_xds::memory::release_free_heap;
-use tokio::{net::TcpListener, sync::Notify, task::JoinError};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc},
+    task::JoinError,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
 use crate::{
     ads::{AdsServer, MeshSource, Publisher},
-    compile::{MeshIndex, Serving},
+    compile::{MeshIndex, ServiceEndpoints, Serving},
     identity::{AutoMtls, AutoMtlsOptions, CaError, IdentityService},
-    load::{InputOptions, load},
+    kubernetes::{self, KubernetesError, KubernetesOptions, Update},
+    load::{InputOptions, compiled, load},
     registry::{Registry, RegistryFileError},
     registry_api::{self, Shared},
     secrets::{SecretError, SecretStore},
@@ -44,6 +48,8 @@ pub struct Options {
     pub auto_mtls: Option<AutoMtlsOptions>,
     /// TLS on the ADS port (ADS and certificate signing); plain text without it.
     pub tls: Option<ServerTlsOptions>,
+    /// Read the mesh from a Kubernetes cluster's App Mesh objects (instead of `paths`).
+    pub kubernetes: Option<KubernetesOptions>,
 }
 
 /// The control plane's certificate, and the CA of node certificates: with it, every caller
@@ -123,6 +129,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("loading the mesh")]
     Task(#[source] JoinError),
+    #[error("the Kubernetes source")]
+    Kubernetes(#[from] KubernetesError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,9 +166,17 @@ impl ControlPlane {
             secrets: secrets_file,
             auto_mtls,
             tls,
+            kubernetes,
         } = options;
+        // The cluster's mesh comes once its objects are listed; until then, an empty one.
+        let cluster = match &kubernetes {
+            Some(options) => Some(kubernetes::client(options).await?),
+            None => None,
+        };
         // Parsing and compiling read files and may take a while: not on the runtime's threads.
-        let index = {
+        let index = if cluster.is_some() {
+            MeshIndex::default()
+        } else {
             let (paths, input) = (paths.clone(), input.clone());
             tokio::task::spawn_blocking(move || compile_mesh(&paths, &input))
                 .await
@@ -193,6 +209,7 @@ impl ControlPlane {
         let serving = Serving {
             secrets: Arc::clone(&secrets),
             mtls: mtls.clone(),
+            service_endpoints: Arc::default(),
         };
         let (server, publisher) = AdsServer::new(MeshSource::Mesh(
             Arc::clone(&index),
@@ -231,6 +248,12 @@ impl ControlPlane {
             None => None,
         };
         info!(%addr, ?registry_api, ?paths, "control plane serving");
+        // The API server has already checked objects against the CRDs' schemas: fields the
+        // CRDs keep that the mesh does not use are notes, as the controller ignored them.
+        let input_for_cluster = InputOptions {
+            lenient: true,
+            ..input.clone()
+        };
         let watched = Watched {
             paths,
             input,
@@ -240,13 +263,25 @@ impl ControlPlane {
             shared,
             secrets,
             mtls,
+            service_endpoints: Arc::default(),
         };
+        let updates = cluster.map(|client| {
+            let (sender, receiver) = mpsc::channel(1);
+            tokio::spawn(kubernetes::run(
+                client,
+                input_for_cluster,
+                sender,
+                stop.clone(),
+            ));
+            receiver
+        });
         let task = tokio::spawn(serve(
             grpc,
             server,
             publisher,
             listener,
             watched,
+            updates,
             stop.clone(),
         ));
         Ok(Self {
@@ -273,13 +308,7 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 /// The mesh in `paths` compiled, or the validation report.
 fn compile_mesh(paths: &[PathBuf], input: &InputOptions) -> Result<MeshIndex, Vec<Diagnostic>> {
     let (resources, diagnostics) = load(paths, input);
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        return Err(diagnostics);
-    }
-    let index = MeshIndex::new(&resources).map_err(|e| vec![Diagnostic::error(e.to_string())]);
-    drop(resources);
-    release_free_heap();
-    index
+    compiled(resources, &diagnostics)
 }
 
 /// The longest diagnostic logged whole; longer ones are cut, saying so.
@@ -305,9 +334,10 @@ struct Sources {
     secrets_file: Option<PathBuf>,
 }
 
-/// What a reload read: the mesh compiled (or why not), the registry and secrets if used.
+/// What a reload read: the mesh compiled (or why not) if it comes from files, the registry
+/// and secrets if used.
 struct Reloaded {
-    mesh: Result<MeshIndex, Vec<Diagnostic>>,
+    mesh: Option<Result<MeshIndex, Vec<Diagnostic>>>,
     registry: Option<Result<Registry, RegistryFileError>>,
     secrets: Option<Result<SecretStore, SecretError>>,
 }
@@ -316,7 +346,7 @@ impl Sources {
     /// Reads and compiles everything (blocking: file reads, parsing, compiling).
     fn read(&self) -> Reloaded {
         Reloaded {
-            mesh: compile_mesh(&self.paths, &self.input),
+            mesh: (!self.paths.is_empty()).then(|| compile_mesh(&self.paths, &self.input)),
             registry: self.registry_file.as_deref().map(Registry::load),
             secrets: self.secrets_file.as_deref().map(SecretStore::load),
         }
@@ -345,6 +375,14 @@ async fn checked(
     }
 }
 
+/// The next mesh the cluster makes (never, without the Kubernetes source).
+async fn cluster_update(updates: &mut Option<mpsc::Receiver<Update>>) -> Option<Update> {
+    match updates {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the control plane serves and where it comes from.
 struct Watched {
     paths: Vec<PathBuf>,
@@ -353,6 +391,8 @@ struct Watched {
     secrets_file: Option<PathBuf>,
     /// The last good mesh.
     index: Arc<MeshIndex>,
+    /// The endpoints Kubernetes Services give the last good mesh's nodes.
+    service_endpoints: Arc<ServiceEndpoints>,
     shared: Shared,
     /// The last good secrets.
     secrets: Arc<SecretStore>,
@@ -403,8 +443,9 @@ impl Watched {
     /// Applies what a reload read: publishes what is good, keeps the rest.
     fn reload(&mut self, reloaded: Reloaded, publisher: &mut Publisher) {
         match reloaded.mesh {
-            Ok(index) => self.index = Arc::new(index),
-            Err(report) => {
+            Some(Ok(index)) => self.index = Arc::new(index),
+            None => {}
+            Some(Err(report)) => {
                 for diagnostic in &report {
                     // One line per problem, each of a bounded length: a diagnostic quoting a
                     // huge value must not become a huge log line.
@@ -452,6 +493,7 @@ impl Watched {
         let serving = Serving {
             secrets: Arc::clone(&self.secrets),
             mtls: self.mtls.clone(),
+            service_endpoints: Arc::clone(&self.service_endpoints),
         };
         publisher.publish(MeshSource::Mesh(
             Arc::clone(&self.index),
@@ -478,6 +520,7 @@ async fn serve(
     mut publisher: Publisher,
     listener: TcpListener,
     mut watched: Watched,
+    mut updates: Option<mpsc::Receiver<Update>>,
     stop: CancellationToken,
 ) -> Result<(), StopError> {
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -533,6 +576,11 @@ async fn serve(
                 watched.publish(&mut publisher);
                 watched.persist_registry().await;
             }
+            Some(update) = cluster_update(&mut updates) => {
+                watched.index = Arc::new(update.index);
+                watched.service_endpoints = Arc::new(update.service_endpoints);
+                watched.publish(&mut publisher);
+            }
             () = stop.cancelled() => break,
         }
     }
@@ -571,6 +619,7 @@ mod tests {
             secrets: None,
             auto_mtls: None,
             tls: None,
+            kubernetes: None,
         })
         .await
         .unwrap();

@@ -202,7 +202,7 @@ fn compiles_the_mesh_the_way_app_mesh_configured_envoy() {
 fn served(secrets: SecretStore) -> Serving {
     Serving {
         secrets: Arc::new(secrets),
-        mtls: None,
+        ..Serving::default()
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use control_plane::{
-    compile::{MeshIndex, Serving, Workloads, compile, compile_served},
+    compile::{MeshIndex, ServiceEndpoints, Serving, Workloads, compile, compile_served},
     identity::{AutoMtls, AutoMtlsOptions},
     registry::Registry,
 };
@@ -18,6 +18,7 @@ use mesh_model::{
 use mesh_xds::{
     plan::{
         HttpPlan, NodePlan, PortPlan,
+        cluster::Discovery,
         route::RequestView,
         tls::{CertificateSource, SanKind, TrustSource},
     },
@@ -46,6 +47,16 @@ fn shop_plan() -> NodePlan {
     plan_of(&compile(&shop_index(), &Registry::default(), &Workloads::All).resources)
 }
 
+/// The shop mesh compiled for every node with what `serving` adds.
+fn shop_served(serving: Serving) -> control_plane::compile::Compiled {
+    compile_served(
+        &shop_index(),
+        &Registry::default(),
+        &serving,
+        &Workloads::All,
+    )
+}
+
 /// The shop mesh under automatic mTLS (trust domain `td`, `permissive` meshes PERMISSIVE).
 fn auto_mtls_plan(permissive: &[&str]) -> NodePlan {
     let ca_dir = tempfile::tempdir().unwrap();
@@ -56,16 +67,10 @@ fn auto_mtls_plan(permissive: &[&str]) -> NodePlan {
         lifetime: std::time::Duration::from_secs(3600),
     })
     .unwrap();
-    let serving = Serving {
+    let compiled = shop_served(Serving {
         mtls: Some(Arc::new(mtls)),
         ..Serving::default()
-    };
-    let compiled = compile_served(
-        &shop_index(),
-        &Registry::default(),
-        &serving,
-        &Workloads::All,
-    );
+    });
     assert!(
         !compiled.issues.iter().any(|i| i.contains("SDS secret")),
         "identity and trust secrets are not missing: {:?}",
@@ -220,4 +225,28 @@ fn sds_trust_keeps_its_subject_alternative_names() {
     let checked = client.validation.as_ref().unwrap();
     assert_eq!(checked.trust, TrustSource::Sds("spiffe://td".into()));
     assert!(checked.sans.len() == 1 && checked.sans[0].matches(SanKind::Uri, "spiffe://td/api-v1"));
+}
+
+/// A node whose DNS hostname names a Kubernetes Service takes its endpoints from EDS (the
+/// Service's pods); the others keep DNS.
+#[test]
+fn service_endpoints_replace_the_dns_name_of_their_node() {
+    let pods: Vec<std::net::SocketAddr> = vec![
+        "10.1.0.5:9090".parse().unwrap(),
+        "10.1.0.6:9090".parse().unwrap(),
+    ];
+    let mut endpoints = ServiceEndpoints::default();
+    endpoints.insert("shop", "api-v1", 9090, pods.clone());
+    let compiled = shop_served(Serving {
+        service_endpoints: Arc::new(endpoints),
+        ..Serving::default()
+    });
+    let plan = plan_of(&compiled.resources);
+    let v1 = &plan.clusters["shop/api-v1/9090"];
+    assert_eq!(v1.discovery, Discovery::Eds("shop/api-v1/9090".into()));
+    assert_eq!(plan.endpoints["shop/api-v1/9090"], pods);
+    assert!(matches!(
+        plan.clusters["shop/api-v2/9090"].discovery,
+        Discovery::Dns { .. }
+    ));
 }

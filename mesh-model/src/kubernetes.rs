@@ -93,6 +93,24 @@ pub fn convert(
     let mut context = Context::new(documents);
     context.outside_mesh = mesh.map(str::to_owned);
     context.outside_gateway = gateway.map(str::to_owned);
+    convert_in(&context, documents, diagnostics)
+}
+
+/// Converts the App Mesh custom resources of a cluster, as the controller does there: a
+/// resource's Mesh (without `meshRef`) is the one whose namespaceSelector selects its
+/// namespace, and a GatewayRoute's gateway the one whose selectors select it, even when the
+/// cluster holds only one (files get that one, as a convenience).
+pub fn convert_cluster(documents: &[Document], diagnostics: &mut Vec<Diagnostic>) -> Vec<Resource> {
+    let mut context = Context::new(documents);
+    context.by_selectors_only = true;
+    convert_in(&context, documents, diagnostics)
+}
+
+fn convert_in(
+    context: &Context<'_>,
+    documents: &[Document],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Resource> {
     let mut resources = Vec::new();
     for document in documents {
         match context.convert_document(document) {
@@ -241,6 +259,8 @@ struct Context<'a> {
     names: HashMap<(Kind, &'a str, &'a str), String>,
     outside_mesh: Option<String>,
     outside_gateway: Option<String>,
+    /// Meshes and gateways are found by their selectors only (in a cluster).
+    by_selectors_only: bool,
 }
 
 impl<'a> Context<'a> {
@@ -252,6 +272,7 @@ impl<'a> Context<'a> {
             names: HashMap::new(),
             outside_mesh: None,
             outside_gateway: None,
+            by_selectors_only: false,
         };
         for document in documents {
             if document.kind() == "Namespace" {
@@ -388,7 +409,7 @@ impl<'a> Context<'a> {
                 .unwrap_or_else(|| mesh.to_owned()));
         }
         let candidates: Vec<&&Document> = match self.meshes.as_slice() {
-            [single] => vec![single],
+            [single] if !self.by_selectors_only => vec![single],
             meshes => meshes
                 .iter()
                 .filter(|m| self.selects(m, "namespaceSelector", document.namespace()))
@@ -419,7 +440,7 @@ impl<'a> Context<'a> {
             .gateways
             .iter()
             .filter(|g| {
-                (self.gateways.len() == 1
+                ((self.gateways.len() == 1 && !self.by_selectors_only)
                     || self.selects(g, "namespaceSelector", document.namespace()))
                     && label_selector_matches(
                         g.spec().and_then(|s| s.get("gatewayRouteSelector")),
@@ -557,7 +578,10 @@ pub(crate) fn rename_members(value: &mut Value, in_weighted_target: bool, rename
 
 /// A Kubernetes label selector (`matchLabels`, `matchExpressions` with In/NotIn/Exists/
 /// DoesNotExist) against a label set; an absent selector matches everything.
-fn label_selector_matches(selector: Option<&Value>, labels: Option<&Map<String, Value>>) -> bool {
+pub fn label_selector_matches(
+    selector: Option<&Value>,
+    labels: Option<&Map<String, Value>>,
+) -> bool {
     let Some(selector) = selector else {
         return true;
     };
@@ -615,6 +639,32 @@ mod tests {
             convert(&documents, None, None, &mut diagnostics),
             diagnostics,
         )
+    }
+
+    #[test]
+    fn in_a_cluster_the_only_mesh_must_still_select_the_namespace() {
+        let documents: Vec<Document> = vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"mesh": "m"}}}),
+            json!({"apiVersion": API_VERSION, "kind": "Mesh", "metadata": {"name": "m"}, "spec": {"namespaceSelector": {"matchLabels": {"mesh": "m"}}}}),
+            json!({"apiVersion": API_VERSION, "kind": "VirtualNode", "metadata": {"name": "in", "namespace": "shop"}, "spec": {}}),
+            json!({"apiVersion": API_VERSION, "kind": "VirtualNode", "metadata": {"name": "out", "namespace": "other"}, "spec": {}}),
+        ]
+        .into_iter()
+        .map(doc)
+        .collect();
+        let mut diagnostics = Vec::new();
+        let resources = convert_cluster(&documents, &mut diagnostics);
+        assert_eq!(resources.len(), 2, "{resources:?}");
+        assert_eq!(resources[1].name(), Some("in_shop"));
+        let errors: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("VirtualNode out: no Mesh in the input selects namespace other"),
+            "{errors:?}"
+        );
+        // Files keep the convenience: the only Mesh is everyone's.
+        let mut diagnostics = Vec::new();
+        assert_eq!(convert(&documents, None, None, &mut diagnostics).len(), 3);
     }
 
     #[test]

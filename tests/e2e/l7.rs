@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 pub use tests::mesh::{PORT, SERVICE, all_to_v1, route};
 use tests::{
     Agent, Node, Proc,
-    agent::{config_for, metric_value},
+    agent::{config_for, discovering_pods, metric_value},
     node::NODE_IP,
 };
 
@@ -262,13 +262,7 @@ impl MeshNode {
         let extra = format!("{resolver}{}", extra_config(&node));
         let mut config = config_for(&node, spec.enrolled, &extra).unwrap();
         if spec.discover {
-            // Every namespace of this node; the mesh decides which are in it.
-            let client = node.pod("client").unwrap().netns_name().to_owned();
-            let prefix = client.trim_end_matches("client");
-            config = config.replace(
-                "enrollment:\n",
-                &format!("enrollment:\n  discover: \"{prefix}*\"\n"),
-            );
+            config = discovering_pods(&node, &config);
         }
         let source = [
             "--mesh",

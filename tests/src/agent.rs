@@ -48,6 +48,15 @@ pub fn config_for(node: &Node, pods: &[&str], extra: &str) -> anyhow::Result<Str
     ))
 }
 
+/// `config` (from [`config_for`]) also enrolling, by discovery, every pod namespace of `node`
+/// whose address is an endpoint of the mesh (`enrollment.discover`): the mesh decides.
+pub fn discovering_pods(node: &Node, config: &str) -> String {
+    config.replace(
+        "enrollment:\n",
+        &format!("enrollment:\n  discover: \"{}-*\"\n", node.tag()),
+    )
+}
+
 pub struct Agent {
     proc: Proc,
     pub config_path: PathBuf,

@@ -15,6 +15,7 @@ pub mod capture;
 pub mod certs;
 pub mod cgroup;
 pub mod dnsmasq;
+pub mod kube_api;
 pub mod link;
 pub mod mesh;
 pub mod netns;

@@ -44,17 +44,23 @@ impl NetNs {
     /// Runs `f` on a thread inside this namespace. Sockets it creates stay in the namespace
     /// wherever they are used afterwards.
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let file = File::open(self.path()).with_context(|| format!("open netns {}", self.name))?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || -> anyhow::Result<T> {
-                    setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
-        })
+        run_in_path(&self.path(), f)
     }
+}
+
+/// Runs `f` on a thread inside the network namespace at `path` (one this process holds no
+/// [`NetNs`] for).
+pub fn run_in_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let file = File::open(path).with_context(|| format!("open netns {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> anyhow::Result<T> {
+                setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+    })
 }
 
 impl Drop for NetNs {

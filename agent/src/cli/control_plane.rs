@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use control_plane::{
     ControlPlane, Options, RegistryApiOptions, ServerTlsOptions, identity::AutoMtlsOptions,
-    runtime::StartError,
+    kubernetes::KubernetesOptions, runtime::StartError,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -16,8 +16,15 @@ use super::mesh::InputArgs;
 #[derive(Args)]
 pub struct ControlPlaneArgs {
     /// Files or directories of App Mesh definitions (any format `validate` reads). Repeatable.
-    #[arg(long = "mesh", required = true, value_name = "PATH")]
+    #[arg(
+        long = "mesh",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes",
+        value_name = "PATH"
+    )]
     paths: Vec<PathBuf>,
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
     /// Address to serve ADS (gRPC) on; port 0 picks a free port, printed on start.
     #[arg(long, default_value = "127.0.0.1:15010", value_name = "ADDR")]
     listen: SocketAddr,
@@ -75,14 +82,42 @@ impl ServerTlsArgs {
     }
 }
 
+/// The Kubernetes source: the mesh from the cluster's App Mesh objects (docs/kubernetes.md).
+#[derive(Args)]
+pub struct KubernetesArgs {
+    /// Read the mesh from the Kubernetes API (App Mesh v1beta2 objects, Namespaces, Pods,
+    /// Services, EndpointSlices), watching it; instead of --mesh.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: this kubeconfig; without it, KUBECONFIG, ~/.kube/config or the
+    /// in-cluster service account.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesArgs {
+    fn options(&self) -> Option<KubernetesOptions> {
+        self.kubernetes.then(|| KubernetesOptions {
+            kubeconfig: self.kubeconfig.clone(),
+        })
+    }
+}
+
 /// A control plane embedded in the agent's process (`run --mesh`, `gateway --mesh`).
 #[derive(Args)]
 pub struct EmbeddedArgs {
     /// Embed a control plane serving these App Mesh definitions (files or directories, any
     /// format `validate` reads) and take the mesh from it; instead of a control plane's
     /// address.
-    #[arg(long = "mesh", value_name = "PATH", conflicts_with = "control_plane")]
+    #[arg(
+        long = "mesh",
+        value_name = "PATH",
+        conflicts_with_all = ["control_plane", "kubernetes"]
+    )]
     mesh: Vec<PathBuf>,
+    /// Embed a control plane reading the Kubernetes API (as `control-plane --kubernetes`).
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
     /// With --mesh: the Cloud Map stand-in's instances (JSON, watched), as for
     /// `control-plane --registry`.
     #[arg(long, value_name = "FILE", requires = "mesh")]
@@ -101,9 +136,11 @@ pub struct EmbeddedArgs {
 }
 
 impl EmbeddedArgs {
-    /// The embedded control plane's options, if --mesh asks for one (on a free loopback port).
+    /// The embedded control plane's options, if --mesh or --kubernetes asks for one (on a
+    /// free loopback port).
     pub fn options(&self) -> Option<Options> {
-        (!self.mesh.is_empty()).then(|| Options {
+        let kubernetes = self.kubernetes.options();
+        (!self.mesh.is_empty() || kubernetes.is_some()).then(|| Options {
             paths: self.mesh.clone(),
             input: control_plane::InputOptions {
                 lenient: self.lenient,
@@ -116,6 +153,7 @@ impl EmbeddedArgs {
             auto_mtls: self.auto_mtls.options(),
             // In the agent's process, reached on loopback only.
             tls: None,
+            kubernetes,
         })
     }
 }
@@ -195,6 +233,7 @@ impl ControlPlaneArgs {
             secrets: self.secrets.clone(),
             auto_mtls: self.auto_mtls.options(),
             tls: self.tls.options(),
+            kubernetes: self.kubernetes.options(),
         })
     }
 }

@@ -27,7 +27,7 @@ pub struct GatewayArgs {
     #[command(flatten)]
     embedded: EmbeddedArgs,
     /// Take the mesh from this control plane (ADS), e.g. http://10.0.0.5:15010.
-    #[arg(long, value_name = "URL", required_unless_present = "mesh")]
+    #[arg(long, value_name = "URL", required_unless_present_any = ["mesh", "kubernetes"])]
     control_plane: Option<String>,
     #[command(flatten)]
     tls: XdsTlsArgs,

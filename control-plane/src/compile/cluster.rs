@@ -32,17 +32,21 @@ use mesh_model::types::{
 
 use mesh_xds::{metadata, names};
 
-use super::values::{ads, duration, millis, u32_value};
+use super::{
+    endpoints::ServiceEndpoints,
+    values::{ads, duration, millis, u32_value},
+};
 use crate::registry::{self, Registry};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// The cluster of `listener` on virtual node `node`, and its endpoints when they come by EDS
-/// (from the service registry).
+/// (from the service registry, or a Kubernetes Service's EndpointSlices).
 pub fn for_listener(
     node: &CreateVirtualNodeInput,
     listener: &Listener,
     registry: &Registry,
+    service_endpoints: &ServiceEndpoints,
 ) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
     let port = listener.port_mapping.port;
     let name = names::cluster(&node.mesh_name, &node.virtual_node_name, port);
@@ -63,7 +67,27 @@ pub fn for_listener(
         ..Default::default()
     };
     let mut eds = None;
+    let from_service = service_endpoints.get(&node.mesh_name, &node.virtual_node_name, port);
     match &node.spec.service_discovery {
+        // The hostname names a Kubernetes Service: its ready pods are the endpoints.
+        Some(ServiceDiscovery::Dns(_)) if from_service.is_some() => {
+            let lb_endpoints = from_service
+                .into_iter()
+                .flatten()
+                .map(|addr| {
+                    lb_endpoint(
+                        &addr.ip().to_string(),
+                        u32::from(addr.port()),
+                        String::new(),
+                    )
+                })
+                .collect();
+            result.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+                cluster::cluster::DiscoveryType::Eds as i32,
+            ));
+            result.eds_cluster_config = Some(eds_config(&name));
+            eds = Some(assignment(name, lb_endpoints));
+        }
         Some(ServiceDiscovery::Dns(dns)) => {
             // ENDPOINTS: every address the name resolves to is an endpoint (STRICT_DNS);
             // LOADBALANCER: one connection target behind a load balancer (LOGICAL_DNS).
@@ -87,10 +111,7 @@ pub fn for_listener(
             result.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
                 cluster::cluster::DiscoveryType::Eds as i32,
             ));
-            result.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
-                eds_config: Some(ads()),
-                service_name: name.clone(),
-            });
+            result.eds_cluster_config = Some(eds_config(&name));
             eds = Some(registry_assignment(name, cloud_map, registry, port));
         }
         None => {
@@ -129,22 +150,10 @@ fn lookup_family(preference: Option<IpPreference>) -> cluster::cluster::DnsLooku
 }
 
 fn load_assignment(cluster_name: &str, host: &str, port: i32) -> endpoint::ClusterLoadAssignment {
-    endpoint::ClusterLoadAssignment {
-        cluster_name: cluster_name.to_owned(),
-        endpoints: vec![endpoint::LocalityLbEndpoints {
-            lb_endpoints: vec![endpoint::LbEndpoint {
-                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                    endpoint::Endpoint {
-                        address: Some(super::values::socket_address(host, port as u32)),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    assignment(
+        cluster_name.to_owned(),
+        vec![lb_endpoint(host, port as u32, String::new())],
+    )
 }
 
 /// The registry's instances of the node's Cloud Map service, filtered by its attributes:
@@ -180,18 +189,40 @@ fn registry_assignment(
                 .get(registry::PORT)
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(listener_port as u32);
-            Some(endpoint::LbEndpoint {
-                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                    endpoint::Endpoint {
-                        address: Some(super::values::socket_address(address, port)),
-                        hostname: instance.instance_id,
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            })
+            Some(lb_endpoint(address, port, instance.instance_id))
         })
         .collect();
+    assignment(cluster_name, lb_endpoints)
+}
+
+/// The EDS source of a cluster whose endpoints the control plane sends.
+fn eds_config(cluster_name: &str) -> cluster::cluster::EdsClusterConfig {
+    cluster::cluster::EdsClusterConfig {
+        eds_config: Some(ads()),
+        service_name: cluster_name.to_owned(),
+    }
+}
+
+/// One endpoint at `address:port`, named `hostname` (the registry's instance id; empty for
+/// none).
+fn lb_endpoint(address: &str, port: u32, hostname: String) -> endpoint::LbEndpoint {
+    endpoint::LbEndpoint {
+        host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+            endpoint::Endpoint {
+                address: Some(super::values::socket_address(address, port)),
+                hostname,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The EDS assignment of `cluster_name`: `lb_endpoints` in one locality.
+fn assignment(
+    cluster_name: String,
+    lb_endpoints: Vec<endpoint::LbEndpoint>,
+) -> endpoint::ClusterLoadAssignment {
     endpoint::ClusterLoadAssignment {
         cluster_name,
         endpoints: vec![endpoint::LocalityLbEndpoints {

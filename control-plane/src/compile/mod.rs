@@ -7,6 +7,7 @@
 //! resources and emits the clusters they reach last.
 mod access_log;
 mod cluster;
+mod endpoints;
 mod gateway;
 mod hosts;
 mod inbound;
@@ -30,6 +31,7 @@ use mesh_xds::{
 use crate::{identity::AutoMtls, registry::Registry, secrets::SecretStore};
 use output::Output;
 
+pub use endpoints::ServiceEndpoints;
 pub use inbound::INBOUND_ADDRESS;
 pub use index::{CompileError, MeshIndex};
 pub use listener::PortTraffic;
@@ -63,12 +65,13 @@ pub struct Compiled {
     pub issues: Issues,
 }
 
-/// What compiled resources rely on beyond the mesh: the SDS secrets served with them, and
-/// automatic mTLS when it is on.
+/// What compiled resources rely on beyond the mesh: the SDS secrets served with them,
+/// automatic mTLS when it is on, and the endpoints Kubernetes Services give virtual nodes.
 #[derive(Clone, Default)]
 pub struct Serving {
     pub secrets: Arc<SecretStore>,
     pub mtls: Option<Arc<AutoMtls>>,
+    pub service_endpoints: Arc<ServiceEndpoints>,
 }
 
 /// The xDS resources `workloads` need: their inbound listeners and local-application
@@ -108,7 +111,7 @@ pub fn compile_served(
             &mut out,
         );
     }
-    output::reached_clusters(index, registry, mtls, &mut out);
+    output::reached_clusters(index, registry, &serving.service_endpoints, mtls, &mut out);
     for name in std::mem::take(&mut out.secrets) {
         // Workload certificates of automatic mTLS are made by the agents, never sent; an
         // unavailable certificate never exists.

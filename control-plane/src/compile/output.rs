@@ -20,7 +20,7 @@ use mesh_xds::{
 
 use mesh_model::types::{Listener as AppMeshListener, ListenerTlsMode};
 
-use super::{Issues, cluster, index::MeshIndex};
+use super::{Issues, ServiceEndpoints, cluster, index::MeshIndex};
 use crate::{
     identity::{AutoMtls, MtlsMode},
     registry::Registry,
@@ -113,6 +113,7 @@ fn takes_plain_text(mesh: &str, listener: &AppMeshListener, mtls: Option<&AutoMt
 pub(super) fn reached_clusters(
     index: &MeshIndex,
     registry: &Registry,
+    service_endpoints: &ServiceEndpoints,
     mtls: Option<&AutoMtls>,
     out: &mut Output,
 ) {
@@ -134,7 +135,8 @@ pub(super) fn reached_clusters(
             if !out.reached.contains(&name) && variants.is_empty() {
                 continue;
             }
-            let (cluster, assignment) = cluster::for_listener(node, listener, registry);
+            let (cluster, assignment) =
+                cluster::for_listener(node, listener, registry, service_endpoints);
             for (variant, change) in variants {
                 // Same endpoints: an EDS copy keeps the service name of its original.
                 out.cluster(change.apply(variant, &cluster));
