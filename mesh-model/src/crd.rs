@@ -14,6 +14,10 @@ use crate::{
 
 pub const VERSION: &str = "v1beta2";
 
+/// The status condition mesh-agent's control plane sets on each object: True when it serves
+/// it, False with the problems when it refuses it.
+pub const ACCEPTED_CONDITION: &str = "MeshAgentAccepted";
+
 /// The kinds with a CRD (routes live inside their VirtualRouter).
 pub const KINDS: [Kind; 6] = [
     Kind::Mesh,
@@ -92,7 +96,7 @@ pub fn definition(kind: Kind) -> Value {
                 "storage": true,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+                    {"name": "Accepted", "type": "string", "jsonPath": format!(".status.conditions[?(@.type==\"{ACCEPTED_CONDITION}\")].status")},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": object_schema(kind)},

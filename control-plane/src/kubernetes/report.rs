@@ -19,7 +19,7 @@ use tracing::warn;
 use super::build::{ObjectKey, Verdict};
 
 /// The condition type the control plane sets on App Mesh objects.
-pub(super) const CONDITION: &str = "MeshAgentAccepted";
+pub(super) use mesh_model::crd::ACCEPTED_CONDITION as CONDITION;
 /// Who reports (the Event's reportingController, the field manager of status patches).
 const CONTROLLER: &str = "mesh-agent-control-plane";
 /// An Event's note is at most 1 kB (the API's limit).
