@@ -280,7 +280,9 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         }
     }
 
-    step("stopping mesh-agent (SIGTERM): drain, detach, exit");
+    step(
+        "stopping mesh-agent (SIGTERM): drain, exit (its pinned redirect goes with the node's own bpffs)",
+    );
     let _ = agent.signal(libc::SIGTERM);
     match agent.wait_exit(Duration::from_secs(15))? {
         Some(status) => println!("  agent exited: {status}"),
