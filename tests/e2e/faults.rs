@@ -24,6 +24,19 @@ struct Outcome {
     failures: String,
 }
 
+impl Outcome {
+    /// All `sent` requests answered 200; else the first failures and the agent's log.
+    fn assert_all_succeeded(&self, sent: u32, mesh: &MeshNode) {
+        assert_eq!(
+            (self.ok, self.failed),
+            (sent, 0),
+            "{}\n{}",
+            self.failures,
+            mesh.agent.log()
+        );
+    }
+}
+
 /// `count` requests from the client pod, one after the other 10 ms apart, each on a new
 /// connection (curl, resolving the service through the mesh's DNS).
 fn load(node: &Node, count: u32) -> Outcome {
@@ -103,13 +116,7 @@ fn requests_keep_succeeding_through_a_bad_edit_and_a_control_plane_outage() {
     });
     eprintln!("control plane outage: {outcome:?}");
     assert_eq!(connected_while_down, 0.0, "the control plane was not down");
-    assert_eq!(
-        (outcome.ok, outcome.failed),
-        (REQUESTS, 0),
-        "{}\n{}",
-        outcome.failures,
-        mesh.agent.log()
-    );
+    outcome.assert_all_succeeded(REQUESTS, &mesh);
     // The agent is back on the control plane and takes changes again.
     let deadline = Instant::now() + TIMEOUT;
     while metric_value(&mesh.metrics(), "mesh_agent_xds_connected") < 1.0 {
@@ -164,13 +171,7 @@ fn one_of_two_endpoints_dying_costs_no_request() {
         running.join().expect("load thread")
     });
     eprintln!("an endpoint killed: {outcome:?}");
-    assert_eq!(
-        (outcome.ok, outcome.failed),
-        (REQUESTS, 0),
-        "{}\n{}",
-        outcome.failures,
-        mesh.agent.log()
-    );
+    outcome.assert_all_succeeded(REQUESTS, &mesh);
     let metrics = mesh.metrics();
     assert!(
         metric_value(
