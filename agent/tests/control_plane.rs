@@ -151,6 +151,29 @@ fn control_plane_and_agent_over_grpc() {
 
 const REGISTRY_TOKEN: &str = "test-token-0123456789abcdef";
 
+/// `control-plane` with `source` (the mesh and registry arguments) serving ADS and the
+/// registry API on free ports, callers authenticated by the token in `token_file`; the
+/// registry API's address.
+fn with_registry_api(source: &[&str], token_file: &Path) -> (Running, String) {
+    let mut args = vec!["control-plane"];
+    args.extend_from_slice(source);
+    let token_file = token_file.to_str().unwrap();
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--registry-api",
+        "127.0.0.1:0",
+        "--registry-api-token-file",
+        token_file,
+    ]);
+    let control = Running::start(&args);
+    let api_line = control
+        .line_with("serving the registry API on", WAIT)
+        .expect("registry API");
+    let api = api_line.rsplit(' ').next().unwrap().to_owned();
+    (control, api)
+}
+
 fn registry_call(api: &str, operation: &str, body: &str) -> String {
     registry_call_as(api, Some(REGISTRY_TOKEN), operation, body).1
 }
@@ -203,21 +226,8 @@ fn registered_instances_reach_the_agent_as_endpoints() {
     copy_shop(dir.path());
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), format!("{REGISTRY_TOKEN}\n")).unwrap();
-    let control = Running::start(&[
-        "control-plane",
-        "--mesh",
-        dir.path().to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--registry-api",
-        "127.0.0.1:0",
-        "--registry-api-token-file",
-        token_file.path().to_str().unwrap(),
-    ]);
-    let api_line = control
-        .line_with("serving the registry API on", WAIT)
-        .expect("registry API");
-    let api = api_line.rsplit(' ').next().unwrap().to_owned();
+    let (control, api) =
+        with_registry_api(&["--mesh", dir.path().to_str().unwrap()], token_file.path());
     let serving = control
         .line_with("serving ADS on", WAIT)
         .expect("control plane serving");
@@ -575,26 +585,18 @@ fn the_aws_cli_manages_the_registry_like_cloud_map() {
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), REGISTRY_TOKEN).unwrap();
     let start = || {
-        let control = Running::start(&[
-            "control-plane",
+        let (mesh, node) = (dir.path().join("mesh.json"), dir.path().join("vn-db.json"));
+        let source = [
             "--mesh",
-            dir.path().join("mesh.json").to_str().unwrap(),
+            mesh.to_str().unwrap(),
             "--mesh",
-            dir.path().join("vn-db.json").to_str().unwrap(),
+            node.to_str().unwrap(),
             "--registry",
             registry.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--registry-api",
-            "127.0.0.1:0",
-            "--registry-api-token-file",
-            token_file.path().to_str().unwrap(),
-        ]);
-        let api_line = control
-            .line_with("serving the registry API on", WAIT)
-            .expect("registry API");
+        ];
+        let (control, api) = with_registry_api(&source, token_file.path());
         let cli = AwsCli {
-            endpoint: format!("http://{}", api_line.rsplit(' ').next().unwrap()),
+            endpoint: format!("http://{api}"),
             secret: REGISTRY_TOKEN.into(),
         };
         (control, cli)
