@@ -281,6 +281,14 @@ impl Pipe {
 }
 
 /// One direction: `from` → pipe → `to`, until EOF on `from` (then FIN on `to`).
+///
+/// What `from` has ready is taken before writing, so a FIN that came with the last data is
+/// seen then, and that data leaves corked with the FIN in one segment. It matters for
+/// connection churn: a client that reads a response and closes before the FIN has arrived
+/// closes first and keeps its end in TIME_WAIT; every redirected connection of a pod goes to
+/// the same proxy address, so those ends would use up the pod's ports toward it. With the FIN
+/// on the data, as a server closing after its response sends it, the client's close is the
+/// second one, as on a direct connection.
 async fn splice_half(
     from: &TcpStream,
     to: &TcpStream,
@@ -289,21 +297,34 @@ async fn splice_half(
     moved: &AtomicU64,
 ) -> Result<(), Side> {
     loop {
-        let filled = ready_splice(
+        let mut filled = ready_splice(
             from,
             Interest::READABLE,
             from.as_raw_fd(),
             pipe.write.as_raw_fd(),
             PIPE_SIZE as usize,
+            0,
         )
         .await
         .map_err(Side::Read)?;
-        if filled == 0 {
-            // Pass the half-close on: the other side may still be sending.
-            return SockRef::from(to)
-                .shutdown(Shutdown::Write)
-                .map_err(Side::Write);
+        let mut ended = filled == 0;
+        while !ended && filled < PIPE_SIZE as usize {
+            match from.try_io(Interest::READABLE, || {
+                splice(
+                    from.as_raw_fd(),
+                    pipe.write.as_raw_fd(),
+                    PIPE_SIZE as usize - filled,
+                    0,
+                )
+            }) {
+                Ok(0) => ended = true,
+                Ok(read) => filled += read,
+                // Nothing more yet (the pipe may also be full): pass on what is there.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(Side::Read(error)),
+            }
         }
+        let more = if ended { libc::SPLICE_F_MORE } else { 0 };
         let mut pending = filled;
         while pending > 0 {
             pending -= ready_splice(
@@ -312,33 +333,42 @@ async fn splice_half(
                 pipe.read.as_raw_fd(),
                 to.as_raw_fd(),
                 pending,
+                more,
             )
             .await
             .map_err(Side::Write)?;
         }
         counter.inc_by(filled as u64);
         moved.fetch_add(filled as u64, Ordering::Relaxed);
+        if ended {
+            // Pass the half-close on: the other side may still be sending.
+            return SockRef::from(to)
+                .shutdown(Shutdown::Write)
+                .map_err(Side::Write);
+        }
     }
 }
 
-/// Splices up to `len` bytes once `socket` is ready for `interest`.
+/// Splices up to `len` bytes once `socket` is ready for `interest`; `flags` are added to
+/// the non-blocking move.
 async fn ready_splice(
     socket: &TcpStream,
     interest: Interest,
     from: RawFd,
     to: RawFd,
     len: usize,
+    flags: libc::c_uint,
 ) -> io::Result<usize> {
     loop {
         socket.ready(interest).await?;
-        match socket.try_io(interest, || splice(from, to, len)) {
+        match socket.try_io(interest, || splice(from, to, len, flags)) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             result => return result,
         }
     }
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result<usize> {
     // SAFETY: plain splice(2) between fds owned by the caller, no offsets.
     let moved = unsafe {
         libc::splice(
@@ -347,11 +377,93 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             to,
             std::ptr::null_mut(),
             len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | flags,
         )
     };
     if moved < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(moved as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::telemetry::metrics::ProxyMetrics;
+
+    /// Both ends of one loopback TCP connection: (connecting side, accepted side).
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connecting = TcpStream::connect(listener.local_addr().unwrap());
+        let (connecting, accepted) = tokio::join!(connecting, listener.accept());
+        (connecting.unwrap(), accepted.unwrap().0)
+    }
+
+    /// A server that answers and closes in one segment (its answer and FIN together, as a
+    /// server closing after its response usually sends them) reaches the client the same way:
+    /// once the client has read the answer, the FIN is there too, so the client's own close
+    /// is the second close and leaves no TIME_WAIT on its side. Before the relay took the FIN
+    /// along, it sent the answer, then the FIN in a segment of its own a moment later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fin_that_came_with_the_last_data_leaves_with_it() {
+        const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        for attempt in 0..50 {
+            let (client, proxy_client_side) = connection().await;
+            let (proxy_upstream_side, server) = connection().await;
+            let relay = tokio::spawn(async move {
+                let (mut from, mut to) = (
+                    MaybeTls::Plain(proxy_client_side),
+                    MaybeTls::Plain(proxy_upstream_side),
+                );
+                let transferred = Transferred::default();
+                let metrics = ProxyMetrics::default().opened("test");
+                relay(
+                    &mut from,
+                    &mut to,
+                    &metrics,
+                    &transferred,
+                    &CancellationToken::new(),
+                    None,
+                )
+                .await
+            });
+            // The client blocks in a read on a thread of its own, as an application does,
+            // and looks for the FIN the moment the answer is there.
+            let client = client.into_std().unwrap();
+            client.set_nonblocking(false).unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut answer = vec![0u8; ANSWER.len()];
+                let mut read = 0;
+                while read < answer.len() {
+                    read += std::io::Read::read(&mut &client, &mut answer[read..]).unwrap();
+                }
+                let socket = SockRef::from(&client);
+                socket.set_nonblocking(true).unwrap();
+                let mut peek = [std::mem::MaybeUninit::new(0u8); 1];
+                let fin_there = matches!(socket.peek(&mut peek), Ok(0));
+                socket.set_nonblocking(false).unwrap();
+                (answer, fin_there, client)
+            });
+            let server = server.into_std().unwrap();
+            server.set_nonblocking(false).unwrap();
+            // MSG_MORE holds the answer back until the shutdown adds the FIN to it.
+            SockRef::from(&server)
+                .send_with_flags(ANSWER, libc::MSG_MORE)
+                .unwrap();
+            server.shutdown(Shutdown::Write).unwrap();
+            let (answer, fin_there, client) = tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(answer, ANSWER);
+            assert!(
+                fin_there,
+                "attempt {attempt}: the answer came without its FIN"
+            );
+            drop((client, server));
+            relay.await.unwrap().unwrap();
+        }
+    }
 }
