@@ -198,7 +198,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
             .lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |sum, value| sum + value)
     };
     println!(
         "  connections through the proxy: {:.0}; of them without an original destination: {:.0}",
