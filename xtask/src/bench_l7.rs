@@ -33,7 +33,7 @@ const FIXED_RATE: u32 = 1000;
 
 /// The path requests take.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub(crate) enum Via {
     Direct,
     Haproxy,
     Mesh,
@@ -90,19 +90,19 @@ pub(crate) struct Chunk {
 
 /// Where a client sends one protocol's requests.
 #[derive(Clone)]
-struct Target {
-    url: String,
+pub(crate) struct Target {
+    pub(crate) url: String,
     /// Host / :authority when it differs from the URL's (the mesh routes by it).
-    host: Option<String>,
+    pub(crate) host: Option<String>,
 }
 
 pub(crate) struct L7Bench {
-    node: Node,
+    pub(crate) node: Node,
     pub(crate) agent: Agent,
     /// The running agent records spans (for a collector that is down).
     traced: bool,
     pub(crate) workdir: std::path::PathBuf,
-    haproxy: Proc,
+    pub(crate) haproxy: Proc,
     ips: BTreeMap<&'static str, Ipv4Addr>,
     meshtb: String,
 }
@@ -330,7 +330,7 @@ impl L7Bench {
         set_client_enrolled(&self.node, enrolled)
     }
 
-    fn target(&self, path: Via, http2: bool) -> Target {
+    pub(crate) fn target(&self, path: Via, http2: bool) -> Target {
         let (port, haproxy_port, service) = if http2 {
             (H2_PORT, HAPROXY_H2, "api2.m.local")
         } else {

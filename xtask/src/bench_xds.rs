@@ -95,7 +95,7 @@ fn path(dir: &Path) -> anyhow::Result<&str> {
 
 /// One mesh, N services each provided by its own virtual node, and a `frontend` node with
 /// every service as a backend (the heaviest node: all clusters, one virtual host per service).
-fn generate(dir: &Path, services: usize) -> anyhow::Result<()> {
+pub(crate) fn generate(dir: &Path, services: usize) -> anyhow::Result<()> {
     std::fs::write(dir.join("mesh.json"), r#"{"meshName": "shop", "spec": {}}"#)?;
     let mut backends = Vec::with_capacity(services);
     for i in 0..services {

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-mtls | bench-xds | bench-dns`.
+//! Project tasks: `cargo xtask build | check | test | fuzz | imports | sandbox | bench | bench-l7 | bench-memory | bench-mtls | bench-xds | bench-dns`.
 mod bench;
 mod bench_dns;
 mod bench_l7;
+mod bench_memory;
 mod bench_mtls;
 mod bench_xds;
 mod build;
@@ -104,6 +105,16 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         seconds: u32,
     },
+    /// Benchmark memory: RSS per idle keep-alive connection through mesh-agent and through
+    /// HAProxy in the same run, and mesh-agent's idle RSS with a mesh of many services.
+    BenchMemory {
+        /// Idle connections held through mesh-agent (HAProxy: at most its maxconn, 4000).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Virtual services in the mesh the idle agent is measured with.
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+    },
     /// Soak: a million requests (by default) through mesh-agent in chunks, its memory and
     /// descriptors after each; then idle until pooled upstream connections close. Fails on
     /// a failed request, memory that keeps growing, or descriptors that do not come back.
@@ -161,5 +172,9 @@ fn main() -> anyhow::Result<()> {
             chunk_seconds,
         } => soak::run(requests, chunk_seconds),
         Task::BenchDns { rounds, seconds } => bench_dns::run(rounds, seconds),
+        Task::BenchMemory {
+            connections,
+            services,
+        } => bench_memory::run(connections, services),
     }
 }

@@ -1,0 +1,155 @@
+//! `cargo xtask bench-memory`: what an idle proxied connection costs the proxy, against
+//! HAProxy in the same run, and mesh-agent's idle memory with a mesh of 100 services.
+//!
+//! Connections are opened from the enrolled client pod, one answered request each (so every
+//! buffer a request needs has been allocated), then held idle; the proxy's RSS before and
+//! after, divided by the connections, is the per-connection figure.
+use std::{path::Path, time::Duration};
+
+use ::tests::{Agent, Proc, agent::config_for};
+use anyhow::{Context as _, bail};
+
+use crate::{
+    bench::status_kib,
+    bench_l7::{L7Bench, Via},
+    bench_xds,
+    build::{self, Profile, step},
+};
+
+/// HAProxy's `maxconn` in the benchmark's configuration: it is held at most that many.
+const HAPROXY_MAX_CONNECTIONS: usize = 4000;
+
+pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
+    build::require_root("the benchmark")?;
+    let binaries = build::build(Profile::Release)?;
+    // SAFETY: set before any thread that reads the environment exists.
+    unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
+    let meshtb = binaries.meshtb.to_str().context("meshtb path")?.to_owned();
+    let (mut bench, _servers) = L7Bench::set_up(meshtb)?;
+    let script = bench.workdir.join("idle_connections.py");
+    std::fs::write(&script, include_str!("idle_connections.py"))?;
+
+    let haproxy_connections = connections.min(HAPROXY_MAX_CONNECTIONS);
+    step(&format!(
+        "{connections} idle keep-alive connections through mesh-agent, {haproxy_connections} through HAProxy"
+    ));
+    let mesh = per_connection(&bench, &script, Via::Mesh, connections, bench.agent.pid())?;
+    let haproxy = per_connection(
+        &bench,
+        &script,
+        Via::Haproxy,
+        haproxy_connections,
+        bench.haproxy.pid(),
+    )?;
+
+    step(&format!(
+        "mesh-agent idle with a mesh of {services} virtual services"
+    ));
+    let idle_large = idle_with_services(&mut bench, services)?;
+
+    step("results");
+    println!(
+        "  {:<44} {:>12} {:>12} {:>10}",
+        "", "mesh-agent", "haproxy", "ratio"
+    );
+    println!(
+        "  {:<44} {:>12.0} {:>12.0} {:>9.2}x",
+        "bytes of RSS per idle proxied connection",
+        mesh.per_connection_bytes(),
+        haproxy.per_connection_bytes(),
+        mesh.per_connection_bytes() / haproxy.per_connection_bytes().max(1.0)
+    );
+    println!(
+        "  {:<44} {:>12} {:>12}",
+        "RSS KiB before -> with the connections",
+        format!("{} -> {}", mesh.before_kib, mesh.after_kib),
+        format!("{} -> {}", haproxy.before_kib, haproxy.after_kib),
+    );
+    println!(
+        "  goal: <= 4096 bytes per idle connection; mesh-agent idle RSS {} KiB with the benchmark's mesh (before the connections), {idle_large} KiB with {services} virtual services (goal <= 15360 KiB)",
+        mesh.before_kib
+    );
+    Ok(())
+}
+
+/// RSS of a proxy before and while holding `connections` idle ones.
+struct Held {
+    connections: usize,
+    before_kib: u64,
+    after_kib: u64,
+}
+
+impl Held {
+    fn per_connection_bytes(&self) -> f64 {
+        self.after_kib.saturating_sub(self.before_kib) as f64 * 1024.0 / self.connections as f64
+    }
+}
+
+fn per_connection(
+    bench: &L7Bench,
+    script: &Path,
+    via: Via,
+    connections: usize,
+    proxy_pid: u32,
+) -> anyhow::Result<Held> {
+    bench.enroll_client(via == Via::Mesh)?;
+    let target = bench.target(via, false);
+    let url = target
+        .url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .context("target URL")?;
+    let (host, port) = url.rsplit_once(':').context("target port")?;
+    let authority = target.host.unwrap_or_else(|| url.to_owned());
+    let before_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
+    let output = bench.workdir.join("idle_connections.out");
+    let mut command = bench.node.pod_command("client", "python3")?;
+    command
+        .arg(script)
+        .args([host, port, &authority, &connections.to_string()])
+        .stdout(std::fs::File::create(&output)?);
+    let mut holder = Proc::spawn("idle connections", command)?;
+    wait_for_open(&output, &mut holder, Duration::from_secs(300))?;
+    // Let the proxy finish with what the last requests left behind.
+    std::thread::sleep(Duration::from_secs(2));
+    let after_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
+    drop(holder);
+    Ok(Held {
+        connections,
+        before_kib,
+        after_kib,
+    })
+}
+
+fn wait_for_open(output: &Path, holder: &mut Proc, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(output)?.starts_with("open ") {
+            return Ok(());
+        }
+        if !holder.is_running() {
+            bail!("the connection holder exited before opening its connections");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the connections were not open within {timeout:?}")
+}
+
+/// Restarts the node's agent with a generated mesh of `services` virtual services (every one
+/// a backend of one virtual node) and returns its RSS once it has settled.
+fn idle_with_services(bench: &mut L7Bench, services: usize) -> anyhow::Result<u64> {
+    let mesh_dir = bench.workdir.join(format!("mesh-{services}"));
+    std::fs::create_dir_all(&mesh_dir)?;
+    bench_xds::generate(&mesh_dir, services)?;
+    bench.agent.signal(libc::SIGTERM)?;
+    bench.agent.wait_exit(Duration::from_secs(30))?;
+    let config = config_for(&bench.node, &[], "")?;
+    bench.agent = Agent::start_with_args(
+        &bench.node,
+        &config,
+        &bench.workdir,
+        &["--mesh", mesh_dir.to_str().context("path")?],
+    )?;
+    std::thread::sleep(Duration::from_secs(5));
+    Ok(status_kib(bench.agent.pid(), "VmRSS:").unwrap_or(0))
+}
