@@ -477,6 +477,15 @@ fn pins_of(node: &Node) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
+/// The inbound lookup links pinned on `node` (one per captured pod namespace).
+fn inbound_link_pins(node: &Node) -> usize {
+    pins_of(node)
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir.join("inbound")).ok())
+        .map(|entries| entries.count())
+        .sum()
+}
+
 #[test]
 fn enrollment_changes_at_runtime_via_admin_and_reload() {
     let mut setup = Setup::new("runtime");
@@ -489,12 +498,15 @@ fn enrollment_changes_at_runtime_via_admin_and_reload() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
+    // The client's and the outsider's inbound capture, pinned.
+    assert_eq!(inbound_link_pins(&setup.node), 2);
 
     let (status, body) = setup
         .node
         .admin("DELETE", &format!("/enrollment?netns={outsider_ns}"))
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    assert_eq!(inbound_link_pins(&setup.node), 1);
     assert_eq!(
         setup.send("outsider", to).seen_from(),
         setup.ip_of("outsider")

@@ -146,14 +146,19 @@ pub enum Counter {
     NotEnrolled = 2,
     /// Redirects whose original destination could not be recorded (map full).
     RecordFailed = 3,
+    /// Inbound connections to a captured pod port dropped by `inbound_lookup` because no
+    /// proxy listener is there for the pod (no agent runs): they fail instead of reaching
+    /// the application around the proxy.
+    InboundNoListener = 4,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] = [
+    pub const ALL: [Counter; 5] = [
         Counter::Redirected,
         Counter::Excluded,
         Counter::NotEnrolled,
         Counter::RecordFailed,
+        Counter::InboundNoListener,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }

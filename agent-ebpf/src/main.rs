@@ -10,11 +10,13 @@
 //!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept —
 //!   and a state callback removes both entries when the socket closes.
 //! * `getpeername4` / `getpeername6`: the application still sees its original peer.
-//! * `inbound_lookup` (sk_lookup, attached to each enrolled pod's network namespace): a TCP
-//!   connection arriving for one of the pod's mesh listener ports is handed to the proxy's
-//!   inbound listener inside that namespace; the connection keeps its addresses, so the proxy
-//!   reads the original destination from its local address. Loopback is never taken: the
-//!   proxy reaches the application there.
+//! * `inbound_lookup` (sk_lookup, attached to each enrolled pod's network namespace through a
+//!   link pinned in bpffs, so it outlives the agent): a TCP connection arriving for one of the
+//!   pod's mesh listener ports is handed to the proxy's inbound listener inside that
+//!   namespace; the connection keeps its addresses, so the proxy reads the original
+//!   destination from its local address. With no listener there (no agent runs) it is
+//!   dropped — refused — never passed to the application. Loopback is never taken: the proxy
+//!   reaches the application there.
 //! * DNS capture, for enrolled pods that have it (`Enrollment::CAPTURE_DNS`): `connect4` sends
 //!   TCP and connected-UDP connects to port 53, and `sendmsg4` unconnected UDP datagrams to
 //!   port 53, to the agent's DNS server instead, keeping the resolver asked by socket cookie;
@@ -98,6 +100,7 @@ const IPPROTO_UDP: u8 = 17;
 /// 127.0.0.0/8, network order: the proxy's own way to the application.
 const LOOPBACK_NET: u32 = u32::from_be_bytes([127, 0, 0, 0]);
 const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u32 = 2;
 
@@ -427,17 +430,23 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
         ip4: local_ip4,
         port: lookup.local_port,
     };
-    if unsafe { INBOUND_PORTS.get(key) }.is_some() {
-        // No inbound listener (yet, or any more): the connection proceeds to whoever listens
-        // on the port. The agent's own socket, not its SO_REUSEPORT group (which the next
-        // agent's listener joins); and over what an earlier program chose: when two agents
-        // run (an upgrade), the newest one's program runs last and takes the connections once
-        // its ports are in place, so the old agent's listeners only finish what they have.
-        let _ = INBOUND_SOCKETS.redirect_sk_lookup(
-            &ctx,
-            local_ip4,
-            u64::from(BPF_SK_LOOKUP_F_NO_REUSEPORT | BPF_SK_LOOKUP_F_REPLACE),
-        );
+    if unsafe { INBOUND_PORTS.get(key) }.is_none() {
+        return SK_PASS;
+    }
+    // The agent's own socket, not its SO_REUSEPORT group (which the next agent's listener
+    // joins); and over what an earlier program chose (one of an older agent that did not
+    // share its links).
+    let assigned = INBOUND_SOCKETS.redirect_sk_lookup(
+        &ctx,
+        local_ip4,
+        u64::from(BPF_SK_LOOKUP_F_NO_REUSEPORT | BPF_SK_LOOKUP_F_REPLACE),
+    );
+    if assigned.is_err() {
+        // The port is captured but no proxy listener is there: no agent runs (the kernel
+        // removed the listener from the map as the agent's process ended). The connection
+        // is refused rather than delivered to the application around the proxy.
+        count(Counter::InboundNoListener);
+        return SK_DROP;
     }
     SK_PASS
 }

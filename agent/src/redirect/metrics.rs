@@ -40,7 +40,14 @@ fn counter_label(counter: Counter) -> &'static str {
         Counter::Excluded => "excluded",
         Counter::NotEnrolled => "not_enrolled",
         Counter::RecordFailed => "record_failed",
+        Counter::InboundNoListener => "no_listener",
     }
+}
+
+/// Whether a counter counts inbound connections refused by `inbound_lookup` (exported apart
+/// from the connects of pods).
+fn is_inbound_refusal(counter: Counter) -> bool {
+    matches!(counter, Counter::InboundNoListener)
 }
 
 impl Collector for RedirectCollector {
@@ -61,8 +68,22 @@ impl Collector for RedirectCollector {
             None,
             MetricType::Counter,
         )?;
-        for (counter, value) in counters.read() {
+        let (inbound, connects): (Vec<_>, Vec<_>) = counters
+            .read()
+            .into_iter()
+            .partition(|(counter, _)| is_inbound_refusal(*counter));
+        for (counter, value) in connects {
             let labels = [("result", counter_label(counter))];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_inbound_refused",
+            "Connections to captured pod ports refused by the inbound lookup program, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (counter, value) in inbound {
+            let labels = [("reason", counter_label(counter))];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(

@@ -2,9 +2,10 @@
 //! and the maps through which the agent steers them (enrollment, exclusions) and reads them
 //! (original destinations, counters).
 //!
-//! The cgroup programs' links and the shared maps are pinned in bpffs ([`pins`]): they stay
-//! attached after the agent exits (SIGTERM or SIGKILL alike), so pods never connect around
-//! the proxy; while no agent listens, their connects are refused. A starting agent takes
+//! The cgroup programs' links, each enrolled pod's inbound lookup link and the shared maps are
+//! pinned in bpffs ([`pins`]): they stay attached after the agent exits (SIGTERM or SIGKILL
+//! alike), so pods never connect around the proxy, nor are reached around it; while no agent
+//! listens, their connects and the connections to their captured ports are refused. A starting agent takes
 //! over what it finds pinned; only `mesh-agent uninstall` ([`pins::Pins::remove`]) detaches.
 pub mod cgroup;
 mod enrollment;
@@ -289,14 +290,17 @@ impl Redirector {
     }
 
     /// Loads the inbound lookup program and takes its maps: captured pods' listeners go to
-    /// `pods`, listening on `listen_port` inside each pod.
+    /// `pods`, listening on `listen_port` inside each pod; each pod's lookup link is pinned
+    /// in `pins`.
     pub fn inbound_hooks(
         &mut self,
+        pins: &Pins,
         listen_port: u16,
         pods: tokio::sync::mpsc::UnboundedSender<InboundPod>,
     ) -> Result<(InboundHooks, InboundPorts), RedirectError> {
         InboundHooks::new(
             Arc::clone(&self.ebpf),
+            pins.clone(),
             listen_port,
             pods,
             Arc::clone(&self.counters.inbound_links),
