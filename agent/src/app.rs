@@ -138,6 +138,7 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
 
     let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr, &pins)?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
+    redirector.set_policy(config.redirect.ipv6, config.redirect.udp)?;
     mesh_xds::memory::release_free_heap();
     let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
     let (hooks, inbound_ports) = match config.proxy.inbound_port {
@@ -592,6 +593,10 @@ fn reload(
         } else {
             error!(%error, "config reload failed part way: the exclusion maps hold part of the new lists, enrollment is unchanged; fix the cause and send SIGHUP again");
         }
+        return;
+    }
+    if let Err(error) = redirector.set_policy(new.redirect.ipv6, new.redirect.udp) {
+        error!(%error, "config reload failed part way: the exclusions are the new ones, redirect.ipv6 and redirect.udp the previous ones, enrollment is unchanged; fix the cause and send SIGHUP again");
         return;
     }
     config.redirect = new.redirect;

@@ -100,11 +100,15 @@ pub struct Captured {
 pub struct InboundPorts(Arc<Mutex<HashMap<MapData, InboundKey, u8>>>);
 
 impl InboundPorts {
-    /// Makes the captured ports exactly `desired` (pod address, port); how many are captured
-    /// now (fewer than desired if the map refused some).
+    /// Makes the captured ports exactly `desired` (pod address, port), each port also for
+    /// any pod ([`InboundKey::ANY_POD`], what IPv6 connections are checked against); how many
+    /// pod ports are captured now (fewer than desired if the map refused some).
     pub fn sync(&self, desired: &HashSet<(Ipv4Addr, u16)>) -> Result<usize, PortsPoisoned> {
         let mut map = self.0.lock().map_err(|_| PortsPoisoned)?;
-        let want: HashSet<InboundKey> = desired.iter().map(|(ip, port)| key(*ip, *port)).collect();
+        let want: HashSet<InboundKey> = desired
+            .iter()
+            .flat_map(|(ip, port)| [key(*ip, *port), key(Ipv4Addr::UNSPECIFIED, *port)])
+            .collect();
         let have: HashSet<InboundKey> = map.keys().filter_map(Result::ok).collect();
         for stale in have.difference(&want) {
             let _ = map.remove(stale);
@@ -114,7 +118,10 @@ impl InboundPorts {
                 warn!(%error, port = new.port, "cannot capture an inbound port");
             }
         }
-        Ok(map.keys().filter(Result::is_ok).count())
+        Ok(map
+            .keys()
+            .filter(|k| k.as_ref().is_ok_and(|k| k.ip4 != InboundKey::ANY_POD))
+            .count())
     }
 
     fn forget(&self, addresses: &[Ipv4Addr]) -> Result<(), PortsPoisoned> {

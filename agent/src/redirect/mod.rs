@@ -39,6 +39,8 @@ use aya::{
     },
 };
 use ipnet::Ipv4Net;
+
+use crate::config::{Ipv6Policy, UdpPolicy};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
@@ -56,11 +58,12 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const SOCKOPS: &str = "track_orig_dst";
 /// Re-keys captured UDP DNS queries by their source address (cgroup_skb egress).
 const DNS_QUERY_ORIGIN: &str = "dns_query_origin";
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+const SOCK_ADDR_PROGRAMS: [&str; 7] = [
     "getpeername4",
     "getpeername6",
     "recvmsg4",
     "sendmsg4",
+    "sendmsg6",
     "connect4",
     "connect6",
 ];
@@ -139,6 +142,10 @@ pub struct Redirector {
     enrolled: Option<HashMap<MapData, u64, agent_common::Enrollment>>,
     /// Where redirected connections go: the proxy's listener.
     proxy: SocketAddrV4,
+    /// [`RedirectConfig`]'s policy flags (IPv6, UDP).
+    policy: u16,
+    /// Whether [`Redirector::start`] turned the redirect on.
+    started: bool,
 }
 
 impl Redirector {
@@ -166,6 +173,8 @@ impl Redirector {
             enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
             ebpf: Arc::new(Mutex::new(ebpf)),
             proxy,
+            policy: 0,
+            started: false,
         };
         redirector.attach(cgroup, pins)?;
         Ok(redirector)
@@ -240,12 +249,35 @@ impl Redirector {
         Ok(())
     }
 
-    /// Turns redirection on: connects from enrolled pods now go to the proxy.
+    /// Turns redirection on: connects from enrolled pods now go to the proxy, and the IPv6
+    /// and UDP policies apply.
     pub fn start(&mut self) -> Result<(), RedirectError> {
+        self.started = true;
+        self.write_config()
+    }
+
+    /// Sets what happens to enrolled pods' native IPv6 TCP and their UDP: from
+    /// [`Redirector::start`] on, or at once if started (a reload).
+    pub fn set_policy(&mut self, ipv6: Ipv6Policy, udp: UdpPolicy) -> Result<(), RedirectError> {
+        let mut flags = 0;
+        if ipv6 == Ipv6Policy::Allow {
+            flags |= RedirectConfig::ALLOW_IPV6;
+        }
+        if udp == UdpPolicy::Refuse {
+            flags |= RedirectConfig::REFUSE_UDP;
+        }
+        self.policy = flags;
+        match self.started {
+            true => self.write_config(),
+            false => Ok(()),
+        }
+    }
+
+    fn write_config(&mut self) -> Result<(), RedirectError> {
         let value = RedirectConfig {
             proxy_ip4: u32::from_ne_bytes(self.proxy.ip().octets()),
             proxy_port: self.proxy.port().to_be(),
-            _pad: 0,
+            flags: self.policy,
         };
         self.config
             .set(0, value, 0)
