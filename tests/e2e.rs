@@ -390,7 +390,8 @@ fn after_sigterm_the_redirect_stays_and_connects_fail_closed_until_uninstall() {
     assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
     assert_refused(&setup, "client");
     let said = setup.agent.uninstall(&setup.node).unwrap();
-    assert!(said.contains("8 programs detached"), "{said}");
+    // The 9 cgroup programs and the client's inbound lookup.
+    assert!(said.contains("10 programs detached"), "{said}");
     let attached = bpftool_cgroup_show(&setup.node);
     assert!(attached.trim().is_empty(), "still attached:\n{attached}");
     assert!(
