@@ -176,6 +176,14 @@ impl InboundHooks {
                 super::take_map(&mut guard, maps::INBOUND_PORTS)?;
             (sockets, ports)
         };
+        match pins.prune_detached_inbound_links() {
+            Ok(0) => {}
+            Ok(pruned) => info!(
+                pruned,
+                "unpinned the inbound lookups of namespaces that are gone"
+            ),
+            Err(error) => warn!(%error, "inbound lookup pins of namespaces that are gone stay"),
+        }
         let ports = InboundPorts(Arc::new(Mutex::new(ports)));
         Ok((
             Self {

@@ -13,7 +13,7 @@
 use std::{
     io,
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::{Path, PathBuf},
@@ -47,6 +47,9 @@ const PINNED_MAPS: [&str; 12] = [
 /// bpf(2) commands (include/uapi/linux/bpf.h), not exported by aya.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `enum bpf_link_type`'s BPF_LINK_TYPE_NETNS.
+const BPF_LINK_TYPE_NETNS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -157,6 +160,40 @@ impl Pins {
         link: FdLink,
     ) -> Result<(), PinError> {
         pin(program, self.inbound_link(netns_cookie), link)
+    }
+
+    /// Unpins the inbound lookup links whose namespace is gone — pods deleted while no agent
+    /// ran: the kernel detached the link with its namespace, the pin only holds the program.
+    /// How many were unpinned.
+    pub fn prune_detached_inbound_links(&self) -> Result<usize, PinError> {
+        let entries = match self.inbound().read_dir() {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(PinError::Bpffs {
+                    path: self.inbound(),
+                    source,
+                });
+            }
+        };
+        let mut pruned = 0;
+        for path in entries.flatten().map(|e| e.path()) {
+            let detached = obj_get(&path)
+                .and_then(|link| link_netns_inode(link.as_fd()))
+                .map_err(|source| PinError::Link {
+                    path: path.clone(),
+                    source,
+                })?
+                == 0;
+            if detached {
+                std::fs::remove_file(&path).map_err(|source| PinError::Remove {
+                    path: path.clone(),
+                    source,
+                })?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
     }
 
     /// Unpins (and so detaches) the inbound lookup link of a namespace, if pinned.
@@ -270,6 +307,45 @@ pub fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
     };
     // SAFETY: LinkUpdate is the link_update member of bpf_attr, with descriptors only.
     unsafe { sys_bpf(BPF_LINK_UPDATE, &mut attr) }.map(drop)
+}
+
+/// The inode of the network namespace a netns link (sk_lookup) is attached to; 0 once the
+/// namespace is gone (BPF_OBJ_GET_INFO_BY_FD).
+fn link_netns_inode(link: BorrowedFd<'_>) -> io::Result<u32> {
+    /// The head of `struct bpf_link_info` with its `netns` member (the union is 8-aligned).
+    #[repr(C)]
+    #[derive(Default)]
+    struct NetnsLinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        netns_ino: u32,
+        attach_type: u32,
+    }
+    /// `union bpf_attr`'s info member.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = NetnsLinkInfo::default();
+    let mut attr = InfoByFd {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<NetnsLinkInfo>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: InfoByFd is the info member of bpf_attr; info points at a NetnsLinkInfo of
+    // info_len bytes that outlives the call.
+    unsafe { sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    if info.link_type != BPF_LINK_TYPE_NETNS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a netns link (type {})", info.link_type),
+        ));
+    }
+    Ok(info.netns_ino)
 }
 
 /// Opens a pinned BPF object (BPF_OBJ_GET).
