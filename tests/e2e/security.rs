@@ -290,6 +290,36 @@ fn ipv6_of(mesh: &MeshNode, pod: &str) -> String {
     format!("{IPV6_PREFIX}{}", ip.octets()[3])
 }
 
+/// The link-local address of `pod`'s eth0, once duplicate address detection has passed.
+fn link_local_of(mesh: &MeshNode, pod: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = mesh
+            .node
+            .run_in_pod(
+                pod,
+                "ip",
+                &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
+                Duration::from_secs(5),
+            )
+            .expect("ip runs");
+        let shown = String::from_utf8_lossy(&output.stdout);
+        // `2: eth0    inet6 fe80::…/64 scope link \       valid_lft …`
+        let address = shown
+            .split_whitespace()
+            .skip_while(|word| *word != "inet6")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next());
+        match address {
+            Some(address) if !shown.contains("tentative") => return address.to_owned(),
+            _ => {
+                assert!(Instant::now() < deadline, "no link-local address: {shown}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 /// Starts [`IPV6_HTTP_SERVER`] in `pod` on `port`, answering as `name`; it stops when
 /// dropped.
 fn serve_ipv6(mesh: &MeshNode, pod: &str, port: u16, name: &str) -> tests::Proc {
@@ -413,8 +443,19 @@ fn native_ipv6_around_the_mesh_is_refused_both_ways_and_v4_mapped_is_redirected(
     // Out of an enrolled pod: refused at connect (EPERM; curl: could not connect).
     let (code, body) = fetch(&mesh, "client", &to_outside, &[]);
     assert_eq!(code, Some(7), "{body}\n{}", mesh.agent.log());
-    // Into an enrolled pod's captured port: dropped, the application never sees it.
+    // Into an enrolled pod's captured port: dropped, the application never sees it — over
+    // the link-local address too (the finding's way in), though that reaches s1's other port.
     let (code, body) = fetch(&mesh, "outside", &format!("http://[{s1_6}]:{PORT}/"), &[]);
+    assert_eq!(code, Some(7), "{body}\n{}", mesh.agent.log());
+    let link_local = format!("[{}%25eth0]", link_local_of(&mesh, "s1"));
+    let (code, body) = fetch(&mesh, "outside", &format!("http://{link_local}:9000/"), &[]);
+    assert_eq!((code, body.as_str()), (Some(0), "over ipv6 from v1"));
+    let (code, body) = fetch(
+        &mesh,
+        "outside",
+        &format!("http://{link_local}:{PORT}/"),
+        &[],
+    );
     assert_eq!(code, Some(7), "{body}\n{}", mesh.agent.log());
     // Over IPv4 that port is the proxy's.
     let s1 = mesh.node.pod("s1").unwrap().ip;
