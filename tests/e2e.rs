@@ -58,6 +58,17 @@ struct Setup {
 }
 
 impl Setup {
+    /// Enrolls the outsider pod through the admin socket; its namespace's name.
+    fn enroll_outsider(&self) -> String {
+        let netns = self.node.pod("outsider").unwrap().netns_name().to_owned();
+        let (status, body) = self
+            .node
+            .admin("POST", &format!("/enrollment?netns={netns}"))
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        netns
+    }
+
     fn new(label: &str) -> Self {
         Self::with_extra(label, "redirect:\n  exclude_ports: [9001]\n")
     }
@@ -390,7 +401,8 @@ fn after_sigterm_the_redirect_stays_and_connects_fail_closed_until_uninstall() {
     assert!(bpftool_cgroup_show(&setup.node).contains("connect4"));
     assert_refused(&setup, "client");
     let said = setup.agent.uninstall(&setup.node).unwrap();
-    assert!(said.contains("8 programs detached"), "{said}");
+    // The 9 cgroup programs and the client's inbound lookup.
+    assert!(said.contains("10 programs detached"), "{said}");
     let attached = bpftool_cgroup_show(&setup.node);
     assert!(attached.trim().is_empty(), "still attached:\n{attached}");
     assert!(
@@ -477,24 +489,34 @@ fn pins_of(node: &Node) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
+/// The inbound lookup links pinned on `node` (one per captured pod namespace).
+fn inbound_link_pin_paths(node: &Node) -> Vec<std::path::PathBuf> {
+    pins_of(node)
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir.join("inbound")).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .collect()
+}
+
+fn inbound_link_pins(node: &Node) -> usize {
+    inbound_link_pin_paths(node).len()
+}
+
 #[test]
 fn enrollment_changes_at_runtime_via_admin_and_reload() {
     let mut setup = Setup::new("runtime");
     let to = setup.server(9000);
-    let outsider_ns = setup.node.pod("outsider").unwrap().netns_name().to_owned();
-
-    let (status, body) = setup
-        .node
-        .admin("POST", &format!("/enrollment?netns={outsider_ns}"))
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
+    let outsider_ns = setup.enroll_outsider();
     assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
+    // The client's and the outsider's inbound capture, pinned.
+    assert_eq!(inbound_link_pins(&setup.node), 2);
 
     let (status, body) = setup
         .node
         .admin("DELETE", &format!("/enrollment?netns={outsider_ns}"))
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    assert_eq!(inbound_link_pins(&setup.node), 1);
     assert_eq!(
         setup.send("outsider", to).seen_from(),
         setup.ip_of("outsider")
@@ -521,6 +543,42 @@ fn enrollment_changes_at_runtime_via_admin_and_reload() {
     wait_until(|| setup.agent.log().contains("config reload rejected"));
     assert_eq!(setup.send("outsider", to).seen_from(), NODE_IP.to_string());
     let _ = &setup.dir;
+}
+
+/// A pod deleted while no agent runs leaves its inbound lookup link pinned (the kernel
+/// detached it with the namespace): the next agent unpins it.
+#[test]
+fn the_inbound_pin_of_a_pod_deleted_while_no_agent_ran_goes_with_the_next_agent() {
+    let mut setup = Setup::new("gonepod");
+    let outsider_ns = setup.enroll_outsider();
+    assert_eq!(inbound_link_pins(&setup.node), 2);
+    setup.agent.signal(libc::SIGKILL).unwrap();
+    assert!(setup.agent.wait_exit(TIMEOUT).unwrap().is_some());
+    tests::netns::run("ip", &["netns", "del", &outsider_ns]).unwrap();
+    // The kernel frees a namespace (and detaches its link) in the background.
+    wait_until(|| {
+        inbound_link_pin_paths(&setup.node).iter().any(|pin| {
+            let shown = std::process::Command::new("bpftool")
+                .args(["link", "show", "pinned"])
+                .arg(pin)
+                .output()
+                .expect("bpftool");
+            String::from_utf8_lossy(&shown.stdout).contains("netns_ino 0 ")
+        })
+    });
+    let config = std::fs::read_to_string(&setup.agent.config_path).unwrap();
+    let workdir = setup.dir.path().join("next");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let next = Agent::start(&setup.node, &config, &workdir).expect("next agent starts");
+    // The client's stays (the next agent took it over); the outsider's is gone.
+    wait_until(|| inbound_link_pins(&setup.node) == 1);
+    assert!(
+        next.log()
+            .contains("unpinned the inbound lookups of namespaces that are gone"),
+        "{}",
+        next.log()
+    );
+    setup.agent = next;
 }
 
 /// Issue 11, finding 6: a reload with more excluded CIDRs than the kernel's map holds used

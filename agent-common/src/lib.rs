@@ -102,10 +102,17 @@ pub struct PeerKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InboundKey {
-    /// Pod IPv4 address, network byte order (as in `bpf_sk_lookup.local_ip4`).
+    /// Pod IPv4 address, network byte order (as in `bpf_sk_lookup.local_ip4`);
+    /// [`InboundKey::ANY_POD`] in the entry that says some pod's port is captured, which is
+    /// what IPv6 connections (with no pod IPv4 address to look up) are checked against.
     pub ip4: u32,
     /// Port, host byte order (as in `bpf_sk_lookup.local_port`).
     pub port: u32,
+}
+
+impl InboundKey {
+    /// 0.0.0.0 is never a pod's address.
+    pub const ANY_POD: u32 = 0;
 }
 
 /// What one enrolled pod's connect counter counts: the destination and the outcome.
@@ -114,11 +121,12 @@ pub struct InboundKey {
 pub struct PodConnectKey {
     /// The pod's [`Enrollment::workload_id`].
     pub workload_id: u32,
-    /// Destination IPv4, network byte order.
+    /// Destination IPv4, network byte order (0 for a native IPv6 destination).
     pub dst_ip4: u32,
     /// Destination port, host byte order.
     pub dst_port: u16,
-    /// A [`Counter`]: `Redirected`, `Excluded` or `RecordFailed`.
+    /// A [`Counter`]: `Redirected`, `Excluded`, `RecordFailed`, `Ipv6Refused`,
+    /// `UdpRefused` or `UdpPassed`.
     pub result: u8,
     pub _pad: u8,
 }
@@ -131,7 +139,17 @@ pub struct RedirectConfig {
     pub proxy_ip4: u32,
     /// Proxy listen port, network byte order.
     pub proxy_port: u16,
-    pub _pad: u16,
+    /// [`RedirectConfig::ALLOW_IPV6`], [`RedirectConfig::REFUSE_UDP`].
+    pub flags: u16,
+}
+
+impl RedirectConfig {
+    /// Enrolled pods' native IPv6 TCP goes around the mesh, both ways (else: connects are
+    /// refused, connections to captured ports dropped).
+    pub const ALLOW_IPV6: u16 = 1;
+    /// Enrolled pods' UDP (but DNS, loopback and excluded destinations) is refused (else it
+    /// passes, counted).
+    pub const REFUSE_UDP: u16 = 2;
 }
 
 /// Indexes into the [`maps::COUNTERS`] per-CPU array.
@@ -146,14 +164,32 @@ pub enum Counter {
     NotEnrolled = 2,
     /// Redirects whose original destination could not be recorded (map full).
     RecordFailed = 3,
+    /// Inbound connections to a captured pod port dropped by `inbound_lookup` because no
+    /// proxy listener is there for the pod (no agent runs): they fail instead of reaching
+    /// the application around the proxy.
+    InboundNoListener = 4,
+    /// Native IPv6 TCP connects of enrolled pods refused (EPERM).
+    Ipv6Refused = 5,
+    /// UDP connects and unconnected datagrams of enrolled pods refused (EPERM).
+    UdpRefused = 6,
+    /// UDP connects and unconnected datagrams of enrolled pods let through, around the mesh
+    /// (DNS capture, loopback and excluded destinations not counted).
+    UdpPassed = 7,
+    /// IPv6 connections to a captured port of an enrolled pod dropped by `inbound_lookup`.
+    InboundIpv6 = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Redirected,
         Counter::Excluded,
         Counter::NotEnrolled,
         Counter::RecordFailed,
+        Counter::InboundNoListener,
+        Counter::Ipv6Refused,
+        Counter::UdpRefused,
+        Counter::UdpPassed,
+        Counter::InboundIpv6,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }

@@ -1,20 +1,30 @@
 //! mesh-agent's eBPF programs: transparent redirect of enrolled pods' TCP connects into the
-//! node proxy.
+//! node proxy, capture of what arrives for them, and the IPv6 and UDP policies.
 //!
 //! * `connect4` (cgroup/connect4): an enrolled pod's connect to a non-excluded IPv4
 //!   destination is rewritten to the proxy; the original destination is kept by socket cookie.
 //! * `connect6` (cgroup/connect6): the same for IPv6 sockets connecting to IPv4-mapped
 //!   addresses (`::ffff:a.b.c.d`, what Java and other dual-stack runtimes do for IPv4 peers).
-//!   Native IPv6 destinations are left alone: the proxy listens on IPv4.
+//!   An enrolled pod's TCP connect to a native IPv6 destination cannot go through the proxy
+//!   (it listens on IPv4), so it is refused (EPERM) unless the node allows IPv6
+//!   (`RedirectConfig::ALLOW_IPV6`); the pod's own `::1`/`::` and excluded ports pass.
+//! * UDP other than captured DNS (`connect4`/`connect6` for connected sockets,
+//!   `sendmsg4`/`sendmsg6` for unconnected datagrams): passes, counted per pod, or with
+//!   `RedirectConfig::REFUSE_UDP` is refused (EPERM); DNS (port 53), the pod's own host and
+//!   excluded destinations always pass.
 //! * `track_orig_dst` (sock_ops): once that connection is established, the original destination is
 //!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept —
 //!   and a state callback removes both entries when the socket closes.
 //! * `getpeername4` / `getpeername6`: the application still sees its original peer.
-//! * `inbound_lookup` (sk_lookup, attached to each enrolled pod's network namespace): a TCP
-//!   connection arriving for one of the pod's mesh listener ports is handed to the proxy's
-//!   inbound listener inside that namespace; the connection keeps its addresses, so the proxy
-//!   reads the original destination from its local address. Loopback is never taken: the
-//!   proxy reaches the application there.
+//! * `inbound_lookup` (sk_lookup, attached to each enrolled pod's network namespace through a
+//!   link pinned in bpffs, so it outlives the agent): a TCP connection arriving for one of the
+//!   pod's mesh listener ports is handed to the proxy's inbound listener inside that
+//!   namespace; the connection keeps its addresses, so the proxy reads the original
+//!   destination from its local address. With no listener there (no agent runs) it is
+//!   dropped — refused — never passed to the application. Loopback is never taken: the proxy
+//!   reaches the application there. An IPv6 connection to a port the node captures is
+//!   dropped too, unless the node allows IPv6: it would reach a dual-stack application
+//!   around the proxy.
 //! * DNS capture, for enrolled pods that have it (`Enrollment::CAPTURE_DNS`): `connect4` sends
 //!   TCP and connected-UDP connects to port 53, and `sendmsg4` unconnected UDP datagrams to
 //!   port 53, to the agent's DNS server instead, keeping the resolver asked by socket cookie;
@@ -46,6 +56,8 @@ const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 /// cgroup/connect4 and getpeername4 return 1 to let the call proceed.
 const ALLOW: i32 = 1;
+/// ...and 0 to fail it with EPERM.
+const DENY: i32 = 0;
 
 #[map]
 static ENROLLED_NETNS: HashMap<u64, Enrollment> = HashMap::with_max_entries(MAX_ENROLLED_NETNS, 0);
@@ -98,8 +110,10 @@ const IPPROTO_UDP: u8 = 17;
 /// 127.0.0.0/8, network order: the proxy's own way to the application.
 const LOOPBACK_NET: u32 = u32::from_be_bytes([127, 0, 0, 0]);
 const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -138,31 +152,107 @@ fn redirect_config() -> Option<&'static RedirectConfig> {
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if let Some((ip4, port)) = connect_target(&ctx, addr.user_ip4, addr.user_port as u16) {
-        addr.user_ip4 = ip4;
-        addr.user_port = u32::from(port);
+    let (dst_ip4, dst_port) = (addr.user_ip4, addr.user_port as u16);
+    // A captured DNS query goes to the agent's DNS server, other UDP is up to the UDP
+    // policy, TCP goes to the proxy.
+    if let Some(dns) = dns_target(&ctx, dst_ip4, dst_port) {
+        addr.user_ip4 = dns.server_ip4;
+        addr.user_port = u32::from(dns.server_port);
+        return ALLOW;
+    }
+    if addr.type_ == SOCK_DGRAM {
+        return udp_verdict(&ctx, dst_ip4, dst_port, is_own_host(dst_ip4));
+    }
+    if let Some(proxy) = redirect_target(&ctx, dst_ip4, dst_port) {
+        addr.user_ip4 = proxy.proxy_ip4;
+        addr.user_port = u32::from(proxy.proxy_port);
     }
     ALLOW
-}
-
-/// Where a connect to `dst_ip4:dst_port` goes instead, if anywhere: a captured DNS query to
-/// the agent's DNS server, other TCP to the proxy.
-#[inline(always)]
-fn connect_target(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Option<(u32, u16)> {
-    if let Some(dns) = dns_target(ctx, dst_ip4, dst_port) {
-        return Some((dns.server_ip4, dns.server_port));
-    }
-    redirect_target(ctx, dst_ip4, dst_port).map(|proxy| (proxy.proxy_ip4, proxy.proxy_port))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if let Some(dns) = dns_target(&ctx, addr.user_ip4, addr.user_port as u16) {
+    let (dst_ip4, dst_port) = (addr.user_ip4, addr.user_port as u16);
+    if let Some(dns) = dns_target(&ctx, dst_ip4, dst_port) {
         addr.user_ip4 = dns.server_ip4;
         addr.user_port = u32::from(dns.server_port);
+        return ALLOW;
     }
-    ALLOW
+    udp_verdict(&ctx, dst_ip4, dst_port, is_own_host(dst_ip4))
+}
+
+/// Unconnected UDP datagrams of IPv6 sockets (native or to IPv4-mapped addresses): the UDP
+/// policy.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let addr: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    let ip6 = addr.user_ip6;
+    let port = addr.user_port as u16;
+    match is_v4_mapped(ip6) {
+        true => udp_verdict(&ctx, ip6[3], port, is_own_host(ip6[3])),
+        false => udp_verdict(&ctx, 0, port, is_own_host6(ip6)),
+    }
+}
+
+/// The UDP policy, for an enrolled pod's UDP that DNS capture did not take: to `dst_ip4`
+/// (network order; 0 for a native IPv6 destination) and `dst_port` (network order). The
+/// pod's own host (`local`), DNS and excluded destinations always pass, uncounted; the rest
+/// passes counted, or with [`RedirectConfig::REFUSE_UDP`] is refused (EPERM).
+#[inline(always)]
+fn udp_verdict(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16, local: bool) -> i32 {
+    if local || dst_port == DNS_PORT.to_be() {
+        return ALLOW;
+    }
+    let Some(cfg) = redirect_config() else {
+        return ALLOW;
+    };
+    let Some(enrollment) = enrollment_of(ctx) else {
+        return ALLOW;
+    };
+    if is_excluded(dst_ip4, dst_port) {
+        return ALLOW;
+    }
+    let refuse = cfg.flags & RedirectConfig::REFUSE_UDP != 0;
+    let (counter, verdict) = match refuse {
+        true => (Counter::UdpRefused, DENY),
+        false => (Counter::UdpPassed, ALLOW),
+    };
+    count_pod(counter, enrollment.workload_id, dst_ip4, dst_port);
+    verdict
+}
+
+/// Whether the redirect is on and IPv6 is not allowed around it.
+#[inline(always)]
+fn refuses_ipv6() -> bool {
+    redirect_config().is_some_and(|cfg| cfg.flags & RedirectConfig::ALLOW_IPV6 == 0)
+}
+
+/// Whether a destination is excluded from the redirect (its port, or its IPv4 address when it
+/// has one: `dst_ip4` 0 stands for a native IPv6 destination). Both in network order.
+#[inline(always)]
+fn is_excluded(dst_ip4: u32, dst_port: u16) -> bool {
+    unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
+        || (dst_ip4 != 0 && EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some())
+}
+
+#[inline(always)]
+fn enrollment_of(ctx: &SockAddrContext) -> Option<&'static Enrollment> {
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    unsafe { ENROLLED_NETNS.get(netns) }
+}
+
+/// 0.0.0.0/8 ("this host") or 127.0.0.0/8 (network order): the pod's own namespace.
+#[inline(always)]
+fn is_own_host(ip4: u32) -> bool {
+    let first = u32::from_be(ip4) >> 24;
+    first == 0 || first == 127
+}
+
+/// `::` or `::1`: the pod's own namespace.
+#[inline(always)]
+fn is_own_host6(ip6: [u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == 1_u32.to_be())
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -200,8 +290,7 @@ fn dns_target(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Option<&'st
     let dns = DNS_CONFIG
         .get(0)
         .filter(|dns| dns.capture != 0 && dns.server_port != 0)?;
-    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let enrollment = unsafe { ENROLLED_NETNS.get(netns) }?;
+    let enrollment = enrollment_of(ctx)?;
     if enrollment.flags & Enrollment::CAPTURE_DNS == 0 {
         return None;
     }
@@ -269,13 +358,42 @@ fn note_dns_query(ctx: &SkBuffContext) -> Option<()> {
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     let addr: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
     let ip6 = addr.user_ip6;
-    if is_v4_mapped(ip6)
-        && let Some(proxy) = redirect_target(&ctx, ip6[3], addr.user_port as u16)
-    {
+    let port = addr.user_port as u16;
+    if !is_v4_mapped(ip6) {
+        return native_ipv6_verdict(&ctx, ip6, port);
+    }
+    if addr.type_ == SOCK_DGRAM {
+        return udp_verdict(&ctx, ip6[3], port, is_own_host(ip6[3]));
+    }
+    if let Some(proxy) = redirect_target(&ctx, ip6[3], port) {
         addr.user_ip6[3] = proxy.proxy_ip4;
         addr.user_port = u32::from(proxy.proxy_port);
     }
     ALLOW
+}
+
+/// A connect to a native IPv6 destination: the proxy listens on IPv4, so an enrolled pod's
+/// TCP cannot go through the mesh, and going around it is refused (EPERM) unless the node
+/// allows IPv6 ([`RedirectConfig::ALLOW_IPV6`]); the pod's own host and excluded ports
+/// pass. UDP follows the UDP policy.
+#[inline(always)]
+fn native_ipv6_verdict(ctx: &SockAddrContext, ip6: [u32; 4], port: u16) -> i32 {
+    let addr: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    let local = is_own_host6(ip6);
+    if addr.type_ == SOCK_DGRAM {
+        return udp_verdict(ctx, 0, port, local);
+    }
+    if addr.type_ != SOCK_STREAM || local || is_excluded(0, port) {
+        return ALLOW;
+    }
+    if !refuses_ipv6() {
+        return ALLOW;
+    }
+    let Some(enrollment) = enrollment_of(ctx) else {
+        return ALLOW;
+    };
+    count_pod(Counter::Ipv6Refused, enrollment.workload_id, 0, port);
+    DENY
 }
 
 /// `::ffff:a.b.c.d`, words in network order as the kernel stores them.
@@ -297,8 +415,7 @@ fn redirect_target(
         return None;
     }
     let cfg = redirect_config()?;
-    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let Some(enrollment) = (unsafe { ENROLLED_NETNS.get(netns) }) else {
+    let Some(enrollment) = enrollment_of(ctx) else {
         count(Counter::NotEnrolled);
         return None;
     };
@@ -312,10 +429,7 @@ fn redirect_target(
     // the proxy it would mean the node — its loopback, the agent's admin endpoint — so it is
     // always left alone, whatever the exclusion maps say.
     let this_host = u32::from_be(dst_ip4) >> 24 == 0;
-    if this_host
-        || unsafe { EXCLUDED_PORTS.get(u16::from_be(dst_port)) }.is_some()
-        || EXCLUDED_CIDRS.get(Key::new(32, dst_ip4)).is_some()
-    {
+    if this_host || is_excluded(dst_ip4, dst_port) {
         count_pod(Counter::Excluded, enrollment.workload_id, dst_ip4, dst_port);
         return None;
     }
@@ -416,7 +530,13 @@ fn on_close(ctx: &SockOpsContext) {
 #[sk_lookup]
 pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
     let lookup = unsafe { &*ctx.lookup };
-    if lookup.protocol != IPPROTO_TCP || lookup.family != AF_INET {
+    if lookup.protocol != IPPROTO_TCP {
+        return SK_PASS;
+    }
+    if lookup.family == AF_INET6 {
+        return inbound_ipv6(lookup.local_ip6, lookup.local_port);
+    }
+    if lookup.family != AF_INET {
         return SK_PASS;
     }
     let local_ip4 = lookup.local_ip4;
@@ -427,19 +547,47 @@ pub fn inbound_lookup(ctx: SkLookupContext) -> u32 {
         ip4: local_ip4,
         port: lookup.local_port,
     };
-    if unsafe { INBOUND_PORTS.get(key) }.is_some() {
-        // No inbound listener (yet, or any more): the connection proceeds to whoever listens
-        // on the port. The agent's own socket, not its SO_REUSEPORT group (which the next
-        // agent's listener joins); and over what an earlier program chose: when two agents
-        // run (an upgrade), the newest one's program runs last and takes the connections once
-        // its ports are in place, so the old agent's listeners only finish what they have.
-        let _ = INBOUND_SOCKETS.redirect_sk_lookup(
-            &ctx,
-            local_ip4,
-            u64::from(BPF_SK_LOOKUP_F_NO_REUSEPORT | BPF_SK_LOOKUP_F_REPLACE),
-        );
+    if unsafe { INBOUND_PORTS.get(key) }.is_none() {
+        return SK_PASS;
+    }
+    // The agent's own socket, not its SO_REUSEPORT group (which the next agent's listener
+    // joins); and over what an earlier program chose (one of an older agent that did not
+    // share its links).
+    let assigned = INBOUND_SOCKETS.redirect_sk_lookup(
+        &ctx,
+        local_ip4,
+        u64::from(BPF_SK_LOOKUP_F_NO_REUSEPORT | BPF_SK_LOOKUP_F_REPLACE),
+    );
+    if assigned.is_err() {
+        // The port is captured but no proxy listener is there: no agent runs (the kernel
+        // removed the listener from the map as the agent's process ended). The connection
+        // is refused rather than delivered to the application around the proxy.
+        count(Counter::InboundNoListener);
+        return SK_DROP;
     }
     SK_PASS
+}
+
+/// An IPv6 connection arriving at an enrolled pod (IPv4 ones to an IPv6 socket are looked
+/// up as IPv4): the proxy's inbound listener is IPv4, so on a port the mesh captures it would
+/// reach the application around the proxy's TLS and policy — a dual-stack application would
+/// take it. Dropped, unless the node allows IPv6. Which pod it is for is not known here (no
+/// IPv4 address to look up), so any port the node captures for some pod counts
+/// ([`InboundKey::ANY_POD`]). The pod's loopback passes.
+#[inline(always)]
+fn inbound_ipv6(local_ip6: [u32; 4], local_port: u32) -> u32 {
+    if is_own_host6(local_ip6) {
+        return SK_PASS;
+    }
+    let key = InboundKey {
+        ip4: InboundKey::ANY_POD,
+        port: local_port,
+    };
+    if !refuses_ipv6() || unsafe { INBOUND_PORTS.get(key) }.is_none() {
+        return SK_PASS;
+    }
+    count(Counter::InboundIpv6);
+    SK_DROP
 }
 
 #[cfg(not(test))]

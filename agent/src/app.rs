@@ -46,9 +46,6 @@ use crate::{
     tls::{TlsMetrics, TlsStore},
 };
 
-/// Between withdrawing the inbound listeners from the pods' lookups and closing them.
-const INBOUND_HANDOVER: Duration = Duration::from_millis(100);
-
 /// How long a taking-over agent waits for its mesh before it listens: its predecessor serves
 /// meanwhile, and connections this agent accepted without its mesh would fail.
 const TAKEOVER_MESH_WAIT: Duration = Duration::from_secs(30);
@@ -141,12 +138,13 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
 
     let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr, &pins)?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
+    redirector.set_policy(config.redirect.ipv6, config.redirect.udp)?;
     mesh_xds::memory::release_free_heap();
     let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
     let (hooks, inbound_ports) = match config.proxy.inbound_port {
         0 => (None, None),
         port => {
-            let (hooks, ports) = redirector.inbound_hooks(port, inbound_pods)?;
+            let (hooks, ports) = redirector.inbound_hooks(&pins, port, inbound_pods)?;
             (Some(hooks), Some(ports))
         }
     };
@@ -292,13 +290,9 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     // until an agent runs again.
     info!("stopping: closing listeners, draining connections; the redirect stays attached");
     ready.store(false, Ordering::Relaxed);
-    // Inbound first: once the pods' lookups no longer pick this agent's listeners, the
-    // handshakes already under way complete and are accepted before the listeners close.
-    match enrollments.lock() {
-        Ok(mut enrollments) => enrollments.withdraw_inbound(),
-        Err(_) => error!("enrollment table poisoned; inbound listeners close without handover"),
-    }
-    tokio::time::sleep(INBOUND_HANDOVER).await;
+    // The pods' inbound lookups need no handover: a successor put its own listeners in the
+    // shared map as it captured each pod; without one, this agent's go from the map as they
+    // close, and connections to the captured ports are refused until an agent runs again.
     inputs.drain.cancel();
     // Inbound connections got the same drain period alongside; what is still open now (idle
     // keep-alive connections from callers' pools, too) is cut.
@@ -599,6 +593,10 @@ fn reload(
         } else {
             error!(%error, "config reload failed part way: the exclusion maps hold part of the new lists, enrollment is unchanged; fix the cause and send SIGHUP again");
         }
+        return;
+    }
+    if let Err(error) = redirector.set_policy(new.redirect.ipv6, new.redirect.udp) {
+        error!(%error, "config reload failed part way: the exclusions are the new ones, redirect.ipv6 and redirect.udp the previous ones, enrollment is unchanged; fix the cause and send SIGHUP again");
         return;
     }
     config.redirect = new.redirect;

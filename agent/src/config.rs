@@ -209,6 +209,36 @@ pub struct RedirectExclusions {
     /// Destination ports never redirected.
     #[serde(default)]
     pub exclude_ports: Vec<u16>,
+    /// Enrolled pods' native IPv6 TCP, which the proxy (IPv4) cannot take.
+    #[serde(default)]
+    pub ipv6: Ipv6Policy,
+    /// Enrolled pods' UDP other than DNS, which the proxy does not take.
+    #[serde(default)]
+    pub udp: UdpPolicy,
+}
+
+/// What happens to enrolled pods' native IPv6 TCP (`redirect.ipv6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ipv6Policy {
+    /// Connects are refused (EPERM) and connections to captured ports dropped: a pod cannot
+    /// go around the mesh over IPv6.
+    #[default]
+    Refuse,
+    /// Both pass, around the mesh.
+    Allow,
+}
+
+/// What happens to enrolled pods' UDP other than DNS (`redirect.udp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UdpPolicy {
+    /// It passes, around the mesh, counted.
+    #[default]
+    Allow,
+    /// Connects and datagrams are refused (EPERM), but to the pod's own host and to
+    /// excluded destinations.
+    Refuse,
 }
 
 /// How DNS service discovery resolves names.
@@ -917,6 +947,32 @@ mod tests {
             err.to_string().contains("unknown field `enrolment`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ipv6_and_udp_policies_default_to_refuse_and_allow_and_name_a_bad_value() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(
+            (config.redirect.ipv6, config.redirect.udp),
+            (Ipv6Policy::Refuse, UdpPolicy::Allow)
+        );
+        let config = parse(&format!(
+            "{MINIMAL}redirect:\n  ipv6: allow\n  udp: refuse\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (config.redirect.ipv6, config.redirect.udp),
+            (Ipv6Policy::Allow, UdpPolicy::Refuse)
+        );
+        for (field, text) in [("ipv6", "ipv6: block"), ("udp", "udp: yes")] {
+            let err = parse(&format!("{MINIMAL}redirect:\n  {text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("redirect.{field}")) && err.contains("unknown variant"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -272,6 +272,14 @@ fn check_config_rejects_what_start_up_or_reload_would() {
             format!("{PROXY}bpffs_path: sys/fs/bpf\n"),
             "sys/fs/bpf is not an absolute path",
         ),
+        (
+            format!("{PROXY}redirect:\n  ipv6: redirect\n"),
+            "redirect.ipv6: unknown variant `redirect`, expected `refuse` or `allow`",
+        ),
+        (
+            format!("{PROXY}redirect:\n  udp: drop\n"),
+            "redirect.udp: unknown variant `drop`, expected `allow` or `refuse`",
+        ),
     ];
     for (config, expected) in cases {
         let (code, err) = check_config(&config);

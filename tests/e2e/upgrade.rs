@@ -3,10 +3,12 @@
 //! `api.m.local`, served by pod s1, whose inbound traffic the agent captures too), and a
 //! second curl every 50 ms one to a destination the mesh forbids (egress DROP_ALL: the
 //! `outside` pod). A request that reaches `outside`, or that s1 sees from anywhere but the
-//! inbound proxy (127.0.0.1), went around the mesh: a bypass.
+//! inbound proxy (127.0.0.1), went around the mesh: a bypass. Requests from the `outside`
+//! pod (not enrolled) straight to s1's port show whether s1's inbound capture holds while no
+//! agent runs.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tests::{Agent, Proc};
+use tests::{Agent, Proc, agent::metric_value};
 
 use super::{
     TIMEOUT, bpftool_cgroup_show,
@@ -155,6 +157,31 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
+/// What a request from the `outside` pod (not enrolled) straight to s1's service port meets.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    /// s1's application answered through the inbound proxy (on its loopback).
+    Proxied,
+    /// s1's application answered the caller directly: around the proxy.
+    Direct,
+    /// No answer: curl's exit code (7: the connection was refused).
+    Failed(i32),
+}
+
+fn from_outside_to_s1(mesh: &MeshNode) -> Inbound {
+    let url = format!("http://{}:{PORT}/", mesh.node.pod("s1").unwrap().ip);
+    let output = mesh
+        .node
+        .run_in_pod("outside", "curl", &["-s", "--max-time", "3", &url], TIMEOUT)
+        .unwrap();
+    let body = String::from_utf8_lossy(&output.stdout);
+    match output.status.code() {
+        Some(0) if body.contains("(client 127.0.0.1:") => Inbound::Proxied,
+        Some(0) => Inbound::Direct,
+        code => Inbound::Failed(code.unwrap_or(-1)),
+    }
+}
+
 fn mesh(label: &str) -> MeshNode {
     MeshNode::start(
         label,
@@ -227,13 +254,23 @@ fn upgrade_under_load_fails_no_request_and_bypasses_nothing() {
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
 
-    // Uninstall after the last agent stopped: nothing attached, nothing pinned.
+    assert_eq!(from_outside_to_s1(&mesh), Inbound::Proxied, "{}", logs());
+
+    // The last agent stopped: s1's captured port stays captured and refuses connections.
     mesh.signal_agent(libc::SIGTERM);
     assert!(mesh.agent.wait_exit(TIMEOUT).unwrap().is_some());
     assert!(bpftool_cgroup_show(&mesh.node).contains("connect4"));
+    assert_eq!(
+        from_outside_to_s1(&mesh),
+        Inbound::Failed(7),
+        "{}",
+        mesh.agent.log()
+    );
+    // Uninstall: nothing attached, nothing pinned — s1 is out of the mesh, reached directly.
     mesh.agent.uninstall(&mesh.node).unwrap();
     assert!(bpftool_cgroup_show(&mesh.node).trim().is_empty());
     assert!(pins_of(&mesh.node).is_empty());
+    assert_eq!(from_outside_to_s1(&mesh), Inbound::Direct);
 }
 
 #[test]
@@ -241,16 +278,45 @@ fn killed_agent_bypasses_nothing_and_fails_only_until_the_next_one_runs() {
     let mut mesh = mesh("killed");
     let load = Load::start(&mesh);
     std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        from_outside_to_s1(&mesh),
+        Inbound::Proxied,
+        "{}",
+        mesh.agent.log()
+    );
     let killed_at = now();
     mesh.signal_agent(libc::SIGKILL);
     assert!(mesh.agent.wait_exit(TIMEOUT).unwrap().is_some());
-    // No agent for a second: connects are refused, nothing goes direct.
-    std::thread::sleep(Duration::from_secs(1));
+    // No agent for a second: connects are refused, nothing goes direct — neither out of the
+    // client nor into s1 from outside the mesh.
+    let without_agent = from_outside_to_s1(&mesh);
+    std::thread::sleep(
+        Duration::from_secs(1).saturating_sub(Duration::from_secs_f64(now() - killed_at)),
+    );
     let next = mesh.next_agent("restarted");
     let running_at = now();
     std::thread::sleep(Duration::from_millis(1500));
     let figures = load.finish();
     let old = std::mem::replace(&mut mesh.agent, next);
+    assert_eq!(
+        without_agent,
+        Inbound::Failed(7),
+        "{}",
+        logs(&old, &mesh.agent)
+    );
+    // The new agent took s1's capture over: through its inbound proxy again, and the refusal
+    // is counted (the counters are pinned too).
+    assert_eq!(
+        from_outside_to_s1(&mesh),
+        Inbound::Proxied,
+        "{}",
+        mesh.agent.log()
+    );
+    let refused = metric_value(
+        &mesh.metrics(),
+        r#"mesh_agent_inbound_refused_total{reason="no_listener"}"#,
+    );
+    assert!(refused >= 1.0, "{refused}");
     eprintln!(
         "SIGKILL and restart ({:.2} s without an agent): {figures}",
         running_at - killed_at

@@ -273,22 +273,12 @@ impl Enrollments {
         if let Some((_, stale)) = self.captured.remove(&ns.spec) {
             hooks.release(stale);
         }
-        match hooks.capture(ns, workload_id, addresses) {
+        match hooks.capture(ns, cookie, workload_id, addresses) {
             Ok(captured) => {
                 self.captured.insert(ns.spec.clone(), (cookie, captured));
             }
             Err(reason) => {
                 warn!(netns = %ns.spec, %reason, "inbound traffic of this pod is not captured")
-            }
-        }
-    }
-
-    /// At shutdown: every captured pod's new inbound connections go to the next agent's
-    /// listener (see [`InboundHooks::withdraw`]); the pods stay enrolled.
-    pub fn withdraw_inbound(&mut self) {
-        if let Some(hooks) = &mut self.inbound {
-            for (_, captured) in self.captured.values() {
-                hooks.withdraw(captured);
             }
         }
     }

@@ -40,7 +40,18 @@ fn counter_label(counter: Counter) -> &'static str {
         Counter::Excluded => "excluded",
         Counter::NotEnrolled => "not_enrolled",
         Counter::RecordFailed => "record_failed",
+        Counter::InboundNoListener => "no_listener",
+        Counter::Ipv6Refused => "refused_ipv6",
+        Counter::UdpRefused => "refused_udp",
+        Counter::UdpPassed => "passed_udp",
+        Counter::InboundIpv6 => "ipv6",
     }
+}
+
+/// Whether a counter counts inbound connections refused by `inbound_lookup` (exported apart
+/// from the connects of pods).
+fn is_inbound_refusal(counter: Counter) -> bool {
+    matches!(counter, Counter::InboundNoListener | Counter::InboundIpv6)
 }
 
 impl Collector for RedirectCollector {
@@ -57,12 +68,26 @@ impl Collector for RedirectCollector {
         };
         let mut family = encoder.encode_descriptor(
             "mesh_agent_redirect_connects",
-            "TCP connects seen by the connect4 program in the node cgroup, by outcome",
+            "Connects (TCP; UDP connects and datagrams) seen by the cgroup programs in the node cgroup, by outcome",
             None,
             MetricType::Counter,
         )?;
-        for (counter, value) in counters.read() {
+        let (inbound, connects): (Vec<_>, Vec<_>) = counters
+            .read()
+            .into_iter()
+            .partition(|(counter, _)| is_inbound_refusal(*counter));
+        for (counter, value) in connects {
             let labels = [("result", counter_label(counter))];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_inbound_refused",
+            "Connections to captured pod ports refused by the inbound lookup program, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (counter, value) in inbound {
+            let labels = [("reason", counter_label(counter))];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
@@ -168,12 +193,11 @@ impl PodConnectCollector {
 }
 
 fn result_label(result: u8) -> Option<&'static str> {
-    match u32::from(result) {
-        r if r == Counter::Redirected as u32 => Some("redirected"),
-        r if r == Counter::Excluded as u32 => Some("excluded"),
-        r if r == Counter::RecordFailed as u32 => Some("record_failed"),
-        _ => None,
-    }
+    Counter::ALL
+        .into_iter()
+        .find(|counter| *counter as u32 == u32::from(result))
+        .filter(|counter| !is_inbound_refusal(*counter) && *counter != Counter::NotEnrolled)
+        .map(counter_label)
 }
 
 impl fmt::Debug for PodConnectCollector {
@@ -186,7 +210,7 @@ impl Collector for PodConnectCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "mesh_agent_pod_connects",
-            "TCP connects of each enrolled pod, by the destination's virtual node, port and outcome (in-kernel)",
+            "TCP connects, and UDP connects and datagrams, of each enrolled pod, by the destination's virtual node, port and outcome (in-kernel)",
             None,
             MetricType::Counter,
         )?;

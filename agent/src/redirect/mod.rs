@@ -2,9 +2,10 @@
 //! and the maps through which the agent steers them (enrollment, exclusions) and reads them
 //! (original destinations, counters).
 //!
-//! The cgroup programs' links and the shared maps are pinned in bpffs ([`pins`]): they stay
-//! attached after the agent exits (SIGTERM or SIGKILL alike), so pods never connect around
-//! the proxy; while no agent listens, their connects are refused. A starting agent takes
+//! The cgroup programs' links, each enrolled pod's inbound lookup link and the shared maps are
+//! pinned in bpffs ([`pins`]): they stay attached after the agent exits (SIGTERM or SIGKILL
+//! alike), so pods never connect around the proxy, nor are reached around it; while no agent
+//! listens, their connects and the connections to their captured ports are refused. A starting agent takes
 //! over what it finds pinned; only `mesh-agent uninstall` ([`pins::Pins::remove`]) detaches.
 pub mod cgroup;
 mod enrollment;
@@ -38,6 +39,8 @@ use aya::{
     },
 };
 use ipnet::Ipv4Net;
+
+use crate::config::{Ipv6Policy, UdpPolicy};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
@@ -55,11 +58,12 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const SOCKOPS: &str = "track_orig_dst";
 /// Re-keys captured UDP DNS queries by their source address (cgroup_skb egress).
 const DNS_QUERY_ORIGIN: &str = "dns_query_origin";
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+const SOCK_ADDR_PROGRAMS: [&str; 7] = [
     "getpeername4",
     "getpeername6",
     "recvmsg4",
     "sendmsg4",
+    "sendmsg6",
     "connect4",
     "connect6",
 ];
@@ -138,6 +142,10 @@ pub struct Redirector {
     enrolled: Option<HashMap<MapData, u64, agent_common::Enrollment>>,
     /// Where redirected connections go: the proxy's listener.
     proxy: SocketAddrV4,
+    /// [`RedirectConfig`]'s policy flags (IPv6, UDP).
+    policy: u16,
+    /// Whether [`Redirector::start`] turned the redirect on.
+    started: bool,
 }
 
 impl Redirector {
@@ -165,6 +173,8 @@ impl Redirector {
             enrolled: Some(take_map(&mut ebpf, maps::ENROLLED_NETNS)?),
             ebpf: Arc::new(Mutex::new(ebpf)),
             proxy,
+            policy: 0,
+            started: false,
         };
         redirector.attach(cgroup, pins)?;
         Ok(redirector)
@@ -239,12 +249,35 @@ impl Redirector {
         Ok(())
     }
 
-    /// Turns redirection on: connects from enrolled pods now go to the proxy.
+    /// Turns redirection on: connects from enrolled pods now go to the proxy, and the IPv6
+    /// and UDP policies apply.
     pub fn start(&mut self) -> Result<(), RedirectError> {
+        self.started = true;
+        self.write_config()
+    }
+
+    /// Sets what happens to enrolled pods' native IPv6 TCP and their UDP: from
+    /// [`Redirector::start`] on, or at once if started (a reload).
+    pub fn set_policy(&mut self, ipv6: Ipv6Policy, udp: UdpPolicy) -> Result<(), RedirectError> {
+        let mut flags = 0;
+        if ipv6 == Ipv6Policy::Allow {
+            flags |= RedirectConfig::ALLOW_IPV6;
+        }
+        if udp == UdpPolicy::Refuse {
+            flags |= RedirectConfig::REFUSE_UDP;
+        }
+        self.policy = flags;
+        match self.started {
+            true => self.write_config(),
+            false => Ok(()),
+        }
+    }
+
+    fn write_config(&mut self) -> Result<(), RedirectError> {
         let value = RedirectConfig {
             proxy_ip4: u32::from_ne_bytes(self.proxy.ip().octets()),
             proxy_port: self.proxy.port().to_be(),
-            _pad: 0,
+            flags: self.policy,
         };
         self.config
             .set(0, value, 0)
@@ -289,14 +322,17 @@ impl Redirector {
     }
 
     /// Loads the inbound lookup program and takes its maps: captured pods' listeners go to
-    /// `pods`, listening on `listen_port` inside each pod.
+    /// `pods`, listening on `listen_port` inside each pod; each pod's lookup link is pinned
+    /// in `pins`.
     pub fn inbound_hooks(
         &mut self,
+        pins: &Pins,
         listen_port: u16,
         pods: tokio::sync::mpsc::UnboundedSender<InboundPod>,
     ) -> Result<(InboundHooks, InboundPorts), RedirectError> {
         InboundHooks::new(
             Arc::clone(&self.ebpf),
+            pins.clone(),
             listen_port,
             pods,
             Arc::clone(&self.counters.inbound_links),

@@ -1,17 +1,19 @@
 //! The redirect's state pinned in bpffs, so it outlives the agent's process: the cgroup
-//! programs' links (the redirect stays attached while no agent runs, and a new agent swaps
-//! its programs in with one atomic link update each) and the maps whose contents must
-//! survive an upgrade (enrollment, exclusions, the original destinations of live
-//! connections, counters).
+//! programs' links and each enrolled pod's inbound lookup link (the redirect and the inbound
+//! capture stay attached while no agent runs, and a new agent swaps its programs in with one
+//! atomic link update each) and the maps whose contents must survive an upgrade (enrollment,
+//! exclusions, the original destinations of live connections, captured inbound ports and
+//! their listeners, counters).
 //!
-//! Layout: `<bpffs>/mesh-agent/cgroup-<id>/links/<program>` and `.../maps-v<N>/<MAP>`, where
+//! Layout: `<bpffs>/mesh-agent/cgroup-<id>/links/<program>`,
+//! `.../inbound/<netns cookie>` and `.../maps-v<N>/<MAP>`, where
 //! `<id>` is the cgroup's inode (what the programs attach to: two agents on two cgroups never
 //! share pins) and `N` the map layout version ([`MAP_LAYOUT`]): an agent whose maps differ
 //! creates new ones rather than reading old records with the wrong shape.
 use std::{
     io,
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::{Path, PathBuf},
@@ -22,12 +24,12 @@ use aya::{EbpfLoader, programs::links::FdLink};
 use tracing::info;
 
 /// Bumped whenever a pinned map's key, value or capacity changes.
-const MAP_LAYOUT: u32 = 1;
+const MAP_LAYOUT: u32 = 2;
 
-/// The maps shared by successive agents. The inbound ones are not: each agent's sk_lookup
-/// program hands connections to its own listeners, so an old agent's pods go to a new one
-/// by program order (the first attached selects) as the old one's listeners close.
-const PINNED_MAPS: [&str; 10] = [
+/// The maps shared by successive agents. A new agent replaces each pod's inbound listener in
+/// INBOUND_SOCKETS with its own as it captures the pod; the kernel removes an agent's
+/// listeners from it when they close.
+const PINNED_MAPS: [&str; 12] = [
     maps::ENROLLED_NETNS,
     maps::ORIG_DST_BY_COOKIE,
     maps::ORIG_DST_BY_PEER,
@@ -38,11 +40,16 @@ const PINNED_MAPS: [&str; 10] = [
     maps::POD_CONNECTS,
     maps::DNS_CONFIG,
     maps::DNS_QUERY_ORIGINS,
+    maps::INBOUND_SOCKETS,
+    maps::INBOUND_PORTS,
 ];
 
 /// bpf(2) commands (include/uapi/linux/bpf.h), not exported by aya.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `enum bpf_link_type`'s BPF_LINK_TYPE_NETNS.
+const BPF_LINK_TYPE_NETNS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -94,6 +101,15 @@ impl Pins {
         self.dir.join("links")
     }
 
+    /// The inbound lookup links, one per captured pod namespace, named by its cookie.
+    fn inbound(&self) -> PathBuf {
+        self.dir.join("inbound")
+    }
+
+    fn inbound_link(&self, netns_cookie: u64) -> PathBuf {
+        self.inbound().join(netns_cookie.to_string())
+    }
+
     fn maps(&self) -> PathBuf {
         self.dir.join(format!("maps-v{MAP_LAYOUT}"))
     }
@@ -110,7 +126,7 @@ impl Pins {
     /// reused, missing ones created and pinned.
     pub fn prepare(&self, loader: &mut EbpfLoader<'_>) -> Result<(), PinError> {
         mount_bpffs(&self.bpffs)?;
-        for dir in [self.links(), self.maps()] {
+        for dir in [self.links(), self.inbound(), self.maps()] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| PinError::Bpffs { path: dir, source })?;
         }
@@ -122,23 +138,72 @@ impl Pins {
 
     /// The link `program` was pinned with by an earlier agent, if any.
     pub fn existing_link(&self, program: &str) -> Result<Option<OwnedFd>, PinError> {
-        let path = self.links().join(program);
-        if !path.exists() {
-            return Ok(None);
-        }
-        obj_get(&path)
-            .map(Some)
-            .map_err(|source| PinError::Link { path, source })
+        open_pinned(self.links().join(program))
     }
 
     /// Pins a new link of `program`: it stays attached until [`Pins::remove`].
     pub fn pin_link(&self, program: &'static str, link: FdLink) -> Result<(), PinError> {
-        let path = self.links().join(program);
-        link.pin(&path).map(drop).map_err(|source| PinError::Pin {
-            program,
-            path,
-            source,
-        })
+        pin(program, self.links().join(program), link)
+    }
+
+    /// The inbound lookup link an earlier agent pinned for the namespace with this cookie.
+    pub fn existing_inbound_link(&self, netns_cookie: u64) -> Result<Option<OwnedFd>, PinError> {
+        open_pinned(self.inbound_link(netns_cookie))
+    }
+
+    /// Pins the inbound lookup link of a namespace: it stays attached until the pod is
+    /// unenrolled ([`Pins::unpin_inbound_link`]) or [`Pins::remove`].
+    pub fn pin_inbound_link(
+        &self,
+        program: &'static str,
+        netns_cookie: u64,
+        link: FdLink,
+    ) -> Result<(), PinError> {
+        pin(program, self.inbound_link(netns_cookie), link)
+    }
+
+    /// Unpins the inbound lookup links whose namespace is gone — pods deleted while no agent
+    /// ran: the kernel detached the link with its namespace, the pin only holds the program.
+    /// How many were unpinned.
+    pub fn prune_detached_inbound_links(&self) -> Result<usize, PinError> {
+        let entries = match self.inbound().read_dir() {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(PinError::Bpffs {
+                    path: self.inbound(),
+                    source,
+                });
+            }
+        };
+        let mut pruned = 0;
+        for path in entries.flatten().map(|e| e.path()) {
+            let detached = obj_get(&path)
+                .and_then(|link| link_netns_inode(link.as_fd()))
+                .map_err(|source| PinError::Link {
+                    path: path.clone(),
+                    source,
+                })?
+                == 0;
+            if detached {
+                std::fs::remove_file(&path).map_err(|source| PinError::Remove {
+                    path: path.clone(),
+                    source,
+                })?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Unpins (and so detaches) the inbound lookup link of a namespace, if pinned.
+    pub fn unpin_inbound_link(&self, netns_cookie: u64) -> Result<(), PinError> {
+        let path = self.inbound_link(netns_cookie);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PinError::Remove { path, source }),
+        }
     }
 
     /// After a takeover: unpins the links of programs this agent does not have (an older
@@ -178,18 +243,21 @@ impl Pins {
         Ok(())
     }
 
-    /// Unpins everything: the links first (the programs detach), then the maps; how many
-    /// links were pinned.
+    /// Unpins everything: the links first (the programs detach: the cgroup's and every
+    /// pod's inbound lookup), then the maps; how many links were pinned.
     pub fn remove(&self) -> Result<usize, PinError> {
         let remove_err = |path: &Path| {
             let path = path.to_owned();
             move |source| PinError::Remove { path, source }
         };
-        let links = match self.links().read_dir() {
-            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(remove_err(&self.links())(source)),
-        };
+        let mut links = Vec::new();
+        for dir in [self.links(), self.inbound()] {
+            match dir.read_dir() {
+                Ok(entries) => links.extend(entries.flatten().map(|e| e.path())),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(remove_err(&dir)(source)),
+            }
+        }
         for link in &links {
             std::fs::remove_file(link).map_err(remove_err(link))?;
         }
@@ -201,6 +269,24 @@ impl Pins {
         info!(dir = %self.dir.display(), links = links.len(), "pins removed: programs detached");
         Ok(links.len())
     }
+}
+
+/// Opens the link pinned at `path`, if there is one.
+fn open_pinned(path: PathBuf) -> Result<Option<OwnedFd>, PinError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    obj_get(&path)
+        .map(Some)
+        .map_err(|source| PinError::Link { path, source })
+}
+
+fn pin(program: &'static str, path: PathBuf, link: FdLink) -> Result<(), PinError> {
+    link.pin(&path).map(drop).map_err(|source| PinError::Pin {
+        program,
+        path,
+        source,
+    })
 }
 
 /// Swaps the program behind a pinned link in one step: no connect ever finds the hook empty.
@@ -221,6 +307,45 @@ pub fn replace_program(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
     };
     // SAFETY: LinkUpdate is the link_update member of bpf_attr, with descriptors only.
     unsafe { sys_bpf(BPF_LINK_UPDATE, &mut attr) }.map(drop)
+}
+
+/// The inode of the network namespace a netns link (sk_lookup) is attached to; 0 once the
+/// namespace is gone (BPF_OBJ_GET_INFO_BY_FD).
+fn link_netns_inode(link: BorrowedFd<'_>) -> io::Result<u32> {
+    /// The head of `struct bpf_link_info` with its `netns` member (the union is 8-aligned).
+    #[repr(C)]
+    #[derive(Default)]
+    struct NetnsLinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        netns_ino: u32,
+        attach_type: u32,
+    }
+    /// `union bpf_attr`'s info member.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = NetnsLinkInfo::default();
+    let mut attr = InfoByFd {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<NetnsLinkInfo>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: InfoByFd is the info member of bpf_attr; info points at a NetnsLinkInfo of
+    // info_len bytes that outlives the call.
+    unsafe { sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    if info.link_type != BPF_LINK_TYPE_NETNS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a netns link (type {})", info.link_type),
+        ));
+    }
+    Ok(info.netns_ino)
 }
 
 /// Opens a pinned BPF object (BPF_OBJ_GET).
@@ -296,6 +421,14 @@ pub fn is_bpffs(path: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// Pins in a plain directory (no bpffs: files stand for links and maps).
+    fn pins_under(dir: &Path) -> Pins {
+        Pins {
+            bpffs: dir.to_owned(),
+            dir: dir.join("pins"),
+        }
+    }
+
     #[test]
     fn pins_are_per_cgroup() {
         let a = tempfile::tempdir().unwrap();
@@ -319,10 +452,7 @@ mod tests {
     #[test]
     fn prune_keeps_this_agents_programs_and_map_layout() {
         let dir = tempfile::tempdir().unwrap();
-        let pins = Pins {
-            bpffs: dir.path().to_owned(),
-            dir: dir.path().join("pins"),
-        };
+        let pins = pins_under(dir.path());
         for path in [pins.links(), pins.maps(), pins.dir.join("maps-v0")] {
             std::fs::create_dir_all(path).unwrap();
         }
@@ -339,12 +469,29 @@ mod tests {
     }
 
     #[test]
+    fn remove_takes_the_inbound_links_too_and_unpinning_one_leaves_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = pins_under(dir.path());
+        for path in [pins.links(), pins.inbound(), pins.maps()] {
+            std::fs::create_dir_all(path).unwrap();
+        }
+        std::fs::write(pins.links().join("connect4"), "").unwrap();
+        for cookie in [4097, 8193] {
+            std::fs::write(pins.inbound_link(cookie), "").unwrap();
+        }
+        pins.unpin_inbound_link(4097).unwrap();
+        // A namespace that was never captured: nothing to do.
+        pins.unpin_inbound_link(1).unwrap();
+        assert!(!pins.inbound_link(4097).exists());
+        assert!(pins.inbound_link(8193).exists());
+        assert_eq!(pins.remove().unwrap(), 2);
+        assert!(!pins.dir.exists());
+    }
+
+    #[test]
     fn nothing_pinned_in_an_empty_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let pins = Pins {
-            bpffs: dir.path().to_owned(),
-            dir: dir.path().join("x"),
-        };
+        let pins = pins_under(dir.path());
         assert!(!pins.attached());
         assert_eq!(pins.remove().unwrap(), 0);
     }
