@@ -59,10 +59,15 @@ struct Scenario {
     per_core: bool,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "HTTP/1.1 max: wrk 1 thread, 32 connections",
-        run: L7Bench::wrk,
+        run: |b, t, s| b.wrk(t, s, 32, false),
+        per_core: true,
+    },
+    Scenario {
+        name: "HTTP/1.1 new connection per request, 8 conns",
+        run: |b, t, s| b.wrk(t, s, 8, true),
         per_core: true,
     },
     Scenario {
@@ -380,12 +385,23 @@ impl L7Bench {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    fn wrk(&self, target: Target, seconds: u32) -> anyhow::Result<Measurement> {
-        let duration = format!("{seconds}s");
-        let mut args = vec!["-t", "1", "-c", "32", "-d", &duration, "--latency"];
+    /// wrk, one thread, over `connections`; with `close`, a new connection per request
+    /// (`Connection: close`).
+    fn wrk(
+        &self,
+        target: Target,
+        seconds: u32,
+        connections: u32,
+        close: bool,
+    ) -> anyhow::Result<Measurement> {
+        let (duration, connections) = (format!("{seconds}s"), connections.to_string());
+        let mut args = vec!["-t", "1", "-c", &connections, "-d", &duration, "--latency"];
         let host = target.host.map(|h| format!("Host: {h}"));
         if let Some(host) = &host {
             args.extend(["-H", host]);
+        }
+        if close {
+            args.extend(["-H", "Connection: close"]);
         }
         args.push(&target.url);
         parse_wrk(&self.client("wrk", &args, seconds)?)
