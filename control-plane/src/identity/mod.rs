@@ -81,6 +81,8 @@ pub enum SignError {
     NotAVirtualNode(String, String),
     #[error("{0} is not a virtual node or gateway of the mesh")]
     Unknown(String),
+    #[error("{workload} has no pod on node {node}: a node is signed for the workloads it runs")]
+    NotOnNode { workload: String, node: String },
     #[error("signing: {0}")]
     Sign(rcgen::Error),
 }
@@ -164,7 +166,11 @@ impl AutoMtls {
 
     /// Signs `csr_pem` if it asks for the SPIFFE ID of a workload (`mesh/node`,
     /// `mesh/gateway/name`) the mesh has (`known`): the chain.
-    pub fn sign(&self, csr_pem: &str, known: impl Fn(&str) -> bool) -> Result<String, SignError> {
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        allowed: impl Fn(&str) -> Result<(), SignError>,
+    ) -> Result<String, SignError> {
         let mut request =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(SignError::Csr)?;
         let [SanType::URI(uri)] = request.params.subject_alt_names.as_slice() else {
@@ -178,9 +184,7 @@ impl AutoMtls {
                     .is_some_and(|(domain, _)| domain == self.trust_domain())
             })
             .ok_or_else(|| SignError::NotAVirtualNode(id.clone(), self.trust_domain().into()))?;
-        if !known(&workload) {
-            return Err(SignError::Unknown(workload));
-        }
+        allowed(&workload)?;
         let params = &mut request.params;
         let now = SystemTime::now();
         // A minute back: the peers' clocks may be a little behind ours.
@@ -312,7 +316,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mtls = AutoMtls::load(options(dir.path())).unwrap();
         let index = shop();
-        let known = |workload: &str| index.has_workload(workload);
+        let known = |workload: &str| {
+            index
+                .has_workload(workload)
+                .then_some(())
+                .ok_or_else(|| SignError::Unknown(workload.to_owned()))
+        };
         let chain = mtls
             .sign(&csr(&["spiffe://td/mesh/shop/virtualNode/web"]), known)
             .unwrap();

@@ -17,7 +17,7 @@ use tonic::{
 };
 use tracing::{info, warn};
 
-use super::AutoMtls;
+use super::{AutoMtls, SignError};
 use crate::{
     ads::{MeshSource, Published},
     caller::Caller,
@@ -40,13 +40,25 @@ impl IdentityService {
             return Err(refused);
         }
         let published = Arc::clone(&self.published.borrow());
-        let MeshSource::Mesh(index, ..) = &published.mesh else {
+        let MeshSource::Mesh(index, _, serving) = &published.mesh else {
             return Err(Status::failed_precondition("no mesh is served"));
         };
-        match self
-            .mtls
-            .sign(&request.csr_pem, |workload| index.has_workload(workload))
-        {
+        let allowed = |workload: &str| {
+            if !index.has_workload(workload) {
+                return Err(SignError::Unknown(workload.to_owned()));
+            }
+            // From a cluster, a node gets certificates for the workloads of its pods only.
+            match &serving.placement {
+                Some(placement) if !placement.runs(&request.node_id, workload) => {
+                    Err(SignError::NotOnNode {
+                        workload: workload.to_owned(),
+                        node: request.node_id.clone(),
+                    })
+                }
+                _ => Ok(()),
+            }
+        };
+        match self.mtls.sign(&request.csr_pem, allowed) {
             Ok(chain_pem) => {
                 info!(node = %request.node_id, "workload certificate signed");
                 Ok(SignResponse { chain_pem })
