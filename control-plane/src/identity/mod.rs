@@ -264,7 +264,7 @@ fn serial() -> SerialNumber {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::PathBuf;
 
     use mesh_model::source::{self, LoadOptions};
@@ -272,12 +272,12 @@ mod tests {
     use super::*;
     use crate::compile::MeshIndex;
 
-    fn shop() -> MeshIndex {
+    pub(super) fn shop() -> MeshIndex {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
         MeshIndex::new(&source::load(&[dir], &LoadOptions::default()).resources).unwrap()
     }
 
-    fn options(dir: &Path) -> AutoMtlsOptions {
+    pub(super) fn options(dir: &Path) -> AutoMtlsOptions {
         AutoMtlsOptions {
             trust_domain: "td".into(),
             permissive_meshes: BTreeSet::new(),
@@ -287,7 +287,7 @@ mod tests {
     }
 
     /// A CSR for these URI SANs.
-    fn csr(uris: &[&str]) -> String {
+    pub(super) fn csr(uris: &[&str]) -> String {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = uris

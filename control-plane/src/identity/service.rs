@@ -115,3 +115,70 @@ impl UnaryService<SignRequest> for Sign {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mesh_xds::node_pods::NodePod;
+
+    use super::*;
+    use crate::{
+        ads::AdsServer,
+        compile::Serving,
+        identity::tests::{csr, options, shop},
+        placement::Placement,
+        registry::Registry,
+    };
+
+    /// From a cluster, a node is signed for the workloads of its pods only.
+    #[test]
+    fn a_node_is_signed_for_its_pods_workloads_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let placement = Placement::new(BTreeMap::from([(
+            "node-1".to_owned(),
+            vec![NodePod {
+                ip: [10, 1, 0, 5].into(),
+                workload: "shop/web".into(),
+                pod: "shop/web-1".into(),
+            }],
+        )]));
+        let serving = Serving {
+            placement: Some(Arc::new(placement)),
+            ..Serving::default()
+        };
+        let (server, _publisher) = AdsServer::new(MeshSource::Mesh(
+            Arc::new(shop()),
+            Arc::new(Registry::default()),
+            serving,
+        ));
+        let service = IdentityService::new(
+            Arc::new(AutoMtls::load(options(dir.path())).unwrap()),
+            server.published(),
+        );
+        let sign = |node: &str, uri: &str| {
+            service.sign(
+                &Caller::default(),
+                SignRequest {
+                    csr_pem: csr(&[uri]),
+                    node_id: node.into(),
+                },
+            )
+        };
+        assert!(sign("node-1", "spiffe://td/mesh/shop/virtualNode/web").is_ok());
+        let refused = sign("node-2", "spiffe://td/mesh/shop/virtualNode/web").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused
+                .message()
+                .contains("shop/web has no pod on node node-2"),
+            "{refused:?}"
+        );
+        // A workload of the mesh without a pod on the node.
+        let refused = sign("node-1", "spiffe://td/mesh/shop/virtualGateway/ingress").unwrap_err();
+        assert!(
+            refused.message().contains("has no pod on node node-1"),
+            "{refused:?}"
+        );
+    }
+}
