@@ -114,7 +114,7 @@ impl Cluster {
     fn start(label: &str, number: u8) -> Self {
         let mut node = Node::create_numbered(label, number).expect("test node");
         for pod in [
-            "front", "blue", "red", "stray", "client", "optout", "hostnet", "farout",
+            "front", "blue", "red", "stray", "client", "optout", "hostnet", "farout", "inlet",
         ] {
             node.add_pod(pod).expect("pod");
         }
@@ -148,7 +148,8 @@ impl Cluster {
         .unwrap();
         api.put(&client_pods(ip)).unwrap();
         // The namespace files of the pods whose names end in `t` (front, client, optout,
-        // hostnet, farout); blue and red (servers) are found by their processes' namespaces.
+        // hostnet, farout, inlet); blue and red (servers) are found by their processes'
+        // namespaces.
         let config = config_for(&node, &[], "").unwrap().replace(
             "enrollment:\n",
             &format!(
@@ -190,24 +191,29 @@ impl Cluster {
 
     /// Who answers `color_header: <header>` from pod `client` (its reply's name).
     fn served_to(&self, client: &str, header: &str) -> String {
-        let scratch = self.work.path().join("headers.txt");
-        let header = format!("color_header: {header}");
-        let (status, body, _) = self
-            .node
-            .curl_service(
-                client,
-                (SERVICE, PORT, Some(SERVICE_VIP)),
-                "/",
-                &["-H", &header],
-                &scratch,
-                TIMEOUT,
-            )
-            .expect("curl runs");
+        let (status, body) = self.answer(client, (SERVICE, PORT, Some(SERVICE_VIP)), header);
         assert_eq!(status, 200, "{body}\nagent log:\n{}", self.agent.log());
         body.split_whitespace()
             .nth(2)
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The status and body of `GET /` with `color_header: <header>` from pod `client` to
+    /// `target` (curl_service's host, port, address).
+    fn answer(
+        &self,
+        client: &str,
+        target: (&str, u16, Option<&str>),
+        header: &str,
+    ) -> (u16, String) {
+        let scratch = self.work.path().join("headers.txt");
+        let header = format!("color_header: {header}");
+        let (status, body, _) = self
+            .node
+            .curl_service(client, target, "/", &["-H", &header], &scratch, TIMEOUT)
+            .expect("curl runs");
+        (status, body)
     }
 
     /// Waits until `color_header: header` is served by `expected`.
@@ -462,4 +468,42 @@ fn the_pods_listed_for_this_node_are_enrolled_as_their_virtual_nodes_until_they_
         enrolled_line(listing, "farout-1").is_some()
     });
     assert_eq!(cluster.served_to("farout", "red"), "red");
+
+    // A VirtualGateway's podSelector makes its pod the gateway's: enrolled as the gateway,
+    // whose listener port is captured on the pod and served by this node's agent — to a
+    // client outside the mesh (stray), routed by the gateway route and the router.
+    let inlet = cluster.node.pod("inlet").unwrap().ip.to_string();
+    cluster
+        .api
+        .put(&[
+            json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "VirtualGateway",
+                   "metadata": {"name": "inlet", "namespace": NAMESPACE},
+                   "spec": {"namespaceSelector": {"matchLabels": {"mesh": NAMESPACE}},
+                            "podSelector": {"matchLabels": {"app": "inlet"}},
+                            "listeners": [{"portMapping": {"port": 8088, "protocol": "http"}}]}}),
+            json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "GatewayRoute",
+                   "metadata": {"name": "to-color", "namespace": NAMESPACE},
+                   "spec": {"httpRoute": {"match": {"prefix": "/"},
+                            "action": {"target": {"virtualService": {"virtualServiceRef": {"name": "color"}}}}}}}),
+            pod("inlet-1", &inlet, json!({"app": "inlet"})),
+        ])
+        .unwrap();
+    let listing = cluster.wait_enrolled("the gateway's pod", |listing| {
+        enrolled_line(listing, "inlet-1").is_some()
+    });
+    let line = enrolled_line(&listing, "inlet-1").unwrap();
+    assert!(
+        line.ends_with(&format!(
+            " virtual_node={NAMESPACE}/gateway/inlet_{NAMESPACE}"
+        )),
+        "{line}"
+    );
+    cluster.wait(
+        "the gateway serving",
+        || {
+            let (status, body) = cluster.answer("stray", (&inlet, 8088, Some(&inlet)), "red");
+            format!("{status} {body}")
+        },
+        |answer| answer.starts_with("200 ") && answer.split_whitespace().nth(3) == Some("red"),
+    );
 }

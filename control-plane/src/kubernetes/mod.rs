@@ -1,7 +1,8 @@
 //! The Kubernetes source (`--kubernetes`): the control plane reads the App Mesh custom
 //! resources (`appmesh.k8s.aws/v1beta2`), Namespaces, Pods, Services and EndpointSlices from
 //! the API server (list and watch, through kube-rs's watcher and reflector stores) and
-//! serves the mesh they make. A burst of changes is built once (debounced); a cluster whose
+//! serves the mesh they make, with each node's pods (by podSelector) listed to that node's
+//! agent ([`pods`]). A burst of changes is built once (debounced); a cluster whose
 //! objects do not validate is reported on those objects ([`report`]) and the last good mesh
 //! keeps being served.
 mod build;
