@@ -1,10 +1,10 @@
 //! Which pods run on which node, when the mesh comes from Kubernetes: each node agent is sent
-//! the list of its node's pods (pod IP → workload, [`mesh_xds::node_pods`]) to enroll them,
+//! the list of its node's pods (pod IP → workload, [`mesh_xds::plan::node_pods`]) to enroll them,
 //! and a node is trusted with the workloads it runs only: it is sent the configuration and
 //! secrets of those, and certificates are signed for those only (docs/security.md).
 use std::collections::{BTreeMap, BTreeSet};
 
-use mesh_xds::{names, node_pods::NodePod};
+use mesh_xds::{names, plan::node_pods::NodePod};
 
 /// The pods of every node, by node name (the agent's xDS node id).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

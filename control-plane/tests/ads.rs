@@ -30,8 +30,8 @@ use mesh_model::{
 };
 use mesh_xds::{
     client::{self, Settings, XdsState},
-    node_pods::NodePod,
     plan::NodePlan,
+    plan::node_pods::NodePod,
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
 };
 use prost::Message;

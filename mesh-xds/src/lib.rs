@@ -1,6 +1,6 @@
 //! What both ends of the mesh's xDS share: resource type URLs and sets ([`resources`]), the
 //! names of App Mesh objects in xDS, built and parsed in one place ([`names`]), SDS references
-//! ([`sds`]), the pods a node runs ([`node_pods`]), resources as proto3 JSON ([`json`]), and memory housekeeping ([`memory`]); and the
+//! ([`sds`]), resources as proto3 JSON ([`json`]), and memory housekeeping ([`memory`]); and the
 //! node's end: its ADS client ([`client`]) and the plan its proxy evaluates ([`plan`]). The
 //! control plane's end (compiler, ADS server) is the `control-plane` crate.
 pub mod certificate;
@@ -11,7 +11,6 @@ pub mod json;
 pub mod memory;
 pub mod metadata;
 pub mod names;
-pub mod node_pods;
 pub mod plan;
 pub mod resources;
 pub mod sds;

@@ -10,7 +10,7 @@ use std::{
 
 use mesh_xds::{
     client::XdsState,
-    node_pods::NodePod,
+    plan::node_pods::NodePod,
     plan::{
         HttpPlan, InboundPlan, InboundPort, NodePlan, OutboundPlan, RouteTable, cluster::Discovery,
     },

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_xds::node_pods::NodePod;
+use mesh_xds::plan::node_pods::NodePod;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 

@@ -31,7 +31,7 @@ use envoy_types::pb::{
 };
 use envoy_types::util::pack_any;
 use mesh_xds::{
-    node_pods,
+    plan::node_pods,
     resources::{CLUSTER, ResourceSet},
 };
 use tokio::sync::{mpsc, watch};

@@ -120,7 +120,7 @@ impl UnaryService<SignRequest> for Sign {
 mod tests {
     use std::collections::BTreeMap;
 
-    use mesh_xds::node_pods::NodePod;
+    use mesh_xds::plan::node_pods::NodePod;
 
     use super::*;
     use crate::{

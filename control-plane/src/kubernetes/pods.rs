@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use mesh_model::kubernetes::label_selector_matches;
-use mesh_xds::node_pods::NodePod;
+use mesh_xds::plan::node_pods::NodePod;
 use serde_json::{Map, Value};
 use tracing::warn;
 

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod cluster;
 pub mod listener;
+pub mod node_pods;
 pub mod route;
 pub mod tls;
 
@@ -35,10 +36,8 @@ pub use listener::{
 };
 pub use route::RouteTable;
 
-use crate::{
-    node_pods::{self, NODE_PODS, NodePod},
-    resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
-};
+use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};
+use node_pods::{NODE_PODS, NodePod};
 
 /// Why a resource cannot be applied: the field path inside the resource and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]

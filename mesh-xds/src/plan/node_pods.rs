@@ -18,7 +18,8 @@ use envoy_types::pb::envoy::config::{
     endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint},
 };
 
-use crate::{metadata, names, plan::PlanError};
+use super::PlanError;
+use crate::{metadata, names};
 
 /// The name of the Cluster that lists a node's pods.
 pub const NODE_PODS: &str = "mesh-agent/node-pods";
