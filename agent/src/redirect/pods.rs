@@ -189,6 +189,34 @@ impl State {
             };
             desired.insert(spec, found);
         }
+        self.without_shared_namespaces(desired)
+    }
+
+    /// `desired` without the pods whose namespace another listed pod's addresses are in too:
+    /// one namespace is one pod, and which it is cannot be told (a pod that took another's
+    /// address) — neither is enrolled.
+    fn without_shared_namespaces(
+        &mut self,
+        mut desired: BTreeMap<String, Found>,
+    ) -> BTreeMap<String, Found> {
+        let mut pods_in: HashMap<NamespaceId, Vec<String>> = HashMap::new();
+        for (spec, found) in &desired {
+            pods_in.entry(found.id).or_default().push(spec.clone());
+        }
+        for specs in pods_in.into_values().filter(|specs| specs.len() > 1) {
+            for spec in &specs {
+                desired.remove(spec);
+                let others = specs
+                    .iter()
+                    .filter(|s| *s != spec)
+                    .cloned()
+                    .collect::<Vec<_>>();
+                self.warn_once(
+                    spec,
+                    &format!("its namespace holds the addresses of {} too: which pod it is cannot be told; not enrolled", others.join(", ")),
+                );
+            }
+        }
         desired
     }
 
@@ -256,6 +284,8 @@ mod tests {
             // Not found (yet).
             pod([10, 0, 0, 6], "shop/new", "m/web"),
             pod([10, 0, 0, 4], "x", "m/gateway/in"),
+            // In web-1's namespace too.
+            pod([10, 0, 0, 2], "shop/thief", "m/api"),
         ];
         let mut state = state();
         let desired = state.desired(&pods[..6], &located);
@@ -275,10 +305,25 @@ mod tests {
         );
         assert_eq!(state.warned.len(), 2, "{:?}", state.warned);
         // A gateway's pod is pinned to the gateway.
-        let desired = state.desired(&pods[6..], &located);
+        let desired = state.desired(&pods[6..7], &located);
         assert_eq!(
             desired["k8s:x"].ns.virtual_node.as_deref(),
             Some("m/gateway/in")
+        );
+        // Two pods whose addresses are in one namespace: neither is enrolled.
+        let desired = state.desired(&[pods[0].clone(), pods[7].clone()], &located);
+        assert!(
+            desired.is_empty(),
+            "{:?}",
+            desired.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            state
+                .warned
+                .iter()
+                .any(|(spec, problem)| spec == "k8s:shop/web-1" && problem.contains("shop/thief")),
+            "{:?}",
+            state.warned
         );
     }
 }
