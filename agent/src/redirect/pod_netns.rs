@@ -8,9 +8,9 @@
 //! when one process's namespace does (a runtime that keeps no files); in two of the same
 //! kind, it cannot be told which is the pod's. Blocking work: called on a blocking thread.
 //!
-//! Entering a namespace costs a thread, so what was read is kept per namespace; one whose
-//! addresses match no pod is read again after [`RECHECK`] (a CNI adds the address after
-//! the runtime creates the namespace). Every scan is bounded: [`MAX_PROCESSES`] processes
+//! Entering a namespace costs a thread, so what was read is kept per namespace; while a pod's
+//! address is found nowhere, one whose addresses match no pod is read again after
+//! [`RECHECK`] (a CNI adds the address after the runtime creates the namespace). Every scan is bounded: [`MAX_PROCESSES`] processes
 //! looked at, [`MAX_INSPECTIONS`] namespaces entered.
 use std::{
     collections::{HashMap, HashSet},
@@ -109,6 +109,9 @@ impl Scanner {
 
     /// Where each of the `wanted` addresses is (an address found nowhere is absent).
     pub fn locate(&mut self, wanted: &HashSet<Ipv4Addr>) -> HashMap<Ipv4Addr, Location> {
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
         let own = NamespaceId::of(&self.proc_dir.join("self/ns/net"));
         let mut candidates: Vec<(NamespaceId, PathBuf, Source)> = Vec::new();
         let mut ids = HashSet::new();
@@ -127,11 +130,14 @@ impl Scanner {
             }
         }
         self.seen.retain(|id, _| ids.contains(id));
+        let known: HashSet<&Ipv4Addr> = self.seen.values().flat_map(|s| &s.addresses).collect();
+        let missing = wanted.iter().any(|ip| !known.contains(ip));
         let mut inspections = 0;
         let mut found: HashMap<Ipv4Addr, Vec<(Source, NamespaceId, PathBuf)>> = HashMap::new();
         for (id, path, source) in candidates {
             let stale = self.seen.get(&id).is_none_or(|known| {
-                !known.addresses.iter().any(|ip| wanted.contains(ip))
+                missing
+                    && !known.addresses.iter().any(|ip| wanted.contains(ip))
                     && known.at.elapsed() >= RECHECK
             });
             if stale && inspections < MAX_INSPECTIONS {

@@ -25,7 +25,7 @@ use crate::{config::NetnsRef, dataplane::MeshState};
 const RESCAN: Duration = Duration::from_secs(1);
 
 /// What enrollment specs of listed pods start with.
-pub const POD_SPEC_PREFIX: &str = "k8s:";
+const POD_SPEC_PREFIX: &str = "k8s:";
 
 /// Keeps the enrolled pods in step with the control plane's list until `stop`, finding
 /// their namespaces with `scanner`.
@@ -63,8 +63,9 @@ pub async fn run(
         }
         let enrollments = Arc::clone(&enrollments);
         let round = tokio::task::spawn_blocking(move || {
-            let pods = pods.as_deref().map_or(&[][..], Vec::as_slice);
-            round_state.round(&enrollments, pods).then_some(round_state)
+            round_state
+                .round(&enrollments, pods.as_deref().map(Vec::as_slice))
+                .then_some(round_state)
         });
         match round.await {
             Ok(Some(kept)) => state = Some(kept),
@@ -93,9 +94,11 @@ struct Found {
 }
 
 impl State {
-    /// One round (blocking: namespaces are entered, the kernel's maps updated); false once
-    /// the enrollment table is unusable.
-    fn round(&mut self, enrollments: &Mutex<Enrollments>, pods: &[NodePod]) -> bool {
+    /// One round (blocking: namespaces are entered, the kernel's maps updated) with the
+    /// list in force, or none (the pods listed before go); false once the enrollment table
+    /// is unusable.
+    fn round(&mut self, enrollments: &Mutex<Enrollments>, list: Option<&[NodePod]>) -> bool {
+        let pods = list.unwrap_or_default();
         let wanted: HashSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
         // Problems of pods no longer listed may be said again if they come back.
         let listed: HashSet<String> = pods
@@ -110,7 +113,7 @@ impl State {
             return false;
         };
         // The list decides while it is in force.
-        for name in table.discovered() {
+        for name in table.discovered().into_iter().filter(|_| list.is_some()) {
             if table.unenroll(&name).is_ok() {
                 info!(netns = %name, "handed over to the control plane's pod list");
             }
