@@ -298,13 +298,17 @@ fn enrollment(method: &Method, query: Option<&str>, state: &AdminState) -> Respo
     if method == Method::GET {
         let mut body = String::new();
         for (spec, ns) in enrollments.list() {
-            let _ = writeln!(
+            let _ = write!(
                 body,
                 "{spec} path={} cookie={} workload_id={}",
                 ns.path.display(),
                 ns.cookie,
                 ns.workload_id
             );
+            let _ = match &ns.virtual_node {
+                Some(node) => writeln!(body, " virtual_node={node}"),
+                None => writeln!(body),
+            };
         }
         return text(StatusCode::OK, body);
     }

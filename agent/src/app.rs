@@ -40,7 +40,7 @@ use crate::{
         metrics::{PodConnectCollector, RedirectCollector},
         namespaces,
         pins::Pins,
-        preflight,
+        pod_netns, pods, preflight,
     },
     telemetry::{access_log::AccessLogWriters, metrics::Metrics, trace::Tracer},
     tls::{TlsMetrics, TlsStore},
@@ -237,6 +237,23 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
         redirector.capture_dns(addr)?;
     }
 
+    // Pods the control plane lists for this node (Kubernetes) are enrolled as it says; the
+    // namespace files considered are those discovery would look at.
+    let scanner = pod_netns::Scanner::new(
+        config.enrollment.netns_dir.clone(),
+        config
+            .enrollment
+            .discover
+            .clone()
+            .unwrap_or_else(|| "*".to_owned()),
+        config.enrollment.find_pods_by_process,
+    );
+    tokio::spawn(pods::run(
+        Arc::clone(&enrollments),
+        inputs.state.clone(),
+        scanner,
+        inputs.drain.clone(),
+    ));
     if let Some(pattern) = &config.enrollment.discover {
         tokio::spawn(namespaces::run(
             Arc::clone(&enrollments),

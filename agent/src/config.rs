@@ -282,6 +282,12 @@ pub struct EnrollmentConfig {
     /// of the mesh; unenroll them when that stops. `netns` entries are kept regardless.
     #[serde(default)]
     pub discover: Option<String>,
+    /// Also look for the pods the control plane lists for this node (Kubernetes) in the
+    /// network namespaces of the node's processes (/proc/PID/ns/net), for runtimes that keep
+    /// no namespace files. Costs CAP_SYS_PTRACE, which the kernel requires to open another
+    /// process's namespace.
+    #[serde(default)]
+    pub find_pods_by_process: bool,
 }
 
 impl Default for AdminConfig {
@@ -299,6 +305,7 @@ impl Default for EnrollmentConfig {
             netns_dir: default_netns_dir(),
             netns: Vec::new(),
             discover: None,
+            find_pods_by_process: false,
         }
     }
 }

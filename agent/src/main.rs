@@ -4,7 +4,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use cli::{mesh, xds_dump};
-use mesh_agent::{app, config};
+use mesh_agent::{app, config, privileges};
 use tracing_subscriber::EnvFilter;
 
 mod cli;
@@ -214,7 +214,11 @@ fn run(
         );
     }
     // Before the runtime's threads start: they inherit what is kept.
-    mesh_agent::privileges::keep_only(mesh_agent::privileges::NODE_AGENT)
+    let by_process = config
+        .enrollment
+        .find_pods_by_process
+        .then_some(&privileges::FIND_PODS_BY_PROCESS);
+    privileges::keep_only(privileges::NODE_AGENT.iter().chain(by_process))
         .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.proxy.worker_threads)

@@ -30,6 +30,12 @@ pub const NODE_AGENT: &[Needed] = &[
     },
 ];
 
+/// What the node agent keeps besides [`NODE_AGENT`] with `enrollment.find_pods_by_process`.
+pub const FIND_PODS_BY_PROCESS: Needed = Needed {
+    capability: Capability::CAP_SYS_PTRACE,
+    why: "open other processes' network namespaces (/proc/PID/ns/net) to find listed pods by address (enrollment.find_pods_by_process)",
+};
+
 /// A standalone virtual gateway (`gateway`): no eBPF, only its listener ports.
 pub const GATEWAY: &[Needed] = &[Needed {
     capability: Capability::CAP_NET_BIND_SERVICE,
@@ -52,8 +58,10 @@ pub enum PrivilegeError {
 
 /// Keeps only `needed` (of what the process has) and drops everything else from every set.
 /// Must run before the process starts its second thread.
-pub fn keep_only(needed: &[Needed]) -> Result<CapsHashSet, PrivilegeError> {
-    let wanted: CapsHashSet = needed.iter().map(|n| n.capability).collect();
+pub fn keep_only<'a>(
+    needed: impl IntoIterator<Item = &'a Needed>,
+) -> Result<CapsHashSet, PrivilegeError> {
+    let wanted: CapsHashSet = needed.into_iter().map(|n| n.capability).collect();
     let permitted = caps::read(None, CapSet::Permitted).map_err(PrivilegeError::Read)?;
     let kept: CapsHashSet = permitted.intersection(&wanted).copied().collect();
     drop_from_bounding_set(&wanted)?;

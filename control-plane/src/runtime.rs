@@ -24,6 +24,7 @@ use crate::{
     identity::{AutoMtls, AutoMtlsOptions, CaError, IdentityService},
     kubernetes::{self, KubernetesError, KubernetesOptions, Update},
     load::{InputOptions, compiled, load},
+    placement::Placement,
     registry::{Registry, RegistryFileError},
     registry_api::{self, Shared},
     secrets::{SecretError, SecretStore},
@@ -206,10 +207,13 @@ impl ControlPlane {
             )),
             None => None,
         };
+        // From a cluster, a node runs the workloads of its pods: none until it is listed.
+        let placement = cluster.as_ref().map(|_| Arc::new(Placement::default()));
         let serving = Serving {
             secrets: Arc::clone(&secrets),
             mtls: mtls.clone(),
             service_endpoints: Arc::default(),
+            placement: placement.clone(),
         };
         let (server, publisher) = AdsServer::new(MeshSource::Mesh(
             Arc::clone(&index),
@@ -264,6 +268,7 @@ impl ControlPlane {
             secrets,
             mtls,
             service_endpoints: Arc::default(),
+            placement,
         };
         let updates = cluster.map(|client| {
             let (sender, receiver) = mpsc::channel(1);
@@ -393,6 +398,8 @@ struct Watched {
     index: Arc<MeshIndex>,
     /// The endpoints Kubernetes Services give the last good mesh's nodes.
     service_endpoints: Arc<ServiceEndpoints>,
+    /// Which pods run on which node (from a cluster only).
+    placement: Option<Arc<Placement>>,
     shared: Shared,
     /// The last good secrets.
     secrets: Arc<SecretStore>,
@@ -494,6 +501,7 @@ impl Watched {
             secrets: Arc::clone(&self.secrets),
             mtls: self.mtls.clone(),
             service_endpoints: Arc::clone(&self.service_endpoints),
+            placement: self.placement.clone(),
         };
         publisher.publish(MeshSource::Mesh(
             Arc::clone(&self.index),
@@ -579,6 +587,7 @@ async fn serve(
             Some(update) = cluster_update(&mut updates) => {
                 watched.index = Arc::new(update.index);
                 watched.service_endpoints = Arc::new(update.service_endpoints);
+                watched.placement = Some(Arc::new(update.placement));
                 watched.publish(&mut publisher);
             }
             () = stop.cancelled() => break,

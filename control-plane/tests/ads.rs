@@ -4,6 +4,7 @@
 // A test's (or benchmark's) panic is its failure, with the message saying what failed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
@@ -13,6 +14,7 @@ use std::{
 use control_plane::{
     ads::{AdsServer, MeshSource, Publisher, Stats},
     compile::{MeshIndex, Serving, Workloads, compile, compile_served},
+    placement::Placement,
     registry::Registry,
     secrets::SecretStore,
 };
@@ -28,6 +30,8 @@ use mesh_model::{
 };
 use mesh_xds::{
     client::{self, Settings, XdsState},
+    plan::NodePlan,
+    plan::node_pods::NodePod,
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
 };
 use prost::Message;
@@ -392,6 +396,75 @@ async fn a_node_gets_only_what_its_workloads_need() {
             "shop/api-v1/inbound"
         ]
     );
+    stop.cancel();
+    control.stop.cancel();
+}
+
+/// From a cluster, a node is sent the configuration of its pods' workloads only, and the
+/// list of its pods (through the real client, which decodes it); a node with no pods gets
+/// nothing, whatever it asks for.
+#[tokio::test]
+async fn a_node_trusted_with_its_pods_workloads_only() {
+    let pod = |ip: [u8; 4], workload: &str| NodePod {
+        ip: ip.into(),
+        workload: workload.into(),
+        pod: format!("shop/{workload}"),
+    };
+    let placement = Placement::new(BTreeMap::from([(
+        "node-1".to_owned(),
+        vec![pod([10, 1, 0, 5], "shop/api-v1")],
+    )]));
+    let serving = Serving {
+        placement: Some(Arc::new(placement)),
+        ..Serving::default()
+    };
+    let source = MeshSource::Mesh(
+        Arc::new(index_of(&shop())),
+        Arc::new(Registry::default()),
+        serving,
+    );
+    let control = start_server("127.0.0.1:0".parse().unwrap(), source).await;
+    // Asking for every workload (no metadata) or for another node's gets only its own.
+    let (mut state, stop) = start_client(control.addr, client::node("node-1", &[]));
+    let synced = wait_for(&mut state, |s| {
+        s.versions.contains_key(CLUSTER) && s.versions.contains_key(LISTENER)
+    })
+    .await;
+    assert_eq!(
+        names_of(&synced.resources, CLUSTER),
+        [
+            "mesh-agent/node-pods",
+            "shop/api-v1/9090",
+            "shop/api-v1/inbound/9090"
+        ]
+    );
+    let (plan, errors) = NodePlan::from_resources(&synced.resources);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        plan.node_pods,
+        Some(vec![pod([10, 1, 0, 5], "shop/api-v1")])
+    );
+    assert!(
+        !plan.clusters.contains_key("mesh-agent/node-pods"),
+        "not an upstream"
+    );
+    stop.cancel();
+
+    let (mut state, stop) = start_client(
+        control.addr,
+        client::node("node-2", &["shop/api-v1".to_owned()]),
+    );
+    let synced = wait_for(&mut state, |s| {
+        s.versions.contains_key(CLUSTER) && s.versions.contains_key(LISTENER)
+    })
+    .await;
+    assert_eq!(
+        names_of(&synced.resources, CLUSTER),
+        ["mesh-agent/node-pods"]
+    );
+    assert!(names_of(&synced.resources, LISTENER).is_empty());
+    let (plan, _) = NodePlan::from_resources(&synced.resources);
+    assert_eq!(plan.node_pods, Some(Vec::new()));
     stop.cancel();
     control.stop.cancel();
 }

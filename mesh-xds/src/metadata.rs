@@ -1,4 +1,5 @@
-//! What a Cluster says about the mesh beyond Envoy's fields: the virtual node it reaches,
+//! What a Cluster says about the mesh beyond Envoy's fields: the virtual node it reaches
+//! (or, on an endpoint of the node's pod list, [`crate::plan::node_pods`], the workload a pod is),
 //! carried in its metadata (`filter_metadata["mesh-agent"]["virtual_node"]`), so the node
 //! reads it as data instead of taking cluster names apart. Written and read only here.
 use std::collections::HashMap;

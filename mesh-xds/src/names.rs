@@ -185,6 +185,16 @@ pub fn virtual_gateway(mesh: &str, gateway: &str) -> String {
     format!("{mesh}/gateway/{gateway}")
 }
 
+/// Whether `name` is a workload as the data plane names it: a [`virtual_node`] or a
+/// [`virtual_gateway`].
+pub fn is_workload(name: &str) -> bool {
+    match name.split('/').collect::<Vec<_>>().as_slice() {
+        [mesh, node] => !mesh.is_empty() && !node.is_empty(),
+        [mesh, "gateway", gateway] => !mesh.is_empty() && !gateway.is_empty(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

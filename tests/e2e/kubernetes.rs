@@ -2,13 +2,15 @@
 //! (tests/kube/apiserver.py: the list/watch protocol, 410 Gone, status and Events recorded).
 //! The cluster holds the App Mesh walkthrough howto-k8s-http-headers as published (its
 //! Namespace, Mesh, VirtualNodes with podSelectors, router with header routes, Services),
-//! plus the Pods and EndpointSlices its Deployments would make, at the test pods' addresses.
-//! The agent enrolls pods by discovery: a pod is in the mesh when it is a ready endpoint of
-//! its virtual node's Service and the node's podSelector selects it.
+//! plus the Pods and EndpointSlices its Deployments would make, at the test pods' addresses,
+//! and a client-only VirtualNode (a podSelector, backends, no listener). The control plane
+//! lists the pods scheduled to this node (the agent's node id, the host name) with the
+//! workload each podSelector makes them; the agent finds their namespaces by address and
+//! enrolls them.
 use serde_json::{Value, json};
 use tests::{
     Agent, Node, Proc,
-    agent::{config_for, discovering_pods, metric_value},
+    agent::{config_for, metric_value},
     kube_api::KubeApi,
 };
 
@@ -37,11 +39,48 @@ fn walkthrough() -> Vec<Value> {
         .collect()
 }
 
+/// The node name the embedded control plane knows the agent by: its xDS node id, the host
+/// name (as a DaemonSet's `spec.nodeName` is the node's).
+fn this_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A Running pod scheduled to this node.
 fn pod(name: &str, ip: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
-           "spec": {"nodeName": "test-node", "containers": [{"name": "app", "image": "meshtb"}]},
+           "spec": {"nodeName": this_node(), "containers": [{"name": "app", "image": "meshtb"}]},
            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// A VirtualNode for clients only: its pods call the color service and serve nothing.
+fn client_only_node() -> Value {
+    json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "VirtualNode",
+           "metadata": {"name": "client", "namespace": NAMESPACE},
+           "spec": {"podSelector": {"matchLabels": {"app": "client"}},
+                    "backends": [{"virtualService": {"virtualServiceRef": {"name": "color"}}}]}})
+}
+
+/// The pods of the client-only node: one enrolled, and one each that must not be — opted
+/// out, sharing the node's network, scheduled to another node (each with the address of a
+/// namespace here, so that only the rule keeps it out).
+fn client_pods(ip: impl Fn(&str) -> String) -> Vec<Value> {
+    let client = json!({"app": "client"});
+    let mut opted_out = pod("optout-1", &ip("optout"), client.clone());
+    opted_out["metadata"]["annotations"] = json!({"mesh-agent.io/enroll": "false"});
+    let mut host_network = pod("hostnet-1", &ip("hostnet"), client.clone());
+    host_network["spec"]["hostNetwork"] = json!(true);
+    let mut elsewhere = pod("farout-1", &ip("farout"), client.clone());
+    elsewhere["spec"]["nodeName"] = json!("another-node");
+    vec![
+        pod("client-1", &ip("client"), client),
+        opted_out,
+        host_network,
+        elsewhere,
+    ]
 }
 
 /// The slice the EndpointSlice controller makes for Service `service` over `pods`.
@@ -70,9 +109,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(label: &str) -> Self {
-        let mut node = Node::create(label).expect("test node");
-        for pod in ["front", "blue", "red", "stray"] {
+    /// A cluster on test node `number` (a number of its own: the agent finds pods' namespaces
+    /// by address among every process's, and other tests' pods must not share them).
+    fn start(label: &str, number: u8) -> Self {
+        let mut node = Node::create_numbered(label, number).expect("test node");
+        for pod in [
+            "front", "blue", "red", "stray", "client", "optout", "hostnet", "farout", "inlet",
+        ] {
             node.add_pod(pod).expect("pod");
         }
         let ip = |pod: &str| node.pod(pod).unwrap().ip.to_string();
@@ -89,7 +132,8 @@ impl Cluster {
             .collect();
         let work = tempfile::tempdir().unwrap();
         let api = KubeApi::start(&node, work.path()).expect("stand-in API server");
-        let objects = walkthrough();
+        let mut objects = walkthrough();
+        objects.push(client_only_node());
         api.put(&objects).unwrap();
         let (front, blue, red, stray) = (ip("front"), ip("blue"), ip("red"), ip("stray"));
         api.put(&[
@@ -102,8 +146,17 @@ impl Cluster {
             endpoint_slice("color-red", &[("red-1", &red)]),
         ])
         .unwrap();
-        // Every pod namespace of this node; the cluster decides which are in the mesh.
-        let config = discovering_pods(&node, &config_for(&node, &[], "").unwrap());
+        api.put(&client_pods(ip)).unwrap();
+        // The namespace files of the pods whose names end in `t` (front, client, optout,
+        // hostnet, farout, inlet); blue and red (servers) are found by their processes'
+        // namespaces.
+        let config = config_for(&node, &[], "").unwrap().replace(
+            "enrollment:\n",
+            &format!(
+                "enrollment:\n  discover: \"{}-*t\"\n  find_pods_by_process: true\n",
+                node.tag()
+            ),
+        );
         let agent = Agent::start_with_args(
             &node,
             &config,
@@ -133,24 +186,34 @@ impl Cluster {
 
     /// Who answers `color_header: <header>` from the front pod (its reply's name).
     fn served_by(&self, header: &str) -> String {
-        let scratch = self.work.path().join("headers.txt");
-        let header = format!("color_header: {header}");
-        let (status, body, _) = self
-            .node
-            .curl_service(
-                "front",
-                (SERVICE, PORT, Some(SERVICE_VIP)),
-                "/",
-                &["-H", &header],
-                &scratch,
-                TIMEOUT,
-            )
-            .expect("curl runs");
+        self.served_to("front", header)
+    }
+
+    /// Who answers `color_header: <header>` from pod `client` (its reply's name).
+    fn served_to(&self, client: &str, header: &str) -> String {
+        let (status, body) = self.answer(client, (SERVICE, PORT, Some(SERVICE_VIP)), header);
         assert_eq!(status, 200, "{body}\nagent log:\n{}", self.agent.log());
         body.split_whitespace()
             .nth(2)
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The status and body of `GET /` with `color_header: <header>` from pod `client` to
+    /// `target` (curl_service's host, port, address).
+    fn answer(
+        &self,
+        client: &str,
+        target: (&str, u16, Option<&str>),
+        header: &str,
+    ) -> (u16, String) {
+        let scratch = self.work.path().join("headers.txt");
+        let header = format!("color_header: {header}");
+        let (status, body, _) = self
+            .node
+            .curl_service(client, target, "/", &["-H", &header], &scratch, TIMEOUT)
+            .expect("curl runs");
+        (status, body)
     }
 
     /// Waits until `color_header: header` is served by `expected`.
@@ -164,6 +227,38 @@ impl Cluster {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{header} still served by {served}, not {expected}\nagent log:\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's enrollment listing once it satisfies `done`.
+    fn wait_enrolled(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        self.wait(
+            what,
+            || self.node.admin("GET", "/enrollment").unwrap().1,
+            |listing| done(listing),
+        )
+    }
+
+    /// `read()` once `done` with it, polled until [`TIMEOUT`]; then the test fails with
+    /// `what`, the last value read and the agent's log.
+    fn wait<T: std::fmt::Display>(
+        &self,
+        what: &str,
+        read: impl Fn() -> T,
+        done: impl Fn(&T) -> bool,
+    ) -> T {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let value = read();
+            if done(&value) {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not yet in\n{value}\nagent log:\n{}",
                 self.agent.log()
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -193,19 +288,7 @@ impl Cluster {
 
     /// Waits until what the control plane reported on the stand-in satisfies `done`.
     fn wait_recorded(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        loop {
-            let recorded = self.api.recorded().unwrap();
-            if done(&recorded) {
-                return recorded;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what} not reported: {recorded:#}\nagent log:\n{}",
-                self.agent.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        self.wait(what, || self.api.recorded().unwrap(), done)
     }
 }
 
@@ -221,7 +304,7 @@ fn last_condition(recorded: &Value, name: &str) -> Option<Value> {
 
 #[test]
 fn cluster_objects_route_pods_by_header_and_edits_reach_the_data_plane() {
-    let cluster = Cluster::start("k8sroute");
+    let cluster = Cluster::start("k8sroute", 150);
     // Header routes of the walkthrough's router, to pods found through EndpointSlices (the
     // hostnames are Services' names: nothing resolves them here).
     assert_eq!(cluster.served_by("blue"), "blue");
@@ -289,7 +372,7 @@ fn cluster_objects_route_pods_by_header_and_edits_reach_the_data_plane() {
 
 #[test]
 fn a_410_gone_makes_the_control_plane_relist_and_serve_what_changed() {
-    let cluster = Cluster::start("k8sgone");
+    let cluster = Cluster::start("k8sgone", 151);
     assert_eq!(cluster.served_by("blue"), "blue");
     // More pods than a page holds (the watcher lists 500 at a time): the relist follows
     // the continue token.
@@ -321,9 +404,106 @@ fn a_410_gone_makes_the_control_plane_relist_and_serve_what_changed() {
         lists(&after, "virtualrouters") > lists(&before, "virtualrouters"),
         "{before} {after}"
     );
-    // Two pages of pods.
+    // Two pages of pods (that relist runs beside the others: it may end after the router's).
+    cluster.wait(
+        "two pages of pods relisted",
+        || cluster.api.stats().unwrap(),
+        |now| lists(now, "pods") >= lists(&before, "pods") + 2,
+    );
+}
+
+/// The enrollment line of pod `name` of the walkthrough's namespace.
+fn enrolled_line<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
+    let spec = format!("k8s:{NAMESPACE}/{name} ");
+    listing.lines().find(|line| line.starts_with(&spec))
+}
+
+#[test]
+fn the_pods_listed_for_this_node_are_enrolled_as_their_virtual_nodes_until_they_go() {
+    let cluster = Cluster::start("k8spods", 152);
+    let listing = cluster.wait_enrolled("the listed pods", |listing| {
+        ["front-1", "blue-1", "red-1", "client-1"]
+            .iter()
+            .all(|pod| enrolled_line(listing, pod).is_some())
+    });
+    // Each as the VirtualNode whose podSelector selects it, found by its namespace file
+    // (front, client) or by its process's namespace (blue, red).
+    for (pod, node, netns) in [
+        ("front-1", "front", format!("{}-front", cluster.node.tag())),
+        (
+            "client-1",
+            "client",
+            format!("{}-client", cluster.node.tag()),
+        ),
+        ("blue-1", "blue", "/ns/net".to_owned()),
+        ("red-1", "red", "/ns/net".to_owned()),
+    ] {
+        let line = enrolled_line(&listing, pod).unwrap();
+        assert!(
+            line.ends_with(&format!(" virtual_node={NAMESPACE}/{node}_{NAMESPACE}")),
+            "{line}"
+        );
+        assert!(line.contains(&netns), "{line}");
+    }
+    // Not selected, opted out, sharing the node's network, scheduled elsewhere: not enrolled
+    // (and nothing else is: the node's own namespace never is).
+    assert_eq!(listing.lines().count(), 4, "{listing}");
+
+    // The client-only node's pod is routed by the CRDs.
+    assert_eq!(cluster.served_to("client", "blue"), "blue");
+    assert_eq!(cluster.served_to("client", "red"), "red");
+
+    // A pod deleted is unenrolled; the others stay.
+    let client = client_pods(|pod| cluster.node.pod(pod).unwrap().ip.to_string()).remove(0);
+    cluster.api.delete(&[client]).unwrap();
+    let listing = cluster.wait_enrolled("client-1 unenrolled", |listing| {
+        enrolled_line(listing, "client-1").is_none()
+    });
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    // A pod that moves to this node (its nodeName set) is enrolled.
+    let mut moved = client_pods(|pod| cluster.node.pod(pod).unwrap().ip.to_string()).remove(3);
+    moved["spec"]["nodeName"] = json!(this_node());
+    cluster.api.put(&[moved]).unwrap();
+    cluster.wait_enrolled("farout-1 enrolled", |listing| {
+        enrolled_line(listing, "farout-1").is_some()
+    });
+    assert_eq!(cluster.served_to("farout", "red"), "red");
+
+    // A VirtualGateway's podSelector makes its pod the gateway's: enrolled as the gateway,
+    // whose listener port is captured on the pod and served by this node's agent — to a
+    // client outside the mesh (stray), routed by the gateway route and the router.
+    let inlet = cluster.node.pod("inlet").unwrap().ip.to_string();
+    cluster
+        .api
+        .put(&[
+            json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "VirtualGateway",
+                   "metadata": {"name": "inlet", "namespace": NAMESPACE},
+                   "spec": {"namespaceSelector": {"matchLabels": {"mesh": NAMESPACE}},
+                            "podSelector": {"matchLabels": {"app": "inlet"}},
+                            "listeners": [{"portMapping": {"port": 8088, "protocol": "http"}}]}}),
+            json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "GatewayRoute",
+                   "metadata": {"name": "to-color", "namespace": NAMESPACE},
+                   "spec": {"httpRoute": {"match": {"prefix": "/"},
+                            "action": {"target": {"virtualService": {"virtualServiceRef": {"name": "color"}}}}}}}),
+            pod("inlet-1", &inlet, json!({"app": "inlet"})),
+        ])
+        .unwrap();
+    let listing = cluster.wait_enrolled("the gateway's pod", |listing| {
+        enrolled_line(listing, "inlet-1").is_some()
+    });
+    let line = enrolled_line(&listing, "inlet-1").unwrap();
     assert!(
-        lists(&after, "pods") >= lists(&before, "pods") + 2,
-        "{before} {after}"
+        line.ends_with(&format!(
+            " virtual_node={NAMESPACE}/gateway/inlet_{NAMESPACE}"
+        )),
+        "{line}"
+    );
+    cluster.wait(
+        "the gateway serving",
+        || {
+            let (status, body) = cluster.answer("stray", (&inlet, 8088, Some(&inlet)), "red");
+            format!("{status} {body}")
+        },
+        |answer| answer.starts_with("200 ") && answer.split_whitespace().nth(3) == Some("red"),
     );
 }

@@ -10,6 +10,7 @@ use std::{
 
 use mesh_xds::{
     client::XdsState,
+    plan::node_pods::NodePod,
     plan::{
         HttpPlan, InboundPlan, InboundPort, NodePlan, OutboundPlan, RouteTable, cluster::Discovery,
     },
@@ -45,6 +46,9 @@ pub struct DataPlane {
     pub internal: HashMap<String, HttpPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<Upstream>>,
+    /// The pods on this node, when the control plane lists them (Kubernetes): they are
+    /// enrolled as the workloads it says (redirect::pods).
+    pub node_pods: Option<Arc<Vec<NodePod>>>,
     /// Endpoint address → virtual node, built on first use and again once endpoints moved
     /// (checked per connection: a lookup instead of a scan of every endpoint).
     by_address: Mutex<Option<(u64, Arc<AddressIndex>)>>,
@@ -244,6 +248,7 @@ fn apply(plan: NodePlan, state: &MeshState, settings: &UpstreamSettings) {
         internal: plan.internal,
         routes: plan.routes,
         clusters,
+        node_pods: plan.node_pods.map(Arc::new),
         ..DataPlane::default()
     };
     if let Err(error) = state.replace(next) {

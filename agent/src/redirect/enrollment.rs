@@ -43,6 +43,8 @@ pub struct EnrolledNetns {
     pub path: PathBuf,
     pub cookie: u64,
     pub workload_id: u32,
+    /// The workload it is pinned to (`mesh/node`, `mesh/gateway/name`), if any.
+    pub virtual_node: Option<String>,
 }
 
 pub struct Enrollments {
@@ -57,6 +59,8 @@ pub struct Enrollments {
     captured: BTreeMap<String, (u64, Captured)>,
     /// Enrolled by discovery (the mesh's endpoints), not by configuration: a reload keeps them.
     discovered: BTreeSet<String>,
+    /// Enrolled from the control plane's list of the node's pods: a reload keeps them too.
+    listed: BTreeSet<String>,
     /// Which pods' DNS queries the agent answers.
     dns: DnsCapturePolicy,
 }
@@ -101,6 +105,7 @@ impl Enrollments {
             inbound,
             captured: BTreeMap::new(),
             discovered: BTreeSet::new(),
+            listed: BTreeSet::new(),
             dns: DnsCapturePolicy::default(),
         }
     }
@@ -173,6 +178,7 @@ impl Enrollments {
             path: ns.path.clone(),
             cookie,
             workload_id,
+            virtual_node: ns.virtual_node.clone(),
         };
         self.by_spec.insert(ns.spec.clone(), entry.clone());
         self.update_gauge();
@@ -195,6 +201,13 @@ impl Enrollments {
         Ok(entry)
     }
 
+    /// Enrolls a pod of the control plane's list of the node's pods.
+    pub fn enroll_listed(&mut self, ns: &NetnsRef) -> Result<EnrolledNetns, EnrollmentError> {
+        let entry = self.enroll(ns)?;
+        self.listed.insert(ns.spec.clone());
+        Ok(entry)
+    }
+
     pub fn is_enrolled(&self, spec: &str) -> bool {
         self.by_spec.contains_key(spec)
     }
@@ -204,8 +217,14 @@ impl Enrollments {
         self.discovered.iter().cloned().collect()
     }
 
+    /// Pods enrolled from the control plane's list.
+    pub fn listed(&self) -> Vec<String> {
+        self.listed.iter().cloned().collect()
+    }
+
     pub fn unenroll(&mut self, spec: &str) -> Result<EnrolledNetns, EnrollmentError> {
         self.discovered.remove(spec);
+        self.listed.remove(spec);
         let entry = self
             .by_spec
             .remove(spec)
@@ -234,7 +253,7 @@ impl Enrollments {
         let stale: Vec<String> = self
             .by_spec
             .keys()
-            .filter(|spec| !self.discovered.contains(*spec))
+            .filter(|spec| !self.discovered.contains(*spec) && !self.listed.contains(*spec))
             .filter(|spec| !desired.iter().any(|ns| &ns.spec == *spec))
             .cloned()
             .collect();

@@ -16,6 +16,8 @@ pub mod namespaces;
 pub mod netns;
 pub mod orig_dst;
 pub mod pins;
+pub mod pod_netns;
+pub mod pods;
 pub mod preflight;
 
 use std::{

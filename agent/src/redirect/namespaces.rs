@@ -74,6 +74,10 @@ fn discover_once(
     let Ok(plane) = mesh.current() else {
         return true;
     };
+    // The control plane lists this node's pods: that list decides (redirect::pods).
+    if plane.node_pods.is_some() {
+        return true;
+    }
     let Ok(mut table) = enrollments.lock() else {
         error!("enrollment table lock poisoned; discovery stops");
         return false;
@@ -140,7 +144,7 @@ fn scan(dir: &Path, pattern: &str, seen: &mut Seen) -> Vec<(String, Vec<Ipv4Addr
 }
 
 /// `*` matches any run of characters; everything else matches itself.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or_default();
     let Some(mut rest) = name.strip_prefix(first) else {

@@ -29,7 +29,11 @@ use envoy_types::pb::{
     },
     google::protobuf::value::Kind as ValueKind,
 };
-use mesh_xds::resources::ResourceSet;
+use envoy_types::util::pack_any;
+use mesh_xds::{
+    plan::node_pods,
+    resources::{CLUSTER, ResourceSet},
+};
 use tokio::sync::{mpsc, watch};
 use tonic::{
     Request, Response, Status, Streaming,
@@ -61,7 +65,18 @@ impl Published {
     fn resources_for(&self, node: &Node) -> ResourceSet {
         match &self.mesh {
             MeshSource::Mesh(index, registry, serving) => {
-                compile::compile_served(index, registry, serving, &workloads_of(node)).resources
+                let Some(placement) = &serving.placement else {
+                    return compile::compile_served(index, registry, serving, &workloads_of(node))
+                        .resources;
+                };
+                // From a cluster: the node is trusted with the workloads of its pods only,
+                // and told which pods those are.
+                let workloads = workloads_of(node).within(placement.workloads_on(&node.id));
+                let mut resources =
+                    compile::compile_served(index, registry, serving, &workloads).resources;
+                let pods = node_pods::to_cluster(placement.pods_on(&node.id));
+                resources.insert(CLUSTER, pods.name.clone(), pack_any(pods));
+                resources
             }
             MeshSource::Fixed(resources) => resources.clone(),
         }

@@ -28,7 +28,7 @@ use mesh_xds::{
     resources::{ResourceSet, SECRET},
 };
 
-use crate::{identity::AutoMtls, registry::Registry, secrets::SecretStore};
+use crate::{identity::AutoMtls, placement::Placement, registry::Registry, secrets::SecretStore};
 use output::Output;
 
 pub use endpoints::ServiceEndpoints;
@@ -58,6 +58,14 @@ impl Workloads {
             Workloads::Only(set) => set.contains(key),
         }
     }
+
+    /// These workloads, of `allowed` only.
+    pub fn within(self, allowed: BTreeSet<(String, String)>) -> Self {
+        match self {
+            Workloads::All => Workloads::Only(allowed),
+            Workloads::Only(set) => Workloads::Only(set.intersection(&allowed).cloned().collect()),
+        }
+    }
 }
 
 pub struct Compiled {
@@ -66,12 +74,14 @@ pub struct Compiled {
 }
 
 /// What compiled resources rely on beyond the mesh: the SDS secrets served with them,
-/// automatic mTLS when it is on, and the endpoints Kubernetes Services give virtual nodes.
+/// automatic mTLS when it is on, the endpoints Kubernetes Services give virtual nodes, and,
+/// from Kubernetes, which pods run on which node (`None`: every node may run every workload).
 #[derive(Clone, Default)]
 pub struct Serving {
     pub secrets: Arc<SecretStore>,
     pub mtls: Option<Arc<AutoMtls>>,
     pub service_endpoints: Arc<ServiceEndpoints>,
+    pub placement: Option<Arc<Placement>>,
 }
 
 /// The xDS resources `workloads` need: their inbound listeners and local-application

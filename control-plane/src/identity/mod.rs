@@ -81,6 +81,8 @@ pub enum SignError {
     NotAVirtualNode(String, String),
     #[error("{0} is not a virtual node or gateway of the mesh")]
     Unknown(String),
+    #[error("{workload} has no pod on node {node}: a node is signed for the workloads it runs")]
+    NotOnNode { workload: String, node: String },
     #[error("signing: {0}")]
     Sign(rcgen::Error),
 }
@@ -164,7 +166,11 @@ impl AutoMtls {
 
     /// Signs `csr_pem` if it asks for the SPIFFE ID of a workload (`mesh/node`,
     /// `mesh/gateway/name`) the mesh has (`known`): the chain.
-    pub fn sign(&self, csr_pem: &str, known: impl Fn(&str) -> bool) -> Result<String, SignError> {
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        allowed: impl Fn(&str) -> Result<(), SignError>,
+    ) -> Result<String, SignError> {
         let mut request =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(SignError::Csr)?;
         let [SanType::URI(uri)] = request.params.subject_alt_names.as_slice() else {
@@ -178,9 +184,7 @@ impl AutoMtls {
                     .is_some_and(|(domain, _)| domain == self.trust_domain())
             })
             .ok_or_else(|| SignError::NotAVirtualNode(id.clone(), self.trust_domain().into()))?;
-        if !known(&workload) {
-            return Err(SignError::Unknown(workload));
-        }
+        allowed(&workload)?;
         let params = &mut request.params;
         let now = SystemTime::now();
         // A minute back: the peers' clocks may be a little behind ours.
@@ -260,7 +264,7 @@ fn serial() -> SerialNumber {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::PathBuf;
 
     use mesh_model::source::{self, LoadOptions};
@@ -268,12 +272,12 @@ mod tests {
     use super::*;
     use crate::compile::MeshIndex;
 
-    fn shop() -> MeshIndex {
+    pub(super) fn shop() -> MeshIndex {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
         MeshIndex::new(&source::load(&[dir], &LoadOptions::default()).resources).unwrap()
     }
 
-    fn options(dir: &Path) -> AutoMtlsOptions {
+    pub(super) fn options(dir: &Path) -> AutoMtlsOptions {
         AutoMtlsOptions {
             trust_domain: "td".into(),
             permissive_meshes: BTreeSet::new(),
@@ -283,7 +287,7 @@ mod tests {
     }
 
     /// A CSR for these URI SANs.
-    fn csr(uris: &[&str]) -> String {
+    pub(super) fn csr(uris: &[&str]) -> String {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = uris
@@ -312,7 +316,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mtls = AutoMtls::load(options(dir.path())).unwrap();
         let index = shop();
-        let known = |workload: &str| index.has_workload(workload);
+        let known = |workload: &str| {
+            index
+                .has_workload(workload)
+                .then_some(())
+                .ok_or_else(|| SignError::Unknown(workload.to_owned()))
+        };
         let chain = mtls
             .sign(&csr(&["spiffe://td/mesh/shop/virtualNode/web"]), known)
             .unwrap();

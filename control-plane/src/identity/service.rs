@@ -17,7 +17,7 @@ use tonic::{
 };
 use tracing::{info, warn};
 
-use super::AutoMtls;
+use super::{AutoMtls, SignError};
 use crate::{
     ads::{MeshSource, Published},
     caller::Caller,
@@ -40,13 +40,25 @@ impl IdentityService {
             return Err(refused);
         }
         let published = Arc::clone(&self.published.borrow());
-        let MeshSource::Mesh(index, ..) = &published.mesh else {
+        let MeshSource::Mesh(index, _, serving) = &published.mesh else {
             return Err(Status::failed_precondition("no mesh is served"));
         };
-        match self
-            .mtls
-            .sign(&request.csr_pem, |workload| index.has_workload(workload))
-        {
+        let allowed = |workload: &str| {
+            if !index.has_workload(workload) {
+                return Err(SignError::Unknown(workload.to_owned()));
+            }
+            // From a cluster, a node gets certificates for the workloads of its pods only.
+            match &serving.placement {
+                Some(placement) if !placement.runs(&request.node_id, workload) => {
+                    Err(SignError::NotOnNode {
+                        workload: workload.to_owned(),
+                        node: request.node_id.clone(),
+                    })
+                }
+                _ => Ok(()),
+            }
+        };
+        match self.mtls.sign(&request.csr_pem, allowed) {
             Ok(chain_pem) => {
                 info!(node = %request.node_id, "workload certificate signed");
                 Ok(SignResponse { chain_pem })
@@ -101,5 +113,72 @@ impl UnaryService<SignRequest> for Sign {
                 .sign(&caller, request.into_inner())
                 .map(tonic::Response::new),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mesh_xds::plan::node_pods::NodePod;
+
+    use super::*;
+    use crate::{
+        ads::AdsServer,
+        compile::Serving,
+        identity::tests::{csr, options, shop},
+        placement::Placement,
+        registry::Registry,
+    };
+
+    /// From a cluster, a node is signed for the workloads of its pods only.
+    #[test]
+    fn a_node_is_signed_for_its_pods_workloads_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let placement = Placement::new(BTreeMap::from([(
+            "node-1".to_owned(),
+            vec![NodePod {
+                ip: [10, 1, 0, 5].into(),
+                workload: "shop/web".into(),
+                pod: "shop/web-1".into(),
+            }],
+        )]));
+        let serving = Serving {
+            placement: Some(Arc::new(placement)),
+            ..Serving::default()
+        };
+        let (server, _publisher) = AdsServer::new(MeshSource::Mesh(
+            Arc::new(shop()),
+            Arc::new(Registry::default()),
+            serving,
+        ));
+        let service = IdentityService::new(
+            Arc::new(AutoMtls::load(options(dir.path())).unwrap()),
+            server.published(),
+        );
+        let sign = |node: &str, uri: &str| {
+            service.sign(
+                &Caller::default(),
+                SignRequest {
+                    csr_pem: csr(&[uri]),
+                    node_id: node.into(),
+                },
+            )
+        };
+        assert!(sign("node-1", "spiffe://td/mesh/shop/virtualNode/web").is_ok());
+        let refused = sign("node-2", "spiffe://td/mesh/shop/virtualNode/web").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused
+                .message()
+                .contains("shop/web has no pod on node node-2"),
+            "{refused:?}"
+        );
+        // A workload of the mesh without a pod on the node.
+        let refused = sign("node-1", "spiffe://td/mesh/shop/virtualGateway/ingress").unwrap_err();
+        assert!(
+            refused.message().contains("has no pod on node node-1"),
+            "{refused:?}"
+        );
     }
 }

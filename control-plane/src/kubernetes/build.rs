@@ -1,7 +1,7 @@
 //! What the cluster holds, made a mesh: the App Mesh objects converted as the controller
 //! does (namespaces by their labels, names as it derives them), validated and compiled as
 //! files are; each object's verdict (accepted, or its problems) for reporting on it; the
-//! endpoints Services give virtual nodes.
+//! endpoints Services give virtual nodes; the pods podSelectors make workloads, by node.
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -13,15 +13,16 @@ use mesh_model::{
 };
 use serde_json::{Value, json};
 
+use mesh_xds::names;
+
 use super::{
+    Update,
     endpoints::{self, NodeDiscovery},
     kinds::AppMeshKind,
+    pods::{self, Selecting},
     snapshot::Snapshot,
 };
-use crate::{
-    compile::{MeshIndex, ServiceEndpoints},
-    load::{InputOptions, compiled, validated},
-};
+use crate::load::{InputOptions, compiled, validated};
 
 /// An App Mesh object, as events and status patches name it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,7 +69,7 @@ pub(super) struct Verdict {
 
 /// The mesh the cluster makes, or why not; each App Mesh object's verdict.
 pub(super) struct Built {
-    pub(super) mesh: Result<(MeshIndex, ServiceEndpoints), Vec<Diagnostic>>,
+    pub(super) mesh: Result<Update, Vec<Diagnostic>>,
     pub(super) verdicts: Vec<Verdict>,
 }
 
@@ -92,8 +93,12 @@ pub(super) fn build(snapshot: &Snapshot, input: &InputOptions) -> Built {
         .map(|(key, _)| verdict(key, &diagnostics))
         .collect();
     let discovery = node_discovery(&objects, &resources);
-    let mesh = compiled(resources, &diagnostics)
-        .map(|index| (index, endpoints::service_endpoints(snapshot, &discovery)));
+    let selecting = selecting(&objects, &resources);
+    let mesh = compiled(resources, &diagnostics).map(|index| Update {
+        index,
+        service_endpoints: endpoints::service_endpoints(snapshot, &discovery),
+        placement: pods::placement(snapshot, &selecting),
+    });
     Built { mesh, verdicts }
 }
 
@@ -155,14 +160,8 @@ fn node_discovery(
     objects: &[(ObjectKey, &DynamicObject)],
     resources: &[Resource],
 ) -> Vec<NodeDiscovery> {
-    objects
-        .iter()
-        .filter(|(key, _)| key.kind.kind == "VirtualNode")
-        .filter_map(|(key, object)| {
-            let origin = key.origin();
-            let resource = resources
-                .iter()
-                .find(|r| r.kind == Kind::VirtualNode && r.origin == origin)?;
+    converted(objects, resources, Kind::VirtualNode)
+        .filter_map(|(key, object, resource)| {
             let spec = resource.spec()?;
             let hostname = spec
                 .pointer("/serviceDiscovery/dns/hostname")
@@ -187,6 +186,47 @@ fn node_discovery(
         .collect()
 }
 
+/// The VirtualNodes and VirtualGateways with a podSelector: which pods they make theirs.
+fn selecting(objects: &[(ObjectKey, &DynamicObject)], resources: &[Resource]) -> Vec<Selecting> {
+    let of_kind = |kind: Kind| {
+        converted(objects, resources, kind).filter_map(move |(key, object, resource)| {
+            let selector = object.data.pointer("/spec/podSelector")?.clone();
+            let mesh = resource.body.get("meshName")?.as_str()?;
+            let name = resource.body.get(kind.name_field())?.as_str()?;
+            let workload = match kind {
+                Kind::VirtualGateway => names::virtual_gateway(mesh, name),
+                _ => names::virtual_node(mesh, name),
+            };
+            Some(Selecting {
+                workload,
+                namespace: key.namespace.clone().unwrap_or_default(),
+                selector,
+            })
+        })
+    };
+    of_kind(Kind::VirtualNode)
+        .chain(of_kind(Kind::VirtualGateway))
+        .collect()
+}
+
+/// Each object of `kind` with the resource it was converted to.
+fn converted<'a>(
+    objects: &'a [(ObjectKey, &'a DynamicObject)],
+    resources: &'a [Resource],
+    kind: Kind,
+) -> impl Iterator<Item = (&'a ObjectKey, &'a DynamicObject, &'a Resource)> {
+    objects
+        .iter()
+        .filter(move |(key, _)| key.kind.kind == kind.name())
+        .filter_map(move |(key, object)| {
+            let origin = key.origin();
+            let resource = resources
+                .iter()
+                .find(|r| r.kind == kind && r.origin == origin)?;
+            Some((key, *object, resource))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,7 +235,11 @@ mod tests {
     #[test]
     fn a_cluster_mesh_is_built_with_the_controllers_names_and_service_endpoints() {
         let built = build(&cluster(), &InputOptions::default());
-        let (index, endpoints) = built.mesh.map_err(|d| format!("{d:?}")).unwrap();
+        let Update {
+            index,
+            service_endpoints: endpoints,
+            placement,
+        } = built.mesh.map_err(|d| format!("{d:?}")).unwrap();
         assert!(
             index
                 .virtual_nodes()
@@ -207,6 +251,15 @@ mod tests {
             Some(&["10.1.0.5:8080".parse().unwrap()][..])
         );
         assert!(built.verdicts.iter().all(|v| v.problems.is_empty()));
+        // web's podSelector selects pod web-1, on node-a.
+        assert_eq!(
+            placement
+                .pods_on("node-a")
+                .iter()
+                .map(|p| (p.pod.as_str(), p.workload.as_str()))
+                .collect::<Vec<_>>(),
+            [("shop/web-1", "m/web_shop")]
+        );
     }
 
     #[test]

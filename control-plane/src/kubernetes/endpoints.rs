@@ -8,10 +8,9 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use mesh_model::kubernetes::label_selector_matches;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::snapshot::Snapshot;
+use super::{pods, snapshot::Snapshot};
 use crate::compile::ServiceEndpoints;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -144,14 +143,7 @@ fn selected(
     }) else {
         return false;
     };
-    let labels: Map<String, Value> = pod
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    label_selector_matches(Some(selector), Some(&labels))
+    pods::selects(selector, pod)
 }
 
 #[cfg(test)]

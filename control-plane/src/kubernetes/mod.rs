@@ -1,12 +1,14 @@
 //! The Kubernetes source (`--kubernetes`): the control plane reads the App Mesh custom
 //! resources (`appmesh.k8s.aws/v1beta2`), Namespaces, Pods, Services and EndpointSlices from
 //! the API server (list and watch, through kube-rs's watcher and reflector stores) and
-//! serves the mesh they make. A burst of changes is built once (debounced); a cluster whose
+//! serves the mesh they make, with each node's pods (by podSelector) listed to that node's
+//! agent ([`pods`]). A burst of changes is built once (debounced); a cluster whose
 //! objects do not validate is reported on those objects ([`report`]) and the last good mesh
 //! keeps being served.
 mod build;
 mod endpoints;
 mod kinds;
+mod pods;
 mod report;
 mod snapshot;
 mod stores;
@@ -26,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::{
     compile::{MeshIndex, ServiceEndpoints},
     load::InputOptions,
+    placement::Placement,
 };
 
 /// After a change, how long the cluster must stay quiet before the mesh is built.
@@ -59,6 +62,8 @@ pub enum KubernetesError {
 pub(crate) struct Update {
     pub(crate) index: MeshIndex,
     pub(crate) service_endpoints: ServiceEndpoints,
+    /// Which pods run on which node.
+    pub(crate) placement: Placement,
 }
 
 /// A client for the API server `options` name (no request is made yet).
@@ -107,15 +112,12 @@ pub(crate) async fn run(
             Ok(built) => {
                 reports.report(&built.verdicts).await;
                 match built.mesh {
-                    Ok((index, service_endpoints)) => {
+                    Ok(update) => {
                         info!(
-                            service_endpoints = service_endpoints.addresses().count(),
+                            service_endpoints = update.service_endpoints.addresses().count(),
+                            pods = update.placement.pods(),
                             "mesh built from the cluster"
                         );
-                        let update = Update {
-                            index,
-                            service_endpoints,
-                        };
                         if updates.send(update).await.is_err() {
                             return;
                         }

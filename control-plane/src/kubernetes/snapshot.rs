@@ -42,7 +42,7 @@ pub(super) mod fixtures {
 
     /// Mesh `m` selecting namespaces labelled `mesh: m`; namespace `shop` is, `other` is
     /// not; VirtualNode `web` in `shop` behind Service `web`, whose slice lists pod web-1
-    /// (selected) and pod stray-1 (not).
+    /// (selected, on node-a) and pod stray-1 (not).
     pub(in crate::kubernetes) fn cluster() -> Snapshot {
         let ready = |name: &str, ip: &str| {
             json!({"addresses": [ip], "conditions": {"ready": true},
@@ -68,9 +68,10 @@ pub(super) mod fixtures {
                 object(json!({"metadata": {"name": "other"}})),
             ],
             pods: vec![
-                object(
-                    json!({"metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}}}),
-                ),
+                object(json!({
+                    "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
+                    "spec": {"nodeName": "node-a", "containers": []},
+                    "status": {"podIP": "10.1.0.5"}})),
                 object(
                     json!({"metadata": {"name": "stray-1", "namespace": "shop", "labels": {"app": "other"}}}),
                 ),

@@ -23,6 +23,7 @@ use tracing::warn;
 
 use super::{
     kinds::{AppMeshKind, KINDS},
+    pods,
     snapshot::Snapshot,
 };
 
@@ -61,11 +62,7 @@ pub(super) fn watch(client: Client) -> (Stores, Changes) {
             ns.spec = None;
             ns.status = None;
         }),
-        // Only labels of pods are read (for podSelectors): the rest is not kept.
-        pods: typed(&client, &mut changes, "Pod", |pod: &mut Pod| {
-            pod.spec = None;
-            pod.status = None;
-        }),
+        pods: typed(&client, &mut changes, "Pod", pods::trim),
         services: typed(&client, &mut changes, "Service", |_: &mut Service| {}),
         endpoint_slices: typed(
             &client,

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod cluster;
 pub mod listener;
+pub mod node_pods;
 pub mod route;
 pub mod tls;
 
@@ -36,6 +37,7 @@ pub use listener::{
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};
+use node_pods::{NODE_PODS, NodePod};
 
 /// Why a resource cannot be applied: the field path inside the resource and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct NodePlan {
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
     /// SDS secrets by name.
     pub secrets: HashMap<String, tls::SecretPlan>,
+    /// The pods on this node, when the control plane lists them (Kubernetes).
+    pub node_pods: Option<Vec<NodePod>>,
 }
 
 /// One decoded resource.
@@ -101,6 +105,8 @@ pub enum Planned {
     Endpoints(String, Vec<SocketAddr>),
     /// An SDS secret: a certificate with its key, or trusted CAs.
     Secret(tls::SecretPlan),
+    /// The pods on the node ([`node_pods`]).
+    NodePods(Vec<NodePod>),
 }
 
 impl Planned {
@@ -118,6 +124,15 @@ impl Planned {
                 let cluster: Cluster = decode(any)?;
                 if cluster.name.is_empty() {
                     return Err(ResourceError::UnnamedCluster);
+                }
+                if cluster.name == NODE_PODS {
+                    let pods = node_pods::from_cluster(&cluster).map_err(|source| {
+                        ResourceError::Cluster {
+                            name: cluster.name.clone(),
+                            source,
+                        }
+                    })?;
+                    return Ok((cluster.name, Self::NodePods(pods)));
                 }
                 let plan =
                     ClusterPlan::from_proto(&cluster).map_err(|source| ResourceError::Cluster {
@@ -250,6 +265,7 @@ impl NodePlan {
                 Ok((name, Planned::Secret(secret))) => {
                     plan.secrets.insert(name, secret);
                 }
+                Ok((_, Planned::NodePods(pods))) => plan.node_pods = Some(pods),
                 Err(error) => errors.push(error),
             }
         }
