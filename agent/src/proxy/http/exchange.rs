@@ -23,6 +23,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use super::{
     HttpContext,
     headers::{REQUEST_ID, grpc_status},
+    last_response::CorkAtEnd,
 };
 use crate::{
     dataplane::upstream::{Body, BoxError},
@@ -53,6 +54,8 @@ pub struct Exchange {
     /// Kept only when the request's trace is sampled.
     span: Option<Box<TracedRequest>>,
     completed: bool,
+    /// The connection's last response: the client's socket, corked as its last frame goes.
+    cork_at_end: Option<CorkAtEnd>,
 }
 
 /// A sampled request's span, as far as its start tells it.
@@ -121,6 +124,7 @@ impl Exchange {
             entry,
             span,
             completed: false,
+            cork_at_end: parts.extensions.get::<CorkAtEnd>().copied(),
         }
     }
 
@@ -153,6 +157,10 @@ impl Exchange {
         if let Some(span) = &mut self.span {
             span.first_byte = Some(to_headers);
         }
+        if response.body().is_end_stream() {
+            // No frame will be polled: what hyper writes is the head alone.
+            self.cork_for_the_end();
+        }
         response.map(|body| {
             ObservedBody {
                 inner: body,
@@ -172,11 +180,20 @@ impl Exchange {
     }
 
     /// Counts and logs the request, once. `ended`: the client got the whole response.
+    /// Corks the client's socket if this is the connection's last response
+    /// (last_response.rs): the frame going out now leaves with the FIN.
+    fn cork_for_the_end(&mut self) {
+        if let Some(socket) = self.cork_at_end.take() {
+            socket.cork();
+        }
+    }
+
     fn complete(&mut self, ended: bool) {
         if self.completed {
             return;
         }
         self.completed = true;
+        self.cork_for_the_end();
         if !ended {
             self.flags.insert(ResponseFlags::DOWNSTREAM_TERMINATION);
         }

@@ -9,6 +9,7 @@ mod body;
 mod exchange;
 mod forward;
 mod headers;
+mod last_response;
 mod local_reply;
 mod upgrade;
 
@@ -16,6 +17,7 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -416,9 +418,17 @@ pub async fn serve(client: MaybeTls, context: Arc<HttpContext>) {
     let (drain, cut) = (context.drain.clone(), context.cut.clone());
     let served = Arc::new(AtomicBool::new(false));
     let first_request = Arc::clone(&served);
-    let service = hyper::service::service_fn(move |request| {
+    // The client's socket, for the last response's cork (last_response.rs). It lives as
+    // long as `connection`, which alone calls the service.
+    let socket = client.tcp().as_raw_fd();
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         first_request.store(true, Ordering::Relaxed);
         let context = Arc::clone(&context);
+        if last_response::is_last_request(&request) {
+            request
+                .extensions_mut()
+                .insert(last_response::CorkAtEnd(socket));
+        }
         // Boxed: a request's state machine is large, and hyper moves the service future
         // into its per-stream task; a box moves as a pointer (12% of the proxy's CPU went to
         // memmove before).
