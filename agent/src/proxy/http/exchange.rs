@@ -179,7 +179,6 @@ impl Exchange {
         }
     }
 
-    /// Counts and logs the request, once. `ended`: the client got the whole response.
     /// Corks the client's socket if this is the connection's last response
     /// (last_response.rs): the frame going out now leaves with the FIN.
     fn cork_for_the_end(&mut self) {
@@ -188,12 +187,12 @@ impl Exchange {
         }
     }
 
+    /// Counts and logs the request, once. `ended`: the client got the whole response.
     fn complete(&mut self, ended: bool) {
         if self.completed {
             return;
         }
         self.completed = true;
-        self.cork_for_the_end();
         if !ended {
             self.flags.insert(ResponseFlags::DOWNSTREAM_TERMINATION);
         }
@@ -332,6 +331,16 @@ struct ObservedBody {
 }
 
 impl ObservedBody {
+    /// The body's last frame is going out: cork a last response's socket for it (only here,
+    /// while hyper polls the body and so holds the socket open; not on drop, when the
+    /// socket may be closed and its number reused) and complete the exchange.
+    fn end(&mut self) {
+        if let Some(exchange) = &mut self.exchange {
+            exchange.cork_for_the_end();
+        }
+        self.finish(true);
+    }
+
     fn finish(&mut self, ended: bool) {
         if let Some(mut exchange) = self.exchange.take() {
             exchange.complete(ended);
@@ -358,10 +367,10 @@ impl hyper::body::Body for ObservedBody {
                     }
                 }
                 if self.inner.is_end_stream() {
-                    self.finish(true);
+                    self.end();
                 }
             }
-            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(None) => self.end(),
             Poll::Ready(Some(Err(_))) => {
                 if let Some(exchange) = &mut self.exchange {
                     exchange

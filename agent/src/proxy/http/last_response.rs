@@ -48,7 +48,8 @@ impl CorkAtEnd {
 
 fn cork(socket: RawFd) {
     // SAFETY: the connection that owns the socket is alive while it serves the request and
-    // polls its response body, the only times this runs (the exchange is done by then).
+    // polls its response body, the only times this runs (never from a drop, when the
+    // connection may have closed the socket already).
     let socket = unsafe { BorrowedFd::borrow_raw(socket) };
     if let Err(error) = SockRef::from(&socket).set_tcp_cork(true) {
         debug!(%error, "cannot cork the last response");
