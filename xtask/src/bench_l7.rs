@@ -113,13 +113,7 @@ pub(crate) struct L7Bench {
 }
 
 pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
-    build::require_root("the benchmark")?;
-    let binaries = build::build(Profile::Release)?;
-    // SAFETY: set before any thread that reads the environment exists.
-    unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
-    let meshtb = binaries.meshtb.to_str().context("meshtb path")?.to_owned();
-
-    let (mut bench, servers) = L7Bench::set_up(meshtb)?;
+    let (mut bench, servers) = L7Bench::build_and_set_up("the benchmark")?;
     let workdir = bench.workdir.clone();
     bench.enroll_client(false)?;
     let idle_rss = status_kib(bench.agent.pid(), "VmRSS:").unwrap_or(0);
@@ -263,6 +257,16 @@ fn start_agent(node: &Node, workdir: &Path, traced: bool) -> anyhow::Result<Agen
 }
 
 impl L7Bench {
+    /// Release binaries built, then [`Self::set_up`]; `what` runs as root (for the error).
+    pub(crate) fn build_and_set_up(what: &str) -> anyhow::Result<(Self, Vec<Proc>)> {
+        build::require_root(what)?;
+        let binaries = build::build(Profile::Release)?;
+        // SAFETY: set before any thread that reads the environment exists.
+        unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
+        let meshtb = binaries.meshtb.to_str().context("meshtb path")?.to_owned();
+        Self::set_up(meshtb)
+    }
+
     /// The benchmark node: client, v1, v2 (servers, returned to be held) and haproxy pods,
     /// mesh-agent with the mesh; both proxies' routing checked.
     pub(crate) fn set_up(meshtb: String) -> anyhow::Result<(Self, Vec<Proc>)> {

@@ -13,19 +13,14 @@ use crate::{
     bench::status_kib,
     bench_l7::{L7Bench, Via},
     bench_xds,
-    build::{self, Profile, step},
+    build::step,
 };
 
 /// HAProxy's `maxconn` in the benchmark's configuration: it is held at most that many.
 const HAPROXY_MAX_CONNECTIONS: usize = 4000;
 
 pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
-    build::require_root("the benchmark")?;
-    let binaries = build::build(Profile::Release)?;
-    // SAFETY: set before any thread that reads the environment exists.
-    unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
-    let meshtb = binaries.meshtb.to_str().context("meshtb path")?.to_owned();
-    let (mut bench, _servers) = L7Bench::set_up(meshtb)?;
+    let (mut bench, _servers) = L7Bench::build_and_set_up("the benchmark")?;
     let script = bench.workdir.join("idle_connections.py");
     std::fs::write(&script, include_str!("idle_connections.py"))?;
 

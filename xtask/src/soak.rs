@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    bench::status_kib,
-    bench_l7::L7Bench,
-    build::{self, Profile, step},
-};
+use crate::{bench::status_kib, bench_l7::L7Bench, build::step};
 
 /// How long until the proxy has closed its idle upstream connections: they are kept 60 s
 /// (dataplane/upstream.rs), and the pool's reaper runs once per that period, so one idle
@@ -22,12 +18,7 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(2 * 60 + 10);
 const RSS_GROWTH_ALLOWED: f64 = 0.10;
 
 pub fn run(requests: u64, chunk_seconds: u32) -> anyhow::Result<()> {
-    build::require_root("the soak")?;
-    let binaries = build::build(Profile::Release)?;
-    // SAFETY: set before any thread that reads the environment exists.
-    unsafe { std::env::set_var("MESH_AGENT_BIN", &binaries.agent) };
-    let meshtb = binaries.meshtb.to_str().context("meshtb path")?.to_owned();
-    let (bench, servers) = L7Bench::set_up(meshtb)?;
+    let (bench, servers) = L7Bench::build_and_set_up("the soak")?;
     let pid = bench.agent.pid();
     let before = Sample::of(pid, 0)?;
     bench.enroll_client(true)?;
