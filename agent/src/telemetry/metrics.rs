@@ -241,6 +241,7 @@ pub struct MeshMetrics {
     ejections: Family<ClusterLabels, Counter>,
     health_changes: Family<ClusterLabels, Counter>,
     denied: Family<DeniedLabels, Counter>,
+    parked: Gauge,
 }
 
 impl Default for MeshMetrics {
@@ -258,6 +259,7 @@ impl Default for MeshMetrics {
             ejections: Family::default(),
             health_changes: Family::default(),
             denied: Family::default(),
+            parked: Gauge::default(),
         }
     }
 }
@@ -345,6 +347,11 @@ impl MeshMetrics {
             .inc();
     }
 
+    /// HTTP/1.1 connections parked (idle, holding no buffer) right now.
+    pub fn parked_connections(&self) -> &Gauge {
+        &self.parked
+    }
+
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
         let labels = ClusterLabels {
             cluster: cluster.to_owned(),
@@ -410,6 +417,11 @@ impl MeshMetrics {
             "mesh_denied_connections",
             "Connections refused because the source's virtual node may not reach the port (DROP_ALL egress)",
             self.denied.clone(),
+        );
+        registry.register(
+            "mesh_http_connections_parked",
+            "HTTP/1.1 client connections idle between requests, parked without buffers",
+            self.parked.clone(),
         );
     }
 }

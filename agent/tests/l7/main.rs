@@ -10,6 +10,7 @@ mod drain;
 mod egress;
 mod framing;
 mod health;
+mod idle;
 mod matches;
 mod outlier;
 mod pools;

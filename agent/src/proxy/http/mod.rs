@@ -9,6 +9,7 @@ mod body;
 mod exchange;
 mod forward;
 mod headers;
+mod idle;
 mod last_response;
 mod local_reply;
 mod upgrade;
@@ -38,6 +39,7 @@ use tracing::{debug, warn};
 
 use exchange::{CountedBody, Exchange};
 use headers::{authority, ensure_request_id, is_grpc};
+use idle::{ParkableIo, ParkedGauge, Parking};
 use local_reply::LocalReply;
 
 use super::ProxyInputs;
@@ -413,17 +415,47 @@ impl HttpContext {
 }
 
 /// Serves the connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it ends or the
-/// drain cuts it.
+/// drain cuts it. An idle HTTP/1.1 connection is parked between requests (idle.rs).
 pub async fn serve(client: MaybeTls, context: Arc<HttpContext>) {
+    let parking = Arc::new(Parking::default());
+    let mut client = client;
+    loop {
+        // Boxed: hyper's connection is large; the task keeps only this loop's small state
+        // while the connection is parked.
+        let Some(parked) = Box::pin(serve_until_parked(client, &context, &parking)).await else {
+            return;
+        };
+        let _counted = ParkedGauge::count(context.metrics.parked_connections());
+        tokio::select! {
+            readable = parked.tcp().readable() => {
+                if readable.is_err() {
+                    return;
+                }
+            }
+            () = context.drain.cancelled() => return,
+            () = context.cut.cancelled() => return,
+        }
+        client = parked;
+    }
+}
+
+/// Serves requests until the connection ends (None) or, idle, is parked (its socket).
+async fn serve_until_parked(
+    client: MaybeTls,
+    context: &Arc<HttpContext>,
+    parking: &Arc<Parking>,
+) -> Option<MaybeTls> {
     let (drain, cut) = (context.drain.clone(), context.cut.clone());
     let served = Arc::new(AtomicBool::new(false));
     let first_request = Arc::clone(&served);
     // The client's socket, for the last response's cork (last_response.rs). It lives as
     // long as `connection`, which alone calls the service.
     let socket = client.tcp().as_raw_fd();
+    let (context, requests) = (Arc::clone(context), Arc::clone(parking));
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         first_request.store(true, Ordering::Relaxed);
         let context = Arc::clone(&context);
+        let in_flight = requests.begin(request.version());
         if last_response::is_last_request(&request) {
             request
                 .extensions_mut()
@@ -432,11 +464,15 @@ pub async fn serve(client: MaybeTls, context: Arc<HttpContext>) {
         // Boxed: a request's state machine is large, and hyper moves the service future
         // into its per-stream task; a box moves as a pointer (12% of the proxy's CPU went to
         // memmove before).
-        Box::pin(async move { Ok::<_, Infallible>(context.handle(request).await) })
+        Box::pin(async move {
+            let response = context.handle(request).await;
+            Ok::<_, Infallible>(in_flight.carried_by(response))
+        })
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let io = ParkableIo::new(client, Arc::clone(parking));
     // With upgrades: a 101 hands the connection to the upgrade's join instead of closing it.
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     // Serving, then (drain) a grace period, then shut down.
     let (mut draining, mut shut_down) = (false, false);
@@ -448,10 +484,15 @@ pub async fn serve(client: MaybeTls, context: Arc<HttpContext>) {
     loop {
         tokio::select! {
             result = connection.as_mut() => {
-                if let Err(error) = result {
-                    debug!(%error, "HTTP connection ended with an error");
-                }
-                return;
+                return match result {
+                    Ok(()) => parking.take_parked(),
+                    // Whatever ended it (a half-read request among others), the socket is
+                    // not served again.
+                    Err(error) => {
+                        debug!(%error, "HTTP connection ended with an error");
+                        None
+                    }
+                };
             }
             () = drain.cancelled(), if !draining => {
                 draining = true;
@@ -467,7 +508,7 @@ pub async fn serve(client: MaybeTls, context: Arc<HttpContext>) {
                 shut_down = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = cut.cancelled() => return,
+            () = cut.cancelled() => return None,
         }
     }
 }
