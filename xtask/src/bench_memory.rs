@@ -6,7 +6,10 @@
 //! after, divided by the connections, is the per-connection figure.
 use std::{path::Path, time::Duration};
 
-use ::tests::{Agent, Proc, agent::config_for};
+use ::tests::{
+    Agent, Proc,
+    agent::{config_for, metric_value},
+};
 use anyhow::{Context as _, bail};
 
 use crate::{
@@ -54,6 +57,16 @@ pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
         haproxy.per_connection_bytes(),
         mesh.per_connection_bytes() / haproxy.per_connection_bytes().max(1.0)
     );
+    if let (Some(bytes), Some(heap)) = (mesh.heap_per_connection_bytes(), &mesh.heap) {
+        println!(
+            "  {:<44} {:>12.0} {:>12}",
+            "heap bytes in use per idle connection", bytes, "-"
+        );
+        println!(
+            "  {:<44} {:>12.0} {:>12}",
+            "connections parked (no HTTP buffers)", heap.parked, "-"
+        );
+    }
     println!(
         "  {:<44} {:>12} {:>12}",
         "RSS KiB before -> with the connections",
@@ -61,8 +74,8 @@ pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
         format!("{} -> {}", haproxy.before_kib, haproxy.after_kib),
     );
     println!(
-        "  goal: <= 4096 bytes per idle connection; mesh-agent idle RSS {} KiB with the benchmark's mesh (before the connections), {idle_large} KiB with {services} virtual services (goal <= 15360 KiB)",
-        mesh.before_kib
+        "  goal: <= 4096 bytes per idle connection; mesh-agent idle RSS {} KiB with the benchmark's mesh (before the connections), {} KiB with {services} virtual services (goal <= 15360 KiB): {} KiB anonymous, {} KiB of mapped files",
+        mesh.before_kib, idle_large.total_kib, idle_large.anonymous_kib, idle_large.file_kib
     );
     Ok(())
 }
@@ -72,11 +85,19 @@ struct Held {
     connections: usize,
     before_kib: u64,
     after_kib: u64,
+    /// mesh-agent only: heap in use before, and the heap and parked connections after.
+    heap_before: f64,
+    heap: Option<Heap>,
 }
 
 impl Held {
     fn per_connection_bytes(&self) -> f64 {
         self.after_kib.saturating_sub(self.before_kib) as f64 * 1024.0 / self.connections as f64
+    }
+
+    fn heap_per_connection_bytes(&self) -> Option<f64> {
+        let heap = self.heap.as_ref()?;
+        Some((heap.in_use - self.heap_before).max(0.0) / self.connections as f64)
     }
 }
 
@@ -97,6 +118,13 @@ fn per_connection(
     let (host, port) = url.rsplit_once(':').context("target port")?;
     let authority = target.host.unwrap_or_else(|| url.to_owned());
     let before_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
+    let heap_before = match via {
+        Via::Mesh => metric_value(
+            &bench.agent.metrics(&bench.node)?,
+            r#"mesh_agent_heap_bytes{state="in_use"}"#,
+        ),
+        _ => 0.0,
+    };
     let output = bench.workdir.join("idle_connections.out");
     let mut command = bench.node.pod_command("client", "python3")?;
     command
@@ -105,15 +133,32 @@ fn per_connection(
         .stdout(std::fs::File::create(&output)?);
     let mut holder = Proc::spawn("idle connections", command)?;
     wait_for_open(&output, &mut holder, Duration::from_secs(300))?;
-    // Let the proxy finish with what the last requests left behind.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let the proxy finish with what the last requests left behind: mesh-agent parks an
+    // HTTP/1.1 connection one to two seconds after it went idle, and gives free heap back
+    // every 5 s.
+    std::thread::sleep(Duration::from_secs(9));
     let after_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
+    let heap = (via == Via::Mesh)
+        .then(|| bench.agent.metrics(&bench.node))
+        .transpose()?
+        .map(|metrics| Heap {
+            in_use: metric_value(&metrics, r#"mesh_agent_heap_bytes{state="in_use"}"#),
+            parked: metric_value(&metrics, "mesh_http_connections_parked"),
+        });
     drop(holder);
     Ok(Held {
         connections,
         before_kib,
         after_kib,
+        heap_before,
+        heap,
     })
+}
+
+/// mesh-agent's own account of its heap and its parked connections.
+struct Heap {
+    in_use: f64,
+    parked: f64,
 }
 
 fn wait_for_open(output: &Path, holder: &mut Proc, timeout: Duration) -> anyhow::Result<()> {
@@ -132,7 +177,7 @@ fn wait_for_open(output: &Path, holder: &mut Proc, timeout: Duration) -> anyhow:
 
 /// Restarts the node's agent with a generated mesh of `services` virtual services (every one
 /// a backend of one virtual node) and returns its RSS once it has settled.
-fn idle_with_services(bench: &mut L7Bench, services: usize) -> anyhow::Result<u64> {
+fn idle_with_services(bench: &mut L7Bench, services: usize) -> anyhow::Result<IdleRss> {
     let mesh_dir = bench.workdir.join(format!("mesh-{services}"));
     std::fs::create_dir_all(&mesh_dir)?;
     bench_xds::generate(&mesh_dir, services)?;
@@ -146,5 +191,18 @@ fn idle_with_services(bench: &mut L7Bench, services: usize) -> anyhow::Result<u6
         &["--mesh", mesh_dir.to_str().context("path")?],
     )?;
     std::thread::sleep(Duration::from_secs(5));
-    Ok(status_kib(bench.agent.pid(), "VmRSS:").unwrap_or(0))
+    let pid = bench.agent.pid();
+    Ok(IdleRss {
+        total_kib: status_kib(pid, "VmRSS:").unwrap_or(0),
+        anonymous_kib: status_kib(pid, "RssAnon:").unwrap_or(0),
+        file_kib: status_kib(pid, "RssFile:").unwrap_or(0),
+    })
+}
+
+/// Idle RSS, and what it is made of: anonymous memory (heap, stacks) and the pages of the
+/// executable and libraries that were touched (shared with any other copy running).
+struct IdleRss {
+    total_kib: u64,
+    anonymous_kib: u64,
+    file_kib: u64,
 }

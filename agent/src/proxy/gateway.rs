@@ -120,7 +120,9 @@ async fn handle(
     let local = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
-    let Some((client, plan)) = chains::accept(stream, peer, chains, &inputs).await else {
+    // Boxed: a TLS handshake's state is large, and an idle connection keeps its task.
+    let accepted = Box::pin(chains::accept(stream, peer, chains, &inputs)).await;
+    let Some((client, plan)) = accepted else {
         return;
     };
     // The plan takes HTTP only on gateway ports.
@@ -130,5 +132,8 @@ async fn handle(
     let _ = client.tcp().set_nodelay(true);
     let side = Side::gateway(gateway.clone(), Arc::new(MeshClusters));
     let context = HttpContext::new(&inputs, side, gateway, port, plan).between(peer, local);
+    // Requests take the data plane current when they arrive: a long-lived connection must
+    // not keep this snapshot alive.
+    drop(plane);
     http::serve(client, Arc::new(context)).await;
 }

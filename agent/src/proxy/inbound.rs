@@ -32,6 +32,7 @@ use crate::{
     listen::Acceptor,
     redirect::{InboundPod, InboundPorts, netns::PodNet},
     telemetry::metrics::{FailureReason, MeshMetrics},
+    tls::stream::MaybeTls,
 };
 
 /// A captured pod as its connections need it.
@@ -251,7 +252,13 @@ async fn handle(
                 node,
                 listening,
             };
-            serve_listener_port(stream, accepted, chains, &plane, &pod, &inputs).await;
+            let http = serve_listener_port(stream, accepted, chains, &plane, &pod, &inputs).await;
+            if let Some((client, context)) = http {
+                // Each request takes the data plane current when it arrives; a connection
+                // that lives long (idle keep-alive) must not keep this one's snapshot alive.
+                drop(plane);
+                http::serve(client, Arc::new(context)).await;
+            }
         }
         // Not (or no longer) a mesh port of this pod: straight to the application.
         _ => to_application(stream, peer, port, &pod, &inputs).await,
@@ -277,7 +284,8 @@ enum Listening {
 }
 
 /// A connection on a listener port: through its TLS chain or its plain one, as the
-/// listener's TLS mode has it, then HTTP or TCP toward the application.
+/// listener's TLS mode has it, then TCP toward the application, or HTTP: that connection and
+/// its context are returned, for the caller to serve.
 async fn serve_listener_port(
     stream: TcpStream,
     accepted: AcceptedOn,
@@ -285,7 +293,7 @@ async fn serve_listener_port(
     plane: &DataPlane,
     pod: &Arc<PodContext>,
     inputs: &Arc<ProxyInputs>,
-) {
+) -> Option<(MaybeTls, HttpContext)> {
     let AcceptedOn {
         peer,
         port,
@@ -295,8 +303,11 @@ async fn serve_listener_port(
     let accepted_on = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    let Some((client, plan)) = chains::accept(stream, peer, listener_port, inputs).await else {
-        return;
+    // Boxed, as the relay below: a connection's task is as large as its largest branch (a
+    // TLS handshake's is large), and an idle HTTP connection keeps its task while it lives.
+    let accepted = Box::pin(chains::accept(stream, peer, listener_port, inputs)).await;
+    let Some((client, plan)) = accepted else {
+        return None;
     };
     // The caller as its certificate names it; plain text says nothing about who it is.
     // Through a gateway, the gateway is the mesh's caller.
@@ -319,7 +330,7 @@ async fn serve_listener_port(
             };
             let context =
                 HttpContext::new(inputs, side, source, port, plan).between(peer, accepted_on);
-            http::serve(client, Arc::new(context)).await;
+            Some((client, context))
         }
         PortPlan::Tcp {
             clusters,
@@ -329,7 +340,8 @@ async fn serve_listener_port(
         } => {
             let cluster = clusters.pick(rand::random_range(0..clusters.total()));
             let Some(upstream) = pod.local_upstream(plane, cluster, port) else {
-                return reset(client);
+                reset(client);
+                return None;
             };
             let log = ConnectionLog::new(
                 inputs.access_logs.loggers(access_logs),
@@ -339,7 +351,8 @@ async fn serve_listener_port(
             )
             .map(|log| log.with_source(&source));
             let ends = RelayEnds::new(inputs, *idle_timeout, log);
-            relay_to_cluster(client, peer_v4(peer), &upstream, ends).await
+            Box::pin(relay_to_cluster(client, peer_v4(peer), &upstream, ends)).await;
+            None
         }
     }
 }

@@ -134,7 +134,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Some((source, outbound)) =
         source.and_then(|node| plane.outbound.get(&node).map(|plan| (node, plan)))
     else {
-        return relay_to(client, peer, destination, inputs, None, None).await;
+        // Boxed, as every relay below: a connection's task is as large as its largest branch,
+        // and an idle HTTP connection keeps its task for as long as it lives.
+        return Box::pin(relay_to(client, peer, destination, inputs, None, None)).await;
     };
     let port = destination.port();
     match outbound.ports.get(&port).or(outbound.other_ports.as_ref()) {
@@ -143,6 +145,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let side = Side::outbound(source.clone(), Arc::new(MeshClusters));
             let context = HttpContext::new(inputs, side, source, port, plan)
                 .between(peer.into(), destination.into());
+            // Each request takes the data plane current when it arrives; a connection that
+            // lives long (idle keep-alive) must not keep this one's snapshot alive.
+            drop(plane);
             http::serve(client.into(), Arc::new(context)).await;
         }
         Some(PortPlan::Tcp {
@@ -160,11 +165,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             );
             match plane.clusters.get(cluster) {
                 Some(upstream) if upstream.plan.discovery == Discovery::OriginalDestination => {
-                    relay_to(client, peer, destination, inputs, *idle_timeout, log).await;
+                    Box::pin(relay_to(
+                        client,
+                        peer,
+                        destination,
+                        inputs,
+                        *idle_timeout,
+                        log,
+                    ))
+                    .await;
                 }
                 Some(upstream) => {
                     let ends = RelayEnds::new(inputs, *idle_timeout, log);
-                    relay_to_cluster(client.into(), peer, upstream, ends).await
+                    Box::pin(relay_to_cluster(client.into(), peer, upstream, ends)).await
                 }
                 None => {
                     inputs.metrics.failed(cluster, FailureReason::other);

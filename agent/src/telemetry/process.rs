@@ -45,6 +45,19 @@ fn encode_process(encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error>
         None,
         MetricType::Counter,
     )?)?;
+    {
+        let heap = mesh_xds::memory::heap();
+        let mut family = encoder.encode_descriptor(
+            "mesh_agent_heap_bytes",
+            "The agent's heap: in use, or freed and kept by the allocator",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, bytes) in [("in_use", heap.in_use), ("free", heap.free)] {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            ConstGauge::new(bytes).encode(family.encode_family(&[("state", state)])?)?;
+        }
+    }
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
     ConstGauge::new(fds).encode(encoder.encode_descriptor(
         "mesh_agent_process_open_fds",
