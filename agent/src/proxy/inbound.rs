@@ -305,10 +305,7 @@ async fn serve_listener_port(
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     // Boxed, as the relay below: a connection's task is as large as its largest branch (a
     // TLS handshake's is large), and an idle HTTP connection keeps its task while it lives.
-    let accepted = Box::pin(chains::accept(stream, peer, listener_port, inputs)).await;
-    let Some((client, plan)) = accepted else {
-        return None;
-    };
+    let (client, plan) = Box::pin(chains::accept(stream, peer, listener_port, inputs)).await?;
     // The caller as its certificate names it; plain text says nothing about who it is.
     // Through a gateway, the gateway is the mesh's caller.
     let source = match listening {
