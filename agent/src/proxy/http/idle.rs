@@ -10,7 +10,9 @@
 //! connection. The client sees one keep-alive connection throughout.
 //!
 //! Only HTTP/1.1 parks: an HTTP/2 connection's state (streams, flow control, HPACK tables)
-//! cannot be rebuilt, and an upgraded connection (101) belongs to its tunnel.
+//! cannot be rebuilt, and an upgraded connection (101) belongs to its tunnel. A client that
+//! stops that long in the middle of its next request's head has the connection closed (the
+//! part it sent is lost with hyper's buffer), as a defence against slow headers would.
 use std::{
     io,
     pin::Pin,
