@@ -5,10 +5,11 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use mesh_model::report::Diagnostic;
+use mesh_xds::memory::release_free_heap;
 use tokio::{
     net::TcpListener,
     sync::{Notify, mpsc},
@@ -23,7 +24,8 @@ use crate::{
     compile::{MeshIndex, ServiceEndpoints, Serving},
     identity::{AutoMtls, AutoMtlsOptions, CaError, IdentityService},
     kubernetes::{self, KubernetesError, KubernetesOptions, Update},
-    load::{InputOptions, compiled, load},
+    load::InputOptions,
+    mesh_files::MeshFiles,
     placement::Placement,
     registry::{Registry, RegistryFileError},
     registry_api::{self, Shared},
@@ -175,11 +177,12 @@ impl ControlPlane {
             None => None,
         };
         // Parsing and compiling read files and may take a while: not on the runtime's threads.
+        let mesh_files = Arc::new(Mutex::new(MeshFiles::new(input.clone())));
         let index = if cluster.is_some() {
             MeshIndex::default()
         } else {
-            let (paths, input) = (paths.clone(), input.clone());
-            tokio::task::spawn_blocking(move || compile_mesh(&paths, &input))
+            let (paths, files) = (paths.clone(), Arc::clone(&mesh_files));
+            tokio::task::spawn_blocking(move || compile_mesh(&files, &paths))
                 .await
                 .map_err(StartError::Task)?
                 .map_err(StartError::InvalidMesh)?
@@ -260,7 +263,7 @@ impl ControlPlane {
         };
         let watched = Watched {
             paths,
-            input,
+            mesh_files,
             registry_file,
             secrets_file,
             index,
@@ -310,10 +313,18 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
         .map_err(|source| StartError::Listen { addr, what, source })
 }
 
-/// The mesh in `paths` compiled, or the validation report.
-fn compile_mesh(paths: &[PathBuf], input: &InputOptions) -> Result<MeshIndex, Vec<Diagnostic>> {
-    let (resources, diagnostics) = load(paths, input);
-    compiled(resources, &diagnostics)
+/// The mesh in `paths` compiled, or the validation report; only files changed since the
+/// last call are read again.
+fn compile_mesh(files: &Mutex<MeshFiles>, paths: &[PathBuf]) -> Result<MeshIndex, Vec<Diagnostic>> {
+    // A panic while compiling leaves the cache with fewer files, never a wrong one (files
+    // are replaced whole): what it holds stays usable.
+    let compiled = files
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .compile(paths);
+    // What the files' parses and the old index held goes back to the system.
+    release_free_heap();
+    compiled
 }
 
 /// The longest diagnostic logged whole; longer ones are cut, saying so.
@@ -334,7 +345,7 @@ fn clipped(text: &str, max: usize) -> String {
 /// The files a reload reads, owned so that a blocking thread can read them.
 struct Sources {
     paths: Vec<PathBuf>,
-    input: InputOptions,
+    mesh_files: Arc<Mutex<MeshFiles>>,
     registry_file: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
 }
@@ -351,7 +362,7 @@ impl Sources {
     /// Reads and compiles everything (blocking: file reads, parsing, compiling).
     fn read(&self) -> Reloaded {
         Reloaded {
-            mesh: (!self.paths.is_empty()).then(|| compile_mesh(&self.paths, &self.input)),
+            mesh: (!self.paths.is_empty()).then(|| compile_mesh(&self.mesh_files, &self.paths)),
             registry: self.registry_file.as_deref().map(Registry::load),
             secrets: self.secrets_file.as_deref().map(SecretStore::load),
         }
@@ -391,7 +402,8 @@ async fn cluster_update(updates: &mut Option<mpsc::Receiver<Update>>) -> Option<
 /// What the control plane serves and where it comes from.
 struct Watched {
     paths: Vec<PathBuf>,
-    input: InputOptions,
+    /// The mesh files as last read, used by reloads on blocking threads (one at a time).
+    mesh_files: Arc<Mutex<MeshFiles>>,
     registry_file: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
     /// The last good mesh.
@@ -421,7 +433,7 @@ impl Watched {
     fn sources(&self) -> Sources {
         Sources {
             paths: self.paths.clone(),
-            input: self.input.clone(),
+            mesh_files: Arc::clone(&self.mesh_files),
             registry_file: self.registry_file.clone(),
             secrets_file: self.secrets_file.clone(),
         }

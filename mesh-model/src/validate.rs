@@ -28,33 +28,45 @@ pub struct Options {
 pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for resource in resources {
-        let body = Value::Object(resource.body.clone());
-        for violation in
-            schema::model().validate(&resource.kind.create_shape(), &body, &Path::root(""))
-        {
-            let ignored = options.lenient
-                && resource.format == Format::Kubernetes
-                && violation.message.starts_with(schema::UNKNOWN_FIELD);
-            let diagnostic = if ignored {
-                Diagnostic::note(format!(
-                    "{} (ignored, as the controller does)",
-                    violation.message
-                ))
-            } else {
-                Diagnostic::error(violation.message)
-            };
-            out.push(diagnostic.on(resource).path(violation.path));
-        }
-        if let Some(spec) = resource.spec() {
-            spec_rules(resource, spec, &mut out);
-            acm_notes(resource, spec, &Path::root("spec"), &mut out);
-        }
+        validate_resource(resource, options, &mut out);
     }
-    duplicates(resources, &mut out);
-    if options.check_references {
-        references(resources, &mut out);
-    }
+    validate_across(&resources.iter().collect::<Vec<_>>(), options, &mut out);
     out
+}
+
+/// What [`validate`] finds about one resource on its own: the model's constraints on every
+/// field and the rules within its spec. The same resource always gets the same findings, so
+/// they can be kept while it does not change.
+pub fn validate_resource(resource: &Resource, options: Options, out: &mut Vec<Diagnostic>) {
+    let body = Value::Object(resource.body.clone());
+    for violation in schema::model().validate(&resource.kind.create_shape(), &body, &Path::root(""))
+    {
+        let ignored = options.lenient
+            && resource.format == Format::Kubernetes
+            && violation.message.starts_with(schema::UNKNOWN_FIELD);
+        let diagnostic = if ignored {
+            Diagnostic::note(format!(
+                "{} (ignored, as the controller does)",
+                violation.message
+            ))
+        } else {
+            Diagnostic::error(violation.message)
+        };
+        out.push(diagnostic.on(resource).path(violation.path));
+    }
+    if let Some(spec) = resource.spec() {
+        spec_rules(resource, spec, out);
+        acm_notes(resource, spec, &Path::root("spec"), out);
+    }
+}
+
+/// What [`validate`] finds across resources: names defined twice, and (unless
+/// `check_references` is off) references to resources not in the set.
+pub fn validate_across(resources: &[&Resource], options: Options, out: &mut Vec<Diagnostic>) {
+    duplicates(resources, out);
+    if options.check_references {
+        references(resources, out);
+    }
 }
 
 /// `--lenient`: the unknown fields of Kubernetes resources (reported as notes by
@@ -347,9 +359,9 @@ fn first_line(text: &str) -> String {
 /// (kind, mesh, parent, name) — what must be unique.
 type Identity<'a> = (Kind, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
-fn duplicates(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+fn duplicates(resources: &[&Resource], out: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<Identity<'_>, &Resource> = HashMap::new();
-    for resource in resources {
+    for &resource in resources {
         if resource.name().is_none() {
             continue;
         }
@@ -372,7 +384,7 @@ fn duplicates(resources: &[Resource], out: &mut Vec<Diagnostic>) {
 /// Every name a resource refers to must exist in its mesh — except a virtual node's backends:
 /// App Mesh takes a node whose backend service is not created yet (walkthrough scripts create
 /// nodes before their backends' services), which is noted, and not routed until it exists.
-fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+fn references(resources: &[&Resource], out: &mut Vec<Diagnostic>) {
     let names: HashSet<(Kind, Option<&str>, &str)> = resources
         .iter()
         .filter_map(|r| {
@@ -385,9 +397,9 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
         .collect();
     let by_name: HashMap<(Kind, Option<&str>, &str), &Resource> = resources
         .iter()
-        .filter_map(|r| Some(((r.kind, r.mesh(), r.name()?), r)))
+        .filter_map(|&r| Some(((r.kind, r.mesh(), r.name()?), r)))
         .collect();
-    for resource in resources {
+    for &resource in resources {
         let mesh = resource.mesh();
         let mut check = |kind: Kind, name: Option<&str>, path: String, required: bool| {
             let Some(name) = name else { return };
@@ -485,7 +497,7 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
             _ => {}
         }
     }
-    for resource in resources.iter().filter(|r| r.kind == Kind::Route) {
+    for &resource in resources.iter().filter(|r| r.kind == Kind::Route) {
         route_against_router_and_targets(resource, &by_name, out);
     }
 }

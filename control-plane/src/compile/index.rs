@@ -18,6 +18,14 @@ pub struct CompileError {
     source: serde_json::Error,
 }
 
+/// A validated resource as its typed create request.
+pub fn typed(resource: &Resource) -> Result<Typed, CompileError> {
+    resource.typed().map_err(|source| CompileError {
+        resource: resource.label(),
+        source,
+    })
+}
+
 /// The mesh's resources by kind, typed.
 #[derive(Default)]
 pub struct MeshIndex {
@@ -33,12 +41,14 @@ pub struct MeshIndex {
 impl MeshIndex {
     /// Indexes validated resources.
     pub fn new(resources: &[Resource]) -> Result<Self, CompileError> {
+        let typed = resources.iter().map(typed).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_typed(typed))
+    }
+
+    /// Indexes validated resources, typed.
+    pub fn from_typed(resources: impl IntoIterator<Item = Typed>) -> Self {
         let mut index = Self::default();
-        for resource in resources {
-            let typed = resource.typed().map_err(|source| CompileError {
-                resource: resource.label(),
-                source,
-            })?;
+        for typed in resources {
             match typed {
                 Typed::Mesh(m) => {
                     index.meshes.insert(m.mesh_name.clone(), m);
@@ -92,7 +102,7 @@ impl MeshIndex {
                 )
             });
         }
-        Ok(index)
+        index
     }
 
     /// App Mesh applies the mesh's `serviceDiscovery.ipPreference` to every virtual node
