@@ -16,6 +16,7 @@ use std::{
         Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use envoy_types::pb::{
@@ -101,7 +102,17 @@ impl Published {
                 .entry(view)
                 .or_default(),
         );
-        Arc::clone(slot.get_or_init(|| Arc::new(self.compile_for(node))))
+        Arc::clone(slot.get_or_init(|| {
+            let started = Instant::now();
+            let compiled = self.compile_for(node);
+            debug!(
+                version = self.version,
+                resources = compiled.count(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "mesh compiled for a node view"
+            );
+            Arc::new(compiled)
+        }))
     }
 
     fn compile_for(&self, node: &Node) -> ResourceSet {
@@ -268,5 +279,53 @@ impl AdsServer {
             }
         });
         ReceiverStream::new(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    use mesh_model::source::{self, LoadOptions};
+
+    use super::*;
+
+    fn node(id: &str, virtual_nodes: &[&str]) -> Node {
+        let list = virtual_nodes
+            .iter()
+            .map(|n| Value {
+                kind: Some(Kind::StringValue((*n).to_owned())),
+            })
+            .collect();
+        Node {
+            id: id.to_owned(),
+            metadata: Some(Struct {
+                fields: [(
+                    "virtual_nodes".to_owned(),
+                    Value {
+                        kind: Some(Kind::ListValue(ListValue { values: list })),
+                    },
+                )]
+                .into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_serving_the_same_workloads_share_one_compiled_copy() {
+        let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+        let loaded = source::load(&[shop], &LoadOptions::default());
+        let index = MeshIndex::new(&loaded.resources).unwrap();
+        let published = Published::new(
+            1,
+            MeshSource::Mesh(Arc::new(index), Arc::default(), Serving::default()),
+        );
+        let one = published.resources_for(&node("node-1", &["shop/web"]));
+        let two = published.resources_for(&node("node-2", &["shop/web"]));
+        let other = published.resources_for(&node("node-3", &["shop/db"]));
+        assert!(one.count() > 0);
+        assert!(Arc::ptr_eq(&one, &two), "compiled once, shared");
+        assert!(!Arc::ptr_eq(&one, &other));
+        assert_ne!(*one, *other);
     }
 }
