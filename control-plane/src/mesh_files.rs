@@ -16,10 +16,11 @@ use std::{
 };
 
 use mesh_model::{
+    kubernetes::Document,
     report::Diagnostic,
     resource::{Resource, Typed},
-    source::{self, FileRead},
-    validate::{self, Options},
+    source,
+    validate::{self, Links, Options},
 };
 
 use crate::{
@@ -54,11 +55,17 @@ struct CachedFile {
     content: Arc<FileContent>,
 }
 
-/// One file's resources and what was found about each on its own.
+/// What one file gave: its resources typed, what the checks across files read of them
+/// (not the resources themselves: at 10 000 services their JSON would be the largest thing
+/// the control plane holds), its Kubernetes objects, and what was found about each
+/// resource on its own.
 struct FileContent {
-    read: FileRead,
+    /// What reading the file found.
+    read: Vec<Diagnostic>,
+    manifests: Vec<Document>,
     /// Each resource's own problems (validation of its fields).
     checked: Vec<Diagnostic>,
+    links: Vec<Links>,
     /// The resources typed, for the index; why not, if one does not fit the model.
     typed: Result<Vec<Typed>, String>,
 }
@@ -171,11 +178,12 @@ impl MeshFiles {
         for resource in &read.resources {
             validate::validate_resource(resource, self.options(), &mut checked);
         }
-        let typed = typed_all(&read.resources);
         FileContent {
-            read,
+            read: read.diagnostics,
+            manifests: read.manifests,
             checked,
-            typed,
+            links: read.resources.iter().map(Links::of).collect(),
+            typed: typed_all(&read.resources),
         }
     }
 
@@ -201,19 +209,15 @@ impl MeshFiles {
             .collect();
         let manifests: Vec<_> = contents
             .iter()
-            .flat_map(|c| c.read.manifests.iter().cloned())
+            .flat_map(|c| c.manifests.iter().cloned())
             .collect();
         for content in &contents {
-            diagnostics.extend(content.read.diagnostics.iter().cloned());
+            diagnostics.extend(content.read.iter().cloned());
         }
         let mut converted =
             source::convert_manifests(&manifests, &self.input.source, &mut diagnostics);
         source::require_resources(
-            contents
-                .iter()
-                .map(|c| c.read.resources.len())
-                .sum::<usize>()
-                + converted.len(),
+            contents.iter().map(|c| c.links.len()).sum::<usize>() + converted.len(),
             &mut diagnostics,
         );
         for content in &contents {
@@ -222,12 +226,13 @@ impl MeshFiles {
         for resource in &converted {
             validate::validate_resource(resource, self.options(), &mut diagnostics);
         }
-        let resources: Vec<&Resource> = contents
+        let converted_links: Vec<Links> = converted.iter().map(Links::of).collect();
+        let links: Vec<&Links> = contents
             .iter()
-            .flat_map(|c| c.read.resources.iter())
-            .chain(&converted)
+            .flat_map(|c| c.links.iter())
+            .chain(&converted_links)
             .collect();
-        validate::validate_across(&resources, self.options(), &mut diagnostics);
+        validate::validate_across(&links, self.options(), &mut diagnostics);
         if diagnostics.iter().any(Diagnostic::is_error) {
             return Err(diagnostics);
         }
