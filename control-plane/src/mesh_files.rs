@@ -18,13 +18,13 @@ use std::{
 use mesh_model::{
     kubernetes::Document,
     report::Diagnostic,
-    resource::{Resource, Typed},
+    resource::Resource,
     source,
     validate::{self, Links, Options},
 };
 
 use crate::{
-    compile::{self, MeshIndex},
+    compile::{self, Indexed, MeshIndex},
     load::InputOptions,
     watch::Changes,
 };
@@ -67,7 +67,7 @@ struct FileContent {
     checked: Vec<Diagnostic>,
     links: Vec<Links>,
     /// The resources typed, for the index; why not, if one does not fit the model.
-    typed: Result<Vec<Typed>, String>,
+    typed: Result<Vec<Indexed>, String>,
 }
 
 /// What tells that a file changed: its length, modification and change times, and inode
@@ -254,10 +254,14 @@ impl MeshFiles {
 }
 
 /// `resources` typed, or why one is not (said as compiling says it).
-fn typed_all(resources: &[Resource]) -> Result<Vec<Typed>, String> {
+fn typed_all(resources: &[Resource]) -> Result<Vec<Indexed>, String> {
     resources
         .iter()
-        .map(|r| compile::typed(r).map_err(|e| e.to_string()))
+        .map(|r| {
+            compile::typed(r)
+                .map(Indexed::from)
+                .map_err(|e| e.to_string())
+        })
         .collect()
 }
 
@@ -352,6 +356,20 @@ mod tests {
         let changes = Changes::Modified(vec![dir.path().join("registry.json")]);
         let index = files.compile_changes(&paths, &changes).unwrap();
         assert!(listens(&index, "d", 80));
+    }
+
+    #[test]
+    fn the_index_shares_the_kept_resources_rather_than_copying_them() {
+        let (dir, mut files) = fixture();
+        let index = files.compile(&[dir.path().to_owned()]).unwrap();
+        let content = content(&files, dir.path(), "b.json");
+        let Ok([Indexed::VirtualNode(kept)]) = content.typed.as_deref() else {
+            panic!("one virtual node");
+        };
+        // Held by what is kept for the file and by the index: one copy.
+        assert_eq!(Arc::strong_count(kept), 2);
+        drop(index);
+        assert_eq!(Arc::strong_count(kept), 1);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use output::Output;
 
 pub use endpoints::ServiceEndpoints;
 pub use inbound::INBOUND_ADDRESS;
-pub use index::{CompileError, MeshIndex, typed};
+pub use index::{CompileError, Indexed, MeshIndex, typed};
 pub use listener::PortTraffic;
 pub use outbound::OUTBOUND_ADDRESS;
 
