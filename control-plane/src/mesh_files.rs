@@ -41,8 +41,6 @@ pub(crate) struct MeshFiles {
     /// The last listing of the files, if it found no problem: the paths listed and the
     /// files under them, in order.
     listing: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
-    /// [`RACY`]; shorter in tests, which write files and read them at once.
-    racy: Duration,
 }
 
 /// What a file's content gave, with the stamp the file had when it was read.
@@ -98,7 +96,6 @@ impl MeshFiles {
             input,
             files: HashMap::new(),
             listing: None,
-            racy: RACY,
         }
     }
 
@@ -164,7 +161,7 @@ impl MeshFiles {
         let settled = stamp
             .and_then(|stamp| stamp.modified)
             .and_then(|modified| SystemTime::now().duration_since(modified).ok())
-            .is_some_and(|age| age > self.racy);
+            .is_some_and(|age| age > RACY);
         CachedFile {
             stamp,
             settled,
