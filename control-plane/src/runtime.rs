@@ -56,6 +56,24 @@ pub struct Options {
     pub kubernetes: Option<KubernetesOptions>,
 }
 
+impl Options {
+    /// The mesh in `paths` served on a free loopback port, with nothing else (no registry,
+    /// secrets, automatic mTLS or TLS).
+    pub fn loopback(paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            input: InputOptions::default(),
+            listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            registry: None,
+            registry_api: None,
+            secrets: None,
+            auto_mtls: None,
+            tls: None,
+            kubernetes: None,
+        }
+    }
+}
+
 /// The control plane's certificate, and the CA of node certificates: with it, every caller
 /// must present a certificate that CA signed, naming the node it connects as (mutual TLS).
 #[derive(Clone, Debug)]
@@ -735,19 +753,9 @@ mod tests {
             r#"{"meshName": "demo", "spec": {}}"#,
         )
         .unwrap();
-        let control_plane = ControlPlane::start(Options {
-            paths: vec![dir.path().to_owned()],
-            input: InputOptions::default(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            registry: None,
-            registry_api: None,
-            secrets: None,
-            auto_mtls: None,
-            tls: None,
-            kubernetes: None,
-        })
-        .await
-        .unwrap();
+        let control_plane = ControlPlane::start(Options::loopback(vec![dir.path().to_owned()]))
+            .await
+            .unwrap();
         let mut big =
             String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n");
         for i in 0..60_000 {
