@@ -11,6 +11,7 @@ pub mod compile;
 pub mod identity;
 pub mod kubernetes;
 pub mod load;
+mod mesh_files;
 pub mod placement;
 pub mod registry;
 mod registry_api;

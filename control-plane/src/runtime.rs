@@ -5,10 +5,12 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
 };
 
 use mesh_model::report::Diagnostic;
+use mesh_xds::memory::release_free_heap;
 use tokio::{
     net::TcpListener,
     sync::{Notify, mpsc},
@@ -16,19 +18,20 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     ads::{AdsServer, MeshSource, Publisher},
     compile::{MeshIndex, ServiceEndpoints, Serving},
     identity::{AutoMtls, AutoMtlsOptions, CaError, IdentityService},
     kubernetes::{self, KubernetesError, KubernetesOptions, Update},
-    load::{InputOptions, compiled, load},
+    load::InputOptions,
+    mesh_files::MeshFiles,
     placement::Placement,
     registry::{Registry, RegistryFileError},
     registry_api::{self, Shared},
     secrets::{SecretError, SecretStore},
-    watch::{self, Fingerprint},
+    watch::{self, ChangeEvents, Changes, Fingerprint, Look},
 };
 
 /// What to serve and where.
@@ -51,6 +54,24 @@ pub struct Options {
     pub tls: Option<ServerTlsOptions>,
     /// Read the mesh from a Kubernetes cluster's App Mesh objects (instead of `paths`).
     pub kubernetes: Option<KubernetesOptions>,
+}
+
+impl Options {
+    /// The mesh in `paths` served on a free loopback port, with nothing else (no registry,
+    /// secrets, automatic mTLS or TLS).
+    pub fn loopback(paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            input: InputOptions::default(),
+            listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            registry: None,
+            registry_api: None,
+            secrets: None,
+            auto_mtls: None,
+            tls: None,
+            kubernetes: None,
+        }
+    }
 }
 
 /// The control plane's certificate, and the CA of node certificates: with it, every caller
@@ -175,11 +196,12 @@ impl ControlPlane {
             None => None,
         };
         // Parsing and compiling read files and may take a while: not on the runtime's threads.
+        let mesh_files = Arc::new(Mutex::new(MeshFiles::new(input.clone())));
         let index = if cluster.is_some() {
             MeshIndex::default()
         } else {
-            let (paths, input) = (paths.clone(), input.clone());
-            tokio::task::spawn_blocking(move || compile_mesh(&paths, &input))
+            let (paths, files) = (paths.clone(), Arc::clone(&mesh_files));
+            tokio::task::spawn_blocking(move || compile_mesh(&files, &paths, None))
                 .await
                 .map_err(StartError::Task)?
                 .map_err(StartError::InvalidMesh)?
@@ -260,7 +282,7 @@ impl ControlPlane {
         };
         let watched = Watched {
             paths,
-            input,
+            mesh_files,
             registry_file,
             secrets_file,
             index,
@@ -310,10 +332,30 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
         .map_err(|source| StartError::Listen { addr, what, source })
 }
 
-/// The mesh in `paths` compiled, or the validation report.
-fn compile_mesh(paths: &[PathBuf], input: &InputOptions) -> Result<MeshIndex, Vec<Diagnostic>> {
-    let (resources, diagnostics) = load(paths, input);
-    compiled(resources, &diagnostics)
+/// The mesh in `paths` compiled, or the validation report; only files changed since the
+/// last call are read again (`changes`: which ones, as the watcher saw it).
+fn compile_mesh(
+    files: &Mutex<MeshFiles>,
+    paths: &[PathBuf],
+    changes: Option<&Changes>,
+) -> Result<MeshIndex, Vec<Diagnostic>> {
+    let started = Instant::now();
+    // A panic while compiling leaves the cache with fewer files, never a wrong one (files
+    // are replaced whole): what it holds stays usable.
+    let mut files = files.lock().unwrap_or_else(PoisonError::into_inner);
+    let compiled = match changes {
+        Some(changes) => files.compile_changes(paths, changes),
+        None => files.compile(paths),
+    };
+    drop(files);
+    debug!(
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        ok = compiled.is_ok(),
+        "mesh files read, checked and indexed"
+    );
+    // What the files' parses and the old index held goes back to the system.
+    release_free_heap();
+    compiled
 }
 
 /// The longest diagnostic logged whole; longer ones are cut, saying so.
@@ -334,7 +376,7 @@ fn clipped(text: &str, max: usize) -> String {
 /// The files a reload reads, owned so that a blocking thread can read them.
 struct Sources {
     paths: Vec<PathBuf>,
-    input: InputOptions,
+    mesh_files: Arc<Mutex<MeshFiles>>,
     registry_file: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
 }
@@ -348,10 +390,11 @@ struct Reloaded {
 }
 
 impl Sources {
-    /// Reads and compiles everything (blocking: file reads, parsing, compiling).
-    fn read(&self) -> Reloaded {
+    /// Reads what changed and compiles (blocking: file reads, parsing, compiling).
+    fn read(&self, changes: &Changes) -> Reloaded {
         Reloaded {
-            mesh: (!self.paths.is_empty()).then(|| compile_mesh(&self.paths, &self.input)),
+            mesh: (!self.paths.is_empty())
+                .then(|| compile_mesh(&self.mesh_files, &self.paths, Some(changes))),
             registry: self.registry_file.as_deref().map(Registry::load),
             secrets: self.secrets_file.as_deref().map(SecretStore::load),
         }
@@ -363,10 +406,18 @@ impl Sources {
 fn check(
     files: &[PathBuf],
     seen: &Fingerprint,
+    look: &Look,
     sources: &Sources,
 ) -> (Fingerprint, Option<Reloaded>) {
-    let now = Fingerprint::of(files);
-    let reloaded = (*seen != now).then(|| sources.read());
+    let started = Instant::now();
+    let now = seen.looked_again(files, look);
+    let reloaded = (*seen != now).then(|| {
+        debug!(
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "watched files changed"
+        );
+        sources.read(&now.changes_since(seen))
+    });
     (now, reloaded)
 }
 
@@ -380,6 +431,102 @@ async fn checked(
     }
 }
 
+/// The next change event (never, without them).
+async fn change_event(events: &mut Option<ChangeEvents>) -> std::io::Result<Look> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the serving loop watches the files. They are looked at and read on a blocking
+/// thread (directory walks, parsing and compiling can take a while): the loop stays free
+/// to publish registry changes and to stop meanwhile. One check at a time: a change event
+/// during one makes another follow it; ticks during one are skipped.
+struct Watching {
+    /// The files as the last check found them; None before the first.
+    seen: Option<Fingerprint>,
+    in_flight: Option<tokio::task::JoinHandle<(Fingerprint, Option<Reloaded>)>>,
+    /// What change events during the check under way ask to look at after it.
+    again: Option<Look>,
+    /// Change events from the kernel, if it gives them; else the files are polled often.
+    events: Option<ChangeEvents>,
+    tick: tokio::time::Interval,
+}
+
+impl Watching {
+    fn new() -> Self {
+        let events = ChangeEvents::new()
+            .inspect_err(|error| warn!(%error, "no file change events (inotify): changes are seen by polling"))
+            .ok();
+        Self {
+            seen: None,
+            in_flight: None,
+            again: None,
+            tick: poll(if events.is_some() {
+                watch::FALLBACK_INTERVAL
+            } else {
+                watch::INTERVAL
+            }),
+            events,
+        }
+    }
+
+    /// Starts a check looking at `look`, or asks for one after the check under way.
+    fn start(&mut self, watched: &Watched, look: Look) {
+        if self.in_flight.is_some() {
+            self.again = Some(match self.again.take() {
+                Some(again) => again.and(look),
+                None => look,
+            });
+            return;
+        }
+        let files = watched.files();
+        let sources = watched.sources();
+        let last = self.seen.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || match last {
+            Some(last) => check(&files, &last, &look, &sources),
+            // The first look only records what is there: it was loaded at start.
+            None => (Fingerprint::of(&files), None),
+        }));
+    }
+
+    /// Takes a finished check: what it read, if the files changed.
+    fn finish(
+        &mut self,
+        done: Result<(Fingerprint, Option<Reloaded>), JoinError>,
+    ) -> Option<Reloaded> {
+        self.in_flight = None;
+        match done {
+            Ok((now, reloaded)) => {
+                // Directories that came since are watched too.
+                if let Some(events) = &mut self.events {
+                    events.watch(&now);
+                }
+                self.seen = Some(now);
+                reloaded
+            }
+            // `seen` is kept: the next check tries again.
+            Err(error) => {
+                error!(%error, "reading the changed files failed; still serving the last good mesh");
+                None
+            }
+        }
+    }
+
+    fn without_events(&mut self, error: &std::io::Error) {
+        warn!(%error, "file change events stopped: changes are seen by polling");
+        self.events = None;
+        self.tick = poll(watch::INTERVAL);
+    }
+}
+
+fn poll(every: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// The next mesh the cluster makes (never, without the Kubernetes source).
 async fn cluster_update(updates: &mut Option<mpsc::Receiver<Update>>) -> Option<Update> {
     match updates {
@@ -391,7 +538,8 @@ async fn cluster_update(updates: &mut Option<mpsc::Receiver<Update>>) -> Option<
 /// What the control plane serves and where it comes from.
 struct Watched {
     paths: Vec<PathBuf>,
-    input: InputOptions,
+    /// The mesh files as last read, used by reloads on blocking threads (one at a time).
+    mesh_files: Arc<Mutex<MeshFiles>>,
     registry_file: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
     /// The last good mesh.
@@ -421,7 +569,7 @@ impl Watched {
     fn sources(&self) -> Sources {
         Sources {
             paths: self.paths.clone(),
-            input: self.input.clone(),
+            mesh_files: Arc::clone(&self.mesh_files),
             registry_file: self.registry_file.clone(),
             secrets_file: self.secrets_file.clone(),
         }
@@ -547,37 +695,23 @@ async fn serve(
                 },
             ),
     );
-    // The watched files are looked at and read on a blocking thread (directory walks,
-    // parsing and compiling can take a while): the loop stays free to publish registry
-    // changes and to stop meanwhile. One check at a time; ticks during one are skipped.
-    let mut seen: Option<Fingerprint> = None;
-    let mut in_flight = None;
-    let mut tick = tokio::time::interval(watch::INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watching = Watching::new();
     let changed = Arc::clone(&watched.shared.changed);
     loop {
         tokio::select! {
-            _ = tick.tick(), if in_flight.is_none() => {
-                let files = watched.files();
-                let sources = watched.sources();
-                let last = seen.clone();
-                in_flight = Some(tokio::task::spawn_blocking(move || match last {
-                    Some(last) => check(&files, &last, &sources),
-                    // The first look only records what is there: it was loaded at start.
-                    None => (Fingerprint::of(&files), None),
-                }));
+            _ = watching.tick.tick(), if watching.in_flight.is_none() => {
+                watching.start(&watched, Look::Everything);
             }
-            done = checked(&mut in_flight) => {
-                in_flight = None;
-                match done {
-                    Ok((now, reloaded)) => {
-                        seen = Some(now);
-                        if let Some(reloaded) = reloaded {
-                            watched.reload(reloaded, &mut publisher);
-                        }
-                    }
-                    // `seen` is kept: the next tick tries again.
-                    Err(error) => error!(%error, "reading the changed files failed; still serving the last good mesh"),
+            event = change_event(&mut watching.events) => match event {
+                Ok(look) => watching.start(&watched, look),
+                Err(error) => watching.without_events(&error),
+            },
+            done = checked(&mut watching.in_flight) => {
+                if let Some(reloaded) = watching.finish(done) {
+                    watched.reload(reloaded, &mut publisher);
+                }
+                if let Some(look) = watching.again.take() {
+                    watching.start(&watched, look);
                 }
             }
             () = changed.notified() => {
@@ -604,7 +738,7 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
 
@@ -619,19 +753,9 @@ mod tests {
             r#"{"meshName": "demo", "spec": {}}"#,
         )
         .unwrap();
-        let control_plane = ControlPlane::start(Options {
-            paths: vec![dir.path().to_owned()],
-            input: InputOptions::default(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            registry: None,
-            registry_api: None,
-            secrets: None,
-            auto_mtls: None,
-            tls: None,
-            kubernetes: None,
-        })
-        .await
-        .unwrap();
+        let control_plane = ControlPlane::start(Options::loopback(vec![dir.path().to_owned()]))
+            .await
+            .unwrap();
         let mut big =
             String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n");
         for i in 0..60_000 {

@@ -1,39 +1,232 @@
-//! Watching files by polling: a fingerprint of every file under some paths, compared with the
-//! last one. A file replaced by a rename (as editors and Kubernetes ConfigMap updates do) is
+//! Watching files: a fingerprint of every file under some paths, compared with the last
+//! one, taken when the kernel says something changed in their directories (inotify) and by
+//! polling. A file replaced by a rename (as editors and Kubernetes ConfigMap updates do) is
 //! seen like one written in place.
+//!
+//! A fingerprint looks at every file (20 000 of them at 10 000 services), so it is kept
+//! cheap: directory entries are stat'ed relative to their directory (no path walk per
+//! file) and sorted as bytes.
 use std::{
+    collections::HashMap,
+    fs::DirEntry,
+    io,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
-/// How often the watched files are checked for changes.
+use futures::StreamExt as _;
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+use tracing::debug;
+
+/// How often the watched files are checked for changes without change events.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 
-/// (path, modified, length) of every file under some paths: a change in any means reload.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Fingerprint(Vec<(PathBuf, Option<SystemTime>, u64)>);
+/// How often they are checked with change events too: for what inotify does not report
+/// (network file systems, a watch limit reached).
+pub(crate) const FALLBACK_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Fingerprint {
-    pub(crate) fn of(paths: &[PathBuf]) -> Self {
-        let mut files = Vec::new();
-        for path in paths {
-            collect(path, &mut files);
+/// (path, modified, length) of every file under some paths: a change in any means reload;
+/// and the directories they are in, to watch for change events.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    files: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    directories: Vec<PathBuf>,
+}
+
+/// What a check of the watched files looks at.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// Every file (a poll, or an event that does not say which file).
+    Everything,
+    /// These files, named by change events: the others are as last seen.
+    Files(Vec<PathBuf>),
+}
+
+impl Look {
+    /// What to look at for both `self` and `other`.
+    pub(crate) fn and(self, other: Look) -> Look {
+        match (self, other) {
+            (Look::Files(mut files), Look::Files(more)) => {
+                files.extend(more);
+                Look::Files(files)
+            }
+            _ => Look::Everything,
         }
-        files.sort();
-        Self(files)
     }
 }
 
-fn collect(path: &Path, files: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
-    let Ok(metadata) = std::fs::metadata(path) else {
-        return;
-    };
-    if metadata.is_dir() {
-        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            collect(&entry.path(), files);
+/// What differs between two fingerprints.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Changes {
+    /// The same files, these of them changed.
+    Modified(Vec<PathBuf>),
+    /// Files came or went.
+    Listing,
+}
+
+impl Fingerprint {
+    pub(crate) fn of(paths: &[PathBuf]) -> Self {
+        let mut found = Self {
+            files: Vec::new(),
+            directories: Vec::new(),
+        };
+        for path in paths {
+            match std::fs::metadata(path) {
+                Ok(metadata) if metadata.is_dir() => found.collect(path, &metadata),
+                found_or_not => {
+                    if let Ok(metadata) = found_or_not {
+                        found.collect(path, &metadata);
+                    }
+                    // A file given by path may be replaced by a rename, or not be there
+                    // yet: its directory says when.
+                    found.directories.extend(path.parent().map(Path::to_owned));
+                }
+            }
         }
-    } else {
-        files.push((path.to_owned(), metadata.modified().ok(), metadata.len()));
+        found
+            .files
+            .sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+        found
+    }
+
+    fn collect(&mut self, path: &Path, metadata: &std::fs::Metadata) {
+        if !metadata.is_dir() {
+            self.files
+                .push((path.to_owned(), metadata.modified().ok(), metadata.len()));
+            return;
+        }
+        self.directories.push(path.to_owned());
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            if let Some(metadata) = followed_metadata(&entry) {
+                self.collect(&entry.path(), &metadata);
+            }
+        }
+    }
+
+    /// The files as `look` finds them: only the files it names are looked at again, if
+    /// each is a file this fingerprint has and still a file; else every file is.
+    pub(crate) fn looked_again(&self, paths: &[PathBuf], look: &Look) -> Self {
+        let Look::Files(named) = look else {
+            return Self::of(paths);
+        };
+        let mut now = self.clone();
+        for path in named {
+            let found = now
+                .files
+                .binary_search_by(|file| file.0.as_os_str().cmp(path.as_os_str()))
+                .ok()
+                .zip(std::fs::metadata(path).ok().filter(|m| !m.is_dir()));
+            let Some((at, metadata)) = found else {
+                // A file came or went, or a directory changed.
+                return Self::of(paths);
+            };
+            now.files[at].1 = metadata.modified().ok();
+            now.files[at].2 = metadata.len();
+        }
+        now
+    }
+
+    /// What changed since `before`.
+    pub(crate) fn changes_since(&self, before: &Fingerprint) -> Changes {
+        if self.files.len() != before.files.len()
+            || self
+                .files
+                .iter()
+                .zip(&before.files)
+                .any(|(now, then)| now.0 != then.0)
+        {
+            return Changes::Listing;
+        }
+        Changes::Modified(
+            self.files
+                .iter()
+                .zip(&before.files)
+                .filter(|(now, then)| now != then)
+                .map(|(now, _)| now.0.clone())
+                .collect(),
+        )
+    }
+}
+
+/// Change events (inotify) in the directories of the watched files: a change is looked at
+/// as it happens, not at the next poll.
+pub(crate) struct ChangeEvents {
+    stream: EventStream<Vec<u8>>,
+    /// The directory each watch is on.
+    directories: HashMap<WatchDescriptor, PathBuf>,
+}
+
+/// What a change is: written and closed, created or removed, renamed in or out, its
+/// attributes (`touch`) changed. A write still going on is not one (its close is): a
+/// half-written file is not read.
+const CHANGES: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::CREATE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+impl ChangeEvents {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            stream: Inotify::init()?.into_event_stream(vec![0; 64 * 1024])?,
+            directories: HashMap::new(),
+        })
+    }
+
+    /// Watches the directories of `fingerprint` (again: watching a watched directory
+    /// changes nothing, and new ones are added).
+    pub(crate) fn watch(&mut self, fingerprint: &Fingerprint) {
+        let mut watches = self.stream.watches();
+        for directory in &fingerprint.directories {
+            match watches.add(directory, CHANGES) {
+                Ok(watch) => {
+                    self.directories.insert(watch, directory.clone());
+                }
+                Err(error) => {
+                    debug!(%error, directory = %directory.display(), "no change events for a directory; polled")
+                }
+            }
+        }
+    }
+
+    /// Waits for the next event that may be a change: what to look at; an error when
+    /// events stopped.
+    pub(crate) async fn next(&mut self) -> io::Result<Look> {
+        loop {
+            let event = self
+                .stream
+                .next()
+                .await
+                .ok_or_else(|| io::Error::other("inotify stream ended"))??;
+            // A file just created is empty: the close after writing it is the change.
+            let created_file =
+                event.mask.contains(EventMask::CREATE) && !event.mask.contains(EventMask::ISDIR);
+            if created_file {
+                continue;
+            }
+            let file = match (self.directories.get(&event.wd), &event.name) {
+                (Some(directory), Some(name)) if !event.mask.contains(EventMask::ISDIR) => {
+                    directory.join(name)
+                }
+                // A directory changed, events were lost (`Q_OVERFLOW`) or the event is
+                // not of a known watch.
+                _ => return Ok(Look::Everything),
+            };
+            return Ok(Look::Files(vec![file]));
+        }
+    }
+}
+
+/// An entry's metadata, of what it links to if it is a symbolic link (a ConfigMap's files
+/// are links).
+fn followed_metadata(entry: &DirEntry) -> Option<std::fs::Metadata> {
+    match entry.file_type().ok()?.is_symlink() {
+        true => std::fs::metadata(entry.path()).ok(),
+        // Relative to the directory: no walk of the whole path.
+        false => entry.metadata().ok(),
     }
 }
 
@@ -49,8 +242,69 @@ mod tests {
         std::fs::write(dir.path().join("a.json"), "{}").unwrap();
         let one = Fingerprint::of(&paths);
         assert!(one != empty);
+        assert_eq!(one.changes_since(&empty), Changes::Listing);
         assert!(Fingerprint::of(&paths) == one, "nothing changed");
         std::fs::write(dir.path().join("a.json"), "{\"a\": 1}").unwrap();
-        assert!(Fingerprint::of(&paths) != one, "a longer file");
+        let longer = Fingerprint::of(&paths);
+        assert!(longer != one, "a longer file");
+        assert_eq!(
+            longer.changes_since(&one),
+            Changes::Modified(vec![dir.path().join("a.json")])
+        );
+    }
+
+    #[test]
+    fn a_named_file_is_looked_at_again_and_a_new_one_means_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().to_owned()];
+        let a = dir.path().join("a.json");
+        std::fs::write(&a, "{}").unwrap();
+        let before = Fingerprint::of(&paths);
+        std::fs::write(&a, "{\"a\": 1}").unwrap();
+        let named = Look::Files(vec![a.clone()]);
+        let now = before.looked_again(&paths, &named);
+        assert!(now == Fingerprint::of(&paths));
+        assert_eq!(now.changes_since(&before), Changes::Modified(vec![a]));
+        let b = dir.path().join("b.json");
+        std::fs::write(&b, "{}").unwrap();
+        let now = before.looked_again(&paths, &Look::Files(vec![b]));
+        assert_eq!(now.changes_since(&before), Changes::Listing);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_is_named_by_a_change_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().to_owned()];
+        let mut events = ChangeEvents::new().unwrap();
+        events.watch(&Fingerprint::of(&paths));
+        let file = dir.path().join("a.json");
+        std::fs::write(&file, "{}").unwrap();
+        // Its creation is skipped (empty yet): its close after writing names it.
+        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(look, Look::Files(vec![file]));
+        std::fs::create_dir(dir.path().join("more")).unwrap();
+        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(look, Look::Everything, "a directory came");
+    }
+
+    #[test]
+    fn a_linked_file_is_seen_through_its_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("mesh.json"), "{}").unwrap();
+        let watched = dir.path().join("watched");
+        std::fs::create_dir(&watched).unwrap();
+        std::os::unix::fs::symlink(target.join("mesh.json"), watched.join("mesh.json")).unwrap();
+        let paths = [watched];
+        let before = Fingerprint::of(&paths);
+        std::fs::write(target.join("mesh.json"), "{\"a\": 1}").unwrap();
+        assert!(Fingerprint::of(&paths) != before);
     }
 }

@@ -1118,3 +1118,69 @@ fn a_gateway_originates_tls_to_its_targets_by_its_backend_defaults() {
         7
     );
 }
+
+/// The control plane serving a directory of files: one changed file reaches a connected
+/// client, a change that does not validate leaves it the last good mesh, and a deleted file
+/// takes its resources away — through the incremental reload and the file change events.
+#[tokio::test]
+async fn served_files_changed_rejected_and_deleted_reach_a_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: serde_json::Value| {
+        std::fs::write(dir.path().join(name), body.to_string()).unwrap();
+    };
+    let node = |name: &str, port: u32, backends: serde_json::Value| {
+        serde_json::json!({"meshName": "m", "virtualNodeName": name, "spec": {
+            "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": format!("{name}.m.local")}},
+            "backends": backends}})
+    };
+    write(
+        "mesh.json",
+        serde_json::json!({"meshName": "m", "spec": {}}),
+    );
+    write(
+        "vn-web.json",
+        node(
+            "web",
+            80,
+            serde_json::json!([{"virtualService": {"virtualServiceName": "a.m.local"}}]),
+        ),
+    );
+    write("vn-a.json", node("a", 8080, serde_json::json!([])));
+    write(
+        "vs-a.json",
+        serde_json::json!({"meshName": "m", "virtualServiceName": "a.m.local",
+            "spec": {"provider": {"virtualNode": {"virtualNodeName": "a"}}}}),
+    );
+    let control_plane = control_plane::ControlPlane::start(control_plane::Options::loopback(vec![
+        dir.path().to_owned(),
+    ]))
+    .await
+    .unwrap();
+    let (mut state, stop) = start_client(
+        control_plane.addr,
+        client::node("node-1", &["m/web".to_owned()]),
+    );
+    let has = |state: &XdsState, port: i32| {
+        names_of(&state.resources, CLUSTER).contains(&&mesh_xds::names::cluster("m", "a", port))
+    };
+    wait_for(&mut state, |s| has(s, 8080)).await;
+
+    write("vn-a.json", node("a", 9090, serde_json::json!([])));
+    wait_for(&mut state, |s| has(s, 9090) && !has(s, 8080)).await;
+
+    // A port out of range: refused, the client keeps what it has.
+    write("vn-a.json", node("a", 70_000, serde_json::json!([])));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(has(&state.borrow(), 9090));
+    assert!(state.borrow().nacks.is_empty());
+
+    write("vn-a.json", node("a", 9191, serde_json::json!([])));
+    wait_for(&mut state, |s| has(s, 9191)).await;
+    // Without its virtual service, nothing routes to `a`: its cluster goes.
+    std::fs::remove_file(dir.path().join("vs-a.json")).unwrap();
+    wait_for(&mut state, |s| !has(s, 9191)).await;
+
+    stop.cancel();
+    control_plane.stop().await.unwrap();
+}

@@ -40,35 +40,64 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
     // Kubernetes objects refer to each other across files (a Mesh here, its nodes there):
     // they are converted together once everything is read.
     let mut manifests = Vec::new();
-    for path in paths {
-        for file in files::files_under(path, &mut loaded.diagnostics) {
-            load_file(&file, options, &mut loaded, &mut manifests);
-        }
+    for file in mesh_files(paths, &mut loaded.diagnostics) {
+        let read = read_file(&file, options);
+        loaded.resources.extend(read.resources);
+        loaded.diagnostics.extend(read.diagnostics);
+        manifests.extend(read.manifests);
     }
-    let converted = kubernetes::convert(
-        &manifests,
+    let converted = convert_manifests(&manifests, options, &mut loaded.diagnostics);
+    loaded.resources.extend(converted);
+    require_resources(loaded.resources.len(), &mut loaded.diagnostics);
+    loaded
+}
+
+/// The files under `paths` that are read (files, or directories walked recursively), in the
+/// order they are read; a directory that cannot be listed is reported.
+pub fn mesh_files(paths: &[PathBuf], diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .flat_map(|path| files::files_under(path, diagnostics))
+        .collect()
+}
+
+/// What one file holds: its resources, its Kubernetes objects (converted with every file's,
+/// [`convert_manifests`]), and what reading it found.
+#[derive(Debug, Default)]
+pub struct FileRead {
+    pub resources: Vec<Resource>,
+    pub manifests: Vec<kubernetes::Document>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The Kubernetes objects of every file read, converted together.
+pub fn convert_manifests(
+    manifests: &[kubernetes::Document],
+    options: &LoadOptions,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Resource> {
+    kubernetes::convert(
+        manifests,
         options.mesh_name.as_deref(),
         options.parent.as_deref(),
-        &mut loaded.diagnostics,
-    );
-    loaded.resources.extend(converted);
-    if loaded.resources.is_empty() && !loaded.diagnostics.iter().any(Diagnostic::is_error) {
-        loaded.diagnostics.push(Diagnostic::error(
+        diagnostics,
+    )
+}
+
+/// An input of no resource is an error, unless it has one already.
+pub fn require_resources(resources: usize, diagnostics: &mut Vec<Diagnostic>) {
+    if resources == 0 && !diagnostics.iter().any(Diagnostic::is_error) {
+        diagnostics.push(Diagnostic::error(
             "no App Mesh resource in the input: nothing to validate, convert or serve",
         ));
     }
-    loaded
 }
 
 /// Reads one file with the reader for its format: JSON by its name (a CloudFormation
 /// template when it is one, else API JSON); YAML is a CloudFormation template when it parses
 /// as one, else a Kubernetes manifest.
-fn load_file(
-    file: &Path,
-    options: &LoadOptions,
-    loaded: &mut Loaded,
-    manifests: &mut Vec<kubernetes::Document>,
-) {
+pub fn read_file(file: &Path, options: &LoadOptions) -> FileRead {
+    let mut read = FileRead::default();
     let origin = Origin {
         file: file.to_owned(),
         line: None,
@@ -76,8 +105,8 @@ fn load_file(
     let text = match read_bounded(file) {
         Ok(text) => text,
         Err(diagnostic) => {
-            loaded.diagnostics.push(diagnostic.at(&origin));
-            return;
+            read.diagnostics.push(diagnostic.at(&origin));
+            return read;
         }
     };
     // Before any parser: libyaml is quadratic in flow nesting (see `limits`).
@@ -89,10 +118,9 @@ fn load_file(
             },
             limits::LimitError::TooLarge { .. } => origin,
         };
-        loaded
-            .diagnostics
+        read.diagnostics
             .push(Diagnostic::error(error.to_string()).at(&at));
-        return;
+        return read;
     }
     if files::is_json(file) {
         // A template's `${Name}` (in Fn::Sub) is not an envsubst placeholder: templates are
@@ -100,42 +128,46 @@ fn load_file(
         match json::parse(&text) {
             Ok(value) => {
                 if let Some(template) = json_template(&value) {
-                    let converted = cloudformation::convert(
+                    read.resources = cloudformation::convert(
                         &template,
                         &origin,
                         &text,
                         options,
-                        &mut loaded.diagnostics,
+                        &mut read.diagnostics,
                     );
-                    loaded.resources.extend(converted);
-                    return;
+                    return read;
                 }
             }
             // Placeholders do not make a key repeat: reported as found.
             Err(error @ json::JsonError::DuplicateKey { .. }) => {
-                loaded
-                    .diagnostics
+                read.diagnostics
                     .push(api_json::json_diagnostic(&error, &origin));
-                return;
+                return read;
             }
             // Perhaps a placeholder (`"port": $PORT`): read as API JSON, which says.
             Err(json::JsonError::Syntax(_)) => {}
         }
         match api_json::read(&text, file, options) {
-            Ok(resource) => loaded.resources.push(resource),
-            Err(found) => loaded.diagnostics.extend(found),
+            Ok(resource) => read.resources.push(resource),
+            Err(found) => read.diagnostics.extend(found),
         }
-        return;
+        return read;
     }
     // CloudFormation's own ${Name} (in !Sub) is not an envsubst placeholder: templates are
     // recognised before placeholders are looked for.
     if let Some(template) = cloudformation_template(&text) {
-        let converted =
-            cloudformation::convert(&template, &origin, &text, options, &mut loaded.diagnostics);
-        loaded.resources.extend(converted);
-        return;
+        read.resources =
+            cloudformation::convert(&template, &origin, &text, options, &mut read.diagnostics);
+        return read;
     }
-    manifest::read(&text, file, options, &mut loaded.diagnostics, manifests);
+    manifest::read(
+        &text,
+        file,
+        options,
+        &mut read.diagnostics,
+        &mut read.manifests,
+    );
+    read
 }
 
 /// The file's text, if it is a regular file of at most [`limits::MAX_FILE_BYTES`]. Only

@@ -11,7 +11,7 @@ use crate::{
     Path,
     access_log::{LogFormat, Template},
     report::Diagnostic,
-    resource::{Format, Kind, Resource},
+    resource::{Format, Kind, Origin, Resource},
     schema,
 };
 
@@ -28,33 +28,46 @@ pub struct Options {
 pub fn validate(resources: &[Resource], options: Options) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for resource in resources {
-        let body = Value::Object(resource.body.clone());
-        for violation in
-            schema::model().validate(&resource.kind.create_shape(), &body, &Path::root(""))
-        {
-            let ignored = options.lenient
-                && resource.format == Format::Kubernetes
-                && violation.message.starts_with(schema::UNKNOWN_FIELD);
-            let diagnostic = if ignored {
-                Diagnostic::note(format!(
-                    "{} (ignored, as the controller does)",
-                    violation.message
-                ))
-            } else {
-                Diagnostic::error(violation.message)
-            };
-            out.push(diagnostic.on(resource).path(violation.path));
-        }
-        if let Some(spec) = resource.spec() {
-            spec_rules(resource, spec, &mut out);
-            acm_notes(resource, spec, &Path::root("spec"), &mut out);
-        }
+        validate_resource(resource, options, &mut out);
     }
-    duplicates(resources, &mut out);
-    if options.check_references {
-        references(resources, &mut out);
-    }
+    let links: Vec<Links> = resources.iter().map(Links::of).collect();
+    validate_across(&links.iter().collect::<Vec<_>>(), options, &mut out);
     out
+}
+
+/// What [`validate`] finds about one resource on its own: the model's constraints on every
+/// field and the rules within its spec. The same resource always gets the same findings, so
+/// they can be kept while it does not change.
+pub fn validate_resource(resource: &Resource, options: Options, out: &mut Vec<Diagnostic>) {
+    let body = Value::Object(resource.body.clone());
+    for violation in schema::model().validate(&resource.kind.create_shape(), &body, &Path::root(""))
+    {
+        let ignored = options.lenient
+            && resource.format == Format::Kubernetes
+            && violation.message.starts_with(schema::UNKNOWN_FIELD);
+        let diagnostic = if ignored {
+            Diagnostic::note(format!(
+                "{} (ignored, as the controller does)",
+                violation.message
+            ))
+        } else {
+            Diagnostic::error(violation.message)
+        };
+        out.push(diagnostic.on(resource).path(violation.path));
+    }
+    if let Some(spec) = resource.spec() {
+        spec_rules(resource, spec, out);
+        acm_notes(resource, spec, &Path::root("spec"), out);
+    }
+}
+
+/// What [`validate`] finds across resources: names defined twice, and (unless
+/// `check_references` is off) references to resources not in the set.
+pub fn validate_across(resources: &[&Links], options: Options, out: &mut Vec<Diagnostic>) {
+    duplicates(resources, out);
+    if options.check_references {
+        references(resources, out);
+    }
 }
 
 /// `--lenient`: the unknown fields of Kubernetes resources (reported as notes by
@@ -344,90 +357,53 @@ fn first_line(text: &str) -> String {
     text.lines().last().unwrap_or(text).trim().to_owned()
 }
 
-/// (kind, mesh, parent, name) — what must be unique.
-type Identity<'a> = (Kind, Option<&'a str>, Option<&'a str>, Option<&'a str>);
-
-fn duplicates(resources: &[Resource], out: &mut Vec<Diagnostic>) {
-    let mut seen: HashMap<Identity<'_>, &Resource> = HashMap::new();
-    for resource in resources {
-        if resource.name().is_none() {
-            continue;
-        }
-        let identity = (
-            resource.kind,
-            resource.mesh(),
-            resource.parent(),
-            resource.name(),
-        );
-        if let Some(first) = seen.insert(identity, resource) {
-            out.push(
-                Diagnostic::error(format!("defined twice; first at {}", first.origin))
-                    .on(resource)
-                    .path(resource.kind.name_field()),
-            );
-        }
-    }
+/// What the checks across resources read of one resource: who it is, the names it refers
+/// to, its listeners and (a route) its targets. Small beside the resource: what keeps
+/// resources to check them again as they change one at a time keeps these instead.
+#[derive(Clone, Debug)]
+pub struct Links {
+    kind: Kind,
+    mesh: Option<String>,
+    parent: Option<String>,
+    name: Option<String>,
+    origin: Origin,
+    label: String,
+    /// (kind, name, field, required): what it refers to, in the order checked.
+    refers: Vec<(Kind, String, String, bool)>,
+    /// (port, protocol) of each listener that has both.
+    listeners: Vec<(i64, String)>,
+    /// A route's types, each with its weighted targets: (index, virtual node, port).
+    route_types: Vec<(&'static str, Vec<Target>)>,
 }
 
-/// Every name a resource refers to must exist in its mesh — except a virtual node's backends:
-/// App Mesh takes a node whose backend service is not created yet (walkthrough scripts create
-/// nodes before their backends' services), which is noted, and not routed until it exists.
-fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
-    let names: HashSet<(Kind, Option<&str>, &str)> = resources
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r.kind,
-                if r.kind == Kind::Mesh { None } else { r.mesh() },
-                r.name()?,
-            ))
-        })
-        .collect();
-    let by_name: HashMap<(Kind, Option<&str>, &str), &Resource> = resources
-        .iter()
-        .filter_map(|r| Some(((r.kind, r.mesh(), r.name()?), r)))
-        .collect();
-    for resource in resources {
-        let mesh = resource.mesh();
-        let mut check = |kind: Kind, name: Option<&str>, path: String, required: bool| {
-            let Some(name) = name else { return };
-            let scope = if kind == Kind::Mesh { None } else { mesh };
-            if !names.contains(&(kind, scope, name)) {
-                let within = match (kind, mesh) {
-                    (Kind::Mesh, _) | (_, None) => String::new(),
-                    (_, Some(mesh)) => format!(" in mesh {mesh}"),
-                };
-                let diagnostic = if required {
-                    Diagnostic::error(format!(
-                        "refers to {kind} {name}, which is not defined{within}"
-                    ))
-                } else {
-                    Diagnostic::note(format!(
-                        "refers to {kind} {name}, which is not defined{within}: not routed until it is"
-                    ))
-                };
-                out.push(diagnostic.on(resource).path(path));
+/// A route's weighted target: its index, virtual node and port.
+type Target = (usize, Option<String>, Option<i64>);
+
+impl Links {
+    pub fn of(resource: &Resource) -> Self {
+        let spec = resource.spec();
+        let text = |path: &[&str]| spec.and_then(|s| get(s, path)).and_then(Value::as_str);
+        let mut refers = Vec::new();
+        let mut refer = |kind: Kind, name: Option<&str>, path: String, required: bool| {
+            if let Some(name) = name {
+                refers.push((kind, name.to_owned(), path, required));
             }
         };
         if resource.kind != Kind::Mesh {
-            check(Kind::Mesh, mesh, "meshName".into(), true);
+            refer(Kind::Mesh, resource.mesh(), "meshName".into(), true);
         }
         if let Some(parent) = resource.kind.parent() {
-            check(parent, resource.parent(), parent.name_field().into(), true);
+            refer(parent, resource.parent(), parent.name_field().into(), true);
         }
-        let Some(spec) = resource.spec() else {
-            continue;
-        };
-        let text = |path: &[&str]| get(spec, path).and_then(Value::as_str);
         match resource.kind {
             Kind::VirtualService => {
-                check(
+                refer(
                     Kind::VirtualNode,
                     text(&["provider", "virtualNode", "virtualNodeName"]),
                     "spec.provider.virtualNode.virtualNodeName".into(),
                     true,
                 );
-                check(
+                refer(
                     Kind::VirtualRouter,
                     text(&["provider", "virtualRouter", "virtualRouterName"]),
                     "spec.provider.virtualRouter.virtualRouterName".into(),
@@ -435,13 +411,14 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                 );
             }
             Kind::VirtualNode => {
-                for (index, backend) in get(spec, &["backends"])
+                for (index, backend) in spec
+                    .and_then(|s| get(s, &["backends"]))
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                     .enumerate()
                 {
-                    check(
+                    refer(
                         Kind::VirtualService,
                         get(backend, &["virtualService", "virtualServiceName"])
                             .and_then(Value::as_str),
@@ -452,7 +429,8 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
             }
             Kind::Route => {
                 for route_type in ROUTE_TYPES {
-                    for (index, target) in get(spec, &[route_type, "action", "weightedTargets"])
+                    for (index, target) in spec
+                        .and_then(|s| get(s, &[route_type, "action", "weightedTargets"]))
                         .and_then(Value::as_array)
                         .into_iter()
                         .flatten()
@@ -460,13 +438,13 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                     {
                         let path = format!("spec.{route_type}.action.weightedTargets[{index}]");
                         let node = target.get("virtualNode").and_then(Value::as_str);
-                        check(Kind::VirtualNode, node, format!("{path}.virtualNode"), true);
+                        refer(Kind::VirtualNode, node, format!("{path}.virtualNode"), true);
                     }
                 }
             }
             Kind::GatewayRoute => {
                 for route_type in GATEWAY_ROUTE_TYPES {
-                    check(
+                    refer(
                         Kind::VirtualService,
                         text(&[
                             route_type,
@@ -484,8 +462,143 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
             }
             _ => {}
         }
+        Self {
+            kind: resource.kind,
+            mesh: resource.mesh().map(str::to_owned),
+            parent: resource.parent().map(str::to_owned),
+            name: resource.name().map(str::to_owned),
+            origin: resource.origin.clone(),
+            label: resource.label(),
+            refers,
+            listeners: listener_ports(spec),
+            route_types: route_types(resource.kind, spec),
+        }
     }
-    for resource in resources.iter().filter(|r| r.kind == Kind::Route) {
+
+    /// `diagnostic` about this resource, as [`Diagnostic::on`] says it.
+    fn about(&self, diagnostic: Diagnostic) -> Diagnostic {
+        diagnostic.at(&self.origin).resource(self.label.clone())
+    }
+}
+
+/// (port, protocol) of each listener of a spec that has both.
+fn listener_ports(spec: Option<&Value>) -> Vec<(i64, String)> {
+    spec.and_then(|s| s.get("listeners"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            let port = get(l, &["portMapping", "port"])?.as_i64()?;
+            let protocol = get(l, &["portMapping", "protocol"])?.as_str()?.to_owned();
+            Some((port, protocol))
+        })
+        .collect()
+}
+
+/// A route's types, each with its weighted targets.
+fn route_types(kind: Kind, spec: Option<&Value>) -> Vec<(&'static str, Vec<Target>)> {
+    let Some(spec) = spec.filter(|_| kind == Kind::Route) else {
+        return Vec::new();
+    };
+    ROUTE_TYPES
+        .into_iter()
+        .filter_map(|route_type| {
+            let body = spec.get(route_type)?;
+            let targets = get(body, &["action", "weightedTargets"])
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(index, target)| {
+                    (
+                        index,
+                        target
+                            .get("virtualNode")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        target.get("port").and_then(Value::as_i64),
+                    )
+                })
+                .collect();
+            Some((route_type, targets))
+        })
+        .collect()
+}
+
+/// (kind, mesh, parent, name) — what must be unique.
+type Identity<'a> = (Kind, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+fn duplicates(resources: &[&Links], out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<Identity<'_>, &Links> = HashMap::new();
+    for &resource in resources {
+        if resource.name.is_none() {
+            continue;
+        }
+        let identity = (
+            resource.kind,
+            resource.mesh.as_deref(),
+            resource.parent.as_deref(),
+            resource.name.as_deref(),
+        );
+        if let Some(first) = seen.insert(identity, resource) {
+            out.push(
+                resource
+                    .about(Diagnostic::error(format!(
+                        "defined twice; first at {}",
+                        first.origin
+                    )))
+                    .path(resource.kind.name_field()),
+            );
+        }
+    }
+}
+
+/// Every name a resource refers to must exist in its mesh — except a virtual node's backends:
+/// App Mesh takes a node whose backend service is not created yet (walkthrough scripts create
+/// nodes before their backends' services), which is noted, and not routed until it exists.
+fn references(resources: &[&Links], out: &mut Vec<Diagnostic>) {
+    let names: HashSet<(Kind, Option<&str>, &str)> = resources
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.kind,
+                if r.kind == Kind::Mesh {
+                    None
+                } else {
+                    r.mesh.as_deref()
+                },
+                r.name.as_deref()?,
+            ))
+        })
+        .collect();
+    let by_name: HashMap<(Kind, Option<&str>, &str), &Links> = resources
+        .iter()
+        .filter_map(|&r| Some(((r.kind, r.mesh.as_deref(), r.name.as_deref()?), r)))
+        .collect();
+    for &resource in resources {
+        let mesh = resource.mesh.as_deref();
+        for (kind, name, path, required) in &resource.refers {
+            let scope = if *kind == Kind::Mesh { None } else { mesh };
+            if names.contains(&(*kind, scope, name.as_str())) {
+                continue;
+            }
+            let within = match (kind, mesh) {
+                (Kind::Mesh, _) | (_, None) => String::new(),
+                (_, Some(mesh)) => format!(" in mesh {mesh}"),
+            };
+            let diagnostic = if *required {
+                Diagnostic::error(format!(
+                    "refers to {kind} {name}, which is not defined{within}"
+                ))
+            } else {
+                Diagnostic::note(format!(
+                    "refers to {kind} {name}, which is not defined{within}: not routed until it is"
+                ))
+            };
+            out.push(resource.about(diagnostic).path(path.clone()));
+        }
+    }
+    for &resource in resources.iter().filter(|r| r.kind == Kind::Route) {
         route_against_router_and_targets(resource, &by_name, out);
     }
 }
@@ -493,77 +606,61 @@ fn references(resources: &[Resource], out: &mut Vec<Diagnostic>) {
 /// A route's type must match a listener protocol of its router, and a weighted target's port
 /// must name a listener of its virtual node (required when the node has several).
 fn route_against_router_and_targets(
-    route: &Resource,
-    by_name: &HashMap<(Kind, Option<&str>, &str), &Resource>,
+    route: &Links,
+    by_name: &HashMap<(Kind, Option<&str>, &str), &Links>,
     out: &mut Vec<Diagnostic>,
 ) {
-    let Some(spec) = route.spec() else { return };
-    let mesh = route.mesh();
-    let listener_ports = |resource: &Resource| -> Vec<(i64, String)> {
-        resource
-            .spec()
-            .and_then(|s| s.get("listeners"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|l| {
-                let port = get(l, &["portMapping", "port"])?.as_i64()?;
-                let protocol = get(l, &["portMapping", "protocol"])?.as_str()?.to_owned();
-                Some((port, protocol))
-            })
-            .collect()
-    };
+    let mesh = route.mesh.as_deref();
     let router = route
-        .parent()
+        .parent
+        .as_deref()
         .and_then(|r| by_name.get(&(Kind::VirtualRouter, mesh, r)));
-    for route_type in ROUTE_TYPES {
-        let Some(body) = spec.get(route_type) else {
-            continue;
-        };
+    for (route_type, targets) in &route.route_types {
         let protocol = route_type.trim_end_matches("Route");
         if let Some(router) = router {
-            let protocols = listener_ports(router);
+            let protocols = &router.listeners;
             if !protocols.is_empty() && !protocols.iter().any(|(_, p)| p == protocol) {
                 out.push(
-                    Diagnostic::error(format!(
-                        "{route_type} needs a {protocol} listener on {}, which listens on {}",
-                        router.label(),
-                        protocols
-                            .iter()
-                            .map(|(port, p)| format!("{port}/{p}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                    .on(route)
-                    .path(format!("spec.{route_type}")),
+                    route
+                        .about(Diagnostic::error(format!(
+                            "{route_type} needs a {protocol} listener on {}, which listens on {}",
+                            router.label,
+                            protocols
+                                .iter()
+                                .map(|(port, p)| format!("{port}/{p}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                        .path(format!("spec.{route_type}")),
                 );
             }
         }
-        let targets = get(body, &["action", "weightedTargets"]).and_then(Value::as_array);
-        for (index, target) in targets.into_iter().flatten().enumerate() {
-            let Some(node) = target
-                .get("virtualNode")
-                .and_then(Value::as_str)
+        for (index, node, port) in targets {
+            let Some(node) = node
+                .as_deref()
                 .and_then(|n| by_name.get(&(Kind::VirtualNode, mesh, n)))
             else {
                 continue;
             };
-            let ports = listener_ports(node);
+            let ports = &node.listeners;
             let path = format!("spec.{route_type}.action.weightedTargets[{index}].port");
-            match target.get("port").and_then(Value::as_i64) {
-                Some(port) if !ports.iter().any(|(p, _)| *p == port) => out.push(
-                    Diagnostic::error(format!("{} has no listener on port {port}", node.label()))
-                        .on(route)
+            match port {
+                Some(port) if !ports.iter().any(|(p, _)| p == port) => out.push(
+                    route
+                        .about(Diagnostic::error(format!(
+                            "{} has no listener on port {port}",
+                            node.label
+                        )))
                         .path(path),
                 ),
                 None if ports.len() > 1 => out.push(
-                    Diagnostic::error(format!(
-                        "is required: {} has {} listeners",
-                        node.label(),
-                        ports.len()
-                    ))
-                    .on(route)
-                    .path(path),
+                    route
+                        .about(Diagnostic::error(format!(
+                            "is required: {} has {} listeners",
+                            node.label,
+                            ports.len()
+                        )))
+                        .path(path),
                 ),
                 _ => {}
             }

@@ -140,20 +140,17 @@ impl EmbeddedArgs {
     /// free loopback port).
     pub fn options(&self) -> Option<Options> {
         let kubernetes = self.kubernetes.options();
+        // In the agent's process, reached on loopback only (no TLS, no registry API).
         (!self.mesh.is_empty() || kubernetes.is_some()).then(|| Options {
-            paths: self.mesh.clone(),
             input: control_plane::InputOptions {
                 lenient: self.lenient,
                 ..control_plane::InputOptions::default()
             },
-            listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             registry: self.registry.clone(),
-            registry_api: None,
             secrets: self.secrets.clone(),
             auto_mtls: self.auto_mtls.options(),
-            // In the agent's process, reached on loopback only.
-            tls: None,
             kubernetes,
+            ..Options::loopback(self.mesh.clone())
         })
     }
 }

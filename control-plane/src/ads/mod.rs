@@ -10,11 +10,13 @@ mod session;
 mod sotw;
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use envoy_types::pb::{
@@ -52,6 +54,18 @@ use session::{Protocol, Session};
 pub struct Published {
     pub version: u64,
     pub mesh: MeshSource,
+    /// What the mesh compiles to for each node view, compiled by the first stream that
+    /// needs it and shared by every stream with the same view: nodes serving the same
+    /// workloads hold one copy, and the mesh is compiled once for them, not once each.
+    compiled: Mutex<HashMap<View, Arc<OnceLock<Arc<ResourceSet>>>>>,
+}
+
+/// What a node's resources depend on besides the mesh: the workloads it serves, and (from a
+/// cluster) the node itself, whose pods it is told.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct View {
+    workloads: Workloads,
+    node: Option<String>,
 }
 
 /// What a stream serves: a mesh (with the service registry) compiled per node, or (for tests
@@ -62,7 +76,46 @@ pub enum MeshSource {
 }
 
 impl Published {
-    fn resources_for(&self, node: &Node) -> ResourceSet {
+    pub fn new(version: u64, mesh: MeshSource) -> Self {
+        Self {
+            version,
+            mesh,
+            compiled: Mutex::default(),
+        }
+    }
+
+    /// The node's resources, shared with every node of the same view.
+    fn resources_for(&self, node: &Node) -> Arc<ResourceSet> {
+        let placed =
+            matches!(&self.mesh, MeshSource::Mesh(_, _, serving) if serving.placement.is_some());
+        let view = View {
+            workloads: workloads_of(node),
+            node: placed.then(|| node.id.clone()),
+        };
+        // The map is held only to find the view's slot: streams of other views compile
+        // meanwhile, streams of this view wait for the one compiling it.
+        let slot = Arc::clone(
+            self.compiled
+                .lock()
+                // A panic while finding a slot leaves the map whole.
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(view)
+                .or_default(),
+        );
+        Arc::clone(slot.get_or_init(|| {
+            let started = Instant::now();
+            let compiled = self.compile_for(node);
+            debug!(
+                version = self.version,
+                resources = compiled.count(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "mesh compiled for a node view"
+            );
+            Arc::new(compiled)
+        }))
+    }
+
+    fn compile_for(&self, node: &Node) -> ResourceSet {
         match &self.mesh {
             MeshSource::Mesh(index, registry, serving) => {
                 let Some(placement) = &serving.placement else {
@@ -137,17 +190,14 @@ impl Publisher {
         self.next_version += 1;
         let version = self.next_version;
         self.sender
-            .send_replace(Arc::new(Published { version, mesh }));
+            .send_replace(Arc::new(Published::new(version, mesh)));
         info!(version, "mesh published");
     }
 }
 
 impl AdsServer {
     pub fn new(initial: MeshSource) -> (Self, Publisher) {
-        let (sender, published) = watch::channel(Arc::new(Published {
-            version: 1,
-            mesh: initial,
-        }));
+        let (sender, published) = watch::channel(Arc::new(Published::new(1, initial)));
         (
             Self {
                 published,
@@ -229,5 +279,53 @@ impl AdsServer {
             }
         });
         ReceiverStream::new(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    use mesh_model::source::{self, LoadOptions};
+
+    use super::*;
+
+    fn node(id: &str, virtual_nodes: &[&str]) -> Node {
+        let list = virtual_nodes
+            .iter()
+            .map(|n| Value {
+                kind: Some(Kind::StringValue((*n).to_owned())),
+            })
+            .collect();
+        Node {
+            id: id.to_owned(),
+            metadata: Some(Struct {
+                fields: [(
+                    "virtual_nodes".to_owned(),
+                    Value {
+                        kind: Some(Kind::ListValue(ListValue { values: list })),
+                    },
+                )]
+                .into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_serving_the_same_workloads_share_one_compiled_copy() {
+        let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/shop");
+        let loaded = source::load(&[shop], &LoadOptions::default());
+        let index = MeshIndex::new(&loaded.resources).unwrap();
+        let published = Published::new(
+            1,
+            MeshSource::Mesh(Arc::new(index), Arc::default(), Serving::default()),
+        );
+        let one = published.resources_for(&node("node-1", &["shop/web"]));
+        let two = published.resources_for(&node("node-2", &["shop/web"]));
+        let other = published.resources_for(&node("node-3", &["shop/db"]));
+        assert!(one.count() > 0);
+        assert!(Arc::ptr_eq(&one, &two), "compiled once, shared");
+        assert!(!Arc::ptr_eq(&one, &other));
+        assert_ne!(*one, *other);
     }
 }

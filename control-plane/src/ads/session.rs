@@ -49,8 +49,9 @@ pub(super) struct Session<P: Protocol> {
     /// Who connected, as the TLS handshake proved it.
     caller: Caller,
     node: Option<Node>,
-    /// The mesh version and the resources compiled from it for the node.
-    current: (u64, ResourceSet),
+    /// The mesh version and the resources compiled from it for the node (shared with the
+    /// streams of nodes that get the same).
+    current: (u64, Arc<ResourceSet>),
     stats: Arc<Stats>,
     sender: mpsc::Sender<Result<P::Response, Status>>,
     pub(super) subscriptions: BTreeMap<String, P::Subscription>,
@@ -68,7 +69,7 @@ impl<P: Protocol> Session<P> {
             published,
             caller,
             node: None,
-            current: (0, ResourceSet::default()),
+            current: (0, Arc::default()),
             stats,
             sender,
             subscriptions: BTreeMap::new(),

@@ -4,10 +4,7 @@
 //! the mesh changes); a request with an older nonce is stale and ignored. Empty resource names
 //! subscribe to all Listeners / Clusters (wildcard). After a mesh change only the types whose
 //! resources changed are sent again.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::atomic::Ordering,
-};
+use std::{collections::BTreeSet, sync::atomic::Ordering};
 
 use envoy_types::pb::{
     envoy::{
@@ -88,7 +85,7 @@ impl Protocol for StateOfTheWorld {
     async fn on_change(session: &mut Session<Self>) -> Result<(), Status> {
         let types: Vec<String> = session.subscriptions.keys().cloned().collect();
         for type_url in types {
-            let selected = digest(&selected(session, &type_url));
+            let selected = digest(selected(session, &type_url));
             if session.subscriptions.get(&type_url).and_then(|s| s.sent) != Some(selected) {
                 send(session, &type_url).await?;
             }
@@ -97,27 +94,31 @@ impl Protocol for StateOfTheWorld {
     }
 }
 
-/// The node's resources of `type_url` that its subscription names.
-fn selected(session: &Session<StateOfTheWorld>, type_url: &str) -> BTreeMap<String, Any> {
+/// The node's resources of `type_url` that its subscription names, by name (borrowed: a
+/// change compares digests, and only what is sent is copied).
+fn selected<'a>(
+    session: &'a Session<StateOfTheWorld>,
+    type_url: &str,
+) -> impl Iterator<Item = (&'a String, &'a Any)> {
     let names = session
         .subscriptions
         .get(type_url)
         .and_then(|s| s.names.as_ref());
     session
         .resources(type_url)
-        .filter(|(name, _)| names.is_none_or(|n| n.contains(*name)))
-        .map(|(name, any)| (name.clone(), any.clone()))
-        .collect()
+        .filter(move |(name, _)| names.is_none_or(|n| n.contains(*name)))
 }
 
 async fn send(session: &mut Session<StateOfTheWorld>, type_url: &str) -> Result<(), Status> {
-    let selected = selected(session, type_url);
+    let sent = digest(selected(session, type_url));
+    let resources: Vec<Any> = selected(session, type_url)
+        .map(|(_, any)| any.clone())
+        .collect();
     let nonce = session.next_nonce();
     let version = session.version();
-    let sent = digest(&selected);
     let response = DiscoveryResponse {
         version_info: version.clone(),
-        resources: selected.into_values().collect(),
+        resources,
         type_url: type_url.to_owned(),
         nonce: nonce.clone(),
         ..Default::default()
@@ -132,7 +133,7 @@ async fn send(session: &mut Session<StateOfTheWorld>, type_url: &str) -> Result<
     session.respond(response).await
 }
 
-fn digest(resources: &BTreeMap<String, Any>) -> u64 {
+fn digest<'a>(resources: impl Iterator<Item = (&'a String, &'a Any)>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for (name, any) in resources {

@@ -5,6 +5,8 @@
 //! listener's; it hands every request to an internal listener (Envoy's internal listener, no
 //! socket) whose table holds one virtual host per target service, built as for a virtual
 //! node's backends.
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::{
     config::{
         accesslog::v3::AccessLog,
@@ -59,7 +61,7 @@ pub struct Gateway {
 
 pub fn gateway(
     gateway: &CreateVirtualGatewayInput,
-    gateway_routes: &[CreateGatewayRouteInput],
+    gateway_routes: &[Arc<CreateGatewayRouteInput>],
     issues: &mut Issues,
 ) -> Gateway {
     let (mesh, name) = (&gateway.mesh_name, &gateway.virtual_gateway_name);
@@ -413,7 +415,7 @@ fn rewrite_path(
 pub(super) fn resources(
     index: &MeshIndex,
     virtual_gateway: &CreateVirtualGatewayInput,
-    gateway_routes: Option<&[CreateGatewayRouteInput]>,
+    gateway_routes: Option<&[Arc<CreateGatewayRouteInput>]>,
     mtls: Option<&AutoMtls>,
     out: &mut Output,
 ) {

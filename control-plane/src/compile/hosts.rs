@@ -1,6 +1,9 @@
 //! The virtual hosts and TCP targets of virtual services, per port — what a node's backends
 //! or a gateway's targets route to — and the clusters they reach.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use envoy_types::pb::{
     envoy::config::route::v3::{Route, VirtualHost},
@@ -236,13 +239,14 @@ fn service_ports(
                 .map(|l| {
                     let port = l.port_mapping.port;
                     let protocol = l.port_mapping.protocol;
-                    let fits = |r: &&CreateRouteInput| match protocol {
+                    let fits = |r: &&Arc<CreateRouteInput>| match protocol {
                         PortProtocol::Http => r.spec.http_route.is_some(),
                         PortProtocol::Http2 => r.spec.http2_route.is_some(),
                         PortProtocol::Grpc => r.spec.grpc_route.is_some(),
                         PortProtocol::Tcp => r.spec.tcp_route.is_some(),
                     };
-                    let fitting: Vec<&CreateRouteInput> = app_routes.iter().filter(fits).collect();
+                    let fitting: Vec<&Arc<CreateRouteInput>> =
+                        app_routes.iter().filter(fits).collect();
                     let http: Vec<_> = fitting
                         .iter()
                         .filter_map(|r| route::routes(index, r, port, issues))

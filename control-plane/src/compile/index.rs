@@ -1,5 +1,5 @@
 //! The mesh's resources by kind, typed: what every compiler looks things up in.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use mesh_model::{
     resource::{Resource, Typed},
@@ -18,59 +18,99 @@ pub struct CompileError {
     source: serde_json::Error,
 }
 
+/// A validated resource as its typed create request.
+pub fn typed(resource: &Resource) -> Result<Typed, CompileError> {
+    resource.typed().map_err(|source| CompileError {
+        resource: resource.label(),
+        source,
+    })
+}
+
+/// A typed resource as indexes hold it: shared, so that the indexes of successive meshes
+/// and what keeps the files' resources (`mesh_files`) hold one copy of each.
+#[derive(Clone, Debug)]
+pub enum Indexed {
+    Mesh(Arc<CreateMeshInput>),
+    VirtualNode(Arc<CreateVirtualNodeInput>),
+    VirtualService(Arc<CreateVirtualServiceInput>),
+    VirtualRouter(Arc<CreateVirtualRouterInput>),
+    Route(Arc<CreateRouteInput>),
+    VirtualGateway(Arc<CreateVirtualGatewayInput>),
+    GatewayRoute(Arc<CreateGatewayRouteInput>),
+}
+
+impl From<Typed> for Indexed {
+    fn from(typed: Typed) -> Self {
+        match typed {
+            Typed::Mesh(r) => Indexed::Mesh(Arc::new(r)),
+            Typed::VirtualNode(r) => Indexed::VirtualNode(Arc::new(r)),
+            Typed::VirtualService(r) => Indexed::VirtualService(Arc::new(r)),
+            Typed::VirtualRouter(r) => Indexed::VirtualRouter(Arc::new(r)),
+            Typed::Route(r) => Indexed::Route(Arc::new(r)),
+            Typed::VirtualGateway(r) => Indexed::VirtualGateway(Arc::new(r)),
+            Typed::GatewayRoute(r) => Indexed::GatewayRoute(Arc::new(r)),
+        }
+    }
+}
+
 /// The mesh's resources by kind, typed.
 #[derive(Default)]
 pub struct MeshIndex {
-    pub(super) meshes: BTreeMap<String, CreateMeshInput>,
-    pub(super) nodes: BTreeMap<(String, String), CreateVirtualNodeInput>,
-    pub(super) services: BTreeMap<(String, String), CreateVirtualServiceInput>,
-    pub(super) routers: BTreeMap<(String, String), CreateVirtualRouterInput>,
-    pub(super) routes: BTreeMap<(String, String), Vec<CreateRouteInput>>,
-    pub(super) gateways: BTreeMap<(String, String), CreateVirtualGatewayInput>,
-    pub(super) gateway_routes: BTreeMap<(String, String), Vec<CreateGatewayRouteInput>>,
+    pub(super) meshes: BTreeMap<String, Arc<CreateMeshInput>>,
+    pub(super) nodes: BTreeMap<(String, String), Arc<CreateVirtualNodeInput>>,
+    pub(super) services: BTreeMap<(String, String), Arc<CreateVirtualServiceInput>>,
+    pub(super) routers: BTreeMap<(String, String), Arc<CreateVirtualRouterInput>>,
+    pub(super) routes: BTreeMap<(String, String), Vec<Arc<CreateRouteInput>>>,
+    pub(super) gateways: BTreeMap<(String, String), Arc<CreateVirtualGatewayInput>>,
+    pub(super) gateway_routes: BTreeMap<(String, String), Vec<Arc<CreateGatewayRouteInput>>>,
 }
 
 impl MeshIndex {
     /// Indexes validated resources.
     pub fn new(resources: &[Resource]) -> Result<Self, CompileError> {
+        let typed = resources
+            .iter()
+            .map(|r| typed(r).map(Indexed::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_typed(typed))
+    }
+
+    /// Indexes validated resources, typed.
+    pub fn from_typed(resources: impl IntoIterator<Item = Indexed>) -> Self {
         let mut index = Self::default();
-        for resource in resources {
-            let typed = resource.typed().map_err(|source| CompileError {
-                resource: resource.label(),
-                source,
-            })?;
+        for typed in resources {
             match typed {
-                Typed::Mesh(m) => {
+                Indexed::Mesh(m) => {
                     index.meshes.insert(m.mesh_name.clone(), m);
                 }
-                Typed::VirtualNode(n) => {
+                Indexed::VirtualNode(n) => {
                     index
                         .nodes
                         .insert((n.mesh_name.clone(), n.virtual_node_name.clone()), n);
                 }
-                Typed::VirtualService(s) => {
+                Indexed::VirtualService(s) => {
                     index
                         .services
                         .insert((s.mesh_name.clone(), s.virtual_service_name.clone()), s);
                 }
-                Typed::VirtualRouter(r) => {
+                Indexed::VirtualRouter(r) => {
                     index
                         .routers
                         .insert((r.mesh_name.clone(), r.virtual_router_name.clone()), r);
                 }
-                Typed::Route(r) => {
+                Indexed::Route(r) => {
                     index
                         .routes
                         .entry((r.mesh_name.clone(), r.virtual_router_name.clone()))
                         .or_default()
                         .push(r);
                 }
-                Typed::VirtualGateway(g) => {
+                Indexed::VirtualGateway(g) => {
                     index
                         .gateways
                         .insert((g.mesh_name.clone(), g.virtual_gateway_name.clone()), g);
                 }
-                Typed::GatewayRoute(r) => {
+                Indexed::GatewayRoute(r) => {
                     index
                         .gateway_routes
                         .entry((r.mesh_name.clone(), r.virtual_gateway_name.clone()))
@@ -92,7 +132,7 @@ impl MeshIndex {
                 )
             });
         }
-        Ok(index)
+        index
     }
 
     /// App Mesh applies the mesh's `serviceDiscovery.ipPreference` to every virtual node
@@ -109,12 +149,22 @@ impl MeshIndex {
             else {
                 continue;
             };
-            let own = match &mut node.spec.service_discovery {
-                Some(ServiceDiscovery::Dns(dns)) => &mut dns.ip_preference,
-                Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => &mut cloud_map.ip_preference,
-                None => continue,
+            let own = |node: &CreateVirtualNodeInput| match &node.spec.service_discovery {
+                Some(ServiceDiscovery::Dns(dns)) => Some(dns.ip_preference),
+                Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => Some(cloud_map.ip_preference),
+                None => None,
             };
-            own.get_or_insert(preference);
+            // Copied only when it inherits (the shared copy stays as its file says).
+            if own(node) != Some(None) {
+                continue;
+            }
+            match &mut Arc::make_mut(node).spec.service_discovery {
+                Some(ServiceDiscovery::Dns(dns)) => dns.ip_preference = Some(preference),
+                Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => {
+                    cloud_map.ip_preference = Some(preference)
+                }
+                None => {}
+            }
         }
     }
 

@@ -33,7 +33,7 @@ use output::Output;
 
 pub use endpoints::ServiceEndpoints;
 pub use inbound::INBOUND_ADDRESS;
-pub use index::{CompileError, MeshIndex};
+pub use index::{CompileError, Indexed, MeshIndex, typed};
 pub use listener::PortTraffic;
 pub use outbound::OUTBOUND_ADDRESS;
 
@@ -42,7 +42,7 @@ pub use outbound::OUTBOUND_ADDRESS;
 pub type Issues = Vec<String>;
 
 /// Which virtual nodes the compiled resources are for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Workloads {
     /// Every virtual node of every mesh.
     #[default]
