@@ -206,6 +206,15 @@ impl ParkableIo {
             timer.as_mut().reset(Instant::now() + IDLE_BEFORE_PARKING);
         }
     }
+
+    /// The socket for a write, which is activity and leaves something to flush; none once
+    /// parked (hyper writes nothing after the end of stream it was given).
+    fn writing(&mut self) -> io::Result<&mut MaybeTls> {
+        let io = self.io.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        self.flushed = false;
+        self.activity += 1;
+        Ok(io)
+    }
 }
 
 impl AsyncRead for ParkableIo {
@@ -244,13 +253,10 @@ impl AsyncWrite for ParkableIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let Some(io) = this.io.as_mut() else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        this.flushed = false;
-        this.activity += 1;
-        Pin::new(io).poll_write(cx, buf)
+        match self.get_mut().writing() {
+            Ok(io) => Pin::new(io).poll_write(cx, buf),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 
     fn poll_write_vectored(
@@ -258,13 +264,10 @@ impl AsyncWrite for ParkableIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let Some(io) = this.io.as_mut() else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        this.flushed = false;
-        this.activity += 1;
-        Pin::new(io).poll_write_vectored(cx, bufs)
+        match self.get_mut().writing() {
+            Ok(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
