@@ -186,6 +186,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
         };
         println!("  {scenario:<46} {metric:<22} {direct:>12.1} {proxied:>12.1} {ratio:>8}");
     }
+    print_goals(&table);
     let pid = bench.agent.pid();
     println!(
         "  proxy RSS: idle {idle_rss} KiB, after the runs {} KiB, peak {} KiB (the peak is start-up: parsing the kernel's BTF)",
@@ -219,6 +220,34 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
     }
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
+}
+
+/// The L4 goals (issue 19, docs/performance.md), each as this run's ratio proxied / direct:
+/// the scenario's first metric's median, or for connection churn its worst round (no round
+/// may collapse).
+fn print_goals(table: &[(&str, &str, f64, f64)]) {
+    const GOALS: [(&str, bool, f64); 4] = [
+        ("iperf3 single stream", false, 0.90),
+        ("wrk 1 connection, keep-alive", false, 0.85),
+        ("wrk 64 connections, keep-alive", false, 0.60),
+        ("wrk new connection per request, 8 concurrent", true, 0.60),
+    ];
+    step("goals (ratios from this run)");
+    for (scenario, worst, goal) in GOALS {
+        let rows: Vec<_> = table.iter().filter(|(s, ..)| *s == scenario).collect();
+        let row = match worst {
+            true => rows
+                .iter()
+                .find(|(_, m, ..)| *m == "worst round, same unit"),
+            false => rows.first(),
+        };
+        if let Some((_, metric, direct, proxied)) = row {
+            println!(
+                "  {scenario} ({metric}): {:.2}x direct (goal >= {goal:.2}x)",
+                proxied / direct.max(f64::EPSILON)
+            );
+        }
+    }
 }
 
 impl Bench {

@@ -218,6 +218,7 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
             ratio(*traced, *mesh)
         );
     }
+    print_goals(&table);
     bench.use_agent(true)?;
     let metrics = bench.agent.metrics(&bench.node)?;
     println!(
@@ -241,6 +242,45 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     drop(servers);
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
+}
+
+/// Issue 19's L7 goals, each as the ratio this run measured: requests/s per proxy core at
+/// least HAProxy's, HTTP/1.1 maximum at least half of direct, and at 1000 req/s a p99 added
+/// to direct's no more than HAProxy adds.
+fn print_goals(table: &[(&str, String, [f64; 4])]) {
+    let value = |scenario: &str, metric: &str| {
+        table
+            .iter()
+            .find(|(s, m, _)| s.starts_with(scenario) && m == metric)
+            .map(|(_, _, values)| *values)
+    };
+    step("goals (ratios from this run)");
+    for (scenario, label) in [("HTTP/1.1 max", "HTTP/1.1"), ("HTTP/2 max", "HTTP/2")] {
+        if let Some([_, haproxy, mesh, _]) = value(scenario, "req/s per proxy core") {
+            println!(
+                "  {label} requests/s per proxy core vs HAProxy: {:.2}x (goal >= 1.00x)",
+                mesh / haproxy.max(f64::EPSILON)
+            );
+        }
+    }
+    if let Some([direct, _, mesh, _]) = value("HTTP/1.1 max", "requests/s") {
+        println!(
+            "  HTTP/1.1 maximum vs direct: {:.2}x (goal >= 0.50x)",
+            mesh / direct.max(f64::EPSILON)
+        );
+    }
+    for (scenario, label) in [
+        ("HTTP/1.1 at 1000", "HTTP/1.1"),
+        ("HTTP/2 at 1000", "HTTP/2"),
+    ] {
+        if let Some([direct, haproxy, mesh, _]) = value(scenario, "p99 latency us") {
+            let (added, haproxy_added) = (mesh - direct, haproxy - direct);
+            println!(
+                "  {label} at 1000 req/s, p99 added to direct: mesh {added:.0} us, HAProxy {haproxy_added:.0} us: {:.2}x (goal <= 1.00x)",
+                added / haproxy_added.max(1.0)
+            );
+        }
+    }
 }
 
 /// mesh-agent on the node with the benchmark's mesh, `traced` or not.
