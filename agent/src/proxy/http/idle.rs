@@ -190,11 +190,10 @@ impl ParkableIo {
         }
         if self.idle.is_none() {
             self.activity_when_set = self.activity;
-            self.idle = Some(Box::pin(tokio::time::sleep(IDLE_BEFORE_PARKING)));
         }
-        let Some(timer) = self.idle.as_mut() else {
-            return false;
-        };
+        let timer = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_BEFORE_PARKING)));
         loop {
             if timer.as_mut().poll(cx).is_pending() {
                 return false;
