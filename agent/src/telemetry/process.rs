@@ -46,10 +46,10 @@ fn encode_process(encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error>
         MetricType::Counter,
     )?)?;
     {
-        let heap = mesh_xds::memory::heap();
+        let heap = mesh_xds::memory::last_seen_heap();
         let mut family = encoder.encode_descriptor(
             "mesh_agent_heap_bytes",
-            "The agent's heap: in use, or freed and kept by the allocator",
+            "The agent's heap: in use, or freed and kept by the allocator (as last seen, at most 5 s ago)",
             None,
             MetricType::Gauge,
         )?;
