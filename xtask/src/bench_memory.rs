@@ -57,7 +57,7 @@ pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
         haproxy.per_connection_bytes(),
         mesh.per_connection_bytes() / haproxy.per_connection_bytes().max(1.0)
     );
-    if let (Some(bytes), Some(heap)) = (mesh.heap_per_connection_bytes(), &mesh.heap) {
+    if let (Some(bytes), Some((_, heap))) = (mesh.heap_per_connection_bytes(), &mesh.heap) {
         println!(
             "  {:<44} {:>12.0} {:>12}",
             "heap bytes in use per idle connection", bytes, "-"
@@ -85,9 +85,8 @@ struct Held {
     connections: usize,
     before_kib: u64,
     after_kib: u64,
-    /// mesh-agent only: heap in use before, and the heap and parked connections after.
-    heap_before: f64,
-    heap: Option<Heap>,
+    /// mesh-agent only: its heap and parked connections before and with the connections.
+    heap: Option<(Heap, Heap)>,
 }
 
 impl Held {
@@ -96,8 +95,8 @@ impl Held {
     }
 
     fn heap_per_connection_bytes(&self) -> Option<f64> {
-        let heap = self.heap.as_ref()?;
-        Some((heap.in_use - self.heap_before).max(0.0) / self.connections as f64)
+        let (before, after) = self.heap.as_ref()?;
+        Some((after.in_use - before.in_use).max(0.0) / self.connections as f64)
     }
 }
 
@@ -118,13 +117,7 @@ fn per_connection(
     let (host, port) = url.rsplit_once(':').context("target port")?;
     let authority = target.host.unwrap_or_else(|| url.to_owned());
     let before_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
-    let heap_before = match via {
-        Via::Mesh => metric_value(
-            &bench.agent.metrics(&bench.node)?,
-            r#"mesh_agent_heap_bytes{state="in_use"}"#,
-        ),
-        _ => 0.0,
-    };
+    let heap_before = agent_heap(bench, via)?;
     let output = bench.workdir.join("idle_connections.out");
     let mut command = bench.node.pod_command("client", "python3")?;
     command
@@ -138,19 +131,12 @@ fn per_connection(
     // every 5 s.
     std::thread::sleep(Duration::from_secs(9));
     let after_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
-    let heap = (via == Via::Mesh)
-        .then(|| bench.agent.metrics(&bench.node))
-        .transpose()?
-        .map(|metrics| Heap {
-            in_use: metric_value(&metrics, r#"mesh_agent_heap_bytes{state="in_use"}"#),
-            parked: metric_value(&metrics, "mesh_http_connections_parked"),
-        });
+    let heap = heap_before.zip(agent_heap(bench, via)?);
     drop(holder);
     Ok(Held {
         connections,
         before_kib,
         after_kib,
-        heap_before,
         heap,
     })
 }
@@ -159,6 +145,18 @@ fn per_connection(
 struct Heap {
     in_use: f64,
     parked: f64,
+}
+
+/// What mesh-agent says of its heap and parked connections; nothing through HAProxy.
+fn agent_heap(bench: &L7Bench, via: Via) -> anyhow::Result<Option<Heap>> {
+    if via != Via::Mesh {
+        return Ok(None);
+    }
+    let metrics = bench.agent.metrics(&bench.node)?;
+    Ok(Some(Heap {
+        in_use: metric_value(&metrics, r#"mesh_agent_heap_bytes{state="in_use"}"#),
+        parked: metric_value(&metrics, "mesh_http_connections_parked"),
+    }))
 }
 
 fn wait_for_open(output: &Path, holder: &mut Proc, timeout: Duration) -> anyhow::Result<()> {
