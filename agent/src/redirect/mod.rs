@@ -19,6 +19,7 @@ pub mod pins;
 pub mod pod_netns;
 pub mod pods;
 pub mod preflight;
+pub mod sockmap;
 
 use std::{
     collections::BTreeSet,
@@ -103,6 +104,12 @@ pub enum RedirectError {
     )]
     Load {
         program: &'static str,
+        source: ProgramError,
+    },
+    #[error("cannot attach eBPF program {program} to map {map}: {source}")]
+    AttachToMap {
+        program: &'static str,
+        map: &'static str,
         source: ProgramError,
     },
     #[error("cannot attach eBPF program {program} to cgroup {cgroup}: {source}")]
@@ -347,6 +354,11 @@ impl Redirector {
 
     pub fn counters(&self) -> Arc<RedirectCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// Loads the program that relays joined socket pairs in the kernel, and takes its maps.
+    pub fn sockmap(&self) -> Result<sockmap::Sockmap, RedirectError> {
+        sockmap::Sockmap::load(Arc::clone(&self.ebpf))
     }
 }
 

@@ -278,6 +278,7 @@ impl Proxy {
                 ProxySettings {
                     mark: None,
                     connect_timeout: Duration::from_secs(2),
+                    sockmap: None,
                 },
                 metrics.proxy.clone(),
             )
