@@ -257,61 +257,6 @@ fn enrolled_pod_goes_through_proxy_intact_and_keeps_its_peer() {
     }
 }
 
-/// A transfer that lasts is handed to the kernel (sockmap) with bytes in flight: 10 MB in
-/// 64 KiB chunks 10 ms apart takes about 1.6 s, the hand-over comes after 0.5 s. Both
-/// directions still arrive intact and in order, the client's half-close reaches the server
-/// (it answers only then), the server's close reaches the client, and the byte counters
-/// follow what the kernel moved.
-#[test]
-fn a_lasting_connection_is_relayed_by_the_kernel_intact() {
-    let setup = Setup::new("kernel");
-    let to = setup.server(9000);
-    for attempt in 0..3 {
-        let output = setup
-            .node
-            .run_in_pod(
-                "client",
-                meshtb(),
-                &[
-                    "send",
-                    "--to",
-                    &to.to_string(),
-                    "--bytes",
-                    &MEGABYTES_10.to_string(),
-                    "--chunk-pause-ms",
-                    "10",
-                ],
-                TIMEOUT,
-            )
-            .unwrap_or_else(|error| panic!("{error:#}\nagent log:\n{}", setup.agent.log()));
-        Sent::parse(&output, &setup.agent).assert_intact();
-        let metrics = setup.metrics();
-        assert_eq!(
-            metric_value(&metrics, "mesh_agent_proxy_kernel_relays_total"),
-            f64::from(attempt + 1),
-            "{metrics}"
-        );
-        // Sent: the client's bytes exactly; received: the server's answer line and its bytes.
-        let bytes = |direction: &str| {
-            metric_value(
-                &metrics,
-                &format!(
-                    "mesh_agent_proxy_bytes_total{{destination=\"{to}\",direction=\"{direction}\"}}"
-                ),
-            )
-        };
-        let connections = f64::from(attempt + 1);
-        assert_eq!(
-            bytes("sent"),
-            connections * MEGABYTES_10 as f64,
-            "{metrics}"
-        );
-        let answer_line = bytes("received") / connections - MEGABYTES_10 as f64;
-        assert!((1.0..200.0).contains(&answer_line), "{metrics}");
-    }
-    wait_until(|| metric_value(&setup.metrics(), "mesh_agent_proxy_kernel_relays_active") == 0.0);
-}
-
 #[test]
 fn ipv6_socket_to_ipv4_mapped_address_is_redirected_too() {
     // Dual-stack runtimes (Java, ...) reach IPv4 peers through AF_INET6 sockets.

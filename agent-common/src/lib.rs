@@ -33,12 +33,6 @@ pub mod maps {
     /// LRU hash [`crate::PeerKey`] (the querying socket's address as the agent's DNS server
     /// sees it) -> [`crate::OrigDst`] (the resolver the pod sent the UDP query to).
     pub const DNS_QUERY_ORIGINS: &str = "DNS_QUERY_ORIGINS";
-    /// Sockhash: socket cookie (u64) -> the other socket of the same proxied connection,
-    /// where `relay_to_peer` sends what the first one receives.
-    pub const RELAY_PEERS: &str = "RELAY_PEERS";
-    /// Sockhash: socket cookie (u64) -> that socket. `relay_to_peer` is attached to this
-    /// map: a socket in it has everything it receives relayed in the kernel.
-    pub const RELAY_SOCKETS: &str = "RELAY_SOCKETS";
 }
 
 /// The DNS port whose queries enrolled pods send to the agent instead (UDP and TCP).
@@ -46,9 +40,6 @@ pub const DNS_PORT: u16 = 53;
 
 /// Capacity of the maps that hold one entry per live redirected connection.
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
-/// Sockets whose bytes the kernel relays at once (two per proxied connection); the
-/// connections beyond it are relayed by the proxy process.
-pub const MAX_KERNEL_RELAYED_SOCKETS: u32 = 65_536;
 /// Capacity of the enrollment map (pods per node).
 pub const MAX_ENROLLED_NETNS: u32 = 4_096;
 /// Capacity of each exclusion map.

@@ -31,17 +31,12 @@
 //!   `recvmsg4` makes the replies come from that resolver again; `dns_query_origin`
 //!   (cgroup_skb egress) re-keys the resolver by the query's source address and port, which
 //!   is all the agent's server sees of a UDP query.
-//! * `relay_to_peer` (sk_skb stream verdict, attached to the `RELAY_SOCKETS` sockhash): the
-//!   proxy's two sockets of a long-lived plain TCP relay are put in it, each keyed in
-//!   `RELAY_PEERS` by the other's cookie; what one receives is queued straight onto the
-//!   other's send side, with no wake-up and no copy through the proxy process.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     Counter, DNS_PORT, DnsConfig, Enrollment, InboundKey, MAX_ENROLLED_NETNS, MAX_EXCLUSIONS,
-    MAX_KERNEL_RELAYED_SOCKETS, MAX_POD_CONNECT_KEYS, MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey,
-    PodConnectKey, RedirectConfig,
+    MAX_POD_CONNECT_KEYS, MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey, PodConnectKey, RedirectConfig,
 };
 use aya_ebpf::{
     bindings::{
@@ -49,7 +44,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, bpf_sock_addr,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_skb, cgroup_sock_addr, map, sk_lookup, sock_ops, stream_verdict},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash, lpm_trie::Key,
     },
@@ -105,14 +100,6 @@ static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
 #[map]
 static DNS_QUERY_ORIGINS: LruHashMap<PeerKey, OrigDst> =
     LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
-
-// Two maps, so that the proxy can name each socket's peer before either socket's bytes start
-// being relayed: entering `RELAY_SOCKETS` is what turns a socket's relaying on.
-#[map]
-static RELAY_PEERS: SockHash<u64> = SockHash::with_max_entries(MAX_KERNEL_RELAYED_SOCKETS, 0);
-
-#[map]
-static RELAY_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_KERNEL_RELAYED_SOCKETS, 0);
 
 const MAX_INBOUND_PORTS: u32 = MAX_ENROLLED_NETNS * 8;
 /// cgroup_skb programs return 1 to let the packet pass.
@@ -601,22 +588,6 @@ fn inbound_ipv6(local_ip6: [u32; 4], local_port: u32) -> u32 {
     }
     count(Counter::InboundIpv6);
     SK_DROP
-}
-
-/// What a relayed socket receives goes out of its peer (flags 0: the peer's egress). Without
-/// a peer (it has closed: the relay is ending) the bytes are dropped, as a closed socket's are.
-///
-/// The FIN comes as an empty buffer. It is dropped: the proxy passes the end on itself once
-/// the last bytes are out, and an empty send queued behind them would fail (EPIPE) on the
-/// peer the proxy has shut down by then, setting an error on it.
-#[stream_verdict]
-pub fn relay_to_peer(ctx: SkBuffContext) -> u32 {
-    if ctx.len() == 0 {
-        return SK_DROP;
-    }
-    // SAFETY: the context's own skb pointer, as the helper expects.
-    let mut cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    RELAY_PEERS.redirect_skb(&ctx, &mut cookie, 0) as u32
 }
 
 #[cfg(not(test))]

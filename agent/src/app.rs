@@ -173,17 +173,9 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let enrollments = Arc::new(Mutex::new(enrollments));
     sync_enrollment(&enrollments, &config);
 
-    let sockmap = match config.proxy.kernel_relay {
-        true => redirector
-            .sockmap()
-            .inspect_err(|error| warn!(%error, "the proxy relays every byte itself"))
-            .ok(),
-        false => None,
-    };
     let settings = ProxySettings {
         mark: Some(config.proxy.mark),
         connect_timeout: config.proxy.connect_timeout,
-        sockmap,
     };
     let mut inputs = ProxyInputs::recording(mesh_state, workloads, &metrics, tls, settings);
     let trace_export = match &config.tracing {
@@ -406,7 +398,6 @@ pub async fn run_gateway(options: GatewayOptions) -> anyhow::Result<()> {
     let settings = ProxySettings {
         mark: None,
         connect_timeout: options.connect_timeout,
-        sockmap: None,
     };
     let inputs = ProxyInputs::recording(mesh_state, workloads, &metrics, tls, settings);
     let xds = start_xds(&options.xds);

@@ -182,10 +182,6 @@ pub struct ProxyConfig {
     /// connections; 0 turns inbound capture off.
     #[serde(default = "default_inbound_port")]
     pub inbound_port: u16,
-    /// Hand plain TCP relays that last to the kernel (sockmap), which then moves their
-    /// bytes without waking the proxy.
-    #[serde(default = "default_kernel_relay")]
-    pub kernel_relay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -331,10 +327,6 @@ fn default_drain_timeout() -> Duration {
 }
 fn default_inbound_port() -> u16 {
     15006
-}
-
-fn default_kernel_relay() -> bool {
-    true
 }
 
 fn default_worker_threads() -> usize {

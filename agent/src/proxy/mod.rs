@@ -9,7 +9,6 @@ mod chains;
 pub mod gateway;
 pub mod http;
 pub mod inbound;
-mod kernel_relay;
 pub mod outbound;
 mod relay;
 mod tcp;
@@ -20,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dataplane::{MeshState, workloads::Workloads},
-    redirect::sockmap::Sockmap,
     telemetry::{
         access_log::AccessLogWriters,
         metrics::{MeshMetrics, Metrics, ProxyMetrics},
@@ -99,7 +97,4 @@ pub struct ProxySettings {
     /// run without a redirect and without CAP_NET_ADMIN).
     pub mark: Option<u32>,
     pub connect_timeout: Duration,
-    /// Where long plain TCP relays are handed to the kernel (None: the proxy relays every
-    /// byte itself, as in tests without eBPF or with `proxy.kernel_relay: false`).
-    pub sockmap: Option<Sockmap>,
 }

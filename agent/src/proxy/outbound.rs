@@ -242,7 +242,6 @@ mod tests {
         let settings = ProxySettings {
             mark: None,
             connect_timeout: Duration::from_secs(2),
-            sockmap: None,
         };
         let inputs = ProxyInputs::new(settings, metrics.proxy.clone());
         let stop = inputs.drain.clone();

@@ -2,16 +2,13 @@
 //! end's FIN passed on as a FIN (half-close), a reset on either side passed on as a reset.
 //!
 //! Between plain sockets, bytes move with splice(2) through a pipe per direction: socket → pipe → socket without
-//! copying payload into user space. An idle connection holds no buffer memory (pipes allocate
-//! pages only while data is in flight), at the price of four extra file descriptors.
-//!
-//! A plain relay that lasts beyond [`KERNEL_RELAY_AFTER`] is handed to the kernel when the
-//! node loaded the sockmap program (`redirect::sockmap`): its bytes then move from one socket
-//! to the other without waking the proxy at all, and its pipes are closed.
+//! copying payload into user space, which is what keeps single-stream throughput close to a
+//! direct connection. An idle connection holds no buffer memory (pipes allocate pages only
+//! while data is in flight), at the price of four extra file descriptors.
 use std::{
     io,
     net::Shutdown,
-    os::fd::{AsFd as _, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
     task::Poll,
@@ -26,12 +23,8 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
-use super::kernel_relay::{self, Given};
-use crate::{
-    redirect::sockmap::Sockmap, telemetry::metrics::ConnectionMetrics, tls::stream::MaybeTls,
-};
+use crate::{telemetry::metrics::ConnectionMetrics, tls::stream::MaybeTls};
 
 /// Pipe capacity per direction; larger pipes let one splice move more of a fast stream.
 /// The kernel may refuse the resize (pipe-max-size, per-user limits): the default 64 KiB works.
@@ -60,314 +53,86 @@ pub enum RelayError {
 
 /// Runs until both directions have seen EOF, or one side fails, or `cut` fires, or (with
 /// `idle`) no byte has moved either way for that long (noticed within a quarter more). On
-/// error both sockets are closed with a reset.
+/// error the caller resets both sockets.
 ///
-/// Plain text on both sides moves by splice(2), and with `sockmap` a connection that lasts
-/// is handed to the kernel after [`KERNEL_RELAY_AFTER`]; with TLS on either side the bytes
-/// pass through user space to be encrypted or decrypted.
+/// Plain text on both sides moves by splice(2); with TLS on either side the bytes pass
+/// through user space to be encrypted or decrypted.
 pub async fn relay(
-    client: MaybeTls,
-    upstream: MaybeTls,
-    counted: Counted<'_>,
-    cut: &CancellationToken,
-    idle: Option<Duration>,
-    sockmap: Option<&Sockmap>,
-) -> Result<(), RelayError> {
-    let (client, upstream) = match (client, upstream) {
-        (MaybeTls::Plain(client), MaybeTls::Plain(upstream)) => {
-            return relay_plain(client, upstream, counted, cut, idle, sockmap).await;
-        }
-        ends => ends,
-    };
-    let (mut client, mut upstream) = (client, upstream);
-    let result = copy_both_ways(&mut client, &mut upstream, counted, cut, idle).await;
-    if result.is_err() {
-        reset_on_close(SockRef::from(client.tcp()));
-        reset_on_close(SockRef::from(upstream.tcp()));
-    }
-    result
-}
-
-/// How long a plain relay splices before the kernel takes it over. Short connections (a
-/// request each) end before: joining costs a few system calls, and the FIN of a spliced
-/// relay leaves with the last data (see [`splice_half`]), which joined sockets cannot do.
-pub const KERNEL_RELAY_AFTER: Duration = Duration::from_millis(500);
-/// How often the byte counters of a relay the kernel moves are brought up to date when no
-/// idle limit asks for more often.
-const KERNEL_COUNT_EVERY: Duration = Duration::from_secs(5);
-
-/// Where a relay counts what it moves: the destination's connection counters and the
-/// connection's own totals.
-#[derive(Clone, Copy)]
-pub struct Counted<'a> {
-    pub metrics: &'a ConnectionMetrics,
-    pub transferred: &'a Transferred,
-}
-
-async fn copy_both_ways(
     client: &mut MaybeTls,
     upstream: &mut MaybeTls,
-    counted: Counted<'_>,
+    metrics: &ConnectionMetrics,
+    transferred: &Transferred,
     cut: &CancellationToken,
     idle: Option<Duration>,
 ) -> Result<(), RelayError> {
-    let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let to_destination = copy_half(
-        client_read,
-        upstream_write,
-        &counted.metrics.sent,
-        &counted.transferred.sent,
-    );
-    let to_client = copy_half(
-        upstream_read,
-        client_write,
-        &counted.metrics.received,
-        &counted.transferred.received,
-    );
-    let ticks = Ticks::new(idle, None);
-    both_ways(
-        to_destination,
-        to_client,
-        counted.transferred,
-        cut,
-        ticks,
-        || (),
-    )
-    .await
-    .map(drop)
-}
-
-/// Splices, and (with `sockmap`) after [`KERNEL_RELAY_AFTER`] hands the pair to the kernel
-/// at a moment when no byte is between the sockets in the proxy.
-async fn relay_plain(
-    client: TcpStream,
-    upstream: TcpStream,
-    counted: Counted<'_>,
-    cut: &CancellationToken,
-    idle: Option<Duration>,
-    sockmap: Option<&Sockmap>,
-) -> Result<(), RelayError> {
-    let result = splice_until_handed_over(&client, &upstream, counted, cut, idle, sockmap).await;
-    match result {
-        Ok(Some(given)) => relay_in_kernel(client, upstream, given, counted, cut, idle).await,
-        Ok(None) => Ok(()),
-        Err(error) => {
-            reset_on_close(SockRef::from(&client));
-            reset_on_close(SockRef::from(&upstream));
-            Err(error)
-        }
-    }
-}
-
-/// Splices both ways until both end (None), or until both directions stopped for the
-/// hand-over and the kernel took the pair (what had been given each side by then: upstream,
-/// client).
-async fn splice_until_handed_over(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    counted: Counted<'_>,
-    cut: &CancellationToken,
-    idle: Option<Duration>,
-    mut sockmap: Option<&Sockmap>,
-) -> Result<Option<[Given; 2]>, RelayError> {
-    let to_destination_pipe = Pipe::new().map_err(RelayError::Pipe)?;
-    let to_client_pipe = Pipe::new().map_err(RelayError::Pipe)?;
-    let mut ended = [false, false];
-    loop {
-        let stop = CancellationToken::new();
+    if let (MaybeTls::Plain(client), MaybeTls::Plain(upstream)) = (&*client, &*upstream) {
+        let to_destination_pipe = Pipe::new().map_err(RelayError::Pipe)?;
+        let to_client_pipe = Pipe::new().map_err(RelayError::Pipe)?;
         let to_destination = splice_half(
             client,
             upstream,
             &to_destination_pipe,
-            &counted.metrics.sent,
-            &counted.transferred.sent,
-            &stop,
+            &metrics.sent,
+            &transferred.sent,
         );
         let to_client = splice_half(
             upstream,
             client,
             &to_client_pipe,
-            &counted.metrics.received,
-            &counted.transferred.received,
-            &stop,
+            &metrics.received,
+            &transferred.received,
         );
-        let hand_over = sockmap.map(|_| (Instant::now() + KERNEL_RELAY_AFTER, &stop));
-        let ticks = Ticks::new(idle, hand_over);
-        let halves = both_ways(
-            skip_if(ended[0], to_destination),
-            skip_if(ended[1], to_client),
-            counted.transferred,
-            cut,
-            ticks,
-            || (),
-        )
-        .await?;
-        ended = halves.map(|half| half == Half::Ended);
-        if ended == [true, true] {
-            return Ok(None);
-        }
-        // Both stopped with nothing in their pipes: the kernel may take over. A direction that
-        // ended meanwhile has had a FIN the kernel cannot take; splicing goes on.
-        if let (Some(kernel), [false, false]) = (sockmap, ended) {
-            let given = [
-                (upstream.as_fd(), &counted.transferred.sent),
-                (client.as_fd(), &counted.transferred.received),
-            ]
-            .map(|(socket, given)| Given::since(socket, given.load(Ordering::Relaxed)));
-            let joined = match given {
-                [Ok(to_upstream), Ok(to_client)] => kernel
-                    .join(client.as_fd(), upstream.as_fd())
-                    .map(|()| [to_upstream, to_client]),
-                [Err(error), _] | [_, Err(error)] => Err(error),
-            };
-            match joined {
-                Ok(given) => return Ok(Some(given)),
-                Err(error) => debug!(%error, "cannot hand the relay to the kernel; splicing on"),
-            }
-        }
-        sockmap = None;
+        return both_ways(to_destination, to_client, transferred, cut, idle).await;
     }
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let to_destination = copy_half(
+        client_read,
+        upstream_write,
+        &metrics.sent,
+        &transferred.sent,
+    );
+    let to_client = copy_half(
+        upstream_read,
+        client_write,
+        &metrics.received,
+        &transferred.received,
+    );
+    both_ways(to_destination, to_client, transferred, cut, idle).await
 }
 
-/// `half`, unless its direction has already ended.
-async fn skip_if(
-    ended: bool,
-    half: impl Future<Output = Result<Half, Side>>,
-) -> Result<Half, Side> {
-    match ended {
-        true => Ok(Half::Ended),
-        false => half.await,
-    }
-}
-
-/// The pair is joined: the kernel moves the bytes; here each end is passed on, and the
-/// counters follow TCP's own.
-async fn relay_in_kernel(
-    client: TcpStream,
-    upstream: TcpStream,
-    [to_upstream, to_client]: [Given; 2],
-    counted: Counted<'_>,
+/// Drives both directions until both are done, one fails, the relay is cut or idle.
+async fn both_ways(
+    to_destination: impl Future<Output = Result<(), Side>>,
+    to_client: impl Future<Output = Result<(), Side>>,
+    transferred: &Transferred,
     cut: &CancellationToken,
     idle: Option<Duration>,
 ) -> Result<(), RelayError> {
-    let _active = counted.metrics.kernel.handed_over();
-    let (client, upstream) = match (client.into_std(), upstream.into_std()) {
-        (Ok(client), Ok(upstream)) => (client, upstream),
-        (Err(error), _) | (_, Err(error)) => return Err(RelayError::Client(error)),
-    };
-    let count = || {
-        count_given(
-            &upstream,
-            &to_upstream,
-            &counted.metrics.sent,
-            &counted.transferred.sent,
-        );
-        count_given(
-            &client,
-            &to_client,
-            &counted.metrics.received,
-            &counted.transferred.received,
-        );
-    };
-    let ticks = Ticks::new(idle, None).counting_every(KERNEL_COUNT_EVERY);
-    let result = both_ways(
-        kernel_half(&client, &upstream, &to_upstream),
-        kernel_half(&upstream, &client, &to_client),
-        counted.transferred,
-        cut,
-        ticks,
-        count,
-    )
-    .await;
-    count();
-    if result.is_err() {
-        reset_on_close(SockRef::from(&client));
-        reset_on_close(SockRef::from(&upstream));
-    }
-    result.map(drop)
-}
-
-/// One direction the kernel relays: once `from` has its FIN and everything it received is
-/// queued on `to`, the FIN is passed on.
-async fn kernel_half(
-    from: &std::net::TcpStream,
-    to: &std::net::TcpStream,
-    given_to: &Given,
-) -> Result<Half, Side> {
-    let watch = kernel_relay::EndWatch::new(from, to).map_err(Side::Read)?;
-    while !kernel_relay::ended(from).map_err(Side::Read)? {
-        if let Some(error) = to.take_error().map_err(Side::Write)? {
-            return Err(Side::Write(error));
-        }
-        watch.changed().await.map_err(Side::Read)?;
-    }
-    // The kernel queues the last bytes from its own work queue: the FIN must not pass them.
-    let received = kernel_relay::received_before_fin(from).map_err(Side::Read)?;
-    let mut pause = Duration::from_micros(100);
-    while given_to.now(to).map_err(Side::Write)? < received {
-        if let Some(error) = to.take_error().map_err(Side::Write)? {
-            return Err(Side::Write(error));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-    given_to.shut_down(to).map_err(Side::Write)?;
-    Ok(Half::Ended)
-}
-
-/// Brings one direction's counters up to what TCP says its destination socket was given.
-fn count_given(to: &std::net::TcpStream, given: &Given, counter: &Counter, moved: &AtomicU64) {
-    if let Ok(total) = given.now(to) {
-        let before = moved.swap(total, Ordering::Relaxed);
-        counter.inc_by(total.saturating_sub(before));
-    }
-}
-
-/// How a direction finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Half {
-    /// Its end was passed on.
-    Ended,
-    /// Stopped for the hand-over to the kernel, with nothing in flight.
-    Stopped,
-}
-
-/// Drives both directions until each has ended or stopped, one fails, the relay is cut or
-/// idle. `count` brings `transferred` up to date before it is looked at.
-async fn both_ways(
-    to_destination: impl Future<Output = Result<Half, Side>>,
-    to_client: impl Future<Output = Result<Half, Side>>,
-    transferred: &Transferred,
-    cut: &CancellationToken,
-    mut ticks: Ticks<'_>,
-    count: impl Fn(),
-) -> Result<[Half; 2], RelayError> {
     tokio::pin!(to_destination, to_client);
-    let (mut sent, mut received) = (None, None);
-    loop {
-        if let (Some(sent), Some(received)) = (sent, received) {
-            return Ok([sent, received]);
-        }
+    let mut watch = idle.map(IdleWatch::new);
+    let (mut sent_done, mut received_done) = (false, false);
+    while !(sent_done && received_done) {
         tokio::select! {
-            () = ticks.next() => {
-                count();
-                if let Some(limit) = ticks.idle_expired(transferred.total()) {
-                    return Err(RelayError::Idle(limit));
-                }
-                if sent.is_none() && received.is_none() {
-                    ticks.hand_over_if_due();
+            () = idle_tick(watch.as_mut()) => {
+                if let Some(watch) = &mut watch
+                    && watch.expired(transferred.total())
+                {
+                    return Err(RelayError::Idle(watch.limit));
                 }
             }
-            result = &mut to_destination, if sent.is_none() => {
-                sent = Some(result.map_err(|side| side.into_error(RelayError::Client, RelayError::Destination))?);
+            result = &mut to_destination, if !sent_done => {
+                result.map_err(|side| side.into_error(RelayError::Client, RelayError::Destination))?;
+                sent_done = true;
             }
-            result = &mut to_client, if received.is_none() => {
-                received = Some(result.map_err(|side| side.into_error(RelayError::Destination, RelayError::Client))?);
+            result = &mut to_client, if !received_done => {
+                result.map_err(|side| side.into_error(RelayError::Destination, RelayError::Client))?;
+                received_done = true;
             }
             () = cut.cancelled() => return Err(RelayError::Cut),
         }
     }
+    Ok(())
 }
 
 /// One direction through user space (TLS on a side): read, write, until EOF on `from`
@@ -380,13 +145,12 @@ async fn copy_half(
     mut to: impl AsyncWrite + Unpin,
     counter: &Counter,
     moved: &AtomicU64,
-) -> Result<Half, Side> {
+) -> Result<(), Side> {
     let mut buffer = vec![0u8; COPY_BUFFER];
     loop {
         let mut filled = from.read(&mut buffer).await.map_err(Side::Read)?;
         if filled == 0 {
-            to.shutdown().await.map_err(Side::Write)?;
-            return Ok(Half::Ended);
+            return to.shutdown().await.map_err(Side::Write);
         }
         let mut ended = false;
         while filled < buffer.len() {
@@ -406,8 +170,7 @@ async fn copy_half(
         counter.inc_by(filled as u64);
         moved.fetch_add(filled as u64, Ordering::Relaxed);
         if ended {
-            to.shutdown().await.map_err(Side::Write)?;
-            return Ok(Half::Ended);
+            return to.shutdown().await.map_err(Side::Write);
         }
         if filled == buffer.len() && buffer.len() < COPY_BUFFER_BULK {
             buffer.resize(COPY_BUFFER_BULK, 0);
@@ -431,12 +194,6 @@ async fn read_now(
     .await
 }
 
-/// Has the socket's close send RST rather than FIN, so the other end learns at once that the
-/// connection failed.
-pub fn reset_on_close(socket: SockRef<'_>) {
-    let _ = socket.set_linger(Some(Duration::ZERO));
-}
-
 /// The bytes one connection moved, each way.
 #[derive(Debug, Default)]
 pub struct Transferred {
@@ -452,84 +209,41 @@ impl Transferred {
     }
 }
 
-/// A relay's timer: it notices a connection on which nothing moved for the idle limit, has
-/// the counters of a relay the kernel moves read, and starts the hand-over to the kernel.
-struct Ticks<'a> {
-    tick: Option<tokio::time::Interval>,
-    idle: Option<IdleWatch>,
-    /// When, and the signal that stops both spliced directions for it.
-    hand_over: Option<(Instant, &'a CancellationToken)>,
-}
-
-/// What the idle limit needs to know.
+/// Notices a connection on which nothing moved for `limit`.
 struct IdleWatch {
     limit: Duration,
+    tick: tokio::time::Interval,
     seen: u64,
     since: Instant,
 }
 
-impl<'a> Ticks<'a> {
-    fn new(idle: Option<Duration>, hand_over: Option<(Instant, &'a CancellationToken)>) -> Self {
-        let mut ticks = Self {
-            tick: None,
-            idle: idle.map(|limit| IdleWatch {
-                limit,
-                seen: 0,
-                since: Instant::now(),
-            }),
-            hand_over,
-        };
-        if let Some(limit) = idle {
-            ticks = ticks.every(limit / 4);
-        }
-        if hand_over.is_some() {
-            ticks = ticks.every(KERNEL_RELAY_AFTER);
-        }
-        ticks
-    }
-
-    /// Ticks at least this often.
-    fn counting_every(self, period: Duration) -> Self {
-        self.every(period)
-    }
-
-    fn every(mut self, period: Duration) -> Self {
-        let period = match &self.tick {
-            Some(tick) => tick.period().min(period),
-            None => period,
-        };
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+impl IdleWatch {
+    fn new(limit: Duration) -> Self {
+        let mut tick = tokio::time::interval(limit / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.tick = Some(tick);
-        self
-    }
-
-    async fn next(&mut self) {
-        match &mut self.tick {
-            Some(tick) => {
-                tick.tick().await;
-            }
-            None => std::future::pending().await,
+        Self {
+            limit,
+            tick,
+            seen: 0,
+            since: Instant::now(),
         }
     }
 
-    /// The idle limit, if nothing has moved (`moved` is the running total) for that long.
-    fn idle_expired(&mut self, moved: u64) -> Option<Duration> {
-        let watch = self.idle.as_mut()?;
-        if moved != watch.seen {
-            watch.seen = moved;
-            watch.since = Instant::now();
+    fn expired(&mut self, moved: u64) -> bool {
+        if moved != self.seen {
+            self.seen = moved;
+            self.since = Instant::now();
         }
-        (watch.since.elapsed() >= watch.limit).then_some(watch.limit)
+        self.since.elapsed() >= self.limit
     }
+}
 
-    fn hand_over_if_due(&mut self) {
-        if let Some((due, stop)) = self.hand_over
-            && Instant::now() >= due
-        {
-            stop.cancel();
-            self.hand_over = None;
+async fn idle_tick(watch: Option<&mut IdleWatch>) {
+    match watch {
+        Some(watch) => {
+            watch.tick.tick().await;
         }
+        None => std::future::pending().await,
     }
 }
 
@@ -581,23 +295,18 @@ async fn splice_half(
     pipe: &Pipe,
     counter: &Counter,
     moved: &AtomicU64,
-    stop: &CancellationToken,
-) -> Result<Half, Side> {
+) -> Result<(), Side> {
     loop {
-        // The pipe is empty here, and only here may the direction stop.
-        let wait_for_data = ready_splice(
+        let mut filled = ready_splice(
             from,
             Interest::READABLE,
             from.as_raw_fd(),
             pipe.write.as_raw_fd(),
             PIPE_SIZE as usize,
             0,
-        );
-        let mut filled = tokio::select! {
-            biased;
-            () = stop.cancelled() => return Ok(Half::Stopped),
-            read = wait_for_data => read.map_err(Side::Read)?,
-        };
+        )
+        .await
+        .map_err(Side::Read)?;
         let mut ended = filled == 0;
         while !ended && filled < PIPE_SIZE as usize {
             match from.try_io(Interest::READABLE, || {
@@ -633,10 +342,9 @@ async fn splice_half(
         moved.fetch_add(filled as u64, Ordering::Relaxed);
         if ended {
             // Pass the half-close on: the other side may still be sending.
-            SockRef::from(to)
+            return SockRef::from(to)
                 .shutdown(Shutdown::Write)
-                .map_err(Side::Write)?;
-            return Ok(Half::Ended);
+                .map_err(Side::Write);
         }
     }
 }
@@ -705,18 +413,18 @@ mod tests {
             let (client, proxy_client_side) = connection().await;
             let (proxy_upstream_side, server) = connection().await;
             let relay = tokio::spawn(async move {
-                let transferred = Transferred::default();
-                let metrics = ProxyMetrics::default().opened("test");
-                let counted = Counted {
-                    metrics: &metrics,
-                    transferred: &transferred,
-                };
-                relay(
+                let (mut from, mut to) = (
                     MaybeTls::Plain(proxy_client_side),
                     MaybeTls::Plain(proxy_upstream_side),
-                    counted,
+                );
+                let transferred = Transferred::default();
+                let metrics = ProxyMetrics::default().opened("test");
+                relay(
+                    &mut from,
+                    &mut to,
+                    &metrics,
+                    &transferred,
                     &CancellationToken::new(),
-                    None,
                     None,
                 )
                 .await

@@ -15,11 +15,10 @@ use tracing::{debug, warn};
 
 use super::{
     ProxyInputs, ProxySettings,
-    relay::{self, Counted, RelayError, Transferred, reset_on_close},
+    relay::{self, RelayError, Transferred},
 };
 use crate::{
     dataplane::upstream::{Outcome, PickError, Upstream},
-    redirect::sockmap::Sockmap,
     telemetry::{
         access_log::{Entry, Loggers, ResponseFlags},
         metrics::{FailureReason, ProxyMetrics},
@@ -153,14 +152,12 @@ impl ConnectionLog {
     }
 }
 
-/// What a relay is counted in, cut by, how long it may sit idle, its access log, and where
-/// the kernel can take it over.
+/// What a relay is counted in, cut by, how long it may sit idle, and its access log.
 pub struct RelayEnds<'a> {
     metrics: &'a ProxyMetrics,
     cut: &'a CancellationToken,
     idle: Option<Duration>,
     log: Option<ConnectionLog>,
-    sockmap: Option<&'a Sockmap>,
 }
 
 impl<'a> RelayEnds<'a> {
@@ -174,16 +171,15 @@ impl<'a> RelayEnds<'a> {
             cut: &inputs.cut,
             idle,
             log,
-            sockmap: inputs.settings.sockmap.as_ref(),
         }
     }
 }
 
 /// Relays until both sides are done (or cut, or idle too long), counting under `label`.
 pub async fn relay_connection(
-    client: MaybeTls,
+    mut client: MaybeTls,
     peer: SocketAddrV4,
-    upstream: MaybeTls,
+    mut upstream: MaybeTls,
     label: &str,
     ends: RelayEnds<'_>,
 ) {
@@ -192,18 +188,24 @@ pub async fn relay_connection(
     let transferred = Transferred::default();
     let upstream_addr = upstream.tcp().peer_addr().ok();
     debug!(client = %peer, destination = label, "relaying");
-    let counted = Counted {
-        metrics: &metrics,
-        transferred: &transferred,
-    };
-    let result = relay::relay(client, upstream, counted, ends.cut, ends.idle, ends.sockmap).await;
+    let result = relay::relay(
+        &mut client,
+        &mut upstream,
+        &metrics,
+        &transferred,
+        ends.cut,
+        ends.idle,
+    )
+    .await;
     let flags = match &result {
         Err(RelayError::Destination(_)) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
         Err(RelayError::Client(_)) => ResponseFlags::DOWNSTREAM_TERMINATION,
         _ => ResponseFlags::default(),
     };
     if let Err(error) = result {
-        debug!(client = %peer, destination = label, %error, "connection ended with an error; both sides were reset");
+        debug!(client = %peer, destination = label, %error, "connection ended with an error; resetting both sides");
+        reset(client);
+        reset(upstream);
     }
     if let Some(log) = ends.log {
         log.finish(upstream_addr, label, &transferred, flags);
@@ -243,6 +245,6 @@ pub fn failure_reason(error: &io::Error) -> FailureReason {
 /// Closes with RST rather than FIN, so the client learns at once that the connection failed.
 pub fn reset(stream: impl Into<MaybeTls>) {
     let stream = stream.into();
-    reset_on_close(SockRef::from(stream.tcp()));
+    let _ = SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

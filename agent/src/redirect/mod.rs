@@ -19,7 +19,6 @@ pub mod pins;
 pub mod pod_netns;
 pub mod pods;
 pub mod preflight;
-pub mod sockmap;
 
 use std::{
     collections::BTreeSet,
@@ -104,12 +103,6 @@ pub enum RedirectError {
     )]
     Load {
         program: &'static str,
-        source: ProgramError,
-    },
-    #[error("cannot attach eBPF program {program} to map {map}: {source}")]
-    AttachToMap {
-        program: &'static str,
-        map: &'static str,
         source: ProgramError,
     },
     #[error("cannot attach eBPF program {program} to cgroup {cgroup}: {source}")]
@@ -354,11 +347,6 @@ impl Redirector {
 
     pub fn counters(&self) -> Arc<RedirectCounters> {
         Arc::clone(&self.counters)
-    }
-
-    /// Loads the program that relays joined socket pairs in the kernel, and takes its maps.
-    pub fn sockmap(&self) -> Result<sockmap::Sockmap, RedirectError> {
-        sockmap::Sockmap::load(Arc::clone(&self.ebpf))
     }
 }
 

@@ -71,38 +71,12 @@ pub struct ProxyMetrics {
     active: Gauge,
     accept_errors: Family<ListenerLabels, Counter>,
     inbound_ports: Gauge,
-    kernel: KernelRelayMetrics,
-}
-
-/// Relays handed to the kernel (sockmap), in all and now.
-#[derive(Clone, Debug, Default)]
-pub struct KernelRelayMetrics {
-    handed_over: Counter,
-    active: Gauge,
-}
-
-impl KernelRelayMetrics {
-    /// Counts one relay handed to the kernel, active until the guard drops.
-    pub fn handed_over(&self) -> KernelRelayActive {
-        self.handed_over.inc();
-        self.active.inc();
-        KernelRelayActive(self.active.clone())
-    }
-}
-
-pub struct KernelRelayActive(Gauge);
-
-impl Drop for KernelRelayActive {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// The counters of one proxied connection, resolved once so the copy loop only touches atomics.
 pub struct ConnectionMetrics {
     pub sent: Counter,
     pub received: Counter,
-    pub kernel: KernelRelayMetrics,
     closed: Counter,
     active: Gauge,
 }
@@ -125,7 +99,6 @@ impl ProxyMetrics {
         ConnectionMetrics {
             sent: bytes(Direction::sent),
             received: bytes(Direction::received),
-            kernel: self.kernel.clone(),
             closed: self.closed.get_or_create(&labels).clone(),
             active: self.active.clone(),
         }
@@ -190,16 +163,6 @@ impl ProxyMetrics {
             "mesh_agent_proxy_active_connections",
             "Connections currently relayed by the proxy",
             self.active.clone(),
-        );
-        registry.register(
-            "mesh_agent_proxy_kernel_relays",
-            "Plain TCP connections handed to the kernel (sockmap) once they lasted, whose bytes then move without the proxy",
-            self.kernel.handed_over.clone(),
-        );
-        registry.register(
-            "mesh_agent_proxy_kernel_relays_active",
-            "Connections the kernel relays now",
-            self.kernel.active.clone(),
         );
     }
 }

@@ -278,7 +278,6 @@ impl Proxy {
                 ProxySettings {
                     mark: None,
                     connect_timeout: Duration::from_secs(2),
-                    sockmap: None,
                 },
                 metrics.proxy.clone(),
             )

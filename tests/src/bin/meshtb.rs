@@ -50,10 +50,6 @@ enum Cli {
         to: SocketAddr,
         #[arg(long)]
         bytes: usize,
-        /// Pause after each 64 KiB written: a transfer that lasts, with bytes in flight
-        /// whenever the relay changes hands.
-        #[arg(long, default_value_t = 0)]
-        chunk_pause_ms: u64,
     },
     /// Connects and waits for the first byte or the end, printing how and when it ended.
     Probe {
@@ -118,11 +114,7 @@ fn main() -> anyhow::Result<()> {
             status,
         } => http_server(&ports, Behaviour { name, status }),
         Cli::Sink { port, reply_bytes } => sink(port, reply_bytes),
-        Cli::Send {
-            to,
-            bytes,
-            chunk_pause_ms,
-        } => send(to, bytes, Duration::from_millis(chunk_pause_ms)),
+        Cli::Send { to, bytes } => send(to, bytes),
         Cli::Probe { to } => probe(to),
         Cli::GrpcServer { port, name } => grpc_server(port, name),
         Cli::Load {
@@ -524,16 +516,11 @@ fn sink_one(mut stream: TcpStream, reply_bytes: usize) -> std::io::Result<()> {
         "sha256={} bytes={total} peer={peer}",
         hex(&hasher.finalize())
     )?;
-    write_pattern(&mut stream, SERVER_SEED, reply_bytes, Duration::ZERO)?;
+    write_pattern(&mut stream, SERVER_SEED, reply_bytes)?;
     Ok(())
 }
 
-fn write_pattern(
-    stream: &mut TcpStream,
-    seed: u64,
-    len: usize,
-    chunk_pause: Duration,
-) -> std::io::Result<()> {
+fn write_pattern(stream: &mut TcpStream, seed: u64, len: usize) -> std::io::Result<()> {
     let mut pattern = Pattern::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;
@@ -542,19 +529,18 @@ fn write_pattern(
         pattern.fill(&mut buf[..n]);
         stream.write_all(&buf[..n])?;
         left -= n;
-        std::thread::sleep(chunk_pause);
     }
     Ok(())
 }
 
-fn send(to: SocketAddr, bytes: usize, chunk_pause: Duration) -> anyhow::Result<()> {
+fn send(to: SocketAddr, bytes: usize) -> anyhow::Result<()> {
     let stream = TcpStream::connect(to).with_context(|| format!("connect {to}"))?;
     // getpeername: with the redirect in place this must still be `to`.
     println!("peer={}", stream.peer_addr()?);
     println!("local={}", stream.local_addr()?);
     let mut writer = stream.try_clone()?;
     let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        write_pattern(&mut writer, CLIENT_SEED, bytes, chunk_pause)?;
+        write_pattern(&mut writer, CLIENT_SEED, bytes)?;
         writer.shutdown(Shutdown::Write)
     });
     let mut reader = BufReader::new(stream);
