@@ -257,6 +257,72 @@ fn enrolled_pod_goes_through_proxy_intact_and_keeps_its_peer() {
     }
 }
 
+/// A destination that stops reading holds its client back, however long the connection has
+/// lasted: after 1.5 s of a trickle the server stops reading and the client writes as fast
+/// as it can for 3 s. What it gets to write must stay within the buffers of the sockets on
+/// the way (a few MB), or a pod could make the node hold any amount of memory for it. (An
+/// in-kernel relay tried for the L4 goals, sockmap's sk_skb redirect, failed exactly this:
+/// 735 MB written, docs/performance.md.)
+#[test]
+fn a_destination_that_stops_reading_holds_the_client_back() {
+    let setup = Setup::new("stall");
+    let server = setup.server(9100);
+    let _stalled = setup
+        .node
+        .spawn_in_pod(
+            "server",
+            "python3",
+            &[
+                "-c",
+                "import socket, time\n\
+                 listener = socket.create_server(('0.0.0.0', 9100))\n\
+                 connection = listener.accept()[0]\n\
+                 connection.settimeout(0.1)\n\
+                 end = time.time() + 1.5\n\
+                 while time.time() < end:\n\
+                 \x20   try: connection.recv(65536)\n\
+                 \x20   except socket.timeout: pass\n\
+                 time.sleep(60)\n",
+            ],
+        )
+        .expect("server");
+    setup
+        .node
+        .wait_for_listener(server, TIMEOUT)
+        .expect("server listening");
+    let script = format!(
+        "import socket, time\n\
+         client = socket.create_connection(('{ip}', {port}))\n\
+         written = 0\n\
+         for _ in range(100):\n\
+         \x20   written += client.send(b'x' * 1024); time.sleep(0.01)\n\
+         time.sleep(1)\n\
+         client.setblocking(False)\n\
+         end = time.time() + 3\n\
+         while time.time() < end:\n\
+         \x20   try: written += client.send(b'x' * 65536)\n\
+         \x20   except BlockingIOError: time.sleep(0.01)\n\
+         print(written)\n",
+        ip = server.ip(),
+        port = server.port()
+    );
+    let output = setup
+        .node
+        .run_in_pod("client", "python3", &["-c", &script], TIMEOUT)
+        .expect("client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let written: u64 = stdout.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "client: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(
+        written < 64 << 20,
+        "the client wrote {written} bytes to a destination that reads nothing"
+    );
+}
+
 #[test]
 fn ipv6_socket_to_ipv4_mapped_address_is_redirected_too() {
     // Dual-stack runtimes (Java, ...) reach IPv4 peers through AF_INET6 sockets.
