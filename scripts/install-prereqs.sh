@@ -13,7 +13,7 @@ LLVM_PREFIX_DIR=/usr/lib/llvm-22
 # sandbox, tests and benchmarks drive.
 apt_pkgs=()
 dpkg -s llvm-22-dev >/dev/null 2>&1 || apt_pkgs+=(llvm-22-dev)
-for tool in jq:jq bpftool:bpftool iperf3:iperf3 wrk:wrk h2load:nghttp2-client haproxy:haproxy ip:iproute2 curl:curl nsenter:util-linux setpriv:util-linux findmnt:util-linux python3:python3 dnsmasq:dnsmasq-base dig:dnsutils dnsperf:dnsperf tcpdump:tcpdump openssl:openssl; do
+for tool in make:make cc:gcc jq:jq bpftool:bpftool iperf3:iperf3 wrk:wrk h2load:nghttp2-client haproxy:haproxy ip:iproute2 curl:curl nsenter:util-linux setpriv:util-linux findmnt:util-linux python3:python3 dnsmasq:dnsmasq-base dig:dnsutils dnsperf:dnsperf tcpdump:tcpdump openssl:openssl; do
   bin=${tool%%:*}; pkg=${tool##*:}
   have "$bin" || apt_pkgs+=("$pkg")
 done

@@ -139,8 +139,6 @@ pub async fn run(config_path: &Path, mut config: Config) -> anyhow::Result<()> {
     let mut redirector = Redirector::load(&cgroup, config.proxy.outbound_addr, &pins)?;
     redirector.set_exclusions(&config.excluded_cidrs(), &config.redirect.exclude_ports)?;
     redirector.set_policy(config.redirect.ipv6, config.redirect.udp)?;
-    mesh_xds::memory::release_free_heap();
-    tokio::spawn(mesh_xds::memory::keep_releasing_free_heap());
     let (inbound_pods, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
     let (hooks, inbound_ports) = match config.proxy.inbound_port {
         0 => (None, None),
@@ -368,7 +366,6 @@ pub struct GatewayOptions {
 /// bound on `options.listen`, the mesh from `options.xds`. SIGTERM or SIGINT drain it.
 pub async fn run_gateway(options: GatewayOptions) -> anyhow::Result<()> {
     raise_fd_limit();
-    tokio::spawn(mesh_xds::memory::keep_releasing_free_heap());
     let admin_listener = bind_listener("--admin", options.admin)?;
     let mesh_state = MeshState::default();
     let workloads = Workloads::default();

@@ -3,12 +3,13 @@
 //! the proxy without a node to run on; the `mesh-agent` binary adds its command line.
 //!
 //! Dependencies point one way: `app` → `admin` → `proxy` → `redirect` → `dataplane` →
-//! `tls` → `telemetry`; `config`, `host` and `listen` are leaves anyone may use.
+//! `tls` → `telemetry`; `config`, `heap`, `host` and `listen` are leaves anyone may use.
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dataplane;
 pub mod dns;
+pub mod heap;
 mod host;
 pub mod listen;
 pub mod privileges;

@@ -46,14 +46,14 @@ fn encode_process(encoder: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error>
         MetricType::Counter,
     )?)?;
     {
-        let heap = mesh_xds::memory::last_seen_heap();
+        let heap = crate::heap::now();
         let mut family = encoder.encode_descriptor(
             "mesh_agent_heap_bytes",
-            "The agent's heap: in use, or freed and kept by the allocator (as last seen, at most 5 s ago)",
+            "The agent's heap: in use, or resident in the allocator beyond that (its bookkeeping and freed pages not yet given back)",
             None,
             MetricType::Gauge,
         )?;
-        for (state, bytes) in [("in_use", heap.in_use), ("free", heap.free)] {
+        for (state, bytes) in [("in_use", heap.in_use), ("kept", heap.kept)] {
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
             ConstGauge::new(bytes).encode(family.encode_family(&[("state", state)])?)?;
         }
