@@ -80,6 +80,9 @@ pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a proxy is left alone before its RSS is read.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// RSS of a proxy before and while holding `connections` idle ones.
 struct Held {
     connections: usize,
@@ -116,6 +119,10 @@ fn per_connection(
         .context("target URL")?;
     let (host, port) = url.rsplit_once(':').context("target port")?;
     let authority = target.host.unwrap_or_else(|| url.to_owned());
+    // What start-up and the warm-up requests freed goes back first (mesh-agent's allocator
+    // returns pages a second after they were freed), so that it is not taken as room the
+    // connections then fill.
+    std::thread::sleep(SETTLE);
     let before_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
     let heap_before = agent_heap(bench, via)?;
     let output = bench.workdir.join("idle_connections.out");
@@ -127,8 +134,8 @@ fn per_connection(
     let mut holder = Proc::spawn("idle connections", command)?;
     wait_for_open(&output, &mut holder, Duration::from_secs(300))?;
     // Let the proxy finish with what the last requests left behind: mesh-agent parks an
-    // HTTP/1.1 connection one to two seconds after it went idle, and gives free heap back
-    // every 5 s.
+    // HTTP/1.1 connection one to two seconds after it went idle, and its allocator returns
+    // the freed buffers a second later.
     std::thread::sleep(Duration::from_secs(9));
     let after_kib = status_kib(proxy_pid, "VmRSS:").unwrap_or(0);
     let heap = heap_before.zip(agent_heap(bench, via)?);
@@ -188,7 +195,7 @@ fn idle_with_services(bench: &mut L7Bench, services: usize) -> anyhow::Result<Id
         &bench.workdir,
         &["--mesh", mesh_dir.to_str().context("path")?],
     )?;
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(SETTLE);
     let pid = bench.agent.pid();
     Ok(IdleRss {
         total_kib: status_kib(pid, "VmRSS:").unwrap_or(0),
