@@ -5,8 +5,8 @@
 //! keeps every page that still holds one of the small objects, and a trim cannot give those
 //! back (4.7–6.6 KB resident per idle connection against 2.2 KB in use). jemalloc keeps small
 //! objects of one size together, apart from large buffers, so freed buffers leave whole pages
-//! free (2.7 KB per idle connection), and it also served L7 requests faster in the same
-//! benchmarks (docs/performance.md, Memory).
+//! free (2.5 KB per idle connection). L7 throughput was the same on both (docs/performance.md,
+//! Memory).
 //!
 //! The binary installs the allocator and its options ([`MALLOC_CONF`]); this module reads
 //! what it holds.

@@ -15,7 +15,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc reads its options from this symbol (its `malloc_conf`, a C string pointer, under
 /// the prefix the crate builds it with).
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 70] = mesh_agent::heap::MALLOC_CONF;
+static MALLOC_CONF: &[u8; mesh_agent::heap::MALLOC_CONF.len()] = mesh_agent::heap::MALLOC_CONF;
 
 #[derive(Parser)]
 #[command(
