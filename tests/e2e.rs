@@ -324,6 +324,106 @@ fn a_destination_that_stops_reading_holds_the_client_back() {
 }
 
 #[test]
+fn a_client_that_closes_before_the_proxy_accepts_is_still_forwarded() {
+    // A client may send its request and close before the proxy has accepted the connection
+    // (an HTTP/1.0 client, a load generator stopping). The proxy, stopped here, accepts it
+    // afterwards: what the client sent must reach the server, as it would directly.
+    let mut setup = Setup::new("closed");
+    let server = setup.server(9100);
+    let received = setup.dir.path().join("received");
+    // The first connection with data is the client's (waiting for the listener connects too).
+    let _server = setup
+        .node
+        .spawn_in_pod(
+            "server",
+            "python3",
+            &[
+                "-c",
+                &format!(
+                    "import socket\n\
+                     listener = socket.create_server(('0.0.0.0', 9100))\n\
+                     data = b''\n\
+                     while not data:\n\
+                     \x20   connection = listener.accept()[0]\n\
+                     \x20   while chunk := connection.recv(65536): data += chunk\n\
+                     open('{path}', 'wb').write(data)\n",
+                    path = received.display()
+                ),
+            ],
+        )
+        .expect("server");
+    setup
+        .node
+        .wait_for_listener(server, TIMEOUT)
+        .expect("server listening");
+    setup.agent.signal(libc::SIGSTOP).unwrap();
+    let script = format!(
+        "import socket\n\
+         client = socket.create_connection(('{ip}', {port}))\n\
+         client.sendall(b'sent before the accept')\n\
+         client.close()\n",
+        ip = server.ip(),
+        port = server.port()
+    );
+    let output = setup
+        .node
+        .run_in_pod("client", "python3", &["-c", &script], TIMEOUT);
+    // The client's socket is gone once the proxy's side has acknowledged its FIN.
+    std::thread::sleep(Duration::from_millis(300));
+    setup.agent.signal(libc::SIGCONT).unwrap();
+    let output = output.expect("client runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !received.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read(&received).ok().as_deref(),
+        Some(&b"sent before the accept"[..]),
+        "{}",
+        setup.agent.log()
+    );
+    let metrics = setup.metrics();
+    assert!(!metrics.contains("no_original_destination"), "{metrics}");
+}
+
+#[test]
+fn a_connect_straight_to_the_proxy_is_refused() {
+    // Only redirected connects reach the proxy, each with its record.
+    let setup = Setup::new("straight");
+    let script = format!(
+        "import socket\n\
+         try:\n\
+         \x20   socket.create_connection(('{NODE_IP}', 15001)); print('connected')\n\
+         except PermissionError: print('refused')\n"
+    );
+    for pod in ["client", "outsider"] {
+        let output = setup
+            .node
+            .run_in_pod(pod, "python3", &["-c", &script], TIMEOUT)
+            .expect("client runs");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "refused",
+            "from {pod}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metrics = setup.metrics();
+    assert!(
+        metric_value(
+            &metrics,
+            "mesh_agent_redirect_connects_total{result=\"refused_proxy\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
+
+#[test]
 fn ipv6_socket_to_ipv4_mapped_address_is_redirected_too() {
     // Dual-stack runtimes (Java, ...) reach IPv4 peers through AF_INET6 sockets.
     let setup = Setup::new("mapped");

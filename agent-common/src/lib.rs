@@ -177,10 +177,12 @@ pub enum Counter {
     UdpPassed = 7,
     /// IPv6 connections to a captured port of an enrolled pod dropped by `inbound_lookup`.
     InboundIpv6 = 8,
+    /// TCP connects straight to the proxy's redirect address refused (EPERM).
+    ProxyRefused = 9,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Redirected,
         Counter::Excluded,
         Counter::NotEnrolled,
@@ -190,6 +192,7 @@ impl Counter {
         Counter::UdpRefused,
         Counter::UdpPassed,
         Counter::InboundIpv6,
+        Counter::ProxyRefused,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 }

@@ -13,8 +13,10 @@
 //!   `RedirectConfig::REFUSE_UDP` is refused (EPERM); DNS (port 53), the pod's own host and
 //!   excluded destinations always pass.
 //! * `track_orig_dst` (sock_ops): once that connection is established, the original destination is
-//!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept —
-//!   and a state callback removes both entries when the socket closes.
+//!   re-keyed by the client's (address, port) — the peer address the proxy sees on accept,
+//!   and takes the record by when it accepts — and a state callback removes the entries when
+//!   the socket closes, except a record the proxy has yet to take after a graceful close.
+//!   A connect straight to the proxy's address is refused: only redirected ones reach it.
 //! * `getpeername4` / `getpeername6`: the application still sees its original peer.
 //! * `inbound_lookup` (sk_lookup, attached to each enrolled pod's network namespace through a
 //!   link pinned in bpffs, so it outlives the agent): a TCP connection arriving for one of the
@@ -41,7 +43,8 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{
         BPF_SK_LOOKUP_F_NO_REUSEPORT, BPF_SK_LOOKUP_F_REPLACE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, bpf_sock_addr,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_CLOSING,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock_addr,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_skb, cgroup_sock_addr, map, sk_lookup, sock_ops},
@@ -162,6 +165,10 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     }
     if addr.type_ == SOCK_DGRAM {
         return udp_verdict(&ctx, dst_ip4, dst_port, is_own_host(dst_ip4));
+    }
+    if is_proxy(dst_ip4, dst_port) {
+        count(Counter::ProxyRefused);
+        return DENY;
     }
     if let Some(proxy) = redirect_target(&ctx, dst_ip4, dst_port) {
         addr.user_ip4 = proxy.proxy_ip4;
@@ -365,6 +372,10 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     if addr.type_ == SOCK_DGRAM {
         return udp_verdict(&ctx, ip6[3], port, is_own_host(ip6[3]));
     }
+    if is_proxy(ip6[3], port) {
+        count(Counter::ProxyRefused);
+        return DENY;
+    }
     if let Some(proxy) = redirect_target(&ctx, ip6[3], port) {
         addr.user_ip6[3] = proxy.proxy_ip4;
         addr.user_port = u32::from(proxy.proxy_port);
@@ -402,6 +413,16 @@ fn is_v4_mapped(ip6: [u32; 4]) -> bool {
     ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffff_u32.to_be()
 }
 
+/// Whether a TCP connect goes straight to the proxy's redirect address. Such a connect is
+/// refused, from any pod under the attach point, enrolled or not: only a redirected connect
+/// may reach the proxy, each with the record of where it was going. (A connect that came
+/// from a source port whose record outlived its connection, see `on_close`, would
+/// otherwise be forwarded as that connection.)
+#[inline(always)]
+fn is_proxy(dst_ip4: u32, dst_port: u16) -> bool {
+    redirect_config().is_some_and(|cfg| dst_ip4 == cfg.proxy_ip4 && dst_port == cfg.proxy_port)
+}
+
 /// Decides whether a TCP connect to `dst_ip4:dst_port` (both network order) is redirected;
 /// if so, records the original destination and returns where to send it instead.
 #[inline(always)]
@@ -422,9 +443,6 @@ fn redirect_target(
     // No socket mark exempts a connect: the agent's own sockets live in its namespace, which
     // is never enrolled, and in an enrolled one a mark proves nothing (a pod with NET_ADMIN
     // sets any mark it likes).
-    if dst_ip4 == cfg.proxy_ip4 && dst_port == cfg.proxy_port {
-        return None;
-    }
     // 0.0.0.0/8 means "this host" (RFC 1122 3.2.1.3): to the pod, its own namespace. Through
     // the proxy it would mean the node — its loopback, the agent's admin endpoint — so it is
     // always left alone, whatever the exclusion maps say.
@@ -520,11 +538,25 @@ fn on_established(ctx: &SockOpsContext) {
     }
 }
 
+/// The proxy takes a connection's record when it accepts it, so a record still here at close
+/// belongs to a connection the proxy has not accepted yet. After a graceful close (the
+/// proxy's side acknowledged the FIN: the connection, with what the client sent, waits in
+/// the proxy's accept queue) the record stays for the proxy to take; a client that sends a
+/// request and closes at once (HTTP/1.0, a load generator at its end) is still forwarded.
+/// After an abortive close (a reset, a connect that never completed) there is nothing left
+/// to forward and the record goes. The source port cannot be bound again before this
+/// callback has run, so it never removes a later connection's record.
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let _ = ORIG_DST_BY_COOKIE.remove(cookie);
-    let _ = ORIG_DST_BY_PEER.remove(peer_key(ctx));
+    let graceful = matches!(
+        ctx.arg(0),
+        BPF_TCP_FIN_WAIT2 | BPF_TCP_LAST_ACK | BPF_TCP_CLOSING
+    );
+    if !graceful {
+        let _ = ORIG_DST_BY_PEER.remove(peer_key(ctx));
+    }
 }
 
 #[sk_lookup]

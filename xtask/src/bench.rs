@@ -28,6 +28,10 @@ const MODES: [Mode; 2] = [
     },
 ];
 
+/// How long a proxy is left alone before its RSS is read: the agent's allocator gives back
+/// what start-up freed about a second after it was freed.
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
+
 /// Named values of one run, e.g. `("requests/s", 8000.0)`.
 pub(crate) type Measurement = Vec<(&'static str, f64)>;
 
@@ -107,6 +111,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
     std::fs::create_dir_all(&workdir)?;
     let config = config_for(&node, &[], "")?;
     let agent = Agent::start(&node, &config, &workdir)?;
+    std::thread::sleep(SETTLE);
     let idle_rss = status_kib(agent.pid(), "VmRSS:").unwrap_or(0);
     let bench = Bench {
         node,

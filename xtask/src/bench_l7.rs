@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     bench::{
-        Measurement, cpu_seconds, format_result, median, parse_wrk, quiet, run_client,
+        Measurement, SETTLE, cpu_seconds, format_result, median, parse_wrk, quiet, run_client,
         set_client_enrolled, status_kib,
     },
     build::{self, Profile, step},
@@ -114,8 +114,8 @@ pub(crate) struct L7Bench {
 
 pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
     let (mut bench, servers) = L7Bench::build_and_set_up("the benchmark")?;
-    let workdir = bench.workdir.clone();
     bench.enroll_client(false)?;
+    std::thread::sleep(SETTLE);
     let idle_rss = status_kib(bench.agent.pid(), "VmRSS:").unwrap_or(0);
 
     println!(
@@ -240,7 +240,6 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
         status_kib(bench.haproxy.pid(), "VmRSS:").unwrap_or(0),
     );
     drop(servers);
-    let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
 }
 
@@ -294,6 +293,14 @@ fn start_agent(node: &Node, workdir: &Path, traced: bool) -> anyhow::Result<Agen
         workdir,
         &["--mesh", mesh_dir.to_str().context("path")?],
     )
+}
+
+/// The work directory goes with the bench, whichever way it ends (the soak and the memory
+/// benchmark use it too).
+impl Drop for L7Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
 }
 
 impl L7Bench {

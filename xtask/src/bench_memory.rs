@@ -13,7 +13,7 @@ use ::tests::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bench::status_kib,
+    bench::{SETTLE, status_kib},
     bench_l7::{L7Bench, Via},
     bench_xds,
     build::step,
@@ -79,9 +79,6 @@ pub fn run(connections: usize, services: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-/// How long a proxy is left alone before its RSS is read.
-const SETTLE: Duration = Duration::from_secs(5);
 
 /// RSS of a proxy before and while holding `connections` idle ones.
 struct Held {

@@ -58,7 +58,6 @@ pub fn run(requests: u64, chunk_seconds: u32) -> anyhow::Result<()> {
         idle.rss_kib, idle.fds, before.rss_kib, before.fds
     );
     drop(servers);
-    let _ = std::fs::remove_dir_all(&bench.workdir);
     verdict(&before, &samples, &idle, failed)
 }
 

@@ -45,6 +45,7 @@ fn counter_label(counter: Counter) -> &'static str {
         Counter::UdpRefused => "refused_udp",
         Counter::UdpPassed => "passed_udp",
         Counter::InboundIpv6 => "ipv6",
+        Counter::ProxyRefused => "refused_proxy",
     }
 }
 

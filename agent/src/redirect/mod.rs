@@ -164,9 +164,15 @@ impl Redirector {
             config: take_map(&mut ebpf, maps::REDIRECT_CONFIG)?,
             excluded_cidrs: take_map(&mut ebpf, maps::EXCLUDED_CIDRS)?,
             excluded_ports: take_map(&mut ebpf, maps::EXCLUDED_PORTS)?,
-            orig_dst: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::ORIG_DST_BY_PEER)?)),
+            orig_dst: Arc::new(OrigDstMap::connections(take_map(
+                &mut ebpf,
+                maps::ORIG_DST_BY_PEER,
+            )?)),
             dns_config: take_map(&mut ebpf, maps::DNS_CONFIG)?,
-            dns_origins: Arc::new(OrigDstMap(take_map(&mut ebpf, maps::DNS_QUERY_ORIGINS)?)),
+            dns_origins: Arc::new(OrigDstMap::datagrams(take_map(
+                &mut ebpf,
+                maps::DNS_QUERY_ORIGINS,
+            )?)),
             counters: Arc::new(RedirectCounters {
                 node: take_map(&mut ebpf, maps::COUNTERS)?,
                 pods: take_map(&mut ebpf, maps::POD_CONNECTS)?,

@@ -24,7 +24,7 @@ use aya::{EbpfLoader, programs::links::FdLink};
 use tracing::info;
 
 /// Bumped whenever a pinned map's key, value or capacity changes.
-const MAP_LAYOUT: u32 = 2;
+const MAP_LAYOUT: u32 = 3;
 
 /// The maps shared by successive agents. A new agent replaces each pod's inbound listener in
 /// INBOUND_SOCKETS with its own as it captures the pod; the kernel removes an agent's
