@@ -8,8 +8,9 @@ use envoy_types::pb::google::protobuf::Any;
 use libfuzzer_sys::fuzz_target;
 use mesh_agent_fuzz::xds_records;
 use mesh_xds::{
-    client::{check_resource, endpoint_names, route_names, secret_names},
+    client::check_resource,
     plan::NodePlan,
+    references::References,
     resources::ResourceSet,
 };
 
@@ -24,11 +25,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(name) = check_resource(&any) {
             accepted.insert(type_url, name, any.clone());
         }
+        let _ = References::of(&any);
         all.insert(type_url, index.to_string(), any);
     }
-    let _ = route_names(&all);
-    let _ = secret_names(&all);
-    let _ = endpoint_names(&all);
     let (_plan, errors) = NodePlan::from_resources(&accepted);
     assert!(
         errors.is_empty(),

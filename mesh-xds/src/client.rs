@@ -4,21 +4,14 @@
 //! one it does not (naming each bad resource), keeping the last good state; publishes each
 //! accepted state atomically; reconnects with jittered exponential backoff.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::Duration,
 };
 
 use envoy_types::pb::{
     envoy::{
-        config::{
-            cluster::v3::{Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType},
-            core::v3::Node,
-            listener::v3::{Listener, filter::ConfigType},
-        },
-        extensions::filters::network::http_connection_manager::v3::{
-            HttpConnectionManager, http_connection_manager::RouteSpecifier,
-        },
+        config::core::v3::Node,
         service::discovery::v3::{
             DiscoveryRequest, DiscoveryResponse,
             aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
@@ -29,7 +22,6 @@ use envoy_types::pb::{
         rpc,
     },
 };
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,8 +29,8 @@ use tracing::{info, warn};
 use crate::{
     channel::{self, ChannelError, ControlPlaneTls},
     plan::{Planned, ResourceError},
+    references::{ReferenceSet, References},
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
-    sds,
 };
 
 /// The accepted configuration: resources by type and the version of each type.
@@ -52,6 +44,8 @@ pub struct XdsState {
     pub nacks: BTreeMap<String, u64>,
     /// When a response was last accepted.
     pub last_update: Option<std::time::SystemTime>,
+    /// What the accepted listeners and clusters name of the other types.
+    pub references: ReferenceSet,
 }
 
 impl XdsState {
@@ -78,8 +72,8 @@ impl XdsState {
     /// Every subscribed type has been accepted at least once.
     pub fn is_synced(&self) -> bool {
         let needs = |t: &str| match t {
-            ROUTE => !route_names(&self.resources).is_empty(),
-            ENDPOINT => !endpoint_names(&self.resources).is_empty(),
+            ROUTE => !self.references.routes().is_empty(),
+            ENDPOINT => !self.references.endpoints().is_empty(),
             _ => true,
         };
         [CLUSTER, LISTENER, ROUTE, ENDPOINT]
@@ -182,9 +176,9 @@ async fn session(
     for (type_url, names) in [
         (CLUSTER, Vec::new()),
         (LISTENER, Vec::new()),
-        (ENDPOINT, endpoint_names(&current.resources)),
-        (ROUTE, route_names(&current.resources)),
-        (SECRET, secret_names(&current.resources)),
+        (ENDPOINT, current.references.endpoints()),
+        (ROUTE, current.references.routes()),
+        (SECRET, current.references.secrets()),
     ] {
         if matches!(type_url, ENDPOINT | ROUTE | SECRET) && names.is_empty() {
             continue;
@@ -266,7 +260,11 @@ fn on_response(
         }),
         ..Default::default()
     };
-    let accepted = match check_response(&response) {
+    let accepted = match check_response(
+        &response,
+        current.resources.of_type(&type_url),
+        current.references.by_type.get(&type_url),
+    ) {
         Ok(accepted) => accepted,
         Err(errors) => {
             let kept = current.versions.get(&type_url).cloned().unwrap_or_default();
@@ -282,7 +280,12 @@ fn on_response(
         }
     };
     let mut next = (*current).clone();
-    next.resources.by_type.insert(type_url.clone(), accepted);
+    next.resources
+        .by_type
+        .insert(type_url.clone(), Arc::new(accepted.resources));
+    next.references
+        .by_type
+        .insert(type_url.clone(), accepted.references);
     next.versions
         .insert(type_url.clone(), response.version_info.clone());
     next.last_update = Some(std::time::SystemTime::now());
@@ -291,9 +294,9 @@ fn on_response(
     // Clusters name their EDS assignments, listeners their route configurations, and the
     // TLS contexts of both their SDS secrets.
     for (dependent, wanted) in [
-        (ENDPOINT, endpoint_names(&next.resources)),
-        (ROUTE, route_names(&next.resources)),
-        (SECRET, secret_names(&next.resources)),
+        (ENDPOINT, next.references.endpoints()),
+        (ROUTE, next.references.routes()),
+        (SECRET, next.references.secrets()),
     ] {
         let had = subscriptions.names.get(dependent);
         if (type_url == CLUSTER && dependent == ENDPOINT
@@ -317,9 +320,30 @@ fn on_response(
     out
 }
 
-/// The resources of a response by name, or why some of them cannot be used.
-fn check_response(response: &DiscoveryResponse) -> Result<BTreeMap<String, Any>, Vec<String>> {
-    let mut accepted = BTreeMap::new();
+/// A response's resources by name, with what each names of the other types.
+struct Accepted {
+    resources: BTreeMap<String, Any>,
+    references: BTreeMap<String, References>,
+}
+
+/// The resources of a response by name, or why some of them cannot be used. Under the state
+/// of the world every response repeats the type's unchanged resources: one byte for byte the
+/// same as an accepted one was checked then, and keeps its name and references (a mesh of
+/// 10 000 clusters with one changed decodes one, not 10 000).
+fn check_response(
+    response: &DiscoveryResponse,
+    accepted_before: Option<&BTreeMap<String, Any>>,
+    references_before: Option<&BTreeMap<String, References>>,
+) -> Result<Accepted, Vec<String>> {
+    let known: HashMap<&[u8], &String> = accepted_before
+        .into_iter()
+        .flatten()
+        .map(|(name, any)| (any.value.as_slice(), name))
+        .collect();
+    let mut accepted = Accepted {
+        resources: BTreeMap::new(),
+        references: BTreeMap::new(),
+    };
     let mut errors = Vec::new();
     for any in &response.resources {
         if any.type_url != response.type_url {
@@ -329,10 +353,22 @@ fn check_response(response: &DiscoveryResponse) -> Result<BTreeMap<String, Any>,
             ));
             continue;
         }
-        match check_resource(any) {
-            Ok(name) if accepted.contains_key(&name) => errors.push(format!("{name}: sent twice")),
-            Ok(name) => {
-                accepted.insert(name, any.clone());
+        let checked = match known.get(any.value.as_slice()) {
+            Some(&name) => Ok((
+                name.clone(),
+                references_before.and_then(|r| r.get(name)).cloned(),
+            )),
+            None => check_resource(any).map(|name| (name, Some(References::of(any)))),
+        };
+        match checked {
+            Ok((name, _)) if accepted.resources.contains_key(&name) => {
+                errors.push(format!("{name}: sent twice"))
+            }
+            Ok((name, references)) => {
+                if let Some(references) = references.filter(|r| !r.is_empty()) {
+                    accepted.references.insert(name.clone(), references);
+                }
+                accepted.resources.insert(name, any.clone());
             }
             Err(error) => errors.push(error.to_string()),
         }
@@ -349,92 +385,119 @@ pub fn check_resource(any: &Any) -> Result<String, ResourceError> {
     Planned::from_any(any).map(|(name, _)| name)
 }
 
-/// Route configurations the listeners load by RDS.
-pub fn route_names(resources: &ResourceSet) -> Vec<String> {
-    let mut names = BTreeSet::new();
-    for any in resources
-        .of_type(LISTENER)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        let Ok(listener) = Listener::decode(any.value.as_slice()) else {
-            continue;
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::{
+        Cluster,
+        cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
+    };
+    use prost::Message;
+
+    use super::*;
+
+    fn eds_cluster(name: &str, service: &str) -> Any {
+        let cluster = Cluster {
+            name: name.to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                service_name: service.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
         };
-        for chain in listener
-            .filter_chains
+        Any {
+            type_url: CLUSTER.to_owned(),
+            value: cluster.encode_to_vec(),
+        }
+    }
+
+    fn respond(
+        state: &watch::Sender<Arc<XdsState>>,
+        subscriptions: &mut Subscriptions,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Vec<DiscoveryRequest> {
+        let response = DiscoveryResponse {
+            version_info: version.to_owned(),
+            type_url: CLUSTER.to_owned(),
+            nonce: version.to_owned(),
+            resources,
+            ..Default::default()
+        };
+        on_response(response, state, subscriptions)
+    }
+
+    fn endpoint_subscription(requests: &[DiscoveryRequest]) -> Option<Vec<String>> {
+        requests
             .iter()
-            .chain(listener.default_filter_chain.iter())
-        {
-            for filter in &chain.filters {
-                if let Some(ConfigType::TypedConfig(config)) = &filter.config_type
-                    && let Ok(manager) = HttpConnectionManager::decode(config.value.as_slice())
-                    && let Some(RouteSpecifier::Rds(rds)) = manager.route_specifier
-                {
-                    names.insert(rds.route_config_name);
-                }
-            }
-        }
+            .find(|r| r.type_url == ENDPOINT)
+            .map(|r| r.resource_names.clone())
     }
-    names.into_iter().collect()
-}
 
-/// EDS assignments the clusters need.
-/// The SDS secrets the TLS contexts of the listeners and clusters in `resources` name.
-pub fn secret_names(resources: &ResourceSet) -> Vec<String> {
-    let mut names = BTreeSet::new();
-    for any in resources
-        .of_type(LISTENER)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        if let Ok(listener) = Listener::decode(any.value.as_slice()) {
-            for socket in listener
-                .filter_chains
-                .iter()
-                .chain(listener.default_filter_chain.iter())
-                .filter_map(|chain| chain.transport_socket.as_ref())
-            {
-                sds::referenced_by(socket, &mut names);
-            }
-        }
+    #[test]
+    fn the_endpoints_subscribed_follow_the_clusters_accepted() {
+        let (state, _) = watch::channel(Arc::new(XdsState::default()));
+        let mut subscriptions = Subscriptions::default();
+        let (x, z) = (eds_cluster("x", "svc-x"), eds_cluster("z", "svc-z"));
+        let requests = respond(&state, &mut subscriptions, "1", vec![x.clone()]);
+        assert_eq!(
+            endpoint_subscription(&requests),
+            Some(vec!["svc-x".to_owned()])
+        );
+        assert!(
+            !state.borrow().is_synced(),
+            "its endpoints are not here yet"
+        );
+        // x again, unchanged: its reference is kept without decoding it again.
+        let requests = respond(&state, &mut subscriptions, "2", vec![x, z.clone()]);
+        assert_eq!(
+            endpoint_subscription(&requests),
+            Some(vec!["svc-x".to_owned(), "svc-z".to_owned()])
+        );
+        let requests = respond(&state, &mut subscriptions, "3", vec![z]);
+        assert_eq!(
+            endpoint_subscription(&requests),
+            Some(vec!["svc-z".to_owned()])
+        );
+        assert_eq!(state.borrow().references.endpoints(), ["svc-z"]);
     }
-    for any in resources
-        .of_type(CLUSTER)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        if let Ok(cluster) = Cluster::decode(any.value.as_slice())
-            && let Some(socket) = &cluster.transport_socket
-        {
-            sds::referenced_by(socket, &mut names);
-        }
-    }
-    names.into_iter().collect()
-}
 
-pub fn endpoint_names(resources: &ResourceSet) -> Vec<String> {
-    let mut names = BTreeSet::new();
-    for any in resources
-        .of_type(CLUSTER)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        let Ok(cluster) = Cluster::decode(any.value.as_slice()) else {
-            continue;
+    #[test]
+    fn only_resources_that_changed_are_checked_again() {
+        // Planted as accepted: bytes the check refuses. A response repeating them is accepted,
+        // so they were not checked again; the same name with other bad bytes is refused.
+        let planted = Any {
+            type_url: CLUSTER.to_owned(),
+            value: vec![0xff, 0xff],
         };
-        if cluster.cluster_discovery_type
-            == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
-        {
-            let service = cluster
-                .eds_cluster_config
-                .map(|c| c.service_name)
-                .unwrap_or_default();
-            names.insert(if service.is_empty() {
-                cluster.name
-            } else {
-                service
-            });
-        }
+        let mut before = XdsState::default();
+        before
+            .resources
+            .insert(CLUSTER, "planted".to_owned(), planted.clone());
+        let (state, _) = watch::channel(Arc::new(before));
+        let mut subscriptions = Subscriptions::default();
+        let fresh = eds_cluster("fresh", "svc-fresh");
+        respond(&state, &mut subscriptions, "2", vec![planted, fresh]);
+        assert_eq!(
+            state.borrow().versions.get(CLUSTER).map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(
+            state.borrow().resources.of_type(CLUSTER).map(BTreeMap::len),
+            Some(2)
+        );
+        let changed = Any {
+            type_url: CLUSTER.to_owned(),
+            value: vec![0xff, 0xfe],
+        };
+        let requests = respond(&state, &mut subscriptions, "3", vec![changed]);
+        assert!(
+            requests[0].error_detail.is_some(),
+            "a changed resource is checked"
+        );
+        assert_eq!(
+            state.borrow().versions.get(CLUSTER).map(String::as_str),
+            Some("2")
+        );
     }
-    names.into_iter().collect()
 }

@@ -1,5 +1,5 @@
 //! A set of xDS resources by type, as the server serves and the client holds them.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -13,25 +13,24 @@ pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets
 /// the listeners that use them, as Envoy's ADS ordering advice has it).
 pub const TYPES: [&str; 5] = [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
-/// Named, encoded resources per type URL.
+/// Named, encoded resources per type URL. Each type's resources are shared: a node's
+/// client makes its next state from the last one with one type replaced, without copying
+/// the others.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceSet {
-    pub by_type: BTreeMap<String, BTreeMap<String, Any>>,
+    pub by_type: BTreeMap<String, Arc<BTreeMap<String, Any>>>,
 }
 
 impl ResourceSet {
     pub fn insert(&mut self, type_url: &str, name: String, resource: Any) {
-        self.by_type
-            .entry(type_url.to_owned())
-            .or_default()
-            .insert(name, resource);
+        Arc::make_mut(self.by_type.entry(type_url.to_owned()).or_default()).insert(name, resource);
     }
 
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Any>> {
-        self.by_type.get(type_url)
+        self.by_type.get(type_url).map(|resources| &**resources)
     }
 
     pub fn count(&self) -> usize {
-        self.by_type.values().map(BTreeMap::len).sum()
+        self.by_type.values().map(|resources| resources.len()).sum()
     }
 }

@@ -223,7 +223,7 @@ pub fn health_check_timing(state: &mut XdsState, interval: Duration, timeout: Du
         .by_type
         .get_mut(CLUSTER)
         .into_iter()
-        .flat_map(|clusters| clusters.values_mut())
+        .flat_map(|clusters| Arc::make_mut(clusters).values_mut())
     {
         let mut cluster = Cluster::decode(any.value.as_slice()).expect("a cluster");
         for check in &mut cluster.health_checks {
