@@ -1,7 +1,7 @@
 //! `cargo xtask bench-xds`: a mesh of N virtual services compiled and synced to a node agent
 //! over gRPC, control plane and client as separate release-build processes. Reports the
 //! control plane's start-up (read, validate, index), the first sync (compile for the node,
-//! transfer, decode and check), a change's propagation, and both processes' memory.
+//! transfer, decode and check), changes' propagation, and both processes' memory.
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::build::{self, Profile, step};
+use crate::{
+    bench::SETTLE,
+    build::{self, Profile, step},
+};
 
 pub fn run(services: usize) -> anyhow::Result<()> {
     let binaries = build::build(Profile::Release)?;
@@ -59,14 +62,24 @@ pub fn run(services: usize) -> anyhow::Result<()> {
     agent.wait_line("\"RouteConfiguration\"", Duration::from_secs(300))?;
     let sync = started.elapsed();
 
-    step("a change to one route propagating to the node");
-    let file = dir.join("vs-svc0.json");
-    let text = std::fs::read_to_string(&file)?.replace("\"svc0\"", "\"svc1\"");
-    let started = Instant::now();
-    std::fs::write(&file, text)?;
-    agent.wait_line("\"version\":\"v2\"", Duration::from_secs(300))?;
-    let change = started.elapsed();
+    step("changes to one route each propagating to the node");
+    let mut changes = Vec::new();
+    for (n, version) in (2..2 + CHANGES).enumerate() {
+        // Virtual service svcN is now provided by svcN+1's node: its route changes.
+        let file = dir.join(format!("vs-svc{n}.json"));
+        let text = std::fs::read_to_string(&file)?
+            .replace(&format!("\"svc{n}\""), &format!("\"svc{}\"", n + 1));
+        let started = Instant::now();
+        std::fs::write(&file, text)?;
+        agent.wait_line_where(Duration::from_secs(300), |line| {
+            routes_version(line).as_deref() == Some(&format!("v{version}"))
+        })?;
+        changes.push(started.elapsed());
+        std::thread::sleep(BETWEEN_CHANGES);
+    }
 
+    // Both run on jemalloc, which gives back what a compile freed about a second later.
+    std::thread::sleep(SETTLE);
     let (cp_rss, cp_peak) = (kib(control.pid(), "VmRSS:"), kib(control.pid(), "VmHWM:"));
     let (agent_rss, agent_peak) = (kib(agent.pid(), "VmRSS:"), kib(agent.pid(), "VmHWM:"));
     drop(agent);
@@ -82,11 +95,34 @@ pub fn run(services: usize) -> anyhow::Result<()> {
         services
     );
     println!(
-        "  one file changed -> node has the new routes: {change:?} (seen by a file change event; the agent decodes and checks {services} clusters and the routes)"
+        "  one file changed -> node has the new routes, {CHANGES} changes {}s apart: {} (the file seen changed by inotify; the node decodes and checks what changed: a cluster, the route table of {services} virtual hosts; the first change also re-reads the files written in the second before start-up, whose stamps could not yet be trusted)",
+        BETWEEN_CHANGES.as_secs_f64(),
+        changes
+            .iter()
+            .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    println!("  control plane RSS: {cp_rss} KiB now, {cp_peak} KiB peak");
-    println!("  node xDS client RSS: {agent_rss} KiB now, {agent_peak} KiB peak");
+    println!(
+        "  control plane RSS: {cp_rss} KiB settled ({} s after the last change), {cp_peak} KiB peak",
+        SETTLE.as_secs()
+    );
+    println!("  node xDS client RSS: {agent_rss} KiB settled, {agent_peak} KiB peak");
     Ok(())
+}
+
+/// Changes measured one after the other, and the pause between them.
+const CHANGES: usize = 3;
+const BETWEEN_CHANGES: Duration = Duration::from_millis(1500);
+
+/// The route configurations' version in a line of `xds-dump --watch` (its summary JSON).
+fn routes_version(line: &str) -> Option<String> {
+    let summary: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(
+        summary["RouteConfiguration"]["version"]
+            .as_str()?
+            .to_owned(),
+    )
 }
 
 fn path(dir: &Path) -> anyhow::Result<&str> {
@@ -154,17 +190,26 @@ impl Process {
     }
 
     fn wait_line(&self, text: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_line_where(timeout, |line| line.contains(text))
+            .with_context(|| format!("no line with {text:?}"))
+    }
+
+    fn wait_line_where(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let line = self
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .with_context(|| format!("no line with {text:?} within {timeout:?}"))?;
-            if line.contains(text) {
+                .with_context(|| format!("not within {timeout:?}"))?;
+            if wanted(&line) {
                 return Ok(line);
             }
             if Instant::now() >= deadline {
-                bail!("no line with {text:?} within {timeout:?}");
+                bail!("not within {timeout:?}");
             }
         }
     }
