@@ -2,8 +2,6 @@
 //! what the command line validates, converts and compiles.
 use std::path::PathBuf;
 
-use mesh_xds::memory::release_free_heap;
-
 use crate::compile::MeshIndex;
 use mesh_model::{
     load_options::LoadOptions,
@@ -61,10 +59,7 @@ pub fn compiled(
     if diagnostics.iter().any(Diagnostic::is_error) {
         return Err(diagnostics.to_vec());
     }
-    let index = MeshIndex::new(&resources).map_err(|e| vec![Diagnostic::error(e.to_string())]);
-    drop(resources);
-    release_free_heap();
-    index
+    MeshIndex::new(&resources).map_err(|e| vec![Diagnostic::error(e.to_string())])
 }
 
 #[cfg(test)]

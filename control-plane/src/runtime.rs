@@ -10,7 +10,6 @@ use std::{
 };
 
 use mesh_model::report::Diagnostic;
-use mesh_xds::memory::release_free_heap;
 use tokio::{
     net::TcpListener,
     sync::{Notify, mpsc},
@@ -353,8 +352,6 @@ fn compile_mesh(
         ok = compiled.is_ok(),
         "mesh files read, checked and indexed"
     );
-    // What the files' parses and the old index held goes back to the system.
-    release_free_heap();
     compiled
 }
 
