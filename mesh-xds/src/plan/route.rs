@@ -1,7 +1,7 @@
 //! Route tables as the node proxy applies them: an Envoy RouteConfiguration turned into
 //! matchers that test a request directly. Whatever the proxy does not implement is refused
 //! with the field named, so the xDS client NACKs it instead of silently routing differently.
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use envoy_types::pb::envoy::{
     config::route::v3::{
@@ -66,6 +66,11 @@ impl RequestView<'_> {
 pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Exact domain → index of the first virtual host naming it: a node's table holds a
+    /// virtual host per reachable service, so a request must not scan them all.
+    exact: HashMap<String, usize>,
+    /// Wildcard domains with their virtual host's index, in table order (few in practice).
+    wildcards: Vec<(Domain, usize)>,
 }
 
 #[derive(Debug)]
@@ -75,7 +80,7 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Domain {
     Exact(String),
     /// `*.example.com`: the part after `*`.
@@ -261,7 +266,7 @@ impl RetryPolicy {
 
 impl RouteTable {
     pub fn from_proto(config: &RouteConfiguration) -> Result<Self, PlanError> {
-        let virtual_hosts = config
+        let virtual_hosts: Vec<VirtualHost> = config
             .virtual_hosts
             .iter()
             .map(|host| {
@@ -269,41 +274,56 @@ impl RouteTable {
                     .map_err(|e| e.within(format!("virtual_hosts[{}]", host.name)))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            name: config.name.clone(),
-            virtual_hosts,
-        })
-    }
-
-    /// The virtual host for `authority` as Envoy picks it: an exact domain, then the longest
-    /// `*.suffix`, then the longest `prefix.*`, then `*`.
-    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let mut best: Option<(u8, usize, &VirtualHost)> = None;
-        for host in &self.virtual_hosts {
+        let mut exact = HashMap::with_capacity(virtual_hosts.len());
+        let mut wildcards = Vec::new();
+        for (index, host) in virtual_hosts.iter().enumerate() {
             for domain in &host.domains {
-                let rank = match domain {
-                    Domain::Exact(d) if d == authority => Some((3, d.len())),
-                    Domain::Suffix(s)
-                        if authority.ends_with(s.as_str()) && authority.len() > s.len() =>
-                    {
-                        Some((2, s.len()))
+                match domain {
+                    // Envoy rejects a domain named twice; we keep the first host's.
+                    Domain::Exact(name) => {
+                        exact.entry(name.clone()).or_insert(index);
                     }
-                    Domain::Prefix(p)
-                        if authority.starts_with(p.as_str()) && authority.len() > p.len() =>
-                    {
-                        Some((1, p.len()))
-                    }
-                    Domain::Any => Some((0, 0)),
-                    _ => None,
-                };
-                if let Some((class, len)) = rank
-                    && best.is_none_or(|(c, l, _)| (class, len) > (c, l))
-                {
-                    best = Some((class, len, host));
+                    wildcard => wildcards.push((wildcard.clone(), index)),
                 }
             }
         }
-        best.map(|(_, _, host)| host)
+        Ok(Self {
+            name: config.name.clone(),
+            virtual_hosts,
+            exact,
+            wildcards,
+        })
+    }
+
+    /// The virtual host for `authority` (already lower case) as Envoy picks it: an exact
+    /// domain, then the longest `*.suffix`, then the longest `prefix.*`, then `*`.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        if let Some(&index) = self.exact.get(authority) {
+            return self.virtual_hosts.get(index);
+        }
+        let mut best: Option<(u8, usize, usize)> = None;
+        for (domain, index) in &self.wildcards {
+            let rank = match domain {
+                Domain::Suffix(s)
+                    if authority.ends_with(s.as_str()) && authority.len() > s.len() =>
+                {
+                    Some((2, s.len()))
+                }
+                Domain::Prefix(p)
+                    if authority.starts_with(p.as_str()) && authority.len() > p.len() =>
+                {
+                    Some((1, p.len()))
+                }
+                Domain::Any => Some((0, 0)),
+                _ => None,
+            };
+            if let Some((class, len)) = rank
+                && best.is_none_or(|(c, l, _)| (class, len) > (c, l))
+            {
+                best = Some((class, len, *index));
+            }
+        }
+        best.and_then(|(_, _, index)| self.virtual_hosts.get(index))
     }
 }
 
@@ -1018,6 +1038,23 @@ mod tests {
         assert_eq!(pick("db.shop.local"), Some("suffix"));
         assert_eq!(pick("api.other"), Some("prefix"));
         assert_eq!(pick("elsewhere"), Some("any"));
+    }
+
+    #[test]
+    fn an_exact_domain_named_twice_goes_to_the_first_host() {
+        let host = |name: &str| pb::VirtualHost {
+            name: name.into(),
+            domains: vec!["Shop.local".into()],
+            ..Default::default()
+        };
+        let table = RouteTable::from_proto(&RouteConfiguration {
+            name: "t".into(),
+            virtual_hosts: vec![host("first"), host("second")],
+            ..Default::default()
+        })
+        .unwrap();
+        let picked = table.virtual_host("shop.local").map(|h| h.name.as_str());
+        assert_eq!(picked, Some("first"));
     }
 
     #[test]
