@@ -1,15 +1,18 @@
-//! What a large route table costs the node: applying it (decode and plan, each time the
-//! control plane sends it) and finding a request's virtual host and route in it (every
+//! What a large route table costs the node: taking a new version of it (each time the
+//! control plane sends one) and finding a request's virtual host and route in it (every
 //! request). The table is the one a node gets when its workload has every service of the
 //! mesh as a backend: a virtual host per service, with the service's name and `name:port`
 //! as domains.
 //!
 //! `cargo bench -p mesh-xds --bench route_table` — prints, for tables of 100 and 10 000
-//! virtual hosts, ms per apply and ns per lookup (the first, middle and last host's
-//! names). Medians of 5 rounds.
+//! virtual hosts: ms to decode and plan the table from scratch (the first version a node
+//! gets); ms for the xDS client to check, and for the node to plan, a version in which one
+//! host changed; ns per lookup (the first, middle and last host's names). Medians of 5
+//! rounds.
 // A benchmark's panic is its failure, with the message saying what failed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::{
+    collections::BTreeMap,
     hint::black_box,
     time::{Duration, Instant},
 };
@@ -19,17 +22,25 @@ use envoy_types::{
         Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
         route_action::ClusterSpecifier, route_match::PathSpecifier,
     },
+    pb::google::protobuf::Any,
     util::pack_any,
 };
-use mesh_xds::plan::{
-    Planned,
-    route::{RequestView, RouteTable},
+use mesh_xds::{
+    client::check_resource,
+    plan::{
+        Planned, Planner,
+        route::{RequestView, RouteTable},
+    },
+    resources::{ROUTE, ResourceSet},
 };
 
 const ROUNDS: usize = 5;
 const LOOKUPS: usize = 100_000;
+const NAME: &str = "shop/frontend/outbound/8080";
 
-fn table(services: usize) -> RouteConfiguration {
+/// The table; `version` changes the middle host's cluster.
+fn table(services: usize, version: usize) -> RouteConfiguration {
+    let changed = services / 2;
     let host = |n: usize| VirtualHost {
         name: format!("svc{n}:8080"),
         domains: vec![format!("svc{n}"), format!("svc{n}:8080")],
@@ -40,7 +51,11 @@ fn table(services: usize) -> RouteConfiguration {
                 ..Default::default()
             }),
             action: Some(Action::Route(RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(format!("shop/svc{n}/8080"))),
+                cluster_specifier: Some(ClusterSpecifier::Cluster(if n == changed {
+                    format!("shop/svc{n}/8080/v{version}")
+                } else {
+                    format!("shop/svc{n}/8080")
+                })),
                 ..Default::default()
             })),
             ..Default::default()
@@ -48,7 +63,7 @@ fn table(services: usize) -> RouteConfiguration {
         ..Default::default()
     };
     RouteConfiguration {
-        name: "shop/frontend/outbound/8080".into(),
+        name: NAME.into(),
         virtual_hosts: (0..services).map(host).collect(),
         ..Default::default()
     }
@@ -59,14 +74,49 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// Decoding and planning the table as the xDS client does with each new version.
-fn apply(config: &RouteConfiguration) -> Duration {
-    let any = pack_any(config.clone());
+/// Decoding and planning the whole table, as a node does with the first version.
+fn plan_from_scratch(table: &Any) -> Duration {
     median(
         (0..ROUNDS)
             .map(|_| {
                 let started = Instant::now();
-                black_box(Planned::from_any(&any).unwrap());
+                black_box(Planned::from_any(table).unwrap());
+                started.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// The xDS client's check of a version with one host changed.
+fn check_changed(before: &Any, after: &Any) -> Duration {
+    let accepted = BTreeMap::from([(NAME.to_owned(), before.clone())]);
+    median(
+        (0..ROUNDS)
+            .map(|_| {
+                let started = Instant::now();
+                black_box(check_resource(after, Some(&accepted)).unwrap());
+                started.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// The node's plan of a version with one host changed, from the one before: the versions
+/// take turns.
+fn plan_changed(before: &Any, after: &Any) -> Duration {
+    let state = |table: &Any| {
+        let mut state = ResourceSet::default();
+        state.insert(ROUTE, NAME.to_owned(), table.clone());
+        state
+    };
+    let states = [state(before), state(after)];
+    let mut planner = Planner::default();
+    planner.plan(&states[0]);
+    median(
+        (1..=ROUNDS)
+            .map(|round| {
+                let started = Instant::now();
+                black_box(planner.plan(&states[round % 2]));
                 started.elapsed()
             })
             .collect(),
@@ -100,19 +150,28 @@ fn lookup(table: &RouteTable, authority: &str) -> Duration {
 
 fn main() {
     println!(
-        "{:>14} {:>12} {:>16} {:>16} {:>16}",
-        "virtual hosts", "apply ms", "first host ns", "middle host ns", "last host ns"
+        "{:>14} {:>11} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "virtual hosts", "first ms", "check ms", "plan ms", "first ns", "middle ns", "last ns"
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for services in [100, 10_000] {
-        let config = table(services);
+        let config = table(services, 1);
+        let (before, after) = (pack_any(config.clone()), pack_any(table(services, 2)));
         let planned = RouteTable::from_proto(&config).unwrap();
         let ns = |n: usize| lookup(&planned, &format!("svc{n}:8080")).as_nanos();
         println!(
-            "{services:>14} {:>12.2} {:>16} {:>16} {:>16}",
-            apply(&config).as_secs_f64() * 1e3,
+            "{services:>14} {:>11.2} {:>11.2} {:>11.2} {:>10} {:>10} {:>10}",
+            ms(plan_from_scratch(&before)),
+            ms(check_changed(&before, &after)),
+            ms(plan_changed(&before, &after)),
             ns(0),
             ns(services / 2),
             ns(services - 1),
         );
     }
+    println!(
+        "first: decode and plan the whole table; check / plan: a version with one host \
+         changed, checked by the xDS client / planned by the node from the last one; \
+         ns: one request's virtual host and route (the first, middle and last host)"
+    );
 }

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::{
     channel::{self, ChannelError, ControlPlaneTls},
-    plan::{Planned, ResourceError},
+    plan::{Planned, ResourceError, reuse::check_route_table},
     references::{ReferenceSet, References},
     resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET},
 };
@@ -370,7 +370,8 @@ fn check_response(
                 name.clone(),
                 references_before.and_then(|r| r.get(name)).cloned(),
             )),
-            None => check_resource(any).map(|name| (name, Some(References::of(any)))),
+            None => check_resource(any, current.resources.of_type(&response.type_url))
+                .map(|name| (name, Some(References::of(any)))),
         };
         match checked {
             Ok((name, _)) if accepted.resources.contains_key(&name) => {
@@ -392,8 +393,16 @@ fn check_response(
     }
 }
 
-/// Decodes a resource and checks that the agent can apply it; its name, or why not.
-pub fn check_resource(any: &Any) -> Result<String, ResourceError> {
+/// Decodes a resource and checks that the agent can apply it; its name, or why not. A
+/// route table's virtual hosts encoded as in the version of it among `accepted` are not
+/// checked again.
+pub fn check_resource(
+    any: &Any,
+    accepted: Option<&BTreeMap<String, Any>>,
+) -> Result<String, ResourceError> {
+    if any.type_url == ROUTE {
+        return check_route_table(any, accepted);
+    }
     Planned::from_any(any).map(|(name, _)| name)
 }
 

@@ -12,7 +12,8 @@ use mesh_xds::{
     client::XdsState,
     plan::node_pods::NodePod,
     plan::{
-        HttpPlan, InboundPlan, InboundPort, NodePlan, OutboundPlan, RouteTable, cluster::Discovery,
+        HttpPlan, InboundPlan, InboundPort, NodePlan, OutboundPlan, Planner, RouteTable,
+        cluster::Discovery,
     },
     resources::ResourceSet,
 };
@@ -193,6 +194,7 @@ pub async fn follow(
     stop: CancellationToken,
 ) {
     let mut applied: Option<Arc<XdsState>> = None;
+    let mut planner = Planner::default();
     loop {
         let accepted = Arc::clone(&xds.borrow_and_update());
         // Connection state and NACK counts change the xDS state too; only resources matter.
@@ -200,7 +202,7 @@ pub async fn follow(
             .as_ref()
             .is_none_or(|last| last.resources != accepted.resources)
         {
-            apply_accepted(&accepted.resources, &state, &settings).await;
+            apply_accepted(&accepted.resources, &mut planner, &state, &settings).await;
             applied = Some(accepted);
         }
         tokio::select! {
@@ -210,16 +212,29 @@ pub async fn follow(
     }
 }
 
-/// Plans and applies one accepted state. Decoding and planning every resource, and matching
-/// every cluster with the one running, take tens of milliseconds in a mesh of thousands of
-/// services: both on a blocking thread, so that the requests this runtime proxies do not
-/// wait for them.
-async fn apply_accepted(resources: &ResourceSet, state: &MeshState, settings: &UpstreamSettings) {
+/// Plans and applies one accepted state. Planning what changed since the last state, and
+/// matching every cluster with the one running, take milliseconds to tens of them in a mesh
+/// of thousands of services: both on a blocking thread, so that the requests this runtime
+/// proxies do not wait for them.
+async fn apply_accepted(
+    resources: &ResourceSet,
+    planner: &mut Planner,
+    state: &MeshState,
+    settings: &UpstreamSettings,
+) {
     // Each type's resources are shared: the copy is cheap.
     let resources = resources.clone();
-    let Ok((plan, errors)) =
-        tokio::task::spawn_blocking(move || NodePlan::from_resources(&resources)).await
-    else {
+    let mut moved = std::mem::take(planner);
+    let Ok((plan, errors)) = tokio::task::spawn_blocking(move || {
+        let planned = moved.plan(&resources);
+        (moved, planned)
+    })
+    .await
+    .map(|(moved, planned)| {
+        *planner = moved;
+        planned
+    }) else {
+        // The next state is planned from scratch.
         error!("planning the accepted state panicked; the mesh applied before stays");
         return;
     };
@@ -249,8 +264,12 @@ fn apply(plan: NodePlan, state: &MeshState, settings: &UpstreamSettings) {
     let mut clusters = HashMap::new();
     for (name, cluster) in plan.clusters {
         let upstream = match current.clusters.get(&name) {
-            Some(existing) if existing.plan == cluster => Arc::clone(existing),
-            _ => start_cluster(cluster, settings, state.endpoint_changes()),
+            Some(existing) if existing.plan == *cluster => Arc::clone(existing),
+            _ => start_cluster(
+                Arc::unwrap_or_clone(cluster),
+                settings,
+                state.endpoint_changes(),
+            ),
         };
         if let Discovery::Eds(service) = &upstream.plan.discovery {
             upstream.set_endpoints(plan.endpoints.get(service).cloned().unwrap_or_default());
@@ -368,7 +387,8 @@ mod tests {
     #[tokio::test]
     async fn the_runtime_keeps_serving_while_a_large_state_is_planned() {
         // One runtime thread, as a node proxy with one worker: a ticker on it must keep
-        // ticking while 20 000 clusters are decoded and planned again.
+        // ticking while 20 000 clusters are decoded and planned again (from scratch, as
+        // the first state is: a planner that planned the last state would reuse them).
         let state = MeshState::default();
         let settings = UpstreamSettings {
             mark: None,
@@ -376,7 +396,8 @@ mod tests {
             resolver: dns::Resolver::hosts_only(),
             tls: TlsStore::default(),
         };
-        apply_accepted(&eds_clusters(20_000), &state, &settings).await;
+        let planner = &mut Planner::default();
+        apply_accepted(&eds_clusters(20_000), planner, &state, &settings).await;
         let next = eds_clusters(20_001);
         let ticking = CancellationToken::new();
         let ticker = tokio::spawn({
@@ -393,7 +414,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         let started = std::time::Instant::now();
-        apply_accepted(&next, &state, &settings).await;
+        apply_accepted(&next, &mut Planner::default(), &state, &settings).await;
         let took = started.elapsed();
         ticking.cancel();
         let worst = ticker.await.unwrap();

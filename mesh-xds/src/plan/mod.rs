@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod cluster;
 pub mod listener;
 pub mod node_pods;
+pub mod reuse;
 pub mod route;
 pub mod tls;
 
@@ -21,7 +22,6 @@ use envoy_types::pb::{
     envoy::{
         config::{
             cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-            route::v3::RouteConfiguration,
         },
         extensions::transport_sockets::tls::v3::Secret,
     },
@@ -34,6 +34,7 @@ pub use cluster::ClusterPlan;
 pub use listener::{
     AccessLogs, HttpPlan, InboundPlan, InboundPort, OutboundPlan, PortPlan, TlsChain,
 };
+pub use reuse::Planner;
 pub use route::RouteTable;
 
 use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet, SECRET};
@@ -88,7 +89,7 @@ pub struct NodePlan {
     /// Internal listeners (a gateway's second table), by name.
     pub internal: HashMap<String, HttpPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
-    pub clusters: HashMap<String, ClusterPlan>,
+    pub clusters: HashMap<String, Arc<ClusterPlan>>,
     /// EDS assignments by service name: IP endpoints.
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
     /// SDS secrets by name.
@@ -99,9 +100,9 @@ pub struct NodePlan {
 
 /// One decoded resource.
 pub enum Planned {
-    Cluster(Box<ClusterPlan>),
+    Cluster(Arc<ClusterPlan>),
     Listener(Box<listener::ListenerPlan>),
-    Routes(RouteTable),
+    Routes(Arc<RouteTable>),
     Endpoints(String, Vec<SocketAddr>),
     /// An SDS secret: a certificate with its key, or trusted CAs.
     Secret(tls::SecretPlan),
@@ -139,7 +140,7 @@ impl Planned {
                         name: cluster.name.clone(),
                         source,
                     })?;
-                Ok((cluster.name, Self::Cluster(Box::new(plan))))
+                Ok((cluster.name, Self::Cluster(Arc::new(plan))))
             }
             LISTENER => {
                 let listener: Listener = decode(any)?;
@@ -152,13 +153,8 @@ impl Planned {
                 Ok((listener.name, Self::Listener(Box::new(plan))))
             }
             ROUTE => {
-                let routes: RouteConfiguration = decode(any)?;
-                let table =
-                    RouteTable::from_proto(&routes).map_err(|source| ResourceError::Routes {
-                        name: routes.name.clone(),
-                        source,
-                    })?;
-                Ok((routes.name, Self::Routes(table)))
+                let table = reuse::route_table(any, None)?;
+                Ok((table.name.clone(), Self::Routes(Arc::new(table))))
             }
             ENDPOINT => {
                 let assignment: ClusterLoadAssignment = decode(any)?;
@@ -224,51 +220,50 @@ pub enum ResourceError {
 }
 
 impl NodePlan {
-    /// The plan of an accepted state; resources that do not convert (the client NACKed
-    /// them, so an accepted state has none) are skipped with their error returned.
+    /// The plan of an accepted state, planned from scratch ([`Planner`] plans one from the
+    /// last); resources that do not convert are skipped with their error returned.
     pub fn from_resources(resources: &ResourceSet) -> (Self, Vec<ResourceError>) {
-        let mut plan = Self::default();
-        let mut errors = Vec::new();
-        for any in resources.by_type.values().flat_map(|r| r.values()) {
-            match Planned::from_any(any) {
-                Ok((name, Planned::Cluster(cluster))) => {
-                    plan.clusters.insert(name, *cluster);
-                }
-                Ok((_, Planned::Listener(listener))) => {
-                    let listener = *listener;
-                    for table in listener.inline_routes {
-                        plan.routes.insert(table.name.clone(), Arc::new(table));
-                    }
-                    if let Some(outbound) = listener.outbound {
-                        plan.outbound
-                            .insert(outbound.virtual_node.clone(), outbound);
-                    }
-                    if let Some(inbound) = listener.inbound {
-                        plan.inbound.insert(inbound.virtual_node.clone(), inbound);
-                    }
-                    if let Some(port) = listener.gateway {
-                        plan.gateways
-                            .entry(port.gateway)
-                            .or_default()
-                            .insert(port.port, port.chains);
-                    }
-                    if let Some((name, internal)) = listener.internal {
-                        plan.internal.insert(name, internal);
-                    }
-                }
-                Ok((name, Planned::Routes(table))) => {
-                    plan.routes.insert(name, Arc::new(table));
-                }
-                Ok((name, Planned::Endpoints(_, endpoints))) => {
-                    plan.endpoints.insert(name, endpoints);
-                }
-                Ok((name, Planned::Secret(secret))) => {
-                    plan.secrets.insert(name, secret);
-                }
-                Ok((_, Planned::NodePods(pods))) => plan.node_pods = Some(pods),
-                Err(error) => errors.push(error),
+        Planner::default().plan(resources)
+    }
+
+    /// Adds one planned resource.
+    fn add(&mut self, name: String, planned: Planned) {
+        match planned {
+            Planned::Cluster(cluster) => {
+                self.clusters.insert(name, cluster);
             }
+            Planned::Listener(listener) => {
+                let listener = *listener;
+                for table in listener.inline_routes {
+                    self.routes.insert(table.name.clone(), Arc::new(table));
+                }
+                if let Some(outbound) = listener.outbound {
+                    self.outbound
+                        .insert(outbound.virtual_node.clone(), outbound);
+                }
+                if let Some(inbound) = listener.inbound {
+                    self.inbound.insert(inbound.virtual_node.clone(), inbound);
+                }
+                if let Some(port) = listener.gateway {
+                    self.gateways
+                        .entry(port.gateway)
+                        .or_default()
+                        .insert(port.port, port.chains);
+                }
+                if let Some((name, internal)) = listener.internal {
+                    self.internal.insert(name, internal);
+                }
+            }
+            Planned::Routes(table) => {
+                self.routes.insert(name, table);
+            }
+            Planned::Endpoints(_, endpoints) => {
+                self.endpoints.insert(name, endpoints);
+            }
+            Planned::Secret(secret) => {
+                self.secrets.insert(name, secret);
+            }
+            Planned::NodePods(pods) => self.node_pods = Some(pods),
         }
-        (plan, errors)
     }
 }

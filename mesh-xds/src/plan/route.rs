@@ -1,7 +1,7 @@
 //! Route tables as the node proxy applies them: an Envoy RouteConfiguration turned into
 //! matchers that test a request directly. Whatever the proxy does not implement is refused
 //! with the field named, so the xDS client NACKs it instead of silently routing differently.
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::{
     config::route::v3::{
@@ -65,7 +65,9 @@ impl RequestView<'_> {
 #[derive(Debug)]
 pub struct RouteTable {
     pub name: String,
-    pub virtual_hosts: Vec<VirtualHost>,
+    /// Shared with the table planned from the previous version of this one, where a host
+    /// did not change ([`super::reuse`]).
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
     /// Exact domain → index of the first virtual host naming it: a node's table holds a
     /// virtual host per reachable service, so a request must not scan them all.
     exact: HashMap<String, usize>,
@@ -266,14 +268,16 @@ impl RetryPolicy {
 
 impl RouteTable {
     pub fn from_proto(config: &RouteConfiguration) -> Result<Self, PlanError> {
-        let virtual_hosts: Vec<VirtualHost> = config
+        let virtual_hosts = config
             .virtual_hosts
             .iter()
-            .map(|host| {
-                VirtualHost::from_proto(host)
-                    .map_err(|e| e.within(format!("virtual_hosts[{}]", host.name)))
-            })
+            .map(VirtualHost::planned)
             .collect::<Result<_, _>>()?;
+        Ok(Self::new(config.name.clone(), virtual_hosts))
+    }
+
+    /// The table of these virtual hosts, indexed by domain.
+    pub(super) fn new(name: String, virtual_hosts: Vec<Arc<VirtualHost>>) -> Self {
         let mut exact = HashMap::with_capacity(virtual_hosts.len());
         let mut wildcards = Vec::new();
         for (index, host) in virtual_hosts.iter().enumerate() {
@@ -287,19 +291,19 @@ impl RouteTable {
                 }
             }
         }
-        Ok(Self {
-            name: config.name.clone(),
+        Self {
+            name,
             virtual_hosts,
             exact,
             wildcards,
-        })
+        }
     }
 
     /// The virtual host for `authority` (already lower case) as Envoy picks it: an exact
     /// domain, then the longest `*.suffix`, then the longest `prefix.*`, then `*`.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
         if let Some(&index) = self.exact.get(authority) {
-            return self.virtual_hosts.get(index);
+            return self.virtual_hosts.get(index).map(|host| &**host);
         }
         let mut best: Option<(u8, usize, usize)> = None;
         for (domain, index) in &self.wildcards {
@@ -324,10 +328,18 @@ impl RouteTable {
             }
         }
         best.and_then(|(_, _, index)| self.virtual_hosts.get(index))
+            .map(|host| &**host)
     }
 }
 
 impl VirtualHost {
+    /// A table's virtual host, errors naming it.
+    pub(super) fn planned(host: &pb::VirtualHost) -> Result<Arc<Self>, PlanError> {
+        Self::from_proto(host)
+            .map(Arc::new)
+            .map_err(|e| e.within(format!("virtual_hosts[{}]", host.name)))
+    }
+
     fn from_proto(host: &pb::VirtualHost) -> Result<Self, PlanError> {
         let domains = host.domains.iter().map(|d| domain(d)).collect();
         let routes = host
