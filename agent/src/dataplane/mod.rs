@@ -264,12 +264,8 @@ fn apply(plan: NodePlan, state: &MeshState, settings: &UpstreamSettings) {
     let mut clusters = HashMap::new();
     for (name, cluster) in plan.clusters {
         let upstream = match current.clusters.get(&name) {
-            Some(existing) if existing.plan == *cluster => Arc::clone(existing),
-            _ => start_cluster(
-                Arc::unwrap_or_clone(cluster),
-                settings,
-                state.endpoint_changes(),
-            ),
+            Some(existing) if existing.plan == cluster => Arc::clone(existing),
+            _ => start_cluster(cluster, settings, state.endpoint_changes()),
         };
         if let Discovery::Eds(service) = &upstream.plan.discovery {
             upstream.set_endpoints(plan.endpoints.get(service).cloned().unwrap_or_default());
@@ -299,7 +295,7 @@ fn apply(plan: NodePlan, state: &MeshState, settings: &UpstreamSettings) {
 
 /// A new cluster with its endpoint discovery and health checking running.
 fn start_cluster(
-    plan: mesh_xds::plan::ClusterPlan,
+    plan: Arc<mesh_xds::plan::ClusterPlan>,
     settings: &UpstreamSettings,
     changes: EndpointChanges,
 ) -> Arc<Upstream> {

@@ -259,7 +259,8 @@ pub enum Outcome {
 }
 
 pub struct Upstream {
-    pub plan: ClusterPlan,
+    /// Shared with the planner that keeps it for the next state.
+    pub plan: Arc<ClusterPlan>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     /// HTTP/1.1: one request per connection, `max_connections` of them.
     connections: Arc<Semaphore>,
@@ -303,7 +304,12 @@ impl EndpointChanges {
 }
 
 impl Upstream {
-    pub fn new(plan: ClusterPlan, mark: Option<u32>, metrics: ClusterMetrics) -> Self {
+    pub fn new(
+        plan: impl Into<Arc<ClusterPlan>>,
+        mark: Option<u32>,
+        metrics: ClusterMetrics,
+    ) -> Self {
+        let plan = plan.into();
         Self {
             connections: Arc::new(Semaphore::new(plan.limits.max_connections as usize)),
             requests: Arc::new(Semaphore::new(plan.limits.max_requests as usize)),

@@ -221,7 +221,11 @@ pub fn check_route_table(
 }
 
 fn plan_host(any: &Any, table: &str, encoded: &[u8]) -> Result<Arc<VirtualHost>, ResourceError> {
-    let host = PbVirtualHost::decode(encoded).map_err(|source| decode_error(any, source))?;
+    let host = PbVirtualHost::decode(encoded).map_err(|mut source| {
+        // Where a decode of the whole table would say it failed.
+        source.push("RouteConfiguration", "virtual_hosts");
+        decode_error(any, source)
+    })?;
     VirtualHost::planned(&host).map_err(|source| ResourceError::Routes {
         name: table.to_owned(),
         source,
@@ -394,6 +398,21 @@ mod tests {
         bad_name.value.extend([0x0a, 0x01, 0xff]);
         let error = check_route_table(&bad_name, Some(&accepted)).unwrap_err();
         assert!(matches!(error, ResourceError::Decode { .. }), "{error}");
+        // A host that does not decode, named as a decode of the whole table names it.
+        let mut bad_host = table(vec![host("a", "a")]);
+        bad_host.value.extend([0x12, 0x03, 0x0a, 0x01, 0xff]);
+        let whole = RouteConfiguration::decode(bad_host.value.as_slice()).unwrap_err();
+        let error = check_route_table(&bad_host, Some(&accepted)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            decode_error(&bad_host, whole).to_string()
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("RouteConfiguration.virtual_hosts"),
+            "{error}"
+        );
         // And a host whose length runs past the end.
         let truncated = Any {
             type_url: ROUTE.into(),
