@@ -80,7 +80,9 @@ impl Planner {
         let unchanged = last.is_some_and(|last| last.value == any.value);
         let reused = match type_url {
             CLUSTER if unchanged => self.clusters.get(name).cloned().map(Planned::Cluster),
-            ENDPOINT if unchanged => (self.endpoints.get(name))
+            ENDPOINT if unchanged => self
+                .endpoints
+                .get(name)
                 .map(|endpoints| Planned::Endpoints(name.to_owned(), endpoints.clone())),
             ROUTE => {
                 let table = self.routes.get(name);
@@ -153,9 +155,13 @@ impl<'a> Split<'a> {
         Ok(split)
     }
 
-    /// The table's fields other than its virtual hosts, decoded (and so checked).
-    fn rest(&self, any: &Any) -> Result<RouteConfiguration, ResourceError> {
-        RouteConfiguration::decode(self.rest.as_slice()).map_err(|source| decode_error(any, source))
+    /// A route table resource split, and its name: the table's fields other than its
+    /// virtual hosts are decoded (and so checked) here.
+    fn of_table(any: &'a Any) -> Result<(Self, String), ResourceError> {
+        let split = Self::of(&any.value).map_err(|source| decode_error(any, source))?;
+        let rest = RouteConfiguration::decode(split.rest.as_slice())
+            .map_err(|source| decode_error(any, source))?;
+        Ok((split, rest.name))
     }
 }
 
@@ -165,8 +171,7 @@ pub(super) fn route_table(
     any: &Any,
     previous: Option<(&[u8], &RouteTable)>,
 ) -> Result<RouteTable, ResourceError> {
-    let split = Split::of(&any.value).map_err(|source| decode_error(any, source))?;
-    let name = split.rest(any)?.name;
+    let (split, name) = Split::of_table(any)?;
     let previous: Vec<(&[u8], &Arc<VirtualHost>)> = previous
         .and_then(|(encoded, table)| {
             let hosts = Split::of(encoded).ok()?.hosts;
@@ -207,8 +212,7 @@ pub fn check_route_table(
     any: &Any,
     accepted: Option<&BTreeMap<String, Any>>,
 ) -> Result<String, ResourceError> {
-    let split = Split::of(&any.value).map_err(|source| decode_error(any, source))?;
-    let name = split.rest(any)?.name;
+    let (split, name) = Split::of_table(any)?;
     let checked: HashSet<&[u8]> = accepted
         .and_then(|accepted| accepted.get(&name))
         .and_then(|last| Split::of(&last.value).ok())
