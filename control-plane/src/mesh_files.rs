@@ -267,6 +267,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::compile::Lookup;
 
     const MESH: &str = r#"{"meshName": "m", "spec": {}}"#;
 

@@ -13,7 +13,7 @@ use std::{
 
 use control_plane::{
     ads::{AdsServer, MeshSource, Publisher, Stats},
-    compile::{MeshIndex, Serving, Workloads, compile, compile_served},
+    compile::{MeshIndex, Reuse, Serving, Workloads, compile, compile_served},
     placement::Placement,
     registry::Registry,
     secrets::SecretStore,
@@ -984,6 +984,7 @@ async fn sds_secrets_named_by_tls_contexts_are_served_and_rotated() {
         &index,
         &Registry::default(),
         &Serving::default(),
+        &Reuse::default(),
         &Workloads::All,
     );
     assert!(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use control_plane::{
-    compile::{MeshIndex, ServiceEndpoints, Serving, Workloads, compile, compile_served},
+    compile::{MeshIndex, Reuse, ServiceEndpoints, Serving, Workloads, compile, compile_served},
     identity::{AutoMtls, AutoMtlsOptions},
     registry::Registry,
 };
@@ -53,6 +53,7 @@ fn shop_served(serving: Serving) -> control_plane::compile::Compiled {
         &shop_index(),
         &Registry::default(),
         &serving,
+        &Reuse::default(),
         &Workloads::All,
     )
 }

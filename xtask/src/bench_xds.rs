@@ -30,6 +30,9 @@ pub fn run(services: usize) -> anyhow::Result<()> {
 
     step("control plane start-up: read, validate and index the mesh");
     let started = Instant::now();
+    // Its log (JSON) says how long compiling the mesh for the node took each time.
+    let log_path = std::env::temp_dir().join(format!("mesh-bench-xds-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)?;
     let control = Process::start(
         &binaries.agent,
         &[
@@ -38,7 +41,11 @@ pub fn run(services: usize) -> anyhow::Result<()> {
             path(&dir)?,
             "--listen",
             "127.0.0.1:0",
+            "--log-format",
+            "json",
         ],
+        "warn,control_plane::ads=debug",
+        log.into(),
     )?;
     let serving = control.wait_line("serving ADS on", Duration::from_secs(300))?;
     let startup = started.elapsed();
@@ -58,6 +65,8 @@ pub fn run(services: usize) -> anyhow::Result<()> {
             "--timeout",
             "300",
         ],
+        "warn",
+        Stdio::inherit(),
     )?;
     agent.wait_line("\"RouteConfiguration\"", Duration::from_secs(300))?;
     let sync = started.elapsed();
@@ -85,6 +94,8 @@ pub fn run(services: usize) -> anyhow::Result<()> {
     drop(agent);
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
+    let compiles = compile_times(&std::fs::read_to_string(&log_path)?);
+    let _ = std::fs::remove_file(&log_path);
 
     step(&format!(
         "results for {services} virtual services (release build, 2 cores shared)"
@@ -103,6 +114,15 @@ pub fn run(services: usize) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some((first, rest)) = compiles.split_first() {
+        println!(
+            "  compiling the mesh for the node: {first:.1} ms at the first sync (every resource), {} for the changes (what they touched; the rest reused)",
+            rest.iter()
+                .map(|ms| format!("{ms:.1} ms ({:.2}x)", ms / first))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "  control plane RSS: {cp_rss} KiB settled ({} s after the last change), {cp_peak} KiB peak",
         SETTLE.as_secs()
@@ -123,6 +143,24 @@ fn routes_version(line: &str) -> Option<String> {
             .as_str()?
             .to_owned(),
     )
+}
+
+/// How long each compile for a node view took, in order, from the control plane's JSON log
+/// (its warnings and errors are passed on).
+fn compile_times(log: &str) -> Vec<f64> {
+    let mut times = Vec::new();
+    for line in log.lines() {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+            eprintln!("{line}");
+            continue;
+        };
+        if entry["message"] == "mesh compiled for a node view" {
+            times.extend(entry["elapsed_ms"].as_f64());
+        } else if entry["level"] != "DEBUG" {
+            eprintln!("{line}");
+        }
+    }
+    times
 }
 
 fn path(dir: &Path) -> anyhow::Result<&str> {
@@ -167,12 +205,13 @@ struct Process {
 }
 
 impl Process {
-    fn start(binary: &Path, args: &[&str]) -> anyhow::Result<Self> {
+    /// Starts `binary` logging at `log` (RUST_LOG) to `stderr`.
+    fn start(binary: &Path, args: &[&str], log: &str, stderr: Stdio) -> anyhow::Result<Self> {
         let mut child = Command::new(binary)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().context("stdout")?;

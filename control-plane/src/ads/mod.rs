@@ -45,7 +45,7 @@ use tracing::{debug, info};
 
 use crate::{
     caller::Caller,
-    compile::{self, MeshIndex, Serving, Workloads},
+    compile::{self, MeshIndex, Reuse, Serving, Workloads},
     registry::Registry,
 };
 use session::{Protocol, Session};
@@ -58,6 +58,8 @@ pub struct Published {
     /// needs it and shared by every stream with the same view: nodes serving the same
     /// workloads hold one copy, and the mesh is compiled once for them, not once each.
     compiled: Mutex<HashMap<View, Arc<OnceLock<Arc<ResourceSet>>>>>,
+    /// What compiles for this mesh keep for the next one (and take from the one before).
+    reuse: Reuse,
 }
 
 /// What a node's resources depend on besides the mesh: the workloads it serves, and (from a
@@ -81,6 +83,15 @@ impl Published {
             version,
             mesh,
             compiled: Mutex::default(),
+            reuse: Reuse::default(),
+        }
+    }
+
+    /// The mesh published after this one, its compiles reusing what this one's made.
+    fn next(&self, mesh: MeshSource) -> Self {
+        Self {
+            reuse: Reuse::after(&self.reuse),
+            ..Self::new(self.version + 1, mesh)
         }
     }
 
@@ -119,14 +130,21 @@ impl Published {
         match &self.mesh {
             MeshSource::Mesh(index, registry, serving) => {
                 let Some(placement) = &serving.placement else {
-                    return compile::compile_served(index, registry, serving, &workloads_of(node))
-                        .resources;
+                    return compile::compile_served(
+                        index,
+                        registry,
+                        serving,
+                        &self.reuse,
+                        &workloads_of(node),
+                    )
+                    .resources;
                 };
                 // From a cluster: the node is trusted with the workloads of its pods only,
                 // and told which pods those are.
                 let workloads = workloads_of(node).within(placement.workloads_on(&node.id));
                 let mut resources =
-                    compile::compile_served(index, registry, serving, &workloads).resources;
+                    compile::compile_served(index, registry, serving, &self.reuse, &workloads)
+                        .resources;
                 let pods = node_pods::to_cluster(placement.pods_on(&node.id));
                 resources.insert(CLUSTER, pods.name.clone(), pack_any(pods));
                 resources
@@ -182,15 +200,13 @@ pub struct AdsServer {
 /// Publishes new meshes to every stream.
 pub struct Publisher {
     sender: watch::Sender<Arc<Published>>,
-    next_version: u64,
 }
 
 impl Publisher {
     pub fn publish(&mut self, mesh: MeshSource) {
-        self.next_version += 1;
-        let version = self.next_version;
-        self.sender
-            .send_replace(Arc::new(Published::new(version, mesh)));
+        let next = self.sender.borrow().next(mesh);
+        let version = next.version;
+        self.sender.send_replace(Arc::new(next));
         info!(version, "mesh published");
     }
 }
@@ -203,10 +219,7 @@ impl AdsServer {
                 published,
                 stats: Arc::default(),
             },
-            Publisher {
-                sender,
-                next_version: 1,
-            },
+            Publisher { sender },
         )
     }
 

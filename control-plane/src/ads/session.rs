@@ -82,13 +82,16 @@ impl<P: Protocol> Session<P> {
             tokio::select! {
                 request = requests.message() => match request? {
                     Some(request) => {
-                        self.identify(P::node(&request))?;
+                        self.identify(P::node(&request)).await?;
                         P::on_request(&mut self, request).await?;
                     }
                     None => return Ok(()),
                 },
                 changed = self.changed() => {
-                    if changed? {
+                    changed?;
+                    // Nothing to send before the node has identified itself.
+                    if self.node.is_some() {
+                        self.recompile().await?;
                         P::on_change(&mut self).await?;
                     }
                 }
@@ -97,7 +100,7 @@ impl<P: Protocol> Session<P> {
     }
 
     /// Takes the node from the stream's first request.
-    fn identify(&mut self, node: Option<&Node>) -> Result<(), Status> {
+    async fn identify(&mut self, node: Option<&Node>) -> Result<(), Status> {
         if self.node.is_some() {
             return Ok(());
         }
@@ -113,29 +116,35 @@ impl<P: Protocol> Session<P> {
         }
         info!(node = %node.id, cluster = %node.cluster, request_kind = P::REQUEST, "node connected");
         self.node = Some(node.clone());
-        self.recompile();
-        Ok(())
+        self.recompile().await
     }
 
-    /// Waits for the next published mesh and recompiles for the node; false when no node has
-    /// identified itself yet (nothing to send).
-    async fn changed(&mut self) -> Result<bool, Status> {
+    /// Waits for the next published mesh. Only waits (a branch of the loop's `select!` that
+    /// may be dropped for a request): the recompile follows in the branch's body, which runs
+    /// to its end.
+    async fn changed(&mut self) -> Result<(), Status> {
         self.published
             .changed()
             .await
-            .map_err(|_| Status::unavailable("control plane shutting down"))?;
-        if self.node.is_none() {
-            return Ok(false);
-        }
-        self.recompile();
-        Ok(true)
+            .map_err(|_| Status::unavailable("control plane shutting down"))
     }
 
-    fn recompile(&mut self) {
+    /// Compiles the published mesh for the node (or takes the copy of its view), on a
+    /// blocking thread: a large mesh takes tens of milliseconds, which the runtime's threads
+    /// serving every other stream must not wait for.
+    async fn recompile(&mut self) -> Result<(), Status> {
         let published = Arc::clone(&self.published.borrow_and_update());
-        if let Some(node) = &self.node {
-            self.current = (published.version, published.resources_for(node));
-        }
+        let Some(node) = self.node.clone() else {
+            return Ok(());
+        };
+        let version = published.version;
+        let resources = tokio::task::spawn_blocking(move || published.resources_for(&node))
+            .await
+            .map_err(|error| {
+                Status::internal(format!("compiling the mesh for the node failed: {error}"))
+            })?;
+        self.current = (version, resources);
+        Ok(())
     }
 
     pub(super) fn node_id(&self) -> &str {

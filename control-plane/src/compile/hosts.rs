@@ -5,6 +5,7 @@ use std::{
     sync::Arc,
 };
 
+use bytes::Bytes;
 use envoy_types::pb::{
     envoy::config::route::v3::{Route, VirtualHost},
     google::protobuf::Duration as PbDuration,
@@ -13,20 +14,33 @@ use mesh_model::types::{
     CreateRouteInput, CreateVirtualServiceInput, PortProtocol, VirtualServiceProvider,
 };
 use mesh_xds::names;
+use prost::Message;
 
-use super::{Issues, index::MeshIndex, output::ClusterVariant, route, values::duration};
+use super::{Issues, index::Lookup, output::ClusterVariant, route, values::duration};
 
 /// The virtual hosts (HTTP family) and TCP targets of some virtual services, per port, and
-/// the clusters they reach: what a node's backends or a gateway's targets route to.
-#[derive(Default)]
-pub(super) struct Hosts {
-    pub(super) http: BTreeMap<i32, Vec<VirtualHost>>,
+/// the clusters they reach: what a node's backends or a gateway's targets route to. The
+/// virtual hosts are built (`VirtualHost`) or already encoded (`Bytes`, as compiles reused
+/// keep them).
+#[derive(Clone)]
+pub(super) struct Hosts<H = VirtualHost> {
+    pub(super) http: BTreeMap<i32, Vec<H>>,
     pub(super) tcp: BTreeMap<i32, TcpTargets>,
     pub(super) clusters: BTreeSet<String>,
 }
 
-impl Hosts {
-    pub(super) fn merge(&mut self, other: Hosts, what: &str, issues: &mut Issues) {
+impl<H> Default for Hosts<H> {
+    fn default() -> Self {
+        Self {
+            http: BTreeMap::new(),
+            tcp: BTreeMap::new(),
+            clusters: BTreeSet::new(),
+        }
+    }
+}
+
+impl<H> Hosts<H> {
+    pub(super) fn merge(&mut self, other: Hosts<H>, what: &str, issues: &mut Issues) {
         for (port, hosts) in other.http {
             self.http.entry(port).or_default().extend(hosts);
         }
@@ -38,6 +52,28 @@ impl Hosts {
             }
         }
         self.clusters.extend(other.clusters);
+    }
+}
+
+impl Hosts {
+    /// These hosts with each virtual host encoded.
+    pub(super) fn encoded(self) -> Hosts<Bytes> {
+        let http = self
+            .http
+            .into_iter()
+            .map(|(port, hosts)| {
+                let hosts = hosts
+                    .iter()
+                    .map(|h| Bytes::from(h.encode_to_vec()))
+                    .collect();
+                (port, hosts)
+            })
+            .collect();
+        Hosts {
+            http,
+            tcp: self.tcp,
+            clusters: self.clusters,
+        }
     }
 
     /// Sends this caller's traffic on `ports` (all when None) through copies of the clusters,
@@ -115,22 +151,15 @@ impl Hosts {
 }
 
 pub(super) fn hosts_of<'a>(
-    index: &MeshIndex,
+    index: &dyn Lookup,
     mesh: &str,
     services: impl Iterator<Item = &'a str>,
     what: &str,
     issues: &mut Issues,
 ) -> Hosts {
-    let mut hosts = Hosts {
-        http: BTreeMap::new(),
-        tcp: BTreeMap::new(),
-        clusters: BTreeSet::new(),
-    };
+    let mut hosts = Hosts::default();
     for service_name in services {
-        let Some(service) = index
-            .services
-            .get(&(mesh.to_owned(), service_name.to_owned()))
-        else {
+        let Some(service) = index.service(mesh, service_name) else {
             issues.push(format!("{what}: {service_name} is not defined; skipped"));
             continue;
         };
@@ -191,17 +220,14 @@ pub(super) struct TcpTargets {
 
 /// A service's ports, from its provider.
 fn service_ports(
-    index: &MeshIndex,
+    index: &dyn Lookup,
     service: &CreateVirtualServiceInput,
     issues: &mut Issues,
 ) -> Vec<ServicePort> {
     let mesh = &service.mesh_name;
     match &service.spec.provider {
         Some(VirtualServiceProvider::VirtualNode(provider)) => {
-            let Some(node) = index
-                .nodes
-                .get(&(mesh.clone(), provider.virtual_node_name.clone()))
-            else {
+            let Some(node) = index.node(mesh, &provider.virtual_node_name) else {
                 return Vec::new();
             };
             node.spec
@@ -222,15 +248,11 @@ fn service_ports(
                 .collect()
         }
         Some(VirtualServiceProvider::VirtualRouter(provider)) => {
-            let key = (mesh.clone(), provider.virtual_router_name.clone());
-            let Some(router) = index.routers.get(&key) else {
+            let router_name = &provider.virtual_router_name;
+            let Some(router) = index.router(mesh, router_name) else {
                 return Vec::new();
             };
-            let app_routes = index
-                .routes
-                .get(&key)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let app_routes = index.routes(mesh, router_name);
             router
                 .spec
                 .listeners

@@ -1,5 +1,5 @@
 //! The mesh's resources by kind, typed: what every compiler looks things up in.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
 
 use mesh_model::{
     resource::{Resource, Typed},
@@ -178,19 +178,6 @@ impl MeshIndex {
         self.nodes.keys()
     }
 
-    /// Whether virtual node `node`'s listener on `port` has TLS settings of its own; None
-    /// when there is no such listener.
-    pub fn listener_tls(&self, mesh: &str, node: &str, port: i32) -> Option<bool> {
-        let node = self.nodes.get(&(mesh.to_owned(), node.to_owned()))?;
-        let listener = node
-            .spec
-            .listeners
-            .iter()
-            .flatten()
-            .find(|l| l.port_mapping.port == port)?;
-        Some(listener.tls.is_some())
-    }
-
     /// Whether a workload as the data plane names it (`mesh/node`, `mesh/gateway/name`) is a
     /// virtual node or gateway of this mesh.
     pub fn has_workload(&self, workload: &str) -> bool {
@@ -202,22 +189,166 @@ impl MeshIndex {
             _ => false,
         }
     }
+}
+
+/// What compiling a virtual service's hosts reads of the mesh: one resource at a time, so
+/// that a compile can be recorded ([`Recording`]) and its result reused while what it read
+/// is unchanged.
+pub trait Lookup {
+    fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>>;
+    fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>>;
+    fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>>;
+    /// A router's routes, in the order they are matched.
+    fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>];
+
+    /// Whether virtual node `node`'s listener on `port` has TLS settings of its own; None
+    /// when there is no such listener.
+    fn listener_tls(&self, mesh: &str, node: &str, port: i32) -> Option<bool> {
+        let node = self.node(mesh, node)?;
+        let listener = node
+            .spec
+            .listeners
+            .iter()
+            .flatten()
+            .find(|l| l.port_mapping.port == port)?;
+        Some(listener.tls.is_some())
+    }
 
     /// The cluster a weighted target or a provider reaches: the node's listener on `port`,
     /// or its only listener.
-    pub(super) fn target_cluster(
-        &self,
-        mesh: &str,
-        node: &str,
-        port: Option<i32>,
-    ) -> Option<String> {
-        let target = self.nodes.get(&(mesh.to_owned(), node.to_owned()))?;
+    fn target_cluster(&self, mesh: &str, node: &str, port: Option<i32>) -> Option<String> {
+        let target = self.node(mesh, node)?;
         let listeners = target.spec.listeners.as_deref().unwrap_or_default();
         let listener = match port {
             Some(port) => listeners.iter().find(|l| l.port_mapping.port == port)?,
             None => listeners.first()?,
         };
         Some(names::cluster(mesh, node, listener.port_mapping.port))
+    }
+}
+
+fn key(mesh: &str, name: &str) -> (String, String) {
+    (mesh.to_owned(), name.to_owned())
+}
+
+impl Lookup for MeshIndex {
+    fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
+        self.nodes.get(&key(mesh, name))
+    }
+
+    fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
+        self.services.get(&key(mesh, name))
+    }
+
+    fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
+        self.routers.get(&key(mesh, name))
+    }
+
+    fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
+        self.routes
+            .get(&key(mesh, router))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// One resource a compile read, as it was: absent, or the shared typed resource.
+#[derive(Clone)]
+pub(super) enum Read {
+    Node(String, String, Option<Arc<CreateVirtualNodeInput>>),
+    Service(String, String, Option<Arc<CreateVirtualServiceInput>>),
+    Router(String, String, Option<Arc<CreateVirtualRouterInput>>),
+    Routes(String, String, Vec<Arc<CreateRouteInput>>),
+}
+
+/// Whether two reads of a resource saw the same thing: the same shared copy, or equal ones
+/// (a node inheriting the mesh's IP preference is a fresh copy in each index).
+fn same<T: PartialEq>(was: Option<&Arc<T>>, is: Option<&Arc<T>>) -> bool {
+    match (was, is) {
+        (Some(was), Some(is)) => Arc::ptr_eq(was, is) || was == is,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl Read {
+    /// Whether `index` still holds what this read saw.
+    pub(super) fn holds(&self, index: &MeshIndex) -> bool {
+        match self {
+            Read::Node(mesh, name, was) => same(was.as_ref(), index.node(mesh, name)),
+            Read::Service(mesh, name, was) => same(was.as_ref(), index.service(mesh, name)),
+            Read::Router(mesh, name, was) => same(was.as_ref(), index.router(mesh, name)),
+            Read::Routes(mesh, router, was) => {
+                let is = index.routes(mesh, router);
+                was.len() == is.len()
+                    && was
+                        .iter()
+                        .zip(is)
+                        .all(|(was, is)| same(Some(was), Some(is)))
+            }
+        }
+    }
+}
+
+/// A [`Lookup`] of an index that notes every read, so that what was compiled from them can
+/// be reused while they hold ([`Read::holds`]).
+pub(super) struct Recording<'a> {
+    index: &'a MeshIndex,
+    reads: RefCell<Vec<Read>>,
+}
+
+impl<'a> Recording<'a> {
+    pub(super) fn new(index: &'a MeshIndex) -> Self {
+        Self {
+            index,
+            reads: RefCell::default(),
+        }
+    }
+
+    pub(super) fn into_reads(self) -> Vec<Read> {
+        self.reads.into_inner()
+    }
+
+    fn note(&self, read: Read) {
+        self.reads.borrow_mut().push(read);
+    }
+}
+
+impl Lookup for Recording<'_> {
+    fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
+        let found = self.index.node(mesh, name);
+        self.note(Read::Node(mesh.to_owned(), name.to_owned(), found.cloned()));
+        found
+    }
+
+    fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
+        let found = self.index.service(mesh, name);
+        self.note(Read::Service(
+            mesh.to_owned(),
+            name.to_owned(),
+            found.cloned(),
+        ));
+        found
+    }
+
+    fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
+        let found = self.index.router(mesh, name);
+        self.note(Read::Router(
+            mesh.to_owned(),
+            name.to_owned(),
+            found.cloned(),
+        ));
+        found
+    }
+
+    fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
+        let found = self.index.routes(mesh, router);
+        self.note(Read::Routes(
+            mesh.to_owned(),
+            router.to_owned(),
+            found.to_vec(),
+        ));
+        found
     }
 }
 

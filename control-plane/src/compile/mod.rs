@@ -15,6 +15,7 @@ mod index;
 mod listener;
 mod outbound;
 mod output;
+mod reuse;
 mod route;
 mod tls;
 mod values;
@@ -33,9 +34,10 @@ use output::Output;
 
 pub use endpoints::ServiceEndpoints;
 pub use inbound::INBOUND_ADDRESS;
-pub use index::{CompileError, Indexed, MeshIndex, typed};
+pub use index::{CompileError, Indexed, Lookup, MeshIndex, typed};
 pub use listener::PortTraffic;
 pub use outbound::OUTBOUND_ADDRESS;
+pub use reuse::Reuse;
 
 /// Things compiled around (a target without listeners, an unsupported retry event), each a
 /// sentence naming the resource.
@@ -88,26 +90,33 @@ pub struct Serving {
 /// clusters, their outbound listeners and routes, their gateways, and the clusters (and EDS
 /// assignments, from `registry`) those reach.
 pub fn compile(index: &MeshIndex, registry: &Registry, workloads: &Workloads) -> Compiled {
-    compile_served(index, registry, &Serving::default(), workloads)
+    compile_served(
+        index,
+        registry,
+        &Serving::default(),
+        &Reuse::default(),
+        workloads,
+    )
 }
 
-/// [`compile`] with what `serving` adds: the SDS secrets the TLS contexts name, automatic
-/// mTLS.
+/// [`compile`] with what `serving` adds (the SDS secrets the TLS contexts name, automatic
+/// mTLS), reusing what `reuse` kept of compiles of the mesh before.
 pub fn compile_served(
     index: &MeshIndex,
     registry: &Registry,
     serving: &Serving,
+    reuse: &Reuse,
     workloads: &Workloads,
 ) -> Compiled {
     let mut out = Output::default();
-    let mtls = serving.mtls.as_deref();
     for (_, node) in index
         .nodes
         .iter()
         .filter(|(key, _)| workloads.contains(key))
     {
-        node_resources(index, node, mtls, &mut out);
+        node_resources(index, node, serving.mtls.as_ref(), reuse, &mut out);
     }
+    let mtls = serving.mtls.as_deref();
     for (key, gateway) in index
         .gateways
         .iter()
@@ -150,11 +159,12 @@ pub fn compile_served(
 fn node_resources(
     index: &MeshIndex,
     node: &CreateVirtualNodeInput,
-    mtls: Option<&AutoMtls>,
+    mtls: Option<&Arc<AutoMtls>>,
+    reuse: &Reuse,
     out: &mut Output,
 ) {
     let logs = node_access_logs(node);
-    let (inbound, local_clusters) = inbound::inbound(node, mtls, &mut out.issues);
+    let (inbound, local_clusters) = inbound::inbound(node, mtls.map(Arc::as_ref), &mut out.issues);
     if let Some(mut listener) = inbound {
         access_log::attach(&mut listener, &logs);
         out.listener(listener);
@@ -170,10 +180,12 @@ fn node_resources(
                 listener.port_mapping.port,
             )
         }));
-    let outbound = outbound::outbound_for(index, node, mtls, &mut out.issues);
+    let outbound = outbound::outbound_for(index, node, mtls, reuse, &mut out.issues);
     out.reached.extend(outbound.clusters);
     out.add_variants(outbound.variants);
-    outbound.routes.into_iter().for_each(|r| out.routes(r));
+    for (name, hosts) in outbound.routes {
+        out.encoded_routes(name, &hosts);
+    }
     if let Some(mut listener) = outbound.listener {
         access_log::attach(&mut listener, &logs);
         out.listener(listener);

@@ -1,28 +1,34 @@
 //! Outbound: what a virtual node's workloads reach — its backends' virtual hosts per port (with
 //! TLS origination by client policy), TCP targets, and the passthrough of ALLOW_ALL egress.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
-use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
-use mesh_model::types::{CreateVirtualNodeInput, EgressFilterType};
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use mesh_model::types::{
+    ClientPolicy, CreateVirtualNodeInput, EgressFilterType, VirtualServiceBackend,
+};
 use mesh_xds::names;
 
 use super::{
     AutoMtls, Issues,
     hosts::{Hosts, hosts_of},
-    index::MeshIndex,
+    index::{Lookup, MeshIndex},
     listener::{self, PortTraffic},
     output::ClusterVariant,
+    reuse::{Compiled, Inputs, Reuse},
     tls,
 };
 
 /// Where the node proxy takes outbound traffic in (the redirect's target).
 pub const OUTBOUND_ADDRESS: (&str, u32) = ("0.0.0.0", 15001);
 
-/// A node's outbound listener, its route configurations and the clusters they reach.
+/// A node's outbound listener, its route configurations and the clusters they reach; each
+/// backend's part compiled again only when what it depends on changed (`reuse`).
 pub(super) fn outbound_for(
     index: &MeshIndex,
     node: &CreateVirtualNodeInput,
-    mtls: Option<&AutoMtls>,
+    mtls: Option<&Arc<AutoMtls>>,
+    reuse: &Reuse,
     issues: &mut Issues,
 ) -> Outbound {
     let mesh = &node.mesh_name;
@@ -33,65 +39,39 @@ pub(super) fn outbound_for(
         .backend_defaults
         .as_ref()
         .and_then(|d| d.client_policy.as_ref());
-    let mut hosts = Hosts::default();
+    let mut hosts = Hosts::<Bytes>::default();
     let mut variants = Vec::new();
     for backend in node.spec.backends.iter().flatten() {
         let mesh_model::types::Backend::VirtualService(backend) = backend;
-        let name = backend.virtual_service_name.as_str();
-        let mut service = hosts_of(index, mesh, std::iter::once(name), &what, issues);
-        // The backend's own client policy, else the node's backend defaults; enforce: false
-        // turns TLS origination off, automatic mTLS included.
-        let explicit = backend
-            .client_policy
-            .as_ref()
-            .or(defaults)
-            .and_then(|p| p.tls.as_ref());
-        let policy = explicit.filter(|tls| tls.enforce != Some(false));
-        if let (None, Some(mtls)) = (explicit, mtls) {
-            // Automatic mTLS: each cluster's copy checks its own virtual node's identity.
-            let id = names::spiffe_id(mtls.trust_domain(), mesh, caller);
-            let change = |cluster: &str| {
-                Some(ClusterVariant {
-                    transport_socket: Some(tls::auto_variant(mtls, index, &id, cluster)?),
-                    ..Default::default()
-                })
-            };
-            service.through_variants_by(
-                |cluster| names::caller_copy(cluster, caller),
-                None,
-                change,
-                &mut variants,
-            );
+        let inputs = Inputs {
+            mesh,
+            caller,
+            backend,
+            defaults,
+            mtls,
+        };
+        let part = reuse.backend(index, inputs, |lookup, issues| {
+            backend_hosts(lookup, node, backend, defaults, mtls, issues)
+        });
+        issues.extend(part.issues.iter().cloned());
+        variants.extend(part.variants.iter().cloned());
+        if let Some(service) = &part.hosts {
+            hosts.merge(service.clone(), &what, issues);
         }
-        if let Some(policy) = policy {
-            let Some(socket) = tls::client(policy, &format!("{what} backend {name}"), issues)
-            else {
-                continue;
-            };
-            let change = ClusterVariant {
-                transport_socket: Some(socket),
-                ..Default::default()
-            };
-            service.through_variants(
-                |cluster| names::caller_copy(cluster, caller),
-                policy.ports.as_deref(),
-                &change,
-                &mut variants,
-            );
-        }
-        hosts.merge(service, &what, issues);
     }
     let Hosts {
         http: http_hosts,
         tcp,
         mut clusters,
     } = hosts;
-    let route_configs: Vec<RouteConfiguration> = http_hosts
+    let route_configs: Vec<(i32, String, Vec<Bytes>)> = http_hosts
         .into_iter()
-        .map(|(port, virtual_hosts)| RouteConfiguration {
-            name: names::outbound_routes(mesh, &node.virtual_node_name, port),
-            virtual_hosts,
-            ..Default::default()
+        .map(|(port, virtual_hosts)| {
+            (
+                port,
+                names::outbound_routes(mesh, caller, port),
+                virtual_hosts,
+            )
         })
         .collect();
     let allow_all = index
@@ -104,14 +84,9 @@ pub(super) fn outbound_for(
     clusters.extend(passthrough.clone());
     let mut ports: Vec<(i32, PortTraffic)> = route_configs
         .iter()
-        .filter_map(|c| {
-            let port = names::outbound_routes_port(&c.name)?;
-            Some((
-                port,
-                PortTraffic::Http {
-                    routes: c.name.clone(),
-                },
-            ))
+        .map(|(port, name, _)| {
+            let routes = name.clone();
+            (*port, PortTraffic::Http { routes })
         })
         .collect();
     ports.extend(tcp.into_iter().map(|(port, targets)| {
@@ -132,7 +107,10 @@ pub(super) fn outbound_for(
     });
     Outbound {
         listener,
-        routes: route_configs,
+        routes: route_configs
+            .into_iter()
+            .map(|(_, name, hosts)| (name, hosts))
+            .collect(),
         clusters,
         variants,
     }
@@ -141,10 +119,76 @@ pub(super) fn outbound_for(
 /// A node's outbound side.
 pub(super) struct Outbound {
     pub(super) listener: Option<Listener>,
-    pub(super) routes: Vec<RouteConfiguration>,
+    /// Route configurations by name, with their virtual hosts encoded.
+    pub(super) routes: Vec<(String, Vec<Bytes>)>,
     /// Clusters its routes reach.
     pub(super) clusters: BTreeSet<String>,
     /// (variant, cluster, change): clusters this node reaches through TLS origination, as
     /// copies of the cluster with the client's transport socket.
     pub(super) variants: Vec<(String, String, ClusterVariant)>,
+}
+
+/// What one backend of a node routes to: the virtual service's hosts, through copies of its
+/// clusters where the caller originates TLS (a client policy, or automatic mTLS); None when
+/// the client policy cannot be applied.
+fn backend_hosts(
+    index: &dyn Lookup,
+    node: &CreateVirtualNodeInput,
+    backend: &VirtualServiceBackend,
+    defaults: Option<&ClientPolicy>,
+    mtls: Option<&Arc<AutoMtls>>,
+    issues: &mut Issues,
+) -> Compiled {
+    let mesh = &node.mesh_name;
+    let caller = &node.virtual_node_name;
+    let what = format!("VirtualNode {caller}");
+    let name = backend.virtual_service_name.as_str();
+    let mut variants = Vec::new();
+    let mut service = hosts_of(index, mesh, std::iter::once(name), &what, issues);
+    // The backend's own client policy, else the node's backend defaults; enforce: false
+    // turns TLS origination off, automatic mTLS included.
+    let explicit = backend
+        .client_policy
+        .as_ref()
+        .or(defaults)
+        .and_then(|p| p.tls.as_ref());
+    let policy = explicit.filter(|tls| tls.enforce != Some(false));
+    if let (None, Some(mtls)) = (explicit, mtls) {
+        // Automatic mTLS: each cluster's copy checks its own virtual node's identity.
+        let id = names::spiffe_id(mtls.trust_domain(), mesh, caller);
+        let change = |cluster: &str| {
+            Some(ClusterVariant {
+                transport_socket: Some(tls::auto_variant(mtls, index, &id, cluster)?),
+                ..Default::default()
+            })
+        };
+        service.through_variants_by(
+            |cluster| names::caller_copy(cluster, caller),
+            None,
+            change,
+            &mut variants,
+        );
+    }
+    if let Some(policy) = policy {
+        let Some(socket) = tls::client(policy, &format!("{what} backend {name}"), issues) else {
+            return Compiled {
+                hosts: None,
+                variants,
+            };
+        };
+        let change = ClusterVariant {
+            transport_socket: Some(socket),
+            ..Default::default()
+        };
+        service.through_variants(
+            |cluster| names::caller_copy(cluster, caller),
+            policy.ports.as_deref(),
+            &change,
+            &mut variants,
+        );
+    }
+    Compiled {
+        hosts: Some(service),
+        variants,
+    }
 }

@@ -3,6 +3,8 @@
 //! each.
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
+
 use envoy_types::{
     pb::envoy::config::{
         cluster::v3::{CircuitBreakers, Cluster},
@@ -19,6 +21,7 @@ use mesh_xds::{
 };
 
 use mesh_model::types::{Listener as AppMeshListener, ListenerTlsMode};
+use prost::Message;
 
 use super::{Issues, ServiceEndpoints, cluster, index::MeshIndex};
 use crate::{
@@ -64,6 +67,18 @@ impl Output {
             .insert(ROUTE, routes.name.clone(), pack_any(routes));
     }
 
+    /// A route configuration named `name` of virtual hosts already encoded: the bytes
+    /// [`Self::routes`] would give for it, without decoding them.
+    pub(super) fn encoded_routes(&mut self, name: String, virtual_hosts: &[Bytes]) {
+        let mut any = pack_any(RouteConfiguration::default());
+        any.value = EncodedRouteConfiguration {
+            name: name.clone(),
+            virtual_hosts: virtual_hosts.to_vec(),
+        }
+        .encode_to_vec();
+        self.resources.insert(ROUTE, name, any);
+    }
+
     pub(super) fn cluster(&mut self, cluster: Cluster) {
         if let Some(socket) = &cluster.transport_socket {
             sds::referenced_by(socket, &mut self.secrets);
@@ -71,6 +86,17 @@ impl Output {
         self.resources
             .insert(CLUSTER, cluster.name.clone(), pack_any(cluster));
     }
+}
+
+/// A `RouteConfiguration` with only its name and virtual hosts set, the hosts as the bytes of
+/// their encoding: a message field and a bytes field with the same tag are the same on the
+/// wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedRouteConfiguration {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    virtual_hosts: Vec<Bytes>,
 }
 
 /// A copy of a cluster for some callers: a TLS-originating one (a backend's client policy),
@@ -160,5 +186,39 @@ pub(super) fn reached_clusters(
         if out.reached.contains(&name) {
             out.cluster(cluster::passthrough(name));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use envoy_types::pb::envoy::config::route::v3::{Route, VirtualHost};
+
+    use super::*;
+
+    #[test]
+    fn encoded_routes_are_the_bytes_of_the_whole_configuration() {
+        let hosts: Vec<VirtualHost> = (0..3)
+            .map(|i| VirtualHost {
+                name: format!("svc{i}:80"),
+                domains: vec![format!("svc{i}"), format!("svc{i}:80")],
+                routes: vec![Route {
+                    name: format!("r{i}"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let whole = RouteConfiguration {
+            name: "rc".into(),
+            virtual_hosts: hosts.clone(),
+            ..Default::default()
+        };
+        let encoded: Vec<Bytes> = hosts.iter().map(|h| h.encode_to_vec().into()).collect();
+        let mut out = Output::default();
+        out.encoded_routes("rc".into(), &encoded);
+        let by_encoding = &out.resources.of_type(ROUTE).unwrap()["rc"];
+        assert_eq!(by_encoding.type_url, pack_any(whole.clone()).type_url);
+        assert_eq!(by_encoding.value, pack_any(whole).value);
     }
 }

@@ -20,13 +20,13 @@ use mesh_model::types::{
 
 use super::{
     Issues,
-    index::MeshIndex,
+    index::Lookup,
     values::{duration, u32_value},
 };
 
 /// The Envoy routes of one App Mesh route for listener port `port`, if the route applies.
 pub fn routes(
-    index: &MeshIndex,
+    index: &dyn Lookup,
     app_route: &CreateRouteInput,
     port: i32,
     issues: &mut Issues,
@@ -164,7 +164,7 @@ fn grpc_match(grpc: &GrpcRoute) -> RouteMatch {
 }
 
 fn http_action(
-    index: &MeshIndex,
+    index: &dyn Lookup,
     app_route: &CreateRouteInput,
     http: &HttpRoute,
     issues: &mut Issues,
@@ -191,7 +191,7 @@ fn http_action(
 }
 
 fn grpc_action(
-    index: &MeshIndex,
+    index: &dyn Lookup,
     app_route: &CreateRouteInput,
     grpc: &GrpcRoute,
     issues: &mut Issues,
@@ -288,7 +288,7 @@ fn tcp_retry_event(event: &TcpRetryPolicyEvent) -> &'static str {
 
 /// Weighted targets to weighted clusters.
 pub fn weighted(
-    index: &MeshIndex,
+    index: &dyn Lookup,
     app_route: &CreateRouteInput,
     targets: &[WeightedTarget],
     issues: &mut Issues,

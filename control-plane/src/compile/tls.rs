@@ -33,7 +33,7 @@ use mesh_xds::names;
 
 use super::{
     Issues,
-    index::MeshIndex,
+    index::Lookup,
     values::{ads, u32_value},
 };
 use crate::identity::{AutoMtls, MtlsMode};
@@ -326,7 +326,7 @@ fn sds_secret(name: &str) -> SdsSecretConfig {
 /// virtual node's.
 pub fn auto_variant(
     mtls: &AutoMtls,
-    index: &MeshIndex,
+    index: &dyn Lookup,
     caller: &str,
     cluster: &str,
 ) -> Option<TransportSocket> {
