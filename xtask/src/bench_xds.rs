@@ -156,7 +156,7 @@ fn compile_times(log: &str) -> Vec<f64> {
         };
         if entry["message"] == "mesh compiled for a node view" {
             times.extend(entry["elapsed_ms"].as_f64());
-        } else if entry["level"] != "DEBUG" {
+        } else if entry["level"] == "WARN" || entry["level"] == "ERROR" {
             eprintln!("{line}");
         }
     }

@@ -312,33 +312,30 @@ impl<'a> Recording<'a> {
     fn note(&self, read: Read) {
         self.reads.borrow_mut().push(read);
     }
+
+    /// `found`, the resource `name` of `mesh`, noted as read (`as_read` is a [`Read`] variant).
+    fn noted<T>(
+        &self,
+        (mesh, name): (&str, &str),
+        found: Option<&'a Arc<T>>,
+        as_read: fn(String, String, Option<Arc<T>>) -> Read,
+    ) -> Option<&'a Arc<T>> {
+        self.note(as_read(mesh.to_owned(), name.to_owned(), found.cloned()));
+        found
+    }
 }
 
 impl Lookup for Recording<'_> {
     fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
-        let found = self.index.node(mesh, name);
-        self.note(Read::Node(mesh.to_owned(), name.to_owned(), found.cloned()));
-        found
+        self.noted((mesh, name), self.index.node(mesh, name), Read::Node)
     }
 
     fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
-        let found = self.index.service(mesh, name);
-        self.note(Read::Service(
-            mesh.to_owned(),
-            name.to_owned(),
-            found.cloned(),
-        ));
-        found
+        self.noted((mesh, name), self.index.service(mesh, name), Read::Service)
     }
 
     fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
-        let found = self.index.router(mesh, name);
-        self.note(Read::Router(
-            mesh.to_owned(),
-            name.to_owned(),
-            found.cloned(),
-        ));
-        found
+        self.noted((mesh, name), self.index.router(mesh, name), Read::Router)
     }
 
     fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
