@@ -89,8 +89,12 @@ impl Published {
 
     /// The mesh published after this one, its compiles reusing what this one's made.
     fn next(&self, mesh: MeshSource) -> Self {
+        let reuse = match &self.mesh {
+            MeshSource::Mesh(index, ..) => Reuse::after(&self.reuse, Arc::clone(index)),
+            MeshSource::Fixed(_) => Reuse::default(),
+        };
         Self {
-            reuse: Reuse::after(&self.reuse),
+            reuse,
             ..Self::new(self.version + 1, mesh)
         }
     }

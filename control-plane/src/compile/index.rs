@@ -1,5 +1,10 @@
 //! The mesh's resources by kind, typed: what every compiler looks things up in.
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashSet},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
 
 use mesh_model::{
     resource::{Resource, Typed},
@@ -252,46 +257,104 @@ impl Lookup for MeshIndex {
     }
 }
 
-/// One resource a compile read, as it was: absent, or the shared typed resource.
-#[derive(Clone)]
-pub(super) enum Read {
-    Node(String, String, Option<Arc<CreateVirtualNodeInput>>),
-    Service(String, String, Option<Arc<CreateVirtualServiceInput>>),
-    Router(String, String, Option<Arc<CreateVirtualRouterInput>>),
-    Routes(String, String, Vec<Arc<CreateRouteInput>>),
+/// One resource a compile read (found or not), by kind and `(mesh, name)`; a router's routes
+/// are one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    Node,
+    Service,
+    Router,
+    Routes,
 }
 
-/// Whether two reads of a resource saw the same thing: the same shared copy, or equal ones
-/// (a node inheriting the mesh's IP preference is a fresh copy in each index).
-fn same<T: PartialEq>(was: Option<&Arc<T>>, is: Option<&Arc<T>>) -> bool {
-    match (was, is) {
-        (Some(was), Some(is)) => Arc::ptr_eq(was, is) || was == is,
-        (None, None) => true,
-        _ => false,
+#[derive(Clone, Debug)]
+pub(super) struct Read {
+    kind: Kind,
+    mesh: String,
+    name: String,
+}
+
+/// The resources two indexes hold differently (added, removed, or not equal), by a hash of
+/// their kind and `(mesh, name)`: a read is looked up without building a key, and a
+/// collision only makes a compile run again.
+pub(super) struct Changes(HashSet<u64>);
+
+fn read_hash(kind: Kind, mesh: &str, name: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (kind, mesh, name).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Whether two indexes hold a resource the same: the same shared copy, or equal ones (a node
+/// inheriting the mesh's IP preference is a fresh copy in each index; a file read again is
+/// parsed again).
+fn same<T: PartialEq>(before: &Arc<T>, after: &Arc<T>) -> bool {
+    Arc::ptr_eq(before, after) || before == after
+}
+
+impl Changes {
+    pub(super) fn between(before: &MeshIndex, after: &MeshIndex) -> Self {
+        let mut changed = HashSet::new();
+        let same_routes = |before: &Vec<Arc<CreateRouteInput>>,
+                           after: &Vec<Arc<CreateRouteInput>>| {
+            before.len() == after.len() && before.iter().zip(after).all(|(b, a)| same(b, a))
+        };
+        changed_keys(Kind::Node, &before.nodes, &after.nodes, same, &mut changed);
+        changed_keys(
+            Kind::Service,
+            &before.services,
+            &after.services,
+            same,
+            &mut changed,
+        );
+        changed_keys(
+            Kind::Router,
+            &before.routers,
+            &after.routers,
+            same,
+            &mut changed,
+        );
+        changed_keys(
+            Kind::Routes,
+            &before.routes,
+            &after.routes,
+            same_routes,
+            &mut changed,
+        );
+        Self(changed)
+    }
+
+    /// Whether the resource `read` read is held differently.
+    pub(super) fn touch(&self, read: &Read) -> bool {
+        !self.0.is_empty()
+            && self
+                .0
+                .contains(&read_hash(read.kind, &read.mesh, &read.name))
     }
 }
 
-impl Read {
-    /// Whether `index` still holds what this read saw.
-    pub(super) fn holds(&self, index: &MeshIndex) -> bool {
-        match self {
-            Read::Node(mesh, name, was) => same(was.as_ref(), index.node(mesh, name)),
-            Read::Service(mesh, name, was) => same(was.as_ref(), index.service(mesh, name)),
-            Read::Router(mesh, name, was) => same(was.as_ref(), index.router(mesh, name)),
-            Read::Routes(mesh, router, was) => {
-                let is = index.routes(mesh, router);
-                was.len() == is.len()
-                    && was
-                        .iter()
-                        .zip(is)
-                        .all(|(was, is)| same(Some(was), Some(is)))
-            }
+/// Notes in `changed` the resources of one kind that `before` and `after` hold differently.
+fn changed_keys<V>(
+    kind: Kind,
+    before: &BTreeMap<(String, String), V>,
+    after: &BTreeMap<(String, String), V>,
+    same: impl Fn(&V, &V) -> bool,
+    changed: &mut HashSet<u64>,
+) {
+    for key in before.keys().chain(after.keys()) {
+        let held = match (before.get(key), after.get(key)) {
+            (Some(before), Some(after)) => same(before, after),
+            (None, None) => true,
+            _ => false,
+        };
+        if !held {
+            changed.insert(read_hash(kind, &key.0, &key.1));
         }
     }
 }
 
 /// A [`Lookup`] of an index that notes every read, so that what was compiled from them can
-/// be reused while they hold ([`Read::holds`]).
+/// be reused while none of them changed ([`Changes`]).
 pub(super) struct Recording<'a> {
     index: &'a MeshIndex,
     reads: RefCell<Vec<Read>>,
@@ -309,43 +372,36 @@ impl<'a> Recording<'a> {
         self.reads.into_inner()
     }
 
-    fn note(&self, read: Read) {
-        self.reads.borrow_mut().push(read);
-    }
-
-    /// `found`, the resource `name` of `mesh`, noted as read (`as_read` is a [`Read`] variant).
-    fn noted<T>(
-        &self,
-        (mesh, name): (&str, &str),
-        found: Option<&'a Arc<T>>,
-        as_read: fn(String, String, Option<Arc<T>>) -> Read,
-    ) -> Option<&'a Arc<T>> {
-        self.note(as_read(mesh.to_owned(), name.to_owned(), found.cloned()));
+    /// `found`, the resource `name` of `mesh` of `kind`, noted as read.
+    fn noted<T>(&self, kind: Kind, (mesh, name): (&str, &str), found: T) -> T {
+        self.reads.borrow_mut().push(Read {
+            kind,
+            mesh: mesh.to_owned(),
+            name: name.to_owned(),
+        });
         found
     }
 }
 
 impl Lookup for Recording<'_> {
     fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
-        self.noted((mesh, name), self.index.node(mesh, name), Read::Node)
+        self.noted(Kind::Node, (mesh, name), self.index.node(mesh, name))
     }
 
     fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
-        self.noted((mesh, name), self.index.service(mesh, name), Read::Service)
+        self.noted(Kind::Service, (mesh, name), self.index.service(mesh, name))
     }
 
     fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
-        self.noted((mesh, name), self.index.router(mesh, name), Read::Router)
+        self.noted(Kind::Router, (mesh, name), self.index.router(mesh, name))
     }
 
     fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
-        let found = self.index.routes(mesh, router);
-        self.note(Read::Routes(
-            mesh.to_owned(),
-            router.to_owned(),
-            found.to_vec(),
-        ));
-        found
+        self.noted(
+            Kind::Routes,
+            (mesh, router),
+            self.index.routes(mesh, router),
+        )
     }
 }
 

@@ -41,16 +41,15 @@ pub(super) fn outbound_for(
         .and_then(|d| d.client_policy.as_ref());
     let mut hosts = Hosts::<Bytes>::default();
     let mut variants = Vec::new();
+    let mut parts = reuse.caller(index, mesh, caller);
     for backend in node.spec.backends.iter().flatten() {
         let mesh_model::types::Backend::VirtualService(backend) = backend;
         let inputs = Inputs {
-            mesh,
-            caller,
             backend,
             defaults,
             mtls,
         };
-        let part = reuse.backend(index, inputs, |lookup, issues| {
+        let part = parts.backend(index, inputs, |lookup, issues| {
             backend_hosts(lookup, node, backend, defaults, mtls, issues)
         });
         issues.extend(part.issues.iter().cloned());
@@ -59,6 +58,7 @@ pub(super) fn outbound_for(
             hosts.merge(service.clone(), &what, issues);
         }
     }
+    parts.done();
     let Hosts {
         http: http_hosts,
         tcp,

@@ -2,15 +2,15 @@
 //! 10 000 backends has 10 000 virtual hosts; a change to one service should not build and
 //! encode the other 9 999 again for every node that reaches them.
 //!
-//! What one backend of one caller compiles to (a [`Part`]) is kept with every mesh resource
+//! What one backend of one caller compiles to (a [`Part`]) is kept with the mesh resources
 //! its compile read ([`Recording`]), the caller's settings for the backend and the automatic
-//! mTLS it used. The next mesh's compile takes the part as it is while all of those hold, and
-//! compiles it again otherwise. Each published mesh keeps the parts its compiles made or took
-//! and takes from the mesh published before it only, so parts no node uses any more go with
-//! that mesh.
+//! mTLS it used. Each published mesh keeps the parts its compiles made or took, and takes
+//! from the mesh published before it only, so parts no node uses any more go with that mesh:
+//! a part of the mesh before is taken while none of its reads is among the resources the two
+//! meshes hold differently ([`Changes`], found once per mesh) and its other inputs are equal.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
 use bytes::Bytes;
@@ -19,46 +19,100 @@ use mesh_model::types::{ClientPolicy, VirtualServiceBackend};
 use super::{
     AutoMtls, Issues,
     hosts::Hosts,
-    index::{MeshIndex, Read, Recording},
+    index::{Changes, MeshIndex, Read, Recording},
     output::ClusterVariant,
 };
 
-/// The parts compiled for one published mesh, and those of the mesh before it.
+/// The parts compiled for one published mesh, and what it may take from the mesh before.
 #[derive(Default)]
 pub struct Reuse {
-    previous: Arc<Parts>,
-    current: Arc<Parts>,
+    previous: Option<Previous>,
+    current: Parts,
 }
 
-/// Parts by (mesh, caller virtual node, backend virtual service).
-type Parts = Mutex<HashMap<(String, String, String), Arc<Part>>>;
+/// The mesh published before: its index, its parts, and (once a compile asks) the resources
+/// the two meshes hold differently.
+struct Previous {
+    index: Arc<MeshIndex>,
+    parts: Arc<Mutex<PartsByCaller>>,
+    changes: OnceLock<Changes>,
+}
+
+/// The parts of each caller `(mesh, virtual node)`.
+type PartsByCaller = HashMap<(String, String), Arc<CallerParts>>;
+/// One caller's parts by backend virtual service.
+type CallerParts = HashMap<String, Arc<Part>>;
+type Parts = Arc<Mutex<PartsByCaller>>;
 
 impl Reuse {
-    /// The reuse of a mesh published after the one `previous` served.
-    pub fn after(previous: &Reuse) -> Self {
+    /// The reuse of a mesh published after `previous`, which served `index`.
+    pub fn after(previous: &Reuse, index: Arc<MeshIndex>) -> Self {
         Self {
-            previous: Arc::clone(&previous.current),
-            current: Arc::default(),
+            previous: Some(Previous {
+                index,
+                parts: Arc::clone(&previous.current),
+                changes: OnceLock::new(),
+            }),
+            current: Parts::default(),
         }
     }
 
-    /// What `backend` of `inputs.caller` compiles to in `index`: a part compiled before when
-    /// everything it was compiled from holds, else `compile`'s, run with a recording lookup.
+    /// The parts of virtual node `caller` of `mesh` for compiling it from `index` (the index
+    /// every compile with this reuse compiles from).
+    pub(super) fn caller<'r>(&'r self, index: &MeshIndex, mesh: &str, caller: &str) -> Caller<'r> {
+        let key = (mesh.to_owned(), caller.to_owned());
+        let current = lock(&self.current).get(&key).cloned();
+        let previous = self.previous.as_ref().and_then(|previous| {
+            let parts = lock(&previous.parts).get(&key).cloned()?;
+            let changes = previous
+                .changes
+                .get_or_init(|| Changes::between(&previous.index, index));
+            Some((parts, changes))
+        });
+        Caller {
+            reuse: self,
+            key,
+            current,
+            previous,
+            made: HashMap::new(),
+        }
+    }
+}
+
+fn lock(parts: &Mutex<PartsByCaller>) -> MutexGuard<'_, PartsByCaller> {
+    // A panic while a caller's parts were inserted leaves the map whole.
+    parts.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One caller's parts while it compiles: those this mesh's compiles made already, those of
+/// the mesh before, and those of this compile (kept for the next when it is done).
+pub(super) struct Caller<'r> {
+    reuse: &'r Reuse,
+    key: (String, String),
+    current: Option<Arc<CallerParts>>,
+    previous: Option<(Arc<CallerParts>, &'r Changes)>,
+    made: CallerParts,
+}
+
+impl Caller<'_> {
+    /// What `inputs.backend` compiles to in `index`: a part compiled before when everything
+    /// it was compiled from is unchanged, else `compile`'s, run with a recording lookup.
     pub(super) fn backend(
-        &self,
+        &mut self,
         index: &MeshIndex,
         inputs: Inputs<'_>,
         compile: impl FnOnce(&Recording<'_>, &mut Issues) -> Compiled,
     ) -> Arc<Part> {
-        let key = (
-            inputs.mesh.to_owned(),
-            inputs.caller.to_owned(),
-            inputs.backend.virtual_service_name.clone(),
-        );
-        let found = [&self.current, &self.previous]
-            .into_iter()
-            .find_map(|parts| lock(parts).get(&key).cloned())
-            .filter(|part| part.holds(index, &inputs));
+        let name = inputs.backend.virtual_service_name.as_str();
+        let this_mesh = self.current.as_ref().and_then(|parts| parts.get(name));
+        let mesh_before = self.previous.as_ref().and_then(|(parts, changes)| {
+            let part = parts.get(name)?;
+            (!part.reads.iter().any(|read| changes.touch(read))).then_some(part)
+        });
+        let found = this_mesh
+            .or(mesh_before)
+            .filter(|part| part.inputs_equal(&inputs))
+            .cloned();
         let part = found.unwrap_or_else(|| {
             let recording = Recording::new(index);
             let mut issues = Issues::new();
@@ -73,20 +127,18 @@ impl Reuse {
                 issues,
             })
         });
-        lock(&self.current).insert(key, Arc::clone(&part));
+        self.made.insert(name.to_owned(), Arc::clone(&part));
         part
     }
-}
 
-fn lock(parts: &Parts) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Arc<Part>>> {
-    // A panic while a part was inserted leaves the map whole.
-    parts.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Keeps this compile's parts for the compiles after it.
+    pub(super) fn done(self) {
+        lock(&self.reuse.current).insert(self.key, Arc::new(self.made));
+    }
 }
 
 /// What a backend's compile depends on besides the mesh resources it reads.
 pub(super) struct Inputs<'a> {
-    pub(super) mesh: &'a str,
-    pub(super) caller: &'a str,
     pub(super) backend: &'a VirtualServiceBackend,
     /// The caller's backend defaults.
     pub(super) defaults: Option<&'a ClientPolicy>,
@@ -114,17 +166,14 @@ pub(super) struct Part {
 }
 
 impl Part {
-    /// Whether compiling it again from `index` and `inputs` would give the same part.
-    fn holds(&self, index: &MeshIndex, inputs: &Inputs<'_>) -> bool {
+    /// Whether it was compiled from `inputs` (what it read of the mesh aside).
+    fn inputs_equal(&self, inputs: &Inputs<'_>) -> bool {
         let same_mtls = match (&self.mtls, inputs.mtls) {
             (Some(was), Some(is)) => Arc::ptr_eq(was, is),
             (None, None) => true,
             _ => false,
         };
-        same_mtls
-            && self.backend == *inputs.backend
-            && self.defaults.as_ref() == inputs.defaults
-            && self.reads.iter().all(|read| read.holds(index))
+        same_mtls && self.backend == *inputs.backend && self.defaults.as_ref() == inputs.defaults
     }
 }
 
@@ -150,16 +199,20 @@ mod tests {
         source::load(&[dir], &LoadOptions::default()).resources
     }
 
-    fn compiled(resources: &[Resource], reuse: &Reuse) -> Resources {
-        let index = MeshIndex::new(resources).unwrap();
+    fn compiled(index: &MeshIndex, reuse: &Reuse) -> Resources {
         let serving = Serving::default();
         compile_served(
-            &index,
+            index,
             &Registry::default(),
             &serving,
             reuse,
             &Workloads::All,
         )
+    }
+
+    /// The parts the compiles with `reuse` kept for the shop's `web`.
+    fn web_parts(reuse: &Reuse) -> Arc<CallerParts> {
+        Arc::clone(&lock(&reuse.current)[&("shop".to_owned(), "web".to_owned())])
     }
 
     /// The shop mesh with the value at `pointer` of the resource from `file` set to `value`
@@ -227,23 +280,22 @@ mod tests {
         ];
         for (file, pointer, value, recompiled) in cases {
             let before = Reuse::default();
-            compiled(&shop(), &before);
-            let after = Reuse::after(&before);
-            let mesh = changed(file, pointer, value);
+            let index = Arc::new(MeshIndex::new(&shop()).unwrap());
+            compiled(&index, &before);
+            let after = Reuse::after(&before, index);
+            let mesh = MeshIndex::new(&changed(file, pointer, value)).unwrap();
             let reused = compiled(&mesh, &after);
             let fresh = compiled(&mesh, &Reuse::default());
             assert!(reused.resources == fresh.resources, "{file} {pointer}");
             assert_eq!(reused.issues, fresh.issues, "{file} {pointer}");
-            let earlier = lock(&before.current);
-            let later = lock(&after.current);
+            let (earlier, later) = (web_parts(&before), web_parts(&after));
             assert_eq!(later.len(), earlier.len(), "{file} {pointer}");
-            for (key, part) in later.iter() {
-                let kept = Arc::ptr_eq(part, &earlier[key]);
-                let backend = key.2.as_str();
+            for (backend, part) in later.iter() {
+                let kept = Arc::ptr_eq(part, &earlier[backend]);
                 assert_eq!(
                     kept,
-                    !recompiled.contains(&backend),
-                    "{file} {pointer}: {key:?}"
+                    !recompiled.contains(&backend.as_str()),
+                    "{file} {pointer}: {backend}"
                 );
             }
         }
