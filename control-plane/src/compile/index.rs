@@ -1,6 +1,7 @@
 //! The mesh's resources by kind, typed: what every compiler looks things up in.
 use std::{
     cell::RefCell,
+    cmp::Ordering,
     collections::{BTreeMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
     sync::Arc,
@@ -260,7 +261,7 @@ impl Lookup for MeshIndex {
 /// One resource a compile read (found or not), by kind and `(mesh, name)`; a router's routes
 /// are one read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Kind {
+pub(super) enum ReadKind {
     Node,
     Service,
     Router,
@@ -269,7 +270,7 @@ pub(super) enum Kind {
 
 #[derive(Clone, Debug)]
 pub(super) struct Read {
-    kind: Kind,
+    kind: ReadKind,
     mesh: String,
     name: String,
 }
@@ -279,7 +280,7 @@ pub(super) struct Read {
 /// collision only makes a compile run again.
 pub(super) struct Changes(HashSet<u64>);
 
-fn read_hash(kind: Kind, mesh: &str, name: &str) -> u64 {
+fn read_hash(kind: ReadKind, mesh: &str, name: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     (kind, mesh, name).hash(&mut hasher);
     hasher.finish()
@@ -299,23 +300,29 @@ impl Changes {
                            after: &Vec<Arc<CreateRouteInput>>| {
             before.len() == after.len() && before.iter().zip(after).all(|(b, a)| same(b, a))
         };
-        changed_keys(Kind::Node, &before.nodes, &after.nodes, same, &mut changed);
         changed_keys(
-            Kind::Service,
+            ReadKind::Node,
+            &before.nodes,
+            &after.nodes,
+            same,
+            &mut changed,
+        );
+        changed_keys(
+            ReadKind::Service,
             &before.services,
             &after.services,
             same,
             &mut changed,
         );
         changed_keys(
-            Kind::Router,
+            ReadKind::Router,
             &before.routers,
             &after.routers,
             same,
             &mut changed,
         );
         changed_keys(
-            Kind::Routes,
+            ReadKind::Routes,
             &before.routes,
             &after.routes,
             same_routes,
@@ -333,22 +340,47 @@ impl Changes {
     }
 }
 
-/// Notes in `changed` the resources of one kind that `before` and `after` hold differently.
+/// Notes in `changed` the resources of one kind that `before` and `after` hold differently:
+/// both maps walked in their key order side by side, no key looked up.
 fn changed_keys<V>(
-    kind: Kind,
+    kind: ReadKind,
     before: &BTreeMap<(String, String), V>,
     after: &BTreeMap<(String, String), V>,
     same: impl Fn(&V, &V) -> bool,
     changed: &mut HashSet<u64>,
 ) {
-    for key in before.keys().chain(after.keys()) {
-        let held = match (before.get(key), after.get(key)) {
-            (Some(before), Some(after)) => same(before, after),
-            (None, None) => true,
-            _ => false,
-        };
-        if !held {
-            changed.insert(read_hash(kind, &key.0, &key.1));
+    let mut note = |key: &(String, String)| changed.insert(read_hash(kind, &key.0, &key.1));
+    let (mut before, mut after) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (before.peek(), after.peek()) {
+            (Some((was_key, was)), Some((is_key, is))) => match was_key.cmp(is_key) {
+                Ordering::Equal => {
+                    if !same(was, is) {
+                        note(was_key);
+                    }
+                    before.next();
+                    after.next();
+                }
+                // Only before: removed.
+                Ordering::Less => {
+                    note(was_key);
+                    before.next();
+                }
+                // Only after: added.
+                Ordering::Greater => {
+                    note(is_key);
+                    after.next();
+                }
+            },
+            (Some((key, _)), None) => {
+                note(key);
+                before.next();
+            }
+            (None, Some((key, _))) => {
+                note(key);
+                after.next();
+            }
+            (None, None) => return,
         }
     }
 }
@@ -373,7 +405,7 @@ impl<'a> Recording<'a> {
     }
 
     /// `found`, the resource `name` of `mesh` of `kind`, noted as read.
-    fn noted<T>(&self, kind: Kind, (mesh, name): (&str, &str), found: T) -> T {
+    fn noted<T>(&self, kind: ReadKind, (mesh, name): (&str, &str), found: T) -> T {
         self.reads.borrow_mut().push(Read {
             kind,
             mesh: mesh.to_owned(),
@@ -385,20 +417,28 @@ impl<'a> Recording<'a> {
 
 impl Lookup for Recording<'_> {
     fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
-        self.noted(Kind::Node, (mesh, name), self.index.node(mesh, name))
+        self.noted(ReadKind::Node, (mesh, name), self.index.node(mesh, name))
     }
 
     fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
-        self.noted(Kind::Service, (mesh, name), self.index.service(mesh, name))
+        self.noted(
+            ReadKind::Service,
+            (mesh, name),
+            self.index.service(mesh, name),
+        )
     }
 
     fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
-        self.noted(Kind::Router, (mesh, name), self.index.router(mesh, name))
+        self.noted(
+            ReadKind::Router,
+            (mesh, name),
+            self.index.router(mesh, name),
+        )
     }
 
     fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
         self.noted(
-            Kind::Routes,
+            ReadKind::Routes,
             (mesh, router),
             self.index.routes(mesh, router),
         )
@@ -467,5 +507,44 @@ mod tests {
         assert_eq!(preference(&index, "dns"), Some(IpPreference::Ipv6Only));
         assert_eq!(preference(&index, "map"), Some(IpPreference::Ipv6Only));
         assert_eq!(preference(&index, "own"), Some(IpPreference::Ipv4Only));
+    }
+    #[test]
+    fn changes_are_what_was_added_removed_or_changed() {
+        let service = |name: &str, node: &str| {
+            resource(
+                Kind::VirtualService,
+                json!({"meshName": "m", "virtualServiceName": name,
+                    "spec": {"provider": {"virtualNode": {"virtualNodeName": node}}}}),
+            )
+        };
+        let before = MeshIndex::new(&[
+            service("a", "n"),
+            service("c", "n"),
+            service("e", "n"),
+            service("g", "n"),
+        ])
+        .unwrap();
+        let after = MeshIndex::new(&[
+            service("b", "n"),
+            service("c", "n"),
+            service("e", "other"),
+            service("f", "n"),
+            service("g", "n"),
+        ])
+        .unwrap();
+        let changes = Changes::between(&before, &after);
+        let touched = |name: &str| {
+            changes.touch(&Read {
+                kind: ReadKind::Service,
+                mesh: "m".into(),
+                name: name.into(),
+            })
+        };
+        for name in ["a", "b", "e", "f"] {
+            assert!(touched(name), "{name}");
+        }
+        for name in ["c", "g", "h"] {
+            assert!(!touched(name), "{name}");
+        }
     }
 }

@@ -279,24 +279,26 @@ mod tests {
             ("gr-api.json", "", Value::Null, &[]),
         ];
         for (file, pointer, value, recompiled) in cases {
-            let before = Reuse::default();
-            let index = Arc::new(MeshIndex::new(&shop()).unwrap());
-            compiled(&index, &before);
-            let after = Reuse::after(&before, index);
-            let mesh = MeshIndex::new(&changed(file, pointer, value)).unwrap();
-            let reused = compiled(&mesh, &after);
-            let fresh = compiled(&mesh, &Reuse::default());
-            assert!(reused.resources == fresh.resources, "{file} {pointer}");
-            assert_eq!(reused.issues, fresh.issues, "{file} {pointer}");
-            let (earlier, later) = (web_parts(&before), web_parts(&after));
-            assert_eq!(later.len(), earlier.len(), "{file} {pointer}");
-            for (backend, part) in later.iter() {
-                let kept = Arc::ptr_eq(part, &earlier[backend]);
-                assert_eq!(
-                    kept,
-                    !recompiled.contains(&backend.as_str()),
-                    "{file} {pointer}: {backend}"
-                );
+            // The change made, and undone (what was removed comes back).
+            let meshes = [shop(), changed(file, pointer, value)];
+            for (from, to) in [(&meshes[0], &meshes[1]), (&meshes[1], &meshes[0])] {
+                let what = format!("{file} {pointer}");
+                let before = Reuse::default();
+                let index = Arc::new(MeshIndex::new(from).unwrap());
+                compiled(&index, &before);
+                let after = Reuse::after(&before, index);
+                let mesh = MeshIndex::new(to).unwrap();
+                let reused = compiled(&mesh, &after);
+                let fresh = compiled(&mesh, &Reuse::default());
+                assert!(reused.resources == fresh.resources, "{what}");
+                assert_eq!(reused.issues, fresh.issues, "{what}");
+                let (earlier, later) = (web_parts(&before), web_parts(&after));
+                assert_eq!(later.len(), earlier.len(), "{what}");
+                for (backend, part) in later.iter() {
+                    let kept = Arc::ptr_eq(part, &earlier[backend]);
+                    let expected = !recompiled.contains(&backend.as_str());
+                    assert_eq!(kept, expected, "{what}: {backend}");
+                }
             }
         }
     }
