@@ -45,7 +45,7 @@ use tracing::{debug, info};
 
 use crate::{
     caller::Caller,
-    compile::{self, MeshIndex, Reuse, Serving, Workloads},
+    compile::{self, Around, MeshIndex, Reuse, Serving, Workloads},
     registry::Registry,
 };
 use session::{Protocol, Session};
@@ -90,7 +90,14 @@ impl Published {
     /// The mesh published after this one, its compiles reusing what this one's made.
     fn next(&self, mesh: MeshSource) -> Self {
         let reuse = match &self.mesh {
-            MeshSource::Mesh(index, ..) => Reuse::after(&self.reuse, Arc::clone(index)),
+            MeshSource::Mesh(index, registry, serving) => {
+                let around = Around {
+                    registry: Arc::clone(registry),
+                    service_endpoints: Arc::clone(&serving.service_endpoints),
+                    mtls: serving.mtls.clone(),
+                };
+                Reuse::after(&self.reuse, Arc::clone(index), around)
+            }
             MeshSource::Fixed(_) => Reuse::default(),
         };
         Self {

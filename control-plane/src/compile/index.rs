@@ -333,10 +333,12 @@ impl Changes {
 
     /// Whether the resource `read` read is held differently.
     pub(super) fn touch(&self, read: &Read) -> bool {
-        !self.0.is_empty()
-            && self
-                .0
-                .contains(&read_hash(read.kind, &read.mesh, &read.name))
+        self.touches(read.kind, &read.mesh, &read.name)
+    }
+
+    /// Whether resource `name` of `mesh` of `kind` is held differently.
+    pub(super) fn touches(&self, kind: ReadKind, mesh: &str, name: &str) -> bool {
+        !self.0.is_empty() && self.0.contains(&read_hash(kind, mesh, name))
     }
 }
 

@@ -37,7 +37,7 @@ pub use inbound::INBOUND_ADDRESS;
 pub use index::{CompileError, Indexed, Lookup, MeshIndex, typed};
 pub use listener::PortTraffic;
 pub use outbound::OUTBOUND_ADDRESS;
-pub use reuse::Reuse;
+pub use reuse::{Around, Reuse};
 
 /// Things compiled around (a target without listeners, an unsupported retry event), each a
 /// sentence naming the resource.
@@ -130,7 +130,14 @@ pub fn compile_served(
             &mut out,
         );
     }
-    output::reached_clusters(index, registry, &serving.service_endpoints, mtls, &mut out);
+    output::reached_clusters(
+        index,
+        registry,
+        &serving.service_endpoints,
+        mtls,
+        reuse,
+        &mut out,
+    );
     for name in std::mem::take(&mut out.secrets) {
         // Workload certificates of automatic mTLS are made by the agents, never sent; an
         // unavailable certificate never exists.

@@ -23,7 +23,11 @@ use mesh_xds::{
 use mesh_model::types::{Listener as AppMeshListener, ListenerTlsMode};
 use prost::Message;
 
-use super::{Issues, ServiceEndpoints, cluster, index::MeshIndex};
+use super::{
+    Issues, ServiceEndpoints, cluster,
+    index::MeshIndex,
+    reuse::{BuiltCluster, Reuse},
+};
 use crate::{
     identity::{AutoMtls, MtlsMode},
     registry::Registry,
@@ -135,21 +139,21 @@ fn takes_plain_text(mesh: &str, listener: &AppMeshListener, mtls: Option<&AutoMt
     }
 }
 
-/// The clusters routes reach (and their EDS assignments), and the passthrough clusters.
+/// The clusters routes reach (and their EDS assignments), and the passthrough clusters; the
+/// clusters of unchanged virtual nodes taken as `reuse` kept them.
 pub(super) fn reached_clusters(
     index: &MeshIndex,
     registry: &Registry,
     service_endpoints: &ServiceEndpoints,
     mtls: Option<&AutoMtls>,
+    reuse: &Reuse,
     out: &mut Output,
 ) {
+    let mut clusters = reuse.clusters(index, registry, service_endpoints, mtls);
     for node in index.nodes.values() {
+        let of = (node.mesh_name.as_str(), node.virtual_node_name.as_str());
         for listener in node.spec.listeners.iter().flatten() {
-            let name = names::cluster(
-                &node.mesh_name,
-                &node.virtual_node_name,
-                listener.port_mapping.port,
-            );
+            let name = names::cluster(of.0, of.1, listener.port_mapping.port);
             let variants: Vec<(String, ClusterVariant)> = out
                 .variants
                 .get(&name)
@@ -158,29 +162,36 @@ pub(super) fn reached_clusters(
                 .filter(|(variant, _)| out.reached.contains(*variant))
                 .map(|(variant, change)| (variant.clone(), change.clone()))
                 .collect();
-            if !out.reached.contains(&name) && variants.is_empty() {
+            let reached = out.reached.contains(&name);
+            if !reached && variants.is_empty() {
                 continue;
             }
-            let (cluster, assignment) =
-                cluster::for_listener(node, listener, registry, service_endpoints);
-            for (variant, change) in variants {
-                // Same endpoints: an EDS copy keeps the service name of its original.
-                out.cluster(change.apply(variant, &cluster));
-            }
-            if out.reached.contains(&name) {
-                let mut cluster = cluster;
+            let built = clusters.cluster(&name, of, || {
+                let (cluster, assignment) =
+                    cluster::for_listener(node, listener, registry, service_endpoints);
+                let mut as_reached = cluster.clone();
                 if !takes_plain_text(&node.mesh_name, listener, mtls) {
                     // Plain-text probes of a port that takes only TLS would fail; the copies
                     // callers reach it through (with TLS) keep the health check.
-                    cluster.health_checks.clear();
+                    as_reached.health_checks.clear();
                 }
-                out.cluster(cluster);
+                BuiltCluster::new(of, cluster, as_reached, assignment.map(pack_any))
+            });
+            for (variant, change) in variants {
+                // Same endpoints: an EDS copy keeps the service name of its original.
+                out.cluster(change.apply(variant, &built.cluster));
             }
-            if let Some(assignment) = assignment {
-                out.resources.insert(ENDPOINT, name, pack_any(assignment));
+            if reached {
+                // Built without a transport socket: it names no SDS secret.
+                out.resources
+                    .insert(CLUSTER, name.clone(), built.reached.clone());
+            }
+            if let Some(assignment) = &built.assignment {
+                out.resources.insert(ENDPOINT, name, assignment.clone());
             }
         }
     }
+    clusters.done();
     for mesh in index.meshes.values() {
         let name = names::passthrough_cluster(&mesh.mesh_name);
         if out.reached.contains(&name) {

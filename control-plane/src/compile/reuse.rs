@@ -14,28 +14,78 @@ use std::{
 };
 
 use bytes::Bytes;
+use envoy_types::{
+    pb::{envoy::config::cluster::v3::Cluster, google::protobuf::Any},
+    util::pack_any,
+};
 use mesh_model::types::{ClientPolicy, VirtualServiceBackend};
 
 use super::{
-    AutoMtls, Issues,
+    AutoMtls, Issues, ServiceEndpoints,
     hosts::Hosts,
-    index::{Changes, MeshIndex, Read, Recording},
+    index::{Changes, MeshIndex, Read, ReadKind, Recording},
     output::ClusterVariant,
 };
+use crate::registry::Registry;
 
-/// The parts compiled for one published mesh, and what it may take from the mesh before.
+/// The parts and clusters compiled for one published mesh, and what it may take from the
+/// mesh before.
 #[derive(Default)]
 pub struct Reuse {
     previous: Option<Previous>,
     current: Parts,
+    clusters: Clusters,
 }
 
-/// The mesh published before: its index, its parts, and (once a compile asks) the resources
-/// the two meshes hold differently.
+/// The mesh published before: what it was compiled from, its parts and clusters, and (once a
+/// compile asks) the resources the two meshes hold differently.
 struct Previous {
     index: Arc<MeshIndex>,
+    around: Around,
     parts: Arc<Mutex<PartsByCaller>>,
+    clusters: Clusters,
     changes: OnceLock<Changes>,
+}
+
+/// What a mesh's clusters are built from besides their virtual nodes: the service registry,
+/// the Kubernetes Services' endpoints, automatic mTLS.
+pub struct Around {
+    pub registry: Arc<Registry>,
+    pub service_endpoints: Arc<ServiceEndpoints>,
+    pub mtls: Option<Arc<AutoMtls>>,
+}
+
+impl Around {
+    /// Whether clusters built around `self` are built the same around these.
+    fn same(
+        &self,
+        registry: &Registry,
+        service_endpoints: &ServiceEndpoints,
+        mtls: Option<&AutoMtls>,
+    ) -> bool {
+        let same_mtls = match (&self.mtls, mtls) {
+            (Some(was), Some(is)) => std::ptr::eq(Arc::as_ptr(was), is),
+            (None, None) => true,
+            _ => false,
+        };
+        same_mtls
+            && (std::ptr::eq(Arc::as_ptr(&self.registry), registry) || *self.registry == *registry)
+            && (std::ptr::eq(Arc::as_ptr(&self.service_endpoints), service_endpoints)
+                || *self.service_endpoints == *service_endpoints)
+    }
+}
+
+/// Clusters of virtual node listeners as built, by name.
+type Clusters = Arc<Mutex<HashMap<String, Arc<BuiltCluster>>>>;
+
+/// A virtual node listener's cluster: as built (what copies for callers start from), encoded
+/// as routes reach it, and its endpoint assignment encoded.
+pub(super) struct BuiltCluster {
+    /// The virtual node it was built from.
+    node: (String, String),
+    pub(super) cluster: Cluster,
+    pub(super) reached: Any,
+    pub(super) assignment: Option<Any>,
 }
 
 /// The parts of each caller `(mesh, virtual node)`.
@@ -45,15 +95,50 @@ type CallerParts = HashMap<String, Arc<Part>>;
 type Parts = Arc<Mutex<PartsByCaller>>;
 
 impl Reuse {
-    /// The reuse of a mesh published after `previous`, which served `index`.
-    pub fn after(previous: &Reuse, index: Arc<MeshIndex>) -> Self {
+    /// The reuse of a mesh published after `previous`, which served `index` with `around`.
+    pub fn after(previous: &Reuse, index: Arc<MeshIndex>, around: Around) -> Self {
         Self {
             previous: Some(Previous {
                 index,
+                around,
                 parts: Arc::clone(&previous.current),
+                clusters: Arc::clone(&previous.clusters),
                 changes: OnceLock::new(),
             }),
             current: Parts::default(),
+            clusters: Clusters::default(),
+        }
+    }
+
+    /// The resources `index` holds differently from the mesh before's.
+    fn changes(&self, index: &MeshIndex) -> Option<(&Previous, &Changes)> {
+        let previous = self.previous.as_ref()?;
+        let changes = previous
+            .changes
+            .get_or_init(|| Changes::between(&previous.index, index));
+        Some((previous, changes))
+    }
+
+    /// The clusters built for this mesh, and those of the mesh before that can be taken: the
+    /// ones of virtual nodes that did not change, when what else clusters are built from is
+    /// the same.
+    pub(super) fn clusters<'r>(
+        &'r self,
+        index: &MeshIndex,
+        registry: &Registry,
+        service_endpoints: &ServiceEndpoints,
+        mtls: Option<&AutoMtls>,
+    ) -> ClusterReuse<'r> {
+        let previous = self.changes(index).and_then(|(previous, changes)| {
+            previous
+                .around
+                .same(registry, service_endpoints, mtls)
+                .then_some((&previous.clusters, changes))
+        });
+        ClusterReuse {
+            current: &self.clusters,
+            previous,
+            built: HashMap::new(),
         }
     }
 
@@ -62,11 +147,8 @@ impl Reuse {
     pub(super) fn caller<'r>(&'r self, index: &MeshIndex, mesh: &str, caller: &str) -> Caller<'r> {
         let key = (mesh.to_owned(), caller.to_owned());
         let current = lock(&self.current).get(&key).cloned();
-        let previous = self.previous.as_ref().and_then(|previous| {
+        let previous = self.changes(index).and_then(|(previous, changes)| {
             let parts = lock(&previous.parts).get(&key).cloned()?;
-            let changes = previous
-                .changes
-                .get_or_init(|| Changes::between(&previous.index, index));
             Some((parts, changes))
         });
         Caller {
@@ -79,9 +161,63 @@ impl Reuse {
     }
 }
 
-fn lock(parts: &Mutex<PartsByCaller>) -> MutexGuard<'_, PartsByCaller> {
-    // A panic while a caller's parts were inserted leaves the map whole.
-    parts.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(map: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while something was inserted leaves the map whole.
+    map.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The clusters one compile builds or takes.
+pub(super) struct ClusterReuse<'r> {
+    current: &'r Clusters,
+    previous: Option<(&'r Clusters, &'r Changes)>,
+    built: HashMap<String, Arc<BuiltCluster>>,
+}
+
+impl ClusterReuse<'_> {
+    /// Cluster `name` of virtual node `node` of `mesh`: built for this mesh already, taken
+    /// from the mesh before if its node is unchanged, else `build`'s.
+    pub(super) fn cluster(
+        &mut self,
+        name: &str,
+        (mesh, node): (&str, &str),
+        build: impl FnOnce() -> BuiltCluster,
+    ) -> Arc<BuiltCluster> {
+        let this_mesh = || lock(self.current).get(name).cloned();
+        let mesh_before = || {
+            let (clusters, changes) = self.previous?;
+            let built = lock(clusters).get(name).cloned()?;
+            let same_node = built.node.0 == mesh && built.node.1 == node;
+            (same_node && !changes.touches(ReadKind::Node, mesh, node)).then_some(built)
+        };
+        let built = this_mesh()
+            .or_else(mesh_before)
+            .unwrap_or_else(|| Arc::new(build()));
+        self.built.insert(name.to_owned(), Arc::clone(&built));
+        built
+    }
+
+    /// Keeps the clusters of this compile for the compiles after it.
+    pub(super) fn done(self) {
+        lock(self.current).extend(self.built);
+    }
+}
+
+impl BuiltCluster {
+    /// `cluster` of virtual node `node` of `mesh`, and its assignment; `reached` is the
+    /// cluster as routes reach it.
+    pub(super) fn new(
+        (mesh, node): (&str, &str),
+        cluster: Cluster,
+        reached: Cluster,
+        assignment: Option<Any>,
+    ) -> Self {
+        Self {
+            node: (mesh.to_owned(), node.to_owned()),
+            cluster,
+            reached: pack_any(reached),
+            assignment,
+        }
+    }
 }
 
 /// One caller's parts while it compiles: those this mesh's compiles made already, those of
@@ -253,6 +389,13 @@ mod tests {
                 json!(9091),
                 &["api.shop.local"],
             ),
+            // A target's cluster, its name the same.
+            (
+                "vn-api-v2.json",
+                "/spec/listeners/0/healthCheck/path",
+                json!("/health"),
+                &["api.shop.local"],
+            ),
             // The node providing db.
             (
                 "vn-db.json",
@@ -286,7 +429,12 @@ mod tests {
                 let before = Reuse::default();
                 let index = Arc::new(MeshIndex::new(from).unwrap());
                 compiled(&index, &before);
-                let after = Reuse::after(&before, index);
+                let around = Around {
+                    registry: Arc::default(),
+                    service_endpoints: Arc::default(),
+                    mtls: None,
+                };
+                let after = Reuse::after(&before, index, around);
                 let mesh = MeshIndex::new(to).unwrap();
                 let reused = compiled(&mesh, &after);
                 let fresh = compiled(&mesh, &Reuse::default());
