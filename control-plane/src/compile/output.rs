@@ -177,14 +177,21 @@ pub(super) fn reached_clusters(
                 }
                 BuiltCluster::new(of, cluster, as_reached, assignment.map(pack_any))
             });
-            for (variant, change) in variants {
-                // Same endpoints: an EDS copy keeps the service name of its original.
-                out.cluster(change.apply(variant, &built.cluster));
+            if !variants.is_empty() {
+                match built.cluster() {
+                    // Same endpoints: an EDS copy keeps the service name of its original.
+                    Ok(cluster) => variants
+                        .into_iter()
+                        .for_each(|(variant, change)| out.cluster(change.apply(variant, &cluster))),
+                    Err(error) => out.issues.push(format!(
+                        "cluster {name}: its encoding does not decode ({error}); callers' copies of it left out"
+                    )),
+                }
             }
             if reached {
                 // Built without a transport socket: it names no SDS secret.
                 out.resources
-                    .insert(CLUSTER, name.clone(), built.reached.clone());
+                    .insert(CLUSTER, name.clone(), built.reached().clone());
             }
             if let Some(assignment) = &built.assignment {
                 out.resources.insert(ENDPOINT, name, assignment.clone());

@@ -19,6 +19,7 @@ use envoy_types::{
     util::pack_any,
 };
 use mesh_model::types::{ClientPolicy, VirtualServiceBackend};
+use prost::Message;
 
 use super::{
     AutoMtls, Issues, ServiceEndpoints,
@@ -78,13 +79,14 @@ impl Around {
 /// Clusters of virtual node listeners as built, by name.
 type Clusters = Arc<Mutex<HashMap<String, Arc<BuiltCluster>>>>;
 
-/// A virtual node listener's cluster: as built (what copies for callers start from), encoded
-/// as routes reach it, and its endpoint assignment encoded.
+/// A virtual node listener's cluster, encoded (kept encoded: a `Cluster` message takes
+/// kilobytes as a struct): as built, what copies for callers start from; as routes reach it,
+/// when that differs; and its endpoint assignment.
 pub(super) struct BuiltCluster {
     /// The virtual node it was built from.
     node: (String, String),
-    pub(super) cluster: Cluster,
-    pub(super) reached: Any,
+    built: Any,
+    reached: Option<Any>,
     pub(super) assignment: Option<Any>,
 }
 
@@ -213,10 +215,20 @@ impl BuiltCluster {
     ) -> Self {
         Self {
             node: (mesh.to_owned(), node.to_owned()),
-            cluster,
-            reached: pack_any(reached),
+            reached: (reached != cluster).then(|| pack_any(reached)),
+            built: pack_any(cluster),
             assignment,
         }
+    }
+
+    /// The cluster as routes reach it.
+    pub(super) fn reached(&self) -> &Any {
+        self.reached.as_ref().unwrap_or(&self.built)
+    }
+
+    /// The cluster as built, to make copies of.
+    pub(super) fn cluster(&self) -> Result<Cluster, prost::DecodeError> {
+        Cluster::decode(self.built.value.as_slice())
     }
 }
 
