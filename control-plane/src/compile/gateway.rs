@@ -45,9 +45,10 @@ use super::{
     hosts::hosts_of,
     index::MeshIndex,
     listener::{http_connection_manager, rds},
-    output::{ClusterVariant, Output},
+    output::Output,
     route, tls,
     values::socket_address,
+    variant::ClusterVariant,
 };
 
 /// What one virtual gateway compiles to.

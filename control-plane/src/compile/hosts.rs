@@ -16,7 +16,7 @@ use mesh_model::types::{
 use mesh_xds::names;
 use prost::Message;
 
-use super::{Issues, index::Lookup, output::ClusterVariant, route, values::duration};
+use super::{Issues, index::Lookup, route, values::duration, variant::ClusterVariant};
 
 /// The virtual hosts (HTTP family) and TCP targets of some virtual services, per port, and
 /// the clusters they reach: what a node's backends or a gateway's targets route to. The

@@ -19,6 +19,7 @@ mod reuse;
 mod route;
 mod tls;
 mod values;
+mod variant;
 
 use std::{collections::BTreeSet, sync::Arc};
 

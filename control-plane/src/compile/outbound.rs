@@ -14,9 +14,9 @@ use super::{
     hosts::{Hosts, hosts_of},
     index::{Lookup, MeshIndex},
     listener::{self, PortTraffic},
-    output::ClusterVariant,
     reuse::{Compiled, Inputs, Reuse},
     tls,
+    variant::ClusterVariant,
 };
 
 /// Where the node proxy takes outbound traffic in (the redirect's target).

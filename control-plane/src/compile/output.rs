@@ -7,10 +7,7 @@ use bytes::Bytes;
 
 use envoy_types::{
     pb::envoy::config::{
-        cluster::v3::{CircuitBreakers, Cluster},
-        core::v3::{HealthCheck, TransportSocket},
-        listener::v3::Listener,
-        route::v3::RouteConfiguration,
+        cluster::v3::Cluster, listener::v3::Listener, route::v3::RouteConfiguration,
     },
     util::pack_any,
 };
@@ -27,6 +24,7 @@ use super::{
     Issues, ServiceEndpoints, cluster,
     index::MeshIndex,
     reuse::{BuiltCluster, Reuse},
+    variant::ClusterVariant,
 };
 use crate::{
     identity::{AutoMtls, MtlsMode},
@@ -101,33 +99,6 @@ struct EncodedRouteConfiguration {
     name: String,
     #[prost(bytes = "bytes", repeated, tag = "2")]
     virtual_hosts: Vec<Bytes>,
-}
-
-/// A copy of a cluster for some callers: a TLS-originating one (a backend's client policy),
-/// or a gateway's, with the gateway listener's connection pool and health check.
-#[derive(Clone, Default)]
-pub(super) struct ClusterVariant {
-    pub(super) transport_socket: Option<TransportSocket>,
-    pub(super) circuit_breakers: Option<CircuitBreakers>,
-    pub(super) health_checks: Vec<HealthCheck>,
-}
-
-impl ClusterVariant {
-    /// The copy of `cluster` named `name`, with this variant's changes.
-    pub(super) fn apply(self, name: String, cluster: &Cluster) -> Cluster {
-        let base = cluster.clone();
-        Cluster {
-            name,
-            transport_socket: self.transport_socket.or(base.transport_socket),
-            circuit_breakers: self.circuit_breakers.or(base.circuit_breakers),
-            health_checks: if self.health_checks.is_empty() {
-                base.health_checks
-            } else {
-                self.health_checks
-            },
-            ..base
-        }
-    }
 }
 
 /// Whether a virtual node's listener takes plain text: no TLS of its own and no STRICT

@@ -25,7 +25,7 @@ use super::{
     AutoMtls, Issues, ServiceEndpoints,
     hosts::Hosts,
     index::{Changes, MeshIndex, Read, ReadKind, Recording},
-    output::ClusterVariant,
+    variant::ClusterVariant,
 };
 use crate::registry::Registry;
 
