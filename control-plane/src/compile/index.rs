@@ -1,11 +1,5 @@
 //! The mesh's resources by kind, typed: what every compiler looks things up in.
-use std::{
-    cell::RefCell,
-    cmp::Ordering,
-    collections::{BTreeMap, HashSet},
-    hash::{DefaultHasher, Hash, Hasher},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use mesh_model::{
     resource::{Resource, Typed},
@@ -198,7 +192,7 @@ impl MeshIndex {
 }
 
 /// What compiling a virtual service's hosts reads of the mesh: one resource at a time, so
-/// that a compile can be recorded ([`Recording`]) and its result reused while what it read
+/// that a compile can be recorded (`reads::Recording`) and its result reused while what it read
 /// is unchanged.
 pub trait Lookup {
     fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>>;
@@ -255,195 +249,6 @@ impl Lookup for MeshIndex {
             .get(&key(mesh, router))
             .map(Vec::as_slice)
             .unwrap_or_default()
-    }
-}
-
-/// One resource a compile read (found or not), by kind and `(mesh, name)`; a router's routes
-/// are one read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum ReadKind {
-    Node,
-    Service,
-    Router,
-    Routes,
-}
-
-#[derive(Clone, Debug)]
-pub(super) struct Read {
-    kind: ReadKind,
-    mesh: String,
-    name: String,
-}
-
-/// The resources two indexes hold differently (added, removed, or not equal), by a hash of
-/// their kind and `(mesh, name)`: a read is looked up without building a key, and a
-/// collision only makes a compile run again.
-pub(super) struct Changes(HashSet<u64>);
-
-fn read_hash(kind: ReadKind, mesh: &str, name: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (kind, mesh, name).hash(&mut hasher);
-    hasher.finish()
-}
-
-/// Whether two indexes hold a resource the same: the same shared copy, or equal ones (a node
-/// inheriting the mesh's IP preference is a fresh copy in each index; a file read again is
-/// parsed again).
-fn same<T: PartialEq>(before: &Arc<T>, after: &Arc<T>) -> bool {
-    Arc::ptr_eq(before, after) || before == after
-}
-
-impl Changes {
-    pub(super) fn between(before: &MeshIndex, after: &MeshIndex) -> Self {
-        let mut changed = HashSet::new();
-        let same_routes = |before: &Vec<Arc<CreateRouteInput>>,
-                           after: &Vec<Arc<CreateRouteInput>>| {
-            before.len() == after.len() && before.iter().zip(after).all(|(b, a)| same(b, a))
-        };
-        changed_keys(
-            ReadKind::Node,
-            &before.nodes,
-            &after.nodes,
-            same,
-            &mut changed,
-        );
-        changed_keys(
-            ReadKind::Service,
-            &before.services,
-            &after.services,
-            same,
-            &mut changed,
-        );
-        changed_keys(
-            ReadKind::Router,
-            &before.routers,
-            &after.routers,
-            same,
-            &mut changed,
-        );
-        changed_keys(
-            ReadKind::Routes,
-            &before.routes,
-            &after.routes,
-            same_routes,
-            &mut changed,
-        );
-        Self(changed)
-    }
-
-    /// Whether the resource `read` read is held differently.
-    pub(super) fn touch(&self, read: &Read) -> bool {
-        self.touches(read.kind, &read.mesh, &read.name)
-    }
-
-    /// Whether resource `name` of `mesh` of `kind` is held differently.
-    pub(super) fn touches(&self, kind: ReadKind, mesh: &str, name: &str) -> bool {
-        !self.0.is_empty() && self.0.contains(&read_hash(kind, mesh, name))
-    }
-}
-
-/// Notes in `changed` the resources of one kind that `before` and `after` hold differently:
-/// both maps walked in their key order side by side, no key looked up.
-fn changed_keys<V>(
-    kind: ReadKind,
-    before: &BTreeMap<(String, String), V>,
-    after: &BTreeMap<(String, String), V>,
-    same: impl Fn(&V, &V) -> bool,
-    changed: &mut HashSet<u64>,
-) {
-    let mut note = |key: &(String, String)| changed.insert(read_hash(kind, &key.0, &key.1));
-    let (mut before, mut after) = (before.iter().peekable(), after.iter().peekable());
-    loop {
-        match (before.peek(), after.peek()) {
-            (Some((was_key, was)), Some((is_key, is))) => match was_key.cmp(is_key) {
-                Ordering::Equal => {
-                    if !same(was, is) {
-                        note(was_key);
-                    }
-                    before.next();
-                    after.next();
-                }
-                // Only before: removed.
-                Ordering::Less => {
-                    note(was_key);
-                    before.next();
-                }
-                // Only after: added.
-                Ordering::Greater => {
-                    note(is_key);
-                    after.next();
-                }
-            },
-            (Some((key, _)), None) => {
-                note(key);
-                before.next();
-            }
-            (None, Some((key, _))) => {
-                note(key);
-                after.next();
-            }
-            (None, None) => return,
-        }
-    }
-}
-
-/// A [`Lookup`] of an index that notes every read, so that what was compiled from them can
-/// be reused while none of them changed ([`Changes`]).
-pub(super) struct Recording<'a> {
-    index: &'a MeshIndex,
-    reads: RefCell<Vec<Read>>,
-}
-
-impl<'a> Recording<'a> {
-    pub(super) fn new(index: &'a MeshIndex) -> Self {
-        Self {
-            index,
-            reads: RefCell::default(),
-        }
-    }
-
-    pub(super) fn into_reads(self) -> Vec<Read> {
-        self.reads.into_inner()
-    }
-
-    /// `found`, the resource `name` of `mesh` of `kind`, noted as read.
-    fn noted<T>(&self, kind: ReadKind, (mesh, name): (&str, &str), found: T) -> T {
-        self.reads.borrow_mut().push(Read {
-            kind,
-            mesh: mesh.to_owned(),
-            name: name.to_owned(),
-        });
-        found
-    }
-}
-
-impl Lookup for Recording<'_> {
-    fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
-        self.noted(ReadKind::Node, (mesh, name), self.index.node(mesh, name))
-    }
-
-    fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
-        self.noted(
-            ReadKind::Service,
-            (mesh, name),
-            self.index.service(mesh, name),
-        )
-    }
-
-    fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
-        self.noted(
-            ReadKind::Router,
-            (mesh, name),
-            self.index.router(mesh, name),
-        )
-    }
-
-    fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
-        self.noted(
-            ReadKind::Routes,
-            (mesh, router),
-            self.index.routes(mesh, router),
-        )
     }
 }
 
@@ -509,44 +314,5 @@ mod tests {
         assert_eq!(preference(&index, "dns"), Some(IpPreference::Ipv6Only));
         assert_eq!(preference(&index, "map"), Some(IpPreference::Ipv6Only));
         assert_eq!(preference(&index, "own"), Some(IpPreference::Ipv4Only));
-    }
-    #[test]
-    fn changes_are_what_was_added_removed_or_changed() {
-        let service = |name: &str, node: &str| {
-            resource(
-                Kind::VirtualService,
-                json!({"meshName": "m", "virtualServiceName": name,
-                    "spec": {"provider": {"virtualNode": {"virtualNodeName": node}}}}),
-            )
-        };
-        let before = MeshIndex::new(&[
-            service("a", "n"),
-            service("c", "n"),
-            service("e", "n"),
-            service("g", "n"),
-        ])
-        .unwrap();
-        let after = MeshIndex::new(&[
-            service("b", "n"),
-            service("c", "n"),
-            service("e", "other"),
-            service("f", "n"),
-            service("g", "n"),
-        ])
-        .unwrap();
-        let changes = Changes::between(&before, &after);
-        let touched = |name: &str| {
-            changes.touch(&Read {
-                kind: ReadKind::Service,
-                mesh: "m".into(),
-                name: name.into(),
-            })
-        };
-        for name in ["a", "b", "e", "f"] {
-            assert!(touched(name), "{name}");
-        }
-        for name in ["c", "g", "h"] {
-            assert!(!touched(name), "{name}");
-        }
     }
 }

@@ -15,6 +15,7 @@ mod index;
 mod listener;
 mod outbound;
 mod output;
+mod reads;
 mod reuse;
 mod route;
 mod tls;

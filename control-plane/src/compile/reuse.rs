@@ -3,11 +3,11 @@
 //! encode the other 9 999 again for every node that reaches them.
 //!
 //! What one backend of one caller compiles to (a [`Part`]) is kept with the mesh resources
-//! its compile read ([`Recording`]), the caller's settings for the backend and the automatic
+//! its compile read (`reads::Recording`), the caller's settings for the backend and the automatic
 //! mTLS it used. Each published mesh keeps the parts its compiles made or took, and takes
 //! from the mesh published before it only, so parts no node uses any more go with that mesh:
 //! a part of the mesh before is taken while none of its reads is among the resources the two
-//! meshes hold differently ([`Changes`], found once per mesh) and its other inputs are equal.
+//! meshes hold differently (`reads::Changes`, found once per mesh) and its other inputs are equal.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
@@ -24,7 +24,8 @@ use prost::Message;
 use super::{
     AutoMtls, Issues, ServiceEndpoints,
     hosts::Hosts,
-    index::{Changes, MeshIndex, Read, ReadKind, Recording},
+    index::MeshIndex,
+    reads::{Changes, Read, ReadKind, Recording, same_as},
     variant::ClusterVariant,
 };
 use crate::registry::Registry;
@@ -64,15 +65,19 @@ impl Around {
         service_endpoints: &ServiceEndpoints,
         mtls: Option<&AutoMtls>,
     ) -> bool {
-        let same_mtls = match (&self.mtls, mtls) {
-            (Some(was), Some(is)) => std::ptr::eq(Arc::as_ptr(was), is),
-            (None, None) => true,
-            _ => false,
-        };
-        same_mtls
-            && (std::ptr::eq(Arc::as_ptr(&self.registry), registry) || *self.registry == *registry)
-            && (std::ptr::eq(Arc::as_ptr(&self.service_endpoints), service_endpoints)
-                || *self.service_endpoints == *service_endpoints)
+        same_mtls(self.mtls.as_ref(), mtls)
+            && same_as(&self.registry, registry)
+            && same_as(&self.service_endpoints, service_endpoints)
+    }
+}
+
+/// Whether `now` is the automatic mTLS `kept` was made with: the same one, or none both times
+/// (it lives as long as the control plane; equal ones made apart are not the same CA).
+fn same_mtls(kept: Option<&Arc<AutoMtls>>, now: Option<&AutoMtls>) -> bool {
+    match (kept, now) {
+        (Some(kept), Some(now)) => std::ptr::eq(Arc::as_ptr(kept), now),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -316,12 +321,9 @@ pub(super) struct Part {
 impl Part {
     /// Whether it was compiled from `inputs` (what it read of the mesh aside).
     fn inputs_equal(&self, inputs: &Inputs<'_>) -> bool {
-        let same_mtls = match (&self.mtls, inputs.mtls) {
-            (Some(was), Some(is)) => Arc::ptr_eq(was, is),
-            (None, None) => true,
-            _ => false,
-        };
-        same_mtls && self.backend == *inputs.backend && self.defaults.as_ref() == inputs.defaults
+        same_mtls(self.mtls.as_ref(), inputs.mtls.map(Arc::as_ref))
+            && self.backend == *inputs.backend
+            && self.defaults.as_ref() == inputs.defaults
     }
 }
 
