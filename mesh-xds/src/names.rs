@@ -137,11 +137,6 @@ pub fn outbound_routes(mesh: &str, node: &str, port: i32) -> String {
     format!("{}/{port}", outbound_listener(mesh, node))
 }
 
-/// The destination port of outbound routes named by [`outbound_routes`].
-pub fn outbound_routes_port(name: &str) -> Option<i32> {
-    name.rsplit('/').next()?.parse().ok()
-}
-
 /// The inbound listener of a virtual node: `mesh/node/inbound`.
 pub fn inbound_listener(mesh: &str, node: &str) -> String {
     format!("{mesh}/{node}/inbound")
@@ -283,9 +278,5 @@ mod tests {
             Some("shop/web")
         );
         assert_eq!(virtual_node_of_inbound_listener("shop/web/outbound"), None);
-        assert_eq!(
-            outbound_routes_port(&outbound_routes("shop", "web", 9090)),
-            Some(9090)
-        );
     }
 }

@@ -64,16 +64,17 @@ pub(super) fn outbound_for(
         tcp,
         mut clusters,
     } = hosts;
-    let route_configs: Vec<(i32, String, Vec<Bytes>)> = http_hosts
-        .into_iter()
-        .map(|(port, virtual_hosts)| {
-            (
-                port,
-                names::outbound_routes(mesh, caller, port),
-                virtual_hosts,
-            )
-        })
-        .collect();
+    // One route configuration per HTTP port, which that port's traffic goes by.
+    let mut routes = Vec::new();
+    let mut ports: Vec<(i32, PortTraffic)> = Vec::new();
+    for (port, virtual_hosts) in http_hosts {
+        let name = names::outbound_routes(mesh, caller, port);
+        let traffic = PortTraffic::Http {
+            routes: name.clone(),
+        };
+        ports.push((port, traffic));
+        routes.push((name, virtual_hosts));
+    }
     let allow_all = index
         .meshes
         .get(mesh)
@@ -82,13 +83,6 @@ pub(super) fn outbound_for(
         .is_some_and(|f| f.r#type == EgressFilterType::AllowAll);
     let passthrough = allow_all.then(|| names::passthrough_cluster(mesh));
     clusters.extend(passthrough.clone());
-    let mut ports: Vec<(i32, PortTraffic)> = route_configs
-        .iter()
-        .map(|(port, name, _)| {
-            let routes = name.clone();
-            (*port, PortTraffic::Http { routes })
-        })
-        .collect();
     ports.extend(tcp.into_iter().map(|(port, targets)| {
         let plan = PortTraffic::Tcp {
             service: targets.service,
@@ -107,10 +101,7 @@ pub(super) fn outbound_for(
     });
     Outbound {
         listener,
-        routes: route_configs
-            .into_iter()
-            .map(|(_, name, hosts)| (name, hosts))
-            .collect(),
+        routes,
         clusters,
         variants,
     }
