@@ -448,6 +448,7 @@ struct Watching {
     again: Option<Look>,
     /// Change events from the kernel, if it gives them; else the files are polled often.
     events: Option<ChangeEvents>,
+    /// The poll: rare while every watched directory reports its changes.
     tick: tokio::time::Interval,
 }
 
@@ -460,11 +461,15 @@ impl Watching {
             seen: None,
             in_flight: None,
             again: None,
-            tick: poll(if events.is_some() {
-                watch::FALLBACK_INTERVAL
-            } else {
-                watch::INTERVAL
-            }),
+            // The first tick records what is there; until then no directory is watched.
+            tick: poll(
+                tokio::time::Instant::now(),
+                if events.is_some() {
+                    watch::UNREPORTED_INTERVAL
+                } else {
+                    watch::INTERVAL
+                },
+            ),
             events,
         }
     }
@@ -497,8 +502,12 @@ impl Watching {
         match done {
             Ok((now, reloaded)) => {
                 // Directories that came since are watched too.
-                if let Some(events) = &mut self.events {
-                    events.watch(&now);
+                if let Some(all_reported) = self.events.as_mut().map(|e| e.watch(&now)) {
+                    self.poll_every(if all_reported {
+                        watch::SAFETY_INTERVAL
+                    } else {
+                        watch::UNREPORTED_INTERVAL
+                    });
                 }
                 self.seen = Some(now);
                 reloaded
@@ -514,12 +523,19 @@ impl Watching {
     fn without_events(&mut self, error: &std::io::Error) {
         warn!(%error, "file change events stopped: changes are seen by polling");
         self.events = None;
-        self.tick = poll(watch::INTERVAL);
+        self.poll_every(watch::INTERVAL);
+    }
+
+    /// Polls every `every` from now on (the next poll `every` from now).
+    fn poll_every(&mut self, every: std::time::Duration) {
+        if self.tick.period() != every {
+            self.tick = poll(tokio::time::Instant::now() + every, every);
+        }
     }
 }
 
-fn poll(every: std::time::Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(every);
+fn poll(first: tokio::time::Instant, every: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(first, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
 }

@@ -5,10 +5,11 @@
 //!
 //! A fingerprint looks at every file (20 000 of them at 10 000 services), so it is kept
 //! cheap: directory entries are stat'ed relative to their directory (no path walk per
-//! file) and sorted as bytes.
+//! file) and sorted as bytes. Where every directory reports its changes, the poll is only
+//! a rare safety net: taking a fingerprint each second cost the control plane most of its
+//! idle CPU and delayed a change arriving during it.
 use std::{
     collections::HashMap,
-    fs::DirEntry,
     io,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -21,12 +22,18 @@ use tracing::debug;
 /// How often the watched files are checked for changes without change events.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 
-/// How often they are checked with change events too: for what inotify does not report
-/// (network file systems, a watch limit reached).
-pub(crate) const FALLBACK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often they are checked when change events come but some directory does not report
+/// its changes: a watch could not be added (the watch limit), or it is on a network file
+/// system (whose events say only what this machine changed).
+pub(crate) const UNREPORTED_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often they are checked when every directory reports its changes: a safety net for
+/// the changes inotify cannot see (an overlay's lower layer changed underneath, a link in
+/// the middle of a chain of links, in a directory not watched).
+pub(crate) const SAFETY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// (path, modified, length) of every file under some paths: a change in any means reload;
-/// and the directories they are in, to watch for change events.
+/// and the directories they are in or link to, to watch for change events.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
     files: Vec<(PathBuf, Option<SystemTime>, u64)>,
@@ -71,6 +78,7 @@ impl Fingerprint {
             directories: Vec::new(),
         };
         for path in paths {
+            found.watch_link_target(path);
             match std::fs::metadata(path) {
                 Ok(metadata) if metadata.is_dir() => found.collect(path, &metadata),
                 found_or_not => {
@@ -86,6 +94,9 @@ impl Fingerprint {
         found
             .files
             .sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+        // Links of a ConfigMap all point into one directory.
+        found.directories.sort_unstable();
+        found.directories.dedup();
         found
     }
 
@@ -97,9 +108,34 @@ impl Fingerprint {
         }
         self.directories.push(path.to_owned());
         for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            if let Some(metadata) = followed_metadata(&entry) {
-                self.collect(&entry.path(), &metadata);
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            // A link is followed (a ConfigMap's files are links); an entry that is not one
+            // is stat'ed relative to its directory: no walk of the whole path.
+            let metadata = if file_type.is_symlink() {
+                self.watch_link_target(&path);
+                std::fs::metadata(&path)
+            } else {
+                entry.metadata()
+            };
+            if let Ok(metadata) = metadata {
+                self.collect(&path, &metadata);
             }
+        }
+    }
+
+    /// If `path` is a link, the directory of what it finally links to is watched too: a
+    /// file changed there is a change here, and its own directory's events say so.
+    fn watch_link_target(&mut self, path: &Path) {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if let Some(directory) = is_link
+            .then(|| std::fs::canonicalize(path).ok())
+            .flatten()
+            .and_then(|target| target.parent().map(Path::to_owned))
+        {
+            self.directories.push(directory);
         }
     }
 
@@ -177,19 +213,28 @@ impl ChangeEvents {
     }
 
     /// Watches the directories of `fingerprint` (again: watching a watched directory
-    /// changes nothing, and new ones are added).
-    pub(crate) fn watch(&mut self, fingerprint: &Fingerprint) {
+    /// changes nothing, and new ones are added). Whether every one of them reports its
+    /// changes: else they must be polled often.
+    pub(crate) fn watch(&mut self, fingerprint: &Fingerprint) -> bool {
         let mut watches = self.stream.watches();
+        let mut all_reported = true;
         for directory in &fingerprint.directories {
             match watches.add(directory, CHANGES) {
+                Ok(watch) if on_network_file_system(directory) => {
+                    debug!(directory = %directory.display(), "a network file system: change events say only what this machine changed; polled");
+                    self.directories.insert(watch, directory.clone());
+                    all_reported = false;
+                }
                 Ok(watch) => {
                     self.directories.insert(watch, directory.clone());
                 }
                 Err(error) => {
-                    debug!(%error, directory = %directory.display(), "no change events for a directory; polled")
+                    debug!(%error, directory = %directory.display(), "no change events for a directory; polled");
+                    all_reported = false;
                 }
             }
         }
+        all_reported
     }
 
     /// Waits for the next event that may be a change: what to look at; an error when
@@ -220,14 +265,28 @@ impl ChangeEvents {
     }
 }
 
-/// An entry's metadata, of what it links to if it is a symbolic link (a ConfigMap's files
-/// are links).
-fn followed_metadata(entry: &DirEntry) -> Option<std::fs::Metadata> {
-    match entry.file_type().ok()?.is_symlink() {
-        true => std::fs::metadata(entry.path()).ok(),
-        // Relative to the directory: no walk of the whole path.
-        false => entry.metadata().ok(),
-    }
+/// Whether `directory` is on a file system shared over a network (or served by a user-space
+/// process): inotify sees the changes made through this machine's kernel only.
+fn on_network_file_system(directory: &Path) -> bool {
+    /// Magic numbers (`linux/magic.h`, `statfs(2)`).
+    const NETWORK: [u32; 13] = [
+        0x6969,      // NFS
+        0x517b,      // SMB
+        0xff53_4d42, // CIFS
+        0xfe53_4d42, // SMB2
+        0x6573_5546, // FUSE (sshfs, s3fs, ...)
+        0x0102_1997, // 9P
+        0x00c3_6400, // Ceph
+        0x5346_414f, // AFS
+        0x6b41_4653, // kAFS
+        0x7375_7245, // Coda
+        0x0116_1970, // GFS2
+        0x7461_636f, // OCFS2
+        0x0bd0_0bd0, // Lustre
+    ];
+    // Truncating is right: the magic numbers are 32 bits wide, the field a C long.
+    nix::sys::statfs::statfs(directory)
+        .is_ok_and(|fs| NETWORK.contains(&(fs.filesystem_type().0 as u32)))
 }
 
 #[cfg(test)]
@@ -293,8 +352,8 @@ mod tests {
         assert_eq!(look, Look::Everything, "a directory came");
     }
 
-    #[test]
-    fn a_linked_file_is_seen_through_its_link() {
+    #[tokio::test]
+    async fn a_linked_file_changed_where_it_lives_is_seen_by_its_change_event() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("data");
         std::fs::create_dir(&target).unwrap();
@@ -304,7 +363,33 @@ mod tests {
         std::os::unix::fs::symlink(target.join("mesh.json"), watched.join("mesh.json")).unwrap();
         let paths = [watched];
         let before = Fingerprint::of(&paths);
+        let mut events = ChangeEvents::new().unwrap();
+        assert!(
+            events.watch(&before),
+            "both directories report their changes"
+        );
         std::fs::write(target.join("mesh.json"), "{\"a\": 1}").unwrap();
-        assert!(Fingerprint::of(&paths) != before);
+        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(look, Look::Files(vec![target.join("mesh.json")]));
+        let now = before.looked_again(&paths, &look);
+        assert_eq!(
+            now.changes_since(&before),
+            Changes::Modified(vec![paths[0].join("mesh.json")])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_cannot_be_watched_does_not_report_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = ChangeEvents::new().unwrap();
+        assert!(events.watch(&Fingerprint::of(&[dir.path().to_owned()])));
+        let missing = dir.path().join("not-yet").join("registry.json");
+        assert!(
+            !events.watch(&Fingerprint::of(&[missing])),
+            "the directory of a file named by path is not there yet"
+        );
     }
 }

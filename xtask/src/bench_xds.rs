@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bench::SETTLE,
+    bench::{cpu_seconds, status_kib},
     build::{self, Profile, step},
 };
 
@@ -27,6 +27,7 @@ pub fn run(services: usize) -> anyhow::Result<()> {
         dir.display()
     ));
     generate(&dir, services)?;
+    let files = std::fs::read_dir(&dir)?.count();
 
     step("control plane start-up: read, validate and index the mesh");
     let started = Instant::now();
@@ -87,8 +88,13 @@ pub fn run(services: usize) -> anyhow::Result<()> {
         std::thread::sleep(BETWEEN_CHANGES);
     }
 
-    // Both run on jemalloc, which gives back what a compile freed about a second later.
-    std::thread::sleep(SETTLE);
+    step("the control plane while nothing changes");
+    // What watching the files costs (polls); meanwhile both processes settle: they run on
+    // jemalloc, which gives back what a compile freed about a second later.
+    let cpu_before = cpu_seconds(control.pid())?;
+    std::thread::sleep(IDLE);
+    let idle_cpu = cpu_seconds(control.pid())? - cpu_before;
+    let kib = |pid, field| status_kib(pid, field).unwrap_or(0);
     let (cp_rss, cp_peak) = (kib(control.pid(), "VmRSS:"), kib(control.pid(), "VmHWM:"));
     let (agent_rss, agent_peak) = (kib(agent.pid(), "VmRSS:"), kib(agent.pid(), "VmHWM:"));
     drop(agent);
@@ -124,8 +130,14 @@ pub fn run(services: usize) -> anyhow::Result<()> {
         );
     }
     println!(
+        "  control plane CPU while nothing changes: {:.1} ms per second over {} s (watching {} files)",
+        idle_cpu * 1e3 / IDLE.as_secs_f64(),
+        IDLE.as_secs(),
+        files
+    );
+    println!(
         "  control plane RSS: {cp_rss} KiB settled ({} s after the last change), {cp_peak} KiB peak",
-        SETTLE.as_secs()
+        IDLE.as_secs()
     );
     println!("  node xDS client RSS: {agent_rss} KiB settled, {agent_peak} KiB peak");
     Ok(())
@@ -134,6 +146,10 @@ pub fn run(services: usize) -> anyhow::Result<()> {
 /// Changes measured one after the other, and the pause between them.
 const CHANGES: usize = 3;
 const BETWEEN_CHANGES: Duration = Duration::from_millis(1500);
+
+/// How long the control plane is watched doing nothing: the longest interval between polls
+/// of files whose changes are reported (watch.rs), so a poll falls in it.
+const IDLE: Duration = Duration::from_secs(30);
 
 /// The route configurations' version in a line of `xds-dump --watch` (its summary JSON).
 fn routes_version(line: &str) -> Option<String> {
@@ -259,15 +275,4 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
