@@ -529,6 +529,7 @@ impl Watching {
     /// Polls every `every` from now on (the next poll `every` from now).
     fn poll_every(&mut self, every: std::time::Duration) {
         if self.tick.period() != every {
+            debug!(every_ms = every.as_millis(), "polling the watched files");
             self.tick = poll(tokio::time::Instant::now() + every, every);
         }
     }

@@ -147,17 +147,22 @@ impl Fingerprint {
         };
         let mut now = self.clone();
         for path in named {
-            let found = now
+            let seen = now
                 .files
                 .binary_search_by(|file| file.0.as_os_str().cmp(path.as_os_str()))
-                .ok()
-                .zip(std::fs::metadata(path).ok().filter(|m| !m.is_dir()));
-            let Some((at, metadata)) = found else {
+                .ok();
+            match (seen, std::fs::metadata(path).ok()) {
+                (Some(at), Some(metadata)) if !metadata.is_dir() => {
+                    now.files[at].1 = metadata.modified().ok();
+                    now.files[at].2 = metadata.len();
+                }
+                // Neither seen nor there: the temporary file of a write by rename (as
+                // editors and `sed -i` write), gone by now. It changed nothing here, and
+                // looking at every file for it would cost each such write a full look.
+                (None, None) => {}
                 // A file came or went, or a directory changed.
-                return Self::of(paths);
-            };
-            now.files[at].1 = metadata.modified().ok();
-            now.files[at].2 = metadata.len();
+                _ => return Self::of(paths),
+            }
         }
         now
     }
@@ -328,6 +333,25 @@ mod tests {
         std::fs::write(&b, "{}").unwrap();
         let now = before.looked_again(&paths, &Look::Files(vec![b]));
         assert_eq!(now.changes_since(&before), Changes::Listing);
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_rename_is_looked_at_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().to_owned()];
+        let a = dir.path().join("a.json");
+        std::fs::write(&a, "{}").unwrap();
+        let before = Fingerprint::of(&paths);
+        // Not named by any look: seen only if every file is looked at.
+        std::fs::write(dir.path().join("unnamed.json"), "{}").unwrap();
+        let temporary = dir.path().join(".a.json.tmp");
+        std::fs::write(&temporary, "{\"a\": 1}").unwrap();
+        std::fs::rename(&temporary, &a).unwrap();
+        // The events of the write: the temporary file closed, renamed from, renamed to.
+        let look =
+            Look::Files(vec![temporary.clone()]).and(Look::Files(vec![temporary, a.clone()]));
+        let now = before.looked_again(&paths, &look);
+        assert_eq!(now.changes_since(&before), Changes::Modified(vec![a]));
     }
 
     #[tokio::test]
