@@ -33,11 +33,13 @@ pub(crate) const UNREPORTED_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const SAFETY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// (path, modified, length) of every file under some paths: a change in any means reload;
-/// and the directories they are in or link to, to watch for change events.
+/// the directories they are in or link to, to watch for change events; and what the links
+/// among them point to.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Fingerprint {
     files: Vec<(PathBuf, Option<SystemTime>, u64)>,
     directories: Vec<PathBuf>,
+    link_targets: Vec<PathBuf>,
 }
 
 /// What a check of the watched files looks at.
@@ -76,9 +78,12 @@ impl Fingerprint {
         let mut found = Self {
             files: Vec::new(),
             directories: Vec::new(),
+            link_targets: Vec::new(),
         };
         for path in paths {
-            found.watch_link_target(path);
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                found.link(path);
+            }
             match std::fs::metadata(path) {
                 Ok(metadata) if metadata.is_dir() => found.collect(path, &metadata),
                 found_or_not => {
@@ -97,6 +102,7 @@ impl Fingerprint {
         // Links of a ConfigMap all point into one directory.
         found.directories.sort_unstable();
         found.directories.dedup();
+        found.link_targets.sort_unstable();
         found
     }
 
@@ -115,7 +121,7 @@ impl Fingerprint {
             // A link is followed (a ConfigMap's files are links); an entry that is not one
             // is stat'ed relative to its directory: no walk of the whole path.
             let metadata = if file_type.is_symlink() {
-                self.watch_link_target(&path);
+                self.link(&path);
                 std::fs::metadata(&path)
             } else {
                 entry.metadata()
@@ -126,17 +132,14 @@ impl Fingerprint {
         }
     }
 
-    /// If `path` is a link, the directory of what it finally links to is watched too: a
-    /// file changed there is a change here, and its own directory's events say so.
-    fn watch_link_target(&mut self, path: &Path) {
-        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-        if let Some(directory) = is_link
-            .then(|| std::fs::canonicalize(path).ok())
-            .flatten()
-            .and_then(|target| target.parent().map(Path::to_owned))
-        {
-            self.directories.push(directory);
-        }
+    /// Notes what link `path` finally points to, and watches its directory: a file changed
+    /// there is a change here, and only its own directory's events say so.
+    fn link(&mut self, path: &Path) {
+        let Ok(target) = std::fs::canonicalize(path) else {
+            return;
+        };
+        self.directories.extend(target.parent().map(Path::to_owned));
+        self.link_targets.push(target);
     }
 
     /// The files as `look` finds them: only the files it names are looked at again, if
@@ -156,10 +159,11 @@ impl Fingerprint {
                     now.files[at].1 = metadata.modified().ok();
                     now.files[at].2 = metadata.len();
                 }
-                // Neither seen nor there: the temporary file of a write by rename (as
-                // editors and `sed -i` write), gone by now. It changed nothing here, and
-                // looking at every file for it would cost each such write a full look.
-                (None, None) => {}
+                // Neither seen, nor linked to, nor there: the temporary file of a write by
+                // rename (as editors and `sed -i` write), gone by now. It changed nothing
+                // here, and looking at every file for it would cost each such write a full
+                // look.
+                (None, None) if self.link_targets.binary_search(path).is_err() => {}
                 // A file came or went, or a directory changed.
                 _ => return Self::of(paths),
             }
@@ -193,8 +197,9 @@ impl Fingerprint {
 /// as it happens, not at the next poll.
 pub(crate) struct ChangeEvents {
     stream: EventStream<Vec<u8>>,
-    /// The directory each watch is on.
-    directories: HashMap<WatchDescriptor, PathBuf>,
+    /// The directory each watch is on, by every name it was watched by (a directory reached
+    /// through a link, and as the target of another, is one watch).
+    directories: HashMap<WatchDescriptor, Vec<PathBuf>>,
 }
 
 /// What a change is: written and closed, created or removed, renamed in or out, its
@@ -224,19 +229,21 @@ impl ChangeEvents {
         let mut watches = self.stream.watches();
         let mut all_reported = true;
         for directory in &fingerprint.directories {
-            match watches.add(directory, CHANGES) {
-                Ok(watch) if on_network_file_system(directory) => {
-                    debug!(directory = %directory.display(), "a network file system: change events say only what this machine changed; polled");
-                    self.directories.insert(watch, directory.clone());
-                    all_reported = false;
-                }
-                Ok(watch) => {
-                    self.directories.insert(watch, directory.clone());
-                }
+            let watch = match watches.add(directory, CHANGES) {
+                Ok(watch) => watch,
                 Err(error) => {
                     debug!(%error, directory = %directory.display(), "no change events for a directory; polled");
                     all_reported = false;
+                    continue;
                 }
+            };
+            if on_network_file_system(directory) {
+                debug!(directory = %directory.display(), "a network file system: change events say only what this machine changed; polled");
+                all_reported = false;
+            }
+            let names = self.directories.entry(watch).or_default();
+            if !names.contains(directory) {
+                names.push(directory.clone());
             }
         }
         all_reported
@@ -257,15 +264,15 @@ impl ChangeEvents {
             if created_file {
                 continue;
             }
-            let file = match (self.directories.get(&event.wd), &event.name) {
-                (Some(directory), Some(name)) if !event.mask.contains(EventMask::ISDIR) => {
-                    directory.join(name)
+            let files = match (self.directories.get(&event.wd), &event.name) {
+                (Some(names), Some(name)) if !event.mask.contains(EventMask::ISDIR) => {
+                    names.iter().map(|directory| directory.join(name)).collect()
                 }
                 // A directory changed, events were lost (`Q_OVERFLOW`) or the event is
                 // not of a known watch.
                 _ => return Ok(Look::Everything),
             };
-            return Ok(Look::Files(vec![file]));
+            return Ok(Look::Files(files));
         }
     }
 }
@@ -402,6 +409,43 @@ mod tests {
         assert_eq!(
             now.changes_since(&before),
             Changes::Modified(vec![paths[0].join("mesh.json")])
+        );
+        // Gone where it lives: so is the linked file.
+        std::fs::remove_file(target.join("mesh.json")).unwrap();
+        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(look, Look::Files(vec![target.join("mesh.json")]));
+        assert_eq!(
+            now.looked_again(&paths, &look).changes_since(&now),
+            Changes::Listing
+        );
+    }
+
+    #[tokio::test]
+    async fn a_directory_watched_by_two_names_has_its_files_named_by_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("watched");
+        std::fs::create_dir(&watched).unwrap();
+        std::fs::write(watched.join("a.json"), "{}").unwrap();
+        std::fs::write(watched.join("c.json"), "{}").unwrap();
+        std::os::unix::fs::symlink("a.json", watched.join("b.json")).unwrap();
+        // Walked as `alias`; the target of `b.json` is in it as `watched`.
+        std::os::unix::fs::symlink(&watched, dir.path().join("alias")).unwrap();
+        let paths = [dir.path().join("alias")];
+        let before = Fingerprint::of(&paths);
+        let mut events = ChangeEvents::new().unwrap();
+        events.watch(&before);
+        std::fs::remove_file(watched.join("c.json")).unwrap();
+        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            before.looked_again(&paths, &look).changes_since(&before),
+            Changes::Listing,
+            "{look:?}"
         );
     }
 
