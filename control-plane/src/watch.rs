@@ -305,6 +305,14 @@ fn on_network_file_system(directory: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// The next change event's look; the test fails if none comes within 5 s.
+    async fn next_look(events: &mut ChangeEvents) -> Look {
+        tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn a_new_or_changed_file_under_a_directory_changes_the_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
@@ -370,16 +378,10 @@ mod tests {
         let file = dir.path().join("a.json");
         std::fs::write(&file, "{}").unwrap();
         // Its creation is skipped (empty yet): its close after writing names it.
-        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let look = next_look(&mut events).await;
         assert_eq!(look, Look::Files(vec![file]));
         std::fs::create_dir(dir.path().join("more")).unwrap();
-        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let look = next_look(&mut events).await;
         assert_eq!(look, Look::Everything, "a directory came");
     }
 
@@ -400,10 +402,7 @@ mod tests {
             "both directories report their changes"
         );
         std::fs::write(target.join("mesh.json"), "{\"a\": 1}").unwrap();
-        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let look = next_look(&mut events).await;
         assert_eq!(look, Look::Files(vec![target.join("mesh.json")]));
         let now = before.looked_again(&paths, &look);
         assert_eq!(
@@ -412,10 +411,7 @@ mod tests {
         );
         // Gone where it lives: so is the linked file.
         std::fs::remove_file(target.join("mesh.json")).unwrap();
-        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let look = next_look(&mut events).await;
         assert_eq!(look, Look::Files(vec![target.join("mesh.json")]));
         assert_eq!(
             now.looked_again(&paths, &look).changes_since(&now),
@@ -438,10 +434,7 @@ mod tests {
         let mut events = ChangeEvents::new().unwrap();
         events.watch(&before);
         std::fs::remove_file(watched.join("c.json")).unwrap();
-        let look = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let look = next_look(&mut events).await;
         assert_eq!(
             before.looked_again(&paths, &look).changes_since(&before),
             Changes::Listing,
