@@ -3,12 +3,15 @@
 //! stamp; a reload reads again only the files whose stamp changed, drops the files that are
 //! gone, and redoes only what spans files: Kubernetes conversion (objects refer to each
 //! other across files), unique names, references, and the index. With 20 000 files, one
-//! changed file then costs one parse rather than 20 000.
+//! changed file then costs one parse rather than 20 000; and the checks across files are
+//! kept ([`Across`]) and redone only around what changed, the whole pass run only to say
+//! what is wrong when something is.
 //!
 //! What is kept for a file depends on its content only, so a rejected change poisons
 //! nothing: the file's problems are kept with it, and reported again until it changes.
 use std::{
     collections::{HashMap, HashSet},
+    mem,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -20,7 +23,7 @@ use mesh_model::{
     report::Diagnostic,
     resource::Resource,
     source,
-    validate::{self, Links, Options},
+    validate::{self, Across, Links, Options},
 };
 
 use crate::{
@@ -38,6 +41,11 @@ const RACY: Duration = Duration::from_secs(1);
 pub(crate) struct MeshFiles {
     input: InputOptions,
     files: HashMap<PathBuf, CachedFile>,
+    /// The files not [`CachedFile::settled`]: read again at every reload.
+    unsettled: HashSet<PathBuf>,
+    /// The checks across the files' resources, each file a group (by [`CachedFile::id`]).
+    across: Across,
+    next_id: u64,
     /// The last listing of the files, if it found no problem: the paths listed and the
     /// files under them, in order.
     listing: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
@@ -45,6 +53,8 @@ pub(crate) struct MeshFiles {
 
 /// What a file's content gave, with the stamp the file had when it was read.
 struct CachedFile {
+    /// Which read of a file this is: the group its resources are in [`MeshFiles::across`].
+    id: u64,
     /// None: the file could not be looked at (it is read again every time).
     stamp: Option<Stamp>,
     /// Whether an unchanged stamp means unchanged content: false for a file modified just
@@ -63,7 +73,7 @@ struct FileContent {
     manifests: Vec<Document>,
     /// Each resource's own problems (validation of its fields).
     checked: Vec<Diagnostic>,
-    links: Vec<Links>,
+    links: Arc<[Links]>,
     /// The resources typed, for the index; why not, if one does not fit the model.
     typed: Result<Vec<Indexed>, String>,
 }
@@ -92,9 +102,13 @@ impl Stamp {
 
 impl MeshFiles {
     pub(crate) fn new(input: InputOptions) -> Self {
+        let across = Across::new(options(&input));
         Self {
             input,
             files: HashMap::new(),
+            unsettled: HashSet::new(),
+            across,
+            next_id: 0,
             listing: None,
         }
     }
@@ -104,15 +118,25 @@ impl MeshFiles {
     pub(crate) fn compile(&mut self, paths: &[PathBuf]) -> Result<MeshIndex, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
         let listed = source::mesh_files(paths, &mut diagnostics);
-        let mut previous = std::mem::take(&mut self.files);
+        let mut previous = mem::take(&mut self.files);
+        self.unsettled.clear();
         for path in &listed {
-            let kept = previous
-                .remove(path)
-                .filter(|file| file.settled && Stamp::of(path) == file.stamp);
-            let file = kept.unwrap_or_else(|| self.read(path));
-            self.files.insert(path.clone(), file);
+            match previous.remove(path) {
+                Some(file) if file.settled && Stamp::of(path) == file.stamp => {
+                    self.files.insert(path.clone(), file);
+                }
+                stale => {
+                    if let Some(stale) = stale {
+                        self.across.remove(stale.id);
+                    }
+                    self.read(path);
+                }
+            }
         }
-        // What `previous` still holds is of files that went away: dropped.
+        // What `previous` still holds is of files that went away.
+        for gone in previous.into_values() {
+            self.across.remove(gone.id);
+        }
         let listed_cleanly = diagnostics.is_empty();
         let compiled = self.assemble(&listed, diagnostics);
         self.listing = listed_cleanly.then(|| (paths.to_vec(), listed));
@@ -138,34 +162,44 @@ impl MeshFiles {
             _ => return self.compile(paths),
         };
         let (modified, listed_paths, listed) = listing;
-        let modified: HashSet<&PathBuf> = modified.iter().collect();
-        for path in &listed {
-            let stale = self
-                .files
-                .get(path)
-                .is_none_or(|file| !file.settled || modified.contains(path));
-            if stale {
-                let file = self.read(path);
-                self.files.insert(path.clone(), file);
-            }
+        let stale: HashSet<PathBuf> = modified
+            .iter()
+            .cloned()
+            .chain(mem::take(&mut self.unsettled))
+            .collect();
+        for path in &stale {
+            self.read(path);
         }
         let compiled = self.assemble(&listed, Vec::new());
         self.listing = Some((listed_paths, listed));
         compiled
     }
 
-    /// Reads a file, stamped as it was before the read: a change during the read makes
-    /// the next stamp differ, so it is read again.
-    fn read(&self, path: &Path) -> CachedFile {
+    /// Reads a file, stamped as it was before the read (a change during the read makes
+    /// the next stamp differ, so it is read again), in place of what was kept of it.
+    fn read(&mut self, path: &Path) {
         let stamp = Stamp::of(path);
         let settled = stamp
             .and_then(|stamp| stamp.modified)
             .and_then(|modified| SystemTime::now().duration_since(modified).ok())
             .is_some_and(|age| age > RACY);
-        CachedFile {
+        let content = self.content_of(path);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.across.insert(id, Arc::clone(&content.links));
+        if settled {
+            self.unsettled.remove(path);
+        } else {
+            self.unsettled.insert(path.to_owned());
+        }
+        let file = CachedFile {
+            id,
             stamp,
             settled,
-            content: Arc::new(self.content_of(path)),
+            content: Arc::new(content),
+        };
+        if let Some(replaced) = self.files.insert(path.to_owned(), file) {
+            self.across.remove(replaced.id);
         }
     }
 
@@ -185,16 +219,57 @@ impl MeshFiles {
     }
 
     fn options(&self) -> Options {
-        Options {
-            check_references: !self.input.partial,
-            lenient: self.input.lenient,
-        }
+        options(&self.input)
     }
 
     /// The files' contents made one mesh: Kubernetes objects converted together, names and
     /// references checked across files, everything indexed. The diagnostics come in the
     /// order a whole read gives them ([`crate::load::load`]).
     fn assemble(
+        &mut self,
+        listed: &[PathBuf],
+        diagnostics: Vec<Diagnostic>,
+    ) -> Result<MeshIndex, Vec<Diagnostic>> {
+        match self.clean(listed, &diagnostics) {
+            true => Ok(MeshIndex::from_typed(
+                self.files
+                    .values()
+                    .flat_map(|file| file.content.typed.as_deref().unwrap_or_default())
+                    .cloned(),
+            )),
+            false => self.assemble_whole(listed, diagnostics),
+        }
+    }
+
+    /// Whether the files make a mesh with nothing wrong (so that what they hold can be
+    /// indexed in any order), found without a pass across every resource: every file listed
+    /// once, read with no error, of API resources only (Kubernetes objects are converted
+    /// together), and no error across them.
+    fn clean(&mut self, listed: &[PathBuf], diagnostics: &[Diagnostic]) -> bool {
+        // Asked every time, so that what it has to check again does not pile up.
+        let across_clean = !self.across.has_errors();
+        let files_clean = diagnostics.is_empty()
+            && listed.len() == self.files.len()
+            && self.files.values().all(|file| {
+                let content = &file.content;
+                content.manifests.is_empty()
+                    && content.typed.is_ok()
+                    && !content
+                        .read
+                        .iter()
+                        .chain(&content.checked)
+                        .any(Diagnostic::is_error)
+            })
+            && self
+                .files
+                .values()
+                .any(|file| !file.content.links.is_empty());
+        files_clean && across_clean
+    }
+
+    /// [`Self::assemble`] by a pass over every resource, in listing order: what says what
+    /// is wrong.
+    fn assemble_whole(
         &self,
         listed: &[PathBuf],
         mut diagnostics: Vec<Diagnostic>,
@@ -247,6 +322,13 @@ impl MeshFiles {
         }
         typed.extend(typed_all(&converted).map_err(|e| vec![Diagnostic::error(e)])?);
         Ok(MeshIndex::from_typed(typed))
+    }
+}
+
+fn options(input: &InputOptions) -> Options {
+    Options {
+        check_references: !input.partial,
+        lenient: input.lenient,
     }
 }
 
@@ -435,6 +517,40 @@ mod tests {
         );
         std::fs::remove_file(dir.path().join("c.json")).unwrap();
         assert!(listens(&files.compile(&paths).unwrap(), "a", 80));
+    }
+
+    #[test]
+    fn a_reference_a_change_elsewhere_breaks_is_reported_as_a_whole_read_reports_it() {
+        let (dir, mut files) = fixture();
+        let paths = [dir.path().to_owned()];
+        write(
+            dir.path(),
+            "s.json",
+            r#"{"meshName": "m", "virtualServiceName": "s", "spec": {"provider": {"virtualNode": {"virtualNodeName": "a"}}}}"#,
+        );
+        files.compile(&paths).unwrap();
+        // Node a renamed: only a.json changed, the broken reference is in s.json.
+        write(dir.path(), "a.json", &node("z", 80));
+        let changes = Changes::Modified(vec![dir.path().join("a.json")]);
+        let Err(report) = files.compile_changes(&paths, &changes) else {
+            panic!("accepted a reference to a node that is gone");
+        };
+        let (_, whole) = crate::load::load(&paths, &InputOptions::default());
+        assert_eq!(report, whole);
+        assert!(
+            report
+                .iter()
+                .any(|d| d.to_string().contains("VirtualService s")
+                    && d.to_string()
+                        .contains("VirtualNode a, which is not defined")),
+            "{report:?}"
+        );
+        write(dir.path(), "a.json", &node("a", 80));
+        assert!(listens(
+            &files.compile_changes(&paths, &changes).unwrap(),
+            "a",
+            80
+        ));
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub fn run(services: usize) -> anyhow::Result<()> {
 
     step("control plane start-up: read, validate and index the mesh");
     let started = Instant::now();
-    // Its log (JSON) says how long compiling the mesh for the node took each time.
+    // Its log (JSON) says how long each reload of the mesh files and each compile of the
+    // mesh for the node took.
     let log_path = std::env::temp_dir().join(format!("mesh-bench-xds-{}.log", std::process::id()));
     let log = std::fs::File::create(&log_path)?;
     let control = Process::start(
@@ -45,7 +46,7 @@ pub fn run(services: usize) -> anyhow::Result<()> {
             "--log-format",
             "json",
         ],
-        "warn,control_plane::ads=debug",
+        "warn,control_plane::ads=debug,control_plane::runtime=debug",
         log.into(),
     )?;
     let serving = control.wait_line("serving ADS on", Duration::from_secs(300))?;
@@ -100,7 +101,11 @@ pub fn run(services: usize) -> anyhow::Result<()> {
     drop(agent);
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
-    let compiles = compile_times(&std::fs::read_to_string(&log_path)?);
+    let entries = log_entries(&std::fs::read_to_string(&log_path)?);
+    let (reloads, compiles) = (
+        logged_times(&entries, RELOADED),
+        logged_times(&entries, COMPILED_FOR_NODE),
+    );
     let _ = std::fs::remove_file(&log_path);
 
     step(&format!(
@@ -120,6 +125,15 @@ pub fn run(services: usize) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some((first, rest)) = reloads.split_first() {
+        println!(
+            "  reading, checking and indexing the mesh files: {first:.1} ms at start-up (every file), {} for the changes (the changed file read; what spans files redone)",
+            rest.iter()
+                .map(|ms| format!("{ms:.1} ms ({:.3}x)", ms / first))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some((first, rest)) = compiles.split_first() {
         println!(
             "  compiling the mesh for the node: {first:.1} ms at the first sync (every resource), {} for the changes (what they touched; the rest reused)",
@@ -161,22 +175,36 @@ fn routes_version(line: &str) -> Option<String> {
     )
 }
 
-/// How long each compile for a node view took, in order, from the control plane's JSON log
-/// (its warnings and errors are passed on).
-fn compile_times(log: &str) -> Vec<f64> {
-    let mut times = Vec::new();
+/// The control plane's log messages that time a reload of the mesh files and a compile for
+/// a node view.
+const RELOADED: &str = "mesh files read, checked and indexed";
+const COMPILED_FOR_NODE: &str = "mesh compiled for a node view";
+
+/// The control plane's JSON log entries; its warnings and errors (and lines that are not
+/// JSON) are passed on.
+fn log_entries(log: &str) -> Vec<serde_json::Value> {
+    let mut entries = Vec::new();
     for line in log.lines() {
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
-            eprintln!("{line}");
-            continue;
-        };
-        if entry["message"] == "mesh compiled for a node view" {
-            times.extend(entry["elapsed_ms"].as_f64());
-        } else if entry["level"] == "WARN" || entry["level"] == "ERROR" {
-            eprintln!("{line}");
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(entry) => {
+                if entry["level"] == "WARN" || entry["level"] == "ERROR" {
+                    eprintln!("{line}");
+                }
+                entries.push(entry);
+            }
+            Err(_) => eprintln!("{line}"),
         }
     }
-    times
+    entries
+}
+
+/// How long each step logged with `message` took, in order.
+fn logged_times(entries: &[serde_json::Value], message: &str) -> Vec<f64> {
+    entries
+        .iter()
+        .filter(|entry| entry["message"] == message)
+        .filter_map(|entry| entry["elapsed_ms"].as_f64())
+        .collect()
 }
 
 fn path(dir: &Path) -> anyhow::Result<&str> {
