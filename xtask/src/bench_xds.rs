@@ -129,24 +129,18 @@ pub fn run(services: usize) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if let Some((first, rest)) = reloads.split_first() {
-        println!(
-            "  reading, checking and indexing the mesh files: {first:.1} ms at start-up (every file), {} for the changes (the changed file read; what spans files redone)",
-            rest.iter()
-                .map(|ms| format!("{ms:.1} ms ({:.3}x)", ms / first))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if let Some((first, rest)) = compiles.split_first() {
-        println!(
-            "  compiling the mesh for the node: {first:.1} ms at the first sync (every resource), {} for the changes (what they touched; the rest reused)",
-            rest.iter()
-                .map(|ms| format!("{ms:.1} ms ({:.2}x)", ms / first))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    print_against_first(
+        "reading, checking and indexing the mesh files",
+        &reloads,
+        "at start-up (every file)",
+        "the changed file read; what spans files redone",
+    );
+    print_against_first(
+        "compiling the mesh for the node",
+        &compiles,
+        "at the first sync (every resource)",
+        "what they touched; the rest reused",
+    );
     println!(
         "  control plane CPU while nothing changes: {:.1} ms per second over {} s (watching {} files)",
         idle_cpu * 1e3 / IDLE.as_secs_f64(),
@@ -180,6 +174,20 @@ fn routes_version(line: &str) -> Option<String> {
             .as_str()?
             .to_owned(),
     )
+}
+
+/// A step's times: the first (which did everything), then each change's with its ratio to it.
+fn print_against_first(step: &str, times: &[f64], first_was: &str, changes_do: &str) {
+    if let Some((first, rest)) = times.split_first() {
+        let changes: Vec<String> = rest
+            .iter()
+            .map(|ms| format!("{ms:.1} ms ({:.3}x)", ms / first))
+            .collect();
+        println!(
+            "  {step}: {first:.1} ms {first_was}, {} for the changes ({changes_do})",
+            changes.join(", ")
+        );
+    }
 }
 
 /// The control plane's log messages that time a reload of the mesh files and a compile for
