@@ -120,21 +120,23 @@ impl MeshFiles {
         let listed = source::mesh_files(paths, &mut diagnostics);
         let mut previous = mem::take(&mut self.files);
         self.unsettled.clear();
-        let (mut stale, mut retired) = (Vec::new(), Vec::new());
         for path in &listed {
             match previous.remove(path) {
                 Some(file) if file.settled && Stamp::of(path) == file.stamp => {
                     self.files.insert(path.clone(), file);
                 }
-                old => {
-                    retired.extend(old.map(|old| old.id));
-                    stale.push(path.as_path());
+                stale => {
+                    if let Some(stale) = stale {
+                        self.across.remove(stale.id);
+                    }
+                    self.read(path);
                 }
             }
         }
         // What `previous` still holds is of files that went away.
-        retired.extend(previous.into_values().map(|gone| gone.id));
-        self.read_again(&stale, &retired, listed.len());
+        for gone in previous.into_values() {
+            self.across.remove(gone.id);
+        }
         let listed_cleanly = diagnostics.is_empty();
         let compiled = self.assemble(&listed, diagnostics);
         self.listing = listed_cleanly.then(|| (paths.to_vec(), listed));
@@ -165,37 +167,12 @@ impl MeshFiles {
             .cloned()
             .chain(mem::take(&mut self.unsettled))
             .collect();
-        let stale: Vec<&Path> = stale.iter().map(PathBuf::as_path).collect();
-        self.read_again(&stale, &[], self.files.len());
+        for path in &stale {
+            self.read(path);
+        }
         let compiled = self.assemble(&listed, Vec::new());
         self.listing = Some((listed_paths, listed));
         compiled
-    }
-
-    /// Reads the `stale` files again (of `files` in all), the groups `retired` (of files
-    /// gone, or read again) taken out of the checks across files. When the files read are
-    /// most of them, those checks are made anew instead: taking a file's resources
-    /// out costs about what putting them in does, and a mesh rewritten whole (a ConfigMap
-    /// swapped) would pay both for every file.
-    fn read_again(&mut self, stale: &[&Path], retired: &[u64], files: usize) {
-        let anew = stale.len() * 2 > files;
-        if anew {
-            self.across = Across::new(self.options());
-        } else {
-            for &id in retired {
-                self.across.remove(id);
-            }
-        }
-        for path in stale {
-            self.read(path);
-        }
-        if anew {
-            for file in self.files.values() {
-                if !self.across.contains(file.id) {
-                    self.across.insert(file.id, Arc::clone(&file.content.links));
-                }
-            }
-        }
     }
 
     /// Reads a file, stamped as it was before the read (a change during the read makes
@@ -574,37 +551,6 @@ mod tests {
             "a",
             80
         ));
-    }
-
-    #[test]
-    fn a_mesh_rewritten_whole_is_checked_across_files_anew() {
-        let (dir, mut files) = fixture();
-        let paths = [dir.path().to_owned()];
-        let service = |node: &str| {
-            format!(
-                r#"{{"meshName": "m", "virtualServiceName": "s", "spec": {{"provider": {{"virtualNode": {{"virtualNodeName": "{node}"}}}}}}}}"#
-            )
-        };
-        write(dir.path(), "s.json", &service("a"));
-        files.compile(&paths).unwrap();
-        // Most files rewritten (as a ConfigMap swapped): one reference broken.
-        write(dir.path(), "a.json", &node("z", 80));
-        write(dir.path(), "b.json", &node("b", 81));
-        write(dir.path(), "s.json", &service("a"));
-        let report = rejected(&mut files, &paths);
-        assert_eq!(
-            report,
-            crate::load::load(&paths, &InputOptions::default()).1
-        );
-        write(dir.path(), "s.json", &service("z"));
-        assert!(listens(&files.compile(&paths).unwrap(), "b", 81));
-        // Made anew with the file not read again in it too (else it would find the mesh
-        // undefined, and every reload would take the whole pass).
-        assert!(!files.across.has_errors());
-        // Back to a change of one file: its reference checked against what was made anew.
-        write(dir.path(), "s.json", &service("a"));
-        let changes = Changes::Modified(vec![dir.path().join("s.json")]);
-        assert!(files.compile_changes(&paths, &changes).is_err());
     }
 
     #[test]

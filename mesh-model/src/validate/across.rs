@@ -447,11 +447,6 @@ impl Across {
         self.groups.insert(group, resources);
     }
 
-    /// Whether `group` is in the set.
-    pub fn contains(&self, group: u64) -> bool {
-        self.groups.contains_key(&group)
-    }
-
     /// Takes `group`'s resources away.
     pub fn remove(&mut self, group: u64) {
         let Some(resources) = self.groups.remove(&group) else {
