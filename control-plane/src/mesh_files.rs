@@ -41,7 +41,8 @@ const RACY: Duration = Duration::from_secs(1);
 pub(crate) struct MeshFiles {
     input: InputOptions,
     files: HashMap<PathBuf, CachedFile>,
-    /// The files not [`CachedFile::settled`]: read again at every reload.
+    /// The files modified just before they were read, whose unchanged stamp does not mean
+    /// unchanged content: read again at every reload.
     unsettled: HashSet<PathBuf>,
     /// The checks across the files' resources, each file a group (by [`CachedFile::id`]).
     across: Across,
@@ -57,9 +58,6 @@ struct CachedFile {
     id: u64,
     /// None: the file could not be looked at (it is read again every time).
     stamp: Option<Stamp>,
-    /// Whether an unchanged stamp means unchanged content: false for a file modified just
-    /// before it was read.
-    settled: bool,
     content: Arc<FileContent>,
 }
 
@@ -119,10 +117,10 @@ impl MeshFiles {
         let mut diagnostics = Vec::new();
         let listed = source::mesh_files(paths, &mut diagnostics);
         let mut previous = mem::take(&mut self.files);
-        self.unsettled.clear();
+        let unsettled = mem::take(&mut self.unsettled);
         for path in &listed {
             match previous.remove(path) {
-                Some(file) if file.settled && Stamp::of(path) == file.stamp => {
+                Some(file) if !unsettled.contains(path) && Stamp::of(path) == file.stamp => {
                     self.files.insert(path.clone(), file);
                 }
                 stale => {
@@ -195,7 +193,6 @@ impl MeshFiles {
         let file = CachedFile {
             id,
             stamp,
-            settled,
             content: Arc::new(content),
         };
         if let Some(replaced) = self.files.insert(path.to_owned(), file) {
@@ -207,7 +204,7 @@ impl MeshFiles {
         let read = source::read_file(path, &self.input.source);
         let mut checked = Vec::new();
         for resource in &read.resources {
-            validate::validate_resource(resource, self.options(), &mut checked);
+            validate::validate_resource(resource, options(&self.input), &mut checked);
         }
         FileContent {
             read: read.diagnostics,
@@ -216,10 +213,6 @@ impl MeshFiles {
             links: read.resources.iter().map(Links::of).collect(),
             typed: typed_all(&read.resources),
         }
-    }
-
-    fn options(&self) -> Options {
-        options(&self.input)
     }
 
     /// The files' contents made one mesh: Kubernetes objects converted together, names and
@@ -296,7 +289,7 @@ impl MeshFiles {
             diagnostics.extend(content.checked.iter().cloned());
         }
         for resource in &converted {
-            validate::validate_resource(resource, self.options(), &mut diagnostics);
+            validate::validate_resource(resource, options(&self.input), &mut diagnostics);
         }
         let converted_links: Vec<Links> = converted.iter().map(Links::of).collect();
         let links: Vec<&Links> = contents
@@ -304,7 +297,7 @@ impl MeshFiles {
             .flat_map(|c| c.links.iter())
             .chain(&converted_links)
             .collect();
-        validate::validate_across(&links, self.options(), &mut diagnostics);
+        validate::validate_across(&links, options(&self.input), &mut diagnostics);
         if diagnostics.iter().any(Diagnostic::is_error) {
             return Err(diagnostics);
         }
