@@ -112,7 +112,7 @@ pub(crate) struct L7Bench {
     meshtb: String,
 }
 
-pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
+pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
     let (mut bench, servers) = L7Bench::build_and_set_up("the benchmark")?;
     bench.enroll_client(false)?;
     std::thread::sleep(SETTLE);
@@ -125,7 +125,10 @@ pub fn run(rounds: usize, seconds: u32) -> anyhow::Result<()> {
             .unwrap_or(0)
     );
     let mut table: Vec<(&str, String, [f64; 4])> = Vec::new();
-    for scenario in &SCENARIOS {
+    for scenario in SCENARIOS
+        .iter()
+        .filter(|s| only.is_none_or(|only| s.name.contains(only)))
+    {
         step(scenario.name);
         // samples[path][metric]
         let mut samples: [Vec<(&'static str, Vec<f64>)>; 4] = Default::default();

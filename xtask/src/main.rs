@@ -79,6 +79,9 @@ enum Task {
         /// Seconds per load-generator run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Only scenarios whose name contains this text (e.g. `HTTP/2 max`, `1000 req/s`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Benchmark mutual TLS between node proxies: two nodes with an agent each, a client pod
     /// on node 1 reaching a server pod on node 2 directly, through both proxies in plain text,
@@ -160,7 +163,11 @@ fn main() -> anyhow::Result<()> {
             seconds,
             only,
         } => bench::run(rounds, seconds, only.as_deref()),
-        Task::BenchL7 { rounds, seconds } => bench_l7::run(rounds, seconds),
+        Task::BenchL7 {
+            rounds,
+            seconds,
+            only,
+        } => bench_l7::run(rounds, seconds, only.as_deref()),
         Task::BenchMtls {
             rounds,
             seconds,
