@@ -6,7 +6,6 @@
 //! `tls` → `telemetry`; `config`, `heap`, `host` and `listen` are leaves anyone may use.
 pub mod admin;
 pub mod app;
-mod coalesce;
 pub mod config;
 pub mod dataplane;
 pub mod dns;

@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    coalesce::CoalescedWrites,
     telemetry::{lock_poisoned, metrics::ClusterMetrics},
     tls::{Alpn, HandshakeFailed, TlsStore, stream::MaybeTls},
 };
@@ -65,8 +64,6 @@ pub struct Connector {
     timeout: Duration,
     sockets: Arc<dyn SocketFactory>,
     tls: Option<UpstreamTls>,
-    /// hyper's pool speaks HTTP/2 on its connections: their writes are coalesced.
-    http2: bool,
 }
 
 /// The TLS a cluster's connections originate, and where its configuration comes from.
@@ -95,7 +92,6 @@ impl Connector {
             timeout,
             sockets,
             tls: None,
-            http2: false,
         }
     }
 
@@ -144,7 +140,7 @@ impl Connector {
 /// hyper's pool asks for a connection per URI; every URI of this endpoint's pool goes to the
 /// endpoint, so requests keep their own Host/:authority.
 impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<CoalescedWrites<MaybeTls>>;
+    type Response = TokioIo<MaybeTls>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -154,10 +150,7 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let connector = self.clone();
-        Box::pin(async move {
-            let io = connector.connect().await?;
-            Ok(TokioIo::new(CoalescedWrites::new(io, connector.http2)))
-        })
+        Box::pin(async move { connector.connect().await.map(TokioIo::new) })
     }
 }
 
@@ -188,10 +181,7 @@ impl Endpoint {
             // Without a timer the pool only drops an idle connection when it is next asked
             // for one: an endpoint no longer used kept its sockets open for good (the soak).
             .pool_timer(TokioTimer::new())
-            .build(Connector {
-                http2: plan.http2,
-                ..connector.clone()
-            });
+            .build(connector.clone());
         Self {
             addr,
             active: AtomicU32::new(0),

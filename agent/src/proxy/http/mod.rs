@@ -44,7 +44,6 @@ use local_reply::LocalReply;
 
 use super::ProxyInputs;
 use crate::{
-    coalesce::CoalescedWrites,
     dataplane::{
         DataPlane, MeshState,
         upstream::{Body, Upstream},
@@ -472,7 +471,6 @@ async fn serve_until_parked(
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let io = ParkableIo::new(client, Arc::clone(parking));
-    let io = CoalescedWrites::when_client_speaks_http2(io);
     // With upgrades: a 101 hands the connection to the upgrade's join instead of closing it.
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
