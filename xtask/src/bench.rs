@@ -78,6 +78,11 @@ struct Bench {
     server: std::net::Ipv4Addr,
 }
 
+/// Whether `--only` leaves the scenario `name` in: it contains the text, or no text was given.
+pub(crate) fn chosen(name: &str, only: Option<&str>) -> bool {
+    only.is_none_or(|only| name.contains(only))
+}
+
 pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
     build::require_root("the benchmark")?;
     let binaries = build::build(Profile::Release)?;
@@ -127,10 +132,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
     );
     let mut table = Vec::new();
     let mut ports = http_ports.into_iter();
-    for scenario in SCENARIOS
-        .iter()
-        .filter(|s| only.is_none_or(|only| s.name.contains(only)))
-    {
+    for scenario in SCENARIOS.iter().filter(|s| chosen(s.name, only)) {
         step(scenario.name);
         // results[mode][metric] = samples
         let mut samples: Vec<Vec<(&'static str, Vec<f64>)>> = vec![Vec::new(), Vec::new()];

@@ -18,8 +18,8 @@ use serde_json::json;
 
 use crate::{
     bench::{
-        Measurement, SETTLE, cpu_seconds, format_result, median, parse_wrk, quiet, run_client,
-        set_client_enrolled, status_kib,
+        Measurement, SETTLE, chosen, cpu_seconds, format_result, median, parse_wrk, quiet,
+        run_client, set_client_enrolled, status_kib,
     },
     build::{self, Profile, step},
 };
@@ -125,10 +125,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
             .unwrap_or(0)
     );
     let mut table: Vec<(&str, String, [f64; 4])> = Vec::new();
-    for scenario in SCENARIOS
-        .iter()
-        .filter(|s| only.is_none_or(|only| s.name.contains(only)))
-    {
+    for scenario in SCENARIOS.iter().filter(|s| chosen(s.name, only)) {
         step(scenario.name);
         // samples[path][metric]
         let mut samples: [Vec<(&'static str, Vec<f64>)>; 4] = Default::default();

@@ -33,7 +33,9 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    bench::{Measurement, cpu_seconds, format_result, median, parse_wrk, quiet, status_kib},
+    bench::{
+        Measurement, chosen, cpu_seconds, format_result, median, parse_wrk, quiet, status_kib,
+    },
     build::{self, Profile, step},
 };
 
@@ -240,10 +242,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
             .unwrap_or(0)
     );
     let mut table: Vec<Row> = Vec::new();
-    for scenario in SCENARIOS
-        .iter()
-        .filter(|s| only.is_none_or(|only| s.name.contains(only)))
-    {
+    for scenario in SCENARIOS.iter().filter(|s| chosen(s.name, only)) {
         step(scenario.name);
         // samples[path][metric]
         let mut samples: [Vec<(&'static str, Vec<f64>)>; 3] = Default::default();
