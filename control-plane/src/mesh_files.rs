@@ -50,6 +50,12 @@ pub(crate) struct MeshFiles {
     /// The last listing of the files, if it found no problem: the paths listed and the
     /// files under them, in order.
     listing: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
+    /// The index of the files as they were when they last made a mesh with nothing wrong,
+    /// updated in place from then on (each mesh compiled is a copy of it).
+    indexed: Option<MeshIndex>,
+    /// The files read again or gone since [`Self::indexed`] was made, with what it holds of
+    /// each (None: nothing, the file is new).
+    unindexed: HashMap<PathBuf, Option<Arc<FileContent>>>,
 }
 
 /// What a file's content gave, with the stamp the file had when it was read.
@@ -108,6 +114,8 @@ impl MeshFiles {
             across,
             next_id: 0,
             listing: None,
+            indexed: None,
+            unindexed: HashMap::new(),
         }
     }
 
@@ -126,14 +134,16 @@ impl MeshFiles {
                 stale => {
                     if let Some(stale) = stale {
                         self.across.remove(stale.id);
+                        self.note_unindexed(path, Some(stale.content));
                     }
                     self.read(path);
                 }
             }
         }
         // What `previous` still holds is of files that went away.
-        for gone in previous.into_values() {
+        for (path, gone) in previous {
             self.across.remove(gone.id);
+            self.note_unindexed(&path, Some(gone.content));
         }
         let listed_cleanly = diagnostics.is_empty();
         let compiled = self.assemble(&listed, diagnostics);
@@ -195,8 +205,18 @@ impl MeshFiles {
             stamp,
             content: Arc::new(content),
         };
-        if let Some(replaced) = self.files.insert(path.to_owned(), file) {
+        let replaced = self.files.insert(path.to_owned(), file);
+        if let Some(replaced) = &replaced {
             self.across.remove(replaced.id);
+        }
+        self.note_unindexed(path, replaced.map(|r| r.content));
+    }
+
+    /// Notes that `path` no longer holds `content`: what the index holds of it, if this is
+    /// its first change since the index was made.
+    fn note_unindexed(&mut self, path: &Path, content: Option<Arc<FileContent>>) {
+        if self.indexed.is_some() {
+            self.unindexed.entry(path.to_owned()).or_insert(content);
         }
     }
 
@@ -224,14 +244,50 @@ impl MeshFiles {
         diagnostics: Vec<Diagnostic>,
     ) -> Result<MeshIndex, Vec<Diagnostic>> {
         match self.clean(listed, &diagnostics) {
-            true => Ok(MeshIndex::from_typed(
+            true => Ok(self.index()),
+            false => self.assemble_whole(listed, diagnostics),
+        }
+    }
+
+    /// The files' resources indexed, when they make a mesh with nothing wrong: the index
+    /// kept, with the resources of the files changed since taken out and their new ones put
+    /// in; made anew when there is none, when a mesh resource changed (every node may inherit
+    /// from it), or when most files changed (a new index costs less than that many updates).
+    fn index(&mut self) -> MeshIndex {
+        let unindexed = mem::take(&mut self.unindexed);
+        let typed = |content: &FileContent| -> Vec<Indexed> {
+            content.typed.as_deref().unwrap_or_default().to_vec()
+        };
+        let now = |path: &Path| self.files.get(path).map(|file| typed(&file.content));
+        let meshes_changed = unindexed.iter().any(|(path, was)| {
+            let has_mesh =
+                |resources: Vec<Indexed>| resources.iter().any(|r| matches!(r, Indexed::Mesh(_)));
+            was.as_deref().map(typed).is_some_and(has_mesh) || now(path).is_some_and(has_mesh)
+        });
+        let index = match self.indexed.take() {
+            Some(mut index) if !meshes_changed && unindexed.len() <= updates(self.files.len()) => {
+                for was in unindexed.values().flatten() {
+                    for resource in was.typed.as_deref().unwrap_or_default() {
+                        index.remove(resource);
+                    }
+                }
+                for path in unindexed.keys() {
+                    now(path)
+                        .into_iter()
+                        .flatten()
+                        .for_each(|r| index.insert(r));
+                }
+                index
+            }
+            _ => MeshIndex::from_typed(
                 self.files
                     .values()
                     .flat_map(|file| file.content.typed.as_deref().unwrap_or_default())
                     .cloned(),
-            )),
-            false => self.assemble_whole(listed, diagnostics),
-        }
+            ),
+        };
+        self.indexed = Some(index.clone());
+        index
     }
 
     /// Whether the files make a mesh with nothing wrong (so that what they hold can be
@@ -316,6 +372,14 @@ impl MeshFiles {
         typed.extend(typed_all(&converted).map_err(|e| vec![Diagnostic::error(e)])?);
         Ok(MeshIndex::from_typed(typed))
     }
+}
+
+/// How many changed files, of `files`, update the kept index in place: each update copies
+/// the maps' nodes on the path to its key, so when a large part of the files changed (as at
+/// the first reload, when every file was written in the second before start-up) a new index
+/// costs less.
+fn updates(files: usize) -> usize {
+    (files / 16).max(64)
 }
 
 fn options(input: &InputOptions) -> Options {
@@ -439,9 +503,12 @@ mod tests {
         let Ok([Indexed::VirtualNode(kept)]) = content.typed.as_deref() else {
             panic!("one virtual node");
         };
-        // Held by what is kept for the file and by the index: one copy.
+        // Held by what is kept for the file and by the index (kept, and shared by the copy
+        // returned): one copy.
         assert_eq!(Arc::strong_count(kept), 2);
         drop(index);
+        assert_eq!(Arc::strong_count(kept), 2);
+        drop(files);
         assert_eq!(Arc::strong_count(kept), 1);
     }
 
@@ -544,6 +611,68 @@ mod tests {
             "a",
             80
         ));
+    }
+
+    fn route(name: &str, priority: u32, target: &str) -> String {
+        format!(
+            r#"{{"meshName": "m", "virtualRouterName": "r", "routeName": "{name}", "spec": {{"priority": {priority}, "httpRoute": {{"match": {{"prefix": "/{name}"}}, "action": {{"weightedTargets": [{{"virtualNode": "{target}", "weight": 1}}]}}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn the_index_updated_in_place_is_the_index_made_anew() {
+        let (dir, mut files) = fixture();
+        let paths = [dir.path().to_owned()];
+        let router = r#"{"meshName": "m", "virtualRouterName": "r", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}"#;
+        let v6 =
+            r#"{"meshName": "m", "spec": {"serviceDiscovery": {"ipPreference": "IPv6_ONLY"}}}"#;
+        // Each step: files written (or removed: None); then whether the mesh is accepted and
+        // whether the kept index was updated in place (its untouched maps shared).
+        let steps: Vec<(Vec<(&str, Option<String>)>, bool, bool)> = vec![
+            (
+                vec![
+                    ("r.json", Some(router.into())),
+                    ("x.json", Some(route("x", 2, "a"))),
+                    ("y.json", Some(route("y", 1, "b"))),
+                ],
+                true,
+                true,
+            ),
+            (vec![("a.json", Some(node("a", 9090)))], true, true),
+            // The router's routes in their new order.
+            (vec![("y.json", Some(route("y", 3, "b")))], true, true),
+            // A route moved to another file.
+            (
+                vec![("x.json", None), ("z.json", Some(route("x", 2, "a")))],
+                true,
+                true,
+            ),
+            // Changes while the mesh is rejected are all applied once it is accepted.
+            (vec![("y.json", Some(route("y", 3, "q")))], false, false),
+            (vec![("b.json", Some(node("b", 81)))], false, false),
+            (vec![("y.json", Some(route("y", 0, "b")))], true, true),
+            // Nodes inherit from their mesh: a changed mesh indexes everything anew.
+            (vec![("mesh.json", Some(v6.into()))], true, false),
+            (vec![("c.json", Some(node("c", 80)))], true, true),
+            (vec![("y.json", None), ("b.json", None)], true, true),
+        ];
+        let mut previous = files.compile(&paths).unwrap();
+        for (n, (edits, accepted, in_place)) in steps.into_iter().enumerate() {
+            for (name, text) in edits {
+                match text {
+                    Some(text) => write(dir.path(), name, &text),
+                    None => std::fs::remove_file(dir.path().join(name)).unwrap(),
+                }
+            }
+            let compiled = files.compile(&paths);
+            assert_eq!(compiled.is_ok(), accepted, "step {n}: {compiled:?}");
+            let Ok(index) = compiled else { continue };
+            let (resources, diagnostics) = crate::load::load(&paths, &InputOptions::default());
+            let whole = crate::load::compiled(resources, &diagnostics).unwrap();
+            assert_eq!(index, whole, "step {n}");
+            assert_eq!(index.shares_meshes_with(&previous), in_place, "step {n}");
+            previous = index;
+        }
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The mesh's resources by kind, typed: what every compiler looks things up in.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{cmp::Ordering, sync::Arc};
+
+use equivalent::{Comparable, Equivalent};
+use imbl::OrdMap;
 
 use mesh_model::{
     resource::{Resource, Typed},
@@ -53,16 +56,39 @@ impl From<Typed> for Indexed {
     }
 }
 
+/// Resources keyed by `(mesh, name)` (routes by their router's or gateway's). Persistent
+/// maps: a copy shares every node with the original, and an update copies only the path to
+/// what it changes, so the control plane keeps one index and updates it as files change, each
+/// published mesh is a copy of it, and two meshes' differences are found without walking what
+/// they share ([`super::reads::Changes`]).
+pub(super) type ByName<V> = OrdMap<(String, String), V>;
+
 /// The mesh's resources by kind, typed.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MeshIndex {
-    pub(super) meshes: BTreeMap<String, Arc<CreateMeshInput>>,
-    pub(super) nodes: BTreeMap<(String, String), Arc<CreateVirtualNodeInput>>,
-    pub(super) services: BTreeMap<(String, String), Arc<CreateVirtualServiceInput>>,
-    pub(super) routers: BTreeMap<(String, String), Arc<CreateVirtualRouterInput>>,
-    pub(super) routes: BTreeMap<(String, String), Vec<Arc<CreateRouteInput>>>,
-    pub(super) gateways: BTreeMap<(String, String), Arc<CreateVirtualGatewayInput>>,
-    pub(super) gateway_routes: BTreeMap<(String, String), Vec<Arc<CreateGatewayRouteInput>>>,
+    pub(super) meshes: OrdMap<String, Arc<CreateMeshInput>>,
+    pub(super) nodes: ByName<Arc<CreateVirtualNodeInput>>,
+    pub(super) services: ByName<Arc<CreateVirtualServiceInput>>,
+    pub(super) routers: ByName<Arc<CreateVirtualRouterInput>>,
+    pub(super) routes: ByName<Vec<Arc<CreateRouteInput>>>,
+    pub(super) gateways: ByName<Arc<CreateVirtualGatewayInput>>,
+    pub(super) gateway_routes: ByName<Vec<Arc<CreateGatewayRouteInput>>>,
+}
+
+/// A `(mesh, name)` key borrowed: looks an index up without building its owned key.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Name<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for Name<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+impl Comparable<(String, String)> for Name<'_> {
+    fn compare(&self, key: &(String, String)) -> Ordering {
+        (self.0, self.1).cmp(&(key.0.as_str(), key.1.as_str()))
+    }
 }
 
 impl MeshIndex {
@@ -78,100 +104,131 @@ impl MeshIndex {
     /// Indexes validated resources, typed.
     pub fn from_typed(resources: impl IntoIterator<Item = Indexed>) -> Self {
         let mut index = Self::default();
-        for typed in resources {
-            match typed {
-                Indexed::Mesh(m) => {
-                    index.meshes.insert(m.mesh_name.clone(), m);
-                }
-                Indexed::VirtualNode(n) => {
-                    index
-                        .nodes
-                        .insert((n.mesh_name.clone(), n.virtual_node_name.clone()), n);
-                }
-                Indexed::VirtualService(s) => {
-                    index
-                        .services
-                        .insert((s.mesh_name.clone(), s.virtual_service_name.clone()), s);
-                }
-                Indexed::VirtualRouter(r) => {
-                    index
-                        .routers
-                        .insert((r.mesh_name.clone(), r.virtual_router_name.clone()), r);
-                }
-                Indexed::Route(r) => {
-                    index
-                        .routes
-                        .entry((r.mesh_name.clone(), r.virtual_router_name.clone()))
-                        .or_default()
-                        .push(r);
-                }
-                Indexed::VirtualGateway(g) => {
-                    index
-                        .gateways
-                        .insert((g.mesh_name.clone(), g.virtual_gateway_name.clone()), g);
-                }
-                Indexed::GatewayRoute(r) => {
-                    index
-                        .gateway_routes
-                        .entry((r.mesh_name.clone(), r.virtual_gateway_name.clone()))
-                        .or_default()
-                        .push(r);
-                }
-            }
-        }
-        index.inherit_ip_preference();
-        // Lower priority value first, routes without one last (as App Mesh orders them).
-        for routes in index.routes.values_mut() {
-            routes.sort_by_key(|r| (r.spec.priority.unwrap_or(i32::MAX), r.route_name.clone()));
-        }
-        for routes in index.gateway_routes.values_mut() {
-            routes.sort_by_key(|r| {
-                (
-                    r.spec.priority.unwrap_or(i32::MAX),
-                    r.gateway_route_name.clone(),
-                )
-            });
+        // Meshes first: a node inherits its mesh's settings as it is put in.
+        let (meshes, others): (Vec<_>, Vec<_>) = resources
+            .into_iter()
+            .partition(|r| matches!(r, Indexed::Mesh(_)));
+        for resource in meshes.into_iter().chain(others) {
+            index.insert(resource);
         }
         index
     }
 
-    /// App Mesh applies the mesh's `serviceDiscovery.ipPreference` to every virtual node
-    /// whose service discovery does not set its own: done once here, so every compiler
-    /// reads the node's effective preference.
-    fn inherit_ip_preference(&mut self) {
-        for ((mesh, _), node) in &mut self.nodes {
-            let Some(preference) = self
-                .meshes
-                .get(mesh)
-                .and_then(|m| m.spec.as_ref())
-                .and_then(|s| s.service_discovery.as_ref())
-                .and_then(|d| d.ip_preference)
-            else {
-                continue;
-            };
-            let own = |node: &CreateVirtualNodeInput| match &node.spec.service_discovery {
-                Some(ServiceDiscovery::Dns(dns)) => Some(dns.ip_preference),
-                Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => Some(cloud_map.ip_preference),
-                None => None,
-            };
-            // Copied only when it inherits (the shared copy stays as its file says).
-            if own(node) != Some(None) {
-                continue;
+    /// Puts a validated resource in, in place of the one of the same name. A virtual node
+    /// inherits what its mesh (already in) sets for it: a mesh put in or taken out after its
+    /// nodes is not applied to them, so a change of meshes indexes everything again.
+    pub fn insert(&mut self, resource: Indexed) {
+        match resource {
+            Indexed::Mesh(m) => {
+                self.meshes.insert(m.mesh_name.clone(), m);
             }
-            match &mut Arc::make_mut(node).spec.service_discovery {
-                Some(ServiceDiscovery::Dns(dns)) => dns.ip_preference = Some(preference),
-                Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => {
-                    cloud_map.ip_preference = Some(preference)
-                }
-                None => {}
+            Indexed::VirtualNode(mut n) => {
+                self.inherit_ip_preference(&mut n);
+                self.nodes
+                    .insert((n.mesh_name.clone(), n.virtual_node_name.clone()), n);
+            }
+            Indexed::VirtualService(s) => {
+                self.services
+                    .insert((s.mesh_name.clone(), s.virtual_service_name.clone()), s);
+            }
+            Indexed::VirtualRouter(r) => {
+                self.routers
+                    .insert((r.mesh_name.clone(), r.virtual_router_name.clone()), r);
+            }
+            Indexed::Route(r) => {
+                let key = (r.mesh_name.clone(), r.virtual_router_name.clone());
+                insert_ordered(self.routes.entry(key).or_default(), r, route_order);
+            }
+            Indexed::VirtualGateway(g) => {
+                self.gateways
+                    .insert((g.mesh_name.clone(), g.virtual_gateway_name.clone()), g);
+            }
+            Indexed::GatewayRoute(r) => {
+                let key = (r.mesh_name.clone(), r.virtual_gateway_name.clone());
+                insert_ordered(
+                    self.gateway_routes.entry(key).or_default(),
+                    r,
+                    gateway_route_order,
+                );
             }
         }
     }
 
+    /// Takes the resource of `resource`'s kind and name out.
+    pub fn remove(&mut self, resource: &Indexed) {
+        match resource {
+            Indexed::Mesh(m) => {
+                self.meshes.remove(m.mesh_name.as_str());
+            }
+            Indexed::VirtualNode(n) => {
+                self.nodes.remove(&Name(&n.mesh_name, &n.virtual_node_name));
+            }
+            Indexed::VirtualService(s) => {
+                self.services
+                    .remove(&Name(&s.mesh_name, &s.virtual_service_name));
+            }
+            Indexed::VirtualRouter(r) => {
+                self.routers
+                    .remove(&Name(&r.mesh_name, &r.virtual_router_name));
+            }
+            Indexed::Route(r) => remove_named(
+                &mut self.routes,
+                Name(&r.mesh_name, &r.virtual_router_name),
+                |kept| kept.route_name == r.route_name,
+            ),
+            Indexed::VirtualGateway(g) => {
+                self.gateways
+                    .remove(&Name(&g.mesh_name, &g.virtual_gateway_name));
+            }
+            Indexed::GatewayRoute(r) => remove_named(
+                &mut self.gateway_routes,
+                Name(&r.mesh_name, &r.virtual_gateway_name),
+                |kept| kept.gateway_route_name == r.gateway_route_name,
+            ),
+        }
+    }
+
+    /// App Mesh applies the mesh's `serviceDiscovery.ipPreference` to every virtual node
+    /// whose service discovery does not set its own: done as a node is indexed, so every
+    /// compiler reads the node's effective preference.
+    fn inherit_ip_preference(&self, node: &mut Arc<CreateVirtualNodeInput>) {
+        let Some(preference) = self
+            .meshes
+            .get(node.mesh_name.as_str())
+            .and_then(|m| m.spec.as_ref())
+            .and_then(|s| s.service_discovery.as_ref())
+            .and_then(|d| d.ip_preference)
+        else {
+            return;
+        };
+        let own = match &node.spec.service_discovery {
+            Some(ServiceDiscovery::Dns(dns)) => Some(dns.ip_preference),
+            Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => Some(cloud_map.ip_preference),
+            None => None,
+        };
+        // Copied only when it inherits (the shared copy stays as its file says).
+        if own != Some(None) {
+            return;
+        }
+        match &mut Arc::make_mut(node).spec.service_discovery {
+            Some(ServiceDiscovery::Dns(dns)) => dns.ip_preference = Some(preference),
+            Some(ServiceDiscovery::AwsCloudMap(cloud_map)) => {
+                cloud_map.ip_preference = Some(preference)
+            }
+            None => {}
+        }
+    }
+
+    /// Whether this index's meshes are `other`'s, shared rather than equal: one was copied
+    /// from the other and neither changed its meshes since.
+    #[cfg(test)]
+    pub(crate) fn shares_meshes_with(&self, other: &Self) -> bool {
+        self.meshes.ptr_eq(&other.meshes)
+    }
+
     /// Whether `mesh` has a virtual node or a virtual gateway called `name`.
     pub fn has_node_or_gateway(&self, mesh: &str, name: &str) -> bool {
-        let key = (mesh.to_owned(), name.to_owned());
-        self.nodes.contains_key(&key) || self.gateways.contains_key(&key)
+        self.nodes.contains_key(&Name(mesh, name)) || self.gateways.contains_key(&Name(mesh, name))
     }
 
     pub fn virtual_nodes(&self) -> impl Iterator<Item = &(String, String)> {
@@ -182,10 +239,8 @@ impl MeshIndex {
     /// virtual node or gateway of this mesh.
     pub fn has_workload(&self, workload: &str) -> bool {
         match workload.split('/').collect::<Vec<_>>().as_slice() {
-            [mesh, node] => self.nodes.contains_key(&((*mesh).into(), (*node).into())),
-            [mesh, "gateway", name] => self
-                .gateways
-                .contains_key(&((*mesh).into(), (*name).into())),
+            [mesh, node] => self.nodes.contains_key(&Name(mesh, node)),
+            [mesh, "gateway", name] => self.gateways.contains_key(&Name(mesh, name)),
             _ => false,
         }
     }
@@ -227,26 +282,51 @@ pub trait Lookup {
     }
 }
 
-fn key(mesh: &str, name: &str) -> (String, String) {
-    (mesh.to_owned(), name.to_owned())
+/// Lower priority value first, routes without one last (as App Mesh orders them).
+fn route_order(route: &CreateRouteInput) -> (i32, &str) {
+    (route.spec.priority.unwrap_or(i32::MAX), &route.route_name)
+}
+
+fn gateway_route_order(route: &CreateGatewayRouteInput) -> (i32, &str) {
+    (
+        route.spec.priority.unwrap_or(i32::MAX),
+        &route.gateway_route_name,
+    )
+}
+
+/// `resource` put in `resources`, kept in the order `order` gives.
+fn insert_ordered<T>(resources: &mut Vec<Arc<T>>, resource: Arc<T>, order: fn(&T) -> (i32, &str)) {
+    let at = resources.partition_point(|kept| order(kept) <= order(&resource));
+    resources.insert(at, resource);
+}
+
+/// The resource `named` picks taken out of `key`'s list, and the list with it when empty.
+fn remove_named<T>(lists: &mut ByName<Vec<Arc<T>>>, key: Name<'_>, named: impl Fn(&T) -> bool) {
+    let Some(list) = lists.get_mut(&key) else {
+        return;
+    };
+    list.retain(|kept| !named(kept));
+    if list.is_empty() {
+        lists.remove(&key);
+    }
 }
 
 impl Lookup for MeshIndex {
     fn node(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualNodeInput>> {
-        self.nodes.get(&key(mesh, name))
+        self.nodes.get(&Name(mesh, name))
     }
 
     fn service(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualServiceInput>> {
-        self.services.get(&key(mesh, name))
+        self.services.get(&Name(mesh, name))
     }
 
     fn router(&self, mesh: &str, name: &str) -> Option<&Arc<CreateVirtualRouterInput>> {
-        self.routers.get(&key(mesh, name))
+        self.routers.get(&Name(mesh, name))
     }
 
     fn routes(&self, mesh: &str, router: &str) -> &[Arc<CreateRouteInput>] {
         self.routes
-            .get(&key(mesh, router))
+            .get(&Name(mesh, router))
             .map(Vec::as_slice)
             .unwrap_or_default()
     }

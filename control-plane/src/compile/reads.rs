@@ -3,8 +3,7 @@
 //! none of them is among the [`Changes`].
 use std::{
     cell::RefCell,
-    cmp::Ordering,
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     hash::{DefaultHasher, Hash, Hasher},
     sync::Arc,
 };
@@ -13,7 +12,9 @@ use mesh_model::types::{
     CreateRouteInput, CreateVirtualNodeInput, CreateVirtualRouterInput, CreateVirtualServiceInput,
 };
 
-use super::index::{Lookup, MeshIndex};
+use imbl::ordmap::DiffItem;
+
+use super::index::{ByName, Lookup, MeshIndex};
 
 /// One resource a compile read (found or not), by kind and `(mesh, name)`; a router's routes
 /// are one read.
@@ -100,46 +101,29 @@ impl Changes {
 }
 
 /// Notes in `changed` the resources of one kind that `before` and `after` hold differently:
-/// both maps walked in their key order side by side, no key looked up.
-fn changed_keys<V>(
+/// the maps' nodes that both share (all but the paths to what an update changed, when one
+/// index was copied from the other) are skipped, not walked.
+fn changed_keys<V: PartialEq + Clone>(
     kind: ReadKind,
-    before: &BTreeMap<(String, String), V>,
-    after: &BTreeMap<(String, String), V>,
+    before: &ByName<V>,
+    after: &ByName<V>,
     same: impl Fn(&V, &V) -> bool,
     changed: &mut HashSet<u64>,
 ) {
-    let mut note = |key: &(String, String)| changed.insert(read_hash(kind, &key.0, &key.1));
-    let (mut before, mut after) = (before.iter().peekable(), after.iter().peekable());
-    loop {
-        match (before.peek(), after.peek()) {
-            (Some((was_key, was)), Some((is_key, is))) => match was_key.cmp(is_key) {
-                Ordering::Equal => {
-                    if !same(was, is) {
-                        note(was_key);
-                    }
-                    before.next();
-                    after.next();
-                }
-                // Only before: removed.
-                Ordering::Less => {
-                    note(was_key);
-                    before.next();
-                }
-                // Only after: added.
-                Ordering::Greater => {
-                    note(is_key);
-                    after.next();
-                }
-            },
-            (Some((key, _)), None) => {
+    let mut note = |(mesh, name): &(String, String)| changed.insert(read_hash(kind, mesh, name));
+    for difference in before.diff(after) {
+        match difference {
+            DiffItem::Add(key, _) | DiffItem::Remove(key, _) => {
                 note(key);
-                before.next();
             }
-            (None, Some((key, _))) => {
-                note(key);
-                after.next();
+            DiffItem::Update {
+                old: (key, was),
+                new: (_, is),
+            } => {
+                if !same(was, is) {
+                    note(key);
+                }
             }
-            (None, None) => return,
         }
     }
 }
