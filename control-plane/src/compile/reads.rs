@@ -26,23 +26,23 @@ pub(super) enum ReadKind {
     Routes,
 }
 
-#[derive(Clone, Debug)]
-pub(super) struct Read {
-    kind: ReadKind,
-    mesh: String,
-    name: String,
+/// One read, kept as a hash of its kind and `(mesh, name)`: all a read is needed for is
+/// whether it is among the [`Changes`], and a collision only makes a compile run again.
+/// (Each of 10 000 kept parts holds a few: hashed once when read, not at every change.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Read(u64);
+
+impl Read {
+    fn of(kind: ReadKind, mesh: &str, name: &str) -> Self {
+        let mut hasher = DefaultHasher::new();
+        (kind, mesh, name).hash(&mut hasher);
+        Self(hasher.finish())
+    }
 }
 
-/// The resources two indexes hold differently (added, removed, or not equal), by a hash of
-/// their kind and `(mesh, name)`: a read is looked up without building a key, and a
-/// collision only makes a compile run again.
-pub(super) struct Changes(HashSet<u64>);
-
-fn read_hash(kind: ReadKind, mesh: &str, name: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (kind, mesh, name).hash(&mut hasher);
-    hasher.finish()
-}
+/// The resources two indexes hold differently (added, removed, or not equal), as reads of
+/// them.
+pub(super) struct Changes(HashSet<Read>);
 
 /// Whether `now` is what `kept` holds: the same shared copy, or an equal one (a node
 /// inheriting the mesh's IP preference is a fresh copy in each index; a file read again is
@@ -91,12 +91,12 @@ impl Changes {
 
     /// Whether the resource `read` read is held differently.
     pub(super) fn touch(&self, read: &Read) -> bool {
-        self.touches(read.kind, &read.mesh, &read.name)
+        !self.0.is_empty() && self.0.contains(read)
     }
 
     /// Whether resource `name` of `mesh` of `kind` is held differently.
     pub(super) fn touches(&self, kind: ReadKind, mesh: &str, name: &str) -> bool {
-        !self.0.is_empty() && self.0.contains(&read_hash(kind, mesh, name))
+        !self.0.is_empty() && self.0.contains(&Read::of(kind, mesh, name))
     }
 }
 
@@ -108,9 +108,9 @@ fn changed_keys<V: PartialEq + Clone>(
     before: &ByName<V>,
     after: &ByName<V>,
     same: impl Fn(&V, &V) -> bool,
-    changed: &mut HashSet<u64>,
+    changed: &mut HashSet<Read>,
 ) {
-    let mut note = |(mesh, name): &(String, String)| changed.insert(read_hash(kind, mesh, name));
+    let mut note = |(mesh, name): &(String, String)| changed.insert(Read::of(kind, mesh, name));
     for difference in before.diff(after) {
         match difference {
             DiffItem::Add(key, _) | DiffItem::Remove(key, _) => {
@@ -149,11 +149,7 @@ impl<'a> Recording<'a> {
 
     /// `found`, the resource `name` of `mesh` of `kind`, noted as read.
     fn noted<T>(&self, kind: ReadKind, (mesh, name): (&str, &str), found: T) -> T {
-        self.reads.borrow_mut().push(Read {
-            kind,
-            mesh: mesh.to_owned(),
-            name: name.to_owned(),
-        });
+        self.reads.borrow_mut().push(Read::of(kind, mesh, name));
         found
     }
 }
@@ -217,13 +213,7 @@ mod tests {
             service("g", "n"),
         ]);
         let changes = Changes::between(&before, &after);
-        let touched = |name: &str| {
-            changes.touch(&Read {
-                kind: ReadKind::Service,
-                mesh: "m".into(),
-                name: name.into(),
-            })
-        };
+        let touched = |name: &str| changes.touch(&Read::of(ReadKind::Service, "m", name));
         for name in ["a", "b", "e", "f"] {
             assert!(touched(name), "{name}");
         }
