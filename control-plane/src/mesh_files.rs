@@ -628,7 +628,8 @@ mod tests {
             r#"{"meshName": "m", "spec": {"serviceDiscovery": {"ipPreference": "IPv6_ONLY"}}}"#;
         // Each step: files written (or removed: None); then whether the mesh is accepted and
         // whether the kept index was updated in place (its untouched maps shared).
-        let steps: Vec<(Vec<(&str, Option<String>)>, bool, bool)> = vec![
+        type Edits<'a> = Vec<(&'a str, Option<String>)>;
+        let steps: Vec<(Edits<'_>, bool, bool)> = vec![
             (
                 vec![
                     ("r.json", Some(router.into())),
