@@ -82,6 +82,14 @@ struct FileContent {
     typed: Result<Vec<Indexed>, String>,
 }
 
+impl FileContent {
+    /// The resources this file puts in the index: none when one of them does not fit the
+    /// model (the mesh is then rejected, not indexed).
+    fn indexed(&self) -> &[Indexed] {
+        self.typed.as_deref().unwrap_or_default()
+    }
+}
+
 /// What tells that a file changed: its length, modification and change times, and inode
 /// (a file replaced by a rename, as editors and ConfigMap updates do, is a new inode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,34 +263,36 @@ impl MeshFiles {
     /// from it), or when most files changed (a new index costs less than that many updates).
     fn index(&mut self) -> MeshIndex {
         let unindexed = mem::take(&mut self.unindexed);
-        let typed = |content: &FileContent| -> Vec<Indexed> {
-            content.typed.as_deref().unwrap_or_default().to_vec()
+        let has_mesh = |content: &FileContent| {
+            content
+                .indexed()
+                .iter()
+                .any(|r| matches!(r, Indexed::Mesh(_)))
         };
-        let now = |path: &Path| self.files.get(path).map(|file| typed(&file.content));
         let meshes_changed = unindexed.iter().any(|(path, was)| {
-            let has_mesh =
-                |resources: Vec<Indexed>| resources.iter().any(|r| matches!(r, Indexed::Mesh(_)));
-            was.as_deref().map(typed).is_some_and(has_mesh) || now(path).is_some_and(has_mesh)
+            was.as_deref().is_some_and(has_mesh)
+                || self
+                    .files
+                    .get(path)
+                    .is_some_and(|now| has_mesh(&now.content))
         });
         let index = match self.indexed.take() {
             Some(mut index) if !meshes_changed && unindexed.len() <= updates(self.files.len()) => {
                 for was in unindexed.values().flatten() {
-                    for resource in was.typed.as_deref().unwrap_or_default() {
-                        index.remove(resource);
-                    }
+                    was.indexed().iter().for_each(|r| index.remove(r));
                 }
-                for path in unindexed.keys() {
-                    now(path)
-                        .into_iter()
-                        .flatten()
-                        .for_each(|r| index.insert(r));
+                for now in unindexed.keys().filter_map(|path| self.files.get(path)) {
+                    now.content
+                        .indexed()
+                        .iter()
+                        .for_each(|r| index.insert(r.clone()));
                 }
                 index
             }
             _ => MeshIndex::from_typed(
                 self.files
                     .values()
-                    .flat_map(|file| file.content.typed.as_deref().unwrap_or_default())
+                    .flat_map(|file| file.content.indexed())
                     .cloned(),
             ),
         };
