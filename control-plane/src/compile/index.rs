@@ -114,9 +114,11 @@ impl MeshIndex {
         index
     }
 
-    /// Puts a validated resource in, in place of the one of the same name. A virtual node
-    /// inherits what its mesh (already in) sets for it: a mesh put in or taken out after its
-    /// nodes is not applied to them, so a change of meshes indexes everything again.
+    /// Puts a validated resource in: in place of the one of the same name, except a route or
+    /// gateway route, which joins its router's or gateway's list (a changed one is taken out
+    /// first, [`Self::remove`]). A virtual node inherits what its mesh (already in) sets for
+    /// it: a mesh put in or taken out after its nodes is not applied to them, so a change of
+    /// meshes indexes everything again.
     pub fn insert(&mut self, resource: Indexed) {
         match resource {
             Indexed::Mesh(m) => {
