@@ -1,6 +1,7 @@
 //! xDS resource names for App Mesh objects. Readable, stable, and unique per mesh. Every name
 //! form is built here, and every one either end reads something back from is parsed here, so
 //! the two cannot drift apart.
+use std::fmt::Write;
 
 /// A virtual node as the data plane names it: `mesh/node`.
 pub fn virtual_node(mesh: &str, node: &str) -> String {
@@ -81,7 +82,22 @@ pub fn trust_bundle_secret(trust_domain: &str) -> String {
 
 /// The cluster of one listener port of a virtual node: `mesh/node/port`.
 pub fn cluster(mesh: &str, node: &str, port: i32) -> String {
-    format!("{mesh}/{node}/{port}")
+    let mut name = String::new();
+    write_cluster(&mut name, mesh, node, port);
+    name
+}
+
+/// [`cluster`] written over `name` (no allocation when it is large enough: a compile names
+/// every listener of every virtual node to look each up).
+pub fn write_cluster(name: &mut String, mesh: &str, node: &str, port: i32) {
+    name.clear();
+    name.reserve(mesh.len() + node.len() + 12);
+    name.push_str(mesh);
+    name.push('/');
+    name.push_str(node);
+    name.push('/');
+    // Writing to a String cannot fail.
+    let _ = write!(name, "{port}");
 }
 
 /// The port of a cluster named by [`cluster`]; none for its copies ([`caller_copy`],

@@ -161,6 +161,16 @@ impl<P: Protocol> Session<P> {
         self.current.1.of_type(type_url).into_iter().flatten()
     }
 
+    /// The node's resources of `type_url`, shared (empty when it has none).
+    pub(super) fn resources_shared(&self, type_url: &str) -> Arc<BTreeMap<String, Any>> {
+        self.current
+            .1
+            .by_type
+            .get(type_url)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub(super) fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -4,7 +4,10 @@
 //! the mesh changes); a request with an older nonce is stale and ignored. Empty resource names
 //! subscribe to all Listeners / Clusters (wildcard). After a mesh change only the types whose
 //! resources changed are sent again.
-use std::{collections::BTreeSet, sync::atomic::Ordering};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, atomic::Ordering},
+};
 
 use envoy_types::pb::{
     envoy::{
@@ -25,11 +28,12 @@ pub(super) struct StateOfTheWorld;
 pub(super) struct Subscription {
     /// None: wildcard.
     names: Option<BTreeSet<String>>,
-    /// The last response: its nonce, version and a digest of its resources (a digest rather
-    /// than a copy: with thousands of resources per node, copies per stream add up).
+    /// The last response: its nonce, version, and the node's resources of the type it was
+    /// selected from (shared with the compiled mesh, not copied: with thousands of resources
+    /// per node, copies per stream add up).
     nonce: String,
     version: String,
-    sent: Option<u64>,
+    sent: Option<Arc<BTreeMap<String, Any>>>,
 }
 
 impl Protocol for StateOfTheWorld {
@@ -85,8 +89,7 @@ impl Protocol for StateOfTheWorld {
     async fn on_change(session: &mut Session<Self>) -> Result<(), Status> {
         let types: Vec<String> = session.subscriptions.keys().cloned().collect();
         for type_url in types {
-            let selected = digest(selected(session, &type_url));
-            if session.subscriptions.get(&type_url).and_then(|s| s.sent) != Some(selected) {
+            if !same_as_sent(session, &type_url) {
                 send(session, &type_url).await?;
             }
         }
@@ -94,23 +97,45 @@ impl Protocol for StateOfTheWorld {
     }
 }
 
-/// The node's resources of `type_url` that its subscription names, by name (borrowed: a
-/// change compares digests, and only what is sent is copied).
+/// The node's resources of `type_url` that its subscription names, by name (borrowed: only
+/// what is sent is copied).
 fn selected<'a>(
     session: &'a Session<StateOfTheWorld>,
     type_url: &str,
+) -> impl Iterator<Item = (&'a String, &'a Any)> {
+    subscribed(session, type_url, session.resources(type_url))
+}
+
+/// Of `resources`, those the subscription to `type_url` names.
+fn subscribed<'a>(
+    session: &'a Session<StateOfTheWorld>,
+    type_url: &str,
+    resources: impl Iterator<Item = (&'a String, &'a Any)>,
 ) -> impl Iterator<Item = (&'a String, &'a Any)> {
     let names = session
         .subscriptions
         .get(type_url)
         .and_then(|s| s.names.as_ref());
-    session
-        .resources(type_url)
-        .filter(move |(name, _)| names.is_none_or(|n| n.contains(*name)))
+    resources.filter(move |(name, _)| names.is_none_or(|n| n.contains(*name)))
+}
+
+/// Whether the subscribed resources of `type_url` are what was last sent: the same compiled
+/// map (nothing to compare), or equal ones.
+fn same_as_sent(session: &Session<StateOfTheWorld>, type_url: &str) -> bool {
+    let Some(sent) = session
+        .subscriptions
+        .get(type_url)
+        .and_then(|s| s.sent.as_ref())
+    else {
+        return false;
+    };
+    let now = session.resources_shared(type_url);
+    Arc::ptr_eq(sent, &now)
+        || subscribed(session, type_url, sent.iter()).eq(selected(session, type_url))
 }
 
 async fn send(session: &mut Session<StateOfTheWorld>, type_url: &str) -> Result<(), Status> {
-    let sent = digest(selected(session, type_url));
+    let sent = session.resources_shared(type_url);
     let resources: Vec<Any> = selected(session, type_url)
         .map(|(_, any)| any.clone())
         .collect();
@@ -131,15 +156,4 @@ async fn send(session: &mut Session<StateOfTheWorld>, type_url: &str) -> Result<
     subscription.version = version;
     subscription.sent = Some(sent);
     session.respond(response).await
-}
-
-fn digest<'a>(resources: impl Iterator<Item = (&'a String, &'a Any)>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for (name, any) in resources {
-        name.hash(&mut hasher);
-        any.type_url.hash(&mut hasher);
-        any.value.hash(&mut hasher);
-    }
-    hasher.finish()
 }

@@ -1,7 +1,7 @@
 //! The virtual hosts and TCP targets of virtual services, per port — what a node's backends
 //! or a gateway's targets route to — and the clusters they reach.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
 };
 
@@ -26,7 +26,7 @@ use super::{Issues, index::Lookup, route, values::duration, variant::ClusterVari
 pub(super) struct Hosts<H = VirtualHost> {
     pub(super) http: BTreeMap<i32, Vec<H>>,
     pub(super) tcp: BTreeMap<i32, TcpTargets>,
-    pub(super) clusters: BTreeSet<String>,
+    pub(super) clusters: HashSet<String>,
 }
 
 impl<H> Default for Hosts<H> {
@@ -34,24 +34,28 @@ impl<H> Default for Hosts<H> {
         Self {
             http: BTreeMap::new(),
             tcp: BTreeMap::new(),
-            clusters: BTreeSet::new(),
+            clusters: HashSet::new(),
         }
     }
 }
 
-impl<H> Hosts<H> {
-    pub(super) fn merge(&mut self, other: Hosts<H>, what: &str, issues: &mut Issues) {
-        for (port, hosts) in other.http {
-            self.http.entry(port).or_default().extend(hosts);
+impl<H: Clone> Hosts<H> {
+    /// Adds `other`'s hosts, TCP targets and clusters (encoded hosts are shared, not copied).
+    pub(super) fn merge(&mut self, other: &Hosts<H>, what: &str, issues: &mut Issues) {
+        for (port, hosts) in &other.http {
+            self.http
+                .entry(*port)
+                .or_default()
+                .extend(hosts.iter().cloned());
         }
-        for (port, targets) in other.tcp {
-            if self.tcp.insert(port, targets).is_some() {
+        for (port, targets) in &other.tcp {
+            if self.tcp.insert(*port, targets.clone()).is_some() {
                 issues.push(format!(
                     "{what}: several TCP services on port {port}; TCP cannot tell them apart, the last one wins"
                 ));
             }
         }
-        self.clusters.extend(other.clusters);
+        self.clusters.extend(other.clusters.iter().cloned());
     }
 }
 

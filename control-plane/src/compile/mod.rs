@@ -193,7 +193,7 @@ fn node_resources(
     out.reached.extend(outbound.clusters);
     out.add_variants(outbound.variants);
     for (name, hosts) in outbound.routes {
-        out.encoded_routes(name, &hosts);
+        out.encoded_routes(name, hosts);
     }
     if let Some(mut listener) = outbound.listener {
         access_log::attach(&mut listener, &logs);

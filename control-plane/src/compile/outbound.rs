@@ -1,6 +1,6 @@
 //! Outbound: what a virtual node's workloads reach — its backends' virtual hosts per port (with
 //! TLS origination by client policy), TCP targets, and the passthrough of ALLOW_ALL egress.
-use std::{collections::BTreeSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -55,7 +55,7 @@ pub(super) fn outbound_for(
         issues.extend(part.issues.iter().cloned());
         variants.extend(part.variants.iter().cloned());
         if let Some(service) = &part.hosts {
-            hosts.merge(service.clone(), &what, issues);
+            hosts.merge(service, &what, issues);
         }
     }
     parts.done();
@@ -113,7 +113,7 @@ pub(super) struct Outbound {
     /// Route configurations by name, with their virtual hosts encoded.
     pub(super) routes: Vec<(String, Vec<Bytes>)>,
     /// Clusters its routes reach.
-    pub(super) clusters: BTreeSet<String>,
+    pub(super) clusters: HashSet<String>,
     /// (variant, cluster, change): clusters this node reaches through TLS origination, as
     /// copies of the cluster with the client's transport socket.
     pub(super) variants: Vec<(String, String, ClusterVariant)>,

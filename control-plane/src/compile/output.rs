@@ -1,7 +1,7 @@
 //! What compiling accumulates — resources, issues, the clusters routes reach and the copies
 //! of clusters particular callers reach them through — and, last, those clusters emitted once
 //! each.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
 
@@ -37,7 +37,7 @@ use crate::{
 pub(super) struct Output {
     pub(super) resources: ResourceSet,
     pub(super) issues: Issues,
-    pub(super) reached: BTreeSet<String>,
+    pub(super) reached: HashSet<String>,
     /// cluster -> its copies for particular callers (name -> what the copy changes).
     pub(super) variants: BTreeMap<String, BTreeMap<String, ClusterVariant>>,
     /// SDS secrets the emitted TLS contexts name.
@@ -71,11 +71,11 @@ impl Output {
 
     /// A route configuration named `name` of virtual hosts already encoded: the bytes
     /// [`Self::routes`] would give for it, without decoding them.
-    pub(super) fn encoded_routes(&mut self, name: String, virtual_hosts: &[Bytes]) {
+    pub(super) fn encoded_routes(&mut self, name: String, virtual_hosts: Vec<Bytes>) {
         let mut any = pack_any(RouteConfiguration::default());
         any.value = EncodedRouteConfiguration {
             name: name.clone(),
-            virtual_hosts: virtual_hosts.to_vec(),
+            virtual_hosts,
         }
         .encode_to_vec();
         self.resources.insert(ROUTE, name, any);
@@ -121,19 +121,20 @@ pub(super) fn reached_clusters(
     out: &mut Output,
 ) {
     let mut clusters = reuse.clusters(index, registry, service_endpoints, mtls);
+    let mut name = String::new();
     for node in index.nodes.values() {
         let of = (node.mesh_name.as_str(), node.virtual_node_name.as_str());
         for listener in node.spec.listeners.iter().flatten() {
-            let name = names::cluster(of.0, of.1, listener.port_mapping.port);
+            names::write_cluster(&mut name, of.0, of.1, listener.port_mapping.port);
             let variants: Vec<(String, ClusterVariant)> = out
                 .variants
-                .get(&name)
+                .get(name.as_str())
                 .into_iter()
                 .flatten()
                 .filter(|(variant, _)| out.reached.contains(*variant))
                 .map(|(variant, change)| (variant.clone(), change.clone()))
                 .collect();
-            let reached = out.reached.contains(&name);
+            let reached = out.reached.contains(name.as_str());
             if !reached && variants.is_empty() {
                 continue;
             }
@@ -165,7 +166,8 @@ pub(super) fn reached_clusters(
                     .insert(CLUSTER, name.clone(), built.reached().clone());
             }
             if let Some(assignment) = &built.assignment {
-                out.resources.insert(ENDPOINT, name, assignment.clone());
+                out.resources
+                    .insert(ENDPOINT, name.clone(), assignment.clone());
             }
         }
     }
@@ -205,7 +207,7 @@ mod tests {
         };
         let encoded: Vec<Bytes> = hosts.iter().map(|h| h.encode_to_vec().into()).collect();
         let mut out = Output::default();
-        out.encoded_routes("rc".into(), &encoded);
+        out.encoded_routes("rc".into(), encoded);
         let by_encoding = &out.resources.of_type(ROUTE).unwrap()["rc"];
         assert_eq!(by_encoding.type_url, pack_any(whole.clone()).type_url);
         assert_eq!(by_encoding.value, pack_any(whole).value);

@@ -142,10 +142,12 @@ impl Reuse {
                 .same(registry, service_endpoints, mtls)
                 .then_some((&previous.clusters, changes))
         });
+        // About as many as the mesh before had: no growing the map cluster by cluster.
+        let expected = previous.map_or(0, |(clusters, _)| lock(clusters).len());
         ClusterReuse {
             current: &self.clusters,
             previous,
-            built: HashMap::new(),
+            built: HashMap::with_capacity(expected),
         }
     }
 
@@ -158,12 +160,13 @@ impl Reuse {
             let parts = lock(&previous.parts).get(&key).cloned()?;
             Some((parts, changes))
         });
+        let expected = previous.as_ref().map_or(0, |(parts, _)| parts.len());
         Caller {
             reuse: self,
             key,
             current,
             previous,
-            made: HashMap::new(),
+            made: HashMap::with_capacity(expected),
         }
     }
 }
@@ -205,7 +208,13 @@ impl ClusterReuse<'_> {
 
     /// Keeps the clusters of this compile for the compiles after it.
     pub(super) fn done(self) {
-        lock(self.current).extend(self.built);
+        let mut current = lock(self.current);
+        if current.is_empty() {
+            // The first compile for this mesh: its map is taken whole, not inserted again.
+            *current = self.built;
+        } else {
+            current.extend(self.built);
+        }
     }
 }
 
