@@ -18,6 +18,7 @@ use std::{
 use futures::StreamExt as _;
 use imbl::{OrdMap, ordmap::DiffItem};
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+use mesh_model::source;
 use tracing::debug;
 
 /// How often the watched files are checked for changes without change events.
@@ -91,10 +92,10 @@ impl Fingerprint {
                 found.link(path);
             }
             match std::fs::metadata(path) {
-                Ok(metadata) if metadata.is_dir() => found.collect(path, &metadata),
+                Ok(metadata) if metadata.is_dir() => found.collect(path, &metadata, true),
                 found_or_not => {
                     if let Ok(metadata) = found_or_not {
-                        found.collect(path, &metadata);
+                        found.collect(path, &metadata, true);
                     }
                     // A file given by path may be replaced by a rename, or not be there
                     // yet: its directory says when.
@@ -109,8 +110,17 @@ impl Fingerprint {
         found
     }
 
-    fn collect(&mut self, path: &Path, metadata: &std::fs::Metadata) {
+    /// Whether file `path` is read as part of `paths`: one of them, or a mesh file in a
+    /// directory of them (the mesh loader's rule).
+    fn is_read(path: &Path, paths: &[PathBuf]) -> bool {
+        paths.iter().any(|named| named == path) || source::is_mesh_file(path)
+    }
+
+    fn collect(&mut self, path: &Path, metadata: &std::fs::Metadata, named: bool) {
         if !metadata.is_dir() {
+            if !named && !source::is_mesh_file(path) {
+                return;
+            }
             self.files
                 .insert(path.to_owned(), (metadata.modified().ok(), metadata.len()));
             return;
@@ -130,7 +140,7 @@ impl Fingerprint {
                 entry.metadata()
             };
             if let Ok(metadata) = metadata {
-                self.collect(&path, &metadata);
+                self.collect(&path, &metadata, false);
             }
         }
     }
@@ -154,6 +164,7 @@ impl Fingerprint {
         let mut now = self.clone();
         for path in named {
             let seen = now.files.get_mut(path);
+            let linked = self.link_targets.binary_search(path).is_ok();
             match (seen, std::fs::metadata(path).ok()) {
                 (Some(seen), Some(metadata)) if !metadata.is_dir() => {
                     *seen = (metadata.modified().ok(), metadata.len());
@@ -162,7 +173,11 @@ impl Fingerprint {
                 // rename (as editors and `sed -i` write), gone by now. It changed nothing
                 // here, and looking at every file for it would cost each such write a full
                 // look.
-                (None, None) if self.link_targets.binary_search(path).is_err() => {}
+                (None, None) if !linked => {}
+                // Not seen, not linked to, and not a file the mesh reads: that temporary
+                // file still there (its rename comes as an event of its own).
+                (None, Some(metadata))
+                    if !linked && !metadata.is_dir() && !Self::is_read(path, paths) => {}
                 // A file came or went, or a directory changed.
                 _ => return Self::of(paths),
             }
@@ -357,6 +372,40 @@ mod tests {
             Look::Files(vec![temporary.clone()]).and(Look::Files(vec![temporary, a.clone()]));
         let now = before.looked_again(&paths, &look);
         assert_eq!(now.changes_since(&before), Changes::Modified(vec![a]));
+    }
+
+    #[test]
+    fn a_temporary_file_still_there_when_looked_at_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().to_owned()];
+        let a = dir.path().join("a.json");
+        std::fs::write(&a, "{}").unwrap();
+        let before = Fingerprint::of(&paths);
+        // `sed -i` writes `sedXXXXXX` and renames it over the file: the close of the
+        // temporary file is an event before the rename, and the look may come between.
+        let temporary = dir.path().join("sedAb12Cd");
+        std::fs::write(&temporary, "{\"a\": 1}").unwrap();
+        let look = Look::Files(vec![temporary.clone()]);
+        let now = before.looked_again(&paths, &look);
+        assert!(now == before, "the temporary file is no file of the mesh");
+        assert!(
+            Fingerprint::of(&paths) == before,
+            "a full look does not see it either"
+        );
+        std::fs::rename(&temporary, &a).unwrap();
+        let now = now.looked_again(&paths, &Look::Files(vec![temporary, a.clone()]));
+        assert_eq!(now.changes_since(&before), Changes::Modified(vec![a]));
+        // A file given by path is watched whatever its name.
+        let registry = dir.path().join("registry");
+        std::fs::write(&registry, "{}").unwrap();
+        let named = [dir.path().to_owned(), registry.clone()];
+        let with_registry = Fingerprint::of(&named);
+        std::fs::write(&registry, "{\"services\": []}").unwrap();
+        let now = with_registry.looked_again(&named, &Look::Files(vec![registry.clone()]));
+        assert_eq!(
+            now.changes_since(&with_registry),
+            Changes::Modified(vec![registry])
+        );
     }
 
     #[tokio::test]

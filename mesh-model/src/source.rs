@@ -11,6 +11,7 @@ mod manifest;
 mod placeholders;
 
 /// How a Kubernetes manifest is split into documents (the fuzz targets split it the same way).
+pub use files::is_mesh_file;
 pub use manifest::yaml_documents;
 
 use std::{

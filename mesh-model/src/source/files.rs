@@ -40,8 +40,9 @@ pub(super) fn files_under(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec
         .collect()
 }
 
-/// JSON and YAML files, and their envsubst templates (`manifest.yaml.template`).
-fn is_mesh_file(path: &Path) -> bool {
+/// Whether a file found in a directory is read: JSON and YAML files, and their envsubst
+/// templates (`manifest.yaml.template`).
+pub fn is_mesh_file(path: &Path) -> bool {
     let name = format_name(path);
     [".json", ".yaml", ".yml"]
         .iter()
