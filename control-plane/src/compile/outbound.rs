@@ -42,14 +42,14 @@ pub(super) fn outbound_for(
     let mut hosts = Hosts::<Bytes>::default();
     let mut variants = Vec::new();
     let mut parts = reuse.caller(index, mesh, caller);
-    for backend in node.spec.backends.iter().flatten() {
+    for (position, backend) in node.spec.backends.iter().flatten().enumerate() {
         let mesh_model::types::Backend::VirtualService(backend) = backend;
         let inputs = Inputs {
             backend,
             defaults,
             mtls,
         };
-        let part = parts.backend(index, inputs, |lookup, issues| {
+        let part = parts.backend(index, position, inputs, |lookup, issues| {
             backend_hosts(lookup, node, backend, defaults, mtls, issues)
         });
         issues.extend(part.issues.iter().cloned());

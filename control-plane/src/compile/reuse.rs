@@ -97,8 +97,8 @@ pub(super) struct BuiltCluster {
 
 /// The parts of each caller `(mesh, virtual node)`.
 type PartsByCaller = HashMap<(String, String), Arc<CallerParts>>;
-/// One caller's parts by backend virtual service.
-type CallerParts = HashMap<String, Arc<Part>>;
+/// One caller's parts, in the order of its backends.
+type CallerParts = Vec<Arc<Part>>;
 type Parts = Arc<Mutex<PartsByCaller>>;
 
 impl Reuse {
@@ -158,17 +158,35 @@ impl Reuse {
         let current = lock(&self.current).get(&key).cloned();
         let previous = self.changes(index).and_then(|(previous, changes)| {
             let parts = lock(&previous.parts).get(&key).cloned()?;
-            Some((parts, changes))
+            // An unchanged caller has the same backends in the same order: its parts are
+            // found by position. A changed one's are found by name.
+            let by_name = changes
+                .touches(ReadKind::Node, mesh, caller)
+                .then(|| by_name(&parts));
+            Some(PreviousParts {
+                parts,
+                by_name,
+                changes,
+            })
         });
-        let expected = previous.as_ref().map_or(0, |(parts, _)| parts.len());
+        let expected = previous.as_ref().map_or(0, |previous| previous.parts.len());
         Caller {
             reuse: self,
             key,
             current,
             previous,
-            made: HashMap::with_capacity(expected),
+            made: Vec::with_capacity(expected),
         }
     }
+}
+
+/// The position of each backend's part among `parts`.
+fn by_name(parts: &CallerParts) -> HashMap<String, usize> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(at, part)| (part.backend.virtual_service_name.clone(), at))
+        .collect()
 }
 
 fn lock<T>(map: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -251,26 +269,49 @@ impl BuiltCluster {
 pub(super) struct Caller<'r> {
     reuse: &'r Reuse,
     key: (String, String),
+    /// Of this mesh: the same caller, so the same backends in the same order.
     current: Option<Arc<CallerParts>>,
-    previous: Option<(Arc<CallerParts>, &'r Changes)>,
+    previous: Option<PreviousParts<'r>>,
     made: CallerParts,
 }
 
+/// A caller's parts of the mesh before, and the resources changed since.
+struct PreviousParts<'r> {
+    parts: Arc<CallerParts>,
+    /// Where each backend's part is, when the caller changed (None: by position).
+    by_name: Option<HashMap<String, usize>>,
+    changes: &'r Changes,
+}
+
+impl PreviousParts<'_> {
+    /// The part of backend `name`, the caller's `position`th, unless what it read changed.
+    fn unchanged(&self, position: usize, name: &str) -> Option<&Arc<Part>> {
+        let at = match &self.by_name {
+            None => position,
+            Some(by_name) => *by_name.get(name)?,
+        };
+        let part = self.parts.get(at)?;
+        (!part.reads.iter().any(|read| self.changes.touch(read))).then_some(part)
+    }
+}
+
 impl Caller<'_> {
-    /// What `inputs.backend` compiles to in `index`: a part compiled before when everything
-    /// it was compiled from is unchanged, else `compile`'s, run with a recording lookup.
+    /// What `inputs.backend`, the caller's `position`th backend, compiles to in `index`: a
+    /// part compiled before when everything it was compiled from is unchanged, else
+    /// `compile`'s, run with a recording lookup.
     pub(super) fn backend(
         &mut self,
         index: &MeshIndex,
+        position: usize,
         inputs: Inputs<'_>,
         compile: impl FnOnce(&Recording<'_>, &mut Issues) -> Compiled,
     ) -> Arc<Part> {
         let name = inputs.backend.virtual_service_name.as_str();
-        let this_mesh = self.current.as_ref().and_then(|parts| parts.get(name));
-        let mesh_before = self.previous.as_ref().and_then(|(parts, changes)| {
-            let part = parts.get(name)?;
-            (!part.reads.iter().any(|read| changes.touch(read))).then_some(part)
-        });
+        let this_mesh = self.current.as_ref().and_then(|parts| parts.get(position));
+        let mesh_before = self
+            .previous
+            .as_ref()
+            .and_then(|previous| previous.unchanged(position, name));
         let found = this_mesh
             .or(mesh_before)
             .filter(|part| part.inputs_equal(&inputs))
@@ -289,7 +330,7 @@ impl Caller<'_> {
                 issues,
             })
         });
-        self.made.insert(name.to_owned(), Arc::clone(&part));
+        self.made.push(Arc::clone(&part));
         part
     }
 
@@ -465,8 +506,10 @@ mod tests {
                 assert_eq!(reused.issues, fresh.issues, "{what}");
                 let (earlier, later) = (web_parts(&before), web_parts(&after));
                 assert_eq!(later.len(), earlier.len(), "{what}");
-                for (backend, part) in later.iter() {
-                    let kept = Arc::ptr_eq(part, &earlier[backend]);
+                for (part, was) in later.iter().zip(earlier.iter()) {
+                    let backend = &part.backend.virtual_service_name;
+                    assert_eq!(*backend, was.backend.virtual_service_name, "{what}");
+                    let kept = Arc::ptr_eq(part, was);
                     let expected = !recompiled.contains(&backend.as_str());
                     assert_eq!(kept, expected, "{what}: {backend}");
                 }
