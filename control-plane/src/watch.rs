@@ -110,15 +110,15 @@ impl Fingerprint {
         found
     }
 
-    /// Whether file `path` is read as part of `paths`: one of them, or a mesh file in a
-    /// directory of them (the mesh loader's rule).
-    fn is_read(path: &Path, paths: &[PathBuf]) -> bool {
-        paths.iter().any(|named| named == path) || source::is_mesh_file(path)
+    /// Whether file `path` is read (and so fingerprinted): a file given by path always, one
+    /// found in a directory by the mesh loader's rule.
+    fn is_read(path: &Path, named: bool) -> bool {
+        named || source::is_mesh_file(path)
     }
 
     fn collect(&mut self, path: &Path, metadata: &std::fs::Metadata, named: bool) {
         if !metadata.is_dir() {
-            if !named && !source::is_mesh_file(path) {
+            if !Self::is_read(path, named) {
                 return;
             }
             self.files
@@ -177,7 +177,9 @@ impl Fingerprint {
                 // Not seen, not linked to, and not a file the mesh reads: that temporary
                 // file still there (its rename comes as an event of its own).
                 (None, Some(metadata))
-                    if !linked && !metadata.is_dir() && !Self::is_read(path, paths) => {}
+                    if !linked
+                        && !metadata.is_dir()
+                        && !Self::is_read(path, paths.contains(path)) => {}
                 // A file came or went, or a directory changed.
                 _ => return Self::of(paths),
             }

@@ -10,8 +10,8 @@ pub mod limits;
 mod manifest;
 mod placeholders;
 
-/// How a Kubernetes manifest is split into documents (the fuzz targets split it the same way).
 pub use files::is_mesh_file;
+/// How a Kubernetes manifest is split into documents (the fuzz targets split it the same way).
 pub use manifest::yaml_documents;
 
 use std::{

@@ -23,13 +23,17 @@ pub struct ResourceSet {
 
 impl ResourceSet {
     pub fn insert(&mut self, type_url: &str, name: String, resource: Any) {
-        // The type's map looked up by the borrowed URL first: compiles insert thousands of
-        // resources of a few types.
-        if !self.by_type.contains_key(type_url) {
-            self.by_type.insert(type_url.to_owned(), Arc::default());
-        }
-        if let Some(resources) = self.by_type.get_mut(type_url) {
-            Arc::make_mut(resources).insert(name, resource);
+        // The type's map looked up by the borrowed URL: compiles insert thousands of
+        // resources of a few types, and only the first of a type needs the URL owned.
+        match self.by_type.get_mut(type_url) {
+            Some(resources) => {
+                Arc::make_mut(resources).insert(name, resource);
+            }
+            None => {
+                let resources = BTreeMap::from([(name, resource)]);
+                self.by_type
+                    .insert(type_url.to_owned(), Arc::new(resources));
+            }
         }
     }
 
