@@ -80,7 +80,18 @@ impl Agent {
         workdir: &Path,
         args: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut agent = Self::spawn(node, config, workdir, args)?;
+        Self::start_binary(&agent_binary()?, node, config, workdir, args)
+    }
+
+    /// As [`Agent::start_with_args`], running `binary` (another build, to compare with).
+    pub fn start_binary(
+        binary: &Path,
+        node: &Node,
+        config: &str,
+        workdir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut agent = Self::spawn_binary(binary, node, config, workdir, args)?;
         agent.wait_until(Duration::from_secs(20), "ready", |_| {
             matches!(
                 node.http("GET", Self::admin_addr(), "/readyz"),
@@ -101,11 +112,21 @@ impl Agent {
 
     /// Starts the agent without waiting for anything (see [`Agent::wait_running`]).
     pub fn spawn(node: &Node, config: &str, workdir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_binary(&agent_binary()?, node, config, workdir, args)
+    }
+
+    fn spawn_binary(
+        binary: &Path,
+        node: &Node,
+        config: &str,
+        workdir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let config_path = workdir.join("agent.yaml");
         std::fs::write(&config_path, config)?;
         let log_path = workdir.join("agent.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut command = node.node_command(agent_binary()?.to_str().context("path")?)?;
+        let mut command = node.node_command(binary.to_str().context("path")?)?;
         command
             .arg("run")
             .arg("--config")

@@ -7,7 +7,12 @@
 //! `mesh+traces`, is mesh-agent recording a span of every request (sampling rate 1) for a
 //! collector that is down: the cost of the span path when its spans cannot leave (the agent
 //! is restarted with that configuration around it).
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ::tests::{
     Agent, Node, Proc,
@@ -39,13 +44,16 @@ pub(crate) enum Via {
     Mesh,
     /// mesh-agent recording every request's span, its collector down.
     MeshTraced,
+    /// Another mesh-agent binary (`--baseline`: the build before a change), untraced.
+    Baseline,
 }
 
-const PATHS: [(Via, &str); 4] = [
+const PATHS: [(Via, &str); 5] = [
     (Via::Direct, "direct"),
     (Via::Haproxy, "haproxy"),
     (Via::Mesh, "mesh-agent"),
     (Via::MeshTraced, "mesh+traces"),
+    (Via::Baseline, "baseline"),
 ];
 
 /// Every request sampled, exported to a port nothing listens on.
@@ -87,6 +95,13 @@ const SCENARIOS: [Scenario; 5] = [
     },
 ];
 
+impl Via {
+    /// Through a mesh-agent.
+    fn is_mesh(self) -> bool {
+        matches!(self, Self::Mesh | Self::MeshTraced | Self::Baseline)
+    }
+}
+
 /// What one soak chunk did.
 pub(crate) struct Chunk {
     pub(crate) requests: u64,
@@ -104,16 +119,29 @@ pub(crate) struct Target {
 pub(crate) struct L7Bench {
     pub(crate) node: Node,
     pub(crate) agent: Agent,
-    /// The running agent records spans (for a collector that is down).
-    traced: bool,
+    /// Which agent runs: this build (recording spans or not) or the baseline binary.
+    running: Via,
+    baseline: Option<PathBuf>,
     pub(crate) workdir: std::path::PathBuf,
     pub(crate) haproxy: Proc,
     ips: BTreeMap<&'static str, Ipv4Addr>,
     meshtb: String,
 }
 
-pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()> {
+/// `baseline`: another mesh-agent binary measured beside this build in every round.
+pub fn run(
+    rounds: usize,
+    seconds: u32,
+    only: Option<&str>,
+    baseline: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if let Some(binary) = &baseline
+        && !binary.is_file()
+    {
+        bail!("baseline binary {} not found", binary.display());
+    }
     let (mut bench, servers) = L7Bench::build_and_set_up("the benchmark")?;
+    bench.baseline = baseline;
     bench.enroll_client(false)?;
     std::thread::sleep(SETTLE);
     let idle_rss = status_kib(bench.agent.pid(), "VmRSS:").unwrap_or(0);
@@ -124,24 +152,27 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    let mut table: Vec<(&str, String, [f64; 4])> = Vec::new();
+    let mut table: Vec<(&str, String, [f64; 5])> = Vec::new();
     for scenario in SCENARIOS.iter().filter(|s| chosen(s.name, only)) {
         step(scenario.name);
         // samples[path][metric]
-        let mut samples: [Vec<(&'static str, Vec<f64>)>; 4] = Default::default();
-        let mut cores: [Vec<f64>; 4] = Default::default();
+        let mut samples: [Vec<(&'static str, Vec<f64>)>; 5] = Default::default();
+        let mut cores: [Vec<f64>; 5] = Default::default();
         for round in 0..rounds {
             for (index, (path, name)) in PATHS.iter().enumerate() {
-                let meshed = matches!(path, Via::Mesh | Via::MeshTraced);
+                if *path == Via::Baseline && bench.baseline.is_none() {
+                    continue;
+                }
+                let meshed = path.is_mesh();
                 if meshed {
-                    bench.use_agent(*path == Via::MeshTraced)?;
+                    bench.use_agent(*path)?;
                 }
                 bench.enroll_client(meshed)?;
                 let target = bench.target(*path, scenario.name.starts_with("HTTP/2"));
                 let proxy_pid = match path {
                     Via::Direct => None,
                     Via::Haproxy => Some(bench.haproxy.pid()),
-                    Via::Mesh | Via::MeshTraced => Some(bench.agent.pid()),
+                    Via::Mesh | Via::MeshTraced | Via::Baseline => Some(bench.agent.pid()),
                 };
                 let cpu_before = proxy_pid.map(cpu_seconds).transpose()?;
                 let result = (scenario.run)(&bench, target, seconds)?;
@@ -171,28 +202,29 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
             table.push((
                 scenario.name,
                 (*metric).to_owned(),
-                [median(direct), value(1), value(2), value(3)],
+                [median(direct), value(1), value(2), value(3), value(4)],
             ));
             if scenario.per_core && *metric == "requests/s" {
                 let per_core = |i: usize| value(i) / median(&cores[i]).max(f64::EPSILON);
                 table.push((
                     scenario.name,
                     "req/s per proxy core".into(),
-                    [0.0, per_core(1), per_core(2), per_core(3)],
+                    [0.0, per_core(1), per_core(2), per_core(3), per_core(4)],
                 ));
             }
         }
+        let busy = |i: usize| median(&cores[i]);
         table.push((
             scenario.name,
             "proxy CPU cores busy".into(),
-            [0.0, median(&cores[1]), median(&cores[2]), median(&cores[3])],
+            [0.0, busy(1), busy(2), busy(3), busy(4)],
         ));
     }
     bench.enroll_client(false)?;
 
     step("results (medians)");
     println!(
-        "  {:<46} {:<22} {:>10} {:>10} {:>10} {:>9} {:>10} {:>12} {:>10}",
+        "  {:<46} {:<22} {:>10} {:>10} {:>10} {:>9} {:>10} {:>12} {:>10} {:>10} {:>11}",
         "scenario",
         "metric",
         "direct",
@@ -201,9 +233,11 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
         "vs direct",
         "vs haproxy",
         "mesh+traces",
-        "vs mesh"
+        "vs mesh",
+        "baseline",
+        "mesh vs it"
     );
-    for (scenario, metric, [direct, haproxy, mesh, traced]) in &table {
+    for (scenario, metric, [direct, haproxy, mesh, traced, baseline]) in &table {
         let ratio = |value: f64, base: f64| {
             if base > 0.0 {
                 format!("{:.2}x", value / base)
@@ -212,14 +246,15 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
             }
         };
         println!(
-            "  {scenario:<46} {metric:<22} {direct:>10.1} {haproxy:>10.1} {mesh:>10.1} {:>9} {:>10} {traced:>12.1} {:>10}",
+            "  {scenario:<46} {metric:<22} {direct:>10.1} {haproxy:>10.1} {mesh:>10.1} {:>9} {:>10} {traced:>12.1} {:>10} {baseline:>10.1} {:>11}",
             ratio(*mesh, *direct),
             ratio(*mesh, *haproxy),
-            ratio(*traced, *mesh)
+            ratio(*traced, *mesh),
+            ratio(*mesh, *baseline)
         );
     }
     print_goals(&table);
-    bench.use_agent(true)?;
+    bench.use_agent(Via::MeshTraced)?;
     let metrics = bench.agent.metrics(&bench.node)?;
     println!(
         "  mesh+traces: the last run's agent dropped {} spans (export_failed) and {} (queue_full)",
@@ -246,7 +281,7 @@ pub fn run(rounds: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<()
 /// Issue 19's L7 goals, each as the ratio this run measured: requests/s per proxy core at
 /// least HAProxy's, HTTP/1.1 maximum at least half of direct, and at 1000 req/s a p99 added
 /// to direct's no more than HAProxy adds.
-fn print_goals(table: &[(&str, String, [f64; 4])]) {
+fn print_goals(table: &[(&str, String, [f64; 5])]) {
     let value = |scenario: &str, metric: &str| {
         table
             .iter()
@@ -255,14 +290,14 @@ fn print_goals(table: &[(&str, String, [f64; 4])]) {
     };
     step("goals (ratios from this run)");
     for (scenario, label) in [("HTTP/1.1 max", "HTTP/1.1"), ("HTTP/2 max", "HTTP/2")] {
-        if let Some([_, haproxy, mesh, _]) = value(scenario, "req/s per proxy core") {
+        if let Some([_, haproxy, mesh, ..]) = value(scenario, "req/s per proxy core") {
             println!(
                 "  {label} requests/s per proxy core vs HAProxy: {:.2}x (goal >= 1.00x)",
                 mesh / haproxy.max(f64::EPSILON)
             );
         }
     }
-    if let Some([direct, _, mesh, _]) = value("HTTP/1.1 max", "requests/s") {
+    if let Some([direct, _, mesh, ..]) = value("HTTP/1.1 max", "requests/s") {
         println!(
             "  HTTP/1.1 maximum vs direct: {:.2}x (goal >= 0.50x)",
             mesh / direct.max(f64::EPSILON)
@@ -272,7 +307,7 @@ fn print_goals(table: &[(&str, String, [f64; 4])]) {
         ("HTTP/1.1 at 1000", "HTTP/1.1"),
         ("HTTP/2 at 1000", "HTTP/2"),
     ] {
-        if let Some([direct, haproxy, mesh, _]) = value(scenario, "p99 latency us") {
+        if let Some([direct, haproxy, mesh, ..]) = value(scenario, "p99 latency us") {
             let (added, haproxy_added) = (mesh - direct, haproxy - direct);
             println!(
                 "  {label} at 1000 req/s, p99 added to direct: mesh {added:.0} us, HAProxy {haproxy_added:.0} us: {:.2}x (goal <= 1.00x)",
@@ -282,17 +317,25 @@ fn print_goals(table: &[(&str, String, [f64; 4])]) {
     }
 }
 
-/// mesh-agent on the node with the benchmark's mesh, `traced` or not.
-fn start_agent(node: &Node, workdir: &Path, traced: bool) -> anyhow::Result<Agent> {
-    let extra = if traced { TRACING_COLLECTOR_DOWN } else { "" };
+/// mesh-agent on the node with the benchmark's mesh: this build (recording spans for
+/// [`Via::MeshTraced`]) or, for [`Via::Baseline`], the `baseline` binary.
+fn start_agent(
+    node: &Node,
+    workdir: &Path,
+    via: Via,
+    baseline: Option<&Path>,
+) -> anyhow::Result<Agent> {
+    let extra = match via {
+        Via::MeshTraced => TRACING_COLLECTOR_DOWN,
+        _ => "",
+    };
     let config = config_for(node, &[], extra)?;
     let mesh_dir = workdir.join("mesh");
-    Agent::start_with_args(
-        node,
-        &config,
-        workdir,
-        &["--mesh", mesh_dir.to_str().context("path")?],
-    )
+    let args = ["--mesh", mesh_dir.to_str().context("path")?];
+    match (via, baseline) {
+        (Via::Baseline, Some(binary)) => Agent::start_binary(binary, node, &config, workdir, &args),
+        _ => Agent::start_with_args(node, &config, workdir, &args),
+    }
 }
 
 /// The work directory goes with the bench, whichever way it ends (the soak and the memory
@@ -353,11 +396,12 @@ impl L7Bench {
             &["-db", "-f", haproxy_cfg.to_str().context("path")?],
         )?;
         node.wait_for_listener((ips["lb"], HAPROXY_H1).into(), Duration::from_secs(10))?;
-        let agent = start_agent(&node, &workdir, false)?;
+        let agent = start_agent(&node, &workdir, Via::Mesh, None)?;
         let bench = L7Bench {
             node,
             agent,
-            traced: false,
+            running: Via::Mesh,
+            baseline: None,
             workdir,
             haproxy,
             ips,
@@ -370,14 +414,14 @@ impl L7Bench {
 
     /// Restarts the agent when it is not the one asked for (its endpoints resolved again
     /// before it is measured).
-    fn use_agent(&mut self, traced: bool) -> anyhow::Result<()> {
-        if self.traced == traced {
+    fn use_agent(&mut self, via: Via) -> anyhow::Result<()> {
+        if self.running == via {
             return Ok(());
         }
         self.agent.signal(libc::SIGKILL)?;
         self.agent.wait_exit(Duration::from_secs(10))?;
-        self.agent = start_agent(&self.node, &self.workdir, traced)?;
-        self.traced = traced;
+        self.agent = start_agent(&self.node, &self.workdir, via, self.baseline.as_deref())?;
+        self.running = via;
         self.enroll_client(true)?;
         self.check_routing()
     }
@@ -401,7 +445,7 @@ impl L7Bench {
                 url: format!("http://{}:{haproxy_port}/", self.ips["lb"]),
                 host: None,
             },
-            Via::Mesh | Via::MeshTraced => Target {
+            Via::Mesh | Via::MeshTraced | Via::Baseline => Target {
                 url: format!("http://{VIP}:{port}/"),
                 host: Some(format!("{service}:{port}")),
             },

@@ -82,6 +82,10 @@ enum Task {
         /// Only scenarios whose name contains this text (e.g. `HTTP/2 max`, `1000 req/s`).
         #[arg(long)]
         only: Option<String>,
+        /// Another mesh-agent binary (say, a copy of the build before a change) measured
+        /// beside this build in every round, for a before/after ratio from one run.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Benchmark mutual TLS between node proxies: two nodes with an agent each, a client pod
     /// on node 1 reaching a server pod on node 2 directly, through both proxies in plain text,
@@ -167,7 +171,8 @@ fn main() -> anyhow::Result<()> {
             rounds,
             seconds,
             only,
-        } => bench_l7::run(rounds, seconds, only.as_deref()),
+            baseline,
+        } => bench_l7::run(rounds, seconds, only.as_deref(), baseline),
         Task::BenchMtls {
             rounds,
             seconds,
