@@ -196,6 +196,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The runtime the proxy runs on. One worker (the default) is a current-thread runtime: its
+/// run queue is first in, first out, so a task woken by the running one waits behind those
+/// already runnable. An HTTP/2 connection's task then writes the responses of every stream
+/// that ran before it in one `writev`, where the multi-thread scheduler runs the woken task
+/// next (its "LIFO slot") and the connection writes each response alone. Nothing is handed
+/// between the thread that starts the agent and a worker either.
+fn proxy_runtime(workers: usize) -> tokio::runtime::Builder {
+    match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        workers => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+    }
+}
+
 /// `run`: the agent, taking the mesh from the control plane `--control-plane` or the config
 /// file names, or from one embedded in this process (`--mesh`).
 fn run(
@@ -228,8 +245,7 @@ fn run(
         .then_some(&privileges::FIND_PODS_BY_PROCESS);
     privileges::keep_only(privileges::NODE_AGENT.iter().chain(by_process))
         .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.proxy.worker_threads)
+    let runtime = proxy_runtime(config.proxy.worker_threads)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;

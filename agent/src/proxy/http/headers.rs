@@ -3,14 +3,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, RFC 9113
 /// §8.2.2): never forwarded as they came.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+/// Names, not strings: removing by a string parses it again on every request.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
 ];
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -38,21 +39,29 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(REQUEST_ID) {
         return;
     }
-    let bits: u128 = rand::random();
-    // Version 4, variant 1.
+    let Ok(mut value) = HeaderValue::from_bytes(&uuid_v4(rand::random())) else {
+        return;
+    };
+    // Never indexed (RFC 7541 §6.2.3): a value no other request repeats would only churn
+    // HPACK's dynamic table, evicting the headers every request does repeat.
+    value.set_sensitive(true);
+    headers.insert(REQUEST_ID, value);
+}
+
+/// `bits` as a version 4, variant 1 UUID in its text form (8-4-4-4-12 hex digits).
+fn uuid_v4(bits: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert(REQUEST_ID, value);
+    let mut text = [b'-'; 36];
+    let mut out = 0;
+    for nibble in (0..32).rev() {
+        if matches!(out, 8 | 13 | 18 | 23) {
+            out += 1;
+        }
+        text[out] = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        out += 1;
     }
+    text
 }
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -86,7 +95,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -163,6 +172,12 @@ mod tests {
 
     #[test]
     fn requests_get_a_uuid_request_id_unless_they_have_one() {
+        assert_eq!(
+            &uuid_v4(u128::MAX),
+            b"ffffffff-ffff-4fff-bfff-ffffffffffff",
+            "version and variant bits set"
+        );
+        assert_eq!(&uuid_v4(0), b"00000000-0000-4000-8000-000000000000");
         let mut headers = HeaderMap::new();
         ensure_request_id(&mut headers);
         let id = headers[REQUEST_ID].to_str().unwrap().to_owned();
@@ -170,6 +185,7 @@ mod tests {
         assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
         assert_eq!(&id[14..15], "4", "version 4: {id}");
         assert!("89ab".contains(&id[19..20]), "variant: {id}");
+        assert!(headers[REQUEST_ID].is_sensitive(), "never indexed by HPACK");
         ensure_request_id(&mut headers);
         assert_eq!(headers[REQUEST_ID], id.as_str(), "an existing id is kept");
     }

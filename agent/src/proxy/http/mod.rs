@@ -127,6 +127,10 @@ impl Side {
     }
 }
 
+/// How many series a connection keeps at hand: the targets of a weighted route, or of a
+/// few routes, without a lookup in the families per request.
+const RECORDERS_CACHED: usize = 4;
+
 /// One HTTP connection through a listener of the mesh.
 pub struct HttpContext {
     state: MeshState,
@@ -149,8 +153,9 @@ pub struct HttpContext {
     local: SocketAddr,
     loggers: Option<Loggers>,
     tracer: Option<Arc<Tracer>>,
-    /// The series of the route this connection's requests last took.
-    recorder: Mutex<Option<RouteRecorder>>,
+    /// The series of the routes this connection's requests last took (a weighted route's
+    /// targets are one series each), the most recent last.
+    recorders: Mutex<Vec<RouteRecorder>>,
 }
 
 impl HttpContext {
@@ -175,7 +180,7 @@ impl HttpContext {
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
             loggers: inputs.access_logs.loggers(&plan.access_logs),
             tracer: inputs.tracer.clone(),
-            recorder: Mutex::default(),
+            recorders: Mutex::default(),
         }
     }
 
@@ -191,23 +196,24 @@ impl HttpContext {
         &self.side.virtual_node
     }
 
-    /// Counts a finished request, through the connection's cached series when it took the
-    /// same route as the last one.
+    /// Counts a finished request, through the connection's cached series when it took a
+    /// route (and target) one of its last requests took.
     fn record(&self, labels: &RouteLabels, outcome: RequestOutcome) {
-        let Ok(mut cached) = self.recorder.lock() else {
+        let Ok(mut cached) = self.recorders.lock() else {
             // Not counted rather than counted against the wrong series.
             static REPORTED: AtomicBool = AtomicBool::new(false);
             lock_poisoned(&REPORTED, "the request series cache lock");
             return;
         };
-        match cached.as_mut() {
-            Some(recorder) if recorder.labels() == labels => {
-                recorder.record(&self.metrics, outcome);
-            }
-            _ => {
+        match cached.iter_mut().rev().find(|r| r.labels() == labels) {
+            Some(recorder) => recorder.record(&self.metrics, outcome),
+            None => {
+                if cached.len() == RECORDERS_CACHED {
+                    cached.remove(0);
+                }
                 let mut recorder = self.metrics.recorder(labels);
                 recorder.record(&self.metrics, outcome);
-                *cached = Some(recorder);
+                cached.push(recorder);
             }
         }
     }
